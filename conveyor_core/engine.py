@@ -1,0 +1,703 @@
+"""The reference implementation of the store transitions, over a record-level backend.
+
+:class:`Engine` carries out every transition of :class:`~conveyor_core.store.StoreInterface`
+exactly as the protocol's docstrings define them (FINAL FAILURE, RELEASE CHECK, REMOVE,
+RETENTION, ordering, events), against a small synchronous :class:`Backend` that only
+stores and indexes records. A store whose transactions can run Python (the memory store
+inside one event-loop step, the SQLite store inside one ``BEGIN IMMEDIATE`` transaction)
+plugs a backend in and inherits the semantics; stores that must run their transitions
+server-side (PostgreSQL functions, Redis scripts) follow this module line by line.
+
+Every engine method must run inside one atomic unit of the backend: the engine itself
+does no locking and no I/O of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Protocol
+
+from .errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError
+from .models import JobState, ParentPolicy
+from .store import (
+    PARENT_FAILED_REASON,
+    STALLED_REASON,
+    ChildDependency,
+    Completion,
+    Failure,
+    JobRecord,
+    NewJob,
+    Release,
+    StallOutcome,
+    TakeResult,
+    child_failed_reason,
+)
+
+WAITING = JobState.WAITING
+DELAYED = JobState.DELAYED
+ACTIVE = JobState.ACTIVE
+COMPLETED = JobState.COMPLETED
+FAILED = JobState.FAILED
+WAITING_CHILDREN = JobState.WAITING_CHILDREN
+UNSTARTED = (WAITING, DELAYED, WAITING_CHILDREN)
+
+
+class Backend(Protocol):
+    """Record storage for :class:`Engine`. Synchronous; called inside one atomic unit.
+
+    Records returned by ``get`` and the listing methods may be the backend's own objects:
+    the engine mutates them and hands them back through ``save``. The engine copies
+    records before they leave the store.
+    """
+
+    def get(self, queue: str, job_id: str) -> JobRecord | None:
+        """The job, or ``None``."""
+        ...
+
+    def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
+        """Persist every field of ``job``; ``old_state`` ``None`` means a new job.
+
+        Maintains the state indexes. When ``job.state`` is ``waiting`` and it was not
+        before (or ``requeue``), the job takes a new place in its queue's waiting order:
+        behind all jobs of its priority, or in front of them if ``job.lifo``.
+        """
+        ...
+
+    def delete(self, queue: str, job_id: str) -> None:
+        """Delete the job, its log and the dependency records it holds as a parent."""
+        ...
+
+    def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
+        """The first ``limit`` waiting jobs in order; the engine moves all of them out of
+        ``waiting`` at once."""
+        ...
+
+    def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
+        """Delayed jobs with ``run_at <= now``, earliest first."""
+        ...
+
+    def next_run_at(self, queue: str) -> float | None:
+        """The earliest ``run_at`` of the queue's delayed jobs."""
+        ...
+
+    def expired_active(self, queue: str, now: float) -> list[JobRecord]:
+        """Active jobs whose ``lock_until < now``."""
+        ...
+
+    def list_jobs(
+        self, queue: str, state: JobState, start: int = 0, end: int | None = None
+    ) -> list[JobRecord]:
+        """Jobs in ``state``, indexes ``start`` to ``end`` inclusive, in listing order:
+        waiting in take order, delayed by ``run_at``, finished newest first, others
+        oldest first."""
+        ...
+
+    def count(self, queue: str, state: JobState) -> int:
+        """How many jobs of the queue are in ``state``."""
+        ...
+
+    def finished_beyond(self, queue: str, state: JobState, keep: int) -> list[str]:
+        """Ids of jobs in a finished ``state`` other than the ``keep`` most recently
+        finished."""
+        ...
+
+    def clean_candidates(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        """Ids in ``state`` finished (or, unfinished, created) at or before
+        ``older_than``, oldest first, at most ``limit``."""
+        ...
+
+    def dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        """The job's dependency records in insertion order."""
+        ...
+
+    def get_dependency(
+        self, queue: str, job_id: str, child_queue: str, child_id: str
+    ) -> ChildDependency | None:
+        """One dependency record of a parent."""
+        ...
+
+    def put_dependency(self, queue: str, job_id: str, dep: ChildDependency) -> None:
+        """Insert a dependency record (appended) or replace it in place."""
+        ...
+
+    def delete_dependency(self, queue: str, job_id: str, child_queue: str, child_id: str) -> None:
+        """Delete one dependency record, if present."""
+        ...
+
+    def pending_count(self, queue: str, job_id: str) -> int:
+        """How many of the parent's dependencies are ``pending``."""
+        ...
+
+    def add_log(self, queue: str, job_id: str, line: str) -> int:
+        """Append a log line; returns the new length."""
+        ...
+
+    def get_logs(self, queue: str, job_id: str, start: int, end: int | None) -> list[str]:
+        """Log lines ``start`` to ``end`` inclusive."""
+        ...
+
+    def is_paused(self, queue: str) -> bool: ...
+
+    def set_paused(self, queue: str, paused: bool) -> None: ...
+
+    def rate_window(self, queue: str) -> tuple[float, int] | None:
+        """The current rate-limit window of the queue: ``(start, jobs started)``."""
+        ...
+
+    def set_rate_window(self, queue: str, start: float, count: int) -> None: ...
+
+    def forget_queue(self, queue: str) -> None:
+        """Drop what the backend keeps about an emptied queue (paused flag, window)."""
+        ...
+
+    def queues(self) -> list[str]:
+        """Every queue holding jobs or flagged paused, sorted."""
+        ...
+
+    def emit(
+        self, type: str, queue: str, job_id: str | None, data: dict[str, Any] | None, now: float
+    ) -> None:
+        """Publish an event as part of the current atomic unit."""
+        ...
+
+    def wake(self, queue: str) -> None:
+        """Note that jobs entered ``waiting`` in the queue (or it was resumed), so idle
+        workers are woken once the atomic unit ends."""
+        ...
+
+
+class Engine:
+    """The transitions of the store protocol over a :class:`Backend`."""
+
+    __slots__ = ("b",)
+
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require(self, queue: str, job_id: str) -> JobRecord:
+        job = self.b.get(queue, job_id)
+        if job is None:
+            raise JobNotFoundError(queue, job_id)
+        return job
+
+    def _enter_waiting(self, job: JobRecord, old: JobState | None, now: float) -> None:
+        job.state = WAITING
+        job.run_at = None
+        self.b.save(job, old)
+        self.b.emit("waiting", job.queue, job.id, None, now)
+        self.b.wake(job.queue)
+
+    def _enter_delayed(
+        self, job: JobRecord, old: JobState | None, run_at: float, now: float
+    ) -> None:
+        job.state = DELAYED
+        job.run_at = run_at
+        self.b.save(job, old)
+        self.b.emit("delayed", job.queue, job.id, {"run_at": run_at}, now)
+
+    def _release(self, parent: JobRecord, now: float) -> None:
+        """RELEASE: a parent leaves ``waiting-children``."""
+        if parent.delay > 0:
+            self._enter_delayed(parent, WAITING_CHILDREN, now + parent.delay, now)
+        else:
+            self._enter_waiting(parent, WAITING_CHILDREN, now)
+
+    def _release_check(self, queue: str, job_id: str, now: float) -> None:
+        parent = self.b.get(queue, job_id)
+        if (
+            parent is not None
+            and parent.state is WAITING_CHILDREN
+            and self.b.pending_count(queue, job_id) == 0
+        ):
+            self._release(parent, now)
+
+    def _retain(self, job: JobRecord, state: JobState, now: float) -> None:
+        """RETENTION after a job finished."""
+        keep = job.keep_completed if state is COMPLETED else job.keep_failed
+        if keep is None:
+            return
+        if keep == 0:
+            self.b.delete(job.queue, job.id)
+            return
+        for old_id in self.b.finished_beyond(job.queue, state, keep):
+            self.b.delete(job.queue, old_id)
+
+    @staticmethod
+    def _clear_lock(job: JobRecord) -> None:
+        job.lock_token = None
+        job.lock_until = None
+
+    # ------------------------------------------------------------------ adding
+
+    def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        written: list[bool] = []
+        seen: set[tuple[str, str]] = set()
+        for group in groups:
+            if not group:
+                raise ValueError("a group of jobs must not be empty")
+            head = group[0]
+            skip = self.b.get(head.queue, head.id) is not None
+            for index, new in enumerate(group):
+                key = (new.queue, new.id)
+                if key in seen:
+                    raise DuplicateJobError(
+                        f"job id {new.id!r} appears twice for queue {new.queue!r} in one add"
+                    )
+                seen.add(key)
+                if index and not skip and self.b.get(new.queue, new.id) is not None:
+                    raise DuplicateJobError(
+                        f"job id {new.id!r} already exists in queue {new.queue!r}"
+                    )
+            written.append(not skip)
+        for group, write in zip(groups, written, strict=True):
+            if write:
+                for new in group:
+                    self._write_new(new, now)
+        return written
+
+    def _write_new(self, new: NewJob, now: float) -> None:
+        job = JobRecord(
+            id=new.id,
+            queue=new.queue,
+            name=new.name,
+            data=new.data,
+            opts=new.opts,
+            state=new.state,
+            priority=new.priority,
+            lifo=new.lifo,
+            delay=new.delay,
+            created_at=now,
+            keep_completed=new.keep_completed,
+            keep_failed=new.keep_failed,
+            parent_id=new.parent_id,
+            parent_queue=new.parent_queue,
+            parent_policy=new.parent_policy,
+        )
+        if new.parent_id is not None and new.parent_queue is not None:
+            self.b.put_dependency(
+                new.parent_queue, new.parent_id, ChildDependency(new.queue, new.id, "pending")
+            )
+        self.b.emit("added", job.queue, job.id, {"name": job.name}, now)
+        if job.state is WAITING:
+            self._enter_waiting(job, None, now)
+        elif job.state is DELAYED:
+            self._enter_delayed(job, None, now + job.delay, now)
+        elif job.state is WAITING_CHILDREN:
+            self.b.save(job, None)
+            self.b.emit("waiting-children", job.queue, job.id, None, now)
+        else:
+            raise InvalidJobStateError(f"a new job cannot start in state {job.state.value!r}")
+
+    # ------------------------------------------------------------------ working
+
+    def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        b = self.b
+        for job in b.due_delayed(queue, now):
+            self._enter_waiting(job, DELAYED, now)
+        if b.is_paused(queue) or limit <= 0:
+            return TakeResult([], b.next_run_at(queue))
+        window: tuple[float, int] | None = None
+        if rate_limit is not None:
+            most, duration = rate_limit
+            window = b.rate_window(queue)
+            if window is None or now >= window[0] + duration:
+                window = (now, 0)
+            room = most - window[1]
+            if room <= 0:
+                return TakeResult([], b.next_run_at(queue), window[0] + duration)
+            limit = min(limit, room)
+        taken = b.first_waiting(queue, limit)
+        out: list[JobRecord] = []
+        for job in taken:
+            job.state = ACTIVE
+            job.lock_token = token
+            job.lock_until = lock_until
+            job.processed_at = now
+            b.save(job, WAITING)
+            b.emit("active", queue, job.id, None, now)
+            out.append(replace(job, stacktrace=list(job.stacktrace)))
+        if window is not None and out:
+            b.set_rate_window(queue, window[0], window[1] + len(out))
+        return TakeResult(out, b.next_run_at(queue))
+
+    def _owned(self, queue: str, job_id: str, token: str) -> JobRecord | None:
+        job = self.b.get(queue, job_id)
+        if job is None or job.state is not ACTIVE or job.lock_token != token:
+            return None
+        return job
+
+    def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        kept: list[str] = []
+        for job_id, token in locks:
+            job = self._owned(queue, job_id, token)
+            if job is not None:
+                job.lock_until = lock_until
+                self.b.save(job, ACTIVE)
+                kept.append(job_id)
+        return kept
+
+    def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        applied: list[bool] = []
+        for item in completions:
+            job = self._owned(queue, item.id, item.token)
+            if job is None:
+                applied.append(False)
+                continue
+            job.state = COMPLETED
+            job.return_value = item.return_value
+            job.finished_at = now
+            job.attempts_made += 1
+            self._clear_lock(job)
+            self.b.save(job, ACTIVE)
+            self.b.emit("completed", queue, job.id, {"return_value": item.return_value}, now)
+            if job.parent_id is not None and job.parent_queue is not None:
+                self._child_processed(job, now)
+            self._retain(job, COMPLETED, now)
+            applied.append(True)
+        return applied
+
+    def _child_processed(self, child: JobRecord, now: float) -> None:
+        pq, pid = child.parent_queue, child.parent_id
+        assert pq is not None and pid is not None
+        dep = self.b.get_dependency(pq, pid, child.queue, child.id)
+        if dep is None:
+            return
+        self.b.put_dependency(
+            pq, pid, ChildDependency(child.queue, child.id, "processed", child.return_value)
+        )
+        if dep.status == "pending":
+            self._release_check(pq, pid, now)
+
+    def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        applied: list[bool] = []
+        for item in failures:
+            job = self._owned(queue, item.id, item.token)
+            if job is None:
+                applied.append(False)
+                continue
+            job.attempts_made += 1
+            job.failed_reason = item.reason
+            job.stacktrace = list(item.stacktrace)
+            self._clear_lock(job)
+            if item.retry_at is None:
+                self._final_failure(job, item.reason, now)
+            elif item.retry_at <= now:
+                self._enter_waiting(job, ACTIVE, now)
+            else:
+                self._enter_delayed(job, ACTIVE, item.retry_at, now)
+            applied.append(True)
+        return applied
+
+    def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        applied: list[bool] = []
+        for item in releases:
+            job = self._owned(queue, item.id, item.token)
+            if job is None:
+                applied.append(False)
+                continue
+            self._clear_lock(job)
+            self._enter_waiting(job, ACTIVE, now)
+            applied.append(True)
+        return applied
+
+    def recover_stalled(self, queue: str, now: float, max_stalled_count: int) -> list[StallOutcome]:
+        outcomes: list[StallOutcome] = []
+        for job in self.b.expired_active(queue, now):
+            job.stalled_count += 1
+            self._clear_lock(job)
+            self.b.emit("stalled", queue, job.id, {"count": job.stalled_count}, now)
+            if job.stalled_count > max_stalled_count:
+                job.failed_reason = STALLED_REASON
+                self._final_failure(job, STALLED_REASON, now)
+                outcomes.append(StallOutcome(job.id, True))
+            else:
+                self._enter_waiting(job, ACTIVE, now)
+                outcomes.append(StallOutcome(job.id, False))
+        return outcomes
+
+    # ------------------------------------------------------------------ failure rules
+
+    def _final_failure(
+        self, job: JobRecord, reason: str, now: float, *, apply_policy: bool = True
+    ) -> None:
+        """FINAL FAILURE of the protocol."""
+        old = job.state
+        job.state = FAILED
+        job.failed_reason = reason
+        job.finished_at = now
+        self._clear_lock(job)
+        self.b.save(job, old)
+        self.b.emit("failed", job.queue, job.id, {"reason": reason}, now)
+        if apply_policy and job.parent_id is not None and job.parent_queue is not None:
+            self._apply_parent_policy(job, reason, now)
+        self._retain(job, FAILED, now)
+
+    def _apply_parent_policy(self, child: JobRecord, reason: str, now: float) -> None:
+        pq, pid = child.parent_queue, child.parent_id
+        assert pq is not None and pid is not None
+        b = self.b
+        dep = b.get_dependency(pq, pid, child.queue, child.id)
+        parent = b.get(pq, pid)
+        if dep is None or dep.status != "pending" or parent is None:
+            return
+        policy = child.parent_policy or ParentPolicy.FAIL
+        if policy is ParentPolicy.FAIL:
+            b.put_dependency(
+                pq, pid, ChildDependency(child.queue, child.id, "failed", None, reason)
+            )
+            if parent.state in UNSTARTED:
+                self._fail_unstarted_children(parent, now)
+                self._final_failure(parent, child_failed_reason(child.id, reason), now)
+        elif policy is ParentPolicy.IGNORE:
+            b.put_dependency(
+                pq, pid, ChildDependency(child.queue, child.id, "ignored", None, reason)
+            )
+            self._release_check(pq, pid, now)
+        elif policy is ParentPolicy.DROP:
+            b.delete_dependency(pq, pid, child.queue, child.id)
+            self._release_check(pq, pid, now)
+        elif policy is ParentPolicy.CONTINUE:
+            b.put_dependency(
+                pq, pid, ChildDependency(child.queue, child.id, "failed", None, reason)
+            )
+            if parent.state is WAITING_CHILDREN:
+                self._release(parent, now)
+        else:  # ParentPolicy.REMOVE
+            self._remove(parent, now)
+
+    def _fail_unstarted_children(self, parent: JobRecord, now: float) -> None:
+        """Fail, with "parent failed", every pending child of ``parent`` that has not
+        started, and theirs in turn; no policy applies upward from these failures."""
+        doomed: list[JobRecord] = []
+        stack = [parent]
+        while stack:
+            node = stack.pop()
+            for dep in self.b.dependencies(node.queue, node.id):
+                if dep.status != "pending":
+                    continue
+                child = self.b.get(dep.queue, dep.id)
+                if child is None or child.state not in UNSTARTED:
+                    continue
+                self.b.put_dependency(
+                    node.queue,
+                    node.id,
+                    ChildDependency(dep.queue, dep.id, "failed", None, PARENT_FAILED_REASON),
+                )
+                doomed.append(child)
+                stack.append(child)
+        for child in doomed:
+            self._final_failure(child, PARENT_FAILED_REASON, now, apply_policy=False)
+
+    def _remove(self, job: JobRecord, now: float) -> None:
+        """REMOVE of the protocol."""
+        b = self.b
+        doomed = [job]
+        stack = [job]
+        while stack:
+            node = stack.pop()
+            for dep in b.dependencies(node.queue, node.id):
+                child = b.get(dep.queue, dep.id)
+                if child is not None and not child.state.finished:
+                    doomed.append(child)
+                    stack.append(child)
+        for node in doomed:
+            b.delete(node.queue, node.id)
+            b.emit("removed", node.queue, node.id, None, now)
+        pq, pid = job.parent_queue, job.parent_id
+        if pq is not None and pid is not None:
+            link = b.get_dependency(pq, pid, job.queue, job.id)
+            if link is not None and link.status == "pending":
+                b.delete_dependency(pq, pid, job.queue, job.id)
+                self._release_check(pq, pid, now)
+
+    # ------------------------------------------------------------------ job changes
+
+    def update_progress(self, queue: str, job_id: str, progress: str, now: float) -> None:
+        job = self._require(queue, job_id)
+        job.progress = progress
+        self.b.save(job, job.state)
+        self.b.emit("progress", queue, job_id, {"progress": progress}, now)
+
+    def add_log(self, queue: str, job_id: str, line: str) -> int:
+        self._require(queue, job_id)
+        return self.b.add_log(queue, job_id, line)
+
+    def get_logs(self, queue: str, job_id: str, start: int, end: int | None) -> list[str]:
+        self._require(queue, job_id)
+        return self.b.get_logs(queue, job_id, start, end)
+
+    def update_data(self, queue: str, job_id: str, data: str) -> None:
+        job = self._require(queue, job_id)
+        job.data = data
+        self.b.save(job, job.state)
+
+    def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
+        job = self._require(queue, job_id)
+        job.priority = priority
+        job.lifo = lifo
+        self.b.save(job, job.state, requeue=job.state is WAITING)
+
+    def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
+        job = self._require(queue, job_id)
+        if job.state is not DELAYED:
+            raise InvalidJobStateError(
+                f"job {job_id!r} is {job.state.value}, only a delayed job's delay can change"
+            )
+        job.run_at = run_at
+        self.b.save(job, DELAYED)
+
+    def promote_job(self, queue: str, job_id: str, now: float) -> None:
+        job = self._require(queue, job_id)
+        if job.state is not DELAYED:
+            raise InvalidJobStateError(
+                f"job {job_id!r} is {job.state.value}, only a delayed job can be promoted"
+            )
+        self._enter_waiting(job, DELAYED, now)
+
+    def promote_jobs(self, queue: str, now: float) -> int:
+        jobs = self.b.list_jobs(queue, DELAYED)
+        for job in jobs:
+            self._enter_waiting(job, DELAYED, now)
+        return len(jobs)
+
+    def retry_job(self, queue: str, job_id: str, now: float) -> None:
+        job = self._require(queue, job_id)
+        if not job.state.finished:
+            raise InvalidJobStateError(
+                f"job {job_id!r} is {job.state.value}, only a finished job can be retried"
+            )
+        self._retry(job, now)
+
+    def _retry(self, job: JobRecord, now: float) -> None:
+        old = job.state
+        job.attempts_made = 0
+        job.stalled_count = 0
+        job.failed_reason = None
+        job.stacktrace = []
+        job.return_value = None
+        job.finished_at = None
+        self._enter_waiting(job, old, now)
+        pq, pid = job.parent_queue, job.parent_id
+        if pq is None or pid is None:
+            return
+        parent = self.b.get(pq, pid)
+        if parent is None or parent.state not in UNSTARTED:
+            return
+        dep = self.b.get_dependency(pq, pid, job.queue, job.id)
+        if dep is None or dep.status != "pending":
+            self.b.put_dependency(pq, pid, ChildDependency(job.queue, job.id, "pending"))
+        if parent.state is not WAITING_CHILDREN:
+            prior = parent.state
+            parent.state = WAITING_CHILDREN
+            parent.run_at = None
+            self.b.save(parent, prior)
+            self.b.emit("waiting-children", pq, pid, None, now)
+
+    def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
+        if not state.finished:
+            raise InvalidJobStateError(f"only failed or completed jobs can be retried, not {state}")
+        jobs = self.b.list_jobs(queue, state)
+        for job in jobs:
+            self._retry(job, now)
+        return len(jobs)
+
+    def remove_job(self, queue: str, job_id: str, now: float) -> bool:
+        job = self.b.get(queue, job_id)
+        if job is None:
+            return False
+        if job.state is ACTIVE:
+            raise InvalidJobStateError(f"job {job_id!r} is active and cannot be removed")
+        self._remove(job, now)
+        return True
+
+    # ------------------------------------------------------------------ queues
+
+    def pause(self, queue: str, now: float) -> None:
+        self.b.set_paused(queue, True)
+        self.b.emit("paused", queue, None, None, now)
+
+    def resume(self, queue: str, now: float) -> None:
+        self.b.set_paused(queue, False)
+        self.b.emit("resumed", queue, None, None, now)
+        self.b.wake(queue)
+
+    def drain(self, queue: str, include_delayed: bool, now: float) -> int:
+        states = (WAITING, DELAYED) if include_delayed else (WAITING,)
+        removed = 0
+        for state in states:
+            for job in self.b.list_jobs(queue, state):
+                if self.b.get(queue, job.id) is not None:
+                    self._remove(job, now)
+                    removed += 1
+        self.b.emit("drained", queue, None, {"count": removed}, now)
+        return removed
+
+    def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int | None, now: float
+    ) -> list[str]:
+        if state is ACTIVE:
+            raise InvalidJobStateError("active jobs cannot be cleaned")
+        removed: list[str] = []
+        for job_id in self.b.clean_candidates(queue, state, older_than, limit):
+            job = self.b.get(queue, job_id)
+            if job is not None:
+                self._remove(job, now)
+                removed.append(job_id)
+        if removed:
+            self.b.emit("cleaned", queue, None, {"count": len(removed)}, now)
+        return removed
+
+    def obliterate(self, queue: str, force: bool, now: float) -> None:
+        if not force and self.b.count(queue, ACTIVE):
+            raise InvalidJobStateError(
+                f"queue {queue!r} has active jobs; pass force=True to obliterate it anyway"
+            )
+        for state in JobState:
+            for job in self.b.list_jobs(queue, state):
+                current = self.b.get(queue, job.id)
+                if current is not None:
+                    self._remove(current, now)
+        self.b.forget_queue(queue)
+
+    # ------------------------------------------------------------------ reading
+
+    def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        job = self.b.get(queue, job_id)
+        return None if job is None else replace(job, stacktrace=list(job.stacktrace))
+
+    def get_jobs(
+        self, queue: str, states: Sequence[JobState], start: int, end: int | None
+    ) -> list[JobRecord]:
+        if len(states) == 1:
+            jobs = self.b.list_jobs(queue, states[0], start, end)
+        else:
+            every: list[JobRecord] = []
+            for state in states:
+                every.extend(self.b.list_jobs(queue, state))
+            jobs = every[start : None if end is None else end + 1]
+        return [replace(job, stacktrace=list(job.stacktrace)) for job in jobs]
+
+    def get_counts(self, queue: str) -> dict[JobState, int]:
+        return {state: self.b.count(queue, state) for state in JobState}
+
+    def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        self._require(queue, job_id)
+        return self.b.dependencies(queue, job_id)

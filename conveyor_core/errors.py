@@ -1,0 +1,53 @@
+"""The exceptions Conveyor raises. ``ConveyorError`` is the base of all of them."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class of every error raised by Conveyor."""
+
+
+class JobNotFoundError(ConveyorError, LookupError):
+    """The job does not exist (never added, or removed)."""
+
+    def __init__(self, queue: str, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found in queue {queue!r}")
+        self.queue = queue
+        self.job_id = job_id
+
+
+class InvalidJobStateError(ConveyorError):
+    """The job is not in a state that allows the operation."""
+
+
+class LockLostError(ConveyorError):
+    """The worker no longer owns the job's lock: the store refused the transition."""
+
+
+class JobFailedError(ConveyorError):
+    """Raised by ``Job.wait_until_finished`` when the job ended in ``failed``."""
+
+    def __init__(self, job_id: str, reason: str | None) -> None:
+        super().__init__(f"job {job_id!r} failed: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class UnrecoverableError(ConveyorError):
+    """Raise from a handler to fail the job at once, whatever attempts remain."""
+
+
+class PayloadError(ConveyorError, TypeError):
+    """Job data, a result, progress or a log line is not JSON; nothing was written."""
+
+
+class DuplicateJobError(ConveyorError):
+    """A job id is used twice in one call, or already exists where it must not."""
+
+
+class StoreClosedError(ConveyorError):
+    """The store is not connected (never connected, or already closed)."""
+
+
+class StoreUnavailableError(ConveyorError):
+    """The store's server could not be reached."""

@@ -1,0 +1,211 @@
+"""Pydantic models of the public API: job options, backoff, flow nodes, states, events."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+MAX_PRIORITY = 2**21
+"""Priorities range over ``0 .. MAX_PRIORITY``; lower runs first."""
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+"""A duration in seconds; a ``datetime.timedelta`` is accepted too."""
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    WAITING_CHILDREN = "waiting-children"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+
+ALL_STATES: tuple[JobState, ...] = tuple(JobState)
+
+
+class ParentPolicy(enum.StrEnum):
+    """What a child's final failure does to its parent (SPEC section 5).
+
+    The core resolves it when a flow is added (the child's own flag wins, else the
+    parent's ``fail_parent_on_child_failure``) and stores it on the child, so a store
+    only carries out the policy it is given.
+    """
+
+    FAIL = "fail"
+    IGNORE = "ignore"
+    REMOVE = "remove"
+    DROP = "drop"
+    CONTINUE = "continue"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Backoff(BaseModel):
+    """How long to wait before a retry.
+
+    ``fixed`` waits ``delay`` every time; ``exponential`` waits
+    ``delay * 2 ** (attempt - 1)``. ``jitter`` (0..1) takes a random share of up to that
+    fraction off each wait, so that many failing jobs do not retry in lockstep.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["fixed", "exponential"]
+    delay: Seconds = Field(default=1.0, ge=0)
+    jitter: float = Field(default=0.0, ge=0, le=1)
+
+
+class RateLimit(BaseModel):
+    """At most ``max`` jobs of a queue start per ``duration`` seconds, across all workers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max: int = Field(ge=1)
+    duration: Seconds = Field(gt=0)
+
+
+class JobOptions(BaseModel):
+    """Options of one job (``opts``). Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str | None = Field(default=None, min_length=1, max_length=512)
+    priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
+    lifo: bool = False
+    delay: Seconds = Field(default=0.0, ge=0)
+    attempts: int = Field(default=1, ge=1)
+    backoff: Backoff | str | None = None
+    timeout: Seconds | None = Field(default=None, gt=0)
+    remove_on_complete: bool | Annotated[int, Field(ge=0)] = False
+    remove_on_fail: bool | Annotated[int, Field(ge=0)] = False
+    fail_parent_on_child_failure: Literal["fail", "ignore", "remove"] = "fail"
+    fail_parent_on_failure: bool = False
+    continue_parent_on_failure: bool = False
+    ignore_dependency_on_failure: bool = False
+    remove_dependency_on_failure: bool = False
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _number_is_fixed_backoff(cls, value: Any) -> Any:
+        if isinstance(value, int | float | timedelta) and not isinstance(value, bool):
+            return Backoff(type="fixed", delay=_seconds(value))
+        if isinstance(value, str) and not value:
+            raise ValueError("backoff strategy name must not be empty")
+        return value
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id_printable(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("job_id must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _one_child_flag(self) -> JobOptions:
+        flags = [
+            name
+            for name in (
+                "fail_parent_on_failure",
+                "continue_parent_on_failure",
+                "ignore_dependency_on_failure",
+                "remove_dependency_on_failure",
+            )
+            if getattr(self, name)
+        ]
+        if len(flags) > 1:
+            raise ValueError(f"at most one child failure flag may be set, got {', '.join(flags)}")
+        return self
+
+    def child_policy(self) -> ParentPolicy | None:
+        """The policy this job's own flags ask for as a child, if any."""
+        if self.fail_parent_on_failure:
+            return ParentPolicy.FAIL
+        if self.continue_parent_on_failure:
+            return ParentPolicy.CONTINUE
+        if self.ignore_dependency_on_failure:
+            return ParentPolicy.IGNORE
+        if self.remove_dependency_on_failure:
+            return ParentPolicy.DROP
+        return None
+
+    def keep_count(self, which: Literal["complete", "fail"]) -> int | None:
+        """How many finished jobs to keep: ``None`` keeps all, ``0`` deletes this one."""
+        value = self.remove_on_complete if which == "complete" else self.remove_on_fail
+        if value is True:
+            return 0
+        if value is False:
+            return None
+        return int(value)
+
+
+class FlowJob(BaseModel):
+    """One node of a flow tree: a job and the children it waits for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    queue_name: str = Field(min_length=1, max_length=512)
+    data: Any = None
+    opts: JobOptions | None = None
+    children: list[FlowJob] = Field(default_factory=list)
+
+
+class QueueEvent(BaseModel):
+    """Something that happened to a job or a queue, as seen by ``QueueEvents``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    queue_name: str
+    job_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime
+
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "added",
+        "waiting",
+        "waiting-children",
+        "delayed",
+        "active",
+        "progress",
+        "completed",
+        "failed",
+        "stalled",
+        "removed",
+        "paused",
+        "resumed",
+        "drained",
+        "retried",
+        "cleaned",
+    }
+)

@@ -1,0 +1,519 @@
+"""The store protocol: the one boundary between Conveyor's core and a storage backend.
+
+Everything above this module (``Queue``, ``Job``, ``Worker``, ``FlowProducer``,
+``QueueEvents``) talks to a store only through :class:`StoreInterface`; nothing in the
+core reaches into a store any other way. A store author needs nothing but this module.
+
+Division of labour
+==================
+The core makes every *decision*: it validates input, serialises data to JSON text,
+assigns job ids, picks a new job's initial state, resolves which failure policy a child
+carries toward its parent (the child's own flag wins, else the parent's
+``fail_parent_on_child_failure``), decides retry versus final failure and computes the
+backoff, and reads the clock. The store carries out *transitions*: each method below is
+one atomic change of the store, so a crash between two calls loses no job and leaves no
+parent counter wrong. Every transition that touches an active job carries its lock token,
+and the store refuses (without changing anything) when the token does not match.
+
+Conventions
+===========
+* Times are POSIX timestamps (``float`` seconds, UTC) passed in by the caller as ``now``;
+  a store never reads its own clock for job semantics, which keeps stores deterministic
+  and lets tests move time.
+* ``data``, ``opts``, ``return_value``, ``progress`` and log lines are JSON text; a store
+  keeps them byte for byte and never parses them.
+* Queue names, job names and ids are arbitrary non-empty strings (quotes, colons, braces,
+  unicode). They are data: never spliced into SQL or script source.
+* Ordering of waiting jobs: ascending ``priority``, then by entry into ``waiting``: a job
+  entering ``waiting`` is put behind all jobs of its priority, or, if it is ``lifo``, in
+  front of them. Every entry into ``waiting`` counts (add, promotion from ``delayed``,
+  release of a parent, stall recovery, retry), so a retried job goes to the back.
+* Events: each transition publishes the events listed in its docstring, to listeners of
+  that queue in every process (see :meth:`StoreInterface.subscribe`). Publishing is part
+  of the transition (best effort for delivery: a listener that is not connected misses
+  events), never a separate call.
+
+The rules of a final failure (``FINAL FAILURE``)
+=================================================
+Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. When job
+``J`` fails for good with reason ``R``:
+
+1. ``J`` becomes ``failed`` with ``failed_reason = R``, ``finished_at = now``; event
+   ``failed``; then its ``keep_failed`` retention applies (see RETENTION).
+2. If ``J`` has a parent ``P`` whose dependency on ``J`` is still ``pending``, ``J``'s
+   ``parent_policy`` is carried out on ``P``:
+
+   * ``fail``: the dependency becomes ``failed`` (reason ``R``). If ``P`` is in
+     ``waiting-children``, ``waiting`` or ``delayed``, first every *pending* dependency of
+     ``P`` whose job is ``waiting``, ``delayed`` or ``waiting-children`` is failed with
+     reason ``"parent failed"`` (recursively: such a job's own pending unstarted children
+     fail the same way; these cascaded failures do not apply policies upward), its
+     dependency marked ``failed``; then ``P`` itself goes through FINAL FAILURE with reason
+     ``"child <J.id> failed: <R>"``. Active siblings are left to finish; their outcome
+     is recorded on ``P``'s dependencies and changes nothing else.
+   * ``ignore``: the dependency becomes ``ignored`` (reason ``R``) and counts as
+     resolved (RELEASE CHECK).
+   * ``drop``: the dependency is deleted without a record and counts as resolved
+     (RELEASE CHECK).
+   * ``continue``: the dependency becomes ``failed`` (reason ``R``); if ``P`` is in
+     ``waiting-children`` it is RELEASED at once, pending children or not.
+   * ``remove``: ``P`` is REMOVED (with its unfinished descendants).
+
+RELEASE CHECK: when a parent in ``waiting-children`` has no ``pending`` dependency left,
+it is RELEASED: it enters ``waiting`` (event ``waiting``), or, if it was added with a
+``delay``, enters ``delayed`` with ``run_at = now + delay`` (event ``delayed``). A parent
+is released at most once per time it enters ``waiting-children``.
+
+REMOVE of a job ``J``: ``J`` and every descendant of ``J`` that is not ``completed`` or
+``failed`` are deleted with their logs and dependency records (event ``removed`` for
+each); an active descendant's lock is void from then on. If ``J`` has a parent ``P`` that
+still holds a ``pending`` dependency on ``J``, that dependency is deleted and counts as
+resolved (RELEASE CHECK on ``P``). A ``processed`` dependency keeps its value.
+
+RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
+(delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
+most recently finished jobs of its queue in that state; delete older ones). Deleting a
+finished job for retention never touches its parent's dependency record, so
+``get_children_values`` keeps its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .models import JobState, ParentPolicy
+
+DependencyStatus = Literal["pending", "processed", "failed", "ignored"]
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job to be written by :meth:`StoreInterface.add_jobs`. Built by the core."""
+
+    id: str
+    queue: str
+    name: str
+    data: str
+    """JSON text."""
+    opts: str
+    """JSON text of the job's ``JobOptions``; stored and returned verbatim."""
+    state: JobState
+    """``waiting``, ``delayed`` or ``waiting-children``; chosen by the core."""
+    priority: int = 0
+    lifo: bool = False
+    delay: float = 0.0
+    """Seconds. A ``delayed`` job runs at ``now + delay``; a parent in ``waiting-children``
+    enters ``delayed`` for this long when it is released (0: it enters ``waiting``)."""
+    keep_completed: int | None = None
+    keep_failed: int | None = None
+    parent_id: str | None = None
+    parent_queue: str | None = None
+    parent_policy: ParentPolicy | None = None
+    """What this job's final failure does to its parent; ``None`` without a parent."""
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job as the store holds it. Returned by reads and by :meth:`take_jobs`."""
+
+    id: str
+    queue: str
+    name: str
+    data: str
+    opts: str
+    state: JobState
+    priority: int = 0
+    lifo: bool = False
+    delay: float = 0.0
+    attempts_made: int = 0
+    """Attempts that have ended (completed, failed or retried); stalls do not count."""
+    stalled_count: int = 0
+    progress: str | None = None
+    return_value: str | None = None
+    failed_reason: str | None = None
+    stacktrace: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    processed_at: float | None = None
+    """When the latest attempt started."""
+    finished_at: float | None = None
+    run_at: float | None = None
+    """For a ``delayed`` job: when it becomes ``waiting``."""
+    keep_completed: int | None = None
+    keep_failed: int | None = None
+    parent_id: str | None = None
+    parent_queue: str | None = None
+    parent_policy: ParentPolicy | None = None
+    lock_token: str | None = None
+    """Set while ``active``."""
+    lock_until: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ChildDependency:
+    """One child as its parent sees it."""
+
+    queue: str
+    id: str
+    status: DependencyStatus
+    value: str | None = None
+    """JSON text of the child's return value when ``processed``."""
+    reason: str | None = None
+    """The child's failure reason when ``failed`` or ``ignored``."""
+
+
+@dataclass(slots=True, frozen=True)
+class Completion:
+    """A successful attempt, for :meth:`StoreInterface.complete_jobs`."""
+
+    id: str
+    token: str
+    return_value: str
+    """JSON text."""
+
+
+@dataclass(slots=True, frozen=True)
+class Failure:
+    """A failed attempt, for :meth:`StoreInterface.fail_jobs`.
+
+    ``retry_at`` set: the job is retried (``delayed`` until then, or ``waiting`` if it is
+    not later than ``now``). ``retry_at`` ``None``: FINAL FAILURE.
+    """
+
+    id: str
+    token: str
+    reason: str
+    stacktrace: list[str] = field(default_factory=list)
+    retry_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Release:
+    """An active job handed back unfinished (graceful shutdown), for ``release_jobs``."""
+
+    id: str
+    token: str
+
+
+@dataclass(slots=True)
+class TakeResult:
+    """What :meth:`StoreInterface.take_jobs` hands a worker."""
+
+    jobs: list[JobRecord]
+    next_run_at: float | None = None
+    """The earliest ``run_at`` of the queue's delayed jobs, so an idle worker knows
+    when to look again; ``None`` if there is none."""
+    rate_limited_until: float | None = None
+    """Set when the queue's rate limit stopped the take: no job starts before then."""
+
+
+@dataclass(slots=True, frozen=True)
+class StallOutcome:
+    """One stalled job found by :meth:`StoreInterface.recover_stalled`."""
+
+    id: str
+    failed: bool
+    """``True``: it stalled too often and failed; ``False``: it is back in ``waiting``."""
+
+
+@dataclass(slots=True, frozen=True)
+class EventRecord:
+    """An event as a store publishes it. ``data`` must be JSON-serialisable."""
+
+    type: str
+    queue: str
+    job_id: str | None
+    data: dict[str, Any]
+    timestamp: float
+
+
+STALLED_REASON = "job stalled more than allowable limit"
+PARENT_FAILED_REASON = "parent failed"
+
+
+def child_failed_reason(child_id: str, reason: str) -> str:
+    """The ``failed_reason`` of a parent failed by its child under the ``fail`` policy."""
+    return f"child {child_id} failed: {reason}"
+
+
+@runtime_checkable
+class EventSubscription(Protocol):
+    """A live feed of one queue's events; iterate it, then ``aclose()`` it."""
+
+    def __aiter__(self) -> AsyncIterator[EventRecord]: ...
+
+    async def __anext__(self) -> EventRecord: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StoreInterface(Protocol):
+    """A storage backend for Conveyor.
+
+    Every method is a coroutine, safe to call concurrently from many tasks of one process
+    and from many processes at once (for stores that can be shared). Unless said
+    otherwise, a method that names a job which does not exist raises
+    ``JobNotFoundError``; a store that cannot reach its server raises
+    ``StoreUnavailableError`` (or lets the driver's connection error through) and has then
+    changed nothing or everything of the transition, never part of it.
+    """
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Open connections and create or migrate the schema. Idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Close connections and end subscriptions and waits. Idempotent."""
+        ...
+
+    # ------------------------------------------------------------------ writing
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        """Write jobs, all of them or none, in one atomic step.
+
+        Each group is one standalone job or one whole flow; a flow's jobs come parents
+        before children, and each child's ``parent_id``/``parent_queue`` names a job of
+        the same group. A parent gets one ``pending`` dependency per child, in the order
+        the children appear.
+
+        Existing ids: if the *first* job of a group has an id that already exists in its
+        queue, that group is skipped and nothing of it is written (result ``False``; its
+        other jobs are not checked); any other job whose id already exists, or a
+        ``(queue, id)`` given twice in the call, raises ``DuplicateJobError`` and the whole
+        call writes nothing. Returns, per group, whether it was written.
+
+        ``created_at = now``; a ``delayed`` job gets ``run_at = now + delay``.
+        Events per written job: ``added`` (data ``{"name": ...}``), then its state's event
+        (``waiting``, ``delayed`` with ``{"run_at": ...}`` or ``waiting-children``).
+        Idle workers of the queues that got waiting jobs are woken.
+        """
+        ...
+
+    # ------------------------------------------------------------------ working
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        """Move up to ``limit`` waiting jobs to ``active`` and return them, in order.
+
+        First moves the queue's ``delayed`` jobs with ``run_at <= now`` to ``waiting``
+        (event ``waiting``). Nothing is taken while the queue is paused. Each taken job
+        gets ``lock_token = token``, ``lock_until``, ``processed_at = now`` and event
+        ``active``. Two concurrent takes never return the same job.
+
+        ``rate_limit = (max, duration)``: at most ``max`` jobs of this queue start in any
+        window of ``duration`` seconds, counted across all callers; when the window is
+        full, returns no job and ``rate_limited_until``.
+        """
+        ...
+
+    async def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        """Extend the locks of active jobs given as ``(job_id, token)`` pairs.
+
+        Returns the ids whose lock was extended; an id missing from the result is no
+        longer held with that token (stalled and recovered, removed, or finished).
+        """
+        ...
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        """Complete active jobs, each atomically; returns, per item, whether it applied.
+
+        An item whose job is not ``active`` with that exact lock token is refused
+        (``False``) and changes nothing. Otherwise: state ``completed``,
+        ``return_value``, ``finished_at = now``, ``attempts_made += 1``, lock cleared,
+        event ``completed`` (data ``{"return_value": <JSON text>}``). If the job has a
+        parent holding a dependency on it, that dependency becomes ``processed`` with the
+        value (exactly once; it counts as resolved only if it was ``pending``), then
+        RELEASE CHECK. Then RETENTION (``keep_completed``).
+        """
+        ...
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        """Fail attempts of active jobs, each atomically; returns per item whether it applied.
+
+        Refused (``False``, nothing changes) unless the job is ``active`` with that lock
+        token. ``attempts_made += 1``, ``failed_reason`` and ``stacktrace`` are set, lock
+        cleared. With ``retry_at``: the job enters ``delayed`` (``run_at = retry_at``,
+        event ``delayed``) or, if ``retry_at <= now``, ``waiting`` (event ``waiting``);
+        its parent is not touched. Without: FINAL FAILURE.
+        """
+        ...
+
+    async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        """Hand active jobs back to ``waiting`` without counting an attempt.
+
+        Used when a worker shuts down with jobs unfinished. Refused per item unless the
+        job is ``active`` with that token. Event ``waiting``.
+        """
+        ...
+
+    async def recover_stalled(
+        self, queue: str, now: float, max_stalled_count: int
+    ) -> list[StallOutcome]:
+        """Recover active jobs of the queue whose ``lock_until < now``.
+
+        Each: ``stalled_count += 1``, lock cleared, event ``stalled``; if
+        ``stalled_count > max_stalled_count`` it goes through FINAL FAILURE with reason
+        ``STALLED_REASON``, else it enters ``waiting``. Each job is recovered atomically
+        and by one caller only, however many run this at once.
+        """
+        ...
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        """Wait until a job of the queue may have become waiting, or ``timeout`` passes.
+
+        Returns early (promptly, without busy polling where the backend allows) after
+        jobs enter ``waiting`` in the queue or the queue is resumed. A spurious early
+        return is allowed; the caller then simply takes again.
+        """
+        ...
+
+    # ------------------------------------------------------------------ job changes
+
+    async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
+        """Set a job's progress (JSON text). Event ``progress`` (``{"progress": text}``)."""
+        ...
+
+    async def add_log(self, queue: str, job_id: str, line: str) -> int:
+        """Append a line to a job's log; returns the log's new length."""
+        ...
+
+    async def get_logs(
+        self, queue: str, job_id: str, start: int = 0, end: int | None = None
+    ) -> list[str]:
+        """Log lines ``start`` up to and including ``end`` (``None``: to the last)."""
+        ...
+
+    async def update_data(self, queue: str, job_id: str, data: str) -> None:
+        """Replace a job's data (JSON text)."""
+        ...
+
+    async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
+        """Change a job's priority; a waiting job is re-ordered as if it entered now."""
+        ...
+
+    async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
+        """Move a ``delayed`` job's ``run_at``; ``InvalidJobStateError`` if not delayed."""
+        ...
+
+    async def promote_job(self, queue: str, job_id: str, now: float) -> None:
+        """Move a ``delayed`` job to ``waiting`` now; ``InvalidJobStateError`` if not delayed."""
+        ...
+
+    async def promote_jobs(self, queue: str, now: float) -> int:
+        """Move every ``delayed`` job of the queue to ``waiting``; returns how many."""
+        ...
+
+    async def retry_job(self, queue: str, job_id: str, now: float) -> None:
+        """Move a ``failed`` job back to ``waiting`` (``attempts_made`` and
+        ``stalled_count`` reset, ``failed_reason`` and ``finished_at`` cleared).
+
+        ``InvalidJobStateError`` unless it is ``failed``. If its parent exists and is in
+        ``waiting-children``, ``waiting`` or ``delayed``, the dependency is put back to
+        ``pending`` (re-created if it was dropped) and a ``waiting`` or ``delayed`` parent
+        returns to ``waiting-children``. Event ``waiting``.
+        """
+        ...
+
+    async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
+        """``retry_job`` every job of the queue in ``state`` (``failed`` or
+        ``completed``; a completed job is re-run from scratch). Returns how many."""
+        ...
+
+    async def remove_job(self, queue: str, job_id: str) -> bool:
+        """REMOVE a job. Returns ``False`` if it did not exist.
+
+        Raises ``InvalidJobStateError`` if the job itself is ``active``.
+        """
+        ...
+
+    # ------------------------------------------------------------------ queues
+
+    async def pause(self, queue: str) -> None:
+        """Stop the queue's jobs from being taken. Event ``paused``."""
+        ...
+
+    async def resume(self, queue: str) -> None:
+        """Let the queue's jobs be taken again and wake its workers. Event ``resumed``."""
+        ...
+
+    async def is_paused(self, queue: str) -> bool:
+        """Whether the queue is paused."""
+        ...
+
+    async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
+        """REMOVE every ``waiting`` (and, if asked, ``delayed``) job; returns how many.
+        Event ``drained``."""
+        ...
+
+    async def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        """Delete up to ``limit`` jobs in ``state`` whose ``finished_at`` (or, for
+        unfinished states, ``created_at``) is at or before ``older_than``, oldest first,
+        each as by REMOVE. ``active`` is refused with ``InvalidJobStateError``. Returns
+        their ids. Event ``cleaned`` (``{"count": n}``) when any was deleted."""
+        ...
+
+    async def obliterate(self, queue: str, force: bool) -> None:
+        """Delete the queue and everything in it, including its paused flag.
+
+        Raises ``InvalidJobStateError`` while the queue has active jobs, unless
+        ``force``. Dependencies that jobs of other queues hold on this queue's jobs are
+        resolved as by REMOVE.
+        """
+        ...
+
+    # ------------------------------------------------------------------ reading
+
+    async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        """The job, or ``None``."""
+        ...
+
+    async def get_jobs(
+        self, queue: str, states: Sequence[JobState], start: int, end: int | None
+    ) -> list[JobRecord]:
+        """Jobs in any of ``states``, from index ``start`` to ``end`` inclusive.
+
+        Order: for ``waiting``, the order they will be taken in; ``delayed`` by
+        ``run_at``; finished states newest first; other states oldest first. Several
+        states are listed one state after the other, in the order given.
+        """
+        ...
+
+    async def get_counts(self, queue: str) -> dict[JobState, int]:
+        """How many jobs the queue has in each state; every state is present."""
+        ...
+
+    async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        """The job's dependencies (children), in the order they were added."""
+        ...
+
+    async def list_queues(self) -> list[str]:
+        """Names of every queue that holds jobs or is paused, sorted."""
+        ...
+
+    # ------------------------------------------------------------------ events
+
+    async def subscribe(self, queue: str) -> EventSubscription:
+        """Start listening to the queue's events, from every process using the store.
+
+        Events published after this returns are delivered in order; the subscription
+        ends when ``aclose()`` is called or the store closes.
+        """
+        ...

@@ -1,0 +1,559 @@
+"""``MemoryStore``: the whole store in one process's memory, for tests and prototypes.
+
+Each transition runs the reference :class:`~conveyor_core.engine.Engine` synchronously
+inside one step of the event loop, so it is atomic without locks. Nothing survives the
+process; one ``MemoryStore`` object is one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+
+from conveyor_core.engine import Engine
+from conveyor_core.errors import StoreClosedError
+from conveyor_core.models import JobState
+from conveyor_core.store import (
+    ChildDependency,
+    Completion,
+    EventRecord,
+    EventSubscription,
+    Failure,
+    JobRecord,
+    NewJob,
+    Release,
+    StallOutcome,
+    TakeResult,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+WAITING = JobState.WAITING
+DELAYED = JobState.DELAYED
+ACTIVE = JobState.ACTIVE
+COMPLETED = JobState.COMPLETED
+FAILED = JobState.FAILED
+WAITING_CHILDREN = JobState.WAITING_CHILDREN
+
+
+@dataclass(slots=True)
+class _QueueData:
+    """The indexes of one queue."""
+
+    waiting_heap: list[tuple[int, int, str]] = field(default_factory=list)
+    waiting: dict[str, tuple[int, int]] = field(default_factory=dict)
+    delayed_heap: list[tuple[float, str]] = field(default_factory=list)
+    delayed: dict[str, float] = field(default_factory=dict)
+    active: dict[str, JobRecord] = field(default_factory=dict)
+    completed: dict[str, None] = field(default_factory=dict)
+    failed: dict[str, None] = field(default_factory=dict)
+    waiting_children: dict[str, None] = field(default_factory=dict)
+    paused: bool = False
+    window: tuple[float, int] | None = None
+
+    def size(self) -> int:
+        return (
+            len(self.waiting)
+            + len(self.delayed)
+            + len(self.active)
+            + len(self.completed)
+            + len(self.failed)
+            + len(self.waiting_children)
+        )
+
+
+class MemoryBackend:
+    """Dict-and-heap implementation of :class:`~conveyor_core.engine.Backend`."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[tuple[str, str], JobRecord] = {}
+        self.queues_: dict[str, _QueueData] = {}
+        self.deps: dict[tuple[str, str], dict[tuple[str, str], ChildDependency]] = {}
+        self.pending: dict[tuple[str, str], int] = {}
+        self.logs: dict[tuple[str, str], list[str]] = {}
+        self.order = 0
+        self.listened: dict[str, int] = {}
+        self.events: list[EventRecord] = []
+        self.woken: set[str] = set()
+
+    def _q(self, queue: str) -> _QueueData:
+        data = self.queues_.get(queue)
+        if data is None:
+            data = self.queues_[queue] = _QueueData()
+        return data
+
+    # ---------------------------------------------------------------- records
+
+    def get(self, queue: str, job_id: str) -> JobRecord | None:
+        return self.jobs.get((queue, job_id))
+
+    def _unindex(self, q: _QueueData, job_id: str, state: JobState) -> None:
+        if state is WAITING:
+            q.waiting.pop(job_id, None)
+        elif state is DELAYED:
+            q.delayed.pop(job_id, None)
+        elif state is ACTIVE:
+            q.active.pop(job_id, None)
+        elif state is COMPLETED:
+            q.completed.pop(job_id, None)
+        elif state is FAILED:
+            q.failed.pop(job_id, None)
+        else:
+            q.waiting_children.pop(job_id, None)
+
+    def _index(self, q: _QueueData, job: JobRecord) -> None:
+        state = job.state
+        if state is WAITING:
+            self.order += 1
+            key = (job.priority, -self.order if job.lifo else self.order)
+            q.waiting[job.id] = key
+            heapq.heappush(q.waiting_heap, (key[0], key[1], job.id))
+        elif state is DELAYED:
+            run_at = job.run_at if job.run_at is not None else 0.0
+            q.delayed[job.id] = run_at
+            heapq.heappush(q.delayed_heap, (run_at, job.id))
+        elif state is ACTIVE:
+            q.active[job.id] = job
+        elif state is COMPLETED:
+            q.completed[job.id] = None
+        elif state is FAILED:
+            q.failed[job.id] = None
+        else:
+            q.waiting_children[job.id] = None
+
+    def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
+        q = self._q(job.queue)
+        if old_state is None:
+            self.jobs[(job.queue, job.id)] = job
+            self._index(q, job)
+            return
+        self.jobs[(job.queue, job.id)] = job
+        if old_state is job.state and not requeue and job.state is not DELAYED:
+            if job.state is ACTIVE:
+                q.active[job.id] = job
+            return
+        self._unindex(q, job.id, old_state)
+        self._index(q, job)
+
+    def delete(self, queue: str, job_id: str) -> None:
+        job = self.jobs.pop((queue, job_id), None)
+        if job is not None:
+            self._unindex(self._q(queue), job_id, job.state)
+        key = (queue, job_id)
+        self.logs.pop(key, None)
+        self.deps.pop(key, None)
+        self.pending.pop(key, None)
+
+    def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
+        q = self._q(queue)
+        heap, waiting = q.waiting_heap, q.waiting
+        out: list[JobRecord] = []
+        while heap and len(out) < limit:
+            priority, order, job_id = heapq.heappop(heap)
+            if waiting.get(job_id) == (priority, order):
+                out.append(self.jobs[(queue, job_id)])
+        if len(heap) > 2 * len(waiting) + 64:
+            q.waiting_heap = [(p, o, i) for i, (p, o) in waiting.items()]
+            heapq.heapify(q.waiting_heap)
+        return out
+
+    def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
+        q = self._q(queue)
+        heap, delayed = q.delayed_heap, q.delayed
+        due: list[JobRecord] = []
+        while heap and heap[0][0] <= now:
+            run_at, job_id = heapq.heappop(heap)
+            if delayed.get(job_id) == run_at:
+                due.append(self.jobs[(queue, job_id)])
+        return due
+
+    def next_run_at(self, queue: str) -> float | None:
+        q = self._q(queue)
+        heap, delayed = q.delayed_heap, q.delayed
+        while heap and delayed.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def expired_active(self, queue: str, now: float) -> list[JobRecord]:
+        return [
+            job
+            for job in self._q(queue).active.values()
+            if job.lock_until is not None and job.lock_until < now
+        ]
+
+    def _ids(self, q: _QueueData, state: JobState) -> list[str]:
+        if state is WAITING:
+            return [i for i, _ in sorted(q.waiting.items(), key=lambda item: item[1])]
+        if state is DELAYED:
+            return [i for i, _ in sorted(q.delayed.items(), key=lambda item: (item[1], item[0]))]
+        if state is ACTIVE:
+            return list(q.active)
+        if state is COMPLETED:
+            return list(reversed(q.completed))
+        if state is FAILED:
+            return list(reversed(q.failed))
+        return list(q.waiting_children)
+
+    def list_jobs(
+        self, queue: str, state: JobState, start: int = 0, end: int | None = None
+    ) -> list[JobRecord]:
+        ids = self._ids(self._q(queue), state)[start : None if end is None else end + 1]
+        return [self.jobs[(queue, i)] for i in ids]
+
+    def count(self, queue: str, state: JobState) -> int:
+        q = self._q(queue)
+        if state is WAITING:
+            return len(q.waiting)
+        if state is DELAYED:
+            return len(q.delayed)
+        if state is ACTIVE:
+            return len(q.active)
+        if state is COMPLETED:
+            return len(q.completed)
+        if state is FAILED:
+            return len(q.failed)
+        return len(q.waiting_children)
+
+    def finished_beyond(self, queue: str, state: JobState, keep: int) -> list[str]:
+        q = self._q(queue)
+        finished = q.completed if state is COMPLETED else q.failed
+        excess = len(finished) - keep
+        if excess <= 0:
+            return []
+        out: list[str] = []
+        for job_id in finished:
+            if len(out) >= excess:
+                break
+            out.append(job_id)
+        return out
+
+    def clean_candidates(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        q = self._q(queue)
+        ids = self._ids(q, state)
+        if state.finished:
+            ids.reverse()
+        out: list[str] = []
+        for job_id in ids:
+            job = self.jobs[(queue, job_id)]
+            stamp = job.finished_at if state.finished else job.created_at
+            if stamp is not None and stamp <= older_than:
+                out.append(job_id)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    # ---------------------------------------------------------------- dependencies
+
+    def dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        return list(self.deps.get((queue, job_id), {}).values())
+
+    def get_dependency(
+        self, queue: str, job_id: str, child_queue: str, child_id: str
+    ) -> ChildDependency | None:
+        return self.deps.get((queue, job_id), {}).get((child_queue, child_id))
+
+    def put_dependency(self, queue: str, job_id: str, dep: ChildDependency) -> None:
+        key = (queue, job_id)
+        deps = self.deps.setdefault(key, {})
+        old = deps.get((dep.queue, dep.id))
+        deps[(dep.queue, dep.id)] = dep
+        delta = (dep.status == "pending") - (old is not None and old.status == "pending")
+        if delta:
+            self.pending[key] = self.pending.get(key, 0) + delta
+
+    def delete_dependency(self, queue: str, job_id: str, child_queue: str, child_id: str) -> None:
+        key = (queue, job_id)
+        old = self.deps.get(key, {}).pop((child_queue, child_id), None)
+        if old is not None and old.status == "pending":
+            self.pending[key] -= 1
+
+    def pending_count(self, queue: str, job_id: str) -> int:
+        return self.pending.get((queue, job_id), 0)
+
+    # ---------------------------------------------------------------- logs, queues
+
+    def add_log(self, queue: str, job_id: str, line: str) -> int:
+        log = self.logs.setdefault((queue, job_id), [])
+        log.append(line)
+        return len(log)
+
+    def get_logs(self, queue: str, job_id: str, start: int, end: int | None) -> list[str]:
+        return self.logs.get((queue, job_id), [])[start : None if end is None else end + 1]
+
+    def is_paused(self, queue: str) -> bool:
+        return self._q(queue).paused
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        self._q(queue).paused = paused
+
+    def rate_window(self, queue: str) -> tuple[float, int] | None:
+        return self._q(queue).window
+
+    def set_rate_window(self, queue: str, start: float, count: int) -> None:
+        self._q(queue).window = (start, count)
+
+    def forget_queue(self, queue: str) -> None:
+        self.queues_.pop(queue, None)
+
+    def queues(self) -> list[str]:
+        return sorted(name for name, q in self.queues_.items() if q.paused or q.size())
+
+    def emit(
+        self, type: str, queue: str, job_id: str | None, data: dict[str, Any] | None, now: float
+    ) -> None:
+        if queue in self.listened:
+            self.events.append(EventRecord(type, queue, job_id, data or {}, now))
+
+    def wake(self, queue: str) -> None:
+        self.woken.add(queue)
+
+
+class _Subscription:
+    """A memory subscription: events are pushed into a bounded buffer."""
+
+    MAX_BUFFER = 100_000
+
+    def __init__(self, store: MemoryStore, queue: str) -> None:
+        self._store = store
+        self.queue = queue
+        self._buffer: asyncio.Queue[EventRecord | None] = asyncio.Queue()
+        self._closed = False
+
+    def push(self, event: EventRecord | None) -> None:
+        if self._buffer.qsize() >= self.MAX_BUFFER:
+            self._buffer.get_nowait()
+        self._buffer.put_nowait(event)
+
+    def __aiter__(self) -> AsyncIterator[EventRecord]:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        if self._closed:
+            raise StopAsyncIteration
+        event = await self._buffer.get()
+        if event is None:
+            self._closed = True
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._store._unsubscribe(self)
+            self.push(None)
+
+
+class MemoryStore:
+    """An in-process store. ``async with MemoryStore() as store: ...``."""
+
+    def __init__(self) -> None:
+        self._backend = MemoryBackend()
+        self._engine = Engine(self._backend)
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._subscriptions: dict[str, set[_Subscription]] = {}
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+        for subs in list(self._subscriptions.values()):
+            for sub in list(subs):
+                await sub.aclose()
+        for event in self._wakers.values():
+            event.set()
+        self._wakers.clear()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if not self._connected:
+            raise StoreClosedError("MemoryStore is not connected: use 'async with store:'")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        backend = self._backend
+        if backend.events:
+            events, backend.events = backend.events, []
+            for event in events:
+                for sub in self._subscriptions.get(event.queue, ()):
+                    sub.push(event)
+        if backend.woken:
+            woken, backend.woken = backend.woken, set()
+            for queue in woken:
+                waker = self._wakers.pop(queue, None)
+                if waker is not None:
+                    waker.set()
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        subs = self._subscriptions.get(sub.queue)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscriptions[sub.queue]
+        count = self._backend.listened.get(sub.queue, 0) - 1
+        if count > 0:
+            self._backend.listened[sub.queue] = count
+        else:
+            self._backend.listened.pop(sub.queue, None)
+
+    # ---------------------------------------------------------------- protocol
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        return self._run(self._engine.add_jobs, groups, now)
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        return self._run(
+            self._engine.take_jobs,
+            queue,
+            limit=limit,
+            token=token,
+            lock_until=lock_until,
+            now=now,
+            rate_limit=rate_limit,
+        )
+
+    async def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        return self._run(self._engine.extend_locks, queue, locks, lock_until)
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        return self._run(self._engine.complete_jobs, queue, completions, now)
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        return self._run(self._engine.fail_jobs, queue, failures, now)
+
+    async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        return self._run(self._engine.release_jobs, queue, releases, now)
+
+    async def recover_stalled(
+        self, queue: str, now: float, max_stalled_count: int
+    ) -> list[StallOutcome]:
+        return self._run(self._engine.recover_stalled, queue, now, max_stalled_count)
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        if not self._connected:
+            raise StoreClosedError("MemoryStore is not connected: use 'async with store:'")
+        backend = self._backend
+        if backend.count(queue, WAITING) and not backend.is_paused(queue):
+            await anyio.lowlevel.checkpoint()
+            return
+        waker = self._wakers.get(queue)
+        if waker is None:
+            waker = self._wakers[queue] = asyncio.Event()
+        with anyio.move_on_after(max(timeout, 0.0)):
+            await waker.wait()
+
+    async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
+        self._run(self._engine.update_progress, queue, job_id, progress, time.time())
+
+    async def add_log(self, queue: str, job_id: str, line: str) -> int:
+        return self._run(self._engine.add_log, queue, job_id, line)
+
+    async def get_logs(
+        self, queue: str, job_id: str, start: int = 0, end: int | None = None
+    ) -> list[str]:
+        return self._run(self._engine.get_logs, queue, job_id, start, end)
+
+    async def update_data(self, queue: str, job_id: str, data: str) -> None:
+        self._run(self._engine.update_data, queue, job_id, data)
+
+    async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
+        self._run(self._engine.change_priority, queue, job_id, priority, lifo)
+
+    async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
+        self._run(self._engine.change_delay, queue, job_id, run_at)
+
+    async def promote_job(self, queue: str, job_id: str, now: float) -> None:
+        self._run(self._engine.promote_job, queue, job_id, now)
+
+    async def promote_jobs(self, queue: str, now: float) -> int:
+        return self._run(self._engine.promote_jobs, queue, now)
+
+    async def retry_job(self, queue: str, job_id: str, now: float) -> None:
+        self._run(self._engine.retry_job, queue, job_id, now)
+
+    async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
+        return self._run(self._engine.retry_jobs, queue, state, now)
+
+    async def remove_job(self, queue: str, job_id: str) -> bool:
+        return self._run(self._engine.remove_job, queue, job_id, time.time())
+
+    async def pause(self, queue: str) -> None:
+        self._run(self._engine.pause, queue, time.time())
+
+    async def resume(self, queue: str) -> None:
+        self._run(self._engine.resume, queue, time.time())
+
+    async def is_paused(self, queue: str) -> bool:
+        return self._run(self._backend.is_paused, queue)
+
+    async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
+        return self._run(self._engine.drain, queue, include_delayed, now)
+
+    async def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        return self._run(self._engine.clean, queue, state, older_than, limit, time.time())
+
+    async def obliterate(self, queue: str, force: bool) -> None:
+        self._run(self._engine.obliterate, queue, force, time.time())
+
+    async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        return self._run(self._engine.get_job, queue, job_id)
+
+    async def get_jobs(
+        self, queue: str, states: Sequence[JobState], start: int, end: int | None
+    ) -> list[JobRecord]:
+        return self._run(self._engine.get_jobs, queue, states, start, end)
+
+    async def get_counts(self, queue: str) -> dict[JobState, int]:
+        return self._run(self._engine.get_counts, queue)
+
+    async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        return self._run(self._engine.get_dependencies, queue, job_id)
+
+    async def list_queues(self) -> list[str]:
+        return self._run(self._backend.queues)
+
+    async def subscribe(self, queue: str) -> EventSubscription:
+        if not self._connected:
+            raise StoreClosedError("MemoryStore is not connected: use 'async with store:'")
+        sub = _Subscription(self, queue)
+        self._subscriptions.setdefault(queue, set()).add(sub)
+        self._backend.listened[queue] = self._backend.listened.get(queue, 0) + 1
+        return sub
