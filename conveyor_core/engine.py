@@ -164,8 +164,8 @@ class Backend(Protocol):
         ...
 
     def wake(self, queue: str) -> None:
-        """Note that jobs entered ``waiting`` in the queue (or it was resumed), so idle
-        workers are woken once the atomic unit ends."""
+        """Note that jobs entered ``waiting`` or ``delayed`` in the queue (or it was
+        resumed), so idle workers are woken once the atomic unit ends."""
         ...
 
 
@@ -199,6 +199,7 @@ class Engine:
         job.run_at = run_at
         self.b.save(job, old)
         self.b.emit("delayed", job.queue, job.id, {"run_at": run_at}, now)
+        self.b.wake(job.queue)
 
     def _release(self, parent: JobRecord, now: float) -> None:
         """RELEASE: a parent leaves ``waiting-children``."""
@@ -563,6 +564,7 @@ class Engine:
             )
         job.run_at = run_at
         self.b.save(job, DELAYED)
+        self.b.wake(queue)
 
     def promote_job(self, queue: str, job_id: str, now: float) -> None:
         job = self._require(queue, job_id)

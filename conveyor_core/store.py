@@ -81,7 +81,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from .models import JobState, ParentPolicy
 
@@ -270,6 +270,14 @@ class StoreInterface(Protocol):
         """Close connections and end subscriptions and waits. Idempotent."""
         ...
 
+    async def __aenter__(self) -> Self:
+        """``connect()``, then the store itself."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """``close()``."""
+        ...
+
     # ------------------------------------------------------------------ writing
 
     async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
@@ -378,7 +386,9 @@ class StoreInterface(Protocol):
         """Wait until a job of the queue may have become waiting, or ``timeout`` passes.
 
         Returns early (promptly, without busy polling where the backend allows) after
-        jobs enter ``waiting`` in the queue or the queue is resumed. A spurious early
+        jobs enter ``waiting`` or ``delayed`` in the queue (a delayed job's ``run_at`` may
+        be sooner than the caller's timeout; ``change_delay`` counts too) or the queue is
+        resumed. A spurious early
         return is allowed; the caller then simply takes again.
         """
         ...

@@ -1,0 +1,63 @@
+"""Conveyor: an embeddable, async job queue and flow orchestrator.
+
+``Queue``, ``Worker``, ``FlowProducer`` and ``QueueEvents`` talk to a store only
+through :class:`StoreInterface`; the stores themselves live in ``conveyor_stores``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import (
+    ConveyorError,
+    DuplicateJobError,
+    InvalidJobStateError,
+    JobFailedError,
+    JobNotFoundError,
+    LockLostError,
+    PayloadError,
+    StoreClosedError,
+    StoreUnavailableError,
+    UnrecoverableError,
+)
+from .events import QueueEvents
+from .flow import FlowProducer, JobNode
+from .job import Dependencies, Job
+from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
+from .queue import Queue
+from .store import StoreInterface
+from .worker import Worker
+
+try:
+    __version__ = version("conveyor-queue")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "ConveyorError",
+    "Dependencies",
+    "DuplicateJobError",
+    "FlowJob",
+    "FlowProducer",
+    "InvalidJobStateError",
+    "Job",
+    "JobFailedError",
+    "JobNode",
+    "JobNotFoundError",
+    "JobOptions",
+    "JobState",
+    "LockLostError",
+    "ParentPolicy",
+    "PayloadError",
+    "Queue",
+    "QueueEvent",
+    "QueueEvents",
+    "RateLimit",
+    "StoreClosedError",
+    "StoreInterface",
+    "StoreUnavailableError",
+    "UnrecoverableError",
+    "Worker",
+    "__version__",
+]

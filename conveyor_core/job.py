@@ -1,0 +1,344 @@
+"""``Job``: one job as a user sees it, a thin view of a store's ``JobRecord``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+
+from . import codec
+from .clock import Clock, seconds, system_clock, to_datetime
+from .errors import JobFailedError, JobNotFoundError
+from .models import MAX_PRIORITY, JobOptions, JobState
+from .store import JobRecord, StoreInterface
+
+__all__ = ["Dependencies", "Job"]
+
+_DEFAULT_OPTS = JobOptions()
+_OPTS_CACHE: dict[str, JobOptions] = {"{}": _DEFAULT_OPTS, "": _DEFAULT_OPTS}
+_OPTS_CACHE_SIZE = 512
+_FINISHED_EVENTS = frozenset({"completed", "failed", "removed"})
+
+
+def parse_opts(text: str) -> JobOptions:
+    """The ``JobOptions`` of a stored job; identical texts share one (frozen) model."""
+    opts = _OPTS_CACHE.get(text)
+    if opts is None:
+        opts = JobOptions.model_validate_json(text)
+        if len(_OPTS_CACHE) >= _OPTS_CACHE_SIZE:
+            _OPTS_CACHE.clear()
+            _OPTS_CACHE["{}"] = _DEFAULT_OPTS
+        _OPTS_CACHE[text] = opts
+    return opts
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else codec.loads(text)
+
+
+@dataclass(slots=True)
+class Dependencies:
+    """A parent's children grouped by how they resolved (``Job.get_dependencies``)."""
+
+    processed: dict[str, Any] = field(default_factory=dict)
+    """Completed children: ``{child_id: return_value}``."""
+    unprocessed: list[str] = field(default_factory=list)
+    """Children still pending, in the order they were added."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Children whose final failure was recorded on the parent: ``{child_id: reason}``."""
+    ignored: dict[str, str] = field(default_factory=dict)
+    """Failed children the parent ignores: ``{child_id: reason}``."""
+
+
+class Job:
+    """A job of a queue: its stored fields (decoded) and the operations on it.
+
+    A ``Job`` is a snapshot: its attributes change only when :meth:`refresh` (or an
+    operation made through this object) re-reads the store.
+    """
+
+    def __init__(
+        self, store: StoreInterface, record: JobRecord, *, clock: Clock = system_clock
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._record = record
+        self._data: Any = _UNSET
+        self._opts: JobOptions | None = None
+        self.token: str | None = None
+        """The lock token while a worker runs this job, else ``None``."""
+        self._progress_hook: Callable[[Job, Any], Awaitable[None] | None] | None = None
+
+    # ------------------------------------------------------------------ fields
+
+    @property
+    def record(self) -> JobRecord:
+        """The raw record as the store returned it (JSON fields undecoded)."""
+        return self._record
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def queue_name(self) -> str:
+        return self._record.queue
+
+    @property
+    def data(self) -> Any:
+        """The job's data, decoded from JSON (once)."""
+        if self._data is _UNSET:
+            self._data = codec.loads(self._record.data)
+        return self._data
+
+    @property
+    def opts(self) -> JobOptions:
+        if self._opts is None:
+            self._opts = parse_opts(self._record.opts)
+        return self._opts
+
+    @property
+    def state(self) -> JobState:
+        return self._record.state
+
+    @property
+    def priority(self) -> int:
+        return self._record.priority
+
+    @property
+    def attempts_made(self) -> int:
+        return self._record.attempts_made
+
+    @property
+    def stalled_count(self) -> int:
+        return self._record.stalled_count
+
+    @property
+    def progress(self) -> Any:
+        return _decode(self._record.progress)
+
+    @property
+    def return_value(self) -> Any:
+        return _decode(self._record.return_value)
+
+    @property
+    def failed_reason(self) -> str | None:
+        return self._record.failed_reason
+
+    @property
+    def stacktrace(self) -> list[str]:
+        return list(self._record.stacktrace)
+
+    @property
+    def created_at(self) -> datetime | None:
+        return to_datetime(self._record.created_at)
+
+    @property
+    def processed_at(self) -> datetime | None:
+        return to_datetime(self._record.processed_at)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return to_datetime(self._record.finished_at)
+
+    @property
+    def run_at(self) -> datetime | None:
+        """For a delayed job: when it becomes waiting."""
+        return to_datetime(self._record.run_at)
+
+    @property
+    def parent_id(self) -> str | None:
+        return self._record.parent_id
+
+    @property
+    def parent_queue(self) -> str | None:
+        return self._record.parent_queue
+
+    def __repr__(self) -> str:
+        return (
+            f"<Job {self.id!r} name={self.name!r} queue={self.queue_name!r} "
+            f"state={self.state.value}>"
+        )
+
+    def _set_record(self, record: JobRecord) -> None:
+        self._record = record
+        self._data = _UNSET
+        self._opts = None
+
+    def _what(self, part: str) -> str:
+        return f"{part} of job {self.name!r} ({self.id}) in queue {self.queue_name!r}"
+
+    # ------------------------------------------------------------------ reading
+
+    async def refresh(self) -> Job:
+        """Re-read everything from the store; ``JobNotFoundError`` if it is gone."""
+        record = await self._store.get_job(self.queue_name, self.id)
+        if record is None:
+            raise JobNotFoundError(self.queue_name, self.id)
+        self._set_record(record)
+        return self
+
+    async def get_state(self) -> JobState:
+        """The job's current state in the store."""
+        await self.refresh()
+        return self.state
+
+    async def get_logs(self, start: int = 0, end: int | None = None) -> list[Any]:
+        """Log entries ``start`` up to and including ``end`` (``None``: to the last)."""
+        lines = await self._store.get_logs(self.queue_name, self.id, start, end)
+        return [codec.loads(line) for line in lines]
+
+    async def get_dependencies(self) -> Dependencies:
+        """The job's children grouped as processed, unprocessed, failed and ignored."""
+        deps = Dependencies()
+        for dep in await self._store.get_dependencies(self.queue_name, self.id):
+            if dep.status == "processed":
+                deps.processed[dep.id] = _decode(dep.value)
+            elif dep.status == "pending":
+                deps.unprocessed.append(dep.id)
+            elif dep.status == "failed":
+                deps.failed[dep.id] = dep.reason or ""
+            else:
+                deps.ignored[dep.id] = dep.reason or ""
+        return deps
+
+    async def get_children_values(self) -> dict[str, Any]:
+        """``{child_id: return_value}`` of the children that completed."""
+        return (await self.get_dependencies()).processed
+
+    async def get_ignored_children_failures(self) -> dict[str, str]:
+        """``{child_id: reason}`` of failed children this job ignores."""
+        return (await self.get_dependencies()).ignored
+
+    async def get_parent(self) -> Job | None:
+        """The parent job, or ``None`` without one (or if it no longer exists)."""
+        if self.parent_id is None or self.parent_queue is None:
+            return None
+        record = await self._store.get_job(self.parent_queue, self.parent_id)
+        return None if record is None else Job(self._store, record, clock=self._clock)
+
+    # ------------------------------------------------------------------ writing
+
+    async def update_progress(self, progress: Any) -> None:
+        """Set progress (a number or a JSON object); emits ``progress``."""
+        if isinstance(progress, bool) or not isinstance(progress, int | float | dict):
+            raise TypeError(f"progress must be a number or a dict, got {type(progress).__name__}")
+        if isinstance(progress, float) and not math.isfinite(progress):
+            raise ValueError(f"progress must be a finite number, got {progress!r}")
+        text = codec.dumps(progress, what=self._what("progress"))
+        await self._store.update_progress(self.queue_name, self.id, text)
+        self._record.progress = text
+        hook = self._progress_hook
+        if hook is not None:
+            result = hook(self, progress)
+            if result is not None:
+                await result
+
+    async def log(self, line: Any) -> int:
+        """Append a JSON value (usually a string) to the job's log; returns its length."""
+        text = codec.dumps(line, what=self._what("log line"))
+        return await self._store.add_log(self.queue_name, self.id, text)
+
+    async def update_data(self, data: Any) -> None:
+        """Replace the job's data (JSON)."""
+        text = codec.dumps(data, what=self._what("data"))
+        await self._store.update_data(self.queue_name, self.id, text)
+        self._record.data = text
+        self._data = _UNSET
+
+    async def change_priority(self, priority: int, lifo: bool = False) -> None:
+        """Change the priority (lower runs first); a waiting job is re-ordered."""
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be between 0 and {MAX_PRIORITY}, got {priority}")
+        await self._store.change_priority(self.queue_name, self.id, priority, lifo)
+        self._record.priority = priority
+        self._record.lifo = lifo
+
+    async def change_delay(self, delay: float | timedelta) -> None:
+        """Make a delayed job run ``delay`` seconds from now."""
+        run_at = self._clock() + seconds(delay, what="delay")
+        await self._store.change_delay(self.queue_name, self.id, run_at)
+        self._record.run_at = run_at
+
+    async def promote(self) -> None:
+        """Move a delayed job to waiting now."""
+        await self._store.promote_job(self.queue_name, self.id, self._clock())
+        self._record.state = JobState.WAITING
+        self._record.run_at = None
+
+    async def retry(self) -> None:
+        """Run a failed job again from scratch."""
+        await self._store.retry_job(self.queue_name, self.id, self._clock())
+        await self.refresh()
+
+    async def remove(self) -> None:
+        """Remove the job and its unfinished descendants; ``JobNotFoundError`` if gone."""
+        if not await self._store.remove_job(self.queue_name, self.id):
+            raise JobNotFoundError(self.queue_name, self.id)
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_until_finished(self, timeout: float | timedelta | None = None) -> Any:
+        """Wait until the job completes and return its value, or raise ``JobFailedError``.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds and ``JobNotFoundError`` if the
+        job is removed. Listens to the queue's events and re-reads the job once listening,
+        so a job that finished just before the call is seen too.
+        """
+        limit = math.inf if timeout is None else seconds(timeout, what="timeout")
+        with anyio.fail_after(limit):
+            subscription = await self._store.subscribe(self.queue_name)
+            try:
+                if outcome := self._outcome(await self._store.get_job(self.queue_name, self.id)):
+                    return outcome()
+                async for event in subscription:
+                    if event.job_id != self.id or event.type not in _FINISHED_EVENTS:
+                        continue
+                    if event.type == "removed":
+                        raise JobNotFoundError(self.queue_name, self.id)
+                    record = await self._store.get_job(self.queue_name, self.id)
+                    if record is None:
+                        # Deleted on finishing (remove_on_complete/remove_on_fail).
+                        if event.type == "completed":
+                            return _decode(event.data.get("return_value"))
+                        reason = event.data.get("failed_reason", event.data.get("reason"))
+                        raise JobFailedError(self.id, reason)
+                    if (outcome := self._outcome(record)) is not None:
+                        return outcome()
+                raise JobNotFoundError(self.queue_name, self.id)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await subscription.aclose()
+
+    def _outcome(self, record: JobRecord | None) -> Callable[[], Any] | None:
+        """A function returning the result (or raising) if ``record`` is finished."""
+        if record is None:
+            raise JobNotFoundError(self.queue_name, self.id)
+        if record.state is JobState.COMPLETED:
+            self._set_record(record)
+            return lambda: _decode(record.return_value)
+        if record.state is JobState.FAILED:
+            self._set_record(record)
+
+            def fail() -> Any:
+                raise JobFailedError(record.id, record.failed_reason)
+
+            return fail
+        return None
+
+
+class _Unset:
+    __slots__ = ()
+
+
+_UNSET: Any = _Unset()

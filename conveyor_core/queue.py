@@ -1,0 +1,286 @@
+"""``Queue``: add jobs to a named queue and manage it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from . import codec
+from .clock import Clock, seconds, system_clock
+from .errors import DuplicateJobError
+from .job import Job
+from .models import JobOptions, JobState
+from .store import JobRecord, NewJob, StoreInterface
+
+__all__ = ["Queue"]
+
+OptionsLike = JobOptions | Mapping[str, Any]
+StatesLike = JobState | str | Iterable[JobState | str]
+
+_DEFAULT_OPTS = JobOptions()
+_CHILD_FLAGS = (
+    "fail_parent_on_failure",
+    "continue_parent_on_failure",
+    "ignore_dependency_on_failure",
+    "remove_dependency_on_failure",
+)
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` if it is a non-empty string, else ``ValueError``/``TypeError``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+def explicit_fields(opts: OptionsLike) -> dict[str, Any]:
+    """The fields a user set on ``opts`` (validated), for merging option layers."""
+    model = opts if isinstance(opts, JobOptions) else JobOptions.model_validate(opts)
+    return model.model_dump(exclude_unset=True)
+
+
+def resolve_options(
+    opts: OptionsLike | None, defaults: Mapping[str, Any] | None = None
+) -> JobOptions:
+    """A job's effective options: its own fields over ``defaults`` (explicit fields).
+
+    A child failure flag set on the job replaces any child failure flag of the
+    defaults, since at most one may be set.
+    """
+    if not defaults:
+        if opts is None:
+            return _DEFAULT_OPTS
+        return opts if isinstance(opts, JobOptions) else JobOptions.model_validate(opts)
+    if opts is None:
+        return JobOptions.model_validate(defaults)
+    own = explicit_fields(opts)
+    merged = dict(defaults)
+    if any(own.get(flag) for flag in _CHILD_FLAGS):
+        for flag in _CHILD_FLAGS:
+            merged.pop(flag, None)
+    merged.update(own)
+    return JobOptions.model_validate(merged)
+
+
+def options_json(opts: JobOptions) -> str:
+    """The JSON text a store keeps for ``opts`` (only non-default fields)."""
+    if opts is _DEFAULT_OPTS:
+        return "{}"
+    return opts.model_dump_json(exclude_defaults=True)
+
+
+def build_new_job(
+    *,
+    queue: str,
+    name: str,
+    data: str,
+    opts: JobOptions,
+    job_id: str,
+    has_children: bool = False,
+) -> NewJob:
+    """A ``NewJob`` with the initial state the core picks for it."""
+    if has_children:
+        state = JobState.WAITING_CHILDREN
+    elif opts.delay > 0:
+        state = JobState.DELAYED
+    else:
+        state = JobState.WAITING
+    return NewJob(
+        id=job_id,
+        queue=queue,
+        name=name,
+        data=data,
+        opts=options_json(opts),
+        state=state,
+        priority=opts.priority,
+        lifo=opts.lifo,
+        delay=opts.delay,
+        keep_completed=opts.keep_count("complete"),
+        keep_failed=opts.keep_count("fail"),
+    )
+
+
+def record_of(new: NewJob, now: float) -> JobRecord:
+    """The record a store holds right after writing ``new`` at ``now``."""
+    return JobRecord(
+        id=new.id,
+        queue=new.queue,
+        name=new.name,
+        data=new.data,
+        opts=new.opts,
+        state=new.state,
+        priority=new.priority,
+        lifo=new.lifo,
+        delay=new.delay,
+        created_at=now,
+        run_at=now + new.delay if new.state is JobState.DELAYED else None,
+        keep_completed=new.keep_completed,
+        keep_failed=new.keep_failed,
+        parent_id=new.parent_id,
+        parent_queue=new.parent_queue,
+        parent_policy=new.parent_policy,
+    )
+
+
+def normalize_states(states: StatesLike) -> list[JobState]:
+    """One or many states (``JobState`` or their string values) as a list."""
+    if isinstance(states, JobState | str):
+        return [JobState(states)]
+    return [JobState(state) for state in states]
+
+
+class Queue:
+    """A named queue in a store: add jobs, read them, pause, clean.
+
+    The queue does not own the store: :meth:`close` leaves it open.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        store: StoreInterface,
+        default_job_options: OptionsLike | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.name = check_name(name, "queue name")
+        self.store = store
+        self._clock = clock
+        self._defaults: dict[str, Any] | None = (
+            explicit_fields(default_job_options) if default_job_options is not None else None
+        )
+        self.default_job_options: JobOptions = resolve_options(None, self._defaults)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r}>"
+
+    # ------------------------------------------------------------------ adding
+
+    def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> NewJob:
+        check_name(name, "job name")
+        options = resolve_options(opts, self._defaults)
+        text = codec.dumps(data, what=f"data of job {name!r} in queue {self.name!r}")
+        return build_new_job(
+            queue=self.name,
+            name=name,
+            data=text,
+            opts=options,
+            job_id=options.job_id or uuid.uuid4().hex,
+        )
+
+    async def add(self, name: str, data: Any = None, opts: OptionsLike | None = None) -> Job:
+        """Add one job. With an ``opts.job_id`` that already exists in this queue,
+        nothing is written and the existing job is returned."""
+        new = self._prepare(name, data, opts)
+        now = self._clock()
+        (written,) = await self.store.add_jobs([[new]], now)
+        if not written:
+            existing = await self.get_job(new.id)
+            if existing is not None:
+                return existing
+            # Removed between the two calls: report it as the duplicate it was.
+            raise DuplicateJobError(f"job id {new.id!r} already exists in queue {self.name!r}")
+        return Job(self.store, record_of(new, now), clock=self._clock)
+
+    async def add_bulk(self, jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Add many jobs in one atomic step: all are written or none.
+
+        Each item is ``{"name": ..., "data": ..., "opts": ...}`` (``data`` and ``opts``
+        optional). An item whose ``job_id`` already exists is returned as it is.
+        """
+        news: list[NewJob] = []
+        seen: set[str] = set()
+        for index, item in enumerate(jobs):
+            if not isinstance(item, Mapping):
+                raise TypeError(f"add_bulk item {index} must be a dict, got {type(item).__name__}")
+            unknown = set(item) - {"name", "data", "opts"}
+            if unknown:
+                raise ValueError(f"add_bulk item {index} has unknown keys: {sorted(unknown)}")
+            new = self._prepare(item.get("name"), item.get("data"), item.get("opts"))  # type: ignore[arg-type]
+            if new.id in seen:
+                raise DuplicateJobError(f"job id {new.id!r} is used twice in one add_bulk call")
+            seen.add(new.id)
+            news.append(new)
+        if not news:
+            return []
+        now = self._clock()
+        written = await self.store.add_jobs([[new] for new in news], now)
+        result: list[Job] = []
+        for new, ok in zip(news, written, strict=True):
+            if ok:
+                result.append(Job(self.store, record_of(new, now), clock=self._clock))
+                continue
+            existing = await self.get_job(new.id)
+            if existing is None:
+                raise DuplicateJobError(f"job id {new.id!r} already exists in queue {self.name!r}")
+            result.append(existing)
+        return result
+
+    # ------------------------------------------------------------------ reading
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None``."""
+        record = await self.store.get_job(self.name, job_id)
+        return None if record is None else Job(self.store, record, clock=self._clock)
+
+    async def get_jobs(
+        self, states: StatesLike, start: int = 0, end: int | None = None
+    ) -> list[Job]:
+        """Jobs in one or many states, from index ``start`` to ``end`` inclusive."""
+        records = await self.store.get_jobs(self.name, normalize_states(states), start, end)
+        return [Job(self.store, record, clock=self._clock) for record in records]
+
+    async def get_job_counts(self) -> dict[str, int]:
+        """How many jobs are in each state, keyed by the state's value."""
+        counts = await self.store.get_counts(self.name)
+        return {state.value: counts.get(state, 0) for state in JobState}
+
+    # ------------------------------------------------------------------ managing
+
+    async def pause(self) -> None:
+        """Stop workers from taking this queue's jobs."""
+        await self.store.pause(self.name)
+
+    async def resume(self) -> None:
+        """Let workers take this queue's jobs again."""
+        await self.store.resume(self.name)
+
+    async def is_paused(self) -> bool:
+        return await self.store.is_paused(self.name)
+
+    async def drain(self, include_delayed: bool = False) -> int:
+        """Remove every waiting (and, if asked, delayed) job; returns how many."""
+        return await self.store.drain(self.name, include_delayed, self._clock())
+
+    async def clean(
+        self,
+        grace: float | timedelta,
+        limit: int | None = None,
+        state: JobState | str = JobState.COMPLETED,
+    ) -> list[str]:
+        """Remove up to ``limit`` jobs in ``state`` finished (or, for unfinished states,
+        created) at least ``grace`` seconds ago; returns their ids."""
+        older_than = self._clock() - seconds(grace, what="grace")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        return await self.store.clean(self.name, JobState(state), older_than, limit)
+
+    async def obliterate(self, force: bool = False) -> None:
+        """Delete the queue and all its jobs; refuses while jobs are active unless
+        ``force``."""
+        await self.store.obliterate(self.name, force)
+
+    async def retry_jobs(self, state: JobState | str = JobState.FAILED) -> int:
+        """Re-run every failed (or completed) job; returns how many."""
+        return await self.store.retry_jobs(self.name, JobState(state), self._clock())
+
+    async def promote_jobs(self) -> int:
+        """Move every delayed job to waiting now; returns how many."""
+        return await self.store.promote_jobs(self.name, self._clock())
+
+    async def close(self) -> None:
+        """Nothing to release: the store stays open for its other users."""

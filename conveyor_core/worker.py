@@ -1,0 +1,678 @@
+"""``Worker``: takes a queue's jobs and runs a handler on each, many at a time."""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import math
+import random
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup, TaskStatus
+
+from . import codec
+from .clock import Clock, seconds, system_clock
+from .errors import LockLostError, StoreClosedError, UnrecoverableError
+from .job import Job
+from .models import Backoff, JobOptions, JobState, RateLimit
+from .queue import check_name
+from .store import Completion, Failure, Release, StoreInterface
+
+__all__ = ["BackoffStrategy", "Handler", "Worker", "WorkerCallback", "backoff_delay"]
+
+logger = logging.getLogger("conveyor.worker")
+
+Handler = Callable[[Job], Any]
+"""``async def handle(job) -> result`` or a plain ``def`` (run in a thread)."""
+
+BackoffStrategy = Callable[[int, BaseException, Job], float]
+"""``strategy(attempts_made, error, job) -> seconds`` before the next try;
+``attempts_made`` counts the attempt that just failed."""
+
+WorkerCallback = Callable[..., Awaitable[None] | None]
+
+WORKER_EVENTS = frozenset(
+    {"active", "completed", "failed", "progress", "stalled", "error", "drained", "closed"}
+)
+
+_MAX_BACKOFF_EXPONENT = 62
+_CLEANUP_SECONDS = 10.0
+_FINISH_RETRY_PAUSES = (0.05, 0.25, None)
+"""Pauses between tries of a batch of completions or failures; ``None``: give up."""
+T = TypeVar("T")
+
+
+class _NoRetry(Exception):
+    """The job cannot be retried for a reason that is the worker's, not the handler's."""
+
+
+def backoff_delay(backoff: Backoff, attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
+    delay = backoff.delay
+    if backoff.type == "exponential":
+        delay *= 2.0 ** min(attempt - 1, _MAX_BACKOFF_EXPONENT)
+    if backoff.jitter:
+        delay *= 1.0 - random.random() * backoff.jitter
+    return max(0.0, delay)
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - callable objects
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A job this worker holds the lock of."""
+
+    job: Job
+    token: str
+    lost: bool = False
+    finished: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Outcome:
+    """A finished attempt waiting to be sent to the store."""
+
+    running: _Running
+    item: Completion | Failure
+    value: Any
+    """The handler's return value, or the exception it raised."""
+
+
+class Worker:
+    """Runs ``handler(job)`` for the jobs of one queue, up to ``concurrency`` at a time.
+
+    Events (see :meth:`on`), with their callback arguments:
+    ``active(job)``, ``completed(job, result)``, ``failed(job, error)`` (every failed
+    attempt, retried or not), ``progress(job, progress)``, ``stalled(job_id, failed)``,
+    ``error(error)``, ``drained()`` (the queue ran out of waiting jobs), ``closed()``.
+
+    Plain ``def`` handlers run in worker threads (at most ``concurrency`` at once); from
+    there, call the job's coroutines with ``anyio.from_thread.run(job.update_progress,
+    50)``. A sync handler that times out or is cancelled by ``close(timeout)`` cannot be
+    stopped: its thread runs on, and its result is discarded.
+
+    The worker does not own the store: closing the worker leaves the store open.
+    """
+
+    def __init__(
+        self,
+        queue_name: str,
+        handler: Handler,
+        *,
+        store: StoreInterface,
+        concurrency: int = 10,
+        lock_duration: float | timedelta = 30.0,
+        stalled_interval: float | timedelta = 30.0,
+        max_stalled_count: int = 1,
+        limiter: RateLimit | Mapping[str, Any] | None = None,
+        backoff_strategies: Mapping[str, BackoffStrategy] | None = None,
+        drain_delay: float | timedelta = 5.0,
+        stacktrace_limit: int = 10,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.queue_name = check_name(queue_name, "queue name")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        if max_stalled_count < 0:
+            raise ValueError(f"max_stalled_count must not be negative, got {max_stalled_count}")
+        self.handler = handler
+        self.store = store
+        self.concurrency = concurrency
+        self.lock_duration = seconds(lock_duration, what="lock_duration")
+        self.stalled_interval = seconds(stalled_interval, what="stalled_interval")
+        self.drain_delay = seconds(drain_delay, what="drain_delay")
+        if self.lock_duration <= 0 or self.stalled_interval <= 0:
+            raise ValueError("lock_duration and stalled_interval must be positive")
+        self.max_stalled_count = max_stalled_count
+        self.limiter: RateLimit | None = (
+            None
+            if limiter is None
+            else limiter
+            if isinstance(limiter, RateLimit)
+            else RateLimit.model_validate(limiter)
+        )
+        self.backoff_strategies: dict[str, BackoffStrategy] = dict(backoff_strategies or {})
+        self.stacktrace_limit = stacktrace_limit
+        self._clock = clock
+        self._is_async = _is_async(handler)
+        self._rate_limit = (
+            None if self.limiter is None else (self.limiter.max, self.limiter.duration)
+        )
+        self._callbacks: dict[str, list[WorkerCallback]] = {}
+
+        self._running: dict[str, _Running] = {}
+        self._outcomes: list[_Outcome] = []
+        self._started = False
+        self._closing = False
+        self._finisher_closing = False
+        self._closed_emitted = False
+        self._fatal: BaseException | None = None
+        self._stopped = anyio.Event()
+        self._finisher_wake = anyio.Event()
+        self._finisher_done = anyio.Event()
+        self._queued: collections.deque[_Running] = collections.deque()
+        self._work_ready = anyio.Event()
+        self._slot_freed = anyio.Event()
+        self._fetch_done = False
+        self._idle_scope: anyio.CancelScope | None = None
+        self._handler_scope: anyio.CancelScope | None = None
+        self._thread_limiter = anyio.CapacityLimiter(concurrency)
+        self._host: TaskGroup | None = None
+        self._progress_hook = self._on_progress
+
+    def __repr__(self) -> str:
+        return f"<Worker queue={self.queue_name!r} concurrency={self.concurrency}>"
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker is taking or finishing jobs."""
+        return self._started and not self._stopped.is_set()
+
+    @property
+    def active_count(self) -> int:
+        """How many handlers are running now."""
+        return len(self._running)
+
+    # ------------------------------------------------------------------ events
+
+    def on(self, event: str, callback: WorkerCallback) -> WorkerCallback:
+        """Call ``callback`` on ``event`` (sync or async; see the class docstring).
+
+        Callbacks run in the worker's tasks, so an async one should be quick; an
+        exception in a callback is reported as an ``error`` event (or logged), never
+        stops the worker.
+        """
+        if event not in WORKER_EVENTS:
+            raise ValueError(f"unknown worker event {event!r}; known: {sorted(WORKER_EVENTS)}")
+        self._callbacks.setdefault(event, []).append(callback)
+        return callback
+
+    def off(self, event: str, callback: WorkerCallback) -> None:
+        """Stop calling ``callback`` on ``event``."""
+        callbacks = self._callbacks.get(event, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+    async def _emit(self, event: str, *args: Any) -> None:
+        callbacks = self._callbacks.get(event)
+        if not callbacks:
+            if event == "error":
+                error = args[0] if args else None
+                logger.error(
+                    "worker of queue %r: %s",
+                    self.queue_name,
+                    error,
+                    exc_info=error if isinstance(error, BaseException) else None,
+                )
+            return
+        for callback in tuple(callbacks):
+            try:
+                result = callback(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                if event == "error":
+                    logger.exception("worker %r error callback failed", self.queue_name)
+                else:
+                    await self._emit("error", exc)
+
+    async def _emit_error(self, error: BaseException) -> None:
+        await self._emit("error", error)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take and run jobs until :meth:`close` is called or the task is cancelled.
+
+        Works with ``task_group.start(worker.run)``: it reports started once its
+        background tasks are up.
+        """
+        if self._started:
+            raise RuntimeError("a Worker runs once; create a new one to run again")
+        self._started = True
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self._renew_locks_loop)
+                services.start_soon(self._stalled_loop)
+                services.start_soon(self._finisher_loop)
+                async with anyio.create_task_group() as slots:
+                    self._handler_scope = slots.cancel_scope
+                    for _ in range(self.concurrency):
+                        slots.start_soon(self._slot)
+                    task_status.started()
+                    await self._fetch_loop()
+                    self._fetch_done = True
+                    self._work_ready.set()
+                # Every handler is done: send what is left, then stop the services.
+                self._finisher_closing = True
+                self._finisher_wake.set()
+                await self._finisher_done.wait()
+                services.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = anyio.current_time() + _CLEANUP_SECONDS
+                await self._cleanup()
+            self._stopped.set()
+            if not self._closed_emitted:
+                self._closed_emitted = True
+                with anyio.CancelScope(shield=True):
+                    await self._emit("closed")
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _cleanup(self) -> None:
+        """Send unsent outcomes and hand unfinished jobs back (after cancellation)."""
+        if self._outcomes:
+            outcomes, self._outcomes = self._outcomes, []
+            await self._send(outcomes)
+        leftovers = [r for r in self._running.values() if not r.finished and not r.lost]
+        self._running.clear()
+        if not leftovers:
+            return
+        try:
+            await self.store.release_jobs(
+                self.queue_name,
+                [Release(r.job.id, r.token) for r in leftovers],
+                self._clock(),
+            )
+        except Exception as exc:
+            await self._emit_error(exc)
+
+    async def close(self, timeout: float | timedelta | None = None) -> None:
+        """Stop taking jobs and wait for the active ones to finish.
+
+        With ``timeout``, handlers still running after that many seconds are cancelled
+        and their jobs go back to waiting. Idempotent. Do not await it (without a
+        timeout) from inside this worker's own handler: it would wait for itself.
+        """
+        self._closing = True
+        self._wake()
+        if not self._started:
+            if not self._closed_emitted:
+                self._closed_emitted = True
+                await self._emit("closed")
+            return
+        if timeout is None:
+            await self._stopped.wait()
+            return
+        with anyio.move_on_after(seconds(timeout, what="timeout")):
+            await self._stopped.wait()
+            return
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        if self._host is not None:
+            raise RuntimeError("the worker is already running")
+        host = anyio.create_task_group()
+        await host.__aenter__()
+        try:
+            await host.start(self.run)
+        except BaseException as exc:
+            await host.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._host = host
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        host, self._host = self._host, None
+        if exc_type is None or issubclass(exc_type, Exception):
+            await self.close()
+        if host is None:
+            return None
+        return await host.__aexit__(exc_type, exc, tb)
+
+    # ------------------------------------------------------------------ fetching
+
+    def _wake(self) -> None:
+        """Interrupt the fetch loop's waits (on closing)."""
+        self._slot_freed.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        with anyio.CancelScope() as scope:
+            self._idle_scope = scope
+            if not self._closing:
+                await self.store.wait_for_work(self.queue_name, timeout)
+        self._idle_scope = None
+
+    async def _fetch_loop(self) -> None:
+        """Take as many jobs as there are free slots, in one call; wait when idle."""
+        announced_drained = False
+        errors_in_row = 0
+        while not self._closing:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+                continue
+            now = self._clock()
+            token = uuid.uuid4().hex
+            try:
+                result = await self.store.take_jobs(
+                    self.queue_name,
+                    limit=free,
+                    token=token,
+                    lock_until=now + self.lock_duration,
+                    now=now,
+                    rate_limit=self._rate_limit,
+                )
+            except StoreClosedError as exc:
+                self._fatal = exc
+                self._closing = True
+                break
+            except Exception as exc:
+                await self._emit_error(exc)
+                errors_in_row += 1
+                await anyio.sleep(min(0.05 * 2**errors_in_row, self.drain_delay, 5.0))
+                continue
+            errors_in_row = 0
+            if result.jobs:
+                announced_drained = False
+                for record in result.jobs:
+                    job = Job(self.store, record, clock=self._clock)
+                    job.token = token
+                    running = _Running(job, token)
+                    self._running[record.id] = running
+                    self._queued.append(running)
+                self._work_ready.set()
+                continue
+            if not announced_drained and result.rate_limited_until is None:
+                announced_drained = True
+                await self._emit("drained")
+            timeout = self.drain_delay
+            for at in (result.next_run_at, result.rate_limited_until):
+                if at is not None:
+                    timeout = min(timeout, max(0.0, at - now))
+            await self._wait_for_work(timeout)
+
+    # ------------------------------------------------------------------ handling
+
+    async def _slot(self) -> None:
+        """One of ``concurrency`` long-lived tasks running handlers one after another."""
+        queued = self._queued
+        while True:
+            if queued:
+                await self._process(queued.popleft())
+                continue
+            if self._fetch_done:
+                return
+            if self._work_ready.is_set():
+                self._work_ready = anyio.Event()
+            await self._work_ready.wait()
+
+    async def _process(self, running: _Running) -> None:
+        job = running.job
+        job._progress_hook = self._progress_hook
+        if "active" in self._callbacks:
+            await self._emit("active", job)
+        try:
+            if self._is_async and job.opts.timeout is None:
+                value = await self.handler(job)
+            else:
+                value = await self._call_handler(job)
+            text = "null" if value is None else codec.dumps(value, what=self._what(job))
+        except anyio.get_cancelled_exc_class():
+            # Forced close or cancellation: the job is handed back in cleanup.
+            raise
+        except Exception as exc:
+            outcome = _Outcome(running, await self._failure(running, exc), exc)
+        else:
+            outcome = _Outcome(running, Completion(job.id, running.token, text), value)
+        running.finished = True
+        if self._running.get(job.id) is running:
+            del self._running[job.id]
+        self._outcomes.append(outcome)
+        self._finisher_wake.set()
+        self._slot_freed.set()
+
+    def _what(self, job: Job) -> str:
+        return f"return value of job {job.name!r} ({job.id}) in queue {self.queue_name!r}"
+
+    async def _call_handler(self, job: Job) -> Any:
+        timeout = job.opts.timeout
+        if timeout is None:
+            return await self._invoke(job)
+        with anyio.move_on_after(timeout):
+            return await self._invoke(job)
+        raise TimeoutError(f"job timed out after {timeout}s")
+
+    async def _invoke(self, job: Job) -> Any:
+        if self._is_async:
+            return await self.handler(job)
+        value = await anyio.to_thread.run_sync(
+            self.handler, job, limiter=self._thread_limiter, abandon_on_cancel=True
+        )
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    async def _on_progress(self, job: Job, progress: Any) -> None:
+        await self._emit("progress", job, progress)
+
+    async def _failure(self, running: _Running, exc: BaseException) -> Failure:
+        """The store item for a failed attempt: retry (with backoff) or final."""
+        job = running.job
+        reason = str(exc) or type(exc).__name__
+        stack = traceback.format_exception(exc, limit=-self.stacktrace_limit)
+        attempt = job.attempts_made + 1
+        retry_at: float | None = None
+        try:
+            opts = job.opts
+        except Exception as opts_error:  # unreadable stored options: fail for good
+            opts = JobOptions()
+            reason = f"{reason} (not retried: invalid options: {opts_error})"
+        if not isinstance(exc, UnrecoverableError) and attempt < opts.attempts:
+            try:
+                delay = await self._backoff(opts.backoff, attempt, exc, job)
+            except _NoRetry as no_retry:
+                reason = f"{reason} (not retried: {no_retry})"
+            else:
+                retry_at = self._clock() + delay
+        return Failure(job.id, running.token, reason, stack, retry_at)
+
+    async def _backoff(
+        self, backoff: Backoff | str | None, attempt: int, exc: BaseException, job: Job
+    ) -> float:
+        if backoff is None:
+            return 0.0
+        if isinstance(backoff, Backoff):
+            return backoff_delay(backoff, attempt)
+        strategy = self.backoff_strategies.get(backoff)
+        if strategy is None:
+            if backoff == "fixed":
+                return backoff_delay(Backoff(type="fixed"), attempt)
+            if backoff == "exponential":
+                return backoff_delay(Backoff(type="exponential"), attempt)
+            raise _NoRetry(f"unknown backoff strategy {backoff!r}")
+        try:
+            delay: Any = strategy(attempt, exc, job)
+            if inspect.isawaitable(delay):
+                delay = await delay
+            value = float(delay)
+        except Exception as strategy_error:
+            raise _NoRetry(f"backoff strategy {backoff!r} failed: {strategy_error}") from None
+        if not math.isfinite(value):
+            raise _NoRetry(f"backoff strategy {backoff!r} returned {value!r}")
+        return max(0.0, value)
+
+    # ------------------------------------------------------------------ finishing
+
+    async def _finisher_loop(self) -> None:
+        """Send finished attempts in batches: all that piled up while the last call ran."""
+        try:
+            while True:
+                if not self._outcomes:
+                    if self._finisher_closing:
+                        return
+                    self._finisher_wake = anyio.Event()
+                    if self._outcomes or self._finisher_closing:
+                        continue
+                    await self._finisher_wake.wait()
+                    continue
+                outcomes, self._outcomes = self._outcomes, []
+                with anyio.CancelScope(shield=True):
+                    await self._send(outcomes)
+                # A retry (or a parent released with a delay) may now be due sooner
+                # than the idle fetch loop's wait: let it take again and learn when.
+                if self._idle_scope is not None:
+                    self._idle_scope.cancel()
+        finally:
+            self._finisher_done.set()
+
+    async def _send(self, outcomes: list[_Outcome]) -> None:
+        completions: list[Completion] = []
+        failures: list[Failure] = []
+        completed: list[_Outcome] = []
+        failed: list[_Outcome] = []
+        for outcome in outcomes:
+            if isinstance(outcome.item, Completion):
+                completions.append(outcome.item)
+                completed.append(outcome)
+            else:
+                failures.append(outcome.item)
+                failed.append(outcome)
+        now = self._clock()
+        if completions:
+            applied = await self._finish_call(self.store.complete_jobs, completions, now)
+            for outcome, ok in zip(completed, applied or (), strict=applied is not None):
+                await self._completed(outcome, ok, now)
+        if failures:
+            applied = await self._finish_call(self.store.fail_jobs, failures, now)
+            for outcome, ok in zip(failed, applied or (), strict=applied is not None):
+                await self._failed(outcome, ok, now)
+
+    async def _finish_call(
+        self,
+        call: Callable[[str, Sequence[T], float], Awaitable[list[bool]]],
+        items: Sequence[T],
+        now: float,
+    ) -> list[bool] | None:
+        """``call(queue, items, now)``, tried again after a transient store error.
+
+        A store changes all or nothing of a failed call, so trying again is safe; if the
+        first try did apply after all, the repeat is refused and reported as a lost
+        lock. ``None`` when every try failed: the jobs stay active until their locks
+        expire and stalled recovery hands them out again.
+        """
+        for pause in _FINISH_RETRY_PAUSES:
+            try:
+                return await call(self.queue_name, items, now)
+            except StoreClosedError as exc:
+                await self._emit_error(exc)
+                return None
+            except Exception as exc:
+                await self._emit_error(exc)
+                if pause is None:
+                    return None
+                await anyio.sleep(pause)
+        return None
+
+    def _lock_lost(self, job: Job, what: str) -> LockLostError:
+        return LockLostError(
+            f"lock of job {job.id!r} in queue {self.queue_name!r} was lost; {what}"
+        )
+
+    async def _completed(self, outcome: _Outcome, ok: bool, now: float) -> None:
+        job = outcome.running.job
+        if not ok:
+            await self._emit_error(self._lock_lost(job, "its result was not recorded"))
+            return
+        assert isinstance(outcome.item, Completion)
+        record = job.record
+        record.state = JobState.COMPLETED
+        record.return_value = outcome.item.return_value
+        record.finished_at = now
+        record.attempts_made += 1
+        record.lock_token = None
+        job.token = None
+        await self._emit("completed", job, outcome.value)
+
+    async def _failed(self, outcome: _Outcome, ok: bool, now: float) -> None:
+        job = outcome.running.job
+        if not ok:
+            await self._emit_error(self._lock_lost(job, "its failure was not recorded"))
+            return
+        failure = outcome.item
+        assert isinstance(failure, Failure)
+        record = job.record
+        record.attempts_made += 1
+        record.failed_reason = failure.reason
+        record.stacktrace = list(failure.stacktrace)
+        record.lock_token = None
+        job.token = None
+        if failure.retry_at is None:
+            record.state = JobState.FAILED
+            record.finished_at = now
+        elif failure.retry_at > now:
+            record.state = JobState.DELAYED
+            record.run_at = failure.retry_at
+        else:
+            record.state = JobState.WAITING
+        await self._emit("failed", job, outcome.value)
+
+    # ------------------------------------------------------------------ upkeep
+
+    async def _renew_locks_loop(self) -> None:
+        """Extend the locks of every running job in one call, every half lock duration."""
+        while True:
+            await anyio.sleep(self.lock_duration / 2)
+            held = [r for r in self._running.values() if not r.lost and not r.finished]
+            if not held:
+                continue
+            try:
+                extended = set(
+                    await self.store.extend_locks(
+                        self.queue_name,
+                        [(r.job.id, r.token) for r in held],
+                        self._clock() + self.lock_duration,
+                    )
+                )
+            except Exception as exc:
+                await self._emit_error(exc)
+                continue
+            for running in held:
+                if running.job.id in extended or running.finished:
+                    continue
+                if self._running.get(running.job.id) is running:
+                    running.lost = True
+                    await self._emit_error(
+                        self._lock_lost(running.job, "its handler's result will be refused")
+                    )
+
+    async def _stalled_loop(self) -> None:
+        """Recover this queue's stalled jobs at start and every ``stalled_interval``."""
+        while True:
+            try:
+                outcomes = await self.store.recover_stalled(
+                    self.queue_name, self._clock(), self.max_stalled_count
+                )
+            except Exception as exc:
+                await self._emit_error(exc)
+            else:
+                for outcome in outcomes:
+                    await self._emit("stalled", outcome.id, outcome.failed)
+            await anyio.sleep(self.stalled_interval)

@@ -1,0 +1,135 @@
+"""FlowProducer smoke tests, on the memory store (the conformance suite covers flows
+in depth on every store)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from conveyor_core import (
+    DuplicateJobError,
+    FlowJob,
+    FlowProducer,
+    Job,
+    JobState,
+    PayloadError,
+    Queue,
+    Worker,
+)
+from conveyor_stores.memory import MemoryStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    async with MemoryStore() as store:
+        yield store
+
+
+def report_flow() -> dict[str, Any]:
+    return {
+        "name": "send-report",
+        "queue_name": "reports",
+        "data": {"to": "ops"},
+        "opts": {"job_id": "report-1"},
+        "children": [
+            {"name": "fetch", "queue_name": "fetch", "data": {"src": "sales"}},
+            {"name": "fetch", "queue_name": "fetch", "data": {"src": "stock"}},
+        ],
+    }
+
+
+async def test_flow_runs_parent_after_children(store: MemoryStore) -> None:
+    flow = FlowProducer(store=store)
+    node = await flow.add(report_flow())
+    assert node.job.state is JobState.WAITING_CHILDREN
+    assert [child.job.state for child in node.children] == [JobState.WAITING] * 2
+    assert all(child.job.parent_id == "report-1" for child in node.children)
+
+    async def fetch(job: Job) -> str:
+        return f"rows of {job.data['src']}"
+
+    async def send(job: Job) -> dict[str, Any]:
+        return await job.get_children_values()
+
+    async with (
+        Worker("fetch", fetch, store=store, drain_delay=0.05),
+        Worker("reports", send, store=store, drain_delay=0.05),
+    ):
+        values = await node.job.wait_until_finished(timeout=5)
+    assert sorted(values.values()) == ["rows of sales", "rows of stock"]
+    assert set(values) == {child.job.id for child in node.children}
+
+
+async def test_flow_add_is_atomic_on_bad_input(store: MemoryStore) -> None:
+    flow = FlowProducer(store=store)
+    bad_data = report_flow()
+    bad_data["children"][1]["data"] = {"when": object()}
+    with pytest.raises(PayloadError, match="'fetch'"):
+        await flow.add(bad_data)
+    bad_opts = report_flow()
+    bad_opts["children"][0]["opts"] = {"attempts": 0}
+    with pytest.raises(ValidationError):
+        await flow.add(bad_opts)
+    duplicate = report_flow()
+    duplicate["children"][0]["opts"] = {"job_id": "twin"}
+    duplicate["children"][1]["opts"] = {"job_id": "twin"}
+    with pytest.raises(DuplicateJobError, match="twin"):
+        await flow.add(duplicate)
+    for name in ("reports", "fetch"):
+        counts = await Queue(name, store=store).get_job_counts()
+        assert sum(counts.values()) == 0
+
+
+async def test_adding_an_existing_root_returns_the_existing_flow(store: MemoryStore) -> None:
+    flow = FlowProducer(store=store)
+    first = await flow.add(report_flow())
+    second = await flow.add(report_flow())
+    assert second.job.id == first.job.id
+    assert [c.job.id for c in second.children] == [c.job.id for c in first.children]
+    assert sum((await Queue("fetch", store=store).get_job_counts()).values()) == 2
+
+
+async def test_queues_options_and_child_policies(store: MemoryStore) -> None:
+    flow = FlowProducer(store=store)
+    tree = FlowJob(
+        name="parent",
+        queue_name="p",
+        opts={"fail_parent_on_child_failure": "ignore"},
+        children=[
+            FlowJob(name="a", queue_name="c"),
+            FlowJob(name="b", queue_name="c", opts={"fail_parent_on_failure": True}),
+        ],
+    )
+    node = await flow.add(tree, queues_options={"c": {"attempts": 3, "priority": 2}})
+    a, b = (child.job for child in node.children)
+    assert a.opts.attempts == b.opts.attempts == 3
+    assert a.record.parent_policy == "ignore"
+    assert b.record.parent_policy == "fail"
+    assert node.job.opts.attempts == 1
+
+
+async def test_deep_chain_and_get_flow(store: MemoryStore) -> None:
+    flow = FlowProducer(store=store)
+    tree: dict[str, Any] = {"name": "level-0", "queue_name": "chain"}
+    leaf = tree
+    for level in range(1, 1000):
+        child = {"name": f"level-{level}", "queue_name": "chain"}
+        leaf["children"] = [child]
+        leaf = child
+    node = await flow.add(tree)
+    deepest = node.walk()[-1]
+    assert len(node.walk()) == 1000
+    assert deepest.job.name == "level-999"
+    assert deepest.job.state is JobState.WAITING
+
+    got = await flow.get_flow(node.job.id, "chain", depth=3)
+    assert got is not None
+    assert [n.job.name for n in got.walk()] == ["level-0", "level-1", "level-2"]
+    full = await flow.get_flow(node.job.id, "chain", depth=2000)
+    assert full is not None and len(full.walk()) == 1000
+    assert await flow.get_flow("missing", "chain") is None
