@@ -1,0 +1,1 @@
+"""Conveyor benchmarks: the peer workloads on any store. Run ``python -m benchmarks``."""

@@ -1,0 +1,87 @@
+"""Which store a benchmark run uses: URL shortcuts, labels, fresh SQLite files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from conveyor_core.store import StoreInterface
+from conveyor_stores import open_store
+
+SHORTCUTS = {
+    "memory": "memory://",
+    "sqlite": "sqlite:///{tmp}/conveyor-bench.db",
+    "postgres": os.environ.get(
+        "CONVEYOR_BENCH_PG_DSN",
+        os.environ.get("CONVEYOR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+    ),
+    "redis": os.environ.get(
+        "CONVEYOR_BENCH_REDIS_URL",
+        os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    ),
+}
+"""``--store memory|sqlite|postgres|redis`` stand for these URLs."""
+
+_LABELS = {
+    "memory": "memory",
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "redis": "redis",
+    "rediss": "redis",
+}
+
+
+def resolve(url_or_name: str) -> str:
+    """A full store URL from a URL or one of the shortcut names."""
+    url = SHORTCUTS.get(url_or_name, url_or_name)
+    return url.replace("{tmp}", tempfile.gettempdir())
+
+
+def label(url: str) -> str:
+    """The ``store`` field of a figure: ``memory``, ``sqlite``, ``postgres`` or ``redis``."""
+    scheme = url.partition("://")[0].lower()
+    return _LABELS.get(scheme, scheme)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.lower().startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _in_temp_dir(path: Path) -> bool:
+    return path.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+
+
+@asynccontextmanager
+async def fresh_store(url: str) -> AsyncIterator[StoreInterface]:
+    """The store for one run, connected; closed (and a temporary SQLite file deleted) after.
+
+    A SQLite URL inside the temporary directory gets a new file for every run, so that
+    runs do not slow each other down; other URLs are used as given (each run uses fresh
+    queue names).
+    """
+    path = _sqlite_path(url)
+    fresh: Path | None = None
+    if path is not None and _in_temp_dir(path):
+        fresh = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}{path.suffix}")
+        url = "sqlite:///" + str(fresh)
+    store = open_store(url)
+    try:
+        await store.connect()
+        yield store
+    finally:
+        await store.close()
+        if fresh is not None:
+            _delete_sqlite_files(fresh)
+
+
+def _delete_sqlite_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)

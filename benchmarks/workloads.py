@@ -1,0 +1,199 @@
+"""The timed workloads. Each adds its own jobs to fresh queues and returns its figures.
+
+They mirror the peer scripts in the shared bench directory one for one, so a figure can
+be set beside a peer's: ``enqueue_seq``, ``process``, ``flow_add`` and ``flow_run``.
+``flow_big`` adds and runs one very wide flow, to show how both grow with its size.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import anyio
+
+from conveyor_core import FlowProducer, Job, Queue, Worker
+from conveyor_core.store import StoreInterface
+
+CONCURRENCY = 10
+"""Worker concurrency, as in the peer scripts."""
+
+BULK_CHUNK = 1000
+"""Jobs per ``add_bulk`` call when filling a queue before a timed run."""
+
+TIMEOUT = 900.0
+"""Seconds a single timed phase may take before the run is abandoned."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes of one benchmark run."""
+
+    jobs: int = 2000
+    children: int = 500
+    big_children: tuple[int, ...] = (10_000,)
+
+
+@dataclass
+class Figure:
+    """One measured figure. ``count`` is what ``per_s`` divides by ``seconds``."""
+
+    workload: str
+    seconds: float
+    count: int
+    size: dict[str, int]
+    """``{"n": N}`` or ``{"children": C}``: identifies the figure across repeats."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Workload = Callable[[StoreInterface, Params], Awaitable[list[Figure]]]
+
+
+def fresh_name(kind: str) -> str:
+    """A queue name no earlier run has used."""
+    return f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+async def _cleanup(store: StoreInterface, *names: str) -> None:
+    """Delete what a run left behind in a shared database (untimed)."""
+    for name in names:
+        queue = Queue(name, store=store)
+        await queue.obliterate(force=True)
+        await queue.close()
+
+
+async def _fill(queue: Queue, n: int) -> None:
+    """Add ``n`` no-op jobs quickly (untimed)."""
+    for start in range(0, n, BULK_CHUNK):
+        await queue.add_bulk(
+            [{"name": "noop", "data": {"i": i}} for i in range(start, min(n, start + BULK_CHUNK))]
+        )
+
+
+async def enqueue_seq(store: StoreInterface, params: Params) -> list[Figure]:
+    """N jobs added one at a time, each awaited."""
+    queue = Queue(fresh_name("enqueue"), store=store)
+    started = perf_counter()
+    for i in range(params.jobs):
+        await queue.add("noop", {"i": i})
+    elapsed = perf_counter() - started
+    await _cleanup(store, queue.name)
+    return [Figure("enqueue_seq", elapsed, params.jobs, {"n": params.jobs})]
+
+
+async def process(store: StoreInterface, params: Params) -> list[Figure]:
+    """One worker, concurrency 10, draining N pre-added no-op jobs.
+
+    Timed from the worker's start until the N-th handler has run, as the peers do.
+    """
+    n = params.jobs
+    queue = Queue(fresh_name("process"), store=store)
+    await _fill(queue, n)
+    done = anyio.Event()
+    handled = 0
+
+    async def noop(job: Job) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == n:
+            done.set()
+
+    started = perf_counter()
+    async with Worker(queue.name, noop, store=store, concurrency=CONCURRENCY):
+        with anyio.fail_after(TIMEOUT):
+            await done.wait()
+        elapsed = perf_counter() - started
+    await _cleanup(store, queue.name)
+    return [Figure("process", elapsed, n, {"n": n}, {"concurrency": CONCURRENCY})]
+
+
+def _wide_flow(parent_queue: str, child_queue: str, children: int) -> dict[str, Any]:
+    return {
+        "name": "parent",
+        "queue_name": parent_queue,
+        "data": {},
+        "children": [
+            {"name": f"c{i}", "queue_name": child_queue, "data": {"i": i}} for i in range(children)
+        ],
+    }
+
+
+async def _add_flow(store: StoreInterface, children: int) -> tuple[float, str, str]:
+    """Add one wide flow; returns the seconds it took and its two queue names."""
+    parent_queue, child_queue = fresh_name("parent"), fresh_name("child")
+    producer = FlowProducer(store=store)
+    tree = _wide_flow(parent_queue, child_queue, children)
+    started = perf_counter()
+    await producer.add(tree)
+    elapsed = perf_counter() - started
+    await producer.close()
+    return elapsed, parent_queue, child_queue
+
+
+async def _run_flow(
+    store: StoreInterface, parent_queue: str, child_queue: str
+) -> tuple[float, int]:
+    """Start the child and parent workers; seconds until the parent read its children's
+    values, and how many values it read."""
+    done = anyio.Event()
+    values_read = 0
+
+    async def child(job: Job) -> Any:
+        return job.data["i"]
+
+    async def parent(job: Job) -> int:
+        nonlocal values_read
+        values_read = len(await job.get_children_values())
+        done.set()
+        return values_read
+
+    started = perf_counter()
+    async with (
+        Worker(child_queue, child, store=store, concurrency=CONCURRENCY),
+        Worker(parent_queue, parent, store=store, concurrency=CONCURRENCY),
+    ):
+        with anyio.fail_after(TIMEOUT):
+            await done.wait()
+        elapsed = perf_counter() - started
+    return elapsed, values_read
+
+
+async def flow_add(store: StoreInterface, params: Params) -> list[Figure]:
+    """Adding one flow: a parent with CHILDREN children in another queue."""
+    c = params.children
+    elapsed, parent_queue, child_queue = await _add_flow(store, c)
+    await _cleanup(store, parent_queue, child_queue)
+    return [Figure("flow_add", elapsed, c + 1, {"children": c})]
+
+
+async def flow_run(store: StoreInterface, params: Params) -> list[Figure]:
+    """From starting the workers until the parent has run and read its children's values."""
+    c = params.children
+    _, parent_queue, child_queue = await _add_flow(store, c)
+    elapsed, values = await _run_flow(store, parent_queue, child_queue)
+    await _cleanup(store, parent_queue, child_queue)
+    return [Figure("flow_run", elapsed, c + 1, {"children": c}, {"values": values})]
+
+
+async def flow_big(store: StoreInterface, params: Params) -> list[Figure]:
+    """One very wide flow per size: the time to add it, and to run it to the parent's end."""
+    figures: list[Figure] = []
+    for c in params.big_children:
+        added, parent_queue, child_queue = await _add_flow(store, c)
+        ran, values = await _run_flow(store, parent_queue, child_queue)
+        await _cleanup(store, parent_queue, child_queue)
+        figures.append(Figure("flow_big_add", added, c + 1, {"children": c}))
+        figures.append(Figure("flow_big_run", ran, c + 1, {"children": c}, {"values": values}))
+    return figures
+
+
+WORKLOADS: dict[str, Workload] = {
+    "enqueue_seq": enqueue_seq,
+    "process": process,
+    "flow_add": flow_add,
+    "flow_run": flow_run,
+    "flow_big": flow_big,
+}

@@ -1,0 +1,262 @@
+"""The ``conveyor`` command: demo, worker, status, flow and conformance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import anyio
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from .. import FlowProducer, Job, JobState, Queue, Worker
+from .demo import run_demo
+from .render import counts_table, flow_tree
+from .support import (
+    DEFAULT_STORE_URL,
+    STORE_URL_ENV,
+    UserError,
+    describe,
+    import_object,
+    opened_store,
+    redact,
+    run,
+    store_url,
+)
+
+STORE_HELP = (
+    "Store URL: memory://, sqlite:///rel.db, sqlite:////abs.db, postgresql://…, redis://… "
+    f"(default: ${STORE_URL_ENV}, else sqlite:///conveyor.db)."
+)
+store_option = click.option("--store", "store", metavar="URL", default=None, help=STORE_HELP)
+
+
+def _console() -> Console:
+    """Rich output; when not on a terminal (CI, pipes), wide lines instead of wrapping."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=120)
+    return console
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conveyor-queue", prog_name="conveyor")
+def cli() -> None:
+    """Conveyor: async job queues and flows on memory, SQLite, PostgreSQL or Redis."""
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Divide every simulated work time (and the payment backoff) by this.",
+)
+@click.option(
+    "--prefix",
+    default="demo-",
+    show_default=True,
+    help="Prefix of the demo's queue names, keeping them apart from real queues.",
+)
+def demo(store: str | None, speed: float, prefix: str) -> None:
+    """Run an e-commerce order flow across eight queues and draw it live."""
+    url = store_url(store)
+    console = _console()
+
+    async def main() -> bool:
+        async with opened_store(url) as opened:
+            console.print(f"[dim]store: {escape(redact(url))}[/]")
+            return await run_demo(
+                opened,
+                console,
+                prefix=prefix,
+                speed=speed,
+                store_hint=None if url == DEFAULT_STORE_URL else redact(url),
+                show_hints=not url.startswith("memory:"),  # a memory store ends with the demo
+            )
+
+    if not run(main):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("handler", metavar="MODULE:HANDLER")
+@click.option("--queue", "queue_name", required=True, help="Queue to take jobs from.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Jobs run at the same time.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="On SIGINT/SIGTERM, wait at most this many seconds for active jobs "
+    "(default: until they finish); unfinished jobs go back to waiting.",
+)
+@store_option
+def worker(
+    handler: str,
+    queue_name: str,
+    concurrency: int,
+    shutdown_timeout: float | None,
+    store: str | None,
+) -> None:
+    """Run a worker for one queue until SIGINT or SIGTERM, then close it gracefully.
+
+    MODULE:HANDLER names the handler, an async (or plain) function taking a Job,
+    e.g. myapp.jobs:send_email. The current directory is importable.
+    """
+    handle = import_object(handler, "handler")
+    url = store_url(store)
+    console = _console()
+
+    async def main() -> None:
+        async with opened_store(url) as opened:
+            the_worker = Worker(queue_name, handle, store=opened, concurrency=concurrency)
+            _report_jobs(the_worker, console)
+            console.print(
+                f"worker for queue [bold]{escape(queue_name)}[/] on {escape(redact(url))} "
+                f"(concurrency {concurrency}); stop with Ctrl-C or SIGTERM"
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_close_on_signal, the_worker, shutdown_timeout, console)
+                await the_worker.run()
+                tg.cancel_scope.cancel()
+            console.print("worker closed")
+
+    run(main)
+
+
+def _report_jobs(the_worker: Worker, console: Console) -> None:
+    """Print a line whenever a job completes, an attempt fails, a job stalls or an
+    error occurs (a store that cannot be reached, a lost lock)."""
+
+    def completed(job: Job, result: Any) -> None:
+        console.print(f"[green]completed[/] {escape(job.name)} {escape(job.id)}")
+
+    def failed(job: Job, error: BaseException) -> None:
+        outcome = "failed" if job.state is JobState.FAILED else "attempt failed, will retry"
+        console.print(
+            f"[red]{outcome}[/] {escape(job.name)} {escape(job.id)}: {escape(str(error))}"
+        )
+
+    def stalled(job_id: str, failed_for_good: bool) -> None:
+        outcome = "failed" if failed_for_good else "back to waiting"
+        console.print(f"[yellow]stalled[/] {escape(job_id)}: {outcome}")
+
+    def error(exc: BaseException) -> None:
+        console.print(f"[red]error[/] {escape(type(exc).__name__)}: {escape(str(exc))}")
+
+    the_worker.on("completed", completed)
+    the_worker.on("failed", failed)
+    the_worker.on("stalled", stalled)
+    the_worker.on("error", error)
+
+
+async def _close_on_signal(the_worker: Worker, timeout: float | None, console: Console) -> None:
+    """First SIGINT/SIGTERM: close gracefully. A second one: stop waiting for handlers."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            closing = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not closing:
+                    closing = True
+                    console.print(f"{name}: finishing active jobs, then stopping")
+                    tg.start_soon(_close, the_worker, timeout)
+                else:
+                    console.print(f"{name}: stopping now; unfinished jobs go back to waiting")
+                    await the_worker.close(timeout=0)
+                    tg.cancel_scope.cancel()
+                    return
+
+
+async def _close(the_worker: Worker, timeout: float | None) -> None:
+    await the_worker.close(timeout=timeout)
+
+
+@cli.command()
+@store_option
+def status(store: str | None) -> None:
+    """Show every queue with its job counts per state."""
+    url = store_url(store)
+    console = _console()
+
+    async def main() -> None:
+        async with opened_store(url) as opened:
+            rows = []
+            for name in await opened.list_queues():
+                queue = Queue(name, store=opened)
+                try:
+                    rows.append((name, await queue.is_paused(), await queue.get_job_counts()))
+                finally:
+                    await queue.close()
+        if not rows:
+            console.print(f"no queues in {escape(redact(url))}")
+            return
+        console.print(counts_table(rows))
+
+    run(main)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--queue", "queue_name", required=True, help="Queue of the job.")
+@click.option(
+    "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels to show."
+)
+@store_option
+def flow(job_id: str, queue_name: str, depth: int, store: str | None) -> None:
+    """Draw the flow under JOB_ID with each job's state and result."""
+    url = store_url(store)
+    console = _console()
+
+    async def main() -> None:
+        async with opened_store(url) as opened:
+            producer = FlowProducer(store=opened)
+            try:
+                node = await producer.get_flow(job_id, queue_name, depth=depth)
+            finally:
+                await producer.close()
+        if node is None:
+            raise UserError(f"no job {job_id!r} in queue {queue_name!r}")
+        console.print(flow_tree(node, show_results=True))
+
+    run(main)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("factory", metavar="MODULE:FACTORY")
+@click.option(
+    "--shared",
+    is_flag=True,
+    help="Each call of FACTORY opens the same database, so behaviour across two store "
+    "objects (events, wake-ups) is tested too.",
+)
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def conformance(factory: str, shared: bool, pytest_args: tuple[str, ...]) -> None:
+    """Run the store conformance suite against the store that MODULE:FACTORY makes.
+
+    FACTORY returns a store that is not connected yet (or an awaitable of one, or an
+    async context manager yielding a connected one). PYTEST_ARGS go to pytest, e.g.
+    `conveyor conformance mystore:make -- -x -k flow`. Exits with pytest's exit code.
+    """
+    import_object(factory, "store factory")  # a bad path is a clear error before pytest
+    try:
+        from ..conformance import run as run_conformance
+    except ImportError as exc:
+        raise UserError(f"the conformance suite needs pytest ({describe(exc)})") from None
+    sys.exit(run_conformance(factory, shared=shared, pytest_args=pytest_args))
+
+
+def main() -> None:
+    """Entry point of the ``conveyor`` script."""
+    cli(prog_name="conveyor")

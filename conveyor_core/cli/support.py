@@ -1,0 +1,130 @@
+"""Plumbing shared by the commands: the store URL, opening it, imports, user errors."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import click
+
+from ..errors import ConveyorError
+from ..store import StoreInterface
+
+DEFAULT_STORE_URL = "sqlite:///conveyor.db"
+STORE_URL_ENV = "CONVEYOR_STORE_URL"
+
+T = TypeVar("T")
+
+
+class UserError(click.ClickException):
+    """An error the user can fix; shown as one line, without a traceback."""
+
+
+def store_url(option: str | None) -> str:
+    """``--store``, else ``$CONVEYOR_STORE_URL``, else the embedded SQLite default."""
+    return option or os.environ.get(STORE_URL_ENV) or DEFAULT_STORE_URL
+
+
+def redact(url: str) -> str:
+    """The URL with its password masked, fit for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return url
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of an exception."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[StoreInterface]:
+    """Open the store named by ``url``; any failure to do so becomes a ``UserError``."""
+    from conveyor_stores import open_store
+
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        raise UserError(f"invalid store URL {redact(url)!r}: {describe(exc)}") from None
+    except ImportError as exc:
+        raise UserError(
+            f"store {redact(url)!r} needs a driver that is not installed ({describe(exc)}); "
+            "install the matching extra, e.g. pip install 'conveyor-queue[all]'"
+        ) from None
+    try:
+        await store.connect()
+    except Exception as exc:
+        with anyio.CancelScope(shield=True):
+            with suppress(Exception):
+                await store.close()
+        what = describe(exc)
+        if not isinstance(exc, ConveyorError):
+            what = f"{type(exc).__name__}: {what}"
+        raise UserError(f"cannot open store {redact(url)}: {what}") from None
+    try:
+        yield store
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+def import_object(path: str, what: str) -> Any:
+    """Import ``module:attribute`` (the attribute may be dotted); errors are one-liners.
+
+    The current directory is importable, as it is for ``python -m``.
+    """
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UserError(f"{what} must look like module:attribute, got {path!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import {what} module {module_name!r}: {describe(exc)}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UserError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise UserError(f"{what} {path!r} is not callable")
+    return target
+
+
+def _user_error(exc: BaseException) -> click.ClickException | None:
+    """The user-facing error inside ``exc`` (looking into exception groups), if any."""
+    if isinstance(exc, click.ClickException):
+        return exc
+    if isinstance(exc, ConveyorError):
+        return UserError(describe(exc))
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine function on asyncio; user errors become one-line click errors."""
+    try:
+        return anyio.run(main)
+    except BaseException as exc:
+        found = _user_error(exc)
+        if found is None:
+            raise
+        raise found from None

@@ -1,0 +1,65 @@
+"""``python -m benchmarks`` runs every workload and prints JSON lines with the peers' fields.
+
+Only the shape of the output is checked; timings belong to the benchmarks themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_benchmarks(*args: str) -> list[dict[str, object]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_every_workload_prints_figures_with_the_peer_fields() -> None:
+    small = ["--jobs", "20", "--children", "5", "--big-children", "10", "30"]
+    lines = run_benchmarks("--store", "memory://", *small)
+    workloads = [line["workload"] for line in lines]
+    assert workloads == [
+        "enqueue_seq",
+        "process",
+        "flow_add",
+        "flow_run",
+        "flow_big_add",
+        "flow_big_run",
+        "flow_big_add",
+        "flow_big_run",
+    ]
+    for line in lines:
+        assert line["store"] == "memory"
+        assert {"seconds", "per_s"} <= set(line)
+        assert isinstance(line["seconds"], float) and line["seconds"] > 0
+        assert isinstance(line["per_s"], int)
+        assert ("n" in line) != ("children" in line)
+    by_name = {line["workload"]: line for line in lines}
+    assert by_name["enqueue_seq"]["n"] == 20
+    assert by_name["process"]["n"] == 20
+    assert by_name["flow_add"]["children"] == 5
+    assert by_name["flow_run"]["values"] == 5  # the parent read every child's value
+    assert [line["children"] for line in lines[4:]] == [10, 10, 30, 30]
+
+
+def test_repeat_reports_the_median(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    lines = run_benchmarks("--store", url, "--jobs", "10", "--workload", "process", "--repeat", "3")
+    assert len(lines) == 1
+    assert lines[0]["workload"] == "process"
+    assert lines[0]["store"] == "sqlite"
+    assert lines[0]["median_of"] == 3

@@ -1,0 +1,193 @@
+"""The ``conveyor`` command as a user runs it: demo, status, flow, worker, and its errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from conveyor_core import Queue, QueueEvents
+from conveyor_core.cli import cli
+from conveyor_stores import open_store
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--speed", "20"]
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), env={"CONVEYOR_STORE_URL": None})
+    return result.exit_code, result.output
+
+
+def test_demo_on_memory_completes_every_job() -> None:
+    code, output = invoke("demo", "--store", "memory://", *FAST)
+    assert code == 0, output
+    assert "All 8 jobs completed." in output
+    for queue in ("orders", "inventory", "payments", "shipping", "printing", "logistics"):
+        assert f"demo-{queue}" in output
+    # The payment's first attempt fails on purpose and is retried.
+    assert "process-payment  completed  after 2 attempts" in output
+    assert "Not every job completed" not in output
+
+
+def test_demo_on_sqlite_then_status_and_flow(sqlite_path: str) -> None:
+    url = f"sqlite:///{sqlite_path}"
+    code, output = invoke("demo", "--store", url, *FAST)
+    assert code == 0, output
+    assert "All 8 jobs completed." in output
+    match = re.search(r"conveyor flow (\S+) --queue (\S+)", output)
+    assert match, output
+    root_id, root_queue = match.groups()
+
+    code, status = invoke("status", "--store", url)
+    assert code == 0, status
+    rows = {line.split()[1]: line for line in status.splitlines() if "demo-" in line}
+    assert set(rows) >= {"demo-orders", "demo-payments", "demo-analytics"}
+    # columns: queue, waiting, delayed, active, completed, failed, waiting-children
+    assert re.search(r"demo-orders\s+│\s+0\s+│\s+0\s+│\s+0\s+│\s+1\s+│\s+0\s+│\s+0", status)
+
+    code, tree = invoke("flow", root_id, "--queue", root_queue, "--store", url)
+    assert code == 0, tree
+    assert tree.count(" completed ") == 8
+    assert "process-order" in tree and "schedule-pickup" in tree
+    assert '"status": "fulfilled"' in tree  # results are shown
+
+
+def test_second_demo_runs_a_fresh_flow(sqlite_path: str) -> None:
+    url = f"sqlite:///{sqlite_path}"
+    ids = []
+    for _ in range(2):
+        code, output = invoke("demo", "--store", url, *FAST)
+        assert code == 0, output
+        match = re.search(r"conveyor flow (\S+)", output)
+        assert match, output
+        ids.append(match.group(1))
+    assert ids[0] != ids[1]
+
+
+def test_status_of_an_empty_store(sqlite_path: str) -> None:
+    code, output = invoke("status", "--store", f"sqlite:///{sqlite_path}")
+    assert code == 0
+    assert "no queues" in output
+
+
+def test_store_url_comes_from_the_environment(sqlite_path: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["status"], env={"CONVEYOR_STORE_URL": f"sqlite:///{sqlite_path}"}
+    )
+    assert result.exit_code == 0
+    assert sqlite_path in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "--store", "bogus://x"], "unknown store URL scheme"),
+        (["demo", "--store", "not a url"], "not a store URL"),
+        (["status", "--store", "postgresql://postgres@127.0.0.1:1/test"], "cannot open store"),
+        (["status", "--store", "redis://127.0.0.1:1/0"], "cannot open store"),
+        (["worker", "no_such_module_xyz:handle", "--queue", "q"], "cannot import handler"),
+        (["worker", "no-colon", "--queue", "q"], "module:attribute"),
+        (["worker", "json:no_such_attr", "--queue", "q"], "has no attribute"),
+        (["flow", "nope", "--queue", "q", "--store", "memory://"], "no job 'nope'"),
+        (["conformance", "no_such_module_xyz:make"], "cannot import store factory"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:
+    code, output = invoke(*args)
+    assert code != 0
+    assert message in output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def test_password_is_not_shown_in_errors() -> None:
+    code, output = invoke("status", "--store", "postgresql://user:s3cret@127.0.0.1:1/db")
+    assert code != 0
+    assert "s3cret" not in output
+
+
+@pytest.mark.anyio
+async def test_worker_command_runs_jobs_and_finishes_the_active_one_on_sigterm(
+    sqlite_path: str, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_handlers.py").write_text(
+        textwrap.dedent(
+            """
+            import anyio
+
+            async def handle(job):
+                await anyio.sleep(job.data.get("sleep", 0))
+                return {"doubled": job.data["n"] * 2}
+            """
+        )
+    )
+    url = f"sqlite:///{sqlite_path}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    env.pop("CONVEYOR_STORE_URL", None)
+    command = [sys.executable, "-m", "conveyor_core.cli", "worker", "cli_handlers:handle"]
+    async with (
+        open_store(url) as store,
+        await anyio.open_process(
+            [*command, "--queue", "maths", "--concurrency", "2", "--store", url],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.STDOUT,
+        ) as process,
+        QueueEvents("maths", store=store) as events,
+    ):
+        try:
+            queue = Queue("maths", store=store)
+            first = await queue.add("double", {"n": 21})
+            assert await first.wait_until_finished(timeout=30) == {"doubled": 42}
+
+            slow = await queue.add("double", {"n": 5, "sleep": 1.0})
+            await events.wait_for("active", slow.id, timeout=30)
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await process.wait()
+            assert process.stdout is not None
+            output = b"".join([chunk async for chunk in process.stdout]).decode()
+            assert code == 0, output
+            assert "worker closed" in output
+            # Graceful: the job that was running when the signal came was allowed to finish.
+            await slow.refresh()
+            assert slow.state == "completed", output
+            assert slow.return_value == {"doubled": 10}
+        finally:
+            if process.returncode is None:
+                process.kill()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own (the conformance suite runs pytest itself)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor_core.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_conformance_command_passes_for_a_conforming_store() -> None:
+    result = run_cli("conformance", "conveyor_stores:MemoryStore", "--", "-q", "-k", "policy")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed" in result.stdout
+    assert "failed" not in result.stdout
+
+
+def test_conformance_command_fails_for_something_that_is_not_a_store() -> None:
+    result = run_cli("conformance", "builtins:object", "--", "-q", "-x", "-k", "drop_policy")
+    assert result.returncode not in (0, 5), result.stdout + result.stderr
+    assert "must return a store" in result.stdout
