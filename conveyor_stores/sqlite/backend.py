@@ -1,0 +1,772 @@
+"""``SQLiteBackend``: the record-level :class:`~conveyor_core.engine.Backend` over sqlite3.
+
+Every method runs on the store's own thread, inside the transaction the store opened
+(``BEGIN IMMEDIATE`` for transitions, a deferred read transaction for reads).
+
+Some writes are buffered and written in bulk with ``executemany`` before the next query
+that could see them, and at the latest just before ``COMMIT``:
+
+* new jobs (``save(job, None)``), and the dependency records of a parent that is itself
+  new in this transaction, which is how a flow of 10,000 children costs a handful of
+  statements instead of tens of thousands; until then ``get`` and the dependency
+  methods answer from the buffer, so the engine sees one consistent store;
+* events, which nothing reads inside a transition.
+
+Every other change is written at once. ``order_key`` values are computed from the index
+once per transaction and queue and state, then counted on in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from conveyor_core.models import MAX_PRIORITY, JobState, ParentPolicy
+from conveyor_core.store import ChildDependency, DependencyStatus, EventRecord, JobRecord
+
+WAITING = JobState.WAITING
+DELAYED = JobState.DELAYED
+ACTIVE = JobState.ACTIVE
+COMPLETED = JobState.COMPLETED
+FAILED = JobState.FAILED
+WAITING_CHILDREN = JobState.WAITING_CHILDREN
+
+Key = tuple[str, str]
+
+_STATES = {state.value: state for state in JobState}
+_POLICIES = {policy.value: policy for policy in ParentPolicy}
+_STATUSES: dict[str, DependencyStatus] = {
+    "pending": "pending",
+    "processed": "processed",
+    "failed": "failed",
+    "ignored": "ignored",
+}
+
+_FIELDS = (
+    "name",
+    "data",
+    "opts",
+    "priority",
+    "lifo",
+    "delay",
+    "attempts_made",
+    "stalled_count",
+    "progress",
+    "return_value",
+    "failed_reason",
+    "stacktrace",
+    "created_at",
+    "processed_at",
+    "finished_at",
+    "run_at",
+    "keep_completed",
+    "keep_failed",
+    "parent_id",
+    "parent_queue",
+    "parent_policy",
+    "lock_token",
+    "lock_until",
+    "state",
+)
+"""Every column of a job but its key, in :func:`_fields` order; ``state`` comes last so
+an update that keeps the state can leave it (and so the index) alone."""
+
+_COLUMNS = ", ".join(("id", "queue", *_FIELDS))
+_SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_GET = f"{_SELECT} WHERE queue = ? AND id = ?"
+_INSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}, order_key, pending) "
+    f"VALUES ({', '.join('?' * (len(_FIELDS) + 4))})"
+)
+_UPDATE_SAME_STATE = (
+    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _FIELDS[:-1])} "
+    "WHERE queue = ? AND id = ?"
+)
+_UPDATE = (
+    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _FIELDS)}, order_key = ? "
+    "WHERE queue = ? AND id = ?"
+)
+
+_ORDER_BY = {
+    WAITING: "order_key",
+    DELAYED: "order_key, id",
+    ACTIVE: "order_key",
+    COMPLETED: "order_key DESC",
+    FAILED: "order_key DESC",
+    WAITING_CHILDREN: "order_key",
+}
+"""Listing order per state (the protocol's ``get_jobs`` order); see ``order_key``."""
+
+_OLDEST_FIRST = {**_ORDER_BY, COMPLETED: "order_key", FAILED: "order_key"}
+
+PRIORITY_SHIFT = 41
+"""Waiting jobs of priority ``p`` have ``order_key`` in ``[p << 41, (p + 1) << 41)``."""
+_MIDDLE = 1 << 40
+
+_DEP_COLUMNS = "child_queue, child_id, status, value, reason"
+_DEP_INSERT = (
+    "INSERT INTO dependencies "
+    "(parent_queue, parent_id, child_queue, child_id, seq, status, value, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DEP_WHERE = "parent_queue = ? AND parent_id = ? AND child_queue = ? AND child_id = ?"
+
+_EVENT_INSERT = (
+    "INSERT INTO events (queue, type, job_id, data, ts, written_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+_DISTINCT_QUEUES = """
+    WITH RECURSIVE q(name) AS (
+        SELECT min(queue) FROM jobs
+        UNION ALL
+        SELECT (SELECT min(queue) FROM jobs WHERE queue > q.name) FROM q
+        WHERE q.name IS NOT NULL
+    )
+    SELECT name FROM q WHERE name IS NOT NULL
+    UNION
+    SELECT name FROM queues WHERE paused
+    ORDER BY 1
+"""
+"""Distinct queue names by skip-scan of the primary key: one seek per queue."""
+
+PRUNE_EVERY = 1000
+"""Events written by this connection between two prunings of the events table."""
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_str = json.encoder.encode_basestring
+
+
+def _encode_event(data: dict[str, Any]) -> str:
+    """Compact JSON of an event's data; a fast path for the flat dicts the engine emits."""
+    parts = []
+    for key, value in data.items():
+        kind = type(value)
+        if kind is str:
+            parts.append(f"{_encode_str(key)}:{_encode_str(value)}")
+        elif kind is int or (kind is float and math.isfinite(value)):
+            parts.append(f"{_encode_str(key)}:{value!r}")
+        else:
+            return _encode_json(data)
+    return "{" + ",".join(parts) + "}"
+
+
+_INT_MAX = 2**63 - 1
+"""The largest SQLite INTEGER."""
+
+
+def _micros(timestamp: float | None) -> int:
+    """``order_key`` of a delayed job: its ``run_at`` in whole microseconds, rounded down
+    (clamped to SQLite's integers; jobs beyond them keep their order by ``run_at``)."""
+    micros = (timestamp or 0.0) * 1_000_000
+    if not micros < _INT_MAX:  # also infinity and NaN
+        return _INT_MAX
+    if micros <= -_INT_MAX:
+        return -_INT_MAX
+    return math.floor(micros)
+
+
+def _count(value: int | None) -> int | None:
+    """A retention count as SQLite can store it: keeping more than 2**63 - 1 jobs is
+    keeping them all."""
+    return value if value is None or value <= _INT_MAX else _INT_MAX
+
+
+def _record(row: Any) -> JobRecord:
+    stacktrace = row[13]
+    policy = row[22]
+    return JobRecord(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        _STATES[row[25]],
+        row[5],
+        bool(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+        json.loads(stacktrace) if stacktrace else [],
+        row[14],
+        row[15],
+        row[16],
+        row[17],
+        row[18],
+        row[19],
+        row[20],
+        row[21],
+        None if policy is None else _POLICIES[policy],
+        row[23],
+        row[24],
+    )
+
+
+def _fields(job: JobRecord) -> tuple[Any, ...]:
+    policy = job.parent_policy
+    return (
+        job.name,
+        job.data,
+        job.opts,
+        job.priority,
+        int(job.lifo),
+        job.delay,
+        job.attempts_made,
+        job.stalled_count,
+        job.progress,
+        job.return_value,
+        job.failed_reason,
+        json.dumps(job.stacktrace) if job.stacktrace else None,
+        job.created_at,
+        job.processed_at,
+        job.finished_at,
+        job.run_at,
+        _count(job.keep_completed),
+        _count(job.keep_failed),
+        job.parent_id,
+        job.parent_queue,
+        None if policy is None else policy.value,
+        job.lock_token,
+        job.lock_until,
+        job.state.value,
+    )
+
+
+def _dependency(row: Any) -> ChildDependency:
+    return ChildDependency(row[0], row[1], _STATUSES[row[2]], row[3], row[4])
+
+
+def _limit_offset(start: int, end: int | None) -> tuple[int, int] | None:
+    """``LIMIT``/``OFFSET`` for indexes ``start`` to ``end`` inclusive; ``None`` if the
+    range uses negative indexes (then the caller slices in Python)."""
+    if start < 0 or (end is not None and end < 0):
+        return None
+    if end is None:
+        return -1, start
+    return max(end - start + 1, 0), start
+
+
+class SQLiteBackend:
+    """:class:`~conveyor_core.engine.Backend` over one sqlite3 connection."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        events_retention: int = 10_000,
+        events_min_age: float = 10.0,
+    ) -> None:
+        self.conn = conn
+        self.events_retention = events_retention
+        self.events_min_age = events_min_age
+        self._new: dict[Key, JobRecord] = {}
+        self._new_order: dict[Key, int] = {}
+        self._new_deps: dict[Key, dict[Key, ChildDependency]] = {}
+        self._events: list[tuple[str, str, str | None, str | None, float, float]] = []
+        self._keys: dict[tuple[str, str, int, bool], int] = {}
+        self._absent: set[Key] = set()
+        self._since_prune = 0
+        self.woken: set[str] = set()
+        self.emitted: set[str] = set()
+
+    # ---------------------------------------------------------------- transaction
+
+    def finish(self) -> None:
+        """Write everything buffered; called just before ``COMMIT``."""
+        self._flush()
+        self._absent.clear()
+        if self._events:
+            self.conn.executemany(_EVENT_INSERT, self._events)
+            self._since_prune += len(self._events)
+            self._events.clear()
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                self._prune_events()
+        self._keys.clear()
+
+    def discard(self) -> None:
+        """Forget everything buffered and every signal; called on ``ROLLBACK``."""
+        self._new.clear()
+        self._new_order.clear()
+        self._new_deps.clear()
+        self._events.clear()
+        self._keys.clear()
+        self._absent.clear()
+        self.woken.clear()
+        self.emitted.clear()
+
+    def take_signals(self) -> tuple[set[str], set[str]]:
+        """The queues woken and the queues that got events in the committed transaction."""
+        woken, emitted = self.woken, self.emitted
+        self.woken, self.emitted = set(), set()
+        return woken, emitted
+
+    def _flush(self) -> None:
+        """Write buffered new jobs and their dependency records."""
+        if not self._new:
+            return
+        new_deps = self._new_deps
+        order = self._new_order
+        rows = []
+        for key, job in self._new.items():
+            deps = new_deps.get(key)
+            pending = 0
+            if deps:
+                pending = sum(1 for dep in deps.values() if dep.status == "pending")
+            rows.append((job.id, job.queue, *_fields(job), order.get(key, 0), pending))
+        self.conn.executemany(_INSERT, rows)
+        if new_deps:
+            self.conn.executemany(
+                _DEP_INSERT,
+                [
+                    (pq, pid, dep.queue, dep.id, seq, dep.status, dep.value, dep.reason)
+                    for (pq, pid), deps in new_deps.items()
+                    for seq, dep in enumerate(deps.values())
+                ],
+            )
+        self._new = {}
+        self._new_order = {}
+        self._new_deps = {}
+
+    def _order_key(self, job: JobRecord) -> int:
+        """A new ``order_key`` for ``job`` entering (or re-entering) its state.
+
+        The last key handed out per queue and state (and priority and direction, for
+        ``waiting``) is read once per transaction through the index, then counted on in
+        memory, so jobs buffered in this transaction are ordered too.
+        """
+        state = job.state
+        if state is DELAYED:
+            return _micros(job.run_at)
+        if state is WAITING:
+            lifo = job.lifo
+            priority = min(max(job.priority, -MAX_PRIORITY), MAX_PRIORITY)
+            cache_key = (job.queue, "waiting", priority, lifo)
+            last = self._keys.get(cache_key)
+            if last is None:
+                low = priority << PRIORITY_SHIFT
+                row = self.conn.execute(
+                    f"SELECT {'min' if lifo else 'max'}(order_key) FROM jobs INDEXED BY jobs_state "
+                    "WHERE queue = ? AND state = 'waiting' AND order_key >= ? AND order_key < ?",
+                    (job.queue, low, low + (1 << PRIORITY_SHIFT)),
+                ).fetchone()
+                last = low + _MIDDLE if row[0] is None else int(row[0])
+            key = last - 1 if lifo else last + 1
+        else:
+            cache_key = (job.queue, state.value, 0, False)
+            last = self._keys.get(cache_key)
+            if last is None:
+                row = self.conn.execute(
+                    "SELECT max(order_key) FROM jobs INDEXED BY jobs_state "
+                    "WHERE queue = ? AND state = ?",
+                    (job.queue, state.value),
+                ).fetchone()
+                last = 0 if row[0] is None else int(row[0])
+            key = last + 1
+        self._keys[cache_key] = key
+        return key
+
+    def _prune_events(self) -> None:
+        # Always keeps the newest row, so the next id is never one already handed out.
+        self.conn.execute(
+            "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ? AND written_at < ?",
+            (max(self.events_retention, 1), time.time() - self.events_min_age),
+        )
+
+    # ---------------------------------------------------------------- records
+
+    def prefetch_absent(self, keys: Sequence[Key]) -> None:
+        """Learn in a few queries which of ``keys`` name no job yet, so that ``get`` of
+        those (as when a big flow is checked for existing ids) needs no query at all.
+        Valid until the end of the transaction."""
+        if len(keys) < 16:
+            return
+        by_queue: dict[str, list[str]] = {}
+        for queue, job_id in keys:
+            by_queue.setdefault(queue, []).append(job_id)
+        absent = self._absent
+        for queue, ids in by_queue.items():
+            found = {
+                row[0]
+                for row in self.conn.execute(
+                    "SELECT id FROM jobs WHERE queue = ? "
+                    "AND id IN (SELECT value FROM json_each(?))",
+                    (queue, json.dumps(ids)),
+                )
+            }
+            absent.update((queue, job_id) for job_id in ids if job_id not in found)
+
+    def get(self, queue: str, job_id: str) -> JobRecord | None:
+        key = (queue, job_id)
+        job = self._new.get(key)
+        if job is not None:
+            return job
+        if key in self._absent:
+            return None
+        row = self.conn.execute(_GET, key).fetchone()
+        return None if row is None else _record(row)
+
+    def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
+        state = job.state
+        moved = old_state is not state or requeue or state is DELAYED
+        if state is DELAYED:
+            # A new or moved run time may be earlier than the one idle workers sleep
+            # until; waking them makes them take again and learn the new ``next_run_at``.
+            self.woken.add(job.queue)
+        key = (job.queue, job.id)
+        if old_state is None or key in self._new:
+            self._new[key] = job
+            if moved:
+                self._new_order[key] = self._order_key(job)
+            return
+        if moved:
+            self.conn.execute(_UPDATE, (*_fields(job), self._order_key(job), *key))
+        else:
+            self.conn.execute(_UPDATE_SAME_STATE, (*_fields(job)[:-1], *key))
+
+    def delete(self, queue: str, job_id: str) -> None:
+        key = (queue, job_id)
+        if self._new.pop(key, None) is not None:
+            self._new_order.pop(key, None)
+            self._new_deps.pop(key, None)
+            return
+        self._flush()
+        conn = self.conn
+        conn.execute("DELETE FROM jobs WHERE queue = ? AND id = ?", key)
+        conn.execute("DELETE FROM logs WHERE queue = ? AND id = ?", key)
+        conn.execute("DELETE FROM dependencies WHERE parent_queue = ? AND parent_id = ?", key)
+
+    def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
+        self._flush()
+        rows = self.conn.execute(
+            f"{_SELECT} INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'waiting' ORDER BY order_key LIMIT ?",
+            (queue, limit),
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
+        self._flush()
+        rows = self.conn.execute(
+            f"{_SELECT} INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'delayed' AND order_key <= ? AND run_at <= ? "
+            "ORDER BY order_key, id",
+            (queue, _micros(now), now),
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def next_run_at(self, queue: str) -> float | None:
+        self._flush()
+        row = self.conn.execute(
+            "SELECT min(run_at) FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'delayed' AND order_key = "
+            "(SELECT min(order_key) FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'delayed')",
+            (queue, queue),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def expired_active(self, queue: str, now: float) -> list[JobRecord]:
+        self._flush()
+        rows = self.conn.execute(
+            f"{_SELECT} INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'active' AND lock_until < ? ORDER BY order_key",
+            (queue, now),
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def list_jobs(
+        self, queue: str, state: JobState, start: int = 0, end: int | None = None
+    ) -> list[JobRecord]:
+        self._flush()
+        sql = (
+            f"{_SELECT} INDEXED BY jobs_state "
+            f"WHERE queue = ? AND state = ? ORDER BY {_ORDER_BY[state]}"
+        )
+        window = _limit_offset(start, end)
+        if window is None:
+            rows = self.conn.execute(sql, (queue, state.value)).fetchall()
+            rows = rows[start : None if end is None else end + 1]
+        else:
+            rows = self.conn.execute(
+                f"{sql} LIMIT ? OFFSET ?", (queue, state.value, *window)
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def count(self, queue: str, state: JobState) -> int:
+        self._flush()
+        row = self.conn.execute(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_state WHERE queue = ? AND state = ?",
+            (queue, state.value),
+        ).fetchone()
+        return int(row[0])
+
+    def counts(self, queue: str) -> dict[JobState, int]:
+        """Jobs per state, every state present, in one query."""
+        self._flush()
+        found = dict(
+            self.conn.execute(
+                "SELECT state, count(*) FROM jobs INDEXED BY jobs_state "
+                "WHERE queue = ? GROUP BY state",
+                (queue,),
+            ).fetchall()
+        )
+        return {state: int(found.get(state.value, 0)) for state in JobState}
+
+    def finished_beyond(self, queue: str, state: JobState, keep: int) -> list[str]:
+        self._flush()
+        rows = self.conn.execute(
+            "SELECT id FROM jobs INDEXED BY jobs_state WHERE queue = ? AND state = ? "
+            "ORDER BY order_key DESC LIMIT -1 OFFSET ?",
+            (queue, state.value, keep),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def clean_candidates(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        self._flush()
+        stamp = "finished_at" if state.finished else "created_at"
+        rows = self.conn.execute(
+            "SELECT id FROM jobs INDEXED BY jobs_state "
+            f"WHERE queue = ? AND state = ? AND {stamp} <= ? "
+            f"ORDER BY {_OLDEST_FIRST[state]} LIMIT ?",
+            (queue, state.value, older_than, -1 if limit is None else limit),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # ---------------------------------------------------------------- dependencies
+
+    def dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        deps = self._new_deps.get((queue, job_id))
+        if deps is not None or (queue, job_id) in self._new:
+            return [] if deps is None else list(deps.values())
+        rows = self.conn.execute(
+            f"SELECT {_DEP_COLUMNS} FROM dependencies "
+            "WHERE parent_queue = ? AND parent_id = ? ORDER BY seq",
+            (queue, job_id),
+        ).fetchall()
+        return [_dependency(row) for row in rows]
+
+    def get_dependency(
+        self, queue: str, job_id: str, child_queue: str, child_id: str
+    ) -> ChildDependency | None:
+        parent = (queue, job_id)
+        if parent in self._new:
+            return self._new_deps.get(parent, {}).get((child_queue, child_id))
+        row = self.conn.execute(
+            f"SELECT {_DEP_COLUMNS} FROM dependencies WHERE {_DEP_WHERE}",
+            (queue, job_id, child_queue, child_id),
+        ).fetchone()
+        return None if row is None else _dependency(row)
+
+    def put_dependency(self, queue: str, job_id: str, dep: ChildDependency) -> None:
+        parent = (queue, job_id)
+        if parent in self._new:
+            self._new_deps.setdefault(parent, {})[(dep.queue, dep.id)] = dep
+            return
+        conn = self.conn
+        names = (queue, job_id, dep.queue, dep.id)
+        row = conn.execute(f"SELECT status FROM dependencies WHERE {_DEP_WHERE}", names).fetchone()
+        if row is None:
+            (seq,) = conn.execute(
+                "SELECT coalesce(max(seq) + 1, 0) FROM dependencies "
+                "WHERE parent_queue = ? AND parent_id = ?",
+                parent,
+            ).fetchone()
+            conn.execute(_DEP_INSERT, (*names, seq, dep.status, dep.value, dep.reason))
+            old_pending = False
+        else:
+            conn.execute(
+                f"UPDATE dependencies SET status = ?, value = ?, reason = ? WHERE {_DEP_WHERE}",
+                (dep.status, dep.value, dep.reason, *names),
+            )
+            old_pending = row[0] == "pending"
+        delta = (dep.status == "pending") - old_pending
+        if delta:
+            conn.execute(
+                "UPDATE jobs SET pending = pending + ? WHERE queue = ? AND id = ?",
+                (delta, queue, job_id),
+            )
+
+    def delete_dependency(self, queue: str, job_id: str, child_queue: str, child_id: str) -> None:
+        parent = (queue, job_id)
+        if parent in self._new:
+            self._new_deps.get(parent, {}).pop((child_queue, child_id), None)
+            return
+        conn = self.conn
+        row = conn.execute(
+            f"DELETE FROM dependencies WHERE {_DEP_WHERE} RETURNING status",
+            (queue, job_id, child_queue, child_id),
+        ).fetchone()
+        if row is not None and row[0] == "pending":
+            conn.execute(
+                "UPDATE jobs SET pending = pending - 1 WHERE queue = ? AND id = ?",
+                (queue, job_id),
+            )
+
+    def pending_count(self, queue: str, job_id: str) -> int:
+        parent = (queue, job_id)
+        if parent in self._new:
+            deps = self._new_deps.get(parent, {})
+            return sum(1 for dep in deps.values() if dep.status == "pending")
+        row = self.conn.execute(
+            "SELECT pending FROM jobs WHERE queue = ? AND id = ?", parent
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # ---------------------------------------------------------------- logs
+
+    def add_log(self, queue: str, job_id: str, line: str) -> int:
+        self._flush()
+        (seq,) = self.conn.execute(
+            "SELECT coalesce(max(seq) + 1, 0) FROM logs WHERE queue = ? AND id = ?",
+            (queue, job_id),
+        ).fetchone()
+        self.conn.execute(
+            "INSERT INTO logs (queue, id, seq, line) VALUES (?, ?, ?, ?)",
+            (queue, job_id, seq, line),
+        )
+        return int(seq) + 1
+
+    def get_logs(self, queue: str, job_id: str, start: int, end: int | None) -> list[str]:
+        self._flush()
+        conn = self.conn
+        if start < 0 or (end is not None and end < 0):
+            (total,) = conn.execute(
+                "SELECT count(*) FROM logs WHERE queue = ? AND id = ?", (queue, job_id)
+            ).fetchone()
+            start, stop, _ = slice(start, None if end is None else end + 1).indices(total)
+        else:
+            stop = -1 if end is None else end + 1
+        if stop != -1 and stop <= start:
+            return []
+        rows = conn.execute(
+            "SELECT line FROM logs WHERE queue = ? AND id = ? AND seq >= ? "
+            "AND (? = -1 OR seq < ?) ORDER BY seq",
+            (queue, job_id, start, stop, stop),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # ---------------------------------------------------------------- queues
+
+    def is_paused(self, queue: str) -> bool:
+        row = self.conn.execute("SELECT paused FROM queues WHERE name = ?", (queue,)).fetchone()
+        return bool(row and row[0])
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, paused) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+            (queue, int(paused)),
+        )
+
+    def rate_window(self, queue: str) -> tuple[float, int] | None:
+        row = self.conn.execute(
+            "SELECT window_start, window_count FROM queues WHERE name = ?", (queue,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return float(row[0]), int(row[1])
+
+    def set_rate_window(self, queue: str, start: float, count: int) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, window_start, window_count) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET "
+            "window_start = excluded.window_start, window_count = excluded.window_count",
+            (queue, start, count),
+        )
+
+    def forget_queue(self, queue: str) -> None:
+        self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
+
+    def queues(self) -> list[str]:
+        self._flush()
+        return [row[0] for row in self.conn.execute(_DISTINCT_QUEUES).fetchall()]
+
+    def idle_take(self, queue: str, now: float) -> float | Literal[False] | None:
+        """``False`` if a take could start or promote a job now; otherwise (nothing
+        waiting, or paused, and no delayed job due) the queue's next ``run_at``."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'waiting') "
+            "AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ? AND paused), "
+            "EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'delayed' AND order_key <= ? AND run_at <= ?)",
+            (queue, queue, queue, _micros(now), now),
+        ).fetchone()
+        if row[0] or row[1]:
+            return False
+        return self.next_run_at(queue)
+
+    def has_expired_locks(self, queue: str, now: float) -> bool:
+        """Whether an active job of the queue has ``lock_until < now``."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'active' AND lock_until < ?)",
+            (queue, now),
+        ).fetchone()
+        return bool(row[0])
+
+    def work_hint(self, queue: str) -> tuple[bool, int | None]:
+        """Whether the queue has a waiting job and is not paused, and the ``order_key``
+        of its first delayed job (its run time in microseconds)."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'waiting') "
+            "AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ? AND paused), "
+            "(SELECT min(order_key) FROM jobs INDEXED BY jobs_state "
+            "WHERE queue = ? AND state = 'delayed')",
+            (queue, queue, queue),
+        ).fetchone()
+        return bool(row[0]), row[1]
+
+    # ---------------------------------------------------------------- events
+
+    def emit(
+        self, type: str, queue: str, job_id: str | None, data: dict[str, Any] | None, now: float
+    ) -> None:
+        self._events.append(
+            (queue, type, job_id, _encode_event(data) if data else None, now, time.time())
+        )
+        self.emitted.add(queue)
+
+    def wake(self, queue: str) -> None:
+        self.woken.add(queue)
+
+    def last_event_id(self) -> int:
+        """The id of the newest event; every later event has a greater id."""
+        row = self.conn.execute("SELECT max(id) FROM events").fetchone()
+        return 0 if row[0] is None else int(row[0])
+
+    def events_after(self, queue: str, after: int, limit: int) -> tuple[list[EventRecord], int]:
+        """The queue's events with ``id > after``, oldest first (at most ``limit``), and
+        the id to continue after next time.
+
+        The next id moves past events of other queues too, so a listener of a quiet queue
+        never rescans a busy queue's events. Call it in a read transaction: ids are
+        handed out in commit order, so no event at or below the newest id seen can
+        appear later.
+        """
+        conn = self.conn
+        rows = conn.execute(
+            "SELECT id, type, job_id, data, ts FROM events WHERE id > ? AND queue = ? "
+            "ORDER BY id LIMIT ?",
+            (after, queue, limit),
+        ).fetchall()
+        if len(rows) < limit:
+            (newest,) = conn.execute("SELECT max(id) FROM events").fetchone()
+            after = max(after, newest or 0)
+        else:
+            after = rows[-1][0]
+        events = [
+            EventRecord(row[1], queue, row[2], json.loads(row[3]) if row[3] else {}, row[4])
+            for row in rows
+        ]
+        return events, after

@@ -1,0 +1,141 @@
+"""The SQLite schema and its forward migrations.
+
+The schema version is kept in ``PRAGMA user_version``. :func:`migrate` runs inside one
+``BEGIN IMMEDIATE`` transaction, so several processes opening the same file at once
+apply each step exactly once: the first takes the write lock and migrates, the others
+wait on the lock (``busy_timeout``) and then find nothing left to do.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+_V1 = (
+    # One row per job, stored in insertion order (the rowid), so the jobs a worker
+    # takes and finishes together share pages. ``order_key`` places the job among the jobs
+    # of its queue in the same state, so that one index serves every ordered access:
+    #   waiting: ``priority << 41`` plus an offset from ``2**40``: ``+n`` behind the
+    #            queue's jobs of that priority (fifo), ``-n`` in front of them (lifo);
+    #   delayed: ``run_at`` in whole microseconds;
+    #   others:  the order in which jobs entered the state (listing and retention).
+    # ``pending`` counts the job's ``pending`` dependencies (kept exact by the backend),
+    # so a release check is O(1) however many children a parent has.
+    """
+    CREATE TABLE jobs (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        opts TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        lifo INTEGER NOT NULL DEFAULT 0,
+        delay REAL NOT NULL DEFAULT 0,
+        attempts_made INTEGER NOT NULL DEFAULT 0,
+        stalled_count INTEGER NOT NULL DEFAULT 0,
+        progress TEXT,
+        return_value TEXT,
+        failed_reason TEXT,
+        stacktrace TEXT,
+        created_at REAL NOT NULL,
+        processed_at REAL,
+        finished_at REAL,
+        run_at REAL,
+        keep_completed INTEGER,
+        keep_failed INTEGER,
+        parent_id TEXT,
+        parent_queue TEXT,
+        parent_policy TEXT,
+        lock_token TEXT,
+        lock_until REAL,
+        state TEXT NOT NULL,
+        order_key INTEGER NOT NULL DEFAULT 0,
+        pending INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (queue, id)
+    )
+    """,
+    # The only secondary index: take order, due delayed jobs, listings, counts,
+    # retention, clean and stalled recovery all read it. Few indexes keep a commit
+    # small (each page a transaction touches is written to the WAL).
+    "CREATE INDEX jobs_state ON jobs (queue, state, order_key)",
+    # A parent's children; ``seq`` keeps insertion order, and replacing a record in
+    # place keeps its ``seq``.
+    """
+    CREATE TABLE dependencies (
+        parent_queue TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        child_queue TEXT NOT NULL,
+        child_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        value TEXT,
+        reason TEXT,
+        PRIMARY KEY (parent_queue, parent_id, child_queue, child_id)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE logs (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (queue, id, seq)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0,
+        window_start REAL,
+        window_count INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID
+    """,
+    # Event ids only grow: a new row gets max(id) + 1, and pruning always keeps the
+    # newest row, so a subscriber's "everything after id N" never skips or repeats one.
+    # Subscribers read id ranges, so no index on ``queue`` is needed.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        type TEXT NOT NULL,
+        job_id TEXT,
+        data TEXT,
+        ts REAL NOT NULL,
+        written_at REAL NOT NULL
+    )
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+"""Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The file was written by a newer version of Conveyor."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to :data:`SCHEMA_VERSION`; returns how many steps ran.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"the database has schema version {version}, newer than this Conveyor "
+                f"understands ({SCHEMA_VERSION}); upgrade Conveyor"
+            )
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        # PRAGMA takes no parameters; the value is our own integer, never user data.
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return SCHEMA_VERSION - version

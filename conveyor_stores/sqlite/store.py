@@ -1,0 +1,680 @@
+"""``SQLiteStore``: Conveyor in one SQLite file, shared by the processes of one host.
+
+Design
+======
+Each transition of the store protocol is carried out by the reference
+:class:`~conveyor_core.engine.Engine` over :class:`~.backend.SQLiteBackend`, *whole*
+inside one ``BEGIN IMMEDIATE … COMMIT`` transaction: the write lock is taken up front, so
+two processes never interleave inside a transition and no transaction ever has to
+upgrade a read lock (which SQLite cannot wait for). Any exception rolls the transaction
+back: a failed transition writes nothing, and publishes no event. Reads run in a plain
+(deferred) transaction, so they see one consistent snapshot and, in WAL mode, never wait
+for writers. A take by an idle worker, or a stalled-job check that finds nothing,
+changes nothing: it is answered by a read, without taking the write lock.
+
+All SQL runs on one thread owned by the store object, which also owns the ``sqlite3``
+connection and runs one call at a time, in the order they were made; the event loop
+awaits each transition as one future, so the loop never blocks on the database, not
+even while another process holds the write lock. The standard library's ``sqlite3`` is
+used directly rather than ``aiosqlite`` because ``aiosqlite`` costs one thread hop per
+statement, while here a transition of any size costs exactly one.
+
+Within a transition, new jobs, their dependency records and events are buffered and
+written with ``executemany`` (a 10,000-child flow is a handful of statements); every
+other change is written at once. One secondary index, ``jobs (queue, state,
+order_key)``, serves the take order, due delayed jobs, listings, counts, retention,
+clean and stalled recovery: each page a commit touches is written to the WAL, so few
+indexes keep commits cheap. ``order_key`` is ``priority << 41`` plus a fifo/lifo offset
+for waiting jobs, ``run_at`` in microseconds for delayed jobs, and the order of entry
+into the state otherwise. A parent's count of pending children is a column kept exact
+in the same transactions, so resolving a child is O(1) however many siblings it has.
+
+Settings
+========
+``SQLiteStore(path, *, poll_interval=0.1, busy_timeout=10.0, events_retention=10_000,
+events_min_age=10.0)``; ``open_store("sqlite:///relative.db")`` and
+``open_store("sqlite:////absolute.db")`` pass their keyword options through.
+
+* ``path``: the database file (created if missing), or ``":memory:"`` for a private
+  in-memory database (one connection, so one store object in one process).
+* ``poll_interval``: seconds between two looks for changes made by *other* processes
+  (new waiting jobs, earlier delayed jobs, events). Changes made in the same process
+  (through any store object on the same file and event loop) wake idle workers and
+  event listeners at once.
+* ``busy_timeout``: seconds a transition waits for the write lock held by another
+  process before failing with ``StoreUnavailableError`` (nothing is written).
+* ``events_retention`` / ``events_min_age``: the events table keeps at least the newest
+  ``events_retention`` events, and every event younger than ``events_min_age`` seconds;
+  older ones are pruned every 1,000 events a process writes.
+
+The connection uses ``journal_mode=WAL`` (readers never wait for the writer) and
+``synchronous=NORMAL``: a committed transition survives a crash of the process; a power
+loss may lose the last transitions but never corrupts the file.
+
+Multi-process behaviour and limits
+==================================
+* Any number of processes on one host may share the file (worker processes, producers,
+  the CLI): every transition holds the write lock for its whole duration, so each job is
+  taken by one worker only and a parent's counter is never wrong, whatever crashes. A
+  worker process killed while it holds jobs loses nothing: their locks expire and any
+  worker's stalled check puts them back to waiting. Writes are serialised, so the
+  throughput of all processes together is that of one writer; beyond one machine, use
+  PostgreSQL or Redis. Network file systems are not supported (WAL needs memory shared
+  between the processes of one host).
+* Wake-ups across processes are by polling every ``poll_interval``: an idle worker
+  checks, with one indexed read, whether its queue has a waiting job or an earlier
+  delayed one; an event listener reads the new rows of the events table (an id range
+  scan, so a listener of a quiet queue costs nothing however busy the others are).
+  Within a process, wake-ups are immediate.
+* Events are rows of the ``events`` table, written in the transition's own transaction
+  and read by every subscriber, in any process, in commit order. A subscriber sees the
+  events committed after it subscribed; one that falls behind by more than the
+  retention loses the oldest events it had not read.
+* The schema version is ``PRAGMA user_version``; forward migrations run inside
+  ``BEGIN IMMEDIATE`` when a store connects, so processes that start together migrate
+  once. A file written by a newer Conveyor is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+from conveyor_core.engine import Engine
+from conveyor_core.errors import StoreClosedError, StoreUnavailableError
+from conveyor_core.models import JobState
+from conveyor_core.store import (
+    ChildDependency,
+    Completion,
+    EventRecord,
+    EventSubscription,
+    Failure,
+    JobRecord,
+    NewJob,
+    Release,
+    StallOutcome,
+    TakeResult,
+)
+
+from .backend import SQLiteBackend
+from .schema import migrate
+
+T = TypeVar("T")
+
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_EVENT_BATCH = 1000
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
+_OPEN: dict[str, weakref.WeakSet[SQLiteStore]] = {}
+"""The connected store objects of this process, by the real path of their file."""
+
+
+def _settle(
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+    then: Callable[[Any], None] | None,
+) -> None:
+    try:
+        if error is None and then is not None:
+            then(result)
+    finally:
+        if not future.cancelled():
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+
+class _DatabaseThread:
+    """The store's own thread: runs calls one at a time, in order, and hands each result
+    back to the event loop that asked for it."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: SimpleQueue[
+            tuple[
+                Callable[[], Any],
+                asyncio.AbstractEventLoop,
+                asyncio.Future[Any],
+                Callable[[Any], None] | None,
+            ]
+            | None
+        ] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, loop, future, then = item
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = call()
+            except BaseException as exc:
+                error = exc
+            # A closed loop raises RuntimeError: nobody waits for this result any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error, then)
+            del item, call, future, result, error, then
+
+    def submit(
+        self, call: Callable[[], T], then: Callable[[T], None] | None = None
+    ) -> asyncio.Future[T]:
+        """Run ``call`` on the thread; its result settles the returned future.
+
+        ``then(result)`` runs on the event loop first when ``call`` succeeded, even if the
+        future was cancelled meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((call, loop, future, then))
+        return future
+
+    def stop(self) -> None:
+        """Let the thread end once the calls made so far have run."""
+        self._calls.put(None)
+
+
+class _State:
+    """What the store's thread owns: the connection, the backend and the engine."""
+
+    __slots__ = ("backend", "conn", "engine", "migrated")
+
+    def __init__(self, conn: sqlite3.Connection, backend: SQLiteBackend, migrated: int) -> None:
+        self.conn = conn
+        self.backend = backend
+        self.engine = Engine(backend)
+        self.migrated = migrated
+
+
+class _Subscription:
+    """Events of one queue with ids above ``last_id``, read from the events table.
+
+    Polls every ``poll_interval``; a commit made in the same process (through this or
+    another store object on the file) nudges it, so local events arrive at once.
+    """
+
+    def __init__(self, store: SQLiteStore, queue: str, last_id: int) -> None:
+        self._store = store
+        self.queue = queue
+        self._last_id = last_id
+        self._buffer: deque[EventRecord] = deque()
+        self._nudged = asyncio.Event()
+        self._closed = False
+
+    def nudge(self) -> None:
+        self._nudged.set()
+
+    def __aiter__(self) -> AsyncIterator[EventRecord]:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        store = self._store
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._closed:
+                raise StopAsyncIteration
+            self._nudged.clear()
+            try:
+                events, self._last_id = await store._read(
+                    lambda state: state.backend.events_after(
+                        self.queue, self._last_id, _EVENT_BATCH
+                    )
+                )
+            except StoreClosedError:
+                self._closed = True
+                raise StopAsyncIteration from None
+            if events:
+                self._buffer.extend(events)
+                continue
+            if self._closed:
+                raise StopAsyncIteration
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), store.poll_interval)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._store._unsubscribe(self)
+        self._buffer.clear()
+        self._nudged.set()
+
+
+class SQLiteStore:
+    """A store in one SQLite file. ``async with SQLiteStore("app.db") as store: ...``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        poll_interval: float = 0.1,
+        busy_timeout: float = 10.0,
+        events_retention: int = 10_000,
+        events_min_age: float = 10.0,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must not be negative, got {busy_timeout!r}")
+        if events_retention < 0:
+            raise ValueError(f"events_retention must not be negative, got {events_retention!r}")
+        self.path = os.fspath(path)
+        self.poll_interval = float(poll_interval)
+        self.busy_timeout = float(busy_timeout)
+        self.events_retention = int(events_retention)
+        self.events_min_age = float(events_min_age)
+        self._thread: _DatabaseThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._key = "" if self.path in ("", ":memory:") else os.path.realpath(self.path)
+        self._state: _State | None = None
+        self._connect_lock = asyncio.Lock()
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._subscriptions: dict[str, set[_Subscription]] = {}
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def migrations_applied(self) -> int:
+        """How many schema migration steps the last ``connect`` ran (0: none needed)."""
+        return 0 if self._state is None else self._state.migrated
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._thread is not None:
+                return
+            thread = _DatabaseThread(f"conveyor-sqlite {self.path}")
+            try:
+                await asyncio.shield(thread.submit(self._open))
+            except BaseException:
+                thread.submit(self._close_connection)
+                thread.stop()
+                raise
+            self._thread = thread
+            self._loop = asyncio.get_running_loop()
+            if self._key:
+                _OPEN.setdefault(self._key, weakref.WeakSet()).add(self)
+
+    def _open(self) -> None:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                cached_statements=256,
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot open SQLite database {self.path!r}: {exc}"
+            ) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrated = migrate(conn)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise self._unavailable(exc, "opening") from exc
+        except BaseException:
+            conn.close()
+            raise
+        backend = SQLiteBackend(
+            conn, events_retention=self.events_retention, events_min_age=self.events_min_age
+        )
+        self._state = _State(conn, backend, migrated)
+
+    def _close_connection(self) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            state.conn.close()
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        peers = _OPEN.get(self._key)
+        if peers is not None:
+            peers.discard(self)
+            if not peers:
+                del _OPEN[self._key]
+        for subs in list(self._subscriptions.values()):
+            for sub in list(subs):
+                await sub.aclose()
+        for waker in self._wakers.values():
+            waker.set()
+        self._wakers.clear()
+        if thread is None:
+            return
+        try:
+            await asyncio.shield(thread.submit(self._close_connection))
+        finally:
+            thread.stop()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _unavailable(self, exc: sqlite3.OperationalError, doing: str) -> Exception:
+        if _is_busy(exc):
+            return StoreUnavailableError(
+                f"SQLite database {self.path!r} stayed locked by another connection for more "
+                f"than busy_timeout={self.busy_timeout:g}s while {doing}; nothing was written"
+            )
+        return StoreUnavailableError(f"SQLite error on {self.path!r} while {doing}: {exc}")
+
+    def _thread_or_raise(self) -> _DatabaseThread:
+        thread = self._thread
+        if thread is None:
+            raise StoreClosedError(f"{self!r} is not connected: use 'async with store:'")
+        return thread
+
+    def _state_or_raise(self) -> _State:
+        state = self._state
+        if state is None:
+            raise StoreClosedError(f"{self!r} is closed")
+        return state
+
+    def _transact(
+        self, call: Callable[[_State], T], shortcut: Callable[[_State], T | None] | None = None
+    ) -> tuple[T, set[str], set[str]]:
+        """Run ``call`` in one write transaction, on the store's thread.
+
+        ``shortcut``, if given, first runs outside any transaction (each of its queries
+        sees the latest commit): when it returns a result (not ``None``), the transition
+        would change nothing and that result is returned without taking the write lock.
+        """
+        state = self._state_or_raise()
+        if shortcut is not None:
+            try:
+                early = shortcut(state)
+            except sqlite3.OperationalError as exc:
+                raise self._unavailable(exc, "reading") from exc
+            if early is not None:
+                return early, set(), set()
+        conn, backend = state.conn, state.backend
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc, "waiting for the write lock") from exc
+        try:
+            result = call(state)
+            backend.finish()
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            backend.discard()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._unavailable(exc, "writing") from exc
+            raise
+        woken, emitted = backend.take_signals()
+        return result, woken, emitted
+
+    def _query(self, call: Callable[[_State], T]) -> T:
+        """Run ``call`` in one read transaction, on the store's thread."""
+        state = self._state_or_raise()
+        conn = state.conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                return call(state)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc, "reading") from exc
+
+    async def _write(
+        self, call: Callable[[_State], T], shortcut: Callable[[_State], T | None] | None = None
+    ) -> T:
+        thread = self._thread_or_raise()
+        # Wakes and nudges go out once the transaction committed, even if the caller
+        # was cancelled while it ran.
+        result, _, _ = await thread.submit(
+            functools.partial(self._transact, call, shortcut), self._signal
+        )
+        return result
+
+    def _signal(self, outcome: tuple[Any, set[str], set[str]]) -> None:
+        _, woken, emitted = outcome
+        if not (woken or emitted):
+            return
+        self._notify(woken, emitted)
+        # Other store objects on the same file in this process and event loop hear of
+        # the commit at once too, instead of at their next poll.
+        loop = asyncio.get_running_loop()
+        for other in list(_OPEN.get(self._key, ())):
+            if other is not self and other._loop is loop:
+                other._notify(woken, emitted)
+
+    def _notify(self, woken: set[str], emitted: set[str]) -> None:
+        for queue in woken:
+            waker = self._wakers.pop(queue, None)
+            if waker is not None:
+                waker.set()
+        for queue in emitted:
+            for sub in self._subscriptions.get(queue, ()):
+                sub.nudge()
+
+    async def _read(self, call: Callable[[_State], T]) -> T:
+        thread = self._thread_or_raise()
+        return await thread.submit(functools.partial(self._query, call))
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        subs = self._subscriptions.get(sub.queue)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscriptions[sub.queue]
+
+    # ---------------------------------------------------------------- protocol: writing
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        def add(state: _State) -> list[bool]:
+            state.backend.prefetch_absent(
+                [(job.queue, job.id) for group in groups for job in group]
+            )
+            return state.engine.add_jobs(groups, now)
+
+        return await self._write(add)
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        def idle(state: _State) -> TakeResult | None:
+            # An idle worker's take changes nothing: answer it from a read, without the
+            # write lock that other processes may be waiting for.
+            next_run_at = state.backend.idle_take(queue, now)
+            return None if next_run_at is False else TakeResult([], next_run_at)
+
+        return await self._write(
+            lambda s: s.engine.take_jobs(
+                queue,
+                limit=limit,
+                token=token,
+                lock_until=lock_until,
+                now=now,
+                rate_limit=rate_limit,
+            ),
+            idle,
+        )
+
+    async def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        return await self._write(lambda s: s.engine.extend_locks(queue, locks, lock_until))
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        return await self._write(lambda s: s.engine.complete_jobs(queue, completions, now))
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        return await self._write(lambda s: s.engine.fail_jobs(queue, failures, now))
+
+    async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        return await self._write(lambda s: s.engine.release_jobs(queue, releases, now))
+
+    async def recover_stalled(
+        self, queue: str, now: float, max_stalled_count: int
+    ) -> list[StallOutcome]:
+        return await self._write(
+            lambda s: s.engine.recover_stalled(queue, now, max_stalled_count),
+            lambda s: None if s.backend.has_expired_locks(queue, now) else [],
+        )
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        self._thread_or_raise()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        first = True
+        earliest: int | None = None
+        while True:
+            waker = self._wakers.get(queue)
+            if waker is None:
+                waker = self._wakers[queue] = asyncio.Event()
+            if self._thread is None:
+                return
+            try:
+                ready, run_at = await self._read(lambda s: s.backend.work_hint(queue))
+            except StoreClosedError:
+                return
+            if ready:
+                return
+            # Another process added a delayed job, or moved one, to run earlier than
+            # any seen so far: return so the caller learns the new next run time.
+            if first:
+                first, earliest = False, run_at
+            elif run_at is not None and (earliest is None or run_at < earliest):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(waker.wait(), min(self.poll_interval, remaining))
+            except TimeoutError:
+                continue
+            return
+
+    # ---------------------------------------------------------------- protocol: job changes
+
+    async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
+        now = time.time()
+        await self._write(lambda s: s.engine.update_progress(queue, job_id, progress, now))
+
+    async def add_log(self, queue: str, job_id: str, line: str) -> int:
+        return await self._write(lambda s: s.engine.add_log(queue, job_id, line))
+
+    async def get_logs(
+        self, queue: str, job_id: str, start: int = 0, end: int | None = None
+    ) -> list[str]:
+        return await self._read(lambda s: s.engine.get_logs(queue, job_id, start, end))
+
+    async def update_data(self, queue: str, job_id: str, data: str) -> None:
+        await self._write(lambda s: s.engine.update_data(queue, job_id, data))
+
+    async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
+        await self._write(lambda s: s.engine.change_priority(queue, job_id, priority, lifo))
+
+    async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
+        await self._write(lambda s: s.engine.change_delay(queue, job_id, run_at))
+
+    async def promote_job(self, queue: str, job_id: str, now: float) -> None:
+        await self._write(lambda s: s.engine.promote_job(queue, job_id, now))
+
+    async def promote_jobs(self, queue: str, now: float) -> int:
+        return await self._write(lambda s: s.engine.promote_jobs(queue, now))
+
+    async def retry_job(self, queue: str, job_id: str, now: float) -> None:
+        await self._write(lambda s: s.engine.retry_job(queue, job_id, now))
+
+    async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
+        return await self._write(lambda s: s.engine.retry_jobs(queue, state, now))
+
+    async def remove_job(self, queue: str, job_id: str) -> bool:
+        now = time.time()
+        return await self._write(lambda s: s.engine.remove_job(queue, job_id, now))
+
+    # ---------------------------------------------------------------- protocol: queues
+
+    async def pause(self, queue: str) -> None:
+        now = time.time()
+        await self._write(lambda s: s.engine.pause(queue, now))
+
+    async def resume(self, queue: str) -> None:
+        now = time.time()
+        await self._write(lambda s: s.engine.resume(queue, now))
+
+    async def is_paused(self, queue: str) -> bool:
+        return await self._read(lambda s: s.backend.is_paused(queue))
+
+    async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
+        return await self._write(lambda s: s.engine.drain(queue, include_delayed, now))
+
+    async def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        now = time.time()
+        return await self._write(lambda s: s.engine.clean(queue, state, older_than, limit, now))
+
+    async def obliterate(self, queue: str, force: bool) -> None:
+        now = time.time()
+        await self._write(lambda s: s.engine.obliterate(queue, force, now))
+
+    # ---------------------------------------------------------------- protocol: reading
+
+    async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        return await self._read(lambda s: s.engine.get_job(queue, job_id))
+
+    async def get_jobs(
+        self, queue: str, states: Sequence[JobState], start: int, end: int | None
+    ) -> list[JobRecord]:
+        return await self._read(lambda s: s.engine.get_jobs(queue, states, start, end))
+
+    async def get_counts(self, queue: str) -> dict[JobState, int]:
+        return await self._read(lambda s: s.backend.counts(queue))
+
+    async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        return await self._read(lambda s: s.engine.get_dependencies(queue, job_id))
+
+    async def list_queues(self) -> list[str]:
+        return await self._read(lambda s: s.backend.queues())
+
+    # ---------------------------------------------------------------- protocol: events
+
+    async def subscribe(self, queue: str) -> EventSubscription:
+        last_id = await self._read(lambda s: s.backend.last_event_id())
+        sub = _Subscription(self, queue, last_id)
+        self._subscriptions.setdefault(queue, set()).add(sub)
+        return sub
