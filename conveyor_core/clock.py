@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from .models import MAX_SECONDS
+
 __all__ = ["Clock", "seconds", "system_clock", "to_datetime"]
 
 Clock = Callable[[], float]
@@ -24,6 +26,8 @@ def to_datetime(timestamp: float | None) -> datetime | None:
 def seconds(duration: float | timedelta, *, what: str = "duration") -> float:
     """A duration in seconds from a number or a ``timedelta``; negative is an error."""
     value = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-    if value < 0 or value != value:
-        raise ValueError(f"{what} must be a non-negative number of seconds, got {duration!r}")
+    if not 0 <= value <= MAX_SECONDS:
+        raise ValueError(
+            f"{what} must be a number of seconds from 0 to {MAX_SECONDS:.0f}, got {duration!r}"
+        )
     return value

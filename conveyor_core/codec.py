@@ -73,6 +73,8 @@ def dumps(value: Any, *, what: str) -> str:
         raise PayloadError(
             f"{what} is not JSON: a value of type {exc.type_name} cannot be serialised"
         ) from None
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to be stored as JSON") from None
     except ValueError as exc:
         # NaN/infinity (allow_nan=False) or a circular reference.
         raise PayloadError(f"{what} is not JSON: {exc}") from None

@@ -18,6 +18,9 @@ from pydantic import (
 MAX_PRIORITY = 2**21
 """Priorities range over ``0 .. MAX_PRIORITY``; lower runs first."""
 
+MAX_SECONDS = 100 * 366 * 24 * 3600.0
+"""The longest delay, backoff or timeout accepted: a hundred years."""
+
 
 def _seconds(value: Any) -> Any:
     if isinstance(value, timedelta):
@@ -79,7 +82,7 @@ class Backoff(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["fixed", "exponential"]
-    delay: Seconds = Field(default=1.0, ge=0)
+    delay: Seconds = Field(default=1.0, ge=0, le=MAX_SECONDS)
     jitter: float = Field(default=0.0, ge=0, le=1)
 
 
@@ -89,7 +92,7 @@ class RateLimit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max: int = Field(ge=1)
-    duration: Seconds = Field(gt=0)
+    duration: Seconds = Field(gt=0, le=MAX_SECONDS)
 
 
 class JobOptions(BaseModel):
@@ -100,10 +103,10 @@ class JobOptions(BaseModel):
     job_id: str | None = Field(default=None, min_length=1, max_length=512)
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
     lifo: bool = False
-    delay: Seconds = Field(default=0.0, ge=0)
+    delay: Seconds = Field(default=0.0, ge=0, le=MAX_SECONDS)
     attempts: int = Field(default=1, ge=1)
     backoff: Backoff | str | None = None
-    timeout: Seconds | None = Field(default=None, gt=0)
+    timeout: Seconds | None = Field(default=None, gt=0, le=MAX_SECONDS)
     remove_on_complete: bool | Annotated[int, Field(ge=0)] = False
     remove_on_fail: bool | Annotated[int, Field(ge=0)] = False
     fail_parent_on_child_failure: Literal["fail", "ignore", "remove"] = "fail"

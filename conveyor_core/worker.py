@@ -23,7 +23,7 @@ from . import codec
 from .clock import Clock, seconds, system_clock
 from .errors import LockLostError, StoreClosedError, UnrecoverableError
 from .job import Job
-from .models import Backoff, JobOptions, JobState, RateLimit
+from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
 from .queue import check_name
 from .store import Completion, Failure, Release, StoreInterface
 
@@ -62,7 +62,7 @@ def backoff_delay(backoff: Backoff, attempt: int) -> float:
         delay *= 2.0 ** min(attempt - 1, _MAX_BACKOFF_EXPONENT)
     if backoff.jitter:
         delay *= 1.0 - random.random() * backoff.jitter
-    return max(0.0, delay)
+    return min(max(0.0, delay), MAX_SECONDS)
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
@@ -352,11 +352,16 @@ class Worker:
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
-    async def _wait_for_work(self, timeout: float) -> None:
+    async def _wait_for_work(self, timeout: float, *, sleep: bool = False) -> None:
+        """Wait for the store's wake-up (or, ``sleep``, just for ``timeout``: a full rate
+        limit window is not shortened by new jobs); ``close()`` interrupts both."""
         with anyio.CancelScope() as scope:
             self._idle_scope = scope
             if not self._closing:
-                await self.store.wait_for_work(self.queue_name, timeout)
+                if sleep:
+                    await anyio.sleep(timeout)
+                else:
+                    await self.store.wait_for_work(self.queue_name, timeout)
         self._idle_scope = None
 
     async def _fetch_loop(self) -> None:
@@ -407,7 +412,7 @@ class Worker:
             for at in (result.next_run_at, result.rate_limited_until):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - now))
-            await self._wait_for_work(timeout)
+            await self._wait_for_work(timeout, sleep=result.rate_limited_until is not None)
 
     # ------------------------------------------------------------------ handling
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore", "PostgresStore", "RedisStore", "SQLiteStore", "open_store"]
 
 _LAZY = {
-    "SQLiteStore": (".sqlite", "sqlite", "aiosqlite"),
+    "SQLiteStore": (".sqlite", "sqlite", "sqlite3"),
     "PostgresStore": (".postgres", "postgres", "asyncpg"),
     "RedisStore": (".redis", "redis", "redis"),
 }
