@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 
+from . import codec
 from .clock import to_datetime
 from .models import QueueEvent
 from .queue import check_name
@@ -27,15 +29,29 @@ ALL_EVENTS = "*"
 """Pass to :meth:`QueueEvents.on` to get every event type."""
 
 
+_JSON_FIELDS = ("return_value", "progress")
+"""Event data fields that stores carry as JSON text and listeners get decoded."""
+
+
 def to_queue_event(record: EventRecord) -> QueueEvent:
-    """The public ``QueueEvent`` for a store's ``EventRecord``."""
+    """The public ``QueueEvent`` for a store's ``EventRecord``: JSON text fields
+    (``return_value``, ``progress``) arrive decoded."""
     timestamp = to_datetime(record.timestamp)
     assert timestamp is not None
+    data = record.data
+    if any(isinstance(data.get(key), str) for key in _JSON_FIELDS):
+        data = dict(data)
+        for key in _JSON_FIELDS:
+            text = data.get(key)
+            if isinstance(text, str):
+                # A store may have shortened an oversized value: then it stays as it came.
+                with contextlib.suppress(ValueError):
+                    data[key] = codec.loads(text)
     return QueueEvent(
         type=record.type,
         queue_name=record.queue,
         job_id=record.job_id,
-        data=record.data,
+        data=data,
         timestamp=timestamp,
     )
 

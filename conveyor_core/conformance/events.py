@@ -1,0 +1,103 @@
+"""Events reach listeners on every store object sharing the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conveyor_core import Job, QueueEvent, QueueEvents
+
+from ._support import Harness
+
+
+async def _wait_seen(
+    env: Harness, seen: list[QueueEvent], wanted: Callable[[QueueEvent], bool], what: str
+) -> QueueEvent:
+    found: list[QueueEvent] = []
+
+    async def arrived() -> bool:
+        found.extend(event for event in seen if wanted(event))
+        return bool(found)
+
+    await env.wait_for(arrived, what)
+    return found[0]
+
+
+class EventTests:
+    """``QueueEvents`` on one store object sees what workers do through another."""
+
+    async def test_events_reach_a_listener_on_another_store_object(self, env: Harness) -> None:
+        q = env.name("events")
+        seen: list[QueueEvent] = []
+        listener = QueueEvents(q, store=env.second_store)
+        listener.on("*", seen.append)
+        called: list[str] = []
+        listener.on("completed", lambda event: called.append(event.job_id or ""))
+
+        async def handle(job: Job) -> dict[str, int]:
+            await job.update_progress(40)
+            if job.name == "bad":
+                raise RuntimeError("bad broke")
+            return {"ok": 1}
+
+        async with listener:
+            queue = env.queue(q)
+            await queue.pause()
+            await queue.resume()
+            good = await queue.add("good", {"n": 1}, {"job_id": "watched"})
+            bad = await queue.add("bad", None, {"job_id": "doomed"})
+            async with env.workers({q: handle}):
+                done = await _wait_seen(
+                    env,
+                    seen,
+                    lambda e: e.type == "completed" and e.job_id == good.id,
+                    "the completed event on the other store object",
+                )
+                await _wait_seen(
+                    env,
+                    seen,
+                    lambda e: e.type == "failed" and e.job_id == bad.id,
+                    "the failed event on the other store object",
+                )
+
+        assert [e.type for e in seen if e.job_id is None][:2] == ["paused", "resumed"]
+        assert all(e.queue_name == q for e in seen)
+        mine = [e.type for e in seen if e.job_id == good.id]
+        for earlier, later in [
+            ("added", "waiting"),
+            ("waiting", "active"),
+            ("active", "progress"),
+            ("progress", "completed"),
+        ]:
+            assert earlier in mine and later in mine, mine
+            assert mine.index(earlier) < mine.index(later), mine
+        progress = next(e for e in seen if e.type == "progress" and e.job_id == good.id)
+        assert progress.data.get("progress") == 40
+        assert done.data.get("return_value") == {"ok": 1}
+        assert good.id in called
+
+    async def test_listener_added_before_a_flow_sees_its_states(self, env: Harness) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(parent_q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            node = await env.flow.add(
+                {
+                    "name": "parent",
+                    "queue_name": parent_q,
+                    "children": [{"name": "child", "queue_name": child_q}],
+                }
+            )
+
+            async def handle(job: Job) -> str:
+                return job.name
+
+            async with env.workers({parent_q: handle, child_q: handle}):
+                await _wait_seen(
+                    env,
+                    seen,
+                    lambda e: e.type == "completed" and e.job_id == node.job.id,
+                    "the parent's completed event",
+                )
+        types = [e.type for e in seen if e.job_id == node.job.id]
+        assert types[:2] == ["added", "waiting-children"], types
+        assert types.index("waiting") < types.index("active") < types.index("completed")

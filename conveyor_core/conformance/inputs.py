@@ -1,0 +1,136 @@
+"""Bad input is refused before anything is written; odd names work end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from conveyor_core import ConveyorError, Job, JobState, Queue, QueueEvent, QueueEvents
+
+from ._support import Harness, nodes_by_name
+
+COMPLETED = JobState.COMPLETED
+
+ODD_NAMES = [
+    "quote'single",
+    'quote"double',
+    "colon:separated:name",
+    "{braces}{0}%s",
+    "ünïcödé-队列-🚀",
+    "semi;colon -- drop table jobs;",
+    "back\\slash and space",
+]
+
+INVALID_OPTIONS: list[tuple[dict[str, Any], str]] = [
+    ({"attempts": 0}, "attempts"),
+    ({"delay": -1}, "delay"),
+    ({"priority": -1}, "priority"),
+    ({"fail_parent_on_child_failure": "explode"}, "fail_parent_on_child_failure"),
+    ({"backoff": {"type": "linear", "delay": 1}}, "backoff"),
+    ({"unknown_option": True}, "unknown_option"),
+    (
+        {"fail_parent_on_failure": True, "ignore_dependency_on_failure": True},
+        "fail_parent_on_failure",
+    ),
+]
+
+
+class InputTests:
+    """The store only ever sees valid, JSON-only jobs; names are data."""
+
+    async def test_non_json_data_is_refused_and_nothing_written(self, env: Harness) -> None:
+        q = env.name("input")
+        queue = env.queue(q)
+        for bad in ({"when": object()}, {1, 2}, {"nan": float("nan")}, {3: "int key"}):
+            with pytest.raises(ConveyorError) as caught:
+                await queue.add("bad-data", bad)
+            assert "bad-data" in str(caught.value), "the error names the job"
+        with pytest.raises(ConveyorError) as caught:
+            await queue.add_bulk(
+                [
+                    {"name": "fine", "data": {"ok": True}},
+                    {"name": "broken", "data": {"when": b"bytes"}},
+                ]
+            )
+        assert "bytes" in str(caught.value), "the error names the offending type"
+        assert await env.total(q) == 0
+
+    @pytest.mark.parametrize(("opts", "field"), INVALID_OPTIONS)
+    async def test_invalid_options_are_refused_naming_the_field(
+        self, env: Harness, opts: dict[str, Any], field: str
+    ) -> None:
+        q = env.name("input")
+        with pytest.raises(ValidationError) as caught:
+            await env.queue(q).add("job", None, opts)
+        assert field in str(caught.value)
+        with pytest.raises(ValidationError):
+            await env.queue(q).add_bulk(
+                [{"name": "fine", "data": None}, {"name": "job", "data": None, "opts": opts}]
+            )
+        assert await env.total(q) == 0
+
+    async def test_empty_names_are_refused(self, env: Harness) -> None:
+        q = env.name("input")
+        with pytest.raises((ValueError, ConveyorError)):
+            await env.queue(q).add("", None)
+        with pytest.raises((ValueError, ConveyorError)):
+            Queue("", store=env.store)
+        with pytest.raises((ValueError, ConveyorError)):
+            await env.flow.add(
+                {"name": "root", "queue_name": q, "children": [{"name": "", "queue_name": q}]}
+            )
+        with pytest.raises((ValueError, ConveyorError)):
+            await env.flow.add({"name": "root", "queue_name": ""})
+        assert await env.total(q) == 0
+
+    @pytest.mark.parametrize("odd", ODD_NAMES)
+    async def test_odd_names_work_end_to_end(self, env: Harness, odd: str) -> None:
+        parent_q, child_q = env.name(odd), env.name(f"{odd}-child")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(child_q, store=env.second_store) as listener:
+            listener.on("completed", seen.append)
+            node = await env.flow.add(
+                {
+                    "name": odd,
+                    "queue_name": parent_q,
+                    "data": {odd: odd},
+                    "opts": {"job_id": f"{odd}-parent"},
+                    "children": [
+                        {"name": f"{odd}-child", "queue_name": child_q, "opts": {"job_id": odd}},
+                    ],
+                }
+            )
+            standalone = await env.queue(child_q).add(odd, {"k": odd}, {"job_id": f"{odd}!"})
+
+            async def handle(job: Job) -> dict[str, Any]:
+                return {"name": job.name, "values": await job.get_children_values()}
+
+            async with env.workers({parent_q: handle, child_q: handle}):
+                parent = await env.wait_state(node.job, COMPLETED)
+                await env.wait_state(standalone, COMPLETED)
+
+                async def child_event_seen() -> bool:
+                    return any(event.job_id == odd for event in seen)
+
+                await env.wait_for(child_event_seen, "the child's completed event")
+        jobs = nodes_by_name(node)
+        assert parent.id == f"{odd}-parent" and parent.data == {odd: odd}
+        assert parent.return_value == {
+            "name": odd,
+            "values": {odd: {"name": f"{odd}-child", "values": {}}},
+        }
+        child = await env.job(child_q, odd)
+        assert child is not None and child.parent_id == parent.id
+        assert child.parent_queue == parent_q and child.name == f"{odd}-child"
+        assert jobs[f"{odd}-child"].id == odd
+        completed = await env.queue(child_q).get_jobs(COMPLETED)
+        assert sorted(job.id for job in completed) == sorted([f"{odd}!", odd])
+        stored = await env.reread(standalone)
+        assert stored is not None and stored.data == {"k": odd} and stored.name == odd
+        assert parent_q in await env.store.list_queues()
+        await standalone.remove()
+        assert await env.job(child_q, f"{odd}!") is None
+        await env.queue(parent_q).obliterate()
+        assert await env.total(parent_q) == 0

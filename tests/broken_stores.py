@@ -1,0 +1,149 @@
+"""Deliberately broken stores: each is ``MemoryStore`` with exactly one defect.
+
+``test_conformance_catches_broken.py`` runs the conformance suite against each of them
+and checks that the suite fails: a suite that passes a broken store proves nothing.
+Every defect is written with the protocol's own calls, so it is the kind of mistake a
+store author could really make, not a change of ``MemoryStore``'s internals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from conveyor_core.errors import DuplicateJobError
+from conveyor_core.store import Completion, Failure, JobRecord, NewJob, Release, TakeResult
+from conveyor_stores import MemoryStore
+
+
+class ForgetsParentCounter(MemoryStore):
+    """Defect: a parent's counter misses its last child.
+
+    The last child of every parent with several children is written without its link
+    to the parent, so the parent is released as soon as the other children resolve,
+    runs before that child has finished and never sees its value.
+    """
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        return await super().add_jobs([_forget_last_children(group) for group in groups], now)
+
+
+def _forget_last_children(group: Sequence[NewJob]) -> list[NewJob]:
+    children: dict[tuple[str | None, str | None], list[int]] = {}
+    for index, job in enumerate(group):
+        if job.parent_id is not None:
+            children.setdefault((job.parent_queue, job.parent_id), []).append(index)
+    forgotten = {indexes[-1] for indexes in children.values() if len(indexes) > 1}
+    return [
+        dataclasses.replace(job, parent_id=None, parent_queue=None, parent_policy=None)
+        if index in forgotten
+        else job
+        for index, job in enumerate(group)
+    ]
+
+
+class HandsJobsOutTwice(MemoryStore):
+    """Defect: every job taken is handed out once more, to the next take of its queue.
+
+    As if taking a job forgot to remove it from the waiting list: two workers end up
+    running the same job.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._again: dict[str, list[JobRecord]] = {}
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        pending = self._again.setdefault(queue, [])
+        if pending:
+            handed, pending[:] = pending[:limit], pending[limit:]
+            return TakeResult(handed)
+        result = await super().take_jobs(
+            queue, limit=limit, token=token, lock_until=lock_until, now=now, rate_limit=rate_limit
+        )
+        pending.extend(dataclasses.replace(job) for job in result.jobs)
+        return result
+
+
+class IgnoresLockTokens(MemoryStore):
+    """Defect: any token opens any lock.
+
+    Every transition of an active job goes through with whatever token it carries, so a
+    worker that lost a job (or never had it) can still finish it.
+    """
+
+    async def _token(self, queue: str, job_id: str, token: str) -> str:
+        record = await self.get_job(queue, job_id)
+        if record is not None and record.lock_token is not None:
+            return record.lock_token
+        return token
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        forged = [
+            dataclasses.replace(item, token=await self._token(queue, item.id, item.token))
+            for item in completions
+        ]
+        return await super().complete_jobs(queue, forged, now)
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        forged = [
+            dataclasses.replace(item, token=await self._token(queue, item.id, item.token))
+            for item in failures
+        ]
+        return await super().fail_jobs(queue, forged, now)
+
+    async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        forged = [
+            dataclasses.replace(item, token=await self._token(queue, item.id, item.token))
+            for item in releases
+        ]
+        return await super().release_jobs(queue, forged, now)
+
+    async def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        forged = [(job_id, await self._token(queue, job_id, token)) for job_id, token in locks]
+        return await super().extend_locks(queue, forged, lock_until)
+
+
+class WritesFlowsJobByJob(MemoryStore):
+    """Defect: a flow is written one job at a time, stopping at the first error.
+
+    A flow whose third job clashes with an existing id leaves its first two jobs
+    behind: a parent waiting for children that will never all exist.
+    """
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        written: list[bool] = []
+        for group in groups:
+            head = group[0]
+            if await self.get_job(head.queue, head.id) is not None:
+                written.append(False)
+                continue
+            for job in group:
+                if await self.get_job(job.queue, job.id) is not None:
+                    raise DuplicateJobError(
+                        f"job id {job.id!r} already exists in queue {job.queue!r}"
+                    )
+                await super().add_jobs([[job]], now)
+            written.append(True)
+        return written
+
+
+BROKEN_STORES: dict[str, type[MemoryStore]] = {
+    "ForgetsParentCounter": ForgetsParentCounter,
+    "HandsJobsOutTwice": HandsJobsOutTwice,
+    "IgnoresLockTokens": IgnoresLockTokens,
+    "WritesFlowsJobByJob": WritesFlowsJobByJob,
+}

@@ -1,0 +1,151 @@
+"""The conformance suite fails each deliberately broken store (SPEC section 7).
+
+One pytest run in a subprocess executes the relevant conformance tests against each
+store of ``broken_stores`` and, as a control, against the correct ``MemoryStore``.
+Each broken store must fail the test named for its defect (the others listed are run
+too and reported), while the control passes all of them: the failures come from the
+defects, not from the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+CATCHERS: dict[str, tuple[str, ...]] = {
+    # broken store -> conformance tests run against it; the first one must fail.
+    "ForgetsParentCounter": (
+        "test_children_values_in_the_parent_worker",
+        "test_parent_is_released_exactly_once",
+        "test_cross_queue_report_flow",
+        "test_ignore_policy_runs_parent_and_lists_the_failure",
+    ),
+    "HandsJobsOutTwice": (
+        "test_racing_workers_run_each_job_exactly_once",
+        "test_parent_is_released_exactly_once",
+    ),
+    "IgnoresLockTokens": (
+        "test_the_store_refuses_a_wrong_lock_token",
+        "test_a_lock_lost_to_stall_recovery_is_refused",
+        "test_expired_lock_is_recovered_and_the_job_runs_again",
+    ),
+    "WritesFlowsJobByJob": (
+        "test_flow_whose_middle_node_already_exists_writes_nothing",
+        "test_add_bulk_of_flows_is_all_or_nothing",
+    ),
+}
+
+MODULE = textwrap.dedent(
+    """
+    import pytest
+
+    import broken_stores
+    from conveyor_core.conformance import StoreConformance
+    from conveyor_stores import MemoryStore
+
+
+    def _suite_for(make_store, fail_fast):
+        class Suite(StoreConformance):
+            timeout = 3.0 if fail_fast else 10.0
+
+            @pytest.fixture
+            async def store(self):
+                async with make_store() as store:
+                    yield store
+
+        return Suite
+
+
+    TestControl = _suite_for(MemoryStore, fail_fast=False)
+    {classes}
+    """
+)
+
+
+def _outcome(case: ElementTree.Element) -> str:
+    for kind in ("failure", "error", "skipped"):
+        if case.find(kind) is not None:
+            return kind
+    return "passed"
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """``{class: {test: outcome}}`` of one run of the selected tests."""
+    directory = tmp_path_factory.mktemp("broken")
+    classes = "\n".join(
+        f"Test{name} = _suite_for(broken_stores.{name}, fail_fast=True)" for name in CATCHERS
+    )
+    module = directory / "test_broken_conformance.py"
+    module.write_text(MODULE.format(classes=classes), encoding="utf-8")
+    (directory / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    selected = sorted({test for tests in CATCHERS.values() for test in tests})
+    node_ids = [f"{module}::TestControl::{test}" for test in selected]
+    node_ids += [
+        f"{module}::Test{name}::{test}" for name, tests in CATCHERS.items() for test in tests
+    ]
+    report = directory / "report.xml"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(TESTS), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *node_ids,
+            "-c",
+            str(directory / "pytest.ini"),
+            "--rootdir",
+            str(directory),
+            "-p",
+            "anyio",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--junitxml={report}",
+        ],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.exists(), f"the suite did not run:\n{completed.stdout}\n{completed.stderr}"
+    found: dict[str, dict[str, str]] = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        suite = case.get("classname", "").rsplit(".", 1)[-1]
+        found.setdefault(suite, {})[case.get("name", "")] = _outcome(case)
+    return found
+
+
+def test_the_suite_passes_the_correct_store(outcomes: dict[str, dict[str, str]]) -> None:
+    control = outcomes.get("TestControl", {})
+    selected = {test for tests in CATCHERS.values() for test in tests}
+    assert set(control) == selected
+    failing = {test: outcome for test, outcome in control.items() if outcome != "passed"}
+    assert failing == {}, "the control MemoryStore must pass every selected test"
+
+
+@pytest.mark.parametrize("broken", list(CATCHERS))
+def test_the_suite_catches_the_broken_store(
+    outcomes: dict[str, dict[str, str]], broken: str
+) -> None:
+    results = outcomes.get(f"Test{broken}", {})
+    assert set(results) == set(CATCHERS[broken]), f"not every test ran for {broken}"
+    caught_by = sorted(test for test, outcome in results.items() if outcome != "passed")
+    key_test = CATCHERS[broken][0]
+    print(f"{broken} is caught by: {', '.join(caught_by) or 'nothing'}")
+    assert key_test in caught_by, (
+        f"{broken} should fail {key_test}; it was caught by {caught_by or 'no test'}"
+    )
