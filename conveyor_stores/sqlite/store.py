@@ -12,12 +12,14 @@ back: a failed transition writes nothing, and publishes no event. Reads run in a
 for writers. A take by an idle worker, or a stalled-job check that finds nothing,
 changes nothing: it is answered by a read, without taking the write lock.
 
-All SQL runs on one thread owned by the store object, which also owns the ``sqlite3``
-connection and runs one call at a time, in the order they were made; the event loop
-awaits each transition as one future, so the loop never blocks on the database, not
-even while another process holds the write lock. The standard library's ``sqlite3`` is
-used directly rather than ``aiosqlite`` because ``aiosqlite`` costs one thread hop per
-statement, while here a transition of any size costs exactly one.
+Each store object has one ``sqlite3`` connection, used by one call at a time. When the
+connection is idle, a call runs inline on the event loop's thread with a busy timeout of
+zero: a small transition takes less time than a round trip to another thread. If another
+process holds the write lock (or the connection is in use), the call goes to a thread
+owned by the store, which waits up to ``busy_timeout`` while the event loop awaits it as
+one future, so the loop never waits for another process. The standard library's
+``sqlite3`` is used directly rather than ``aiosqlite`` because ``aiosqlite`` costs one
+thread hop per statement, while here a transition of any size costs at most one.
 
 Within a transition, new jobs, their dependency records and events are buffered and
 written with ``executemany`` (a 10,000-child flow is a handful of statements); every
@@ -148,7 +150,8 @@ class _DatabaseThread:
     """The store's own thread: runs calls one at a time, in order, and hands each result
     back to the event loop that asked for it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, lock: threading.Lock) -> None:
+        self._lock = lock
         self._calls: SimpleQueue[
             tuple[
                 Callable[[], Any],
@@ -167,7 +170,8 @@ class _DatabaseThread:
             result: Any = None
             error: BaseException | None = None
             try:
-                result = call()
+                with self._lock:
+                    result = call()
             except BaseException as exc:
                 error = exc
             # A closed loop raises RuntimeError: nobody waits for this result any more.
@@ -289,6 +293,8 @@ class SQLiteStore:
         self._connect_lock = asyncio.Lock()
         self._wakers: dict[str, asyncio.Event] = {}
         self._subscriptions: dict[str, set[_Subscription]] = {}
+        # Held while a call uses the connection, on the store's thread or inline.
+        self._conn_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -311,7 +317,7 @@ class SQLiteStore:
         async with self._connect_lock:
             if self._thread is not None:
                 return
-            thread = _DatabaseThread(f"conveyor-sqlite {self.path}")
+            thread = _DatabaseThread(f"conveyor-sqlite {self.path}", self._conn_lock)
             try:
                 await asyncio.shield(thread.submit(self._open))
             except BaseException:
@@ -329,6 +335,7 @@ class SQLiteStore:
                 self.path,
                 timeout=self.busy_timeout,
                 isolation_level=None,
+                check_same_thread=False,
                 cached_statements=256,
             )
         except sqlite3.OperationalError as exc:
@@ -448,10 +455,42 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc, "reading") from exc
 
+    def _inline(self, run: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run ``run`` on the event loop's own thread when that cannot block it.
+
+        A round trip to the store's thread costs more than a small transaction itself,
+        so when the connection is idle the call runs inline, with a busy timeout of zero:
+        if another process holds the write lock, ``(False, None)`` comes back at once and
+        the caller goes through the thread, which may wait up to ``busy_timeout``.
+        """
+        state = self._state
+        if state is None or not self._conn_lock.acquire(blocking=False):
+            return False, None
+        conn = state.conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                return True, run()
+            except StoreUnavailableError as exc:
+                if isinstance(exc.__cause__, sqlite3.OperationalError) and _is_busy(exc.__cause__):
+                    return False, None
+                raise
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
+        finally:
+            self._conn_lock.release()
+
     async def _write(
         self, call: Callable[[_State], T], shortcut: Callable[[_State], T | None] | None = None
     ) -> T:
         thread = self._thread_or_raise()
+        done, outcome = self._inline(functools.partial(self._transact, call, shortcut))
+        if done:
+            assert outcome is not None
+            self._signal(outcome)
+            await asyncio.sleep(0)
+            result: T = outcome[0]
+            return result
         # Wakes and nudges go out once the transaction committed, even if the caller
         # was cancelled while it ran.
         result, _, _ = await thread.submit(
@@ -482,6 +521,10 @@ class SQLiteStore:
 
     async def _read(self, call: Callable[[_State], T]) -> T:
         thread = self._thread_or_raise()
+        done, outcome = self._inline(functools.partial(self._query, call))
+        if done:
+            await asyncio.sleep(0)
+            return outcome  # type: ignore[return-value]
         return await thread.submit(functools.partial(self._query, call))
 
     def _unsubscribe(self, sub: _Subscription) -> None:
