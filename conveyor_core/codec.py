@@ -9,6 +9,7 @@ offending Python type, before anything is written. Never pickle.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .errors import PayloadError
@@ -64,29 +65,36 @@ def _first_bad_key(value: Any) -> object:
     return _NO_BAD_KEY
 
 
-def dumps(value: Any, *, what: str) -> str:
+def dumps(value: Any, *, what: str | Callable[[], str]) -> str:
     """Compact JSON text of ``value``; ``what`` names it in the error (e.g. "data of job
-    'fetch' in queue 'reports'")."""
+    'fetch' in queue 'reports'"), or is a function that makes that name when needed."""
+    try:
+        return _dumps(value)
+    except PayloadError as exc:
+        name = what if isinstance(what, str) else what()
+        raise PayloadError(f"{name} {exc}") from None
+
+
+def _dumps(value: Any) -> str:
     try:
         text = _ENCODER.encode(value)
     except _NotJSON as exc:
         raise PayloadError(
-            f"{what} is not JSON: a value of type {exc.type_name} cannot be serialised"
+            f"is not JSON: a value of type {exc.type_name} cannot be serialised"
         ) from None
     except RecursionError:
-        raise PayloadError(f"{what} is nested too deeply to be stored as JSON") from None
+        raise PayloadError("is nested too deeply to be stored as JSON") from None
     except ValueError as exc:
         # NaN/infinity (allow_nan=False) or a circular reference.
-        raise PayloadError(f"{what} is not JSON: {exc}") from None
+        raise PayloadError(f"is not JSON: {exc}") from None
     except TypeError as exc:  # e.g. a dict key of an unsupported type
-        raise PayloadError(f"{what} is not JSON: {exc}") from None
+        raise PayloadError(f"is not JSON: {exc}") from None
     if isinstance(value, _SCALARS):
         return text
     bad = _first_bad_key(value)
     if bad is not _NO_BAD_KEY:
         raise PayloadError(
-            f"{what} is not JSON: dict keys must be str, got a key of type "
-            f"{type(bad).__name__} ({bad!r})"
+            f"is not JSON: dict keys must be str, got a key of type {type(bad).__name__} ({bad!r})"
         )
     return text
 

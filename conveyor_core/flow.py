@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -13,6 +12,7 @@ import anyio
 from . import codec
 from .clock import Clock, system_clock
 from .errors import DuplicateJobError
+from .ids import new_id
 from .job import Job
 from .models import FlowJob, JobOptions, ParentPolicy
 from .queue import (
@@ -64,20 +64,41 @@ class _Planned:
     depth: int
 
 
-def _node_fields(raw: object) -> tuple[FlowJob, Sequence[object]]:
-    """A node's validated fields (with ``children`` emptied) and its raw children.
+def _data_of(name: str, queue: str) -> str:
+    return f"data of job {name!r} in queue {queue!r}"
+
+
+_NODE_KEYS = frozenset({"name", "queue_name", "data", "opts", "children"})
+_MAX_NAME = 512
+
+
+def _node_fields(raw: object) -> tuple[str, str, Any, Any, Sequence[object]]:
+    """A node's ``(name, queue_name, data, opts, children)``, its fields validated.
 
     Validates one level at a time so a tree of any depth is accepted: pydantic's own
-    nested validation stops at a few hundred levels.
+    nested validation stops at a few hundred levels. A plain dict with well-formed names
+    skips pydantic (options are validated later either way); anything else goes through
+    ``FlowJob`` so the error names the bad field.
     """
     if isinstance(raw, FlowJob):
-        return raw, raw.children
+        return raw.name, raw.queue_name, raw.data, raw.opts, raw.children
     if isinstance(raw, Mapping):
         children = raw.get("children", ())
+        name, queue = raw.get("name"), raw.get("queue_name")
+        if (
+            isinstance(children, list | tuple)
+            and isinstance(name, str)
+            and isinstance(queue, str)
+            and 0 < len(name) <= _MAX_NAME
+            and 0 < len(queue) <= _MAX_NAME
+            and _NODE_KEYS.issuperset(raw)
+        ):
+            return name, queue, raw.get("data"), raw.get("opts"), children
         if isinstance(children, list | tuple):
             shallow = dict(raw)
             shallow["children"] = []
-            return FlowJob.model_validate(shallow), children
+            node = FlowJob.model_validate(shallow)
+            return node.name, node.queue_name, node.data, node.opts, children
         FlowJob.model_validate(raw)  # raises, naming the bad "children" field
     raise TypeError(f"a flow node must be a FlowJob or a dict, got {type(raw).__name__}")
 
@@ -127,15 +148,15 @@ class FlowProducer:
         stack: list[tuple[object, JobNode | None, JobOptions | None, int]] = [(tree, None, None, 1)]
         while stack:
             raw, parent, parent_opts, depth = stack.pop()
-            node_fields, children = _node_fields(raw)
-            name = check_name(node_fields.name, "job name")
-            queue = check_name(node_fields.queue_name, "queue name")
-            opts = resolve_options(node_fields.opts, queue_defaults.get(queue))
-            job_id = opts.job_id or uuid.uuid4().hex
+            name, queue, node_data, node_opts, children = _node_fields(raw)
+            check_name(name, "job name")
+            check_name(queue, "queue name")
+            opts = resolve_options(node_opts, queue_defaults.get(queue))
+            job_id = opts.job_id or new_id()
             if job_id in seen:
                 raise DuplicateJobError(f"job id {job_id!r} is used twice in one flow")
             seen.add(job_id)
-            data = codec.dumps(node_fields.data, what=f"data of job {name!r} in queue {queue!r}")
+            data = codec.dumps(node_data, what=partial(_data_of, name, queue))
             new = build_new_job(
                 queue=queue,
                 name=name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from . import codec
 from .clock import Clock, seconds, system_clock
 from .errors import DuplicateJobError
+from .ids import new_id
 from .job import Job
 from .models import JobOptions, JobState
 from .store import JobRecord, NewJob, StoreInterface
@@ -163,13 +163,13 @@ class Queue:
     def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> NewJob:
         check_name(name, "job name")
         options = resolve_options(opts, self._defaults)
-        text = codec.dumps(data, what=f"data of job {name!r} in queue {self.name!r}")
+        text = codec.dumps(data, what=lambda: f"data of job {name!r} in queue {self.name!r}")
         return build_new_job(
             queue=self.name,
             name=name,
             data=text,
             opts=options,
-            job_id=options.job_id or uuid.uuid4().hex,
+            job_id=options.job_id or new_id(),
         )
 
     async def add(self, name: str, data: Any = None, opts: OptionsLike | None = None) -> Job:

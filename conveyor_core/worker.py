@@ -8,7 +8,6 @@ import logging
 import math
 import random
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from . import codec
 from .clock import Clock, seconds, system_clock
 from .errors import LockLostError, StoreClosedError, UnrecoverableError
+from .ids import new_id
 from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
 from .queue import check_name
@@ -375,7 +375,7 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             now = self._clock()
-            token = uuid.uuid4().hex
+            token = new_id()
             try:
                 result = await self.store.take_jobs(
                     self.queue_name,
