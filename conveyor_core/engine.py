@@ -262,13 +262,14 @@ class Engine:
         return written
 
     def _write_new(self, new: NewJob, now: float) -> None:
+        policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)
         job = JobRecord(
             id=new.id,
             queue=new.queue,
             name=new.name,
             data=new.data,
             opts=new.opts,
-            state=new.state,
+            state=JobState(new.state),
             priority=new.priority,
             lifo=new.lifo,
             delay=new.delay,
@@ -277,7 +278,7 @@ class Engine:
             keep_failed=new.keep_failed,
             parent_id=new.parent_id,
             parent_queue=new.parent_queue,
-            parent_policy=new.parent_policy,
+            parent_policy=policy,
         )
         if new.parent_id is not None and new.parent_queue is not None:
             self.b.put_dependency(
@@ -421,7 +422,16 @@ class Engine:
 
     def recover_stalled(self, queue: str, now: float, max_stalled_count: int) -> list[StallOutcome]:
         outcomes: list[StallOutcome] = []
-        for job in self.b.expired_active(queue, now):
+        for expired in self.b.expired_active(queue, now):
+            # An earlier recovery in this call may have removed or failed this one.
+            job = self.b.get(queue, expired.id)
+            if (
+                job is None
+                or job.state is not ACTIVE
+                or job.lock_until is None
+                or job.lock_until >= now
+            ):
+                continue
             job.stalled_count += 1
             self._clear_lock(job)
             self.b.emit("stalled", queue, job.id, {"count": job.stalled_count}, now)
@@ -672,11 +682,14 @@ class Engine:
             raise InvalidJobStateError(
                 f"queue {queue!r} has active jobs; pass force=True to obliterate it anyway"
             )
-        for state in JobState:
-            for job in self.b.list_jobs(queue, state):
-                current = self.b.get(queue, job.id)
-                if current is not None:
-                    self._remove(current, now)
+        # A removal can move a job of this queue into a state already swept (a parent
+        # released by its last child's removal), so sweep until nothing is left.
+        while any(self.b.count(queue, state) for state in JobState):
+            for state in JobState:
+                for job in self.b.list_jobs(queue, state):
+                    current = self.b.get(queue, job.id)
+                    if current is not None:
+                        self._remove(current, now)
         self.b.forget_queue(queue)
 
     # ------------------------------------------------------------------ reading
