@@ -1,0 +1,125 @@
+-- add_jobs: validate every group first, then write; all or nothing.
+-- ARGV[3] = number of groups; per group: job count, then per job 16 fields:
+-- id, base, queue, name, data, opts, state, priority, lifo, delay, keep_completed,
+-- keep_failed, parent_id, parent_queue, parent_base, parent_policy ('' = none).
+-- A flow lists parents before children and every parent is in the child's group, so a
+-- parent is always new here: its dependency order and pending count are counted in
+-- Lua and written once.
+local F = 16
+local ngroups = tonumber(ARGV[3])
+local groups = {}
+local seen = {}
+local pos = 4
+local waiting = 0
+for g = 1, ngroups do
+  local n = tonumber(ARGV[pos])
+  pos = pos + 1
+  local first = pos
+  local skip = false
+  for j = 1, n do
+    local id, base = ARGV[pos], ARGV[pos + 1]
+    local jk = base .. 'job:' .. id
+    if seen[jk] then
+      return redis.error_reply('CONVEYOR_DUPLICATE job id ' .. cjson.encode(id) ..
+        ' appears twice for queue ' .. cjson.encode(ARGV[pos + 2]) .. ' in one add')
+    end
+    seen[jk] = true
+    if redis.call('EXISTS', jk) == 1 then
+      if j == 1 then
+        skip = true
+      else
+        return redis.error_reply('CONVEYOR_DUPLICATE job id ' .. cjson.encode(id) ..
+          ' already exists in queue ' .. cjson.encode(ARGV[pos + 2]))
+      end
+    end
+    if ARGV[pos + 6] == 'waiting' then waiting = waiting + 1 end
+    pos = pos + F
+  end
+  groups[g] = { first, n, skip }
+end
+
+-- One block of order numbers for every job that enters waiting here.
+local order = 0
+if waiting > 0 then order = redis.call('INCRBY', PB .. 'seq', waiting) - waiting end
+
+local written = {}
+local queues = {}
+local parents = {}
+local parent_list = {}
+for g = 1, ngroups do
+  local first, n, skip = groups[g][1], groups[g][2], groups[g][3]
+  written[g] = skip and 0 or 1
+  if not skip then
+    for j = 0, n - 1 do
+      local p = first + j * F
+      local id, base, queue, state = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 6]
+      local jk = base .. 'job:' .. id
+      local fields = { 'q', queue, 'name', ARGV[p + 3], 'data', ARGV[p + 4],
+        'opts', ARGV[p + 5], 'state', state, 'pri', ARGV[p + 7], 'lifo', ARGV[p + 8],
+        'delay', ARGV[p + 9], 'att', 0, 'stc', 0, 'cat', NOW_S }
+      local nf = #fields
+      if ARGV[p + 10] ~= '' then
+        fields[nf + 1] = 'kc'; fields[nf + 2] = ARGV[p + 10]; nf = nf + 2
+      end
+      if ARGV[p + 11] ~= '' then
+        fields[nf + 1] = 'kf'; fields[nf + 2] = ARGV[p + 11]; nf = nf + 2
+      end
+      local member, run_s
+      if state == 'waiting' then
+        order = order + 1
+        if ARGV[p + 8] == '1' then
+          member = string.format('0%015d', 999999999999999 - order) .. id
+        else
+          member = string.format('1%015d', order) .. id
+        end
+        fields[nf + 1] = 'wm'; fields[nf + 2] = member; nf = nf + 2
+      elseif state == 'delayed' then
+        run_s = fmt(NOW + tonumber(ARGV[p + 9]))
+        fields[nf + 1] = 'run'; fields[nf + 2] = run_s; nf = nf + 2
+      end
+      local pid = ARGV[p + 12]
+      if pid ~= '' then
+        local pbase = ARGV[p + 14]
+        fields[nf + 1] = 'pid'; fields[nf + 2] = pid
+        fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 13]
+        fields[nf + 5] = 'pb'; fields[nf + 6] = pbase
+        nf = nf + 6
+        if ARGV[p + 15] ~= '' then
+          fields[nf + 1] = 'pol'; fields[nf + 2] = ARGV[p + 15]; nf = nf + 2
+        end
+        local pkey = pbase .. 'job:' .. pid
+        local count = parents[pkey]
+        if not count then
+          count = 0
+          parent_list[#parent_list + 1] = pkey
+        end
+        count = count + 1
+        parents[pkey] = count
+        redis.call('HSET', pbase .. 'deps:' .. pid, jk,
+          cjson.encode({ q = queue, i = id, b = base, s = 'pending', o = count }))
+      end
+      redis.call('HSET', jk, unpack(fields))
+      if not queues[queue] then
+        queues[queue] = true
+        redis.call('SADD', PB .. 'queues', queue)
+      end
+      emit(base, 'added', id, cjson.encode({ name = ARGV[p + 3] }))
+      if state == 'waiting' then
+        redis.call('ZADD', base .. 'wait', ARGV[p + 7], member)
+        emit(base, 'waiting', id)
+        wake(base)
+      elseif state == 'delayed' then
+        redis.call('ZADD', base .. 'delayed', run_s, id)
+        emit(base, 'delayed', id, '{"run_at":' .. run_s .. '}')
+        wake(base)
+      else
+        list_in(base, id, 'waiting-children')
+        emit(base, 'waiting-children', id)
+      end
+    end
+  end
+end
+for _, pkey in ipairs(parent_list) do
+  redis.call('HSET', pkey, 'pend', parents[pkey], 'dseq', parents[pkey])
+end
+return done(written)

@@ -1,0 +1,334 @@
+-- Shared helpers. Each script gets the header (up to fmt) and only the helpers it uses,
+-- so a call does not pay for defining the rest. Conventions:
+--   KEYS[1]  the queue's key base, "<prefix>:{<tag>}:" (gives the script its slot)
+--   KEYS[2]  the prefix's own key base, "<prefix>:" (order counter, queue set)
+--   ARGV[1]  events stream cap (approximate MAXLEN)
+--   ARGV[2]  now: POSIX seconds from the caller, also the event timestamp
+-- Script-specific arguments start at ARGV[3]. Names, ids and data only ever arrive here
+-- as arguments; key names are built from them at run time.
+local QB = KEYS[1]
+local PB = KEYS[2]
+local MAXLEN = ARGV[1]
+local NOW_S = ARGV[2]
+local NOW = tonumber(NOW_S)
+
+local SETS = {
+  delayed = 'delayed', active = 'active', completed = 'completed',
+  failed = 'failed', ['waiting-children'] = 'children',
+}
+local UNSTARTED = { waiting = true, delayed = true, ['waiting-children'] = true }
+
+local function fmt(x) return string.format('%.17g', x) end
+
+-- Events are added uncapped; done() trims each stream it touched once, at the end.
+local STREAMS = {}
+local function emit(base, etype, id, data)
+  local key = base .. 'events'
+  STREAMS[key] = true
+  if id then
+    redis.call('XADD', key, '*', 't', etype, 'j', id, 'd', data or '{}', 'ts', NOW_S)
+  else
+    redis.call('XADD', key, '*', 't', etype, 'd', data or '{}', 'ts', NOW_S)
+  end
+end
+
+-- Wake-ups are counted per queue and pushed once, when the script ends (see done()).
+local WAKES = {}
+local WAKE_ORDER = {}
+local function wake(base)
+  local n = WAKES[base]
+  if not n then
+    WAKE_ORDER[#WAKE_ORDER + 1] = base
+    n = 0
+  end
+  WAKES[base] = n + 1
+end
+
+-- Every script returns through done(): one marker per job that became takeable (at most
+-- 16), so that as many idle workers wake; the list is capped so it cannot grow unread.
+local function done(result)
+  for _, base in ipairs(WAKE_ORDER) do
+    local n = math.min(WAKES[base], 16)
+    local marks = {}
+    for i = 1, n do marks[i] = '1' end
+    if redis.call('LPUSH', base .. 'marker', unpack(marks)) > 64 then
+      redis.call('LTRIM', base .. 'marker', 0, 63)
+    end
+  end
+  for key in pairs(STREAMS) do
+    redis.call('XTRIM', key, 'MAXLEN', '~', MAXLEN)
+  end
+  return result
+end
+
+local function seq() return redis.call('INCR', PB .. 'seq') end
+
+-- Take a job out of the index of its current state.
+local function unlist(base, id, jk, state)
+  if state == 'waiting' then
+    local m = redis.call('HGET', jk, 'wm')
+    if m then redis.call('ZREM', base .. 'wait', m) end
+  elseif state then
+    local s = SETS[state]
+    if s then redis.call('ZREM', base .. s, id) end
+  end
+end
+
+-- Put a job into a state's index (not waiting): delayed by run_at, others by entry order.
+local function list_in(base, id, state, score)
+  redis.call('ZADD', base .. SETS[state], score or seq(), id)
+end
+
+-- A new place in waiting: priority, then the order key (fifo +n behind, lifo -n in front).
+local function place_waiting(base, id, jk)
+  local v = redis.call('HMGET', jk, 'pri', 'lifo')
+  local n = seq()
+  local m
+  if v[2] == '1' then
+    m = string.format('0%015d', 999999999999999 - n) .. id
+  else
+    m = string.format('1%015d', n) .. id
+  end
+  redis.call('ZADD', base .. 'wait', v[1] or 0, m)
+  redis.call('HSET', jk, 'wm', m)
+end
+
+local function enter_waiting(base, id, jk, old)
+  unlist(base, id, jk, old)
+  redis.call('HSET', jk, 'state', 'waiting')
+  if old and old ~= 'active' then redis.call('HDEL', jk, 'run') end
+  place_waiting(base, id, jk)
+  emit(base, 'waiting', id)
+  wake(base)
+end
+
+local function enter_delayed(base, id, jk, old, run_s)
+  unlist(base, id, jk, old)
+  redis.call('HSET', jk, 'state', 'delayed', 'run', run_s)
+  redis.call('HDEL', jk, 'wm')
+  redis.call('ZADD', base .. 'delayed', run_s, id)
+  emit(base, 'delayed', id, '{"run_at":' .. run_s .. '}')
+  -- A spurious wake-up, so idle workers learn the new earliest run_at.
+  wake(base)
+end
+
+-- Move a job between two non-waiting states (no event). Like the reference engine, a
+-- failed job keeps the run_at it had while delayed.
+local function move_to(base, id, jk, old, state)
+  unlist(base, id, jk, old)
+  redis.call('HSET', jk, 'state', state)
+  if old == 'waiting' then redis.call('HDEL', jk, 'wm') end
+  list_in(base, id, state)
+end
+
+local function delete_job(base, id, jk, state)
+  unlist(base, id, jk, state)
+  redis.call('DEL', jk, base .. 'logs:' .. id, base .. 'deps:' .. id)
+end
+
+-- Dependency records: hash "<parent base>deps:<parent id>", field = the child's job key,
+-- value = JSON {q, i, b (child key base), s (status), v, r, o (insertion order)}.
+local function dep_get(pbase, pid, ck)
+  local s = redis.call('HGET', pbase .. 'deps:' .. pid, ck)
+  if s then return cjson.decode(s) end
+  return nil
+end
+
+local function dep_put(pbase, pid, ck, d)
+  local pjk = pbase .. 'job:' .. pid
+  local dk = pbase .. 'deps:' .. pid
+  local old = redis.call('HGET', dk, ck)
+  local was = false
+  if old then
+    local od = cjson.decode(old)
+    d.o = od.o
+    was = od.s == 'pending'
+  else
+    d.o = redis.call('HINCRBY', pjk, 'dseq', 1)
+  end
+  redis.call('HSET', dk, ck, cjson.encode(d))
+  local now_pending = d.s == 'pending'
+  if now_pending and not was then redis.call('HINCRBY', pjk, 'pend', 1)
+  elseif was and not now_pending then redis.call('HINCRBY', pjk, 'pend', -1) end
+end
+
+-- A parent's dependency records in insertion order: {child key, record} pairs.
+local function deps_in_order(base, id)
+  local flat = redis.call('HGETALL', base .. 'deps:' .. id)
+  local out = {}
+  for k = 1, #flat, 2 do out[#out + 1] = { flat[k], cjson.decode(flat[k + 1]) } end
+  table.sort(out, function(x, y) return x[2].o < y[2].o end)
+  return out
+end
+
+local function dep_delete(pbase, pid, ck)
+  local dk = pbase .. 'deps:' .. pid
+  local old = redis.call('HGET', dk, ck)
+  if old then
+    redis.call('HDEL', dk, ck)
+    if cjson.decode(old).s == 'pending' then
+      redis.call('HINCRBY', pbase .. 'job:' .. pid, 'pend', -1)
+    end
+  end
+end
+
+-- RELEASE: a parent leaves waiting-children.
+local function release(base, id, jk)
+  local d = tonumber(redis.call('HGET', jk, 'delay') or '0') or 0
+  if d > 0 then
+    enter_delayed(base, id, jk, 'waiting-children', fmt(NOW + d))
+  else
+    enter_waiting(base, id, jk, 'waiting-children')
+  end
+end
+
+local function release_check(base, id)
+  local jk = base .. 'job:' .. id
+  local v = redis.call('HMGET', jk, 'state', 'pend')
+  if v[1] == 'waiting-children' and (tonumber(v[2] or '0') or 0) <= 0 then
+    release(base, id, jk)
+  end
+end
+
+-- RETENTION after a job finished, with the keep count the job had when it finished
+-- (applied even if the job is gone by now, as the reference engine does); deleting never
+-- touches the parent's dependency record.
+local function retain(base, id, state, keep_s)
+  if not keep_s then return end
+  local keep = tonumber(keep_s)
+  if keep == 0 then
+    local jk = base .. 'job:' .. id
+    local current = redis.call('HGET', jk, 'state')
+    if current then delete_job(base, id, jk, current) end
+    return
+  end
+  local sk = base .. SETS[state]
+  local excess = redis.call('ZCARD', sk) - keep
+  if excess > 0 then
+    for _, old in ipairs(redis.call('ZRANGE', sk, 0, excess - 1)) do
+      delete_job(base, old, base .. 'job:' .. old, state)
+    end
+  end
+end
+
+-- REMOVE: the job and its unfinished descendants; a pending dependency on it resolves.
+local function remove_tree(base, id)
+  local jk = base .. 'job:' .. id
+  local top = redis.call('HMGET', jk, 'state', 'pid', 'pb')
+  if not top[1] then return 0 end
+  local doomed = { { base, id, jk, top[1] } }
+  local stack = { { base, id } }
+  while #stack > 0 do
+    local node = table.remove(stack)
+    for _, entry in ipairs(deps_in_order(node[1], node[2])) do
+      local ck, d = entry[1], entry[2]
+      local cs = redis.call('HGET', ck, 'state')
+      if cs and cs ~= 'completed' and cs ~= 'failed' then
+        doomed[#doomed + 1] = { d.b, d.i, ck, cs }
+        stack[#stack + 1] = { d.b, d.i }
+      end
+    end
+  end
+  for _, n in ipairs(doomed) do
+    delete_job(n[1], n[2], n[3], n[4])
+    emit(n[1], 'removed', n[2])
+  end
+  if top[2] then
+    local d = dep_get(top[3], top[2], jk)
+    if d and d.s == 'pending' then
+      dep_delete(top[3], top[2], jk)
+      release_check(top[3], top[2])
+    end
+  end
+  return #doomed
+end
+
+local apply_parent_policy
+
+-- FINAL FAILURE of the protocol.
+local function final_failure(base, id, reason, apply_policy)
+  local jk = base .. 'job:' .. id
+  local v = redis.call('HMGET', jk, 'state', 'pid', 'pb', 'pol', 'kf')
+  move_to(base, id, jk, v[1], 'failed')
+  redis.call('HSET', jk, 'fr', reason, 'fat', NOW_S)
+  redis.call('HDEL', jk, 'tok', 'lu')
+  emit(base, 'failed', id, cjson.encode({ reason = reason }))
+  if apply_policy and v[2] then
+    apply_parent_policy(jk, id, v[3], v[2], v[4], reason)
+  end
+  retain(base, id, 'failed', v[5])
+end
+
+-- Fail, with "parent failed", every pending unstarted child of a parent, and theirs.
+local function fail_unstarted_children(base, id)
+  local doomed = {}
+  local stack = { { base, id } }
+  while #stack > 0 do
+    local node = table.remove(stack)
+    for _, entry in ipairs(deps_in_order(node[1], node[2])) do
+      local ck, d = entry[1], entry[2]
+      if d.s == 'pending' then
+        local cs = redis.call('HGET', ck, 'state')
+        if cs and UNSTARTED[cs] then
+          dep_put(node[1], node[2], ck,
+            { q = d.q, i = d.i, b = d.b, s = 'failed', r = 'parent failed' })
+          doomed[#doomed + 1] = { d.b, d.i }
+          stack[#stack + 1] = { d.b, d.i }
+        end
+      end
+    end
+  end
+  for _, n in ipairs(doomed) do final_failure(n[1], n[2], 'parent failed', false) end
+end
+
+apply_parent_policy = function(ck, cid, pbase, pid, policy, reason)
+  local d = dep_get(pbase, pid, ck)
+  local pjk = pbase .. 'job:' .. pid
+  local pstate = redis.call('HGET', pjk, 'state')
+  if not d or d.s ~= 'pending' or not pstate then return end
+  policy = policy or 'fail'
+  if policy == 'fail' then
+    dep_put(pbase, pid, ck, { q = d.q, i = d.i, b = d.b, s = 'failed', r = reason })
+    if UNSTARTED[pstate] then
+      fail_unstarted_children(pbase, pid)
+      final_failure(pbase, pid, 'child ' .. cid .. ' failed: ' .. reason, true)
+    end
+  elseif policy == 'ignore' then
+    dep_put(pbase, pid, ck, { q = d.q, i = d.i, b = d.b, s = 'ignored', r = reason })
+    release_check(pbase, pid)
+  elseif policy == 'drop' then
+    dep_delete(pbase, pid, ck)
+    release_check(pbase, pid)
+  elseif policy == 'continue' then
+    dep_put(pbase, pid, ck, { q = d.q, i = d.i, b = d.b, s = 'failed', r = reason })
+    if pstate == 'waiting-children' then release(pbase, pid, pjk) end
+  else
+    remove_tree(pbase, pid)
+  end
+end
+
+-- A finished job runs again from scratch; an unfinished parent waits for it again.
+local function retry_one(base, id, jk, old)
+  redis.call('HSET', jk, 'att', 0, 'stc', 0)
+  redis.call('HDEL', jk, 'fr', 'st', 'rv', 'fat')
+  enter_waiting(base, id, jk, old)
+  local p = redis.call('HMGET', jk, 'pid', 'pb')
+  if not p[1] then return end
+  local pbase, pid = p[2], p[1]
+  local pjk = pbase .. 'job:' .. pid
+  local pstate = redis.call('HGET', pjk, 'state')
+  if not pstate or not UNSTARTED[pstate] then return end
+  local d = dep_get(pbase, pid, jk)
+  if not d or d.s ~= 'pending' then
+    local q = redis.call('HGET', jk, 'q')
+    dep_put(pbase, pid, jk, { q = q, i = id, b = base, s = 'pending' })
+  end
+  if pstate ~= 'waiting-children' then
+    move_to(pbase, pid, pjk, pstate, 'waiting-children')
+    redis.call('HDEL', pjk, 'run')
+    emit(pbase, 'waiting-children', pid)
+  end
+end
+
+local function not_found(id) return redis.error_reply('CONVEYOR_NOT_FOUND ' .. id) end
+local function bad_state(msg) return redis.error_reply('CONVEYOR_INVALID_STATE ' .. msg) end

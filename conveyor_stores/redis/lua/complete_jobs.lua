@@ -1,0 +1,30 @@
+-- complete_jobs. ARGV from 3: (id, token, return_value) triples. Returns 1/0 per item.
+local out = {}
+local order = redis.call('INCRBY', PB .. 'seq', (#ARGV - 2) / 3) - (#ARGV - 2) / 3
+for k = 3, #ARGV, 3 do
+  local id, rv = ARGV[k], ARGV[k + 2]
+  local jk = QB .. 'job:' .. id
+  local v = redis.call('HMGET', jk, 'state', 'tok', 'pid', 'pb', 'att', 'kc')
+  order = order + 1
+  if v[1] ~= 'active' or v[2] ~= ARGV[k + 1] then
+    out[#out + 1] = 0
+  else
+    redis.call('ZREM', QB .. 'active', id)
+    redis.call('ZADD', QB .. 'completed', order, id)
+    -- An empty token and lock stand for none (one call fewer than HDEL).
+    redis.call('HSET', jk, 'state', 'completed', 'rv', rv, 'fat', NOW_S,
+      'att', (tonumber(v[5]) or 0) + 1, 'tok', '', 'lu', '')
+    emit(QB, 'completed', id, cjson.encode({ return_value = rv }))
+    if v[3] then
+      local d = dep_get(v[4], v[3], jk)
+      if d then
+        local was = d.s
+        dep_put(v[4], v[3], jk, { q = d.q, i = d.i, b = d.b, s = 'processed', v = rv })
+        if was == 'pending' then release_check(v[4], v[3]) end
+      end
+    end
+    retain(QB, id, 'completed', v[6])
+    out[#out + 1] = 1
+  end
+end
+return done(out)

@@ -1,0 +1,828 @@
+"""``RedisStore``: Conveyor on a Redis server, for workers on many hosts.
+
+Every lifecycle transition is one Lua script (in ``lua/``), loaded once with
+``SCRIPT LOAD`` and run with ``EVALSHA``: one round trip, atomic on the server. The calls
+of all tasks share one pipelining connection (``_resp``). Queue names, job names, ids
+and data reach the scripts only as arguments. The key layout is described in
+``docs/redis.md`` and in :func:`queue_key_base`.
+
+Idle workers block on a per-queue marker list (``BLPOP``) that scripts push to when jobs
+enter ``waiting``; listeners read the queue's capped events stream with ``XREAD BLOCK``.
+Both use connections of their own, so they never hold up the transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from conveyor_core.errors import (
+    DuplicateJobError,
+    InvalidJobStateError,
+    JobNotFoundError,
+    PayloadError,
+    StoreClosedError,
+    StoreUnavailableError,
+)
+from conveyor_core.models import JobState, ParentPolicy
+from conveyor_core.store import (
+    ChildDependency,
+    Completion,
+    EventRecord,
+    EventSubscription,
+    Failure,
+    JobRecord,
+    NewJob,
+    Release,
+    StallOutcome,
+    TakeResult,
+)
+
+from ._resp import RespConnection, RespConnectionLost, RespError
+
+__all__ = ["RedisStore", "queue_key_base"]
+
+T = TypeVar("T")
+
+_SCRIPTS = (
+    "add_jobs",
+    "take_jobs",
+    "extend_locks",
+    "complete_jobs",
+    "fail_jobs",
+    "release_jobs",
+    "recover_stalled",
+    "update_job",
+    "queue_op",
+)
+_STATES: dict[str, JobState] = {state.value: state for state in JobState}
+_POLICIES: dict[str, ParentPolicy] = {policy.value: policy for policy in ParentPolicy}
+_TEXT: dict[str | None, str] = {None: "", **{m.value: m.value for m in (*JobState, *ParentPolicy)}}
+"""States and policies (enum members or their plain values) as script arguments."""
+_SET_OF_STATE: dict[JobState, str] = {
+    JobState.WAITING: "wait",
+    JobState.DELAYED: "delayed",
+    JobState.ACTIVE: "active",
+    JobState.COMPLETED: "completed",
+    JobState.FAILED: "failed",
+    JobState.WAITING_CHILDREN: "children",
+}
+_NEWEST_FIRST = (JobState.COMPLETED, JobState.FAILED)
+_NEW_STATES = frozenset({"waiting", "delayed", "waiting-children"})
+_WAIT_MEMBER_PREFIX = 16
+"""Waiting-set members are a 16-character order key followed by the job id."""
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_ATTEMPTS = 4
+"""Tries of a command whose connection dropped (a fresh connection for each)."""
+
+
+def _tag(queue: str) -> str:
+    """The queue name made safe for a hash tag: ``%``, ``{`` and ``}`` are escaped."""
+    return queue.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def queue_key_base(prefix: str, queue: str) -> str:
+    """The common start of every key of ``queue``: ``<prefix>:{<escaped queue>}:``.
+
+    The braces make the queue name Redis Cluster's hash tag, so all keys of one queue
+    live in one slot; braces inside the name are percent-escaped so they cannot end the
+    tag early.
+    """
+    return f"{prefix}:{{{_tag(queue)}}}:"
+
+
+_DEFINES = re.compile(r"^(?:local function (\w+)|local (\w+)$|(\w+) = function)", re.M)
+_WORDS = re.compile(r"\b[a-z_][a-z0-9_]*\b")
+
+
+def _link(common: str, body: str) -> str:
+    """The script ``body`` preceded by the header of ``common.lua`` and only the helpers
+    it uses, directly or through other helpers: defining unused local functions on
+    every call would cost the server time on every transition."""
+    start = common.index("local function fmt(")
+    header, blocks = common[:start], common[start:].split("\n\n")
+    defined = [
+        {name for match in _DEFINES.finditer(block) for name in match.groups() if name}
+        for block in blocks
+    ]
+    needed = set(_WORDS.findall(body))
+    chosen = [False] * len(blocks)
+    changed = True
+    while changed:
+        changed = False
+        for index, block in enumerate(blocks):
+            if not chosen[index] and defined[index] & needed:
+                chosen[index] = changed = True
+                needed |= set(_WORDS.findall(block))
+    kept = [block for block, keep in zip(blocks, chosen, strict=True) if keep]
+    return header + "\n\n".join(kept) + "\n\n" + body
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files(__package__).joinpath("lua")
+    common = folder.joinpath("common.lua").read_text(encoding="utf-8")
+    return {
+        name: _link(common, folder.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
+        for name in _SCRIPTS
+    }
+
+
+def _opt_float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _record(queue: str, job_id: str, h: dict[str, str]) -> JobRecord:
+    """A :class:`JobRecord` from a job hash."""
+    policy = h.get("pol")
+    stacktrace = h.get("st")
+    return JobRecord(
+        id=job_id,
+        queue=queue,
+        name=h["name"],
+        data=h["data"],
+        opts=h["opts"],
+        state=_STATES[h["state"]],
+        priority=int(h["pri"]),
+        lifo=h["lifo"] == "1",
+        delay=float(h["delay"]),
+        attempts_made=int(h.get("att", 0)),
+        stalled_count=int(h.get("stc", 0)),
+        progress=h.get("prog"),
+        return_value=h.get("rv"),
+        failed_reason=h.get("fr"),
+        stacktrace=json.loads(stacktrace) if stacktrace else [],
+        created_at=float(h["cat"]),
+        processed_at=_opt_float(h.get("pat")),
+        finished_at=_opt_float(h.get("fat")),
+        run_at=_opt_float(h.get("run")),
+        keep_completed=_opt_int(h.get("kc")),
+        keep_failed=_opt_int(h.get("kf")),
+        parent_id=h.get("pid"),
+        parent_queue=h.get("pq"),
+        parent_policy=None if policy is None else _POLICIES[policy],
+        lock_token=h.get("tok") or None,
+        lock_until=_opt_float(h.get("lu") or None),
+    )
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _flat_record(queue: str, flat: list[str]) -> JobRecord:
+    """A record from ``[field, value, ..., id]`` as the take script returns it."""
+    it = iter(flat)
+    return _record(queue, flat[-1], dict(zip(it, it, strict=False)))
+
+
+class _JobMissing(Exception):
+    """A script found no job with the id it was given."""
+
+
+def _script_error(exc: RespError) -> Exception:
+    code, _, detail = str(exc).partition(" ")
+    if code == "CONVEYOR_DUPLICATE":
+        return DuplicateJobError(detail)
+    if code == "CONVEYOR_INVALID_STATE":
+        return InvalidJobStateError(detail)
+    if code == "CONVEYOR_NOT_FOUND":
+        return _JobMissing(detail)
+    return exc
+
+
+async def _race(work: Awaitable[T], stop: asyncio.Future[None]) -> tuple[bool, T | None]:
+    """Await ``work`` unless ``stop`` resolves first; ``(finished, result)``."""
+    task = asyncio.ensure_future(work)
+    waiters: set[asyncio.Future[Any]] = {task, stop}
+    try:
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            # The cancelled call's outcome no longer matters.
+            with contextlib.suppress(BaseException):
+                await task
+    if task in done:
+        return True, task.result()
+    return False, None
+
+
+class _RedisSubscription:
+    """One queue's events, read from its stream with ``XREAD BLOCK`` on its own connection."""
+
+    BLOCK_MS = 5_000
+    BATCH = 500
+
+    def __init__(self, store: RedisStore, queue: str, stream: str, last_id: str) -> None:
+        self._store = store
+        self._queue = queue
+        self._stream = stream
+        self._last_id = last_id
+        self._buffer: deque[EventRecord] = deque()
+        self._stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def __aiter__(self) -> AsyncIterator[EventRecord]:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        while not self._buffer:
+            if self._stop.done():
+                raise StopAsyncIteration
+            await self._read()
+        return self._buffer.popleft()
+
+    async def _read(self) -> None:
+        client = self._store._blocking_client()
+        try:
+            finished, reply = await _race(
+                cast(
+                    "Awaitable[Any]",
+                    client.xread(
+                        {self._stream: self._last_id}, count=self.BATCH, block=self.BLOCK_MS
+                    ),
+                ),
+                self._stop,
+            )
+        except _CONNECTION_ERRORS:
+            # The server dropped the connection: read again on a fresh one, from where
+            # this subscription stopped, unless it has been closed meanwhile.
+            if not self._stop.done():
+                await asyncio.sleep(0.05)
+            return
+        if not finished or not reply:
+            return
+        for _stream, entries in reply:
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                job_id = fields.get("j")
+                self._buffer.append(
+                    EventRecord(
+                        type=fields["t"],
+                        queue=self._queue,
+                        job_id=job_id,
+                        data=json.loads(fields.get("d", "{}")),
+                        timestamp=float(fields["ts"]),
+                    )
+                )
+
+    async def aclose(self) -> None:
+        if not self._stop.done():
+            self._stop.set_result(None)
+        self._store._subscriptions.discard(self)
+
+
+class RedisStore:
+    """A store on a Redis server (6.2 or newer): ``RedisStore("redis://localhost:6379/0")``.
+
+    ``prefix`` starts every key, so several applications (or test runs) can share one
+    database; it must not contain ``{`` or ``}``. ``stream_max_len`` caps each queue's
+    events stream (approximately, ``XTRIM MAXLEN ~``). Other keyword options go to
+    ``redis.asyncio.Redis.from_url`` for the blocking connections; ``client_name`` also
+    names the command connection. See ``docs/redis.md``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "conveyor",
+        *,
+        stream_max_len: int = 10_000,
+        **options: Any,
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"a Redis key prefix must be non-empty without braces, got {prefix!r}")
+        if stream_max_len < 1:
+            raise ValueError(f"stream_max_len must be at least 1, got {stream_max_len!r}")
+        self.url = url
+        self.prefix = prefix
+        self.stream_max_len = stream_max_len
+        self._options = options
+        self._root = f"{prefix}:"
+        self._bases: dict[str, str] = {}
+        self._conn: RespConnection | None = None
+        self._reconnecting: asyncio.Future[None] | None = None
+        self._blocking: aioredis.Redis | None = None
+        self._sources: dict[str, str] = {}
+        self._sha: dict[str, str] = {}
+        self._stop: asyncio.Future[None] | None = None
+        self._subscriptions: set[_RedisSubscription] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+    async def __aenter__(self) -> RedisStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _blocking_redis(self) -> aioredis.Redis:
+        """The redis-py client for blocking reads; every concurrent read gets its own
+        connection from its pool, and a dropped one is replaced on the next read."""
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+            **self._options,
+            # Blocking reads wait longer than any sensible socket timeout.
+            "socket_timeout": None,
+        }
+        return aioredis.Redis.from_url(self.url, **options)
+
+    async def connect(self) -> None:
+        """Connect and load the scripts. Idempotent. Redis needs no schema."""
+        if self._conn is not None:
+            return
+        if not self._sources:
+            self._sources = _load_scripts()
+        conn = RespConnection(
+            self.url,
+            **{
+                key: value
+                for key, value in self._options.items()
+                if key in ("client_name", "ssl_ca_certs", "ssl_cert_reqs", "socket_connect_timeout")
+            },
+        )
+        try:
+            await conn.connect()
+            names = list(self._sources)
+            shas = await conn.call_many([("SCRIPT", "LOAD", self._sources[name]) for name in names])
+        except (OSError, RespError) as exc:
+            conn.close()
+            raise StoreUnavailableError(f"cannot use Redis at {self.url}: {exc}") from exc
+        self._sha = dict(zip(names, shas, strict=True))
+        self._conn = conn
+        self._reconnecting = None
+        self._blocking = self._blocking_redis()
+        self._stop = asyncio.get_running_loop().create_future()
+
+    async def close(self) -> None:
+        """Close the connections; blocked waits return and subscriptions end. Idempotent."""
+        conn, blocking, stop = self._conn, self._blocking, self._stop
+        if conn is None:
+            return
+        self._conn = self._blocking = self._stop = None
+        if stop is not None and not stop.done():
+            stop.set_result(None)
+        for sub in list(self._subscriptions):
+            await sub.aclose()
+        # Let blocked waits and reads see the stop before their connections go away.
+        await asyncio.sleep(0)
+        conn.close()
+        if blocking is not None:
+            await blocking.aclose()
+
+    def _blocking_client(self) -> aioredis.Redis:
+        client = self._blocking
+        if client is None:
+            raise StoreClosedError("RedisStore is not connected: use 'async with store:'")
+        return client
+
+    def _base(self, queue: str) -> str:
+        base = self._bases.get(queue)
+        if base is None:
+            if len(self._bases) > 10_000:
+                self._bases.clear()
+            base = self._bases[queue] = queue_key_base(self.prefix, queue)
+        return base
+
+    async def _ready(self) -> RespConnection:
+        """The command connection, reconnected (once, for all callers) if it dropped."""
+        conn = self._conn
+        if conn is None:
+            raise StoreClosedError("RedisStore is not connected: use 'async with store:'")
+        if conn.connected:
+            return conn
+        pending = self._reconnecting
+        if pending is None:
+            pending = self._reconnecting = asyncio.ensure_future(conn.connect())
+            pending.add_done_callback(self._reconnected)
+        await asyncio.shield(pending)
+        return conn
+
+    def _reconnected(self, attempt: asyncio.Future[None]) -> None:
+        self._reconnecting = None
+        if not attempt.cancelled():
+            attempt.exception()  # reported to the waiting callers, not here
+
+    async def _command(self, *args: Any) -> Any:
+        """One command; reconnects and resends when the connection dropped.
+
+        A command whose connection dropped after it was sent may have run; every script
+        tolerates running again (a repeated transition is refused or finds nothing to do).
+        """
+        for attempt in range(_ATTEMPTS):
+            try:
+                conn = await self._ready()
+                return await conn.send(*args)
+            except UnicodeEncodeError as exc:
+                raise PayloadError(
+                    f"Redis cannot store this text (it is not valid Unicode): {exc}"
+                ) from None
+            except (RespConnectionLost, OSError) as exc:
+                if self._conn is None:
+                    raise StoreClosedError("RedisStore was closed during the call") from exc
+                if attempt == _ATTEMPTS - 1:
+                    raise StoreUnavailableError(
+                        f"Redis at {self.url} is unreachable: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.01 * 3**attempt)
+        raise AssertionError("unreachable")
+
+    async def _commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several read commands in one write, with the same reconnection as ``_command``."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                conn = await self._ready()
+                return await conn.call_many(commands)
+            except UnicodeEncodeError as exc:
+                raise PayloadError(
+                    f"Redis cannot store this text (it is not valid Unicode): {exc}"
+                ) from None
+            except (RespConnectionLost, OSError) as exc:
+                if self._conn is None:
+                    raise StoreClosedError("RedisStore was closed during the call") from exc
+                if attempt == _ATTEMPTS - 1:
+                    raise StoreUnavailableError(
+                        f"Redis at {self.url} is unreachable: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.01 * 3**attempt)
+        raise AssertionError("unreachable")
+
+    async def _run(self, script: str, base: str, now: float, *args: Any) -> Any:
+        """Run one script: ``KEYS = (queue base, prefix base)``, ``ARGV = (cap, now, *args)``."""
+        try:
+            try:
+                return await self._command(
+                    "EVALSHA",
+                    self._sha[script],
+                    2,
+                    base,
+                    self._root,
+                    self.stream_max_len,
+                    now,
+                    *args,
+                )
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # The server lost its script cache (restart, SCRIPT FLUSH): load again.
+                self._sha[script] = await self._command("SCRIPT", "LOAD", self._sources[script])
+                return await self._command(
+                    "EVALSHA",
+                    self._sha[script],
+                    2,
+                    base,
+                    self._root,
+                    self.stream_max_len,
+                    now,
+                    *args,
+                )
+        except RespError as exc:
+            raise _script_error(exc) from None
+
+    async def _job_op(self, queue: str, job_id: str, op: str, *args: Any, now: float = 0.0) -> Any:
+        try:
+            return await self._run("update_job", self._base(queue), now, op, job_id, *args)
+        except _JobMissing:
+            raise JobNotFoundError(queue, job_id) from None
+
+    async def _queue_op(self, queue: str, op: str, *args: Any, now: float = 0.0) -> Any:
+        return await self._run("queue_op", self._base(queue), now or time.time(), op, *args)
+
+    # ---------------------------------------------------------------- writing
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        if not groups:
+            return []
+        args: list[Any] = [len(groups)]
+        base = self._base
+        text = _TEXT
+        for group in groups:
+            if not group:
+                raise ValueError("a group of jobs must not be empty")
+            for new in group:
+                if new.state not in _NEW_STATES:
+                    raise InvalidJobStateError(
+                        f"a new job cannot start in state {str(new.state)!r}"
+                    )
+            args.append(len(group))
+            for job in group:
+                pq = job.parent_queue
+                args += (
+                    job.id,
+                    base(job.queue),
+                    job.queue,
+                    job.name,
+                    job.data,
+                    job.opts,
+                    text[job.state],
+                    job.priority,
+                    "1" if job.lifo else "0",
+                    float(job.delay),
+                    "" if job.keep_completed is None else job.keep_completed,
+                    "" if job.keep_failed is None else job.keep_failed,
+                    job.parent_id or "",
+                    pq or "",
+                    base(pq) if pq is not None and job.parent_id is not None else "",
+                    text[job.parent_policy],
+                )
+        written = await self._run("add_jobs", base(groups[0][0].queue), now, *args)
+        return [flag == 1 for flag in written]
+
+    # ---------------------------------------------------------------- working
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        if rate_limit is None:
+            most: Any = ""
+            duration: Any = ""
+        else:
+            most, duration = rate_limit[0], float(rate_limit[1])
+        reply = await self._run(
+            "take_jobs", self._base(queue), now, limit, token, lock_until, most, duration
+        )
+        next_run_at, limited_until = reply[0], reply[1]
+        return TakeResult(
+            jobs=[_flat_record(queue, flat) for flat in reply[2:]],
+            next_run_at=None if next_run_at is None else float(next_run_at),
+            rate_limited_until=None if limited_until is None else float(limited_until),
+        )
+
+    async def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        if not locks:
+            return []
+        args: list[Any] = [lock_until]
+        for job_id, token in locks:
+            args += (job_id, token)
+        kept = await self._run("extend_locks", self._base(queue), 0.0, *args)
+        return list(kept)
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        if not completions:
+            return []
+        args: list[Any] = []
+        for item in completions:
+            args += (item.id, item.token, item.return_value)
+        applied = await self._run("complete_jobs", self._base(queue), now, *args)
+        return [flag == 1 for flag in applied]
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        if not failures:
+            return []
+        args: list[Any] = []
+        for item in failures:
+            args += (
+                item.id,
+                item.token,
+                item.reason,
+                json.dumps(list(item.stacktrace)),
+                "" if item.retry_at is None else float(item.retry_at),
+            )
+        applied = await self._run("fail_jobs", self._base(queue), now, *args)
+        return [flag == 1 for flag in applied]
+
+    async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        if not releases:
+            return []
+        args: list[Any] = []
+        for item in releases:
+            args += (item.id, item.token)
+        applied = await self._run("release_jobs", self._base(queue), now, *args)
+        return [flag == 1 for flag in applied]
+
+    async def recover_stalled(
+        self, queue: str, now: float, max_stalled_count: int
+    ) -> list[StallOutcome]:
+        reply = await self._run("recover_stalled", self._base(queue), now, max_stalled_count)
+        return [StallOutcome(reply[i], reply[i + 1] == 1) for i in range(0, len(reply), 2)]
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        """Block on the queue's marker list (``BLPOP``) on a connection of its own."""
+        stop = self._stop
+        if stop is None:
+            raise StoreClosedError("RedisStore is not connected: use 'async with store:'")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        marker = self._base(queue) + "marker"
+        while not stop.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            client = self._blocking
+            if client is None:
+                return
+            try:
+                await _race(
+                    cast("Awaitable[Any]", client.blpop([marker], timeout=max(remaining, 0.01))),
+                    stop,
+                )
+                return
+            except _CONNECTION_ERRORS:
+                # Dropped connection: block again on a fresh one for the time left.
+                await asyncio.sleep(min(0.05, max(remaining, 0.0)))
+        await asyncio.sleep(0)
+
+    # ---------------------------------------------------------------- job changes
+
+    async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
+        await self._job_op(queue, job_id, "progress", progress, now=time.time())
+
+    async def add_log(self, queue: str, job_id: str, line: str) -> int:
+        return int(await self._job_op(queue, job_id, "log", line))
+
+    async def get_logs(
+        self, queue: str, job_id: str, start: int = 0, end: int | None = None
+    ) -> list[str]:
+        base = self._base(queue)
+        exists, lines = await self._commands(
+            [
+                ("EXISTS", base + "job:" + job_id),
+                ("LRANGE", base + "logs:" + job_id, start, -1 if end is None else end),
+            ]
+        )
+        if not exists:
+            raise JobNotFoundError(queue, job_id)
+        return list(lines)
+
+    async def update_data(self, queue: str, job_id: str, data: str) -> None:
+        await self._job_op(queue, job_id, "data", data)
+
+    async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
+        await self._job_op(queue, job_id, "priority", priority, "1" if lifo else "0")
+
+    async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
+        await self._job_op(queue, job_id, "delay", float(run_at))
+
+    async def promote_job(self, queue: str, job_id: str, now: float) -> None:
+        await self._job_op(queue, job_id, "promote", now=now)
+
+    async def promote_jobs(self, queue: str, now: float) -> int:
+        return int(await self._queue_op(queue, "promote_all", now=now))
+
+    async def retry_job(self, queue: str, job_id: str, now: float) -> None:
+        await self._job_op(queue, job_id, "retry", now=now)
+
+    async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
+        state = _STATES[str(state)]
+        if not state.finished:
+            raise InvalidJobStateError(f"only failed or completed jobs can be retried, not {state}")
+        return int(await self._queue_op(queue, "retry_all", state.value, now=now))
+
+    async def remove_job(self, queue: str, job_id: str) -> bool:
+        removed = await self._job_op(queue, job_id, "remove", now=time.time())
+        return bool(removed)
+
+    # ---------------------------------------------------------------- queues
+
+    async def pause(self, queue: str) -> None:
+        await self._queue_op(queue, "pause", queue)
+
+    async def resume(self, queue: str) -> None:
+        await self._queue_op(queue, "resume")
+
+    async def is_paused(self, queue: str) -> bool:
+        meta = self._base(queue) + "meta"
+        return bool(await self._command("HEXISTS", meta, "paused"))
+
+    async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
+        return int(await self._queue_op(queue, "drain", "1" if include_delayed else "0", now=now))
+
+    async def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        state = _STATES[str(state)]
+        if state is JobState.ACTIVE:
+            raise InvalidJobStateError("active jobs cannot be cleaned")
+        removed = await self._queue_op(
+            queue, "clean", state.value, float(older_than), "" if limit is None else limit
+        )
+        return list(removed)
+
+    async def obliterate(self, queue: str, force: bool) -> None:
+        await self._queue_op(queue, "obliterate", "1" if force else "0", queue)
+
+    # ---------------------------------------------------------------- reading
+
+    async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        flat = await self._command("HGETALL", self._base(queue) + "job:" + job_id)
+        return _record(queue, job_id, _pairs(flat)) if flat else None
+
+    async def _ids(self, queue: str, state: JobState, start: int, end: int) -> list[str]:
+        key = self._base(queue) + _SET_OF_STATE[state]
+        command = "ZREVRANGE" if state in _NEWEST_FIRST else "ZRANGE"
+        ids: list[str] = await self._command(command, key, start, end)
+        if state is JobState.WAITING:
+            return [member[_WAIT_MEMBER_PREFIX:] for member in ids]
+        return ids
+
+    async def get_jobs(
+        self, queue: str, states: Sequence[JobState], start: int, end: int | None
+    ) -> list[JobRecord]:
+        if not states:
+            return []
+        if start < 0 or (end is not None and end < 0):
+            # Negative indexes slice the whole listing, as Python slices do.
+            every = await self.get_jobs(queue, states, 0, None)
+            return every[start : None if end is None else end + 1]
+        wanted: list[str] = []
+        if len(states) == 1:
+            wanted = await self._ids(
+                queue, _STATES[str(states[0])], start, -1 if end is None else end
+            )
+        else:
+            counts = await self.get_counts(queue)
+            offset = 0
+            for state in states:
+                state = _STATES[str(state)]
+                size = counts[state]
+                lo = max(start - offset, 0)
+                hi = size - 1 if end is None else min(end - offset, size - 1)
+                if lo <= hi:
+                    wanted += await self._ids(queue, state, lo, hi)
+                offset += size
+        if not wanted:
+            return []
+        base = self._base(queue)
+        hashes = await self._commands([("HGETALL", base + "job:" + job_id) for job_id in wanted])
+        return [
+            _record(queue, job_id, _pairs(flat))
+            for job_id, flat in zip(wanted, hashes, strict=True)
+            if flat
+        ]
+
+    async def get_counts(self, queue: str) -> dict[JobState, int]:
+        base = self._base(queue)
+        sizes = await self._commands([("ZCARD", base + _SET_OF_STATE[state]) for state in JobState])
+        return {state: int(size) for state, size in zip(JobState, sizes, strict=True)}
+
+    async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        base = self._base(queue)
+        exists, flat = await self._commands(
+            [("EXISTS", base + "job:" + job_id), ("HVALS", base + "deps:" + job_id)]
+        )
+        if not exists:
+            raise JobNotFoundError(queue, job_id)
+        records = sorted((json.loads(text) for text in flat), key=lambda d: d["o"])
+        return [
+            ChildDependency(
+                queue=d["q"], id=d["i"], status=d["s"], value=d.get("v"), reason=d.get("r")
+            )
+            for d in records
+        ]
+
+    async def list_queues(self) -> list[str]:
+        names: list[str] = sorted(await self._command("SMEMBERS", self._root + "queues"))
+        if not names:
+            return []
+        commands: list[tuple[Any, ...]] = []
+        for name in names:
+            base = self._base(name)
+            commands.append(("EXISTS", *(base + suffix for suffix in _SET_OF_STATE.values())))
+            commands.append(("HEXISTS", base + "meta", "paused"))
+        flags = await self._commands(commands)
+        return [name for i, name in enumerate(names) if flags[2 * i] or flags[2 * i + 1]]
+
+    # ---------------------------------------------------------------- events
+
+    async def subscribe(self, queue: str) -> EventSubscription:
+        """Listen from the stream's newest entry at this moment on."""
+        stream = self._base(queue) + "events"
+
+        last = await self._command("XREVRANGE", stream, "+", "-", "COUNT", 1)
+        sub = _RedisSubscription(self, queue, stream, last[0][0] if last else "0-0")
+        self._subscriptions.add(sub)
+        return sub
