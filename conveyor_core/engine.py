@@ -592,9 +592,9 @@ class Engine:
 
     def retry_job(self, queue: str, job_id: str, now: float) -> None:
         job = self._require(queue, job_id)
-        if not job.state.finished:
+        if job.state is not FAILED:
             raise InvalidJobStateError(
-                f"job {job_id!r} is {job.state.value}, only a finished job can be retried"
+                f"job {job_id!r} is {job.state.value}, only a failed job can be retried"
             )
         self._retry(job, now)
 
