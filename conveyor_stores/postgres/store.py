@@ -1,0 +1,1005 @@
+"""``PostgresStore``: the store protocol on PostgreSQL, over asyncpg connections.
+
+Every transition is one call of a PL/pgSQL function installed in the store's schema (see
+:mod:`.schema`), so each protocol call is one round trip and one transaction. Events are
+published with ``pg_notify`` inside that transaction and reach every process through one
+listener connection per store object; the same notifications wake idle workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from conveyor_core.errors import (
+    DuplicateJobError,
+    InvalidJobStateError,
+    JobNotFoundError,
+    PayloadError,
+    StoreClosedError,
+    StoreUnavailableError,
+)
+from conveyor_core.models import JobState, ParentPolicy
+from conveyor_core.store import (
+    STALLED_REASON,
+    ChildDependency,
+    Completion,
+    EventRecord,
+    EventSubscription,
+    Failure,
+    JobRecord,
+    NewJob,
+    Release,
+    StallOutcome,
+    TakeResult,
+)
+
+from . import schema as sql_schema
+from .pool import ConnectionPool, PoolClosedError
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("conveyor.postgres")
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+    """An application's asyncpg connection, plain or from its own pool."""
+
+_JOB_COLUMNS = (
+    "id, queue, name, data, opts, state, priority, lifo, delay, attempts_made, "
+    "stalled_count, progress, return_value, failed_reason, stacktrace, created_at, "
+    "processed_at, finished_at, run_at, keep_completed, keep_failed, parent_id, "
+    "parent_queue, parent_policy, lock_token, lock_until"
+)
+
+_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
+"""``character_not_in_repertoire`` (a NUL character) and ``untranslatable_character``."""
+
+_INT4_MAX = 2**31 - 1
+_INT8_MAX = 2**63 - 1
+
+_STATES = {state.value: state for state in JobState}
+_POLICIES = {policy.value: policy for policy in ParentPolicy}
+
+_WAKE_TYPES = frozenset({"waiting", "resumed"})
+
+_DEADLOCK_RETRIES = 8
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+    ConnectionError,
+    OSError,
+)
+_RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
+_RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+def _record(r: Any) -> JobRecord:
+    """A :class:`JobRecord` from a row of the job columns (or a ``jobs`` composite)."""
+    policy = r[23]
+    return JobRecord(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        _STATES[r[5]],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        list(r[14]),
+        r[15],
+        r[16],
+        r[17],
+        r[18],
+        r[19],
+        r[20],
+        r[21],
+        r[22],
+        None if policy is None else _POLICIES[policy],
+        r[24],
+        r[25],
+    )
+
+
+def _storable(*texts: str) -> bool:
+    """Whether PostgreSQL can hold every text (no NUL character, valid UTF-8). A read
+    that names something PostgreSQL cannot hold finds nothing, rather than failing."""
+    for text in texts:
+        if "\x00" in text:
+            return False
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def channel_for(schema: str) -> str:
+    """The NOTIFY channel of a schema: readable when it fits in an identifier."""
+    channel = f"conveyor_events_{schema}"
+    if len(channel) <= 63:
+        return channel
+    return "conveyor_events_" + hashlib.sha1(schema.encode()).hexdigest()[:40]
+
+
+class _Subscription:
+    """One queue's events as delivered by the store's listener."""
+
+    def __init__(self, store: PostgresStore, queue: str) -> None:
+        self._store = store
+        self.queue = queue
+        self._items: asyncio.Queue[EventRecord | None] = asyncio.Queue()
+        self._closed = False
+
+    def push(self, event: EventRecord | None) -> None:
+        if not self._closed:
+            self._items.put_nowait(event)
+
+    def __aiter__(self) -> AsyncIterator[EventRecord]:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        if self._closed and self._items.empty():
+            raise StopAsyncIteration
+        event = await self._items.get()
+        if event is None:
+            self._closed = True
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._store._unsubscribe(self)
+            self._closed = True
+            self._items.put_nowait(None)
+
+
+class _Operations:
+    """The protocol calls, over an abstract way to run one statement.
+
+    :class:`PostgresStore` runs each statement on a pooled connection;
+    :class:`BoundPostgresStore` runs it on an application's own connection.
+    """
+
+    _schema: str
+    _channel: str
+    _sql: dict[str, str]
+
+    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
+        raise NotImplementedError
+
+    def _events_store(self) -> PostgresStore:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _call(self, key: str, op: Callable[[Any], Awaitable[T]], read: bool) -> T:
+        try:
+            return await self._run(key, op, read=read)
+        except asyncpg.exceptions.DataError as exc:
+            # Text PostgreSQL cannot hold (a lone surrogate) or a number out of range:
+            # refused before anything was written.
+            raise PayloadError(f"PostgreSQL cannot store a value of this call: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate in _UNSTORABLE_TEXT:
+                raise PayloadError(f"PostgreSQL cannot store this text: {exc}") from exc
+            raise
+
+    async def _fetchval(self, key: str, *args: Any, read: bool = False) -> Any:
+        query = self._sql[key]
+        return await self._call(key, lambda c: c.fetchval(query, *args), read)
+
+    async def _fetchrow(self, key: str, *args: Any, read: bool = False) -> Any:
+        query = self._sql[key]
+        return await self._call(key, lambda c: c.fetchrow(query, *args), read)
+
+    async def _fetch(self, key: str, *args: Any, read: bool = False) -> list[Any]:
+        query = self._sql[key]
+        return await self._call(key, lambda c: c.fetch(query, *args), read)
+
+    @staticmethod
+    def _state_check(queue: str, job_id: str, state: str | None, wanted: str, what: str) -> None:
+        if state is None:
+            raise JobNotFoundError(queue, job_id)
+        if state != wanted:
+            raise InvalidJobStateError(f"job {job_id!r} is {state}, {what}")
+
+    # ------------------------------------------------------------------ writing
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        if len(groups) == 1 and len(groups[0]) == 1 and groups[0][0].parent_id is None:
+            written = await self._add_one(groups[0][0], now)
+            if written is not None:
+                return [written]
+        grps: list[int] = []
+        jobs: list[NewJob] = []
+        for number, group in enumerate(groups, 1):
+            if not group:
+                raise ValueError("a group of jobs must not be empty")
+            for new in group:
+                grps.append(number)
+                jobs.append(new)
+        if not jobs:
+            return []
+        try:
+            result = await self._fetchval(
+                "add_jobs",
+                grps,
+                [j.id for j in jobs],
+                [j.queue for j in jobs],
+                [j.name for j in jobs],
+                [j.data for j in jobs],
+                [j.opts for j in jobs],
+                [j.state.value for j in jobs],
+                [j.priority for j in jobs],
+                [j.lifo for j in jobs],
+                [j.delay for j in jobs],
+                [j.keep_completed for j in jobs],
+                [j.keep_failed for j in jobs],
+                [j.parent_id for j in jobs],
+                [j.parent_queue for j in jobs],
+                [None if j.parent_policy is None else j.parent_policy.value for j in jobs],
+                now,
+            )
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise DuplicateJobError("a job id of this add already exists in its queue") from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == "CV410":
+                raise DuplicateJobError(str(exc)) from exc
+            raise
+        return list(result)
+
+    async def _add_one(self, new: NewJob, now: float) -> bool | None:
+        """Add one standalone job in a single statement; ``None`` if it does not fit."""
+        state = new.state.value
+        run_at = now + new.delay if state == "delayed" else None
+        events = [
+            [new.queue, "added", new.id, {"name": new.name}, now],
+            [new.queue, state, new.id, {} if run_at is None else {"run_at": run_at}, now],
+        ]
+        payload = json.dumps(events, separators=(",", ":"))
+        if len(payload) > sql_schema.NOTIFY_LIMIT // 4:
+            return None
+        inserted = await self._fetchval(
+            "add_one",
+            new.id,
+            new.queue,
+            new.name,
+            new.data,
+            new.opts,
+            state,
+            new.priority,
+            new.lifo,
+            new.delay,
+            now,
+            run_at,
+            new.keep_completed,
+            new.keep_failed,
+            self._channel,
+            payload,
+        )
+        return bool(inserted)
+
+    # ------------------------------------------------------------------ working
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        most, duration = rate_limit if rate_limit is not None else (None, None)
+        if most is not None:
+            most = min(most, _INT4_MAX)
+        self._events_store()._note_take(queue)
+        row = await self._fetchrow(
+            "take_jobs", queue, min(limit, _INT4_MAX), token, lock_until, now, most, duration
+        )
+        return TakeResult([_record(r) for r in row[0]], row[1], row[2])
+
+    async def extend_locks(
+        self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
+    ) -> list[str]:
+        if not locks:
+            return []
+        ids = [job_id for job_id, _ in locks]
+        tokens = [token for _, token in locks]
+        return list(await self._fetchval("extend_locks", queue, ids, tokens, lock_until))
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        if not completions:
+            return []
+        return list(
+            await self._fetchval(
+                "complete_jobs",
+                queue,
+                [c.id for c in completions],
+                [c.token for c in completions],
+                [c.return_value for c in completions],
+                now,
+            )
+        )
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        if not failures:
+            return []
+        return list(
+            await self._fetchval(
+                "fail_jobs",
+                queue,
+                [f.id for f in failures],
+                [f.token for f in failures],
+                [f.reason for f in failures],
+                json.dumps([list(f.stacktrace) for f in failures]),
+                [f.retry_at for f in failures],
+                now,
+            )
+        )
+
+    async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
+        if not releases:
+            return []
+        return list(
+            await self._fetchval(
+                "release_jobs",
+                queue,
+                [r.id for r in releases],
+                [r.token for r in releases],
+                now,
+            )
+        )
+
+    async def recover_stalled(
+        self, queue: str, now: float, max_stalled_count: int
+    ) -> list[StallOutcome]:
+        most = min(max_stalled_count, _INT8_MAX)
+        row = await self._fetchrow("recover_stalled", queue, now, most)
+        return [StallOutcome(i, f) for i, f in zip(row[0], row[1], strict=True)]
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        await self._events_store()._wait_for_work(queue, timeout)
+
+    # ------------------------------------------------------------------ job changes
+
+    async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
+        if not await self._fetchval("update_progress", queue, job_id, progress, time.time()):
+            raise JobNotFoundError(queue, job_id)
+
+    async def add_log(self, queue: str, job_id: str, line: str) -> int:
+        length = await self._fetchval("add_log", queue, job_id, line)
+        if length is None:
+            raise JobNotFoundError(queue, job_id)
+        return int(length)
+
+    async def get_logs(
+        self, queue: str, job_id: str, start: int = 0, end: int | None = None
+    ) -> list[str]:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        if start >= 0 and (end is None or end >= 0):
+            last = _INT8_MAX if end is None else min(end, _INT8_MAX)
+            first = min(start, _INT8_MAX)
+            row = await self._fetchrow("get_logs", queue, job_id, first, last, read=True)
+            if row is None:
+                raise JobNotFoundError(queue, job_id)
+            return list(row[0])
+        row = await self._fetchrow("get_logs", queue, job_id, 0, _INT8_MAX, read=True)
+        if row is None:
+            raise JobNotFoundError(queue, job_id)
+        lines: list[str] = list(row[0])
+        return lines[start : None if end is None else end + 1]
+
+    async def update_data(self, queue: str, job_id: str, data: str) -> None:
+        if await self._fetchval("update_data", queue, job_id, data) is None:
+            raise JobNotFoundError(queue, job_id)
+
+    async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
+        if await self._fetchval("change_priority", queue, job_id, priority, lifo) is None:
+            raise JobNotFoundError(queue, job_id)
+
+    async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
+        state = await self._fetchval("change_delay", queue, job_id, run_at)
+        self._state_check(queue, job_id, state, "delayed", "only a delayed job's delay can change")
+
+    async def promote_job(self, queue: str, job_id: str, now: float) -> None:
+        state = await self._fetchval("promote_job", queue, job_id, now)
+        self._state_check(queue, job_id, state, "delayed", "only a delayed job can be promoted")
+
+    async def promote_jobs(self, queue: str, now: float) -> int:
+        return int(await self._fetchval("promote_jobs", queue, now))
+
+    async def retry_job(self, queue: str, job_id: str, now: float) -> None:
+        state = await self._fetchval("retry_job", queue, job_id, now)
+        if state is None:
+            raise JobNotFoundError(queue, job_id)
+        if state != "failed":
+            raise InvalidJobStateError(
+                f"job {job_id!r} is {state}, only a failed job can be retried"
+            )
+
+    async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
+        if not JobState(state).finished:
+            raise InvalidJobStateError(f"only failed or completed jobs can be retried, not {state}")
+        return int(await self._fetchval("retry_jobs", queue, JobState(state).value, now))
+
+    async def remove_job(self, queue: str, job_id: str) -> bool:
+        state = await self._fetchval("remove_job", queue, job_id, time.time())
+        if state is None:
+            return False
+        if state == "active":
+            raise InvalidJobStateError(f"job {job_id!r} is active and cannot be removed")
+        return True
+
+    # ------------------------------------------------------------------ queues
+
+    async def pause(self, queue: str) -> None:
+        await self._fetchval("set_paused", queue, True, time.time())
+
+    async def resume(self, queue: str) -> None:
+        await self._fetchval("set_paused", queue, False, time.time())
+
+    async def is_paused(self, queue: str) -> bool:
+        if not _storable(queue):
+            return False
+        return bool(await self._fetchval("is_paused", queue, read=True))
+
+    async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
+        return int(await self._fetchval("drain", queue, include_delayed, now))
+
+    async def clean(
+        self, queue: str, state: JobState, older_than: float, limit: int | None
+    ) -> list[str]:
+        state = JobState(state)
+        if state is JobState.ACTIVE:
+            raise InvalidJobStateError("active jobs cannot be cleaned")
+        if limit is not None and limit <= 0:
+            return []
+        if limit is not None:
+            limit = min(limit, _INT8_MAX)
+        return list(
+            await self._fetchval("clean", queue, state.value, older_than, limit, time.time())
+        )
+
+    async def obliterate(self, queue: str, force: bool) -> None:
+        if not await self._fetchval("obliterate", queue, force, time.time()):
+            raise InvalidJobStateError(
+                f"queue {queue!r} has active jobs; pass force=True to obliterate it anyway"
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        if not _storable(queue, job_id):
+            return None
+        row = await self._fetchrow("get_job", queue, job_id, read=True)
+        return None if row is None else _record(row)
+
+    async def get_jobs(
+        self, queue: str, states: Sequence[JobState], start: int, end: int | None
+    ) -> list[JobRecord]:
+        names = [JobState(s).value for s in states]
+        if not names or not _storable(queue):
+            return []
+        if start >= 0 and (end is None or end >= 0):
+            if end is not None and end < start:
+                return []
+            count = None if end is None else min(end - start + 1, _INT8_MAX)
+            first = min(start, _INT8_MAX)
+            rows = await self._fetch("get_jobs", queue, names, first, count, read=True)
+            return [_record(r) for r in rows]
+        rows = await self._fetch("get_jobs", queue, names, 0, None, read=True)
+        return [_record(r) for r in rows][start : None if end is None else end + 1]
+
+    async def get_counts(self, queue: str) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        if not _storable(queue):
+            return counts
+        for state, n in await self._fetch("get_counts", queue, read=True):
+            counts[_STATES[state]] = n
+        return counts
+
+    async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        rows = await self._fetch("get_dependencies", queue, job_id, read=True)
+        if not rows:
+            raise JobNotFoundError(queue, job_id)
+        return [ChildDependency(d[0], d[1], d[2], d[3], d[4]) for d in rows if d[0] is not None]
+
+    async def list_queues(self) -> list[str]:
+        return sorted(await self._fetchval("list_queues", read=True))
+
+    # ------------------------------------------------------------------ events
+
+    async def subscribe(self, queue: str) -> EventSubscription:
+        return await self._events_store()._subscribe(queue)
+
+
+def _statements(schema: str) -> dict[str, str]:
+    """Every statement the store runs, for one schema."""
+    s = sql_schema.quote_ident(schema)
+    return {
+        "add_jobs": f"SELECT {s}.add_jobs($1::int[], $2::text[], $3::text[], $4::text[], "
+        "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
+        "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
+        "add_one": f"WITH ins AS (INSERT INTO {s}.jobs (id, queue, name, data, opts, state, "
+        "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key) "
+        "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, "
+        "$8::bool, $9::float8, $10::float8, $11::float8, $12::int8, $13::int8, "
+        f"CASE WHEN $6::text = 'waiting' AND $8::bool THEN -nextval('{s}.order_seq') "
+        f"ELSE nextval('{s}.order_seq') END) "
+        "ON CONFLICT (queue, id) DO NOTHING RETURNING 1) "
+        "SELECT count(pg_notify($14::text, $15::text)) FROM ins",
+        "take_jobs": f"SELECT taken, next_run_at, rate_limited_until FROM {s}.take_jobs("
+        "$1::text, $2::int, $3::text, $4::float8, $5::float8, $6::int, $7::float8)",
+        "extend_locks": f"SELECT {s}.extend_locks($1::text, $2::text[], $3::text[], $4::float8)",
+        "complete_jobs": f"SELECT {s}.complete_jobs($1::text, $2::text[], $3::text[], "
+        "$4::text[], $5::float8)",
+        "fail_jobs": f"SELECT {s}.fail_jobs($1::text, $2::text[], $3::text[], $4::text[], "
+        "$5::jsonb, $6::float8[], $7::float8)",
+        "release_jobs": f"SELECT {s}.release_jobs($1::text, $2::text[], $3::text[], $4::float8)",
+        "recover_stalled": f"SELECT ids, failed FROM {s}.recover_stalled($1::text, $2::float8, "
+        "$3::int8)",
+        "update_progress": f"SELECT {s}.update_progress($1::text, $2::text, $3::text, $4::float8)",
+        "add_log": f"SELECT {s}.add_log($1::text, $2::text, $3::text)",
+        "get_logs": f"SELECT ARRAY(SELECT line FROM {s}.logs l WHERE l.queue = $1::text "
+        "AND l.id = $2::text AND l.idx BETWEEN $3::int8 AND $4::int8 ORDER BY l.idx) "
+        f"FROM {s}.jobs j WHERE j.queue = $1::text AND j.id = $2::text",
+        "update_data": f"UPDATE {s}.jobs SET data = $3::text WHERE queue = $1::text "
+        "AND id = $2::text RETURNING 1",
+        "change_priority": f"SELECT {s}.change_priority($1::text, $2::text, $3::int, $4::bool)",
+        "change_delay": f"SELECT {s}.change_delay($1::text, $2::text, $3::float8)",
+        "promote_job": f"SELECT {s}.promote_job($1::text, $2::text, $3::float8)",
+        "promote_jobs": f"SELECT {s}.promote_jobs($1::text, $2::float8)",
+        "retry_job": f"SELECT {s}.retry_job($1::text, $2::text, $3::float8)",
+        "retry_jobs": f"SELECT {s}.retry_jobs($1::text, $2::text, $3::float8)",
+        "remove_job": f"SELECT {s}.remove_job($1::text, $2::text, $3::float8)",
+        "set_paused": f"SELECT {s}.set_paused($1::text, $2::bool, $3::float8)",
+        "is_paused": f"SELECT coalesce((SELECT paused FROM {s}.queues WHERE queue = $1::text), "
+        "false)",
+        "drain": f"SELECT {s}.drain($1::text, $2::bool, $3::float8)",
+        "clean": f"SELECT {s}.clean($1::text, $2::text, $3::float8, $4::int8, $5::float8)",
+        "obliterate": f"SELECT {s}.obliterate($1::text, $2::bool, $3::float8)",
+        "get_job": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND id = $2::text",
+        "get_jobs": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs j "
+        "JOIN unnest($2::text[]) WITH ORDINALITY AS w(st, o) ON j.state = w.st "
+        "WHERE j.queue = $1::text ORDER BY w.o, "
+        "CASE j.state WHEN 'waiting' THEN j.priority::float8 WHEN 'delayed' THEN j.run_at "
+        "ELSE 0 END, "
+        "CASE WHEN j.state IN ('completed', 'failed') THEN -j.order_key "
+        "WHEN j.state = 'delayed' THEN 0 ELSE j.order_key END, j.id "
+        "OFFSET $3::int8 LIMIT $4::int8",
+        "get_counts": f"SELECT state, count(*)::int FROM {s}.jobs WHERE queue = $1::text "
+        "GROUP BY state",
+        "get_dependencies": "SELECT d.child_queue, d.child_id, d.status, d.value, d.reason "
+        f"FROM {s}.jobs j LEFT JOIN {s}.deps d ON d.parent_queue = j.queue "
+        "AND d.parent_id = j.id WHERE j.queue = $1::text AND j.id = $2::text ORDER BY d.pos",
+        "list_queues": "SELECT ARRAY(WITH RECURSIVE qs(q) AS ("
+        f"(SELECT queue FROM {s}.jobs ORDER BY queue LIMIT 1) UNION ALL "
+        f"SELECT (SELECT queue FROM {s}.jobs WHERE queue > qs.q ORDER BY queue LIMIT 1) "
+        "FROM qs WHERE qs.q IS NOT NULL) "
+        f"SELECT q FROM qs WHERE q IS NOT NULL UNION SELECT queue FROM {s}.queues "
+        "WHERE paused)",
+    }
+
+
+class PostgresStore(_Operations):
+    """A store on PostgreSQL: many processes on many hosts can share one database.
+
+    ``dsn`` is a libpq connection string or URL; ``schema`` names the PostgreSQL schema
+    that holds the store's tables and functions (created and migrated on ``connect``).
+    ``min_size`` and ``max_size`` size the connection pool; further keyword ``options``
+    go to ``asyncpg.connect`` for every connection (for example
+    ``statement_cache_size=0`` behind a transaction-pooling PgBouncer, ``ssl``,
+    ``server_settings``). ``listen_dsn`` lets the event listener connect
+    elsewhere than the pool (a direct connection when the pool goes through a proxy).
+
+    Worker transitions (take, lock renewal, complete, fail, release, stall recovery)
+    commit without waiting for the WAL flush unless ``durable_worker_commits`` is set:
+    a crash of the database server can then lose their last fraction of a second, which
+    at worst runs a job again. Adding jobs and every other call always commit durably.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str = "conveyor",
+        *,
+        min_size: int = 4,
+        max_size: int = 10,
+        listen_dsn: str | None = None,
+        durable_worker_commits: bool = False,
+        **options: Any,
+    ) -> None:
+        sql_schema.quote_ident(schema)
+        self.dsn = dsn
+        self._schema = schema
+        self._channel = channel_for(schema)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._listen_dsn = listen_dsn or dsn
+        self._options = options
+        self._durable_worker_commits = durable_worker_commits
+        self._sql = _statements(schema)
+        self._pool: ConnectionPool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listener_lost: asyncio.Event | None = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._sync_lock: asyncio.Lock | None = None
+        self._closed = False
+        self._subscriptions: dict[str, set[_Subscription]] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._wakes: dict[str, int] = {}
+        self._seen_wakes: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(schema={self._schema!r})"
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the store."""
+        return self._schema
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def using(self, connection: Connection) -> BoundPostgresStore:
+        """A store that runs every call on ``connection``, inside the application's
+        own transaction: jobs and flows added through it commit or roll back with it."""
+        return BoundPostgresStore(self, connection)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Open the pool and the listener, create or migrate the schema. Idempotent."""
+        if self._pool is not None and not self._closed:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._pool is not None and not self._closed:
+                return
+            self._closed = False
+            options = dict(self._options)
+            if not self._durable_worker_commits:
+                settings = dict(options.get("server_settings") or {})
+                settings.setdefault("conveyor.worker_commit", "off")
+                options["server_settings"] = settings
+            pool = ConnectionPool(
+                self.dsn, min_size=self._min_size, max_size=self._max_size, **options
+            )
+            try:
+                await pool.open()
+            except _CONNECTION_ERRORS as exc:
+                raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
+            try:
+                conn = await pool.acquire()
+                try:
+                    await migrate(conn, self._schema)
+                finally:
+                    pool.release(conn)
+                await pool.setup_all(self._warm)
+                self._listener_lost = asyncio.Event()
+                await self._open_listener()
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._listener_task = asyncio.get_running_loop().create_task(
+                self._keep_listening(), name=f"conveyor-listener-{self._schema}"
+            )
+
+    async def close(self) -> None:
+        """Close the pool and the listener; end subscriptions and waits. Idempotent."""
+        if self._closed or self._pool is None:
+            self._closed = True
+            return
+        self._closed = True
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
+        pool, self._pool = self._pool, None
+        await pool.close()
+        for subs in list(self._subscriptions.values()):
+            for sub in list(subs):
+                sub.push(None)
+        self._subscriptions.clear()
+        self._wake_all()
+
+    async def _warm(self, conn: Any) -> None:
+        """Prepare the hot statements and plan their functions on a new connection.
+
+        PostgreSQL compiles PL/pgSQL and plans its statements once per connection; doing
+        it here, with calls that change nothing, keeps that cost off the first jobs.
+        """
+        sql = self._sql
+        empty: list[Any] = []
+        try:
+            await conn.fetchval(sql["add_jobs"], *([empty] * 15), 0.0)
+            await conn.fetchrow(sql["take_jobs"], "", 1, "", 0.0, 0.0, None, None)
+            await conn.fetchval(sql["complete_jobs"], "", empty, empty, empty, 0.0)
+            await conn.fetchval(sql["extend_locks"], "", empty, empty, 0.0)
+            await conn.fetchval(sql["fail_jobs"], "", empty, empty, empty, "[]", empty, 0.0)
+        except asyncpg.PostgresError as exc:  # a warm-up is never worth failing for
+            log.debug("connection warm-up skipped: %s", exc)
+
+    # ------------------------------------------------------------------ running
+
+    def _events_store(self) -> PostgresStore:
+        return self
+
+    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
+        pool = self._pool
+        if pool is None or self._closed:
+            raise StoreClosedError("PostgresStore is not connected: use 'async with store:'")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                try:
+                    conn = await pool.acquire()
+                except PoolClosedError as exc:
+                    raise StoreClosedError("PostgresStore was closed") from exc
+                try:
+                    result = await op(conn)
+                except asyncpg.PostgresError:
+                    pool.release(conn)
+                    raise
+                except BaseException:
+                    # Lost, or interrupted mid-statement: never reuse the connection.
+                    pool.release(conn, broken=True)
+                    raise
+                pool.release(conn)
+                return result
+            except _RETRY_ERRORS:
+                if attempt >= _DEADLOCK_RETRIES:
+                    raise
+                await asyncio.sleep(0.001 * attempt)
+            except _CONNECTION_ERRORS as exc:
+                if self._closed:
+                    raise StoreClosedError("PostgresStore was closed") from exc
+                # Reads are safe to repeat; so is any call whose statement never left
+                # (asyncpg found the connection already broken before sending it).
+                unsent = isinstance(exc, asyncpg.exceptions.InternalClientError)
+                if (read or unsent) and attempt < 3:
+                    continue
+                raise StoreUnavailableError(
+                    f"PostgreSQL connection lost during {method}: {exc}"
+                ) from exc
+
+    # ------------------------------------------------------------------ listener
+
+    async def _open_listener(self) -> None:
+        conn = await asyncpg.connect(self._listen_dsn, **self._options)
+        try:
+            await conn.add_listener(self._channel, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        lost = self._listener_lost
+        assert lost is not None
+        lost.clear()
+        conn.add_termination_listener(lambda _c: lost.set())
+        self._listener = conn
+
+    async def _keep_listening(self) -> None:
+        """Reopen the listener whenever its connection ends, with backoff."""
+        lost = self._listener_lost
+        assert lost is not None
+        while not self._closed:
+            await lost.wait()
+            if self._closed:
+                return
+            # Events may have been missed: let every idle worker look again.
+            self._wake_all()
+            old, self._listener = self._listener, None
+            if old is not None:
+                old.terminate()
+            delay = 0.05
+            while not self._closed:
+                try:
+                    await self._open_listener()
+                    break
+                except _RECONNECT_ERRORS as exc:
+                    log.warning("event listener reconnect failed: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            self._wake_all()
+
+    def _note_take(self, queue: str) -> None:
+        """Remember the wake-ups seen before a take, so a wake-up that arrives between
+        an empty take and the following ``wait_for_work`` is not lost."""
+        self._seen_wakes[queue] = self._wakes.get(queue, 0)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            events = json.loads(str(payload))
+        except ValueError:
+            log.warning("ignoring a malformed event notification")
+            return
+        subscriptions = self._subscriptions
+        waiters = self._waiters
+        for queue, kind, job_id, data, ts in events:
+            subs = subscriptions.get(queue)
+            if subs:
+                record = EventRecord(kind, queue, job_id, data, ts)
+                for sub in subs:
+                    sub.push(record)
+            if kind in _WAKE_TYPES:
+                self._wakes[queue] = self._wakes.get(queue, 0) + 1
+                if queue in waiters:
+                    self._wake(queue)
+
+    def _wake(self, queue: str) -> None:
+        for fut in self._waiters.pop(queue, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_all(self) -> None:
+        """Wake every idle worker (events may have been missed), now and at its next wait."""
+        for queue in self._seen_wakes:
+            self._wakes[queue] = self._wakes.get(queue, 0) + 1
+        for queue in list(self._waiters):
+            self._wake(queue)
+
+    async def _wait_for_work(self, queue: str, timeout: float) -> None:
+        if self._closed or self._pool is None:
+            raise StoreClosedError("PostgresStore is not connected: use 'async with store:'")
+        if timeout <= 0:
+            return
+        if self._wakes.get(queue, 0) != self._seen_wakes.get(queue, 0):
+            self._seen_wakes[queue] = self._wakes.get(queue, 0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(queue, set()).add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiting = self._waiters.get(queue)
+            if waiting is not None:
+                waiting.discard(fut)
+                if not waiting:
+                    del self._waiters[queue]
+
+    async def _subscribe(self, queue: str) -> EventSubscription:
+        if self._closed or self._pool is None:
+            raise StoreClosedError("PostgresStore is not connected: use 'async with store:'")
+        sub = _Subscription(self, queue)
+        # Notifications already on their way belong to events published before this call:
+        # a round trip on the listener connection lets them pass before the feed starts.
+        if self._sync_lock is None:
+            self._sync_lock = asyncio.Lock()
+        async with self._sync_lock:
+            listener = self._listener
+            if listener is not None and not listener.is_closed():
+                with contextlib.suppress(*_CONNECTION_ERRORS):
+                    await listener.execute("SELECT 1")
+        self._subscriptions.setdefault(queue, set()).add(sub)
+        return sub
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        subs = self._subscriptions.get(sub.queue)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscriptions[sub.queue]
+
+
+class BoundPostgresStore(_Operations):
+    """A :class:`PostgresStore` view that runs every call on one application connection.
+
+    Nothing is committed here: calls join whatever transaction the connection has open,
+    so jobs commit or roll back with the application's own writes. Waiting for work and
+    subscriptions go through the parent store's listener.
+    """
+
+    def __init__(self, store: PostgresStore, connection: Connection) -> None:
+        self._store = store
+        self._conn = connection
+        self._schema = store.schema
+        self._channel = store._channel
+        self._sql = store._sql
+
+    def __repr__(self) -> str:
+        return f"BoundPostgresStore(schema={self._schema!r})"
+
+    async def __aenter__(self) -> BoundPostgresStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect the parent store (the connection itself belongs to the application)."""
+        await self._store.connect()
+
+    async def close(self) -> None:
+        """Nothing to close: the connection and the parent store stay open."""
+
+    def _events_store(self) -> PostgresStore:
+        return self._store
+
+    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
+        try:
+            return await op(self._conn)
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailableError(
+                f"PostgreSQL connection lost during {method}: {exc}"
+            ) from exc
+
+
+async def migrate(conn: Any, schema: str) -> int:
+    """Create or migrate ``schema`` to the latest version; safe across processes.
+
+    ``conn`` is an asyncpg connection (or a pooled one).
+
+    Runs in one transaction under an advisory lock keyed on the schema name, so of many
+    processes connecting at once one migrates and the others then find it done.
+    Returns the version the schema was at before.
+    """
+    quoted = sql_schema.quote_ident(schema)
+    channel = channel_for(schema)
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('conveyor-schema:' || $1::text, 0))",
+            schema,
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quoted}.schema_version (version integer NOT NULL)"
+        )
+        current = await conn.fetchval(f"SELECT max(version) FROM {quoted}.schema_version")
+        before = int(current or 0)
+        for version, text in sql_schema.MIGRATIONS:
+            if version > before:
+                await conn.execute(sql_schema.render(text, schema, channel, STALLED_REASON))
+                await conn.execute(
+                    f"INSERT INTO {quoted}.schema_version (version) VALUES ($1)", version
+                )
+    return before

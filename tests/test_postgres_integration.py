@@ -1,0 +1,215 @@
+"""PostgresStore in an application: transactional enqueue, several processes sharing a
+schema, migrations, and surviving terminated database connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+asyncpg = pytest.importorskip("asyncpg")
+
+from conveyor_core import FlowProducer, Job, JobState, Queue, Worker  # noqa: E402
+from conveyor_core.errors import StoreUnavailableError  # noqa: E402
+from conveyor_stores.postgres import PostgresStore, migrate  # noqa: E402
+from conveyor_stores.postgres.schema import LATEST  # noqa: E402
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def store(pg_dsn: str, pg_schema: str) -> AsyncIterator[PostgresStore]:
+    try:
+        async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=4) as s:
+            yield s
+    finally:
+        await drop_schema(pg_dsn, pg_schema)
+
+
+@pytest.fixture
+async def app_conn(pg_dsn: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def run_until_finished(store: PostgresStore, queue: str, job_id: str) -> Any:
+    """Run a worker on ``queue`` until ``job_id`` finished; returns its return value."""
+
+    async def handle(job: Job) -> Any:
+        return {"ran": job.name}
+
+    async with Worker(queue, handle, store=store, concurrency=2):
+        job = await Queue(queue, store=store).get_job(job_id)
+        assert job is not None
+        return await job.wait_until_finished(timeout=20)
+
+
+class Rollback(Exception):
+    pass
+
+
+async def test_transactional_enqueue_commits_and_rolls_back_with_the_app(
+    store: PostgresStore, app_conn: Any
+) -> None:
+    await app_conn.execute("CREATE TEMP TABLE orders (id text PRIMARY KEY)")
+    with pytest.raises(Rollback):
+        async with app_conn.transaction():
+            await app_conn.execute("INSERT INTO orders VALUES ('o1')")
+            await Queue("mail", store=store.using(app_conn)).add("confirm", {"order": "o1"})
+            await FlowProducer(store=store.using(app_conn)).add(
+                {
+                    "name": "ship",
+                    "queue_name": "ship",
+                    "children": [{"name": "pack", "queue_name": "pack"}],
+                }
+            )
+            raise Rollback
+    assert await app_conn.fetchval("SELECT count(*) FROM orders") == 0
+    assert await store.list_queues() == []
+
+    async with app_conn.transaction():
+        await app_conn.execute("INSERT INTO orders VALUES ('o2')")
+        job = await Queue("mail", store=store.using(app_conn)).add("confirm", {"order": "o2"})
+        # Not visible outside the transaction before it commits.
+        assert await Queue("mail", store=store).get_job(job.id) is None
+    assert await run_until_finished(store, "mail", job.id) == {"ran": "confirm"}
+
+
+async def test_transactional_flow_runs_after_commit(store: PostgresStore, app_conn: Any) -> None:
+    async with app_conn.transaction():
+        node = await FlowProducer(store=store.using(app_conn)).add(
+            {
+                "name": "ship",
+                "queue_name": "ship",
+                "children": [{"name": "pack", "queue_name": "pack"}],
+            }
+        )
+    [child] = node.children
+
+    async def handle(job: Job) -> Any:
+        return job.name
+
+    async with Worker("pack", handle, store=store), Worker("ship", handle, store=store):
+        assert await node.job.wait_until_finished(timeout=20) == "ship"
+    assert await child.job.get_state() == JobState.COMPLETED
+
+
+async def test_two_store_objects_share_one_schema(
+    store: PostgresStore, pg_dsn: str, pg_schema: str
+) -> None:
+    async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as other:
+        job = await Queue("shared", store=other).add("x")
+        assert await run_until_finished(store, "shared", job.id) == {"ran": "x"}
+
+
+async def test_many_processes_migrating_at_once(pg_dsn: str, pg_schema: str) -> None:
+    stores = [PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=1) for _ in range(5)]
+    try:
+        await asyncio.gather(*(s.connect() for s in stores))
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            versions = await conn.fetch(f'SELECT version FROM "{pg_schema}".schema_version')
+            assert [r["version"] for r in versions] == list(range(1, LATEST + 1))
+            assert await migrate(conn, pg_schema) == LATEST
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+        await drop_schema(pg_dsn, pg_schema)
+
+
+async def terminate_backends(dsn: str) -> int:
+    """Terminate every other backend of the test database; returns how many."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name = 'conveyor-test-drop'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_survives_terminated_connections(pg_dsn: str, pg_schema: str) -> None:
+    settings = {"application_name": "conveyor-test-drop"}
+    store = PostgresStore(
+        pg_dsn, schema=pg_schema, min_size=2, max_size=2, server_settings=settings
+    )
+    try:
+        await store.connect()
+        queue = Queue("resilient", store=store)
+        await queue.add("before")
+        waiter = asyncio.create_task(store.wait_for_work("resilient", 60))
+        await asyncio.sleep(0.05)
+        assert await terminate_backends(pg_dsn) >= 3
+        # A wait in progress returns instead of hanging on the dead listener.
+        await asyncio.wait_for(waiter, 10)
+        # Reads retry; a write may fail once with a clear error, then works again.
+        for _ in range(3):
+            try:
+                await queue.add("after")
+                break
+            except StoreUnavailableError:
+                continue
+        counts = await queue.get_job_counts()
+        assert counts["waiting"] == 2
+        # The listener is back: events and wake-ups flow again.
+        events = await store.subscribe("resilient")
+        for _ in range(100):
+            if store._listener is not None and not store._listener.is_closed():
+                break
+            await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(store.wait_for_work("resilient", 60))
+        await asyncio.sleep(0.05)
+        await queue.add("wake")
+        await asyncio.wait_for(waiting, 10)
+        event = await asyncio.wait_for(events.__anext__(), 10)
+        assert event.type == "added"
+        await events.aclose()
+    finally:
+        await store.close()
+        await drop_schema(pg_dsn, pg_schema)
+
+
+async def test_unreachable_server_raises_store_unavailable() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/none", schema="x")
+    with pytest.raises(StoreUnavailableError):
+        await store.connect()
+
+
+@pytest.mark.parametrize("shape", ["Mixed_Case", "long"])
+async def test_any_valid_schema_name_gets_wake_ups_and_events(
+    pg_dsn: str, pg_schema: str, shape: str
+) -> None:
+    schema = f"Mixed_Case_{pg_schema}" if shape == "Mixed_Case" else (pg_schema + "_x" * 40)[:63]
+    try:
+        async with (
+            PostgresStore(pg_dsn, schema=schema, min_size=1, max_size=2) as store,
+            PostgresStore(pg_dsn, schema=schema, min_size=1, max_size=2) as other,
+        ):
+            events = await other.subscribe("q")
+            waiting = asyncio.create_task(other.wait_for_work("q", 60))
+            await asyncio.sleep(0.05)
+            await Queue("q", store=store).add("x")
+            await asyncio.wait_for(waiting, 10)
+            event = await asyncio.wait_for(events.__anext__(), 10)
+            assert (event.type, event.queue) == ("added", "q")
+            await events.aclose()
+    finally:
+        await drop_schema(pg_dsn, schema)
