@@ -89,6 +89,13 @@ def _dumps(value: Any) -> str:
         raise PayloadError(f"is not JSON: {exc}") from None
     except TypeError as exc:  # e.g. a dict key of an unsupported type
         raise PayloadError(f"is not JSON: {exc}") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError(
+                "is not JSON: it holds a lone surrogate, which is not Unicode text"
+            ) from None
     if isinstance(value, _SCALARS):
         return text
     bad = _first_bad_key(value)

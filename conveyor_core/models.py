@@ -22,6 +22,23 @@ MAX_SECONDS = 100 * 366 * 24 * 3600.0
 """The longest delay, backoff or timeout accepted: a hundred years."""
 
 
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a name or id in every store, or ``None`` if it can.
+
+    Names and ids are arbitrary text, but text all the same: a NUL character or a lone
+    surrogate (which is not Unicode and has no UTF-8 form) is refused up front, so no
+    store has to decide what to do with it.
+    """
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
 def _seconds(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -127,8 +144,11 @@ class JobOptions(BaseModel):
     @field_validator("job_id")
     @classmethod
     def _job_id_printable(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("job_id must not be blank")
+        if value is not None:
+            if not value.strip():
+                raise ValueError("job_id must not be blank")
+            if (problem := text_problem(value)) is not None:
+                raise ValueError(f"job_id {problem}")
         return value
 
     @model_validator(mode="after")

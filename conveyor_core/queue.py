@@ -11,7 +11,7 @@ from .clock import Clock, seconds, system_clock
 from .errors import DuplicateJobError
 from .ids import new_id
 from .job import Job
-from .models import JobOptions, JobState
+from .models import JobOptions, JobState, text_problem
 from .store import JobRecord, NewJob, StoreInterface
 
 __all__ = ["Queue"]
@@ -34,6 +34,8 @@ def check_name(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{what} must not be empty")
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(f"{what} {value!r} {problem}")
     return value
 
 

@@ -36,9 +36,9 @@ elseif op == 'promote' then
   end
   enter_waiting(QB, id, jk, 'delayed')
 elseif op == 'retry' then
-  if state ~= 'completed' and state ~= 'failed' then
+  if state ~= 'failed' then
     return bad_state('job ' .. cjson.encode(id) .. ' is ' .. state ..
-      ', only a finished job can be retried')
+      ', only a failed job can be retried')
   end
   retry_one(QB, id, jk, state)
 elseif op == 'remove' then
