@@ -526,9 +526,13 @@ class Engine:
             node = stack.pop()
             for dep in b.dependencies(node.queue, node.id):
                 child = b.get(dep.queue, dep.id)
-                if child is not None and not child.state.finished:
+                if child is None:
+                    continue
+                # A finished child stays, but may have unfinished children of its own
+                # (released early by the continue policy): look below it too.
+                if not child.state.finished:
                     doomed.append(child)
-                    stack.append(child)
+                stack.append(child)
         for node in doomed:
             b.delete(node.queue, node.id)
             b.emit("removed", node.queue, node.id, None, now)

@@ -39,7 +39,7 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
 ``J`` fails for good with reason ``R``:
 
 1. ``J`` becomes ``failed`` with ``failed_reason = R``, ``finished_at = now``; event
-   ``failed``; then its ``keep_failed`` retention applies (see RETENTION).
+   ``failed``.
 2. If ``J`` has a parent ``P`` whose dependency on ``J`` is still ``pending``, ``J``'s
    ``parent_policy`` is carried out on ``P``:
 
@@ -59,14 +59,17 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
      ``waiting-children`` it is RELEASED at once, pending children or not.
    * ``remove``: ``P`` is REMOVED (with its unfinished descendants).
 
+3. Then ``J``'s ``keep_failed`` retention applies (see RETENTION).
+
 RELEASE CHECK: when a parent in ``waiting-children`` has no ``pending`` dependency left,
 it is RELEASED: it enters ``waiting`` (event ``waiting``), or, if it was added with a
 ``delay``, enters ``delayed`` with ``run_at = now + delay`` (event ``delayed``). A parent
 is released at most once per time it enters ``waiting-children``.
 
 REMOVE of a job ``J``: ``J`` and every descendant of ``J`` that is not ``completed`` or
-``failed`` are deleted with their logs and dependency records (event ``removed`` for
-each); an active descendant's lock is void from then on. If ``J`` has a parent ``P`` that
+``failed`` (found below finished descendants too) are deleted with their logs and
+dependency records (event ``removed`` for each); an active descendant's lock is void from
+then on. If ``J`` has a parent ``P`` that
 still holds a ``pending`` dependency on ``J``, that dependency is deleted and counts as
 resolved (RELEASE CHECK on ``P``). A ``processed`` dependency keeps its value.
 

@@ -200,6 +200,46 @@ class FlowPolicyTests:
         assert grandparent.return_value["failed"] == {}
         assert "parent" not in runs.order
 
+    async def test_removal_reaches_unfinished_jobs_below_a_finished_child(
+        self, env: Harness
+    ) -> None:
+        top, middle, leaf, idle = (
+            env.name("top"),
+            env.name("middle"),
+            env.name("leaf"),
+            env.name("idle"),
+        )
+        node = await env.flow.add(
+            {
+                "name": "root",
+                "queue_name": top,
+                "children": [
+                    {
+                        "name": "middle",
+                        "queue_name": middle,
+                        "children": [
+                            {
+                                "name": "early",
+                                "queue_name": leaf,
+                                "opts": {"continue_parent_on_failure": True},
+                            },
+                            {"name": "late", "queue_name": idle},
+                        ],
+                    }
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        runs = Runs()
+        async with env.workers({leaf: runs.handler(fail={"early"}), middle: runs.handler()}):
+            await env.wait_state(jobs["root"], WAITING)
+        assert await env.state(jobs["middle"]) is COMPLETED
+        assert await env.state(jobs["late"]) is WAITING, "no worker serves its queue"
+        await jobs["root"].remove()
+        assert await env.reread(jobs["root"]) is None
+        assert await env.reread(jobs["late"]) is None, "unfinished under a finished child"
+        assert await env.state(jobs["middle"]) is COMPLETED, "a finished child is kept"
+
     async def test_drop_policy_forgets_the_dependency(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
         node = await env.flow.add(

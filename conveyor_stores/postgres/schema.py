@@ -248,16 +248,17 @@ BEGIN
         RETURN evs;
     END IF;
     FOR r IN
-        WITH RECURSIVE tree(q, id, path) AS (
-            SELECT q, jid, ARRAY[]::bigint[]
+        -- A finished child stays, but may hold unfinished children of its own.
+        WITH RECURSIVE tree(q, id, path, doomed) AS (
+            SELECT q, jid, ARRAY[]::bigint[], true
             UNION ALL
-            SELECT d.child_queue, d.child_id, t.path || d.pos
+            SELECT d.child_queue, d.child_id, t.path || d.pos,
+                   c.state NOT IN ('completed', 'failed')
             FROM tree t
             JOIN @S.deps d ON d.parent_queue = t.q AND d.parent_id = t.id
             JOIN @S.jobs c ON c.queue = d.child_queue AND c.id = d.child_id
-            WHERE c.state NOT IN ('completed', 'failed')
         )
-        SELECT tree.q, tree.id FROM tree ORDER BY path
+        SELECT tree.q, tree.id FROM tree WHERE tree.doomed ORDER BY path
     LOOP
         PERFORM @S._delete(r.q, r.id);
         evs := array_append(evs, @S._ev(r.q, 'removed', r.id, NULL, now));

@@ -718,8 +718,10 @@ class PostgresStore(_Operations):
                 await pool.setup_all(self._warm)
                 self._listener_lost = asyncio.Event()
                 await self._open_listener()
-            except BaseException:
+            except BaseException as exc:
                 await pool.close()
+                if isinstance(exc, _CONNECTION_ERRORS):
+                    raise StoreUnavailableError(f"lost PostgreSQL while connecting: {exc}") from exc
                 raise
             self._pool = pool
             self._listener_task = asyncio.get_running_loop().create_task(

@@ -223,8 +223,11 @@ local function remove_tree(base, id)
     for _, entry in ipairs(deps_in_order(node[1], node[2])) do
       local ck, d = entry[1], entry[2]
       local cs = redis.call('HGET', ck, 'state')
-      if cs and cs ~= 'completed' and cs ~= 'failed' then
-        doomed[#doomed + 1] = { d.b, d.i, ck, cs }
+      if cs then
+        -- a finished child stays, but may hold unfinished children of its own
+        if cs ~= 'completed' and cs ~= 'failed' then
+          doomed[#doomed + 1] = { d.b, d.i, ck, cs }
+        end
         stack[#stack + 1] = { d.b, d.i }
       end
     end
