@@ -1,0 +1,150 @@
+"""The crash-test workload: standalone jobs and three-level flows whose handlers fail on
+planned early attempts, and the rules that say what each job must end as.
+
+A job's plan lives in its data, so every worker process (and every replacement of a
+killed one) makes the same decision for the same attempt:
+
+* ``fail_until``: attempts ``1..fail_until`` raise; later attempts succeed;
+* ``always_fail``: every attempt raises, so the job fails for good after its attempts.
+
+Flows are ``root -> 3 children -> 2 grandchildren each``; a flow's ``scenario`` makes
+one grandchild always fail under one failure policy (or none, for ``ok``).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUES = ("crash-a", "crash-b", "crash-c")
+ATTEMPTS = 3
+SCENARIOS = ("ok", "ok", "ignore", "drop", "continue", "fail", "remove")
+
+
+@dataclass
+class FlowPlan:
+    """What one flow is made of, to check it afterwards."""
+
+    scenario: str
+    root: tuple[str, str]
+    children: list[tuple[str, str]] = field(default_factory=list)
+    grandchildren: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    doomed: tuple[str, str] | None = None
+    """The grandchild that always fails (``None`` in an ``ok`` flow)."""
+
+
+@dataclass
+class Workload:
+    standalone: list[dict[str, Any]]
+    """``Queue.add_bulk`` items, each with ``queue`` added."""
+    flows: list[dict[str, Any]]
+    """``FlowProducer.add`` trees."""
+    plans: list[FlowPlan]
+    always_fail: set[tuple[str, str]]
+    fail_until: dict[tuple[str, str], int]
+
+    @property
+    def job_count(self) -> int:
+        return len(self.standalone) + sum(
+            1 + len(p.children) + sum(len(g) for g in p.grandchildren.values()) for p in self.plans
+        )
+
+
+def _plan_data(rng: random.Random, always: bool) -> dict[str, Any]:
+    return {"fail_until": rng.choice((0, 0, 1, 2)), "always_fail": always, "pad": "x" * 20}
+
+
+def build(jobs: int, flows: int, seed: int) -> Workload:
+    """``jobs`` standalone jobs over the queues and ``flows`` three-level flows."""
+    rng = random.Random(seed)
+    tag = uuid.uuid4().hex[:8]
+    opts = {"attempts": ATTEMPTS}
+    standalone = []
+    always: set[tuple[str, str]] = set()
+    fail_until: dict[tuple[str, str], int] = {}
+    for n in range(jobs):
+        queue = QUEUES[n % len(QUEUES)]
+        job_id = f"s{tag}-{n}"
+        data = _plan_data(rng, always=rng.random() < 0.05)
+        if data["always_fail"]:
+            always.add((queue, job_id))
+        fail_until[(queue, job_id)] = data["fail_until"]
+        standalone.append(
+            {"queue": queue, "name": "single", "data": data, "opts": {**opts, "job_id": job_id}}
+        )
+    trees = []
+    plans = []
+    for f in range(flows):
+        scenario = SCENARIOS[f % len(SCENARIOS)]
+        root_id = f"f{tag}-{f}"
+        plan = FlowPlan(scenario, (QUEUES[0], root_id))
+        children = []
+        for c in range(3):
+            child_id = f"{root_id}.{c}"
+            child_key = (QUEUES[1], child_id)
+            plan.children.append(child_key)
+            child_opts: dict[str, Any] = {**opts, "job_id": child_id}
+            if scenario == "remove" and c == 0:
+                child_opts["fail_parent_on_child_failure"] = "remove"
+            grandchildren = []
+            plan.grandchildren[child_key] = []
+            for g in range(2):
+                gc_id = f"{child_id}.{g}"
+                gc_key = (QUEUES[2], gc_id)
+                plan.grandchildren[child_key].append(gc_key)
+                doomed = scenario != "ok" and c == 0 and g == 0
+                data = _plan_data(rng, always=doomed)
+                fail_until[gc_key] = data["fail_until"]
+                gc_opts: dict[str, Any] = {**opts, "job_id": gc_id}
+                if doomed:
+                    plan.doomed = gc_key
+                    always.add(gc_key)
+                    flag = {
+                        "ignore": "ignore_dependency_on_failure",
+                        "drop": "remove_dependency_on_failure",
+                        "continue": "continue_parent_on_failure",
+                        "fail": "fail_parent_on_failure",
+                    }.get(scenario)
+                    if flag:
+                        gc_opts[flag] = True
+                grandchildren.append(
+                    {"name": "leaf", "queue_name": QUEUES[2], "data": data, "opts": gc_opts}
+                )
+            data = _plan_data(rng, always=False)
+            fail_until[child_key] = data["fail_until"]
+            children.append(
+                {
+                    "name": "middle",
+                    "queue_name": QUEUES[1],
+                    "data": data,
+                    "opts": child_opts,
+                    "children": grandchildren,
+                }
+            )
+        data = _plan_data(rng, always=False)
+        fail_until[plan.root] = data["fail_until"]
+        trees.append(
+            {
+                "name": "root",
+                "queue_name": QUEUES[0],
+                "data": data,
+                "opts": {**opts, "job_id": root_id},
+                "children": children,
+            }
+        )
+        plans.append(plan)
+    return Workload(standalone, trees, plans, always, fail_until)
+
+
+async def handle(job: Any) -> Any:
+    """The handler every worker process runs (see the module docstring)."""
+    plan = job.data
+    attempt = job.attempts_made + 1
+    values = await job.get_children_values()
+    if plan["always_fail"]:
+        raise RuntimeError(f"planned failure of {job.id}")
+    if attempt <= plan["fail_until"]:
+        raise RuntimeError(f"planned failure of attempt {attempt} of {job.id}")
+    return {"id": job.id, "attempt": attempt, "children": sorted(values)}
