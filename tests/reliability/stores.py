@@ -19,7 +19,7 @@ REQUIRE_ALL = os.environ.get("CONVEYOR_REQUIRE_ALL_STORES", "") not in ("", "0",
 
 KINDS = ("memory", "sqlite", "postgres", "redis")
 _MODULES = {
-    "sqlite": ("conveyor_stores.sqlite", "aiosqlite"),
+    "sqlite": ("conveyor_stores.sqlite", "sqlite3"),
     "postgres": ("conveyor_stores.postgres", "asyncpg"),
     "redis": ("conveyor_stores.redis", "redis"),
 }
