@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 
@@ -432,30 +432,18 @@ class RedisStore:
         A command whose connection dropped after it was sent may have run; every script
         tolerates running again (a repeated transition is refused or finds nothing to do).
         """
-        for attempt in range(_ATTEMPTS):
-            try:
-                conn = await self._ready()
-                return await conn.send(*args)
-            except UnicodeEncodeError as exc:
-                raise PayloadError(
-                    f"Redis cannot store this text (it is not valid Unicode): {exc}"
-                ) from None
-            except (RespConnectionLost, OSError) as exc:
-                if self._conn is None:
-                    raise StoreClosedError("RedisStore was closed during the call") from exc
-                if attempt == _ATTEMPTS - 1:
-                    raise StoreUnavailableError(
-                        f"Redis at {self.url} is unreachable: {exc}"
-                    ) from exc
-                await asyncio.sleep(0.01 * 3**attempt)
-        raise AssertionError("unreachable")
+        return await self._resending(lambda conn: conn.send(*args))
 
     async def _commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several read commands in one write, with the same reconnection as ``_command``."""
+        result: list[Any] = await self._resending(lambda conn: conn.call_many(commands))
+        return result
+
+    async def _resending(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``call(connection)``, reconnecting and resending when the connection dropped."""
         for attempt in range(_ATTEMPTS):
             try:
-                conn = await self._ready()
-                return await conn.call_many(commands)
+                return await call(await self._ready())
             except UnicodeEncodeError as exc:
                 raise PayloadError(
                     f"Redis cannot store this text (it is not valid Unicode): {exc}"
