@@ -158,6 +158,8 @@ class Worker:
 
         self._running: dict[str, _Running] = {}
         self._outcomes: list[_Outcome] = []
+        self._sending = 0
+        """How many outcomes the finisher's current store call carries."""
         self._started = False
         self._closing = False
         self._finisher_closing = False
@@ -369,7 +371,12 @@ class Worker:
         announced_drained = False
         errors_in_row = 0
         while not self._closing:
-            free = self.concurrency - len(self._running)
+            # Back-pressure: handlers that finished faster than the store takes their
+            # outcomes hold their slots beyond a backlog of twice the concurrency, so a
+            # slow store is never handed thousands of outcomes at once (and a crash never
+            # re-runs thousands of already finished jobs).
+            backlog = len(self._outcomes) + self._sending
+            free = self.concurrency - len(self._running) - max(0, backlog - 2 * self.concurrency)
             if free <= 0:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
@@ -539,8 +546,13 @@ class Worker:
                     await self._finisher_wake.wait()
                     continue
                 outcomes, self._outcomes = self._outcomes, []
-                with anyio.CancelScope(shield=True):
-                    await self._send(outcomes)
+                self._sending = len(outcomes)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self._send(outcomes)
+                finally:
+                    self._sending = 0
+                self._slot_freed.set()
                 # A retry (or a parent released with a delay) may now be due sooner
                 # than the idle fetch loop's wait: let it take again and learn when.
                 if self._idle_scope is not None:
