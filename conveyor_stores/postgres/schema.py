@@ -506,9 +506,7 @@ DECLARE
     wcount integer := 0;
     n integer;
 BEGIN
-    IF current_setting('conveyor.worker_commit', true) = 'off' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
+    PERFORM @S._worker_commit();
     evs := @S._promote_due(q, now, now);
     SELECT paused, window_start, window_count INTO qrow FROM @S.queues WHERE queue = q;
     IF (FOUND AND qrow.paused) OR lim <= 0 THEN
@@ -590,9 +588,7 @@ DECLARE
     cvals text[] := '{}';
     kept boolean := false;
 BEGIN
-    IF current_setting('conveyor.worker_commit', true) = 'off' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
+    PERFORM @S._worker_commit();
     res := array_fill(false, ARRAY[cardinality(ids)]);
     FOR done IN
         WITH items AS (
@@ -674,9 +670,7 @@ DECLARE
     res boolean[];
     i integer;
 BEGIN
-    IF current_setting('conveyor.worker_commit', true) = 'off' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
+    PERFORM @S._worker_commit();
     res := array_fill(false, ARRAY[cardinality(ids)]);
     FOR i IN 1 .. coalesce(cardinality(ids), 0) LOOP
         UPDATE @S.jobs SET attempts_made = attempts_made + 1, failed_reason = reasons[i],
@@ -708,9 +702,7 @@ DECLARE
     res boolean[];
     i integer;
 BEGIN
-    IF current_setting('conveyor.worker_commit', true) = 'off' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
+    PERFORM @S._worker_commit();
     res := array_fill(false, ARRAY[cardinality(ids)]);
     FOR i IN 1 .. coalesce(cardinality(ids), 0) LOOP
         UPDATE @S.jobs SET lock_token = NULL, lock_until = NULL
@@ -733,9 +725,7 @@ DECLARE
     r record;
     cnt integer;
 BEGIN
-    IF current_setting('conveyor.worker_commit', true) = 'off' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
+    PERFORM @S._worker_commit();
     ids := '{}';
     failed := '{}';
     FOR r IN
