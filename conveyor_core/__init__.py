@@ -25,6 +25,7 @@ from .flow import FlowProducer, JobNode
 from .job import Dependencies, Job
 from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
 from .queue import Queue
+from .registry import open_store
 from .store import StoreInterface
 from .worker import Worker
 
@@ -60,4 +61,5 @@ __all__ = [
     "UnrecoverableError",
     "Worker",
     "__version__",
+    "open_store",
 ]

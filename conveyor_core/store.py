@@ -231,6 +231,31 @@ class EventRecord:
     timestamp: float
 
 
+@dataclass(slots=True, frozen=True)
+class StoreCapabilities:
+    """What a store can do beyond the baseline every store owes.
+
+    A store declares these as its ``capabilities``; the conformance suite adapts to the
+    declaration and checks that each claim holds. The default claims nothing: one store
+    object in one process, as ``MemoryStore`` is.
+    """
+
+    shared: bool = False
+    """Several store objects (in several processes, on several hosts) can open the same
+    data: a job added through one is seen, taken and finished through any other, and
+    two objects never take the same job."""
+    cross_process_events: bool = False
+    """Events published through one store object reach subscribers on every other object
+    of the same data (implies ``shared``)."""
+    blocking_wakeup: bool = False
+    """:meth:`StoreInterface.wait_for_work` returns as soon as work arrives, through any
+    object of the same data, without waiting for a polling interval."""
+    transactional_enqueue: bool = False
+    """Jobs can be added inside the application's own database transaction, committing
+    or rolling back with it (``PostgresStore.using(connection)``). The suite cannot
+    check this one: the store's own tests must."""
+
+
 STALLED_REASON = "job stalled more than allowable limit"
 PARENT_FAILED_REASON = "parent failed"
 
@@ -262,6 +287,12 @@ class StoreInterface(Protocol):
     ``StoreUnavailableError`` (or lets the driver's connection error through) and has then
     changed nothing or everything of the transition, never part of it.
     """
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """What this store can do beyond the baseline (see :class:`StoreCapabilities`);
+        a class attribute is enough."""
+        ...
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,16 +1,17 @@
 """The stores that ship with Conveyor, and ``open_store`` to pick one by URL.
 
 Store classes whose driver is an optional extra are imported on first use, so
-``import conveyor_stores`` works with only the core installed.
+``import conveyor_stores`` works with only the core installed. ``open_store`` is the
+core's (:func:`conveyor_core.registry.open_store`); these stores register their URL
+schemes with it as ``conveyor.stores`` entry points (see :mod:`.urls`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from conveyor_core.store import StoreInterface
+from conveyor_core.registry import open_store
 
 from .memory import MemoryStore
 
@@ -27,19 +28,16 @@ _LAZY = {
     "RedisStore": (".redis", "redis", "redis"),
 }
 
-SUPPORTED_SCHEMES = (
-    "memory://",
-    "sqlite:///",
-    "postgresql://",
-    "postgres://",
-    "redis://",
-    "rediss://",
-)
-
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'conveyor_stores' has no attribute {name!r}")
+    return load_store_class(name)
+
+
+def load_store_class(name: str) -> Any:
+    """The store class ``name``, imported on first use; a missing driver is an
+    ``ImportError`` naming the extra that installs it."""
     module_name, extra, driver = _LAZY[name]
     try:
         module = importlib.import_module(module_name, __name__)
@@ -52,38 +50,3 @@ def __getattr__(name: str) -> Any:
     value = getattr(module, name)
     globals()[name] = value
     return value
-
-
-def open_store(url: str, **options: Any) -> StoreInterface:
-    """A store for ``url``, not yet connected: use ``async with open_store(url) as store``.
-
-    ``memory://``, ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
-    ``sqlite:///:memory:``, ``postgresql://…`` (or ``postgres://…``), ``redis://…`` and
-    ``rediss://…``. Extra keyword options go to the store's constructor.
-    """
-    if not isinstance(url, str) or "://" not in url:
-        raise ValueError(
-            f"not a store URL: {url!r}; supported schemes: {', '.join(SUPPORTED_SCHEMES)}"
-        )
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "memory":
-        return MemoryStore(**options)
-    if scheme == "sqlite":
-        prefix = "sqlite:///"
-        if not url.startswith(prefix) or len(url) == len(prefix):
-            raise ValueError(
-                f"a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db, "
-                f"got {url!r}"
-            )
-        store: StoreInterface = __getattr__("SQLiteStore")(url[len(prefix) :], **options)
-        return store
-    if scheme in ("postgresql", "postgres"):
-        store = __getattr__("PostgresStore")(url, **options)
-        return store
-    if scheme in ("redis", "rediss"):
-        store = __getattr__("RedisStore")(url, **options)
-        return store
-    raise ValueError(
-        f"unknown store URL scheme {scheme!r} in {url!r}; "
-        f"supported schemes: {', '.join(SUPPORTED_SCHEMES)}"
-    )

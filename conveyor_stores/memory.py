@@ -29,6 +29,7 @@ from conveyor_core.store import (
     NewJob,
     Release,
     StallOutcome,
+    StoreCapabilities,
     TakeResult,
 )
 
@@ -353,6 +354,8 @@ class _Subscription:
 
 class MemoryStore:
     """An in-process store. ``async with MemoryStore() as store: ...``."""
+
+    capabilities = StoreCapabilities(blocking_wakeup=True)
 
     def __init__(self) -> None:
         self._backend = MemoryBackend()

@@ -11,8 +11,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import anyio
+
 from conveyor_core.errors import DuplicateJobError
-from conveyor_core.store import Completion, Failure, JobRecord, NewJob, Release, TakeResult
+from conveyor_core.store import (
+    Completion,
+    Failure,
+    JobRecord,
+    NewJob,
+    Release,
+    StoreCapabilities,
+    TakeResult,
+)
 from conveyor_stores import MemoryStore
 
 
@@ -147,3 +157,20 @@ BROKEN_STORES: dict[str, type[MemoryStore]] = {
     "IgnoresLockTokens": IgnoresLockTokens,
     "WritesFlowsJobByJob": WritesFlowsJobByJob,
 }
+
+
+class ClaimsBlockingWakeup(MemoryStore):
+    """Defect: declares ``blocking_wakeup``, but an idle wait sleeps out its whole timeout
+    instead of waking when work arrives."""
+
+    capabilities = StoreCapabilities(blocking_wakeup=True)
+
+    async def wait_for_work(self, queue: str, timeout: float) -> None:
+        await anyio.sleep(timeout)
+
+
+class ClaimsSharing(MemoryStore):
+    """Defect: declares ``shared`` and ``cross_process_events``, but each object keeps its
+    own jobs in its own memory, so a second object never sees them."""
+
+    capabilities = StoreCapabilities(shared=True, cross_process_events=True)

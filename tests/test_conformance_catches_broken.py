@@ -38,6 +38,11 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_a_lock_lost_to_stall_recovery_is_refused",
         "test_expired_lock_is_recovered_and_the_job_runs_again",
     ),
+    "ClaimsBlockingWakeup": ("test_an_idle_wait_wakes_when_work_arrives",),
+    "ClaimsSharing": (
+        "test_a_shared_store_is_tested_through_a_second_object",
+        "test_objects_of_a_shared_store_see_and_take_the_same_jobs",
+    ),
     "WritesFlowsJobByJob": (
         "test_flow_whose_middle_node_already_exists_writes_nothing",
         "test_add_bulk_of_flows_is_all_or_nothing",
@@ -129,12 +134,19 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     return found
 
 
+CONTROL_SKIPS = {
+    # MemoryStore does not claim to be shared, so the suite skips what checks sharing.
+    "test_a_shared_store_is_tested_through_a_second_object": "skipped",
+    "test_objects_of_a_shared_store_see_and_take_the_same_jobs": "skipped",
+}
+
+
 def test_the_suite_passes_the_correct_store(outcomes: dict[str, dict[str, str]]) -> None:
     control = outcomes.get("TestControl", {})
     selected = {test for tests in CATCHERS.values() for test in tests}
     assert set(control) == selected
     failing = {test: outcome for test, outcome in control.items() if outcome != "passed"}
-    assert failing == {}, "the control MemoryStore must pass every selected test"
+    assert failing == CONTROL_SKIPS, "the control MemoryStore must pass every selected test"
 
 
 @pytest.mark.parametrize("broken", list(CATCHERS))
@@ -143,7 +155,7 @@ def test_the_suite_catches_the_broken_store(
 ) -> None:
     results = outcomes.get(f"Test{broken}", {})
     assert set(results) == set(CATCHERS[broken]), f"not every test ran for {broken}"
-    caught_by = sorted(test for test, outcome in results.items() if outcome != "passed")
+    caught_by = sorted(test for test, outcome in results.items() if outcome in ("failure", "error"))
     key_test = CATCHERS[broken][0]
     print(f"{broken} is caught by: {', '.join(caught_by) or 'nothing'}")
     assert key_test in caught_by, (

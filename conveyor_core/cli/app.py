@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import FlowProducer, Job, JobState, Queue, Worker
+from ..registry import open_store
 from .demo import run_demo
 from .render import counts_table, flow_tree
 from .support import (
@@ -234,22 +235,31 @@ def flow(job_id: str, queue_name: str, depth: int, store: str | None) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("factory", metavar="MODULE:FACTORY")
+@click.argument("factory", metavar="URL|MODULE:FACTORY")
 @click.option(
-    "--shared",
-    is_flag=True,
-    help="Each call of FACTORY opens the same database, so behaviour across two store "
-    "objects (events, wake-ups) is tested too.",
+    "--shared/--not-shared",
+    default=None,
+    help="Whether each call of FACTORY opens the same database, so behaviour across two "
+    "store objects (events, wake-ups) is tested too. Default: what the store declares "
+    "in its capabilities.",
 )
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
-def conformance(factory: str, shared: bool, pytest_args: tuple[str, ...]) -> None:
-    """Run the store conformance suite against the store that MODULE:FACTORY makes.
+def conformance(factory: str, shared: bool | None, pytest_args: tuple[str, ...]) -> None:
+    """Run the store conformance suite against a store given by URL or by MODULE:FACTORY.
 
-    FACTORY returns a store that is not connected yet (or an awaitable of one, or an
-    async context manager yielding a connected one). PYTEST_ARGS go to pytest, e.g.
-    `conveyor conformance mystore:make -- -x -k flow`. Exits with pytest's exit code.
+    A URL (`mystore://…`, any scheme registered in the `conveyor.stores` entry-point
+    group) is opened anew for each test. FACTORY returns a store that is not connected
+    yet (or an awaitable of one, or an async context manager yielding a connected one).
+    PYTEST_ARGS go to pytest, e.g. `conveyor conformance mystore:make -- -x -k flow`.
+    Exits with pytest's exit code.
     """
-    import_object(factory, "store factory")  # a bad path is a clear error before pytest
+    if "://" in factory:
+        try:
+            open_store(factory)
+        except (ValueError, ImportError) as exc:
+            raise UserError(f"invalid store URL {redact(factory)!r}: {describe(exc)}") from None
+    else:
+        import_object(factory, "store factory")  # a bad path is a clear error before pytest
     try:
         from ..conformance import run as run_conformance
     except ImportError as exc:

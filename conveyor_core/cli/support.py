@@ -14,6 +14,7 @@ import anyio
 import click
 
 from ..errors import ConveyorError
+from ..registry import open_store
 from ..store import StoreInterface
 
 DEFAULT_STORE_URL = "sqlite:///conveyor.db"
@@ -52,8 +53,6 @@ def describe(exc: BaseException) -> str:
 @asynccontextmanager
 async def opened_store(url: str) -> AsyncIterator[StoreInterface]:
     """Open the store named by ``url``; any failure to do so becomes a ``UserError``."""
-    from conveyor_stores import open_store
-
     try:
         store = open_store(url)
     except ValueError as exc:

@@ -29,6 +29,7 @@ from conveyor_core.store import StoreInterface
 # Detailed assertion messages in the suite's own modules, like in any test module.
 pytest.register_assert_rewrite(
     "conveyor_core.conformance._support",
+    "conveyor_core.conformance.capabilities",
     "conveyor_core.conformance.events",
     "conveyor_core.conformance.flow_policies",
     "conveyor_core.conformance.flow_structure",
@@ -39,6 +40,7 @@ pytest.register_assert_rewrite(
 )
 
 from ._support import Harness  # noqa: E402
+from .capabilities import CapabilityTests  # noqa: E402
 from .events import EventTests  # noqa: E402
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
@@ -59,6 +61,7 @@ class StoreConformance(
     EventTests,
     InputTests,
     SeedExampleTests,
+    CapabilityTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 
@@ -75,7 +78,8 @@ class StoreConformance(
         same jobs. The default returns ``store`` itself, which is right for a store that
         cannot be shared between objects (``MemoryStore``); a shareable store should
         override it, e.g. ``SQLiteStore(same_path)`` or a second connection pool to the
-        same schema, so the suite proves the sharing too.
+        same schema, so the suite proves the sharing too. A store that declares the
+        ``shared`` capability must override it (the suite fails otherwise).
 
     Tests only use queues whose names carry a per-test suffix, so several tests (or
     several runs) may share one database. Each test is quick: workers use short lock

@@ -39,6 +39,7 @@ class Harness:
     ) -> None:
         self.store = store
         self.second_store = second_store
+        self.capabilities = store.capabilities
         self.timeout = timeout
         self.suffix = uuid.uuid4().hex[:10]
         self._queues: dict[tuple[str, int], Queue] = {}
@@ -57,6 +58,12 @@ class Harness:
         if key not in self._queues:
             self._queues[key] = Queue(name, store=target)
         return self._queues[key]
+
+    @property
+    def event_store(self) -> StoreInterface:
+        """Where listeners subscribe: the second store object when the store declares
+        cross-process events, else the store itself."""
+        return self.second_store if self.capabilities.cross_process_events else self.store
 
     @property
     def flow(self) -> FlowProducer:

@@ -28,7 +28,7 @@ class EventTests:
     async def test_events_reach_a_listener_on_another_store_object(self, env: Harness) -> None:
         q = env.name("events")
         seen: list[QueueEvent] = []
-        listener = QueueEvents(q, store=env.second_store)
+        listener = QueueEvents(q, store=env.event_store)
         listener.on("*", seen.append)
         called: list[str] = []
         listener.on("completed", lambda event: called.append(event.job_id or ""))
@@ -78,7 +78,7 @@ class EventTests:
     async def test_listener_added_before_a_flow_sees_its_states(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
         seen: list[QueueEvent] = []
-        async with QueueEvents(parent_q, store=env.second_store) as listener:
+        async with QueueEvents(parent_q, store=env.event_store) as listener:
             listener.on("*", seen.append)
             node = await env.flow.add(
                 {

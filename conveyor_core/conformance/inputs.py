@@ -89,7 +89,7 @@ class InputTests:
     async def test_odd_names_work_end_to_end(self, env: Harness, odd: str) -> None:
         parent_q, child_q = env.name(odd), env.name(f"{odd}-child")
         seen: list[QueueEvent] = []
-        async with QueueEvents(child_q, store=env.second_store) as listener:
+        async with QueueEvents(child_q, store=env.event_store) as listener:
             listener.on("completed", seen.append)
             node = await env.flow.add(
                 {

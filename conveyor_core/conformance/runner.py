@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -30,7 +31,13 @@ TestStoreConformance = conformance_class({factory!r}, shared={shared!r})
 
 
 def load_factory(factory_path: str) -> Callable[[], Any]:
-    """The callable named by ``"package.module:callable"`` (dotted attributes allowed)."""
+    """The callable named by ``"package.module:callable"`` (dotted attributes allowed),
+    or for a store URL (``scheme://…``) a callable that opens it."""
+    if "://" in factory_path:
+        from conveyor_core.registry import open_store
+
+        open_store(factory_path)  # an unknown scheme or option fails here, clearly
+        return functools.partial(open_store, factory_path)
     module_name, sep, attribute = factory_path.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"a store factory is given as 'module:callable', got {factory_path!r}")
@@ -77,12 +84,16 @@ async def made_as_context(store: StoreInterface) -> AsyncIterator[StoreInterface
         await store.close()
 
 
-def conformance_class(factory_path: str, *, shared: bool = False) -> type[Any]:
+def conformance_class(factory_path: str, *, shared: bool | None = None) -> type[Any]:
     """A ``StoreConformance`` subclass whose stores come from ``factory_path``.
+
+    ``factory_path`` is ``"module:callable"`` or a store URL (``scheme://…``, opened with
+    :func:`conveyor_core.registry.open_store` for each test).
 
     ``shared``: the factory returns a new object on the *same* database each call
     (a fixed file path or server URL), so ``second_store`` is a second object and
-    cross-process behaviour is tested too. Otherwise ``second_store`` is ``store``.
+    cross-process behaviour is tested too; ``False``: ``second_store`` is ``store``.
+    ``None`` (the default) follows the store's declared ``shared`` capability.
     """
     from conveyor_core.conformance import StoreConformance
 
@@ -94,22 +105,25 @@ def conformance_class(factory_path: str, *, shared: bool = False) -> type[Any]:
             async with open_from_factory(factory) as store:
                 yield store
 
-        if shared:
-
-            @pytest.fixture
-            async def second_store(self, store: StoreInterface) -> AsyncIterator[StoreInterface]:
-                async with open_from_factory(factory) as second:
-                    yield second
+        @pytest.fixture
+        async def second_store(self, store: StoreInterface) -> AsyncIterator[StoreInterface]:
+            if not (store.capabilities.shared if shared is None else shared):
+                yield store
+                return
+            async with open_from_factory(factory) as second:
+                yield second
 
     FactoryStoreConformance.__name__ = "TestStoreConformance"
     FactoryStoreConformance.__qualname__ = "TestStoreConformance"
     return FactoryStoreConformance
 
 
-def run(factory_path: str, *, shared: bool = False, pytest_args: Sequence[str] = ()) -> int:
+def run(factory_path: str, *, shared: bool | None = None, pytest_args: Sequence[str] = ()) -> int:
     """Run the suite against the stores made by ``factory_path``; pytest's exit code.
 
-    ``factory_path`` is ``"package.module:callable"``; the callable returns a store not
+    ``factory_path`` is a store URL (``scheme://…``, opened anew for each test: it must
+    name one database every test may write to) or ``"package.module:callable"``; the
+    callable returns a store not
     yet connected (the suite connects and closes it), an awaitable of one, or an async
     context manager yielding a connected store. It is called once per test, and must
     give each call a database the test may write to (queue names are unique per test,

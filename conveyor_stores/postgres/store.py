@@ -39,6 +39,7 @@ from conveyor_core.store import (
     NewJob,
     Release,
     StallOutcome,
+    StoreCapabilities,
     TakeResult,
 )
 
@@ -193,6 +194,10 @@ class _Operations:
 
     async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
         raise NotImplementedError
+
+    capabilities = StoreCapabilities(
+        shared=True, cross_process_events=True, blocking_wakeup=True, transactional_enqueue=True
+    )
 
     def _events_store(self) -> PostgresStore:
         raise NotImplementedError

@@ -48,6 +48,7 @@ from conveyor_core.store import (
     NewJob,
     Release,
     StallOutcome,
+    StoreCapabilities,
     TakeResult,
 )
 
@@ -298,6 +299,8 @@ class RedisStore:
     ``redis.asyncio.Redis.from_url`` for the blocking connections; ``client_name`` also
     names the command connection. See ``docs/redis.md``.
     """
+
+    capabilities = StoreCapabilities(shared=True, cross_process_events=True, blocking_wakeup=True)
 
     def __init__(
         self,

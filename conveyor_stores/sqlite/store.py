@@ -105,6 +105,7 @@ from conveyor_core.store import (
     NewJob,
     Release,
     StallOutcome,
+    StoreCapabilities,
     TakeResult,
 )
 
@@ -265,6 +266,8 @@ class _Subscription:
 
 class SQLiteStore:
     """A store in one SQLite file. ``async with SQLiteStore("app.db") as store: ...``."""
+
+    capabilities = StoreCapabilities(shared=True, cross_process_events=True)
 
     def __init__(
         self,
