@@ -24,6 +24,7 @@ from .events import QueueEvents
 from .flow import FlowProducer, JobNode
 from .job import Dependencies, Job
 from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
+from .payloads import DataValidationError
 from .queue import Queue
 from .registry import open_store
 from .store import StoreInterface
@@ -37,6 +38,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Backoff",
     "ConveyorError",
+    "DataValidationError",
     "Dependencies",
     "DuplicateJobError",
     "FlowJob",

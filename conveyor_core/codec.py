@@ -1,7 +1,8 @@
 """JSON text in and out: the only way data, results, progress and logs reach a store.
 
 Values must round-trip: JSON types only (``dict`` with ``str`` keys, ``list``/``tuple``,
-``str``, ``int``, ``float`` except NaN and infinities, ``bool``, ``None``). Anything else
+``str``, ``int``, ``float`` except NaN and infinities, ``bool``, ``None``), and pydantic
+models, stored as their JSON form (``model_dump(mode="json")``). Anything else
 raises :class:`~conveyor_core.errors.PayloadError` naming what was being encoded and the
 offending Python type, before anything is written. Never pickle.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+
+from pydantic import BaseModel
 
 from .errors import PayloadError
 
@@ -26,6 +29,8 @@ class _NotJSON(TypeError):
 
 
 def _refuse(value: object) -> Any:
+    if isinstance(value, BaseModel):  # a typed payload: stored as its JSON form
+        return value.model_dump(mode="json")
     raise _NotJSON(value)
 
 

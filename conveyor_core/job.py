@@ -6,17 +6,24 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, cast, overload
 
 import anyio
+from typing_extensions import TypeVar
 
 from . import codec
 from .clock import Clock, seconds, system_clock, to_datetime
 from .errors import JobFailedError, JobNotFoundError
 from .models import MAX_PRIORITY, JobOptions, JobState
+from .payloads import validate
 from .store import JobRecord, StoreInterface
 
 __all__ = ["Dependencies", "Job"]
+
+DataT = TypeVar("DataT", default=Any)
+T = TypeVar("T")
+"""The type of a job's data: ``Job[Order]`` in a handler's annotation (see
+:mod:`conveyor_core.payloads`); ``Any`` for a plain ``Job``."""
 
 _DEFAULT_OPTS = JobOptions()
 _OPTS_CACHE: dict[str, JobOptions] = {"{}": _DEFAULT_OPTS, "": _DEFAULT_OPTS}
@@ -54,7 +61,7 @@ class Dependencies:
     """Failed children the parent ignores: ``{child_id: reason}``."""
 
 
-class Job:
+class Job(Generic[DataT]):
     """A job of a queue: its stored fields (decoded) and the operations on it.
 
     A ``Job`` is a snapshot: its attributes change only when :meth:`refresh` (or an
@@ -93,11 +100,12 @@ class Job:
         return self._record.queue
 
     @property
-    def data(self) -> Any:
-        """The job's data, decoded from JSON (once)."""
+    def data(self) -> DataT:
+        """The job's data, decoded from JSON (once); for a worker whose handler takes a
+        ``Job[T]``, validated into a ``T`` before the handler runs."""
         if self._data is _UNSET:
             self._data = codec.loads(self._record.data)
-        return self._data
+        return cast(DataT, self._data)
 
     @property
     def opts(self) -> JobOptions:
@@ -210,9 +218,26 @@ class Job:
                 deps.ignored[dep.id] = dep.reason or ""
         return deps
 
-    async def get_children_values(self) -> dict[str, Any]:
-        """``{child_id: return_value}`` of the children that completed."""
-        return (await self.get_dependencies()).processed
+    @overload
+    async def get_children_values(self) -> dict[str, Any]: ...
+
+    @overload
+    async def get_children_values(self, model: type[T]) -> dict[str, T]: ...
+
+    async def get_children_values(self, model: type[T] | None = None) -> dict[str, Any]:
+        """``{child_id: return_value}`` of the children that completed.
+
+        With ``model`` (a pydantic model, or any type pydantic validates), each value is
+        validated into it; a value that does not fit raises
+        :class:`~conveyor_core.payloads.DataValidationError` naming the child and field.
+        """
+        values = (await self.get_dependencies()).processed
+        if model is None:
+            return values
+        return {
+            child_id: validate(model, value, what=f"return value of child {child_id!r}")
+            for child_id, value in values.items()
+        }
 
     async def get_ignored_children_failures(self) -> dict[str, str]:
         """``{child_id: reason}`` of failed children this job ignores."""

@@ -24,6 +24,7 @@ from .errors import LockLostError, StoreClosedError, UnrecoverableError
 from .ids import new_id
 from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
+from .payloads import data_type_of, validate
 from .queue import check_name
 from .store import Completion, Failure, Release, StoreInterface
 
@@ -132,6 +133,7 @@ class Worker:
         if max_stalled_count < 0:
             raise ValueError(f"max_stalled_count must not be negative, got {max_stalled_count}")
         self.handler = handler
+        self._data_type = data_type_of(handler)
         self.store = store
         self.concurrency = concurrency
         self.lock_duration = seconds(lock_duration, what="lock_duration")
@@ -442,6 +444,8 @@ class Worker:
         if "active" in self._callbacks:
             await self._emit("active", job)
         try:
+            if self._data_type is not None:
+                job._data = validate(self._data_type, job.data, what=self._what_data(job))
             if self._is_async and job.opts.timeout is None:
                 value = await self.handler(job)
             else:
@@ -460,6 +464,9 @@ class Worker:
         self._outcomes.append(outcome)
         self._finisher_wake.set()
         self._slot_freed.set()
+
+    def _what_data(self, job: Job) -> str:
+        return f"data of job {job.name!r} ({job.id}) in queue {self.queue_name!r}"
 
     def _what(self, job: Job) -> str:
         return f"return value of job {job.name!r} ({job.id}) in queue {self.queue_name!r}"
