@@ -71,7 +71,7 @@ ALL_STATES: tuple[JobState, ...] = tuple(JobState)
 
 
 class ParentPolicy(enum.StrEnum):
-    """What a child's final failure does to its parent (SPEC section 5).
+    """What a child's final failure does to its parent (docs/flows.md, "When a child fails").
 
     The core resolves it when a flow is added (the child's own flag wins, else the
     parent's ``fail_parent_on_child_failure``) and stores it on the child, so a store
