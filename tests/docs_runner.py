@@ -14,6 +14,7 @@ Settings: ``store`` is ``"memory"``, ``"postgres"`` or ``"redis"``. For the last
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import json
 import sys
@@ -28,19 +29,17 @@ from conveyor_core.store import StoreInterface
 def _use_fresh_names(settings: dict[str, Any]) -> None:
     """Make every store of the block use the fresh schema or prefix of the test."""
     if settings["store"] == "postgres":
-        import conveyor_stores.postgres as module
-
+        module: Any = importlib.import_module("conveyor_stores.postgres")
         base: Any = module.PostgresStore
         name, fresh = "schema", settings["schema"]
     elif settings["store"] == "redis":
-        import conveyor_stores.redis as module  # type: ignore[no-redef]
-
+        module = importlib.import_module("conveyor_stores.redis")
         base = module.RedisStore
         name, fresh = "prefix", settings["prefix"]
     else:
         return
 
-    class Fresh(base):  # type: ignore[misc,valid-type]
+    class Fresh(base):  # type: ignore[misc]
         def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
             if args:
                 args = (fresh if args[0] == "conveyor" else args[0], *args[1:])
