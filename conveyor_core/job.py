@@ -89,14 +89,17 @@ class Job(Generic[DataT]):
 
     @property
     def id(self) -> str:
+        """The job id, unique within its queue."""
         return self._record.id
 
     @property
     def name(self) -> str:
+        """The job name given when it was added."""
         return self._record.name
 
     @property
     def queue_name(self) -> str:
+        """The queue the job belongs to."""
         return self._record.queue
 
     @property
@@ -109,52 +112,64 @@ class Job(Generic[DataT]):
 
     @property
     def opts(self) -> JobOptions:
+        """The job's options (defaults for every field not set)."""
         if self._opts is None:
             self._opts = parse_opts(self._record.opts)
         return self._opts
 
     @property
     def state(self) -> JobState:
+        """The state when this snapshot was read."""
         return self._record.state
 
     @property
     def priority(self) -> int:
+        """The priority: lower runs first, 0 is the highest."""
         return self._record.priority
 
     @property
     def attempts_made(self) -> int:
+        """How many attempts have ended (completed or failed)."""
         return self._record.attempts_made
 
     @property
     def stalled_count(self) -> int:
+        """How many times the job stalled (its lock expired while active)."""
         return self._record.stalled_count
 
     @property
     def progress(self) -> Any:
+        """The last progress reported, decoded from JSON (``None`` if none)."""
         return _decode(self._record.progress)
 
     @property
     def return_value(self) -> Any:
+        """The handler's result, decoded from JSON, once the job completed."""
         return _decode(self._record.return_value)
 
     @property
     def failed_reason(self) -> str | None:
+        """Why the last attempt failed, or ``None``."""
         return self._record.failed_reason
 
     @property
     def stacktrace(self) -> list[str]:
+        """The formatted traceback of the last failed attempt."""
         return list(self._record.stacktrace)
 
     @property
     def created_at(self) -> datetime | None:
+        """When the job was added."""
         return to_datetime(self._record.created_at)
 
     @property
     def processed_at(self) -> datetime | None:
+        """When its latest attempt started."""
         return to_datetime(self._record.processed_at)
 
     @property
     def finished_at(self) -> datetime | None:
+        """When it completed or failed for good."""
         return to_datetime(self._record.finished_at)
 
     @property
@@ -164,10 +179,12 @@ class Job(Generic[DataT]):
 
     @property
     def parent_id(self) -> str | None:
+        """The id of the flow parent waiting for this job, if any."""
         return self._record.parent_id
 
     @property
     def parent_queue(self) -> str | None:
+        """The queue of that parent."""
         return self._record.parent_queue
 
     def __repr__(self) -> str:

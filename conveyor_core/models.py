@@ -71,7 +71,7 @@ ALL_STATES: tuple[JobState, ...] = tuple(JobState)
 
 
 class ParentPolicy(enum.StrEnum):
-    """What a child's final failure does to its parent (SPEC section 5).
+    """What a child's final failure does to its parent (docs/flows.md, "When a child fails").
 
     The core resolves it when a flow is added (the child's own flag wins, else the
     parent's ``fail_parent_on_child_failure``) and stores it on the child, so a store
@@ -118,19 +118,33 @@ class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: str | None = Field(default=None, min_length=1, max_length=512)
+    """The job's id (default: a new unique one); adding an existing id returns that job."""
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
+    """Lower runs first; 0, the default, is the highest."""
     lifo: bool = False
+    """Run before the jobs already waiting at the same priority, not after them."""
     delay: Seconds = Field(default=0.0, ge=0, le=MAX_SECONDS)
+    """Seconds (or a ``timedelta``) to wait in ``delayed`` before the job may run."""
     attempts: int = Field(default=1, ge=1)
+    """How many times the job may run in all, the first attempt included."""
     backoff: Backoff | str | None = None
+    """The wait before each retry: seconds, a ``Backoff``, or a registered strategy name."""
     timeout: Seconds | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    """Seconds an attempt may run before it is cancelled and fails."""
     remove_on_complete: bool | Annotated[int, Field(ge=0)] = False
+    """``True`` deletes the job when it completes; ``N`` keeps the newest ``N``."""
     remove_on_fail: bool | Annotated[int, Field(ge=0)] = False
+    """``True`` deletes the job when it fails for good; ``N`` keeps the newest ``N``."""
     fail_parent_on_child_failure: Literal["fail", "ignore", "remove"] = "fail"
+    """As a parent: what a child's final failure does to this job."""
     fail_parent_on_failure: bool = False
+    """As a child: its final failure fails the parent (the ``fail`` policy)."""
     continue_parent_on_failure: bool = False
+    """As a child: its final failure releases the parent at once."""
     ignore_dependency_on_failure: bool = False
+    """As a child: its final failure is recorded and ignored."""
     remove_dependency_on_failure: bool = False
+    """As a child: its final failure drops the dependency unrecorded."""
 
     @field_validator("backoff", mode="before")
     @classmethod
@@ -207,10 +221,15 @@ class QueueEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     type: str
+    """The event type, e.g. ``"completed"``."""
     queue_name: str
+    """The queue it happened in."""
     job_id: str | None = None
+    """The job it concerns; ``None`` for queue events (``paused``, ``drained``, ...)."""
     data: dict[str, Any] = Field(default_factory=dict)
+    """Details; ``return_value`` and ``progress`` arrive decoded from JSON."""
     timestamp: datetime
+    """When it happened."""
 
 
 EVENT_TYPES: frozenset[str] = frozenset(

@@ -67,6 +67,7 @@ class Harness:
 
     @property
     def flow(self) -> FlowProducer:
+        """A ``FlowProducer`` on the main store, made once per test."""
         if self._flow is None:
             self._flow = FlowProducer(store=self.store)
         return self._flow
@@ -100,6 +101,7 @@ class Harness:
                             closing.start_soon(worker.close, self.timeout)
 
     async def aclose(self) -> None:
+        """Close the queues and the producer made for the test (the stores stay open)."""
         for queue in self._queues.values():
             await queue.close()
         if self._flow is not None:
@@ -121,6 +123,7 @@ class Harness:
         return None if current is None else current.state
 
     async def counts(self, queue: str) -> dict[str, int]:
+        """The queue's job counts per state, as ``Queue.get_job_counts`` gives them."""
         return await self.queue(queue).get_job_counts()
 
     async def total(self, queue: str) -> int:
@@ -168,6 +171,8 @@ class Harness:
     async def wait_count(
         self, queue: str, state: JobState, count: int, timeout: float | None = None
     ) -> None:
+        """Wait until the queue holds at least ``count`` jobs in ``state``."""
+
         async def reached() -> bool:
             return (await self.counts(queue))[state.value] >= count
 

@@ -1,4 +1,4 @@
-"""Flow failure semantics (SPEC section 5): every policy, overrides, retries, resolution."""
+"""Flow failure semantics (docs/flows.md): every policy, overrides, retries, resolution."""
 
 from __future__ import annotations
 
