@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from conveyor_core.redaction import redact_url
 from conveyor_core.store import StoreInterface
 
 from .memory import MemoryStore
@@ -63,7 +64,8 @@ def open_store(url: str, **options: Any) -> StoreInterface:
     """
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(
-            f"not a store URL: {url!r}; supported schemes: {', '.join(SUPPORTED_SCHEMES)}"
+            f"not a store URL: {redact_url(url)!r}; "
+            f"supported schemes: {', '.join(SUPPORTED_SCHEMES)}"
         )
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
@@ -73,7 +75,7 @@ def open_store(url: str, **options: Any) -> StoreInterface:
         if not url.startswith(prefix) or len(url) == len(prefix):
             raise ValueError(
                 f"a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db, "
-                f"got {url!r}"
+                f"got {redact_url(url)!r}"
             )
         store: StoreInterface = __getattr__("SQLiteStore")(url[len(prefix) :], **options)
         return store
@@ -84,6 +86,6 @@ def open_store(url: str, **options: Any) -> StoreInterface:
         store = __getattr__("RedisStore")(url, **options)
         return store
     raise ValueError(
-        f"unknown store URL scheme {scheme!r} in {url!r}; "
+        f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
         f"supported schemes: {', '.join(SUPPORTED_SCHEMES)}"
     )
