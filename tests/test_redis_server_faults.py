@@ -135,11 +135,20 @@ async def test_an_add_while_the_server_loads_goes_through_after_the_load(
             queue = Queue("orders", store=store)
             _restart_into_a_slow_load(server, delay_us=100)  # about 2 s of loading
             assert (ping(server.port) or "").startswith("-LOADING")
+            added: list[str] = []
+
+            async def connect_and_add() -> None:
+                # A store that connects while the server loads waits for the load too.
+                async with RedisStore(server.url, prefix=PREFIX) as late:
+                    added.append((await Queue("orders", store=late).add("late", {})).id)
+
             with anyio.fail_after(60):
-                job = await queue.add("during-load", {"n": 1})
+                async with anyio.create_task_group() as group:
+                    group.start_soon(connect_and_add)
+                    added.append((await queue.add("during-load", {"n": 1})).id)
             assert ping(server.port) == "+PONG"
-            stored = await queue.get_job(job.id)
-            assert stored is not None and stored.name == "during-load"
+            names = {job.name for job in await queue.get_jobs(["waiting"])}
+            assert names == {"during-load", "late"} and len(added) == 2
             async with redis.asyncio.Redis.from_url(server.url) as client:
                 assert await client.exists("ballast:19999") == 1
 
