@@ -23,6 +23,7 @@ from conveyor_core import (
 )
 from conveyor_core.models import JobState
 from conveyor_core.store import NewJob
+from conveyor_stores import open_store
 from conveyor_stores.redis import RedisStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -206,3 +207,28 @@ def test_timeouts_must_be_positive() -> None:
     for option in ("command_timeout", "loading_timeout"):
         with pytest.raises(ValueError, match=option):
             RedisStore("redis://127.0.0.1:6379/0", **{option: 0})
+
+
+async def test_timeouts_in_the_url_bound_calls_of_a_store_opened_by_url(
+    server_dir: Path,
+) -> None:
+    with private_redis(server_dir) as server:
+        store = open_store(f"{server.url}?command_timeout=1&loading_timeout=5", prefix=PREFIX)
+        assert isinstance(store, RedisStore)
+        assert (store.command_timeout, store.loading_timeout) == (1.0, 5.0)
+        try:
+            await store.connect()
+            await store.wait_for_work("orders", 0.05)
+            server.freeze()
+            with anyio.fail_after(15), pytest.raises(StoreUnavailableError, match="within 1 s"):
+                await store.add_jobs([[_new_job("frozen")]], time.time())
+            with anyio.fail_after(5):
+                await store.close()
+        finally:
+            server.thaw()
+
+
+def test_a_timeout_in_the_url_must_be_a_positive_number() -> None:
+    with pytest.raises(ValueError, match="command_timeout") as refused:
+        RedisStore("redis://:s3cret@127.0.0.1:6379/0?command_timeout=soon")
+    assert "s3cret" not in str(refused.value)

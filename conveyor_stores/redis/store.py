@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
@@ -258,6 +259,48 @@ def _check_prefix(prefix: str) -> None:
             )
 
 
+_DEFAULT_TIMEOUTS = {
+    "command_timeout": 10.0,
+    "loading_timeout": 60.0,
+    "socket_connect_timeout": 10.0,
+}
+
+
+def _seconds(name: str, value: object) -> float:
+    """A positive number of seconds, or a ValueError naming the option."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _split_timeouts(url: str, shown: str) -> tuple[str, dict[str, float]]:
+    """``url`` without the store's own query parameters (``command_timeout``,
+    ``loading_timeout``), and the timeouts the query sets (``socket_connect_timeout``
+    too, which stays in the URL for redis-py)."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return url, {}
+    found: dict[str, float] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if key in _DEFAULT_TIMEOUTS:
+            try:
+                found[key] = _seconds(key, value)
+            except ValueError as exc:
+                raise ValueError(f"{exc} in the Redis URL {shown!r}") from None
+        if key not in ("command_timeout", "loading_timeout"):
+            kept.append((key, value))
+    if len(kept) == len(query):
+        return url, found
+    return urlunsplit(parts._replace(query=urlencode(kept))), found
+
+
 def _server_of(url: str) -> str:
     """The server a URL names (``host:port`` or the socket path), without credentials."""
     try:
@@ -364,13 +407,16 @@ class RedisStore:
     database; it must be non-empty, without ``{``, ``}`` or control characters.
     ``stream_max_len`` caps each queue's events stream (approximately, ``XTRIM MAXLEN ~``).
 
-    ``command_timeout`` (seconds) bounds every call: a server that does not answer in
-    time (frozen, or unreachable without a reset) makes the call raise
+    ``command_timeout`` (seconds, 10 by default) bounds every call: a server that does
+    not answer in time (frozen, or unreachable without a reset) makes the call raise
     :class:`StoreUnavailableError`; a script that was sent either ran whole or not at
     all. Blocking reads wait their block time plus ``command_timeout``. Opening a
     connection is bounded by ``socket_connect_timeout`` (10 s unless given). While the
     server loads its dataset (after a restart) calls are retried for up to
-    ``loading_timeout`` seconds, then raise :class:`StoreUnavailableError`.
+    ``loading_timeout`` seconds (60 s by default), then raise
+    :class:`StoreUnavailableError`. The three timeouts can also be given in the URL's
+    query (``redis://host/0?command_timeout=2``), so ``open_store`` and the CLI can set
+    them; keyword arguments take precedence.
 
     Other keyword options go to ``redis.asyncio.Redis.from_url`` for the blocking
     connections; ``client_name`` also names the command connection. See
@@ -383,27 +429,36 @@ class RedisStore:
         prefix: str = "conveyor",
         *,
         stream_max_len: int = 10_000,
-        command_timeout: float = 10.0,
-        loading_timeout: float = 60.0,
+        command_timeout: float | None = None,
+        loading_timeout: float | None = None,
         **options: Any,
     ) -> None:
         _check_prefix(prefix)
         if stream_max_len < 1:
             raise ValueError(f"stream_max_len must be at least 1, got {stream_max_len!r}")
-        for name, value in (
-            ("command_timeout", command_timeout),
-            ("loading_timeout", loading_timeout),
-        ):
-            if not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self._where = redact_url(url)
+        self._url, in_url = _split_timeouts(url, self._where)
+        timeouts = {
+            "command_timeout": _DEFAULT_TIMEOUTS["command_timeout"],
+            "loading_timeout": _DEFAULT_TIMEOUTS["loading_timeout"],
+            "socket_connect_timeout": _DEFAULT_TIMEOUTS["socket_connect_timeout"],
+            **in_url,
+        }
+        given = {
+            "command_timeout": command_timeout,
+            "loading_timeout": loading_timeout,
+            "socket_connect_timeout": options.get("socket_connect_timeout"),
+        }
+        for name, value in given.items():
+            if value is not None:
+                timeouts[name] = _seconds(name, value)
         self.url = url
         self.prefix = prefix
         self.stream_max_len = stream_max_len
-        self.command_timeout = float(command_timeout)
-        self.loading_timeout = float(loading_timeout)
+        self.command_timeout = timeouts["command_timeout"]
+        self.loading_timeout = timeouts["loading_timeout"]
+        self._connect_timeout = timeouts["socket_connect_timeout"]
         self._options = options
-        self._connect_timeout = float(options.get("socket_connect_timeout") or 10.0)
-        self._where = redact_url(url)
         self._root = f"{prefix}:"
         self._bases: dict[str, str] = {}
         self._conn: RespConnection | None = None
@@ -439,7 +494,7 @@ class RedisStore:
             # bounded by its block time plus the command timeout instead.
             "socket_timeout": None,
         }
-        return aioredis.Redis.from_url(self.url, **options)
+        return aioredis.Redis.from_url(self._url, **options)
 
     async def connect(self) -> None:
         """Connect and load the scripts. Idempotent. Redis needs no schema.
@@ -452,7 +507,7 @@ class RedisStore:
         if not self._sources:
             self._sources = _load_scripts()
         conn = RespConnection(
-            self.url,
+            self._url,
             connect_timeout=self._connect_timeout,
             **{
                 key: value
@@ -525,7 +580,7 @@ class RedisStore:
 
     def _warn_about(self, settings: dict[str, str]) -> None:
         # The run id tells a server apart from a later one on the same address.
-        server = f"{_server_of(self.url)} {settings.get('run_id', '')}"
+        server = f"{_server_of(self._url)} {settings.get('run_id', '')}"
         if server in _CHECKED_SERVERS:
             return
         _CHECKED_SERVERS.add(server)
