@@ -51,3 +51,25 @@ class StoreClosedError(ConveyorError):
 
 class StoreUnavailableError(ConveyorError):
     """The store's server could not be reached."""
+
+
+class StoreCommandError(ConveyorError):
+    """The store's server refused a command with an error of its own (not one of the
+    refusals above); the message names the command and quotes the server."""
+
+    def __init__(self, message: str, *, command: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+
+class StoreOutOfMemoryError(StoreCommandError):
+    """The store's server is out of memory and refused the write; nothing was written.
+
+    Free memory on the server (remove or clean finished jobs, raise its memory limit)
+    and try again.
+    """
+
+
+class StoreConfigurationWarning(UserWarning):
+    """The store's server is set up in a way that can lose jobs (for example it keeps
+    nothing on disk, or may evict keys when full). Issued once per server and process."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from .redaction import redact_url
 from .store import StoreInterface
 
 __all__ = [
@@ -65,14 +66,14 @@ def open_store(url: str, **options: Any) -> StoreInterface:
     if not isinstance(url, str) or "://" not in url:
         schemes = registered_schemes()
         raise ValueError(
-            f"not a store URL: {_redacted(url)!r}; registered schemes: {_scheme_list(schemes)}"
+            f"not a store URL: {redact_url(url)!r}; registered schemes: {_scheme_list(schemes)}"
         )
     scheme = urlsplit(url).scheme.lower()
     schemes = registered_schemes()
     entry = schemes.get(scheme)
     if entry is None:
         raise ValueError(
-            f"unknown store URL scheme {scheme!r} in {_redacted(url)!r}; "
+            f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
             f"registered schemes: {_scheme_list(schemes)}"
         )
     factory: StoreFactory = entry.load()
@@ -136,17 +137,3 @@ def url_options(
             raise ValueError(f"store option {name!r} is given both in the URL and as an argument")
         options[name] = value
     return (f"{base}?{urlencode(kept)}" if kept else base), options
-
-
-def _redacted(url: object) -> object:
-    """``url`` with any password masked (only for messages)."""
-    if not isinstance(url, str):
-        return url
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return url

@@ -109,14 +109,22 @@ def open_postgres(url: str, /, **options: Any) -> StoreInterface:
 def open_redis(url: str, /, **options: Any) -> StoreInterface:
     """``redis://host:6379/0`` or ``rediss://…`` (TLS).
 
-    Options: ``prefix``, ``stream_max_len``, ``client_name``; ``db``, ``ssl_cert_reqs``
+    Options: ``prefix``, ``stream_max_len``, ``client_name``, ``command_timeout``,
+    ``loading_timeout``, ``socket_connect_timeout``; ``db``, ``ssl_cert_reqs``
     and ``ssl_ca_certs`` stay in the connection URL.
     """
     from . import load_store_class as lazy
 
     connection_url, kwargs = url_options(
         url,
-        {"prefix": str, "stream_max_len": int, "client_name": str},
+        {
+            "prefix": str,
+            "stream_max_len": int,
+            "client_name": str,
+            "command_timeout": float,
+            "loading_timeout": float,
+            "socket_connect_timeout": float,
+        },
         options,
         passthrough=frozenset({"db", "ssl_cert_reqs", "ssl_ca_certs"}),
     )

@@ -145,6 +145,15 @@ async def test_prefix_with_braces_is_refused() -> None:
         RedisStore("redis://127.0.0.1:6379/0", prefix="a{b}")
 
 
+@pytest.mark.parametrize(
+    "prefix", ["app\x00", "a\nb", "tab\there", "\x1b[31m", "del\x7f", "c1\x85"]
+)
+async def test_prefix_with_control_characters_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="control characters") as refused:
+        RedisStore("redis://127.0.0.1:6379/0", prefix=prefix)
+    assert repr(prefix) in str(refused.value)
+
+
 async def test_waiting_order_is_priority_then_fifo_or_lifo(store: RedisStore) -> None:
     adds = [
         job("a", priority=1),

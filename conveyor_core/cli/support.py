@@ -8,12 +8,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import click
 
 from ..errors import ConveyorError
+from ..redaction import redact_text, redact_url
 from ..registry import open_store
 from ..store import StoreInterface
 
@@ -34,14 +34,7 @@ def store_url(option: str | None) -> str:
 
 def redact(url: str) -> str:
     """The URL with its password masked, fit for messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return url
+    return redact_url(url)
 
 
 def describe(exc: BaseException) -> str:
@@ -56,10 +49,13 @@ async def opened_store(url: str) -> AsyncIterator[StoreInterface]:
     try:
         store = open_store(url)
     except ValueError as exc:
-        raise UserError(f"invalid store URL {redact(url)!r}: {describe(exc)}") from None
+        raise UserError(
+            f"invalid store URL {redact(url)!r}: {redact_text(describe(exc), url)}"
+        ) from None
     except ImportError as exc:
         raise UserError(
-            f"store {redact(url)!r} needs a driver that is not installed ({describe(exc)}); "
+            f"store {redact(url)!r} needs a driver that is not installed "
+            f"({redact_text(describe(exc), url)}); "
             "install the matching extra, e.g. pip install 'conveyor-queue[all]'"
         ) from None
     try:
@@ -71,7 +67,7 @@ async def opened_store(url: str) -> AsyncIterator[StoreInterface]:
         what = describe(exc)
         if not isinstance(exc, ConveyorError):
             what = f"{type(exc).__name__}: {what}"
-        raise UserError(f"cannot open store {redact(url)}: {what}") from None
+        raise UserError(f"cannot open store {redact(url)}: {redact_text(what, url)}") from None
     try:
         yield store
     finally:

@@ -28,6 +28,7 @@ from conveyor_core.errors import (
     StoreUnavailableError,
 )
 from conveyor_core.models import JobState, ParentPolicy
+from conveyor_core.redaction import redact_text
 from conveyor_core.store import (
     STALLED_REASON,
     ChildDependency,
@@ -673,6 +674,10 @@ class PostgresStore(_Operations):
     def __repr__(self) -> str:
         return f"PostgresStore(schema={self._schema!r})"
 
+    def _redact(self, exc: BaseException) -> str:
+        """``exc`` as text, without the password of either DSN."""
+        return redact_text(str(exc), self.dsn, self._listen_dsn)
+
     @property
     def schema(self) -> str:
         """The PostgreSQL schema holding the store."""
@@ -713,7 +718,9 @@ class PostgresStore(_Operations):
             try:
                 await pool.open()
             except _CONNECTION_ERRORS as exc:
-                raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
+                raise StoreUnavailableError(
+                    f"cannot reach PostgreSQL: {self._redact(exc)}"
+                ) from exc
             try:
                 conn = await pool.acquire()
                 try:
@@ -726,7 +733,9 @@ class PostgresStore(_Operations):
             except BaseException as exc:
                 await pool.close()
                 if isinstance(exc, _CONNECTION_ERRORS):
-                    raise StoreUnavailableError(f"lost PostgreSQL while connecting: {exc}") from exc
+                    raise StoreUnavailableError(
+                        f"lost PostgreSQL while connecting: {self._redact(exc)}"
+                    ) from exc
                 raise
             self._pool = pool
             self._listener_task = asyncio.get_running_loop().create_task(
@@ -771,7 +780,7 @@ class PostgresStore(_Operations):
             await conn.fetchval(sql["extend_locks"], "", empty, empty, 0.0)
             await conn.fetchval(sql["fail_jobs"], "", empty, empty, empty, "[]", empty, 0.0)
         except asyncpg.PostgresError as exc:  # a warm-up is never worth failing for
-            log.debug("connection warm-up skipped: %s", exc)
+            log.debug("connection warm-up skipped: %s", self._redact(exc))
 
     # ------------------------------------------------------------------ running
 
@@ -814,7 +823,7 @@ class PostgresStore(_Operations):
                 if (read or unsent) and attempt < 3:
                     continue
                 raise StoreUnavailableError(
-                    f"PostgreSQL connection lost during {method}: {exc}"
+                    f"PostgreSQL connection lost during {method}: {self._redact(exc)}"
                 ) from exc
 
     # ------------------------------------------------------------------ listener
@@ -851,7 +860,7 @@ class PostgresStore(_Operations):
                     await self._open_listener()
                     break
                 except _RECONNECT_ERRORS as exc:
-                    log.warning("event listener reconnect failed: %s", exc)
+                    log.warning("event listener reconnect failed: %s", self._redact(exc))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
             self._wake_all()
@@ -977,7 +986,8 @@ class BoundPostgresStore(_Operations):
             return await op(self._conn)
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailableError(
-                f"PostgreSQL connection lost during {method}: {exc}"
+                f"PostgreSQL connection lost during {method}: "
+                f"{redact_text(str(exc), self._store.dsn)}"
             ) from exc
 
 

@@ -67,11 +67,13 @@ class _Protocol(asyncio.Protocol):
 class RespConnection:
     """One TCP, TLS or unix-socket connection to the server of a ``redis://`` URL."""
 
-    def __init__(self, url: str, **options: Any) -> None:
-        """``options``: ``client_name``, and for TLS ``ssl_ca_certs`` and
-        ``ssl_cert_reqs`` (``"none"`` skips verification), as redis-py takes them."""
+    def __init__(self, url: str, *, connect_timeout: float = 10.0, **options: Any) -> None:
+        """``connect_timeout`` bounds opening the connection and its set-up commands.
+        ``options``: ``client_name``, and for TLS ``ssl_ca_certs`` and ``ssl_cert_reqs``
+        (``"none"`` skips verification), as redis-py takes them."""
         self._params = {**parse_url(url), **options}
         self._client_name = self._params.get("client_name")
+        self._connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -88,21 +90,30 @@ class RespConnection:
         return protocol is not None and protocol.transport is not None
 
     async def connect(self) -> None:
-        """Open the connection and authenticate, select the database, name the client."""
+        """Open the connection and authenticate, select the database, name the client,
+        all within the connect timeout (``TimeoutError`` after it)."""
+        self.close()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         params = self._params
         cls = params.get("connection_class")
-        async with asyncio.timeout(float(params.get("socket_connect_timeout") or 10.0)):
-            if cls is UnixDomainSocketConnection:
-                _, protocol = await loop.create_unix_connection(_Protocol, params["path"])
-            else:
-                context = self._ssl_context() if cls is SSLConnection else None
-                _, protocol = await loop.create_connection(
-                    _Protocol,
-                    params.get("host", "localhost"),
-                    params.get("port", 6379),
-                    ssl=context,
-                )
+        if cls is UnixDomainSocketConnection:
+            _, protocol = await loop.create_unix_connection(_Protocol, params["path"])
+        else:
+            context = self._ssl_context() if cls is SSLConnection else None
+            _, protocol = await loop.create_connection(
+                _Protocol,
+                params.get("host", "localhost"),
+                params.get("port", 6379),
+                ssl=context,
+            )
         self._protocol = protocol
         setup: list[tuple[Any, ...]] = []
         if params.get("password") is not None:
@@ -165,7 +176,9 @@ class RespConnection:
         return results
 
     def close(self) -> None:
+        """Drop the connection at once (without waiting for the server); replies still
+        awaited fail with :class:`RespConnectionLost`."""
         protocol = self._protocol
         self._protocol = None
         if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
+            protocol.transport.abort()

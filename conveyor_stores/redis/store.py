@@ -18,12 +18,16 @@ import contextlib
 import json
 import re
 import time
+import unicodedata
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,9 +39,13 @@ from conveyor_core.errors import (
     JobNotFoundError,
     PayloadError,
     StoreClosedError,
+    StoreCommandError,
+    StoreConfigurationWarning,
+    StoreOutOfMemoryError,
     StoreUnavailableError,
 )
 from conveyor_core.models import JobState, ParentPolicy
+from conveyor_core.redaction import redact_text, redact_url
 from conveyor_core.store import (
     ChildDependency,
     Completion,
@@ -88,6 +96,11 @@ _WAIT_MEMBER_PREFIX = 16
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _ATTEMPTS = 4
 """Tries of a command whose connection dropped (a fresh connection for each)."""
+_LOADING_PAUSE = 0.1
+"""Seconds between tries while the server loads its dataset."""
+_CHECKED_SERVERS: set[str] = set()
+"""Servers (address and run id) whose persistence and eviction settings this process
+has checked."""
 
 
 def _tag(queue: str) -> str:
@@ -198,23 +211,117 @@ class _JobMissing(Exception):
     """A script found no job with the id it was given."""
 
 
-def _script_error(exc: RespError) -> Exception:
-    code, _, detail = str(exc).partition(" ")
+def _reply_error(exc: RespError, what: str, where: str) -> Exception:
+    """The Conveyor error for an error reply of the server to ``what``."""
+    text = str(exc)
+    code, _, detail = text.partition(" ")
     if code == "CONVEYOR_DUPLICATE":
         return DuplicateJobError(detail)
     if code == "CONVEYOR_INVALID_STATE":
         return InvalidJobStateError(detail)
     if code == "CONVEYOR_NOT_FOUND":
         return _JobMissing(detail)
-    return exc
+    if code == "OOM" or "OOM command not allowed" in text:
+        return StoreOutOfMemoryError(
+            f"Redis at {where} is out of memory (used memory is above its maxmemory) and "
+            f"refused {what}; nothing was written. Free memory on the server (remove or "
+            "clean finished jobs) or raise its maxmemory, then try again",
+            command=what,
+        )
+    return StoreCommandError(f"Redis at {where} refused {what}: {text}", command=what)
 
 
-async def _race(work: Awaitable[T], stop: asyncio.Future[None]) -> tuple[bool, T | None]:
-    """Await ``work`` unless ``stop`` resolves first; ``(finished, result)``."""
+def _command_name(args: Sequence[Any]) -> str:
+    return " ".join(str(arg) for arg in args[:2]) if args[0] == "SCRIPT" else str(args[0])
+
+
+def _check_prefix(prefix: str) -> None:
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(
+            f"a Redis key prefix must be a non-empty string (it starts every key of the "
+            f"store), got {prefix!r}"
+        )
+    for index, char in enumerate(prefix):
+        if char in "{}":
+            raise ValueError(
+                f"a Redis key prefix must not contain braces (they would end the queues' "
+                f"hash tags), got {prefix!r}"
+            )
+        category = unicodedata.category(char)
+        if category == "Cc":
+            raise ValueError(
+                f"a Redis key prefix must not contain control characters, got {prefix!r} "
+                f"with {char!r} at position {index}"
+            )
+        if category == "Cs":
+            raise ValueError(
+                f"a Redis key prefix must be valid Unicode text, got {prefix!r} with a lone "
+                f"surrogate at position {index}"
+            )
+
+
+_DEFAULT_TIMEOUTS = {
+    "command_timeout": 10.0,
+    "loading_timeout": 60.0,
+    "socket_connect_timeout": 10.0,
+}
+
+
+def _seconds(name: str, value: object) -> float:
+    """A positive number of seconds, or a ValueError naming the option."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _split_timeouts(url: str, shown: str) -> tuple[str, dict[str, float]]:
+    """``url`` without the store's own query parameters (``command_timeout``,
+    ``loading_timeout``), and the timeouts the query sets (``socket_connect_timeout``
+    too, which stays in the URL for redis-py)."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return url, {}
+    found: dict[str, float] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if key in _DEFAULT_TIMEOUTS:
+            try:
+                found[key] = _seconds(key, value)
+            except ValueError as exc:
+                raise ValueError(f"{exc} in the Redis URL {shown!r}") from None
+        if key not in ("command_timeout", "loading_timeout"):
+            kept.append((key, value))
+    if len(kept) == len(query):
+        return url, found
+    return urlunsplit(parts._replace(query=urlencode(kept))), found
+
+
+def _server_of(url: str) -> str:
+    """The server a URL names (``host:port`` or the socket path), without credentials."""
+    try:
+        params = parse_url(url)
+    except ValueError:
+        return redact_url(url)
+    if "path" in params:
+        return str(params["path"])
+    return f"{params.get('host', 'localhost')}:{params.get('port', 6379)}"
+
+
+async def _race(
+    work: Awaitable[T], stop: asyncio.Future[None], timeout: float
+) -> tuple[bool, T | None]:
+    """Await ``work`` unless ``stop`` resolves first; ``(finished, result)``. Raises
+    ``TimeoutError`` if neither happens within ``timeout`` seconds."""
     task = asyncio.ensure_future(work)
     waiters: set[asyncio.Future[Any]] = {task, stop}
     try:
-        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not task.done():
             task.cancel()
@@ -223,7 +330,9 @@ async def _race(work: Awaitable[T], stop: asyncio.Future[None]) -> tuple[bool, T
                 await task
     if task in done:
         return True, task.result()
-    return False, None
+    if stop in done:
+        return False, None
+    raise TimeoutError
 
 
 class _RedisSubscription:
@@ -261,10 +370,12 @@ class _RedisSubscription:
                     ),
                 ),
                 self._stop,
+                self.BLOCK_MS / 1000 + self._store.command_timeout,
             )
         except _CONNECTION_ERRORS:
-            # The server dropped the connection: read again on a fresh one, from where
-            # this subscription stopped, unless it has been closed meanwhile.
+            # The server dropped the connection or did not answer in time (a timeout is
+            # an OSError): read again on a fresh one, from where this subscription
+            # stopped, unless it has been closed meanwhile.
             if not self._stop.done():
                 await asyncio.sleep(0.05)
             return
@@ -294,10 +405,23 @@ class RedisStore:
     """A store on a Redis server (6.2 or newer): ``RedisStore("redis://localhost:6379/0")``.
 
     ``prefix`` starts every key, so several applications (or test runs) can share one
-    database; it must not contain ``{`` or ``}``. ``stream_max_len`` caps each queue's
-    events stream (approximately, ``XTRIM MAXLEN ~``). Other keyword options go to
-    ``redis.asyncio.Redis.from_url`` for the blocking connections; ``client_name`` also
-    names the command connection. See ``docs/redis.md``.
+    database; it must be non-empty, without ``{``, ``}`` or control characters.
+    ``stream_max_len`` caps each queue's events stream (approximately, ``XTRIM MAXLEN ~``).
+
+    ``command_timeout`` (seconds, 10 by default) bounds every call: a server that does
+    not answer in time (frozen, or unreachable without a reset) makes the call raise
+    :class:`StoreUnavailableError`; a script that was sent either ran whole or not at
+    all. Blocking reads wait their block time plus ``command_timeout``. Opening a
+    connection is bounded by ``socket_connect_timeout`` (10 s unless given). While the
+    server loads its dataset (after a restart) calls are retried for up to
+    ``loading_timeout`` seconds (60 s by default), then raise
+    :class:`StoreUnavailableError`. The three timeouts can also be given in the URL's
+    query (``redis://host/0?command_timeout=2``), so ``open_store`` and the CLI can set
+    them; keyword arguments take precedence.
+
+    Other keyword options go to ``redis.asyncio.Redis.from_url`` for the blocking
+    connections; ``client_name`` also names the command connection. See
+    ``docs/redis.md``.
     """
 
     capabilities = StoreCapabilities(shared=True, cross_process_events=True, blocking_wakeup=True)
@@ -308,15 +432,35 @@ class RedisStore:
         prefix: str = "conveyor",
         *,
         stream_max_len: int = 10_000,
+        command_timeout: float | None = None,
+        loading_timeout: float | None = None,
         **options: Any,
     ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"a Redis key prefix must be non-empty without braces, got {prefix!r}")
+        _check_prefix(prefix)
         if stream_max_len < 1:
             raise ValueError(f"stream_max_len must be at least 1, got {stream_max_len!r}")
+        self._where = redact_url(url)
+        self._url, in_url = _split_timeouts(url, self._where)
+        timeouts = {
+            "command_timeout": _DEFAULT_TIMEOUTS["command_timeout"],
+            "loading_timeout": _DEFAULT_TIMEOUTS["loading_timeout"],
+            "socket_connect_timeout": _DEFAULT_TIMEOUTS["socket_connect_timeout"],
+            **in_url,
+        }
+        given = {
+            "command_timeout": command_timeout,
+            "loading_timeout": loading_timeout,
+            "socket_connect_timeout": options.get("socket_connect_timeout"),
+        }
+        for name, value in given.items():
+            if value is not None:
+                timeouts[name] = _seconds(name, value)
         self.url = url
         self.prefix = prefix
         self.stream_max_len = stream_max_len
+        self.command_timeout = timeouts["command_timeout"]
+        self.loading_timeout = timeouts["loading_timeout"]
+        self._connect_timeout = timeouts["socket_connect_timeout"]
         self._options = options
         self._root = f"{prefix}:"
         self._bases: dict[str, str] = {}
@@ -329,7 +473,7 @@ class RedisStore:
         self._subscriptions: set[_RedisSubscription] = set()
 
     def __repr__(self) -> str:
-        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+        return f"RedisStore({self._where!r}, prefix={self.prefix!r})"
 
     async def __aenter__(self) -> RedisStore:
         await self.connect()
@@ -348,40 +492,124 @@ class RedisStore:
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
             **self._options,
-            # Blocking reads wait longer than any sensible socket timeout.
+            "socket_connect_timeout": self._connect_timeout,
+            # Blocking reads wait longer than any sensible socket timeout; each read is
+            # bounded by its block time plus the command timeout instead.
             "socket_timeout": None,
         }
-        return aioredis.Redis.from_url(self.url, **options)
+        return aioredis.Redis.from_url(self._url, **options)
 
     async def connect(self) -> None:
-        """Connect and load the scripts. Idempotent. Redis needs no schema."""
+        """Connect and load the scripts. Idempotent. Redis needs no schema.
+
+        Warns (:class:`StoreConfigurationWarning`, once per server and process) if the
+        server keeps nothing on disk or may evict keys when its memory is full.
+        """
         if self._conn is not None:
             return
         if not self._sources:
             self._sources = _load_scripts()
         conn = RespConnection(
-            self.url,
+            self._url,
+            connect_timeout=self._connect_timeout,
             **{
                 key: value
                 for key, value in self._options.items()
-                if key in ("client_name", "ssl_ca_certs", "ssl_cert_reqs", "socket_connect_timeout")
+                if key in ("client_name", "ssl_ca_certs", "ssl_cert_reqs")
             },
         )
-        try:
-            await conn.connect()
-            names = list(self._sources)
-            shas = await conn.call_many([("SCRIPT", "LOAD", self._sources[name]) for name in names])
-        except (OSError, RespError) as exc:
-            conn.close()
-            raise StoreUnavailableError(f"cannot use Redis at {self.url}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        loading_until = loop.time() + self.loading_timeout
+        names = list(self._sources)
+        while True:
+            try:
+                await conn.connect()
+                async with asyncio.timeout(self.command_timeout):
+                    shas = await conn.call_many(
+                        [("SCRIPT", "LOAD", self._sources[name]) for name in names]
+                    )
+                    settings = await self._server_settings(conn)
+                break
+            except RespError as exc:
+                conn.close()
+                if str(exc).startswith("LOADING") and loop.time() < loading_until:
+                    await asyncio.sleep(_LOADING_PAUSE)
+                    continue
+                raise StoreUnavailableError(
+                    f"cannot use Redis at {self._where}: {redact_text(str(exc), self.url)}"
+                ) from exc
+            except TimeoutError as exc:
+                conn.close()
+                raise StoreUnavailableError(
+                    f"cannot use Redis at {self._where}: no answer within "
+                    f"{self._connect_timeout:g} s (socket_connect_timeout) or "
+                    f"{self.command_timeout:g} s (command_timeout)"
+                ) from exc
+            except OSError as exc:
+                conn.close()
+                raise StoreUnavailableError(
+                    f"cannot use Redis at {self._where}: {redact_text(str(exc), self.url)}"
+                ) from exc
         self._sha = dict(zip(names, shas, strict=True))
         self._conn = conn
         self._reconnecting = None
         self._blocking = self._blocking_redis()
-        self._stop = asyncio.get_running_loop().create_future()
+        self._stop = loop.create_future()
+        if settings is not None:
+            self._warn_about(settings)
+
+    @staticmethod
+    async def _server_settings(conn: RespConnection) -> dict[str, str] | None:
+        """The server's persistence and eviction settings, or ``None`` where ``CONFIG``
+        is disabled or not permitted."""
+        try:
+            replies = await conn.call_many(
+                [
+                    ("CONFIG", "GET", "save"),
+                    ("CONFIG", "GET", "appendonly"),
+                    ("CONFIG", "GET", "maxmemory-policy"),
+                    ("INFO", "server"),
+                ]
+            )
+        except RespError:
+            return None
+        settings: dict[str, str] = {}
+        for reply in replies[:-1]:
+            settings.update(_pairs(list(reply)))
+        for line in str(replies[-1]).splitlines():
+            if line.startswith("run_id:"):
+                settings["run_id"] = line[len("run_id:") :].strip()
+        return settings
+
+    def _warn_about(self, settings: dict[str, str]) -> None:
+        # The run id tells a server apart from a later one on the same address.
+        server = f"{_server_of(self._url)} {settings.get('run_id', '')}"
+        if server in _CHECKED_SERVERS:
+            return
+        _CHECKED_SERVERS.add(server)
+        problems: list[str] = []
+        if not settings.get("save", "").strip() and settings.get("appendonly") == "no":
+            problems.append(
+                "it keeps nothing on disk (no RDB save points and appendonly off), so a "
+                "restart loses every job; set appendonly yes"
+            )
+        policy = settings.get("maxmemory-policy")
+        if policy is not None and policy != "noeviction":
+            problems.append(
+                f"its maxmemory-policy is {policy}, so when its memory is full it may "
+                "delete jobs; set maxmemory-policy noeviction"
+            )
+        if problems:
+            warnings.warn(
+                f"Redis at {self._where} can lose jobs: {'; and '.join(problems)} "
+                "(see docs/redis.md, Durability)",
+                StoreConfigurationWarning,
+                stacklevel=3,
+            )
 
     async def close(self) -> None:
-        """Close the connections; blocked waits return and subscriptions end. Idempotent."""
+        """Close the connections; blocked waits return and subscriptions end. Returns
+        promptly even when the server does not answer. Idempotent."""
         conn, blocking, stop = self._conn, self._blocking, self._stop
         if conn is None:
             return
@@ -394,7 +622,11 @@ class RedisStore:
         await asyncio.sleep(0)
         conn.close()
         if blocking is not None:
-            await blocking.aclose()
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await blocking.aclose()
+            except (TimeoutError, *_CONNECTION_ERRORS):
+                pass  # the connections are dropped either way
 
     def _blocking_client(self) -> aioredis.Redis:
         client = self._blocking
@@ -421,7 +653,12 @@ class RedisStore:
         if pending is None:
             pending = self._reconnecting = asyncio.ensure_future(conn.connect())
             pending.add_done_callback(self._reconnected)
-        await asyncio.shield(pending)
+        try:
+            await asyncio.shield(pending)
+        except RespError as exc:
+            raise StoreUnavailableError(
+                f"cannot reconnect to Redis at {self._where}: {redact_text(str(exc), self.url)}"
+            ) from exc
         return conn
 
     def _reconnected(self, attempt: asyncio.Future[None]) -> None:
@@ -429,69 +666,111 @@ class RedisStore:
         if not attempt.cancelled():
             attempt.exception()  # reported to the waiting callers, not here
 
-    async def _command(self, *args: Any) -> Any:
+    async def _command(self, *args: Any, what: str | None = None) -> Any:
         """One command; reconnects and resends when the connection dropped.
 
         A command whose connection dropped after it was sent may have run; every script
         tolerates running again (a repeated transition is refused or finds nothing to do).
         """
-        return await self._resending(lambda conn: conn.send(*args))
+        return await self._resending(lambda conn: conn.send(*args), what or _command_name(args))
 
     async def _commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several read commands in one write, with the same reconnection as ``_command``."""
-        result: list[Any] = await self._resending(lambda conn: conn.call_many(commands))
+        names = ", ".join(dict.fromkeys(_command_name(args) for args in commands))
+        result: list[Any] = await self._resending(lambda conn: conn.call_many(commands), names)
         return result
 
-    async def _resending(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
-        """``call(connection)``, reconnecting and resending when the connection dropped."""
-        for attempt in range(_ATTEMPTS):
+    async def _resending(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        """``call(connection)``, reconnecting and resending when the connection dropped,
+        waiting while the server loads its dataset, within the command timeout.
+
+        An error reply becomes a Conveyor error, except ``NOSCRIPT`` (raised as it is,
+        for :meth:`_run` to load the script again).
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.command_timeout
+        deadline = loop.time() + timeout
+        loading_until: float | None = None
+        attempt = 0
+        while True:
+            conn: RespConnection | None = None
             try:
-                return await call(await self._ready())
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._ready()
+                    return await call(conn)
             except UnicodeEncodeError as exc:
                 raise PayloadError(
                     f"Redis cannot store this text (it is not valid Unicode): {exc}"
                 ) from None
+            except TimeoutError:
+                if conn is not None and conn is self._conn:
+                    # Replies may still come, in an order no caller waits for any more.
+                    conn.close()
+                raise StoreUnavailableError(
+                    f"Redis at {self._where} did not answer {what} within {timeout:g} s "
+                    "(command_timeout); it ran whole or not at all"
+                ) from None
+            except RespError as exc:
+                text = str(exc)
+                if text.startswith("NOSCRIPT"):
+                    raise
+                if not text.startswith("LOADING"):
+                    raise _reply_error(exc, what, self._where) from None
+                now = loop.time()
+                if loading_until is None:
+                    loading_until = now + self.loading_timeout
+                if now >= loading_until:
+                    raise StoreUnavailableError(
+                        f"Redis at {self._where} was still loading its dataset after "
+                        f"{self.loading_timeout:g} s (loading_timeout); {what} did not run"
+                    ) from None
+                await asyncio.sleep(min(_LOADING_PAUSE, loading_until - now))
+                deadline = loop.time() + timeout
             except (RespConnectionLost, OSError) as exc:
                 if self._conn is None:
                     raise StoreClosedError("RedisStore was closed during the call") from exc
-                if attempt == _ATTEMPTS - 1:
+                attempt += 1
+                if attempt == _ATTEMPTS:
                     raise StoreUnavailableError(
-                        f"Redis at {self.url} is unreachable: {exc}"
+                        f"Redis at {self._where} is unreachable: {redact_text(str(exc), self.url)}"
                     ) from exc
-                await asyncio.sleep(0.01 * 3**attempt)
-        raise AssertionError("unreachable")
+                await asyncio.sleep(0.01 * 3 ** (attempt - 1))
 
     async def _run(self, script: str, base: str, now: float, *args: Any) -> Any:
         """Run one script: ``KEYS = (queue base, prefix base)``, ``ARGV = (cap, now, *args)``."""
+        what = f"the {script} script"
         try:
-            try:
-                return await self._command(
-                    "EVALSHA",
-                    self._sha[script],
-                    2,
-                    base,
-                    self._root,
-                    self.stream_max_len,
-                    now,
-                    *args,
-                )
-            except RespError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                # The server lost its script cache (restart, SCRIPT FLUSH): load again.
-                self._sha[script] = await self._command("SCRIPT", "LOAD", self._sources[script])
-                return await self._command(
-                    "EVALSHA",
-                    self._sha[script],
-                    2,
-                    base,
-                    self._root,
-                    self.stream_max_len,
-                    now,
-                    *args,
-                )
+            return await self._command(
+                "EVALSHA",
+                self._sha[script],
+                2,
+                base,
+                self._root,
+                self.stream_max_len,
+                now,
+                *args,
+                what=what,
+            )
+        except RespError:
+            # NOSCRIPT: the server lost its script cache (restart, SCRIPT FLUSH): load again.
+            pass
+        self._sha[script] = await self._command(
+            "SCRIPT", "LOAD", self._sources[script], what=f"loading {what}"
+        )
+        try:
+            return await self._command(
+                "EVALSHA",
+                self._sha[script],
+                2,
+                base,
+                self._root,
+                self.stream_max_len,
+                now,
+                *args,
+                what=what,
+            )
         except RespError as exc:
-            raise _script_error(exc) from None
+            raise _reply_error(exc, what, self._where) from None
 
     async def _job_op(self, queue: str, job_id: str, op: str, *args: Any, now: float = 0.0) -> Any:
         try:
@@ -640,10 +919,13 @@ class RedisStore:
                 await _race(
                     cast("Awaitable[Any]", client.blpop([marker], timeout=max(remaining, 0.01))),
                     stop,
+                    remaining + self.command_timeout,
                 )
                 return
             except _CONNECTION_ERRORS:
-                # Dropped connection: block again on a fresh one for the time left.
+                # Dropped connection, or no answer within the block time plus the
+                # command timeout (a TimeoutError is an OSError): block again on a fresh
+                # connection for the time left, if any.
                 await asyncio.sleep(min(0.05, max(remaining, 0.0)))
         await asyncio.sleep(0)
 
