@@ -22,7 +22,7 @@ from .errors import (
 )
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
-from .job import Dependencies, Job
+from .job import Dependencies, Job, JobPage
 from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
 from .payloads import DataValidationError
 from .queue import Queue
@@ -49,6 +49,7 @@ __all__ = [
     "JobNode",
     "JobNotFoundError",
     "JobOptions",
+    "JobPage",
     "JobState",
     "LockLostError",
     "ParentPolicy",
