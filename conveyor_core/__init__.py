@@ -24,6 +24,7 @@ from .events import QueueEvents
 from .flow import FlowProducer, JobNode
 from .job import Dependencies, Job, JobPage
 from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
+from .operations import QueueInfo, list_queues
 from .payloads import DataValidationError
 from .queue import Queue
 from .registry import open_store
@@ -57,6 +58,7 @@ __all__ = [
     "Queue",
     "QueueEvent",
     "QueueEvents",
+    "QueueInfo",
     "RateLimit",
     "StoreClosedError",
     "StoreInterface",
@@ -64,5 +66,6 @@ __all__ = [
     "UnrecoverableError",
     "Worker",
     "__version__",
+    "list_queues",
     "open_store",
 ]

@@ -14,6 +14,7 @@ does no locking and no I/O of its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -54,8 +55,9 @@ def fold_ascii(text: str) -> str:
 
 
 def minute_of(now: float) -> int:
-    """The metrics minute of a transition at ``now``."""
-    return int(now // 60)
+    """The metrics minute of a transition at ``now``: ``floor(now / 60)`` as every store
+    computes it (one division of doubles, then the floor)."""
+    return math.floor(now / 60)
 
 
 def encode_cursor(created_at: float, job_id: str) -> str:

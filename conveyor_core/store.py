@@ -601,7 +601,7 @@ class StoreInterface(Protocol):
         """Finished-job counts per minute: ``{minute: count}`` for the minutes from
         ``start`` to ``end`` inclusive that have a count (others are zero).
 
-        A minute is ``int(now // 60)`` of the transition that finished the job.
+        A minute is ``floor(now / 60)`` of the transition that finished the job.
         ``completed`` counts jobs that completed; ``failed`` counts jobs that entered
         ``failed`` (attempts used up, unrecoverable, stalled too often, or failed by the
         ``fail`` policy with "parent failed" or a child's failure); retried attempts are

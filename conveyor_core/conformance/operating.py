@@ -16,10 +16,9 @@ FAILED = JobState.FAILED
 WAITING = JobState.WAITING
 
 
-async def _walk(queue: Queue, **filters: object) -> list[str]:
+async def _walk(queue: Queue, cursor: str | None = None, **filters: object) -> list[str]:
     """Every job id a search returns, page after page, in order."""
     ids: list[str] = []
-    cursor: str | None = None
     for _ in range(10_000):
         page = await queue.search_jobs(cursor=cursor, **filters)  # type: ignore[arg-type]
         ids += [job.id for job in page.jobs]
@@ -100,6 +99,21 @@ class OperatingTests:
         }
         assert await _walk(queue, name="sms", states=COMPLETED) == []
         assert set(await _walk(queue, text="mail", states=JobState.ACTIVE)) == mail_ids - set(done)
+
+    async def test_search_continues_after_the_last_job_of_a_page_is_removed(
+        self, env: Harness
+    ) -> None:
+        q = env.name("moving")
+        queue = env.queue(q)
+        added = await queue.add_bulk([{"name": "same-moment", "data": {"i": i}} for i in range(6)])
+        added += await queue.add_bulk([{"name": "later", "data": {"i": i}} for i in range(3)])
+        first = await queue.search_jobs(limit=4)
+        assert len(first.jobs) == 4 and first.next_cursor is not None
+        await first.jobs[-1].remove()
+        rest = await _walk(queue, limit=4, cursor=first.next_cursor)
+        seen = [job.id for job in first.jobs] + rest
+        assert len(seen) == len(set(seen)), "a job came back twice"
+        assert set(seen) == {job.id for job in added}
 
     async def test_search_of_an_unknown_queue_is_empty(self, env: Harness) -> None:
         page = await env.queue(env.name("nothing")).search_jobs(text="x")
