@@ -1079,12 +1079,8 @@ CREATE TABLE @S.metrics (
 -- never touch this index (PostgreSQL updates it heap-only when nothing indexed changes).
 CREATE INDEX jobs_created ON @S.jobs (queue, created_at DESC, id COLLATE "C" DESC);
 
--- Search's case folding: ASCII letters lowered, every other character kept.
-CREATE FUNCTION @S._fold(t text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT translate(t, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')
-$$;
-
--- Substring search of ids, names and data through pg_trgm, where it can be installed.
+-- Substring search of ids, names and data through pg_trgm, where it can be installed
+-- (it serves ILIKE; the store then keeps the matches of the exact rule).
 DO $do$
 DECLARE
     nsp text;
@@ -1101,8 +1097,7 @@ BEGIN
     IF nsp IS NOT NULL THEN
         EXECUTE format(
             'CREATE INDEX jobs_text ON @S.jobs USING gin ('
-            '@S._fold(id) %1$I.gin_trgm_ops, @S._fold(name) %1$I.gin_trgm_ops, '
-            '@S._fold(data) %1$I.gin_trgm_ops)', nsp);
+            'id %1$I.gin_trgm_ops, name %1$I.gin_trgm_ops, data %1$I.gin_trgm_ops)', nsp);
     END IF;
 END $do$;
 """

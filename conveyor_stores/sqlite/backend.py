@@ -125,7 +125,7 @@ _DEP_WHERE = "parent_queue = ? AND parent_id = ? AND child_queue = ? AND child_i
 _SEARCH_SCAN = 5000
 """Rows one search call looks at, at most, when it walks the queue (no usable index
 for its filters): a page stays cheap on any queue; a sparse match takes more pages."""
-_TEXT_CANDIDATES = 20_000
+_TEXT_CANDIDATES = 1000
 """Rows the trigram index may name for a text before a search walks the queue instead."""
 _SEARCH_SCAN_FIRST = (
     f"{_SELECT} INDEXED BY jobs_created WHERE queue = ? ORDER BY created_at DESC, id DESC LIMIT ?"
