@@ -5,6 +5,7 @@ Examples::
     python -m benchmarks                                   # memory and a fresh SQLite file
     python -m benchmarks --store postgres --store redis --repeat 3
     python -m benchmarks --store sqlite --workload flow_big --big-children 1000 10000
+    python -m benchmarks --store postgres --workload search --search-jobs 1000000
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from .search import run_search
 from .stores import SHORTCUTS, fresh_store, label, resolve
 from .workloads import WORKLOADS, Figure, Params
 
@@ -51,8 +53,16 @@ def _parser() -> argparse.ArgumentParser:
         "--workload",
         action="extend",
         nargs="+",
-        choices=sorted(WORKLOADS),
-        help="workloads to run (default: all)",
+        choices=sorted([*WORKLOADS, "search"]),
+        help="workloads to run (default: all but search, which fills a queue of "
+        "--search-jobs jobs first)",
+    )
+    parser.add_argument(
+        "--search-jobs",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="jobs in the queue the search workload pages through",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
@@ -81,6 +91,10 @@ async def run_benchmarks(
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
         for name in workloads:
+            if name == "search":
+                for line in await run_search(url, label(url), params.search_jobs):
+                    print(json.dumps(line), flush=True)
+                continue
             runs: list[list[Figure]] = []
             for _ in range(repeat):
                 async with fresh_store(url) as store:
@@ -96,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     stores = [resolve(s) for s in (args.store or ["memory", "sqlite"])]
     workloads = args.workload or list(WORKLOADS)
-    params = Params(args.jobs, args.children, tuple(args.big_children))
+    params = Params(args.jobs, args.children, tuple(args.big_children), args.search_jobs)
     anyio.run(run_benchmarks, stores, workloads, params, args.repeat)
     return 0
 

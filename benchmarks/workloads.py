@@ -35,6 +35,7 @@ class Params:
     jobs: int = 2000
     children: int = 500
     big_children: tuple[int, ...] = (10_000,)
+    search_jobs: int = 1_000_000
 
 
 @dataclass

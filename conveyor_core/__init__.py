@@ -25,8 +25,9 @@ from .errors import (
 )
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
-from .job import Dependencies, Job
+from .job import Dependencies, Job, JobPage
 from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
+from .operations import QueueInfo, list_queues
 from .payloads import DataValidationError
 from .queue import Queue
 from .registry import open_store
@@ -52,6 +53,7 @@ __all__ = [
     "JobNode",
     "JobNotFoundError",
     "JobOptions",
+    "JobPage",
     "JobState",
     "LockLostError",
     "ParentPolicy",
@@ -59,6 +61,7 @@ __all__ = [
     "Queue",
     "QueueEvent",
     "QueueEvents",
+    "QueueInfo",
     "RateLimit",
     "StoreClosedError",
     "StoreCommandError",
@@ -69,5 +72,6 @@ __all__ = [
     "UnrecoverableError",
     "Worker",
     "__version__",
+    "list_queues",
     "open_store",
 ]

@@ -14,6 +14,7 @@ does no locking and no I/O of its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -27,8 +28,10 @@ from .store import (
     Completion,
     Failure,
     JobRecord,
+    MetricKind,
     NewJob,
     Release,
+    SearchPage,
     StallOutcome,
     TakeResult,
     child_failed_reason,
@@ -41,6 +44,36 @@ COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
 WAITING_CHILDREN = JobState.WAITING_CHILDREN
 UNSTARTED = (WAITING, DELAYED, WAITING_CHILDREN)
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_ascii(text: str) -> str:
+    """``text`` with ASCII letters lowered and every other character kept: the case
+    folding of :meth:`StoreInterface.search_jobs`, the same on every store."""
+    return text.translate(_ASCII_LOWER)
+
+
+def minute_of(now: float) -> int:
+    """The metrics minute of a transition at ``now``: ``floor(now / 60)`` as every store
+    computes it (one division of doubles, then the floor)."""
+    return math.floor(now / 60)
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    """A search cursor: resume below this ``created_at`` and id."""
+    return f"{created_at!r}|{job_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The ``(created_at, id)`` of :func:`encode_cursor`; ``ValueError`` if malformed."""
+    stamp, sep, job_id = cursor.partition("|")
+    try:
+        if not sep:
+            raise ValueError
+        return float(stamp), job_id
+    except ValueError:
+        raise ValueError(f"not a search cursor of this store: {cursor!r}") from None
 
 
 class Backend(Protocol):
@@ -166,6 +199,36 @@ class Backend(Protocol):
     def wake(self, queue: str) -> None:
         """Note that jobs entered ``waiting`` or ``delayed`` in the queue (or it was
         resumed), so idle workers are woken once the atomic unit ends."""
+        ...
+
+    def record_metric(self, queue: str, kind: MetricKind, minute: int, count: int) -> None:
+        """Add ``count`` to the queue's ``kind`` count of ``minute``, and drop the
+        queue's ``kind`` minutes before ``minute - METRICS_MINUTES``."""
+        ...
+
+    def metrics(self, queue: str, kind: MetricKind, start: int, end: int) -> dict[int, int]:
+        """The queue's non-zero ``kind`` counts of minutes ``start`` to ``end``."""
+        ...
+
+    def search(
+        self,
+        queue: str,
+        folded_text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[JobRecord], tuple[float, str] | None]:
+        """Up to ``limit`` jobs of the queue matching the filters, ordered by
+        ``(created_at, id)`` descending, all strictly below ``after`` in that order; and
+        the ``(created_at, id)`` to resume below for the next page, or ``None`` when no
+        job past this page matches.
+
+        ``folded_text``: the id, name or data, with ASCII letters lowered, contains it
+        (it arrives lowered). ``name``: equal. ``states``: one of them. A backend may stop
+        early (fewer than ``limit`` jobs) to bound the work of one call, returning where
+        it stopped.
+        """
         ...
 
 
@@ -374,6 +437,8 @@ class Engine:
                 self._child_processed(job, now)
             self._retain(job, COMPLETED, now)
             applied.append(True)
+        if completed := applied.count(True):
+            self.b.record_metric(queue, "completed", minute_of(now), completed)
         return applied
 
     def _child_processed(self, child: JobRecord, now: float) -> None:
@@ -457,6 +522,7 @@ class Engine:
         self._clear_lock(job)
         self.b.save(job, old)
         self.b.emit("failed", job.queue, job.id, {"reason": reason}, now)
+        self.b.record_metric(job.queue, "failed", minute_of(now), 1)
         if apply_policy and job.parent_id is not None and job.parent_queue is not None:
             self._apply_parent_policy(job, reason, now)
         self._retain(job, FAILED, now)
@@ -720,3 +786,26 @@ class Engine:
     def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         self._require(queue, job_id)
         return self.b.dependencies(queue, job_id)
+
+    # ------------------------------------------------------------------ operating
+
+    def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        after = None if cursor is None else decode_cursor(cursor)
+        folded = None if text is None else fold_ascii(text)
+        found, resume = self.b.search(queue, folded, name, states, limit, after)
+        page = [replace(job, stacktrace=list(job.stacktrace)) for job in found]
+        return SearchPage(page, None if resume is None else encode_cursor(*resume))
+
+    def get_metrics(self, queue: str, kind: MetricKind, start: int, end: int) -> dict[int, int]:
+        return self.b.metrics(queue, kind, start, end)

@@ -18,7 +18,7 @@ from .models import MAX_PRIORITY, JobOptions, JobState
 from .payloads import validate
 from .store import JobRecord, StoreInterface
 
-__all__ = ["Dependencies", "Job"]
+__all__ = ["Dependencies", "Job", "JobPage"]
 
 DataT = TypeVar("DataT", default=Any)
 T = TypeVar("T")
@@ -384,3 +384,13 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of :meth:`Queue.search_jobs <conveyor_core.Queue.search_jobs>`."""
+
+    jobs: list[Job]
+    """The page's jobs, newest first."""
+    next_cursor: str | None
+    """Pass it as ``cursor`` for the next page; ``None`` after the last page."""

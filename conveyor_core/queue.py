@@ -8,11 +8,12 @@ from typing import Any
 
 from . import codec
 from .clock import Clock, seconds, system_clock
+from .engine import minute_of
 from .errors import DuplicateJobError
 from .ids import new_id
-from .job import Job
+from .job import Job, JobPage
 from .models import JobOptions, JobState, text_problem
-from .store import JobRecord, NewJob, StoreInterface
+from .store import METRICS_MINUTES, JobRecord, MetricKind, NewJob, StoreInterface
 
 __all__ = ["Queue"]
 
@@ -240,6 +241,57 @@ class Queue:
         """How many jobs are in each state, keyed by the state's value."""
         counts = await self.store.get_counts(self.name)
         return {state.value: counts.get(state, 0) for state in JobState}
+
+    async def search_jobs(
+        self,
+        text: str | None = None,
+        name: str | None = None,
+        states: StatesLike | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """A page of this queue's jobs, newest first, matching every filter given.
+
+        ``text`` matches jobs whose id, name or data contains it (ASCII letters in any
+        case); ``name`` a job name exactly; ``states`` one state or several. Pass the
+        page's ``next_cursor`` back as ``cursor`` for the next page; it is ``None`` after
+        the last. A page may hold fewer than ``limit`` jobs while more remain (a store
+        bounds the work of one call), so keep going until ``next_cursor`` is ``None``.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be an int from 1 to 10000, got {limit!r}")
+        if text is not None:
+            if not isinstance(text, str):
+                raise TypeError(f"search text must be a str, got {type(text).__name__}")
+            if (problem := text_problem(text)) is not None:
+                raise ValueError(f"search text {text!r} {problem}")
+        if name is not None:
+            name = check_name(name, "job name")
+        wanted = None if states is None else normalize_states(states)
+        page = await self.store.search_jobs(
+            self.name, text=text or None, name=name, states=wanted, limit=limit, cursor=cursor
+        )
+        return JobPage(
+            [Job(self.store, record, clock=self._clock) for record in page.jobs],
+            page.next_cursor,
+        )
+
+    async def get_metrics(self, kind: MetricKind, minutes: int = 60) -> list[int]:
+        """Jobs that finished as ``kind`` (``"completed"`` or ``"failed"``) in each of the
+        last ``minutes`` minutes, oldest first, the current minute last; kept by the
+        store inside the transitions that finish jobs."""
+        if kind not in ("completed", "failed"):
+            raise ValueError(f"kind must be 'completed' or 'failed', got {kind!r}")
+        if (
+            isinstance(minutes, bool)
+            or not isinstance(minutes, int)
+            or not 1 <= minutes <= METRICS_MINUTES
+        ):
+            raise ValueError(f"minutes must be an int from 1 to {METRICS_MINUTES}, got {minutes!r}")
+        end = minute_of(self._clock())
+        start = end - minutes + 1
+        counts = await self.store.get_metrics(self.name, kind, start, end)
+        return [counts.get(minute, 0) for minute in range(start, end + 1)]
 
     # ------------------------------------------------------------------ managing
 

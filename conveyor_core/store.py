@@ -211,6 +211,15 @@ class TakeResult:
     """Set when the queue's rate limit stopped the take: no job starts before then."""
 
 
+@dataclass(slots=True)
+class SearchPage:
+    """One page of :meth:`StoreInterface.search_jobs`."""
+
+    jobs: list[JobRecord]
+    next_cursor: str | None
+    """Pass it back for the next page; ``None`` when no job after this page matches."""
+
+
 @dataclass(slots=True, frozen=True)
 class StallOutcome:
     """One stalled job found by :meth:`StoreInterface.recover_stalled`."""
@@ -257,6 +266,9 @@ class StoreCapabilities:
 
 
 STALLED_REASON = "job stalled more than allowable limit"
+METRICS_MINUTES = 7 * 24 * 60
+"""Minutes of finished-job counts a store keeps per queue and kind (a week)."""
+MetricKind = Literal["completed", "failed"]
 PARENT_FAILED_REASON = "parent failed"
 
 
@@ -550,6 +562,54 @@ class StoreInterface(Protocol):
 
     async def list_queues(self) -> list[str]:
         """Names of every queue that holds jobs or is paused, sorted."""
+        ...
+
+    # ------------------------------------------------------------------ operating
+
+    async def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        """Jobs of the queue that match every given filter, newest first, a page at a time.
+
+        ``text``: the job's id, name or data (its stored JSON text) contains ``text``,
+        ignoring the case of ASCII letters (every other character matches exactly).
+        ``name``: the job's name equals it. ``states``: the job is in one of them.
+        ``None`` leaves a filter out. Order: ``created_at`` descending, then ``id``
+        descending (by code point). ``cursor`` is ``None`` for the first page, else the
+        ``next_cursor`` of the page before (opaque to the caller; valid for the same
+        filters). ``limit`` is at least 1.
+
+        A page holds at most ``limit`` jobs and may hold fewer while more match (a store
+        may bound the work of one call, as a scan does); ``next_cursor`` is ``None`` only
+        when no job after this page matches. A walk through the pages returns each
+        matching job at most once; jobs added or changed meanwhile may or may not appear.
+        Cost: a store keeps a page cheap on a queue of millions of jobs (an index for
+        the order, and for ``text`` where the backend has one).
+        """
+        ...
+
+    async def get_metrics(
+        self, queue: str, kind: MetricKind, start: int, end: int
+    ) -> dict[int, int]:
+        """Finished-job counts per minute: ``{minute: count}`` for the minutes from
+        ``start`` to ``end`` inclusive that have a count (others are zero).
+
+        A minute is ``floor(now / 60)`` of the transition that finished the job.
+        ``completed`` counts jobs that completed; ``failed`` counts jobs that entered
+        ``failed`` (attempts used up, unrecoverable, stalled too often, or failed by the
+        ``fail`` policy with "parent failed" or a child's failure); retried attempts are
+        not counted. The counts are written inside those transitions, never by a separate
+        call. A store keeps every minute within ``METRICS_MINUTES`` of the newest minute
+        written for that queue and kind, and drops older ones in time, so what it keeps
+        stays bounded; ``obliterate`` deletes them.
+        """
         ...
 
     # ------------------------------------------------------------------ events

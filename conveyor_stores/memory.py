@@ -16,18 +16,21 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
-from conveyor_core.engine import Engine
+from conveyor_core.engine import Engine, fold_ascii
 from conveyor_core.errors import StoreClosedError
 from conveyor_core.models import JobState
 from conveyor_core.store import (
+    METRICS_MINUTES,
     ChildDependency,
     Completion,
     EventRecord,
     EventSubscription,
     Failure,
     JobRecord,
+    MetricKind,
     NewJob,
     Release,
+    SearchPage,
     StallOutcome,
     StoreCapabilities,
     TakeResult,
@@ -83,6 +86,7 @@ class MemoryBackend:
         self.listened: dict[str, int] = {}
         self.events: list[EventRecord] = []
         self.woken: set[str] = set()
+        self.metrics_: dict[tuple[str, str], dict[int, int]] = {}
 
     def _q(self, queue: str) -> _QueueData:
         data = self.queues_.get(queue)
@@ -304,6 +308,8 @@ class MemoryBackend:
 
     def forget_queue(self, queue: str) -> None:
         self.queues_.pop(queue, None)
+        self.metrics_.pop((queue, "completed"), None)
+        self.metrics_.pop((queue, "failed"), None)
 
     def queues(self) -> list[str]:
         return sorted(name for name, q in self.queues_.items() if q.paused or q.size())
@@ -316,6 +322,49 @@ class MemoryBackend:
 
     def wake(self, queue: str) -> None:
         self.woken.add(queue)
+
+    # ---------------------------------------------------------------- operating
+
+    def record_metric(self, queue: str, kind: MetricKind, minute: int, count: int) -> None:
+        series = self.metrics_.setdefault((queue, kind), {})
+        if minute not in series:
+            oldest = minute - METRICS_MINUTES
+            for old in [m for m in series if m < oldest]:
+                del series[old]
+        series[minute] = series.get(minute, 0) + count
+
+    def metrics(self, queue: str, kind: MetricKind, start: int, end: int) -> dict[int, int]:
+        series = self.metrics_.get((queue, kind), {})
+        return {m: n for m, n in sorted(series.items()) if start <= m <= end and n}
+
+    def search(
+        self,
+        queue: str,
+        folded_text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[JobRecord], tuple[float, str] | None]:
+        wanted = None if states is None else set(states)
+        found: list[JobRecord] = []
+        for (q, _), job in self.jobs.items():
+            if q != queue or (name is not None and job.name != name):
+                continue
+            if wanted is not None and job.state not in wanted:
+                continue
+            if after is not None and (job.created_at, job.id) >= after:
+                continue
+            if folded_text is not None and not any(
+                folded_text in fold_ascii(field) for field in (job.id, job.name, job.data)
+            ):
+                continue
+            found.append(job)
+        found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+        if len(found) <= limit:
+            return found, None
+        last = found[limit - 1]
+        return found[:limit], (last.created_at, last.id)
 
 
 class _Subscription:
@@ -552,6 +601,31 @@ class MemoryStore:
 
     async def list_queues(self) -> list[str]:
         return self._run(self._backend.queues)
+
+    async def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        return self._run(
+            self._engine.search_jobs,
+            queue,
+            text=text,
+            name=name,
+            states=states,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def get_metrics(
+        self, queue: str, kind: MetricKind, start: int, end: int
+    ) -> dict[int, int]:
+        return self._run(self._engine.get_metrics, queue, kind, start, end)
 
     async def subscribe(self, queue: str) -> EventSubscription:
         if not self._connected:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from conveyor_core.store import METRICS_MINUTES
+
 SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 NOTIFY_LIMIT = 7900
@@ -156,6 +158,26 @@ BEGIN
 END $$;
 
 -- Deletes a job with its log and the dependency records it holds as a parent.
+-- Adds n finished jobs of kind k to the queue's count of the minute of now. Counts are
+-- spread over a few rows per minute (by server process), so concurrent transactions
+-- finishing jobs of one queue do not wait on one row; a new row also drops the minutes
+-- that fell out of the kept window.
+CREATE OR REPLACE FUNCTION @S._count_finished(q text, k text, now double precision, n integer)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    m bigint := floor(now / 60);
+    sh integer := pg_backend_pid() % 8;
+BEGIN
+    UPDATE @S.metrics SET count = count + n
+    WHERE queue = q AND kind = k AND minute = m AND shard = sh;
+    IF NOT FOUND THEN
+        INSERT INTO @S.metrics (queue, kind, minute, shard, count) VALUES (q, k, m, sh, n)
+        ON CONFLICT (queue, kind, minute, shard)
+        DO UPDATE SET count = @S.metrics.count + excluded.count;
+        DELETE FROM @S.metrics WHERE queue = q AND kind = k AND minute < m - @METRICS_MINUTES;
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION @S._delete(q text, jid text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM @S.jobs WHERE queue = q AND id = jid;
@@ -313,6 +335,7 @@ BEGIN
         WHERE queue = r.cq AND id = r.cid AND state IN ('waiting', 'delayed', 'waiting-children')
         RETURNING keep_failed INTO keep;
         IF FOUND THEN
+            PERFORM @S._count_finished(r.cq, 'failed', now, 1);
             evs := array_append(evs, @S._ev(r.cq, 'failed', r.cid,
                                             '{"reason": "parent failed"}', now));
             PERFORM @S._retain(r.cq, r.cid, 'failed', keep);
@@ -344,6 +367,7 @@ BEGIN
                   keep_failed
         INTO j;
         EXIT WHEN NOT FOUND;
+        PERFORM @S._count_finished(q, 'failed', now, 1);
         evs := array_append(evs, @S._ev(q, 'failed', jid, jsonb_build_object('reason', why), now));
         rq := array_append(rq, q);
         rid := array_append(rid, jid);
@@ -587,6 +611,7 @@ DECLARE
     cids text[] := '{}';
     cvals text[] := '{}';
     kept boolean := false;
+    finished integer := 0;
 BEGIN
     PERFORM @S._worker_commit();
     res := array_fill(false, ARRAY[cardinality(ids)]);
@@ -608,6 +633,7 @@ BEGIN
         SELECT * FROM upd ORDER BY o
     LOOP
         res[done.o] := true;
+        finished := finished + 1;
         evs := array_append(evs, @S._ev(q, 'completed', done.id,
                                         jsonb_build_object('return_value', done.return_value),
                                         now));
@@ -619,6 +645,9 @@ BEGIN
         END IF;
         kept := kept OR done.keep_completed IS NOT NULL;
     END LOOP;
+    IF finished > 0 THEN
+        PERFORM @S._count_finished(q, 'completed', now, finished);
+    END IF;
     IF cardinality(pqs) > 0 THEN
         -- Each parent's dependency on its child becomes processed; those that were
         -- pending resolve, counted per parent (parents locked in a fixed order).
@@ -1029,13 +1058,53 @@ BEGIN
         evs := evs || @S._remove(q, jid, now);
     END LOOP;
     DELETE FROM @S.queues WHERE queue = q;
+    DELETE FROM @S.metrics WHERE queue = q;
     PERFORM @S._publish(evs);
     RETURN true;
 END $$;
 """
 
+_V2 = r"""
+-- Finished jobs per queue, kind ('completed' or 'failed'), minute and shard.
+CREATE TABLE @S.metrics (
+    queue text NOT NULL,
+    kind text NOT NULL,
+    minute bigint NOT NULL,
+    shard integer NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (queue, kind, minute, shard)
+);
+
+-- Search pages newest first; neither column changes after the add, so state changes
+-- never touch this index (PostgreSQL updates it heap-only when nothing indexed changes).
+CREATE INDEX jobs_created ON @S.jobs (queue, created_at DESC, id COLLATE "C" DESC);
+
+-- Substring search of ids, names and data through pg_trgm, where it can be installed
+-- (it serves ILIKE; the store then keeps the matches of the exact rule).
+DO $do$
+DECLARE
+    nsp text;
+BEGIN
+    -- Schemas migrating at once wait here, so each sees the extension once it exists.
+    PERFORM pg_advisory_xact_lock(hashtextextended('conveyor-pg_trgm', 0));
+    BEGIN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'pg_trgm is not available (%): search by text scans', SQLERRM;
+    END;
+    SELECT n.nspname INTO nsp FROM pg_extension e
+    JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm';
+    IF nsp IS NOT NULL THEN
+        EXECUTE format(
+            'CREATE INDEX jobs_text ON @S.jobs USING gin ('
+            'id %1$I.gin_trgm_ops, name %1$I.gin_trgm_ops, data %1$I.gin_trgm_ops)', nsp);
+    END IF;
+END $do$;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _TABLES + _FUNCTIONS),
+    (2, _V2 + _FUNCTIONS),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 
@@ -1065,5 +1134,6 @@ def render(sql: str, schema: str, channel: str, stalled_reason: str) -> str:
         .replace("@LIMIT", str(NOTIFY_LIMIT))
         .replace("@PIECE", str(NOTIFY_LIMIT // 2 - 10))
         .replace("@PLANNER", PLANNER)
+        .replace("@METRICS_MINUTES", str(METRICS_MINUTES))
         .replace("@S", quote_ident(schema))
     )

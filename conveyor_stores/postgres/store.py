@@ -13,12 +13,15 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
+from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii
 from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
@@ -37,8 +40,10 @@ from conveyor_core.store import (
     EventSubscription,
     Failure,
     JobRecord,
+    MetricKind,
     NewJob,
     Release,
+    SearchPage,
     StallOutcome,
     StoreCapabilities,
     TakeResult,
@@ -191,6 +196,7 @@ class _Operations:
 
     _schema: str
     _channel: str
+    _text_index: bool | None = None
     _sql: dict[str, str]
 
     async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
@@ -547,10 +553,111 @@ class _Operations:
     async def list_queues(self) -> list[str]:
         return sorted(await self._fetchval("list_queues", read=True))
 
+    # ------------------------------------------------------------------ operating
+
+    async def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        after = (math.inf, "") if cursor is None else decode_cursor(cursor)
+        if not _storable(queue) or (name is not None and not _storable(name)):
+            return SearchPage([], None)
+        if text is not None and not _storable(text):
+            return SearchPage([], None)
+        args: list[Any] = [queue, after[0], after[1]]
+        filters = []
+        if name is not None:
+            args.append(name)
+            filters.append(f"name = ${len(args)}::text")
+        if states is not None:
+            args.append([JobState(state).value for state in states])
+            filters.append(f"state = ANY(${len(args)}::text[])")
+        folded = None if text is None else fold_ascii(text)
+        if folded is not None:
+            # ILIKE finds a superset (it folds more than ASCII letters, and pg_trgm's index
+            # serves it); the rule's exact matches are kept below.
+            args.append("%" + _LIKE_SPECIALS.sub(r"\\\g<0>", folded) + "%")
+            n = len(args)
+            filters.append(
+                f"(id ILIKE ${n}::text OR name ILIKE ${n}::text OR data ILIKE ${n}::text)"
+            )
+        indexed = not filters or (
+            folded is not None and len(folded) >= 3 and await self._has_text_index()
+        )
+        key = f"search:{indexed}:{':'.join(filters)}"
+        if key not in self._sql:
+            self._sql[key] = _search_sql(
+                self._schema, filters, limit_arg=len(args) + 1, scan=not indexed
+            )
+        rows = await self._fetch(key, *args, limit + 1, read=True)
+        examined = [_record(r) for r in rows[:limit]]
+        jobs = examined
+        if folded is not None:
+            jobs = [
+                job
+                for job in examined
+                if any(folded in fold_ascii(field) for field in (job.id, job.name, job.data))
+            ]
+        if len(rows) > limit:
+            last = examined[-1]
+            return SearchPage(jobs, encode_cursor(last.created_at, last.id))
+        if indexed:
+            return SearchPage(jobs, None)
+        # The scan looked at SEARCH_SCAN rows at most: resume below the last of them.
+        boundary = await self._fetchrow("search_boundary", queue, after[0], after[1], read=True)
+        return SearchPage(jobs, None if boundary is None else encode_cursor(*boundary))
+
+    async def _has_text_index(self) -> bool:
+        if self._text_index is None:
+            self._text_index = bool(await self._fetchval("has_text_index", read=True))
+        return self._text_index
+
+    async def get_metrics(
+        self, queue: str, kind: MetricKind, start: int, end: int
+    ) -> dict[int, int]:
+        if not _storable(queue):
+            return {}
+        rows = await self._fetch("get_metrics", queue, kind, start, end, read=True)
+        return {int(minute): int(count) for minute, count in rows}
+
     # ------------------------------------------------------------------ events
 
     async def subscribe(self, queue: str) -> EventSubscription:
         return await self._events_store()._subscribe(queue)
+
+
+SEARCH_SCAN = 5000
+"""Rows a search looks at, at most, when no index serves its filters: a page stays
+cheap on any queue; a sparse match takes more pages."""
+
+_LIKE_SPECIALS = re.compile(r"[\\%_]")
+
+_NEWEST_FIRST = 'ORDER BY created_at DESC, id COLLATE "C" DESC'
+_BELOW = '(created_at < $2::float8 OR (created_at = $2::float8 AND id COLLATE "C" < $3::text))'
+
+
+def _search_sql(schema: str, filters: list[str], *, limit_arg: int, scan: bool) -> str:
+    """A search statement for one combination of filters (their values are parameters)."""
+    s = sql_schema.quote_ident(schema)
+    where = " AND ".join(filters) or "true"
+    if not scan:
+        return (
+            f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND {_BELOW} "
+            f"AND {where} {_NEWEST_FIRST} LIMIT ${limit_arg}::int8"
+        )
+    return (
+        f"WITH scan AS MATERIALIZED (SELECT {_JOB_COLUMNS} FROM {s}.jobs "
+        f"WHERE queue = $1::text AND {_BELOW} {_NEWEST_FIRST} LIMIT {SEARCH_SCAN}) "
+        f"SELECT * FROM scan WHERE {where} {_NEWEST_FIRST} LIMIT ${limit_arg}::int8"
+    )
 
 
 def _statements(schema: str) -> dict[str, str]:
@@ -599,6 +706,13 @@ def _statements(schema: str) -> dict[str, str]:
         "clean": f"SELECT {s}.clean($1::text, $2::text, $3::float8, $4::int8, $5::float8)",
         "obliterate": f"SELECT {s}.obliterate($1::text, $2::bool, $3::float8)",
         "get_job": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND id = $2::text",
+        "search_boundary": f"SELECT created_at, id FROM {s}.jobs WHERE queue = $1::text "
+        f"AND {_BELOW} {_NEWEST_FIRST} OFFSET {SEARCH_SCAN - 1} LIMIT 1",
+        "has_text_index": f"SELECT to_regclass({sql_schema.quote_literal(s + '.jobs_text')}) "
+        "IS NOT NULL",
+        "get_metrics": f"SELECT minute, sum(count) FROM {s}.metrics WHERE queue = $1::text "
+        "AND kind = $2::text AND minute BETWEEN $3::int8 AND $4::int8 "
+        "GROUP BY minute HAVING sum(count) > 0 ORDER BY minute",
         "get_jobs": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs j "
         "JOIN unnest($2::text[]) WITH ORDINALITY AS w(st, o) ON j.state = w.st "
         "WHERE j.queue = $1::text ORDER BY w.o, "

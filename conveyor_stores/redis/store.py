@@ -33,6 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii
 from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
@@ -47,14 +48,17 @@ from conveyor_core.errors import (
 from conveyor_core.models import JobState, ParentPolicy
 from conveyor_core.redaction import redact_text, redact_url
 from conveyor_core.store import (
+    METRICS_MINUTES,
     ChildDependency,
     Completion,
     EventRecord,
     EventSubscription,
     Failure,
     JobRecord,
+    MetricKind,
     NewJob,
     Release,
+    SearchPage,
     StallOutcome,
     StoreCapabilities,
     TakeResult,
@@ -76,7 +80,11 @@ _SCRIPTS = (
     "recover_stalled",
     "update_job",
     "queue_op",
+    "search",
 )
+SEARCH_SCAN = 5000
+"""Jobs one search call looks at, at most: a page stays cheap on any queue; a sparse
+match takes more pages."""
 _STATES: dict[str, JobState] = {state.value: state for state in JobState}
 _POLICIES: dict[str, ParentPolicy] = {policy.value: policy for policy in ParentPolicy}
 _TEXT: dict[str | None, str] = {None: "", **{m.value: m.value for m in (*JobState, *ParentPolicy)}}
@@ -148,6 +156,7 @@ def _link(common: str, body: str) -> str:
 def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("lua")
     common = folder.joinpath("common.lua").read_text(encoding="utf-8")
+    common = common.replace("@METRICS_MINUTES", str(METRICS_MINUTES))
     return {
         name: _link(common, folder.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
         for name in _SCRIPTS
@@ -1088,6 +1097,52 @@ class RedisStore:
             commands.append(("HEXISTS", base + "meta", "paused"))
         flags = await self._commands(commands)
         return [name for i, name in enumerate(names) if flags[2 * i] or flags[2 * i + 1]]
+
+    # ---------------------------------------------------------------- operating
+
+    async def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        after = ("", "") if cursor is None else decode_cursor(cursor)
+        reply = await self._run(
+            "search",
+            self._base(queue),
+            time.time(),
+            "" if text is None else fold_ascii(text),
+            "" if name is None else name,
+            "" if states is None else "|".join(JobState(state).value for state in states) or "-",
+            limit,
+            repr(after[0]) if cursor is not None else "",
+            after[1],
+            SEARCH_SCAN,
+        )
+        resume_score, resume_id, ids = reply[0], reply[1], reply[2:]
+        base = self._base(queue)
+        hashes = await self._commands([("HGETALL", base + "job:" + job_id) for job_id in ids])
+        jobs = [
+            _record(queue, job_id, _pairs(flat))
+            for job_id, flat in zip(ids, hashes, strict=True)
+            if flat
+        ]
+        if resume_id == "" and resume_score == "":
+            return SearchPage(jobs, None)
+        return SearchPage(jobs, encode_cursor(float(resume_score), resume_id))
+
+    async def get_metrics(
+        self, queue: str, kind: MetricKind, start: int, end: int
+    ) -> dict[int, int]:
+        flat = await self._command("HGETALL", self._base(queue) + "m:" + kind)
+        counts = {int(minute): int(count) for minute, count in _pairs(flat).items()}
+        return {m: counts[m] for m in sorted(counts) if start <= m <= end and counts[m]}
 
     # ---------------------------------------------------------------- events
 

@@ -25,8 +25,15 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from conveyor_core.engine import fold_ascii
 from conveyor_core.models import MAX_PRIORITY, JobState, ParentPolicy
-from conveyor_core.store import ChildDependency, DependencyStatus, EventRecord, JobRecord
+from conveyor_core.store import (
+    METRICS_MINUTES,
+    ChildDependency,
+    DependencyStatus,
+    EventRecord,
+    JobRecord,
+)
 
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED
@@ -114,6 +121,19 @@ _DEP_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DEP_WHERE = "parent_queue = ? AND parent_id = ? AND child_queue = ? AND child_id = ?"
+
+_SEARCH_SCAN = 5000
+"""Rows one search call looks at, at most, when it walks the queue (no usable index
+for its filters): a page stays cheap on any queue; a sparse match takes more pages."""
+_TEXT_CANDIDATES = 1000
+"""Rows the trigram index may name for a text before a search walks the queue instead."""
+_SEARCH_SCAN_FIRST = (
+    f"{_SELECT} INDEXED BY jobs_created WHERE queue = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+)
+_SEARCH_SCAN_AFTER = (
+    f"{_SELECT} INDEXED BY jobs_created WHERE queue = ? AND (created_at, id) < (?, ?) "
+    "ORDER BY created_at DESC, id DESC LIMIT ?"
+)
 
 _EVENT_INSERT = (
     "INSERT INTO events (queue, type, job_id, data, ts, written_at) VALUES (?, ?, ?, ?, ?, ?)"
@@ -685,6 +705,108 @@ class SQLiteBackend:
 
     def forget_queue(self, queue: str) -> None:
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
+        self.conn.execute("DELETE FROM metrics WHERE queue = ?", (queue,))
+
+    # ---------------------------------------------------------------- operating
+
+    def record_metric(self, queue: str, kind: str, minute: int, count: int) -> None:
+        conn = self.conn
+        cursor = conn.execute(
+            "UPDATE metrics SET count = count + ? WHERE queue = ? AND kind = ? AND minute = ?",
+            (count, queue, kind, minute),
+        )
+        if cursor.rowcount:
+            return
+        conn.execute(
+            "INSERT INTO metrics (queue, kind, minute, count) VALUES (?, ?, ?, ?)",
+            (queue, kind, minute, count),
+        )
+        conn.execute(  # once per new minute: drop what fell out of the window
+            "DELETE FROM metrics WHERE queue = ? AND kind = ? AND minute < ?",
+            (queue, kind, minute - METRICS_MINUTES),
+        )
+
+    def metrics(self, queue: str, kind: str, start: int, end: int) -> dict[int, int]:
+        rows = self.conn.execute(
+            "SELECT minute, count FROM metrics "
+            "WHERE queue = ? AND kind = ? AND minute BETWEEN ? AND ? AND count > 0 "
+            "ORDER BY minute",
+            (queue, kind, start, end),
+        ).fetchall()
+        return {minute: count for minute, count in rows}
+
+    def search(
+        self,
+        queue: str,
+        folded_text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[JobRecord], tuple[float, str] | None]:
+        self._flush()
+        wanted = None if states is None else {state.value for state in states}
+
+        def matches(row: Any) -> bool:
+            if name is not None and row[2] != name:
+                return False
+            if wanted is not None and row[25] not in wanted:
+                return False
+            return folded_text is None or any(folded_text in fold_ascii(row[i]) for i in (0, 2, 3))
+
+        if folded_text is not None and len(folded_text) >= 3:
+            candidates = self._text_candidates(queue, folded_text, after)
+            if candidates is not None:
+                found = [_record(row) for row in candidates if matches(row)]
+                if len(found) <= limit:
+                    return found, None
+                last = found[limit - 1]
+                return found[:limit], (last.created_at, last.id)
+        # Walk the queue newest first, at most _SEARCH_SCAN rows per call.
+        if after is None:
+            rows = self.conn.execute(_SEARCH_SCAN_FIRST, (queue, _SEARCH_SCAN))
+        else:
+            rows = self.conn.execute(_SEARCH_SCAN_AFTER, (queue, *after, _SEARCH_SCAN))
+        found = []
+        scanned = 0
+        row: Any = None
+        for row in rows:
+            scanned += 1
+            if matches(row):
+                if len(found) == limit:
+                    last = found[-1]
+                    return found, (last.created_at, last.id)
+                found.append(_record(row))
+        if scanned < _SEARCH_SCAN or row is None:
+            return found, None
+        return found, (row[14], row[0])  # resume below the last row looked at
+
+    def _text_candidates(
+        self, queue: str, folded_text: str, after: tuple[float, str] | None
+    ) -> list[Any] | None:
+        """The queue's rows whose text the trigram index may contain, newest first, or
+        ``None`` when they are too many to read at once (then a scan finds them sooner)."""
+        phrase = '"' + folded_text.replace('"', '""') + '"'
+        rowids = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT rowid FROM jobs_text WHERE jobs_text MATCH ? LIMIT ?",
+                (phrase, _TEXT_CANDIDATES + 1),
+            )
+        ]
+        if len(rowids) > _TEXT_CANDIDATES:
+            return None
+        rows: list[Any] = []
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start : start + 500]
+            rows += self.conn.execute(
+                f"{_SELECT} WHERE rowid IN ({', '.join('?' * len(chunk))}) AND queue = ?",
+                (*chunk, queue),
+            ).fetchall()
+        if after is not None:
+            rows = [row for row in rows if (row[14], row[0]) < after]
+        rows.sort(key=lambda row: (row[14], row[0]), reverse=True)
+        return rows
 
     def queues(self) -> list[str]:
         self._flush()

@@ -105,7 +105,53 @@ _V1 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+_V2 = (
+    # Search: newest first by (created_at, id). Neither column changes after the add,
+    # so state changes never touch this index.
+    "CREATE INDEX jobs_created ON jobs (queue, created_at, id)",
+    # Substring search of ids, names and data: an FTS5 trigram index over the jobs
+    # table (external content), kept by triggers. Updates that change neither the name
+    # nor the data (every state change) skip it.
+    """
+    CREATE VIRTUAL TABLE jobs_text USING fts5(
+        id, name, data, content='jobs', content_rowid='rowid', tokenize='trigram'
+    )
+    """,
+    "INSERT INTO jobs_text (jobs_text) VALUES ('rebuild')",
+    """
+    CREATE TRIGGER jobs_text_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO jobs_text (rowid, id, name, data)
+        VALUES (new.rowid, new.id, new.name, new.data);
+    END
+    """,
+    """
+    CREATE TRIGGER jobs_text_delete AFTER DELETE ON jobs BEGIN
+        INSERT INTO jobs_text (jobs_text, rowid, id, name, data)
+        VALUES ('delete', old.rowid, old.id, old.name, old.data);
+    END
+    """,
+    """
+    CREATE TRIGGER jobs_text_update AFTER UPDATE OF name, data ON jobs
+    WHEN old.data IS NOT new.data OR old.name IS NOT new.name BEGIN
+        INSERT INTO jobs_text (jobs_text, rowid, id, name, data)
+        VALUES ('delete', old.rowid, old.id, old.name, old.data);
+        INSERT INTO jobs_text (rowid, id, name, data)
+        VALUES (new.rowid, new.id, new.name, new.data);
+    END
+    """,
+    # Finished jobs per queue, kind ('completed' or 'failed') and minute.
+    """
+    CREATE TABLE metrics (
+        queue TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (queue, kind, minute)
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -102,8 +102,10 @@ from conveyor_core.store import (
     EventSubscription,
     Failure,
     JobRecord,
+    MetricKind,
     NewJob,
     Release,
+    SearchPage,
     StallOutcome,
     StoreCapabilities,
     TakeResult,
@@ -716,6 +718,27 @@ class SQLiteStore:
 
     async def list_queues(self) -> list[str]:
         return await self._read(lambda s: s.backend.queues())
+
+    async def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        return await self._read(
+            lambda s: s.engine.search_jobs(
+                queue, text=text, name=name, states=states, limit=limit, cursor=cursor
+            )
+        )
+
+    async def get_metrics(
+        self, queue: str, kind: MetricKind, start: int, end: int
+    ) -> dict[int, int]:
+        return await self._read(lambda s: s.engine.get_metrics(queue, kind, start, end))
 
     # ---------------------------------------------------------------- protocol: events
 

@@ -99,6 +99,7 @@ for g = 1, ngroups do
           cjson.encode({ q = queue, i = id, b = base, s = 'pending', o = count }))
       end
       redis.call('HSET', jk, unpack(fields))
+      redis.call('ZADD', base .. 'all', NOW_S, id)
       if not queues[queue] then
         queues[queue] = true
         redis.call('SADD', PB .. 'queues', queue)

@@ -123,7 +123,24 @@ end
 
 local function delete_job(base, id, jk, state)
   unlist(base, id, jk, state)
+  redis.call('ZREM', base .. 'all', id)
   redis.call('DEL', jk, base .. 'logs:' .. id, base .. 'deps:' .. id)
+end
+
+-- Finished jobs per minute: hash "<base>m:<kind>", field = the minute of NOW. When the
+-- hash outgrows the kept window by an hour, the minutes before the window are dropped.
+local METRICS_MINUTES = @METRICS_MINUTES
+local function count_finished(base, kind, n)
+  local key = base .. 'm:' .. kind
+  local minute = math.floor(NOW / 60)
+  local field = string.format('%d', minute)
+  if redis.call('HINCRBY', key, field, n) == n
+      and redis.call('HLEN', key) > METRICS_MINUTES + 60 then
+    local oldest = minute - METRICS_MINUTES
+    for _, f in ipairs(redis.call('HKEYS', key)) do
+      if tonumber(f) < oldest then redis.call('HDEL', key, f) end
+    end
+  end
 end
 
 -- Dependency records: hash "<parent base>deps:<parent id>", field = the child's job key,
@@ -253,6 +270,7 @@ local function final_failure(base, id, reason, apply_policy)
   local jk = base .. 'job:' .. id
   local v = redis.call('HMGET', jk, 'state', 'pid', 'pb', 'pol', 'kf')
   move_to(base, id, jk, v[1], 'failed')
+  count_finished(base, 'failed', 1)
   redis.call('HSET', jk, 'fr', reason, 'fat', NOW_S)
   redis.call('HDEL', jk, 'tok', 'lu')
   emit(base, 'failed', id, cjson.encode({ reason = reason }))

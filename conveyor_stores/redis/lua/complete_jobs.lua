@@ -1,5 +1,6 @@
 -- complete_jobs. ARGV from 3: (id, token, return_value) triples. Returns 1/0 per item.
 local out = {}
+local finished = 0
 local order = redis.call('INCRBY', PB .. 'seq', (#ARGV - 2) / 3) - (#ARGV - 2) / 3
 for k = 3, #ARGV, 3 do
   local id, rv = ARGV[k], ARGV[k + 2]
@@ -24,7 +25,9 @@ for k = 3, #ARGV, 3 do
       end
     end
     retain(QB, id, 'completed', v[6])
+    finished = finished + 1
     out[#out + 1] = 1
   end
 end
+if finished > 0 then count_finished(QB, 'completed', finished) end
 return done(out)

@@ -88,7 +88,7 @@ elseif op == 'obliterate' then
   for _, id in ipairs(ids) do
     if redis.call('EXISTS', QB .. 'job:' .. id) == 1 then remove_tree(QB, id) end
   end
-  redis.call('DEL', QB .. 'meta', QB .. 'marker')
+  redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)
 end
