@@ -191,3 +191,61 @@ def test_conformance_command_fails_for_something_that_is_not_a_store() -> None:
     result = run_cli("conformance", "builtins:object", "--", "-q", "-x", "-k", "drop_policy")
     assert result.returncode not in (0, 5), result.stdout + result.stderr
     assert "must return a store" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param(
+            "x = 1\ndef handle(job:\n    return 1\n",
+            ["line 2", "SyntaxError", "never closed"],
+            id="syntax",
+        ),
+        pytest.param(
+            "def handle(job):\n  return 1\n   oops\n", ["line 3", "IndentationError"], id="indent"
+        ),
+        pytest.param(
+            "import json\nvalue = undefined_name\n",
+            ["line 2", "NameError", "undefined_name"],
+            id="raises",
+        ),
+        pytest.param(
+            "import no_such_dependency_xyz\n", ["line 1", "no_such_dependency_xyz"], id="dependency"
+        ),
+    ],
+)
+def test_handler_module_that_does_not_import_is_one_line_naming_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, expected: list[str]
+) -> None:
+    module = f"broken_handlers_{abs(hash(source))}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke("worker", f"{module}:handle", "--queue", "q", "--store", "memory://")
+    assert code != 0
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+    assert f"{module}.py" in output, output
+    for fragment in expected:
+        assert fragment in output, output
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["worker", "json:loads", "--queue", "q", "--concurrency", "0"], "--concurrency"),
+        (["worker", "json:loads", "--queue", "", "--store", "memory://"], "--queue"),
+        (
+            ["worker", "json:loads", "--queue", "q", "--shutdown-timeout", "soon"],
+            "--shutdown-timeout",
+        ),
+        (["worker", "json:loads"], "--queue"),
+        (["flow", "some-id", "--queue", "", "--store", "memory://"], "--queue"),
+        (["status", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_invalid_options_are_one_line_naming_the_option(args: list[str], option: str) -> None:
+    code, output = invoke(*args)
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+    assert option in output

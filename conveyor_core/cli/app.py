@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import FlowProducer, Job, JobState, Queue, Worker
+from ..queue import check_name
 from .demo import run_demo
 from .render import counts_table, flow_tree
 from .support import (
@@ -42,7 +43,48 @@ def _console() -> Console:
     return console
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a mistyped option is one line naming it, without the usage."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) or exc.ctx is None:
+        return exc
+    return OptionError(f"{exc.format_message()} (see '{exc.ctx.command_path} --help')")
+
+
+class OptionError(UserError):
+    """A command line that does not parse: exit code 2, as for click's usage errors."""
+
+    exit_code = 2
+
+
+def _queue_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_name(value, "queue name")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="conveyor-queue", prog_name="conveyor")
 def cli() -> None:
     """Conveyor: async job queues and flows on memory, SQLite, PostgreSQL or Redis."""
@@ -86,7 +128,9 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
 
 @cli.command()
 @click.argument("handler", metavar="MODULE:HANDLER")
-@click.option("--queue", "queue_name", required=True, help="Queue to take jobs from.")
+@click.option(
+    "--queue", "queue_name", required=True, callback=_queue_name, help="Queue to take jobs from."
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
@@ -209,7 +253,9 @@ def status(store: str | None) -> None:
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--queue", "queue_name", required=True, help="Queue of the job.")
+@click.option(
+    "--queue", "queue_name", required=True, callback=_queue_name, help="Queue of the job."
+)
 @click.option(
     "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels to show."
 )
