@@ -10,12 +10,12 @@ from typing import Any
 import anyio
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from .. import FlowProducer, Job, JobState, Queue, Worker
 from ..queue import check_name
 from .demo import run_demo
-from .render import counts_table, flow_tree
+from .render import counts_table, flow_tree, safe_text
 from .support import (
     DEFAULT_STORE_URL,
     STORE_URL_ENV,
@@ -112,7 +112,7 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
 
     async def main() -> bool:
         async with opened_store(url) as opened:
-            console.print(f"[dim]store: {escape(redact(url))}[/]")
+            console.print(safe_text(f"store: {redact(url)}", "dim"))
             return await run_demo(
                 opened,
                 console,
@@ -167,8 +167,13 @@ def worker(
             the_worker = Worker(queue_name, handle, store=opened, concurrency=concurrency)
             _report_jobs(the_worker, console)
             console.print(
-                f"worker for queue [bold]{escape(queue_name)}[/] on {escape(redact(url))} "
-                f"(concurrency {concurrency}); stop with Ctrl-C or SIGTERM"
+                Text.assemble(
+                    "worker for queue ",
+                    safe_text(queue_name, "bold"),
+                    " on ",
+                    safe_text(redact(url)),
+                    f" (concurrency {concurrency}); stop with Ctrl-C or SIGTERM",
+                )
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_close_on_signal, the_worker, shutdown_timeout, console)
@@ -184,20 +189,30 @@ def _report_jobs(the_worker: Worker, console: Console) -> None:
     error occurs (a store that cannot be reached, a lost lock)."""
 
     def completed(job: Job, result: Any) -> None:
-        console.print(f"[green]completed[/] {escape(job.name)} {escape(job.id)}")
+        console.print(
+            Text.assemble(("completed", "green"), " ", safe_text(job.name), " ", safe_text(job.id))
+        )
 
     def failed(job: Job, error: BaseException) -> None:
         outcome = "failed" if job.state is JobState.FAILED else "attempt failed, will retry"
         console.print(
-            f"[red]{outcome}[/] {escape(job.name)} {escape(job.id)}: {escape(str(error))}"
+            Text.assemble(
+                (outcome, "red"),
+                " ",
+                safe_text(job.name),
+                " ",
+                safe_text(job.id),
+                ": ",
+                safe_text(error),
+            )
         )
 
     def stalled(job_id: str, failed_for_good: bool) -> None:
         outcome = "failed" if failed_for_good else "back to waiting"
-        console.print(f"[yellow]stalled[/] {escape(job_id)}: {outcome}")
+        console.print(Text.assemble(("stalled", "yellow"), " ", safe_text(job_id), f": {outcome}"))
 
     def error(exc: BaseException) -> None:
-        console.print(f"[red]error[/] {escape(type(exc).__name__)}: {escape(str(exc))}")
+        console.print(Text.assemble(("error", "red"), f" {type(exc).__name__}: ", safe_text(exc)))
 
     the_worker.on("completed", completed)
     the_worker.on("failed", failed)
@@ -244,7 +259,7 @@ def status(store: str | None) -> None:
                 finally:
                     await queue.close()
         if not rows:
-            console.print(f"no queues in {escape(redact(url))}")
+            console.print(Text.assemble("no queues in ", safe_text(redact(url))))
             return
         console.print(counts_table(rows))
 

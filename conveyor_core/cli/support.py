@@ -16,6 +16,7 @@ import click
 
 from ..errors import ConveyorError
 from ..store import StoreInterface
+from .render import safe_text
 
 DEFAULT_STORE_URL = "sqlite:///conveyor.db"
 STORE_URL_ENV = "CONVEYOR_STORE_URL"
@@ -24,7 +25,13 @@ T = TypeVar("T")
 
 
 class UserError(click.ClickException):
-    """An error the user can fix; shown as one line, without a traceback."""
+    """An error the user can fix; shown as one line, without a traceback.
+
+    Its message may quote stored text, so control characters in it are escaped.
+    """
+
+    def format_message(self) -> str:
+        return safe_text(self.message).plain
 
 
 def store_url(option: str | None) -> str:
