@@ -11,7 +11,14 @@ from .clock import Clock, seconds, system_clock
 from .errors import DuplicateJobError
 from .ids import new_id
 from .job import Job
-from .models import JobOptions, JobState, text_problem
+from .models import (
+    MAX_JOB_NAME_BYTES,
+    MAX_QUEUE_NAME_BYTES,
+    JobOptions,
+    JobState,
+    shown,
+    text_problem,
+)
 from .store import JobRecord, NewJob, StoreInterface
 
 __all__ = ["Queue"]
@@ -28,14 +35,15 @@ _CHILD_FLAGS = (
 )
 
 
-def check_name(value: object, what: str) -> str:
-    """``value`` if it is a non-empty string, else ``ValueError``/``TypeError``."""
+def check_name(value: object, what: str, max_bytes: int = MAX_QUEUE_NAME_BYTES) -> str:
+    """``value`` if it is a non-empty string of at most ``max_bytes`` bytes of UTF-8
+    (by default the queue name limit), else ``ValueError``/``TypeError``."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{what} must not be empty")
-    if (problem := text_problem(value)) is not None:
-        raise ValueError(f"{what} {value!r} {problem}")
+    if (problem := text_problem(value, max_bytes)) is not None:
+        raise ValueError(f"{what} {shown(value)} {problem}")
     return value
 
 
@@ -163,7 +171,7 @@ class Queue:
     # ------------------------------------------------------------------ adding
 
     def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> NewJob:
-        check_name(name, "job name")
+        check_name(name, "job name", MAX_JOB_NAME_BYTES)
         options = resolve_options(opts, self._defaults)
         text = codec.dumps(data, what=lambda: f"data of job {name!r} in queue {self.name!r}")
         return build_new_job(
