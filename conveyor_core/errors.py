@@ -33,6 +33,21 @@ class JobFailedError(ConveyorError):
         self.reason = reason
 
 
+class JobTimeoutError(ConveyorError, TimeoutError):
+    """``Job.wait_until_finished`` gave up: the job had not finished within ``timeout``.
+
+    The job itself is untouched and may still finish later.
+    """
+
+    def __init__(self, queue: str, job_id: str, timeout: float) -> None:
+        super().__init__(
+            f"job {job_id!r} in queue {queue!r} did not finish within {timeout:g} seconds"
+        )
+        self.queue = queue
+        self.job_id = job_id
+        self.timeout = timeout
+
+
 class UnrecoverableError(ConveyorError):
     """Raise from a handler to fail the job at once, whatever attempts remain."""
 

@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import codec
+from ._host import leave_host
 from .clock import to_datetime
 from .models import QueueEvent
 from .queue import check_name
@@ -116,7 +117,7 @@ class QueueEvents:
         if task_group is None:
             return None
         self._task_group = None
-        return await task_group.__aexit__(exc_type, exc, tb)
+        return await leave_host(task_group, exc, f"QueueEvents({self.queue_name!r})")
 
     async def close(self) -> None:
         """Stop listening; an ``async for`` over the events ends. Idempotent."""

@@ -14,7 +14,7 @@ from .clock import Clock, system_clock
 from .errors import DuplicateJobError
 from .ids import new_id
 from .job import Job
-from .models import FlowJob, JobOptions, ParentPolicy
+from .models import MAX_JOB_NAME_BYTES, FlowJob, JobOptions, ParentPolicy
 from .queue import (
     OptionsLike,
     build_new_job,
@@ -69,16 +69,15 @@ def _data_of(name: str, queue: str) -> str:
 
 
 _NODE_KEYS = frozenset({"name", "queue_name", "data", "opts", "children"})
-_MAX_NAME = 512
 
 
 def _node_fields(raw: object) -> tuple[str, str, Any, Any, Sequence[object]]:
     """A node's ``(name, queue_name, data, opts, children)``, its fields validated.
 
     Validates one level at a time so a tree of any depth is accepted: pydantic's own
-    nested validation stops at a few hundred levels. A plain dict with well-formed names
-    skips pydantic (options are validated later either way); anything else goes through
-    ``FlowJob`` so the error names the bad field.
+    nested validation stops at a few hundred levels. A plain dict with string names
+    skips pydantic (names and options are validated later either way); anything else
+    goes through ``FlowJob`` so the error names the bad field.
     """
     if isinstance(raw, FlowJob):
         return raw.name, raw.queue_name, raw.data, raw.opts, raw.children
@@ -89,8 +88,6 @@ def _node_fields(raw: object) -> tuple[str, str, Any, Any, Sequence[object]]:
             isinstance(children, list | tuple)
             and isinstance(name, str)
             and isinstance(queue, str)
-            and 0 < len(name) <= _MAX_NAME
-            and 0 < len(queue) <= _MAX_NAME
             and _NODE_KEYS.issuperset(raw)
         ):
             return name, queue, raw.get("data"), raw.get("opts"), children
@@ -149,7 +146,7 @@ class FlowProducer:
         while stack:
             raw, parent, parent_opts, depth = stack.pop()
             name, queue, node_data, node_opts, children = _node_fields(raw)
-            check_name(name, "job name")
+            check_name(name, "job name", MAX_JOB_NAME_BYTES)
             check_name(queue, "queue name")
             opts = resolve_options(node_opts, queue_defaults.get(queue))
             job_id = opts.job_id or new_id()

@@ -13,7 +13,7 @@ from typing_extensions import TypeVar
 
 from . import codec
 from .clock import Clock, seconds, system_clock, to_datetime
-from .errors import JobFailedError, JobNotFoundError
+from .errors import JobFailedError, JobNotFoundError, JobTimeoutError
 from .models import MAX_PRIORITY, JobOptions, JobState
 from .payloads import validate
 from .store import JobRecord, StoreInterface
@@ -333,34 +333,39 @@ class Job(Generic[DataT]):
     async def wait_until_finished(self, timeout: float | timedelta | None = None) -> Any:
         """Wait until the job completes and return its value, or raise ``JobFailedError``.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds and ``JobNotFoundError`` if the
-        job is removed. Listens to the queue's events and re-reads the job once listening,
-        so a job that finished just before the call is seen too.
+        Raises ``JobTimeoutError`` (a ``TimeoutError`` naming the job) after ``timeout``
+        seconds, and ``JobNotFoundError`` if the job is removed. Listens to the queue's
+        events and re-reads the job once listening, so a job that finished just before
+        the call is seen too.
         """
         limit = math.inf if timeout is None else seconds(timeout, what="timeout")
-        with anyio.fail_after(limit):
-            subscription = await self._store.subscribe(self.queue_name)
-            try:
-                if outcome := self._outcome(await self._store.get_job(self.queue_name, self.id)):
+        with anyio.move_on_after(limit):
+            return await self._wait_finished()
+        raise JobTimeoutError(self.queue_name, self.id, limit)
+
+    async def _wait_finished(self) -> Any:
+        subscription = await self._store.subscribe(self.queue_name)
+        try:
+            if outcome := self._outcome(await self._store.get_job(self.queue_name, self.id)):
+                return outcome()
+            async for event in subscription:
+                if event.job_id != self.id or event.type not in _FINISHED_EVENTS:
+                    continue
+                if event.type == "removed":
+                    raise JobNotFoundError(self.queue_name, self.id)
+                record = await self._store.get_job(self.queue_name, self.id)
+                if record is None:
+                    # Deleted on finishing (remove_on_complete/remove_on_fail).
+                    if event.type == "completed":
+                        return _decode(event.data.get("return_value"))
+                    reason = event.data.get("failed_reason", event.data.get("reason"))
+                    raise JobFailedError(self.id, reason)
+                if (outcome := self._outcome(record)) is not None:
                     return outcome()
-                async for event in subscription:
-                    if event.job_id != self.id or event.type not in _FINISHED_EVENTS:
-                        continue
-                    if event.type == "removed":
-                        raise JobNotFoundError(self.queue_name, self.id)
-                    record = await self._store.get_job(self.queue_name, self.id)
-                    if record is None:
-                        # Deleted on finishing (remove_on_complete/remove_on_fail).
-                        if event.type == "completed":
-                            return _decode(event.data.get("return_value"))
-                        reason = event.data.get("failed_reason", event.data.get("reason"))
-                        raise JobFailedError(self.id, reason)
-                    if (outcome := self._outcome(record)) is not None:
-                        return outcome()
-                raise JobNotFoundError(self.queue_name, self.id)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await subscription.aclose()
+            raise JobNotFoundError(self.queue_name, self.id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await subscription.aclose()
 
     def _outcome(self, record: JobRecord | None) -> Callable[[], Any] | None:
         """A function returning the result (or raising) if ``record`` is finished."""

@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,21 +23,46 @@ MAX_SECONDS = 100 * 366 * 24 * 3600.0
 """The longest delay, backoff or timeout accepted: a hundred years."""
 
 
-def text_problem(value: str) -> str | None:
+MAX_QUEUE_NAME_BYTES = 512
+"""The longest queue name, in bytes of UTF-8 (128 characters of 4 bytes, 512 of ASCII)."""
+
+MAX_JOB_ID_BYTES = 512
+"""The longest job id (``opts.job_id``), in bytes of UTF-8."""
+
+MAX_JOB_NAME_BYTES = 1024
+"""The longest job name, in bytes of UTF-8."""
+
+# Why these sizes: every store must accept exactly the same names and ids, so the limits
+# fit the tightest store. PostgreSQL limits a btree index entry to about 2,700 bytes, and
+# its widest entry holds two queue names and two job ids (a parent-child dependency):
+# 4 x 512 bytes plus headers fits. Job names are not indexed, so they may be longer.
+
+
+def text_problem(value: str, max_bytes: int | None = None) -> str | None:
     """Why ``value`` cannot be a name or id in every store, or ``None`` if it can.
 
     Names and ids are arbitrary text, but text all the same: a NUL character or a lone
     surrogate (which is not Unicode and has no UTF-8 form) is refused up front, so no
-    store has to decide what to do with it.
+    store has to decide what to do with it. With ``max_bytes``, text longer than that
+    many bytes of UTF-8 is refused too.
     """
     if "\x00" in value:
         return "must not contain NUL characters"
     if not value.isascii():
         try:
-            value.encode("utf-8")
+            size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
             return "is not valid Unicode text (it holds a lone surrogate)"
+    else:
+        size = len(value)
+    if max_bytes is not None and size > max_bytes:
+        return f"is {size} bytes long in UTF-8; the limit is {max_bytes} bytes"
     return None
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters, for error messages."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
 
 
 def _seconds(value: Any) -> Any:
@@ -117,7 +143,7 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job_id: str | None = Field(default=None, min_length=1, max_length=512)
+    job_id: str | None = Field(default=None, min_length=1)
     """The job's id (default: a new unique one); adding an existing id returns that job."""
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
     """Lower runs first; 0, the default, is the highest."""
@@ -161,8 +187,8 @@ class JobOptions(BaseModel):
         if value is not None:
             if not value.strip():
                 raise ValueError("job_id must not be blank")
-            if (problem := text_problem(value)) is not None:
-                raise ValueError(f"job_id {problem}")
+            if (problem := text_problem(value, MAX_JOB_ID_BYTES)) is not None:
+                raise ValueError(f"job_id {shown(value)} {problem}")
         return value
 
     @model_validator(mode="after")
@@ -208,11 +234,19 @@ class FlowJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=512)
-    queue_name: str = Field(min_length=1, max_length=512)
+    name: str = Field(min_length=1)
+    queue_name: str = Field(min_length=1)
     data: Any = None
     opts: JobOptions | None = None
     children: list[FlowJob] = Field(default_factory=list)
+
+    @field_validator("name", "queue_name")
+    @classmethod
+    def _within_limits(cls, value: str, info: ValidationInfo) -> str:
+        limit = MAX_JOB_NAME_BYTES if info.field_name == "name" else MAX_QUEUE_NAME_BYTES
+        if (problem := text_problem(value, limit)) is not None:
+            raise ValueError(f"{info.field_name} {shown(value)} {problem}")
+        return value
 
 
 class QueueEvent(BaseModel):

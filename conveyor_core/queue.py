@@ -12,7 +12,14 @@ from .engine import minute_of
 from .errors import DuplicateJobError
 from .ids import new_id
 from .job import Job, JobPage
-from .models import JobOptions, JobState, text_problem
+from .models import (
+    MAX_JOB_NAME_BYTES,
+    MAX_QUEUE_NAME_BYTES,
+    JobOptions,
+    JobState,
+    shown,
+    text_problem,
+)
 from .store import METRICS_MINUTES, JobRecord, MetricKind, NewJob, StoreInterface
 
 __all__ = ["Queue"]
@@ -29,14 +36,15 @@ _CHILD_FLAGS = (
 )
 
 
-def check_name(value: object, what: str) -> str:
-    """``value`` if it is a non-empty string, else ``ValueError``/``TypeError``."""
+def check_name(value: object, what: str, max_bytes: int = MAX_QUEUE_NAME_BYTES) -> str:
+    """``value`` if it is a non-empty string of at most ``max_bytes`` bytes of UTF-8
+    (by default the queue name limit), else ``ValueError``/``TypeError``."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{what} must not be empty")
-    if (problem := text_problem(value)) is not None:
-        raise ValueError(f"{what} {value!r} {problem}")
+    if (problem := text_problem(value, max_bytes)) is not None:
+        raise ValueError(f"{what} {shown(value)} {problem}")
     return value
 
 
@@ -164,7 +172,7 @@ class Queue:
     # ------------------------------------------------------------------ adding
 
     def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> NewJob:
-        check_name(name, "job name")
+        check_name(name, "job name", MAX_JOB_NAME_BYTES)
         options = resolve_options(opts, self._defaults)
         text = codec.dumps(data, what=lambda: f"data of job {name!r} in queue {self.name!r}")
         return build_new_job(
@@ -266,7 +274,7 @@ class Queue:
             if (problem := text_problem(text)) is not None:
                 raise ValueError(f"search text {text!r} {problem}")
         if name is not None:
-            name = check_name(name, "job name")
+            name = check_name(name, "job name", MAX_JOB_NAME_BYTES)
         wanted = None if states is None else normalize_states(states)
         page = await self.store.search_jobs(
             self.name, text=text or None, name=name, states=wanted, limit=limit, cursor=cursor

@@ -23,7 +23,11 @@ Conventions
 * ``data``, ``opts``, ``return_value``, ``progress`` and log lines are JSON text; a store
   keeps them byte for byte and never parses them.
 * Queue names, job names and ids are arbitrary non-empty strings (quotes, colons, braces,
-  unicode). They are data: never spliced into SQL or script source.
+  unicode). They are data: never spliced into SQL or script source. The core refuses
+  NUL characters, lone surrogates and text over the limits in ``conveyor_core.models``
+  (``MAX_QUEUE_NAME_BYTES``, ``MAX_JOB_ID_BYTES``, ``MAX_JOB_NAME_BYTES``, in bytes of
+  UTF-8) before a store sees it; a store must accept every name and id within them,
+  including a key that holds two queue names and two ids at their limits.
 * Ordering of waiting jobs: ascending ``priority``, then by entry into ``waiting``: a job
   entering ``waiting`` is put behind all jobs of its priority, or, if it is ``lifo``, in
   front of them. Every entry into ``waiting`` counts (add, promotion from ``delayed``,

@@ -19,6 +19,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import codec
+from ._host import leave_host
 from .clock import Clock, seconds, system_clock
 from .errors import LockLostError, StoreClosedError, UnrecoverableError
 from .ids import new_id
@@ -342,11 +343,11 @@ class Worker:
         tb: TracebackType | None,
     ) -> bool | None:
         host, self._host = self._host, None
-        if exc_type is None or issubclass(exc_type, Exception):
+        if exc is None or isinstance(exc, Exception):
             await self.close()
         if host is None:
             return None
-        return await host.__aexit__(exc_type, exc, tb)
+        return await leave_host(host, exc, repr(self))
 
     # ------------------------------------------------------------------ fetching
 

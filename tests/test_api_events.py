@@ -72,3 +72,10 @@ async def test_async_callbacks_and_close_end_iteration(store: MemoryStore) -> No
         await events.close()
         assert [event async for event in events] == []
     assert added == [job.id]
+
+
+async def test_exception_in_async_with_block_comes_out_as_itself(store: MemoryStore) -> None:
+    with pytest.raises(KeyError) as caught:
+        async with QueueEvents("reports", store=store):
+            raise KeyError("missing")
+    assert caught.value.args == ("missing",)

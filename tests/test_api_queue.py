@@ -10,11 +10,13 @@ from pydantic import ValidationError
 
 from conveyor_core import (
     Backoff,
+    ConveyorError,
     DuplicateJobError,
     InvalidJobStateError,
     JobNotFoundError,
     JobOptions,
     JobState,
+    JobTimeoutError,
     PayloadError,
     Queue,
 )
@@ -215,8 +217,12 @@ async def test_job_priority_delay_promote_and_remove(store: MemoryStore) -> None
         await first.remove()
 
 
-async def test_wait_until_finished_times_out(store: MemoryStore) -> None:
+async def test_wait_until_finished_times_out_naming_the_job(store: MemoryStore) -> None:
     queue = Queue("q", store=store)
     job = await queue.add("never-run")
-    with pytest.raises(TimeoutError):
+    with pytest.raises(JobTimeoutError) as caught:
         await job.wait_until_finished(timeout=0.05)
+    assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, ConveyorError)
+    message = str(caught.value)
+    assert job.id in message and "'q'" in message and "0.05 seconds" in message
+    assert (caught.value.job_id, caught.value.queue) == (job.id, "q")

@@ -17,6 +17,7 @@ from conveyor_core import (
     JobState,
     LockLostError,
     Queue,
+    StoreClosedError,
     UnrecoverableError,
     Worker,
 )
@@ -398,3 +399,28 @@ async def test_completion_is_sent_again_after_a_transient_store_error() -> None:
         async with worker:
             assert await job.wait_until_finished(timeout=5) == 42
         assert [type(error) for error in errors] == [ConnectionError]
+
+
+async def test_exception_in_async_with_block_comes_out_as_itself(store: MemoryStore) -> None:
+    queue = Queue("plain-errors", store=store)
+    job = await queue.add("work", None)
+
+    async def handle(job: Job) -> str:
+        return "done"
+
+    with pytest.raises(KeyError) as caught:
+        async with Worker("plain-errors", handle, store=store, **FAST):
+            await job.wait_until_finished(timeout=5)
+            raise KeyError("missing")
+    assert caught.value.args == ("missing",)
+    # The worker closed gracefully on the way out: the job it ran is recorded.
+    assert (await queue.get_job_counts())["completed"] == 1
+
+
+async def test_worker_failure_inside_async_with_comes_out_as_itself() -> None:
+    store = MemoryStore()
+    await store.connect()
+    with anyio.fail_after(10), pytest.raises(StoreClosedError):
+        async with Worker("orphaned", lambda job: None, store=store, **FAST):
+            await store.close()
+            await anyio.sleep(30)  # the worker's failure ends the block

@@ -14,7 +14,15 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from conveyor_core import Queue, QueueEvents
+from conveyor_core import (
+    FlowProducer,
+    Job,
+    JobFailedError,
+    JobNode,
+    Queue,
+    QueueEvents,
+    Worker,
+)
 from conveyor_core.cli import cli
 from conveyor_stores import open_store
 
@@ -191,3 +199,157 @@ def test_conformance_command_fails_for_something_that_is_not_a_store() -> None:
     result = run_cli("conformance", "builtins:object", "--", "-q", "-x", "-k", "drop_policy")
     assert result.returncode not in (0, 5), result.stdout + result.stderr
     assert "must return a store" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param(
+            "x = 1\ndef handle(job:\n    return 1\n",
+            ["line 2", "SyntaxError", "never closed"],
+            id="syntax",
+        ),
+        pytest.param(
+            "def handle(job):\n  return 1\n   oops\n", ["line 3", "IndentationError"], id="indent"
+        ),
+        pytest.param(
+            "import json\nvalue = undefined_name\n",
+            ["line 2", "NameError", "undefined_name"],
+            id="raises",
+        ),
+        pytest.param(
+            "import no_such_dependency_xyz\n", ["line 1", "no_such_dependency_xyz"], id="dependency"
+        ),
+    ],
+)
+def test_handler_module_that_does_not_import_is_one_line_naming_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, expected: list[str]
+) -> None:
+    module = f"broken_handlers_{abs(hash(source))}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    code, output = invoke("worker", f"{module}:handle", "--queue", "q", "--store", "memory://")
+    assert code != 0
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+    assert f"{module}.py" in output, output
+    for fragment in expected:
+        assert fragment in output, output
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["worker", "json:loads", "--queue", "q", "--concurrency", "0"], "--concurrency"),
+        (["worker", "json:loads", "--queue", "", "--store", "memory://"], "--queue"),
+        (
+            ["worker", "json:loads", "--queue", "q", "--shutdown-timeout", "soon"],
+            "--shutdown-timeout",
+        ),
+        (["worker", "json:loads"], "--queue"),
+        (["flow", "some-id", "--queue", "", "--store", "memory://"], "--queue"),
+        (["status", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_invalid_options_are_one_line_naming_the_option(args: list[str], option: str) -> None:
+    code, output = invoke(*args)
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+    assert option in output
+
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eevil\r"
+"""Clears the screen, retitles the terminal, a C1 CSI, a bidi override, a carriage
+return: stored text that must reach the terminal as visible escapes."""
+
+CONTROL_CHARACTERS = ("\x1b", "\x07", "\x9b", "\u202e", "\r")
+
+
+def assert_printed_literally(output: str) -> None:
+    for char in CONTROL_CHARACTERS:
+        assert char not in output, (char, output)
+    assert "\\x1b[2J" in output and "\\x9b31m" in output and "\\u202e" in output, output
+
+
+def test_status_and_flow_escape_control_characters_and_markup(sqlite_path: str) -> None:
+    url = f"sqlite:///{sqlite_path}"
+    node = anyio.run(_add_hostile_flow, url)
+
+    code, status = invoke("status", "--store", url)
+    assert code == 0, status
+    assert_printed_literally(status)
+    assert "[bold]plain" in status
+
+    code, tree = invoke("flow", node.job.id, "--queue", node.job.queue_name, "--store", url)
+    assert code == 0, tree
+    assert_printed_literally(tree)
+    assert "[bold]parent" in tree and "[red]child[/red]" in tree and "[bold]plain" in tree
+    assert "reason\\x1b[2J" in tree  # the failed child's stored reason
+
+    code, missing = invoke("flow", f"none{HOSTILE}", "--queue", "q", "--store", url)
+    assert code != 0
+    assert "\x1b" not in missing and "\x9b" not in missing
+
+
+async def _fail_hostile(job: Job) -> None:
+    raise ValueError(f"reason{HOSTILE}")
+
+
+async def _add_hostile_flow(url: str) -> JobNode:
+    """A flow whose names, ids and failure reason hold control characters and markup."""
+    async with open_store(url) as store:
+        node = await FlowProducer(store=store).add(
+            {
+                "name": f"[bold]parent{HOSTILE}",
+                "queue_name": f"q{HOSTILE}",
+                "opts": {"job_id": f"root{HOSTILE}"},
+                "children": [{"name": "[red]child[/red]", "queue_name": "[bold]plain"}],
+            }
+        )
+        child = node.children[0].job
+        async with Worker("[bold]plain", _fail_hostile, store=store, drain_delay=0.05):
+            with pytest.raises(JobFailedError):
+                await child.wait_until_finished(timeout=30)
+    return node
+
+
+@pytest.mark.anyio
+async def test_worker_log_lines_escape_control_characters(sqlite_path: str, tmp_path: Path) -> None:
+    (tmp_path / "hostile_handlers.py").write_text(
+        "async def handle(job):\n"
+        "    if job.data['fail']:\n"
+        "        raise ValueError('reason' + job.data['text'])\n"
+        "    return job.data['text']\n"
+    )
+    url = f"sqlite:///{sqlite_path}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    env.pop("CONVEYOR_STORE_URL", None)
+    command = [sys.executable, "-m", "conveyor_core.cli", "worker", "hostile_handlers:handle"]
+    async with (
+        open_store(url) as store,
+        await anyio.open_process(
+            [*command, "--queue", "hostile", "--store", url],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.STDOUT,
+        ) as process,
+    ):
+        try:
+            queue = Queue("hostile", store=store)
+            ok = await queue.add(f"[bold]name{HOSTILE}", {"fail": False, "text": HOSTILE})
+            bad = await queue.add("[red]x", {"fail": True, "text": HOSTILE}, {"job_id": HOSTILE})
+            assert await ok.wait_until_finished(timeout=30) == HOSTILE
+            with pytest.raises(JobFailedError):
+                await bad.wait_until_finished(timeout=30)
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await process.wait()
+            assert process.stdout is not None
+            output = b"".join([chunk async for chunk in process.stdout]).decode()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert_printed_literally(output)
+    assert "[bold]name\\x1b[2J" in output and "[red]x \\x1b[2J" in output, output
+    assert "completed" in output and "failed" in output

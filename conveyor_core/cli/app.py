@@ -10,12 +10,13 @@ from typing import Any
 import anyio
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from .. import FlowProducer, Job, JobState, Queue, Worker
+from ..queue import check_name
 from ..registry import open_store
 from .demo import run_demo
-from .render import counts_table, flow_tree
+from .render import counts_table, flow_tree, safe_text
 from .support import (
     DEFAULT_STORE_URL,
     STORE_URL_ENV,
@@ -43,7 +44,48 @@ def _console() -> Console:
     return console
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a mistyped option is one line naming it, without the usage."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError) or exc.ctx is None:
+        return exc
+    return OptionError(f"{exc.format_message()} (see '{exc.ctx.command_path} --help')")
+
+
+class OptionError(UserError):
+    """A command line that does not parse: exit code 2, as for click's usage errors."""
+
+    exit_code = 2
+
+
+def _queue_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_name(value, "queue name")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="conveyor-queue", prog_name="conveyor")
 def cli() -> None:
     """Conveyor: async job queues and flows on memory, SQLite, PostgreSQL or Redis."""
@@ -71,7 +113,7 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
 
     async def main() -> bool:
         async with opened_store(url) as opened:
-            console.print(f"[dim]store: {escape(redact(url))}[/]")
+            console.print(safe_text(f"store: {redact(url)}", "dim"))
             return await run_demo(
                 opened,
                 console,
@@ -87,7 +129,9 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
 
 @cli.command()
 @click.argument("handler", metavar="MODULE:HANDLER")
-@click.option("--queue", "queue_name", required=True, help="Queue to take jobs from.")
+@click.option(
+    "--queue", "queue_name", required=True, callback=_queue_name, help="Queue to take jobs from."
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
@@ -124,8 +168,13 @@ def worker(
             the_worker = Worker(queue_name, handle, store=opened, concurrency=concurrency)
             _report_jobs(the_worker, console)
             console.print(
-                f"worker for queue [bold]{escape(queue_name)}[/] on {escape(redact(url))} "
-                f"(concurrency {concurrency}); stop with Ctrl-C or SIGTERM"
+                Text.assemble(
+                    "worker for queue ",
+                    safe_text(queue_name, "bold"),
+                    " on ",
+                    safe_text(redact(url)),
+                    f" (concurrency {concurrency}); stop with Ctrl-C or SIGTERM",
+                )
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_close_on_signal, the_worker, shutdown_timeout, console)
@@ -141,20 +190,30 @@ def _report_jobs(the_worker: Worker, console: Console) -> None:
     error occurs (a store that cannot be reached, a lost lock)."""
 
     def completed(job: Job, result: Any) -> None:
-        console.print(f"[green]completed[/] {escape(job.name)} {escape(job.id)}")
+        console.print(
+            Text.assemble(("completed", "green"), " ", safe_text(job.name), " ", safe_text(job.id))
+        )
 
     def failed(job: Job, error: BaseException) -> None:
         outcome = "failed" if job.state is JobState.FAILED else "attempt failed, will retry"
         console.print(
-            f"[red]{outcome}[/] {escape(job.name)} {escape(job.id)}: {escape(str(error))}"
+            Text.assemble(
+                (outcome, "red"),
+                " ",
+                safe_text(job.name),
+                " ",
+                safe_text(job.id),
+                ": ",
+                safe_text(error),
+            )
         )
 
     def stalled(job_id: str, failed_for_good: bool) -> None:
         outcome = "failed" if failed_for_good else "back to waiting"
-        console.print(f"[yellow]stalled[/] {escape(job_id)}: {outcome}")
+        console.print(Text.assemble(("stalled", "yellow"), " ", safe_text(job_id), f": {outcome}"))
 
     def error(exc: BaseException) -> None:
-        console.print(f"[red]error[/] {escape(type(exc).__name__)}: {escape(str(exc))}")
+        console.print(Text.assemble(("error", "red"), f" {type(exc).__name__}: ", safe_text(exc)))
 
     the_worker.on("completed", completed)
     the_worker.on("failed", failed)
@@ -201,7 +260,7 @@ def status(store: str | None) -> None:
                 finally:
                     await queue.close()
         if not rows:
-            console.print(f"no queues in {escape(redact(url))}")
+            console.print(Text.assemble("no queues in ", safe_text(redact(url))))
             return
         console.print(counts_table(rows))
 
@@ -210,7 +269,9 @@ def status(store: str | None) -> None:
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--queue", "queue_name", required=True, help="Queue of the job.")
+@click.option(
+    "--queue", "queue_name", required=True, callback=_queue_name, help="Queue of the job."
+)
 @click.option(
     "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels to show."
 )

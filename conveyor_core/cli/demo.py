@@ -18,13 +18,12 @@ from typing import Any
 import anyio
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
 from rich.text import Text
 
 from .. import FlowProducer, Job, JobNode, Worker
 from ..models import JobState
 from ..store import StoreInterface
-from .render import flow_tree, results_table, state_text
+from .render import flow_tree, results_table, safe_text, state_text
 from .support import UserError
 
 Handler = Callable[[Job], Awaitable[Any]]
@@ -201,12 +200,12 @@ async def run_demo(
     if show_hints:
         store_option = f" --store {store_hint}" if store_hint else ""
         console.print(
-            escape(f"See it again: conveyor flow {root_id} --queue {root_queue}{store_option}"),
+            safe_text(f"See it again: conveyor flow {root_id} --queue {root_queue}{store_option}"),
             style="dim",
             soft_wrap=True,
         )
         console.print(
-            escape(f"Queue counts: conveyor status{store_option}"), style="dim", soft_wrap=True
+            safe_text(f"Queue counts: conveyor status{store_option}"), style="dim", soft_wrap=True
         )
     return everything_completed
 
@@ -226,9 +225,12 @@ class _ChangeLog:
             if before == now:
                 continue
             self.seen[job.id] = now
-            line = Text.assemble(f"{job.queue_name} · {job.name}: ", state_text(job.state))
+            line = Text.assemble(
+                safe_text(job.queue_name), " · ", safe_text(job.name), ": ", state_text(job.state)
+            )
             if before is not None and now[1] > before[1] and job.state is not JobState.COMPLETED:
-                line.append(f" (attempt {job.attempts_made} failed: {job.failed_reason})", "dim")
+                reason = f" (attempt {job.attempts_made} failed: {job.failed_reason})"
+                line.append(safe_text(reason, "dim"))
             self.console.print(line)
 
 

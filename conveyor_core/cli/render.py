@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -24,6 +24,34 @@ STATE_STYLES: Mapping[JobState, str] = {
 }
 
 
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _needs_escape(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+def safe_text(value: object, style: str = "") -> Text:
+    """``value`` as text that prints literally on a terminal: every stored string the CLI
+    prints (names, ids, reasons, data, messages) goes through here.
+
+    Control characters (ESC, carriage return, C1 codes such as CSI, line and paragraph
+    separators, bidirectional overrides) are shown as Python-style escapes (``\\x1b``,
+    ``\\n``, ``\\u202e``), so stored text can neither move the cursor, recolour the
+    terminal nor spoof a line. The result is a rich ``Text``, which rich never reads as
+    markup or emoji codes: a name like ``[bold]x`` prints as it is.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if not text.isprintable():
+        text = "".join(
+            char.encode("unicode_escape").decode("ascii") if _needs_escape(char) else char
+            for char in text
+        )
+    return Text(text, style=style)
+
+
 def state_text(state: JobState | str) -> Text:
     """A job state in its color."""
     state = JobState(state)
@@ -38,9 +66,9 @@ def short_json(value: Any, limit: int = 60) -> str:
 
 def _job_label(job: Job, *, show_result: bool, show_id: bool) -> Text:
     label = Text.assemble(
-        (job.queue_name, "bold"),
+        safe_text(job.queue_name, "bold"),
         " · ",
-        job.name,
+        safe_text(job.name),
         "  ",
         state_text(job.state),
     )
@@ -50,13 +78,13 @@ def _job_label(job: Job, *, show_result: bool, show_id: bool) -> Text:
     elif not job.state.finished and job.attempts_made > 0:
         label.append(f"  attempt {job.attempts_made + 1}/{attempts}", style="magenta")
         if job.failed_reason:
-            label.append(f" (last: {job.failed_reason})", style="dim")
+            label.append(safe_text(f" (last: {job.failed_reason})", "dim"))
     if job.state is JobState.FAILED and job.failed_reason:
-        label.append(f"  {job.failed_reason}", style="red")
+        label.append(safe_text(f"  {job.failed_reason}", "red"))
     if show_result and job.state is JobState.COMPLETED:
-        label.append(f"  → {short_json(job.return_value)}", style="green")
+        label.append(safe_text(f"  → {short_json(job.return_value)}", "green"))
     if show_id:
-        label.append(f"  {job.id}", style="dim")
+        label.append(safe_text(f"  {job.id}", "dim"))
     return label
 
 
@@ -82,21 +110,21 @@ def results_table(node: JobNode) -> Table:
     for current in node.walk():
         job = current.job
         if job.state is JobState.COMPLETED:
-            outcome = Text(short_json(job.return_value, limit=200))
+            outcome = safe_text(short_json(job.return_value, limit=200))
         else:
-            outcome = Text(job.failed_reason or "", style="red")
-        table.add_row(escape(job.name), state_text(job.state), str(job.attempts_made), outcome)
+            outcome = safe_text(job.failed_reason or "", "red")
+        table.add_row(safe_text(job.name), state_text(job.state), str(job.attempts_made), outcome)
     return table
 
 
 def counts_table(rows: Sequence[tuple[str, bool, Mapping[str, int]]]) -> Table:
     """Queues with their job counts per state (and whether each is paused)."""
     table = Table(title="Queues", title_justify="left")
-    table.add_column("queue", style="bold")
+    table.add_column("queue", style="bold", overflow="fold")
     for state in ALL_STATES:
         table.add_column(Text(state.value, style=STATE_STYLES[state]), justify="right")
     table.add_column("paused")
     for name, paused, counts in rows:
         cells = [str(counts.get(state.value, 0)) for state in ALL_STATES]
-        table.add_row(escape(name), *cells, "yes" if paused else "")
+        table.add_row(safe_text(name), *cells, "yes" if paused else "")
     return table

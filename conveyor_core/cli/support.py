@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from ..errors import ConveyorError
 from ..redaction import redact_text, redact_url
 from ..registry import open_store
 from ..store import StoreInterface
+from .render import safe_text
 
 DEFAULT_STORE_URL = "sqlite:///conveyor.db"
 STORE_URL_ENV = "CONVEYOR_STORE_URL"
@@ -24,7 +26,13 @@ T = TypeVar("T")
 
 
 class UserError(click.ClickException):
-    """An error the user can fix; shown as one line, without a traceback."""
+    """An error the user can fix; shown as one line, without a traceback.
+
+    Its message may quote stored text, so control characters in it are escaped.
+    """
+
+    def format_message(self) -> str:
+        return safe_text(self.message).plain
 
 
 def store_url(option: str | None) -> str:
@@ -88,8 +96,10 @@ def import_object(path: str, what: str) -> Any:
         sys.path.insert(0, cwd)
     try:
         target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import {what} module {module_name!r}: {describe(exc)}") from None
+    except Exception as exc:
+        raise UserError(
+            f"cannot import {what} module {module_name!r}: {_import_problem(exc, module_name)}"
+        ) from None
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -98,6 +108,22 @@ def import_object(path: str, what: str) -> Any:
     if not callable(target):
         raise UserError(f"{what} {path!r} is not callable")
     return target
+
+
+def _import_problem(exc: Exception, module_name: str) -> str:
+    """One line saying why importing ``module_name`` failed: where, and what."""
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    if (
+        isinstance(exc, ImportError)
+        and exc.name is not None
+        and (module_name == exc.name or module_name.startswith(f"{exc.name}."))
+    ):
+        return describe(exc)  # the module itself (or its package) does not exist
+    frames = traceback.extract_tb(exc.__traceback__)
+    user_frames = [f for f in frames if not f.filename.startswith("<frozen ")]
+    where = f"{user_frames[-1].filename}, line {user_frames[-1].lineno}: " if user_frames else ""
+    return f"{where}{type(exc).__name__}: {describe(exc)}"
 
 
 def _user_error(exc: BaseException) -> click.ClickException | None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from conveyor_core import ConveyorError, Job, JobState, Queue, QueueEvent, QueueEvents
+from conveyor_core import (
+    ConveyorError,
+    Job,
+    JobState,
+    Queue,
+    QueueEvent,
+    QueueEvents,
+    Worker,
+)
+from conveyor_core.models import MAX_JOB_ID_BYTES, MAX_JOB_NAME_BYTES, MAX_QUEUE_NAME_BYTES
 
 from ._support import Harness, nodes_by_name
 
@@ -35,6 +45,20 @@ INVALID_OPTIONS: list[tuple[dict[str, Any], str]] = [
         "fail_parent_on_failure",
     ),
 ]
+
+
+def four_byte_text(seed: str, size: int) -> str:
+    """``size`` bytes of UTF-8 made of 4-byte characters (CJK Extension B), varied so
+    that a store cannot shrink them by compression, and unique to ``seed``."""
+    assert size % 4 == 0
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x20000, 0x2A6D0)) for _ in range(size // 4))
+
+
+def assert_names_limit(error: BaseException, what: str, size: int, limit: int) -> None:
+    message = str(error)
+    assert what in message, message
+    assert f"{size} bytes" in message and f"{limit} bytes" in message, message
 
 
 class InputTests:
@@ -134,3 +158,100 @@ class InputTests:
         assert await env.job(child_q, f"{odd}!") is None
         await env.queue(parent_q).obliterate()
         assert await env.total(parent_q) == 0
+
+    async def test_names_and_ids_at_their_byte_limits_work_end_to_end(self, env: Harness) -> None:
+        parent_q = four_byte_text(f"{env.suffix}-parent-queue", MAX_QUEUE_NAME_BYTES)
+        child_q = four_byte_text(f"{env.suffix}-child-queue", MAX_QUEUE_NAME_BYTES)
+        parent_id = four_byte_text(f"{env.suffix}-parent-id", MAX_JOB_ID_BYTES)
+        child_id = four_byte_text(f"{env.suffix}-child-id", MAX_JOB_ID_BYTES)
+        single_id = four_byte_text(f"{env.suffix}-single-id", MAX_JOB_ID_BYTES)
+        name = four_byte_text(f"{env.suffix}-name", MAX_JOB_NAME_BYTES)
+        assert len(parent_q.encode()) == MAX_QUEUE_NAME_BYTES
+        assert len(name.encode()) == MAX_JOB_NAME_BYTES
+
+        node = await env.flow.add(
+            {
+                "name": name,
+                "queue_name": parent_q,
+                "data": {name: parent_q},
+                "opts": {"job_id": parent_id},
+                "children": [{"name": name, "queue_name": child_q, "opts": {"job_id": child_id}}],
+            }
+        )
+        single = await env.queue(child_q).add(name, {"id": single_id}, {"job_id": single_id})
+
+        async def handle(job: Job) -> dict[str, Any]:
+            await job.log(job.name)
+            return {"id": job.id, "values": await job.get_children_values()}
+
+        async with env.workers({parent_q: handle, child_q: handle}):
+            parent = await env.wait_state(node.job, COMPLETED)
+            await env.wait_state(single, COMPLETED)
+        assert (parent.id, parent.queue_name, parent.name) == (parent_id, parent_q, name)
+        assert parent.data == {name: parent_q}
+        assert parent.return_value == {
+            "id": parent_id,
+            "values": {child_id: {"id": child_id, "values": {}}},
+        }
+        child = await env.job(child_q, child_id)
+        assert child is not None and (child.name, child.queue_name) == (name, child_q)
+        assert (child.parent_id, child.parent_queue) == (parent_id, parent_q)
+        assert await child.get_logs() == [name]
+        dependencies = await parent.get_dependencies()
+        assert list(dependencies.processed) == [child_id]
+        stored = await env.job(child_q, single_id)
+        assert stored is not None and stored.return_value == {"id": single_id, "values": {}}
+        assert {parent_q, child_q} <= set(await env.store.list_queues())
+        await env.queue(parent_q).obliterate()
+        await env.queue(child_q).obliterate()
+        assert await env.total(parent_q) == 0 and await env.total(child_q) == 0
+
+    async def test_names_and_ids_one_byte_over_are_refused_and_nothing_written(
+        self, env: Harness
+    ) -> None:
+        q = env.name("limits")
+        queue = env.queue(q)
+        over_queue = four_byte_text(f"{env.suffix}-queue", MAX_QUEUE_NAME_BYTES) + "x"
+        over_id = four_byte_text(f"{env.suffix}-id", MAX_JOB_ID_BYTES) + "x"
+        over_name = four_byte_text(f"{env.suffix}-name", MAX_JOB_NAME_BYTES) + "x"
+        queue_size, name_size = MAX_QUEUE_NAME_BYTES + 1, MAX_JOB_NAME_BYTES + 1
+
+        for make in (
+            lambda: Queue(over_queue, store=env.store),
+            lambda: Worker(over_queue, lambda job: None, store=env.store),
+            lambda: QueueEvents(over_queue, store=env.store),
+        ):
+            with pytest.raises(ValueError) as caught:
+                make()
+            assert_names_limit(caught.value, "queue name", queue_size, MAX_QUEUE_NAME_BYTES)
+        with pytest.raises(ValueError) as caught:
+            await queue.add(over_name, None)
+        assert_names_limit(caught.value, "job name", name_size, MAX_JOB_NAME_BYTES)
+        with pytest.raises(ValidationError) as caught_id:
+            await queue.add("job", None, {"job_id": over_id})
+        assert_names_limit(caught_id.value, "job_id", MAX_JOB_ID_BYTES + 1, MAX_JOB_ID_BYTES)
+        with pytest.raises(ValidationError):
+            await queue.add_bulk(
+                [{"name": "fine", "data": None}, {"name": "job", "opts": {"job_id": over_id}}]
+            )
+        with pytest.raises(ValueError) as caught:
+            await queue.add_bulk([{"name": "fine", "data": None}, {"name": over_name}])
+        assert_names_limit(caught.value, "job name", name_size, MAX_JOB_NAME_BYTES)
+
+        child_variants: list[tuple[dict[str, Any], str]] = [
+            ({"name": "child", "queue_name": over_queue}, "queue name"),
+            ({"name": over_name, "queue_name": q}, "job name"),
+            ({"name": "child", "queue_name": q, "opts": {"job_id": over_id}}, "job_id"),
+        ]
+        for child, what in child_variants:
+            tree = {"name": "root", "queue_name": q, "children": [{"name": "ok", "queue_name": q}]}
+            for nested in (child, {"name": "mid", "queue_name": q, "children": [child]}):
+                with pytest.raises(ValueError) as caught:
+                    await env.flow.add({**tree, "children": [*tree["children"], nested]})
+                assert what in str(caught.value)
+        with pytest.raises(ValueError):
+            await env.flow.add_bulk(
+                [{"name": "fine", "queue_name": q}, {"name": over_name, "queue_name": q}]
+            )
+        assert await env.total(q) == 0
+        assert over_queue not in await env.store.list_queues()
