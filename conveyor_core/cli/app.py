@@ -12,11 +12,11 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from .. import FlowProducer, Job, JobState, Queue, Worker
+from .. import Job, JobState, Worker
 from ..queue import check_name
 from ..registry import open_store
 from .demo import run_demo
-from .render import counts_table, flow_tree, safe_text
+from .render import safe_text
 from .support import (
     DEFAULT_STORE_URL,
     STORE_URL_ENV,
@@ -241,58 +241,6 @@ async def _close_on_signal(the_worker: Worker, timeout: float | None, console: C
 
 async def _close(the_worker: Worker, timeout: float | None) -> None:
     await the_worker.close(timeout=timeout)
-
-
-@cli.command()
-@store_option
-def status(store: str | None) -> None:
-    """Show every queue with its job counts per state."""
-    url = store_url(store)
-    console = _console()
-
-    async def main() -> None:
-        async with opened_store(url) as opened:
-            rows = []
-            for name in await opened.list_queues():
-                queue = Queue(name, store=opened)
-                try:
-                    rows.append((name, await queue.is_paused(), await queue.get_job_counts()))
-                finally:
-                    await queue.close()
-        if not rows:
-            console.print(Text.assemble("no queues in ", safe_text(redact(url))))
-            return
-        console.print(counts_table(rows))
-
-    run(main)
-
-
-@cli.command()
-@click.argument("job_id")
-@click.option(
-    "--queue", "queue_name", required=True, callback=_queue_name, help="Queue of the job."
-)
-@click.option(
-    "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels to show."
-)
-@store_option
-def flow(job_id: str, queue_name: str, depth: int, store: str | None) -> None:
-    """Draw the flow under JOB_ID with each job's state and result."""
-    url = store_url(store)
-    console = _console()
-
-    async def main() -> None:
-        async with opened_store(url) as opened:
-            producer = FlowProducer(store=opened)
-            try:
-                node = await producer.get_flow(job_id, queue_name, depth=depth)
-            finally:
-                await producer.close()
-        if node is None:
-            raise UserError(f"no job {job_id!r} in queue {queue_name!r}")
-        console.print(flow_tree(node, show_results=True))
-
-    run(main)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -117,14 +117,22 @@ def results_table(node: JobNode) -> Table:
     return table
 
 
-def counts_table(rows: Sequence[tuple[str, bool, Mapping[str, int]]]) -> Table:
-    """Queues with their job counts per state (and whether each is paused)."""
+def counts_table(
+    rows: Sequence[tuple[str, bool, Mapping[str, int]]],
+    rates: Sequence[tuple[int, int]] | None = None,
+) -> Table:
+    """Queues with their job counts per state (and whether each is paused); with
+    ``rates``, each queue's completed and failed jobs of the last whole minute."""
     table = Table(title="Queues", title_justify="left")
     table.add_column("queue", style="bold", overflow="fold")
     for state in ALL_STATES:
         table.add_column(Text(state.value, style=STATE_STYLES[state]), justify="right")
     table.add_column("paused")
-    for name, paused, counts in rows:
+    if rates is not None:
+        table.add_column("done/min", justify="right")
+        table.add_column("failed/min", justify="right")
+    for index, (name, paused, counts) in enumerate(rows):
         cells = [str(counts.get(state.value, 0)) for state in ALL_STATES]
-        table.add_row(safe_text(name), *cells, "yes" if paused else "")
+        more = [] if rates is None else [str(rates[index][0]), str(rates[index][1])]
+        table.add_row(safe_text(name), *cells, "yes" if paused else "", *more)
     return table
