@@ -268,12 +268,43 @@ class _Operations:
                 now,
             )
         except asyncpg.exceptions.UniqueViolationError as exc:
-            raise DuplicateJobError("a job id of this add already exists in its queue") from exc
+            raise await self._duplicate_error(groups, exc) from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == "CV410":
                 raise DuplicateJobError(str(exc)) from exc
             raise
         return list(result)
+
+    async def _duplicate_error(
+        self, groups: Sequence[Sequence[NewJob]], exc: asyncpg.PostgresError
+    ) -> DuplicateJobError:
+        """The error naming the job id and queue that made an add fail as a duplicate
+        (nothing of the add was written)."""
+        seen: set[tuple[str, str]] = set()
+        for group in groups:
+            for new in group:
+                if (new.queue, new.id) in seen:
+                    return DuplicateJobError(
+                        f"job id {new.id!r} appears twice for queue {new.queue!r} in one add"
+                    )
+                seen.add((new.queue, new.id))
+        queues = [new.queue for group in groups for new in group]
+        ids = [new.id for group in groups for new in group]
+        try:
+            rows = await self._fetch("existing_jobs", queues, ids, read=True)
+        except (asyncpg.PostgresError, StoreUnavailableError):
+            # Inside an application's failed transaction nothing more can be read.
+            rows = []
+        existing = {(r[0], r[1]) for r in rows}
+        for group in groups:
+            if (group[0].queue, group[0].id) in existing:
+                continue  # an existing first job skips its group: not the culprit
+            for new in group[1:]:
+                if (new.queue, new.id) in existing:
+                    return DuplicateJobError(
+                        f"job id {new.id!r} already exists in queue {new.queue!r}"
+                    )
+        return DuplicateJobError(f"a job of this add already exists: {exc.detail or exc}")
 
     async def _add_one(self, new: NewJob, now: float) -> bool | None:
         """Add one standalone job in a single statement; ``None`` if it does not fit."""
@@ -601,6 +632,8 @@ def _statements(schema: str) -> dict[str, str]:
         "CASE WHEN j.state IN ('completed', 'failed') THEN -j.order_key "
         "WHEN j.state = 'delayed' THEN 0 ELSE j.order_key END, j.id "
         "OFFSET $3::int8 LIMIT $4::int8",
+        "existing_jobs": f"SELECT j.queue, j.id FROM {s}.jobs j "
+        "JOIN unnest($1::text[], $2::text[]) AS x(q, i) ON j.queue = x.q AND j.id = x.i",
         "get_counts": f"SELECT state, count(*)::int FROM {s}.jobs WHERE queue = $1::text "
         "GROUP BY state",
         "get_dependencies": "SELECT d.child_queue, d.child_id, d.status, d.value, d.reason "
