@@ -4,6 +4,9 @@ schema, migrations, and surviving terminated database connections."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +16,7 @@ asyncpg = pytest.importorskip("asyncpg")
 
 from conveyor_core import FlowProducer, Job, JobState, Queue, Worker  # noqa: E402
 from conveyor_core.errors import StoreUnavailableError  # noqa: E402
+from conveyor_core.store import Completion  # noqa: E402
 from conveyor_stores.postgres import PostgresStore, migrate  # noqa: E402
 from conveyor_stores.postgres.schema import LATEST  # noqa: E402
 
@@ -182,6 +186,106 @@ async def test_survives_terminated_connections(pg_dsn: str, pg_schema: str) -> N
         event = await asyncio.wait_for(events.__anext__(), 10)
         assert event.type == "added"
         await events.aclose()
+    finally:
+        await store.close()
+        await drop_schema(pg_dsn, pg_schema)
+
+
+def terminate_backends_blocking(dsn: str, application_name: str) -> int:
+    """Terminate the backends of ``application_name`` and wait until the server has ended
+    them, without letting the calling event loop run (from a thread of its own)."""
+
+    async def terminate() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            count = int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = $1",
+                    application_name,
+                )
+            )
+            for _ in range(500):
+                left = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    application_name,
+                )
+                if not left:
+                    return count
+                await asyncio.sleep(0.01)
+            raise AssertionError("terminated backends did not end")
+        finally:
+            await conn.close()
+
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(terminate())))
+    thread.start()
+    thread.join()
+    assert results, "terminating the backends failed"
+    return results[0]
+
+
+async def test_calls_after_terminated_backends_run_on_new_connections(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """Every pooled connection loses its server process; the next calls, issued just
+    after asyncpg read the server's goodbye but before it saw the end of the stream,
+    must all succeed: reads and repeatable calls on new connections, and a transition
+    that asyncpg refused to send on a dead connection as well."""
+    name = f"conveyor-drop-{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(
+        pg_dsn,
+        schema=pg_schema,
+        min_size=4,
+        max_size=4,
+        server_settings={"application_name": name},
+    )
+    try:
+        await store.connect()
+        node = await FlowProducer(store=store).add(
+            {
+                "name": "parent",
+                "queue_name": "drops",
+                "children": [{"name": f"child-{i}", "queue_name": "drops"} for i in range(3)],
+            }
+        )
+        parent = node.job.id
+        taken = await store.take_jobs(
+            "drops", limit=3, token="tok", lock_until=time.time() + 60, now=time.time()
+        )
+        assert len(taken.jobs) == 3
+        first, second, third = (j.id for j in taken.jobs)
+        for _round in range(3):
+            assert terminate_backends_blocking(pg_dsn, name) >= 5
+            # One turn of the loop: asyncpg reads the server's goodbye on every pooled
+            # connection, not yet the end of their streams.
+            await asyncio.sleep(0)
+            results = await asyncio.gather(
+                store.get_dependencies("drops", parent),
+                store.get_job("drops", first),
+                store.get_counts("drops"),
+                store.update_progress("drops", second, "50"),
+                store.extend_locks("drops", [(third, "tok")], time.time() + 60),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert not failures, failures
+        # Transitions issued at the same moment: asyncpg refuses to send them on the
+        # dead connections, so they are sent again on new ones, exactly once.
+        assert terminate_backends_blocking(pg_dsn, name) >= 5
+        await asyncio.sleep(0)
+        done = await asyncio.gather(
+            *(
+                store.complete_jobs("drops", [Completion(job_id, "tok", "1")], time.time())
+                for job_id in (first, second, third)
+            ),
+            return_exceptions=True,
+        )
+        assert done == [[True]] * 3
+        counts = await store.get_counts("drops")
+        assert counts[JobState.COMPLETED] == 3
+        assert await store.get_job("drops", parent) is not None
+        assert counts[JobState.WAITING] == 1, "the parent is released once"
     finally:
         await store.close()
         await drop_schema(pg_dsn, pg_schema)
