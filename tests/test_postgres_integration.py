@@ -14,8 +14,10 @@ import pytest
 
 asyncpg = pytest.importorskip("asyncpg")
 
+from private_postgres import private_postgres  # noqa: E402
+
 from conveyor_core import FlowProducer, Job, JobState, Queue, Worker  # noqa: E402
-from conveyor_core.errors import StoreUnavailableError  # noqa: E402
+from conveyor_core.errors import StoreClosedError, StoreUnavailableError  # noqa: E402
 from conveyor_core.store import Completion  # noqa: E402
 from conveyor_stores.postgres import PostgresStore, migrate  # noqa: E402
 from conveyor_stores.postgres.schema import LATEST  # noqa: E402
@@ -317,3 +319,89 @@ async def test_any_valid_schema_name_gets_wake_ups_and_events(
             await events.aclose()
     finally:
         await drop_schema(pg_dsn, schema)
+
+
+async def take_all(store: PostgresStore, queue: str, n: int) -> list[str]:
+    now = time.time()
+    taken = await store.take_jobs(queue, limit=n, token="tok", lock_until=now + 300, now=now)
+    assert len(taken.jobs) == n
+    return [j.id for j in taken.jobs]
+
+
+async def test_acknowledged_completions_survive_a_server_crash() -> None:
+    """With default options, a completion the store acknowledged is on disk: a crash of
+    the server (its WAL writer set to flush only every ten seconds) loses none."""
+    with private_postgres(wal_writer_delay="10s", autovacuum="off") as server:
+        store = PostgresStore(server.dsn, min_size=1, max_size=2)
+        try:
+            await store.connect()
+            await Queue("durable", store=store).add_bulk(
+                [{"name": f"job-{i}", "data": i} for i in range(20)]
+            )
+            ids = await take_all(store, "durable", 20)
+            acknowledged = []
+            for job_id in ids[:15]:
+                done = await store.complete_jobs(
+                    "durable", [Completion(job_id, "tok", "1")], time.time()
+                )
+                assert done == [True]
+                acknowledged.append(job_id)
+            server.crash()
+        finally:
+            await store.close()
+        server.start()
+        async with PostgresStore(server.dsn, min_size=1, max_size=2) as after:
+            states = [(await after.get_job("durable", job_id)) for job_id in acknowledged]
+            lost = [
+                job_id
+                for job_id, job in zip(acknowledged, states, strict=True)
+                if job is None or job.state is not JobState.COMPLETED
+            ]
+            assert not lost, f"{len(lost)} acknowledged completions were rolled back"
+
+
+async def test_frozen_server_calls_end_in_bounded_time_and_close_returns() -> None:
+    """Against a server whose processes are all stopped, calls fail with
+    StoreUnavailableError after the store's timeout, connecting fails the same way, and
+    close returns even with a call in flight; after the server resumes, the transition
+    that timed out either happened or did not, and nothing else changed."""
+    with private_postgres(autovacuum="off") as server:
+        store = PostgresStore(server.dsn, min_size=1, max_size=2, timeout=1.0)
+        try:
+            await store.connect()
+            await Queue("frozen", store=store).add_bulk(
+                [{"name": f"job-{i}", "data": i} for i in range(2)]
+            )
+            first, second = await take_all(store, "frozen", 2)
+            server.freeze()
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(store.get_counts("frozen"), 30)
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(
+                    store.complete_jobs("frozen", [Completion(first, "tok", "1")], time.time()),
+                    30,
+                )
+            other = PostgresStore(server.dsn, min_size=1, max_size=1, timeout=1.0)
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(other.connect(), 30)
+            in_flight = asyncio.create_task(store.get_job("frozen", second))
+            await asyncio.sleep(0.2)
+            await asyncio.wait_for(store.close(), 30)
+            with pytest.raises((StoreUnavailableError, StoreClosedError)):
+                await asyncio.wait_for(in_flight, 30)
+        finally:
+            server.thaw()
+            await store.close()
+        async with PostgresStore(server.dsn, min_size=1, max_size=2) as after:
+            job = await after.get_job("frozen", first)
+            assert job is not None and job.state in (JobState.ACTIVE, JobState.COMPLETED)
+            if job.state is JobState.ACTIVE:
+                assert job.lock_token == "tok" and job.return_value is None
+                done = await after.complete_jobs(
+                    "frozen", [Completion(first, "tok", "1")], time.time()
+                )
+                assert done == [True]
+            else:
+                assert job.return_value == "1"
+            other_job = await after.get_job("frozen", second)
+            assert other_job is not None and other_job.state is JobState.ACTIVE
