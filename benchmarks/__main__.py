@@ -4,6 +4,7 @@ Examples::
 
     python -m benchmarks                                   # memory and a fresh SQLite file
     python -m benchmarks --store postgres --store redis --repeat 3
+    python -m benchmarks --store postgres --store postgres-fast --workload process
     python -m benchmarks --store sqlite --workload flow_big --big-children 1000 10000
     python -m benchmarks --store postgres --workload search --search-jobs 1000000
 """
@@ -20,7 +21,7 @@ from typing import Any
 import anyio
 
 from .search import run_search
-from .stores import SHORTCUTS, fresh_store, label, resolve
+from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import WORKLOADS, Figure, Params
 
 
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         action="append",
         metavar="URL",
-        help="store URL, or one of " + ", ".join(SHORTCUTS) + " (repeatable; "
+        help="store URL, or one of " + ", ".join([*SHORTCUTS, *VARIANTS]) + " (repeatable; "
         "default: memory and sqlite). A SQLite file in the temp directory is made "
         "fresh for every run.",
     )

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from conveyor_core.store import StoreInterface
 from conveyor_stores import open_store
@@ -26,6 +27,13 @@ SHORTCUTS = {
 }
 """``--store memory|sqlite|postgres|redis`` stand for these URLs."""
 
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "postgres-fast": ("postgres", {"durable_worker_commits": False}),
+}
+"""Store names that stand for a shortcut with non-default store options, so that an
+opt-in mode can be measured beside the default: ``postgres-fast`` is PostgreSQL with
+worker transitions committed without waiting for the WAL flush (see docs/postgres.md)."""
+
 _LABELS = {
     "memory": "memory",
     "sqlite": "sqlite",
@@ -37,13 +45,19 @@ _LABELS = {
 
 
 def resolve(url_or_name: str) -> str:
-    """A full store URL from a URL or one of the shortcut names."""
+    """A full store URL from a URL or one of the shortcut names (a variant's name is
+    kept: :func:`fresh_store` and :func:`label` know it)."""
+    if url_or_name in VARIANTS:
+        return url_or_name
     url = SHORTCUTS.get(url_or_name, url_or_name)
     return url.replace("{tmp}", tempfile.gettempdir())
 
 
 def label(url: str) -> str:
-    """The ``store`` field of a figure: ``memory``, ``sqlite``, ``postgres`` or ``redis``."""
+    """The ``store`` field of a figure: ``memory``, ``sqlite``, ``postgres`` or ``redis``,
+    or a variant's name such as ``postgres-fast``."""
+    if url in VARIANTS:
+        return url
     scheme = url.partition("://")[0].lower()
     return _LABELS.get(scheme, scheme)
 
@@ -67,12 +81,16 @@ async def fresh_store(url: str) -> AsyncIterator[StoreInterface]:
     runs do not slow each other down; other URLs are used as given (each run uses fresh
     queue names).
     """
+    options: dict[str, Any] = {}
+    if url in VARIANTS:
+        base, options = VARIANTS[url]
+        url = resolve(base)
     path = _sqlite_path(url)
     fresh: Path | None = None
     if path is not None and _in_temp_dir(path):
         fresh = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}{path.suffix}")
         url = "sqlite:///" + str(fresh)
-    store = open_store(url)
+    store = open_store(url, **options)
     try:
         await store.connect()
         yield store

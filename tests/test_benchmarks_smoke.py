@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -63,3 +65,13 @@ def test_repeat_reports_the_median(tmp_path: Path) -> None:
     assert lines[0]["workload"] == "process"
     assert lines[0]["store"] == "sqlite"
     assert lines[0]["median_of"] == 3
+
+
+def test_postgres_fast_measures_the_opt_in_mode_beside_the_default(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_BENCH_PG_DSN", pg_dsn)
+    lines = run_benchmarks(
+        "--store", "postgres", "--store", "postgres-fast", "--jobs", "10", "--workload", "process"
+    )
+    assert [line["store"] for line in lines] == ["postgres", "postgres-fast"]

@@ -4,6 +4,9 @@ schema, migrations, and surviving terminated database connections."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,8 +14,11 @@ import pytest
 
 asyncpg = pytest.importorskip("asyncpg")
 
+from private_postgres import private_postgres  # noqa: E402
+
 from conveyor_core import FlowProducer, Job, JobState, Queue, Worker  # noqa: E402
-from conveyor_core.errors import StoreUnavailableError  # noqa: E402
+from conveyor_core.errors import StoreClosedError, StoreUnavailableError  # noqa: E402
+from conveyor_core.store import Completion  # noqa: E402
 from conveyor_stores.postgres import PostgresStore, migrate  # noqa: E402
 from conveyor_stores.postgres.schema import LATEST  # noqa: E402
 
@@ -187,6 +193,106 @@ async def test_survives_terminated_connections(pg_dsn: str, pg_schema: str) -> N
         await drop_schema(pg_dsn, pg_schema)
 
 
+def terminate_backends_blocking(dsn: str, application_name: str) -> int:
+    """Terminate the backends of ``application_name`` and wait until the server has ended
+    them, without letting the calling event loop run (from a thread of its own)."""
+
+    async def terminate() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            count = int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = $1",
+                    application_name,
+                )
+            )
+            for _ in range(500):
+                left = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    application_name,
+                )
+                if not left:
+                    return count
+                await asyncio.sleep(0.01)
+            raise AssertionError("terminated backends did not end")
+        finally:
+            await conn.close()
+
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(terminate())))
+    thread.start()
+    thread.join()
+    assert results, "terminating the backends failed"
+    return results[0]
+
+
+async def test_calls_after_terminated_backends_run_on_new_connections(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """Every pooled connection loses its server process; the next calls, issued just
+    after asyncpg read the server's goodbye but before it saw the end of the stream,
+    must all succeed: reads and repeatable calls on new connections, and a transition
+    that asyncpg refused to send on a dead connection as well."""
+    name = f"conveyor-drop-{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(
+        pg_dsn,
+        schema=pg_schema,
+        min_size=4,
+        max_size=4,
+        server_settings={"application_name": name},
+    )
+    try:
+        await store.connect()
+        node = await FlowProducer(store=store).add(
+            {
+                "name": "parent",
+                "queue_name": "drops",
+                "children": [{"name": f"child-{i}", "queue_name": "drops"} for i in range(3)],
+            }
+        )
+        parent = node.job.id
+        taken = await store.take_jobs(
+            "drops", limit=3, token="tok", lock_until=time.time() + 60, now=time.time()
+        )
+        assert len(taken.jobs) == 3
+        first, second, third = (j.id for j in taken.jobs)
+        for _round in range(3):
+            assert terminate_backends_blocking(pg_dsn, name) >= 5
+            # One turn of the loop: asyncpg reads the server's goodbye on every pooled
+            # connection, not yet the end of their streams.
+            await asyncio.sleep(0)
+            results = await asyncio.gather(
+                store.get_dependencies("drops", parent),
+                store.get_job("drops", first),
+                store.get_counts("drops"),
+                store.update_progress("drops", second, "50"),
+                store.extend_locks("drops", [(third, "tok")], time.time() + 60),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert not failures, failures
+        # Transitions issued at the same moment: asyncpg refuses to send them on the
+        # dead connections, so they are sent again on new ones, exactly once.
+        assert terminate_backends_blocking(pg_dsn, name) >= 5
+        await asyncio.sleep(0)
+        done = await asyncio.gather(
+            *(
+                store.complete_jobs("drops", [Completion(job_id, "tok", "1")], time.time())
+                for job_id in (first, second, third)
+            ),
+            return_exceptions=True,
+        )
+        assert done == [[True]] * 3
+        counts = await store.get_counts("drops")
+        assert counts[JobState.COMPLETED] == 3
+        assert await store.get_job("drops", parent) is not None
+        assert counts[JobState.WAITING] == 1, "the parent is released once"
+    finally:
+        await store.close()
+        await drop_schema(pg_dsn, pg_schema)
+
+
 async def test_unreachable_server_raises_store_unavailable() -> None:
     store = PostgresStore("postgresql://postgres@127.0.0.1:1/none", schema="x")
     with pytest.raises(StoreUnavailableError):
@@ -213,3 +319,89 @@ async def test_any_valid_schema_name_gets_wake_ups_and_events(
             await events.aclose()
     finally:
         await drop_schema(pg_dsn, schema)
+
+
+async def take_all(store: PostgresStore, queue: str, n: int) -> list[str]:
+    now = time.time()
+    taken = await store.take_jobs(queue, limit=n, token="tok", lock_until=now + 300, now=now)
+    assert len(taken.jobs) == n
+    return [j.id for j in taken.jobs]
+
+
+async def test_acknowledged_completions_survive_a_server_crash() -> None:
+    """With default options, a completion the store acknowledged is on disk: a crash of
+    the server (its WAL writer set to flush only every ten seconds) loses none."""
+    with private_postgres(wal_writer_delay="10s", autovacuum="off") as server:
+        store = PostgresStore(server.dsn, min_size=1, max_size=2)
+        try:
+            await store.connect()
+            await Queue("durable", store=store).add_bulk(
+                [{"name": f"job-{i}", "data": i} for i in range(20)]
+            )
+            ids = await take_all(store, "durable", 20)
+            acknowledged = []
+            for job_id in ids[:15]:
+                done = await store.complete_jobs(
+                    "durable", [Completion(job_id, "tok", "1")], time.time()
+                )
+                assert done == [True]
+                acknowledged.append(job_id)
+            server.crash()
+        finally:
+            await store.close()
+        server.start()
+        async with PostgresStore(server.dsn, min_size=1, max_size=2) as after:
+            states = [(await after.get_job("durable", job_id)) for job_id in acknowledged]
+            lost = [
+                job_id
+                for job_id, job in zip(acknowledged, states, strict=True)
+                if job is None or job.state is not JobState.COMPLETED
+            ]
+            assert not lost, f"{len(lost)} acknowledged completions were rolled back"
+
+
+async def test_frozen_server_calls_end_in_bounded_time_and_close_returns() -> None:
+    """Against a server whose processes are all stopped, calls fail with
+    StoreUnavailableError after the store's timeout, connecting fails the same way, and
+    close returns even with a call in flight; after the server resumes, the transition
+    that timed out either happened or did not, and nothing else changed."""
+    with private_postgres(autovacuum="off") as server:
+        store = PostgresStore(server.dsn, min_size=1, max_size=2, timeout=1.0)
+        try:
+            await store.connect()
+            await Queue("frozen", store=store).add_bulk(
+                [{"name": f"job-{i}", "data": i} for i in range(2)]
+            )
+            first, second = await take_all(store, "frozen", 2)
+            server.freeze()
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(store.get_counts("frozen"), 30)
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(
+                    store.complete_jobs("frozen", [Completion(first, "tok", "1")], time.time()),
+                    30,
+                )
+            other = PostgresStore(server.dsn, min_size=1, max_size=1, timeout=1.0)
+            with pytest.raises(StoreUnavailableError):
+                await asyncio.wait_for(other.connect(), 30)
+            in_flight = asyncio.create_task(store.get_job("frozen", second))
+            await asyncio.sleep(0.2)
+            await asyncio.wait_for(store.close(), 30)
+            with pytest.raises((StoreUnavailableError, StoreClosedError)):
+                await asyncio.wait_for(in_flight, 30)
+        finally:
+            server.thaw()
+            await store.close()
+        async with PostgresStore(server.dsn, min_size=1, max_size=2) as after:
+            job = await after.get_job("frozen", first)
+            assert job is not None and job.state in (JobState.ACTIVE, JobState.COMPLETED)
+            if job.state is JobState.ACTIVE:
+                assert job.lock_token == "tok" and job.return_value is None
+                done = await after.complete_jobs(
+                    "frozen", [Completion(first, "tok", "1")], time.time()
+                )
+                assert done == [True]
+            else:
+                assert job.return_value == "1"
+            other_job = await after.get_job("frozen", second)
+            assert other_job is not None and other_job.state is JobState.ACTIVE

@@ -104,8 +104,8 @@ async def next_events(sub: EventSubscription, n: int) -> list[EventRecord]:
 
 async def test_is_a_store_and_rejects_bad_schema_names(pg_dsn: str) -> None:
     assert isinstance(PostgresStore(pg_dsn), StoreInterface)
-    for bad in ("1abc", "a-b", 'x"; DROP TABLE t; --', "", "a" * 64):
-        with pytest.raises(ValueError):
+    for bad in ("1abc", "a-b", 'x"; DROP TABLE t; --', "", "a" * 64, "x\n", "abc\n"):
+        with pytest.raises(ValueError, match="invalid schema name"):
             PostgresStore(pg_dsn, schema=bad)
 
 

@@ -17,6 +17,7 @@ from conveyor_core import (
     QueueEvents,
     Worker,
 )
+from conveyor_core.errors import DuplicateJobError
 from conveyor_core.models import MAX_JOB_ID_BYTES, MAX_JOB_NAME_BYTES, MAX_QUEUE_NAME_BYTES
 
 from ._support import Harness, nodes_by_name
@@ -94,6 +95,31 @@ class InputTests:
                 [{"name": "fine", "data": None}, {"name": "job", "data": None, "opts": opts}]
             )
         assert await env.total(q) == 0
+
+    async def test_existing_child_id_in_a_flow_is_named_in_the_error(self, env: Harness) -> None:
+        parent_q, child_q = env.name("dup-parent"), env.name("dup-child")
+        await env.queue(child_q).add("earlier", None, {"job_id": "taken-child-id"})
+        with pytest.raises(DuplicateJobError) as caught:
+            await env.flow.add(
+                {
+                    "name": "root",
+                    "queue_name": parent_q,
+                    "opts": {"job_id": "fresh-root-id"},
+                    "children": [
+                        {"name": "ok", "queue_name": child_q, "opts": {"job_id": "fresh-id"}},
+                        {
+                            "name": "dup",
+                            "queue_name": child_q,
+                            "opts": {"job_id": "taken-child-id"},
+                        },
+                    ],
+                }
+            )
+        message = str(caught.value)
+        assert "taken-child-id" in message, message
+        assert child_q in message, message
+        assert await env.total(parent_q) == 0
+        assert await env.total(child_q) == 1
 
     async def test_empty_names_are_refused(self, env: Harness) -> None:
         q = env.name("input")

@@ -18,7 +18,7 @@ import re
 
 from conveyor_core.store import METRICS_MINUTES
 
-SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 NOTIFY_LIMIT = 7900
 """Bytes per NOTIFY payload; PostgreSQL refuses payloads of 8000 bytes or more."""
@@ -1113,7 +1113,7 @@ LATEST = MIGRATIONS[-1][0]
 
 def quote_ident(name: str) -> str:
     """``name`` validated against :data:`SCHEMA_NAME` and double-quoted for SQL."""
-    if not SCHEMA_NAME.match(name):
+    if not SCHEMA_NAME.fullmatch(name):
         raise ValueError(
             f"invalid schema name {name!r}: use letters, digits and underscores, "
             "not starting with a digit, at most 63 characters"

@@ -95,10 +95,37 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 _RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
+_LOST_RETRIES = 3
+"""Attempts of a call that may be repeated after its connection was lost, each (after
+the first) on a newly opened connection."""
+
+_CLOSE_GRACE = 1.0
+"""Seconds ``close`` gives connections to end politely before it cuts them."""
 _RETRY_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
 )
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection it came from is gone (not a statement error
+    on a connection that still works)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return isinstance(exc, _CONNECTION_ERRORS)
+    return True
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether asyncpg refused ``exc``'s statement before sending any of it.
+
+    asyncpg checks that its connection is idle before it writes a statement. A
+    connection whose server process has already said goodbye (``pg_terminate_backend``,
+    a shutdown) but whose end of stream asyncpg has not read yet fails that check with
+    these messages: the statement never reached the server, so any call can be repeated.
+    """
+    return isinstance(exc, asyncpg.exceptions.InternalClientError) and str(exc).startswith(
+        ("cannot switch to state", "cannot perform operation")
+    )
 
 
 def _record(r: Any) -> JobRecord:
@@ -199,7 +226,7 @@ class _Operations:
     _text_index: bool | None = None
     _sql: dict[str, str]
 
-    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
+    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, repeatable: bool) -> T:
         raise NotImplementedError
 
     capabilities = StoreCapabilities(
@@ -211,9 +238,9 @@ class _Operations:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _call(self, key: str, op: Callable[[Any], Awaitable[T]], read: bool) -> T:
+    async def _call(self, key: str, op: Callable[[Any], Awaitable[T]], repeatable: bool) -> T:
         try:
-            return await self._run(key, op, read=read)
+            return await self._run(key, op, repeatable=repeatable)
         except asyncpg.exceptions.DataError as exc:
             # Text PostgreSQL cannot hold (a lone surrogate) or a number out of range:
             # refused before anything was written.
@@ -223,17 +250,20 @@ class _Operations:
                 raise PayloadError(f"PostgreSQL cannot store this text: {exc}") from exc
             raise
 
-    async def _fetchval(self, key: str, *args: Any, read: bool = False) -> Any:
-        query = self._sql[key]
-        return await self._call(key, lambda c: c.fetchval(query, *args), read)
+    # ``repeatable=True`` marks a call that is safe to repeat: a read, or a write whose second
+    # run changes nothing more than its first.
 
-    async def _fetchrow(self, key: str, *args: Any, read: bool = False) -> Any:
+    async def _fetchval(self, key: str, *args: Any, repeatable: bool = False) -> Any:
         query = self._sql[key]
-        return await self._call(key, lambda c: c.fetchrow(query, *args), read)
+        return await self._call(key, lambda c: c.fetchval(query, *args), repeatable)
 
-    async def _fetch(self, key: str, *args: Any, read: bool = False) -> list[Any]:
+    async def _fetchrow(self, key: str, *args: Any, repeatable: bool = False) -> Any:
         query = self._sql[key]
-        return await self._call(key, lambda c: c.fetch(query, *args), read)
+        return await self._call(key, lambda c: c.fetchrow(query, *args), repeatable)
+
+    async def _fetch(self, key: str, *args: Any, repeatable: bool = False) -> list[Any]:
+        query = self._sql[key]
+        return await self._call(key, lambda c: c.fetch(query, *args), repeatable)
 
     @staticmethod
     def _state_check(queue: str, job_id: str, state: str | None, wanted: str, what: str) -> None:
@@ -280,12 +310,43 @@ class _Operations:
                 now,
             )
         except asyncpg.exceptions.UniqueViolationError as exc:
-            raise DuplicateJobError("a job id of this add already exists in its queue") from exc
+            raise await self._duplicate_error(groups, exc) from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == "CV410":
                 raise DuplicateJobError(str(exc)) from exc
             raise
         return list(result)
+
+    async def _duplicate_error(
+        self, groups: Sequence[Sequence[NewJob]], exc: asyncpg.PostgresError
+    ) -> DuplicateJobError:
+        """The error naming the job id and queue that made an add fail as a duplicate
+        (nothing of the add was written)."""
+        seen: set[tuple[str, str]] = set()
+        for group in groups:
+            for new in group:
+                if (new.queue, new.id) in seen:
+                    return DuplicateJobError(
+                        f"job id {new.id!r} appears twice for queue {new.queue!r} in one add"
+                    )
+                seen.add((new.queue, new.id))
+        queues = [new.queue for group in groups for new in group]
+        ids = [new.id for group in groups for new in group]
+        try:
+            rows = await self._fetch("existing_jobs", queues, ids, repeatable=True)
+        except (asyncpg.PostgresError, StoreUnavailableError):
+            # Inside an application's failed transaction nothing more can be read.
+            rows = []
+        existing = {(r[0], r[1]) for r in rows}
+        for group in groups:
+            if (group[0].queue, group[0].id) in existing:
+                continue  # an existing first job skips its group: not the culprit
+            for new in group[1:]:
+                if (new.queue, new.id) in existing:
+                    return DuplicateJobError(
+                        f"job id {new.id!r} already exists in queue {new.queue!r}"
+                    )
+        return DuplicateJobError(f"a job of this add already exists: {exc.detail or exc}")
 
     async def _add_one(self, new: NewJob, now: float) -> bool | None:
         """Add one standalone job in a single statement; ``None`` if it does not fit."""
@@ -346,7 +407,10 @@ class _Operations:
             return []
         ids = [job_id for job_id, _ in locks]
         tokens = [token for _, token in locks]
-        return list(await self._fetchval("extend_locks", queue, ids, tokens, lock_until))
+        # Setting the same lock deadline twice is harmless: repeatable after a lost connection.
+        return list(
+            await self._fetchval("extend_locks", queue, ids, tokens, lock_until, repeatable=True)
+        )
 
     async def complete_jobs(
         self, queue: str, completions: Sequence[Completion], now: float
@@ -406,7 +470,10 @@ class _Operations:
     # ------------------------------------------------------------------ job changes
 
     async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
-        if not await self._fetchval("update_progress", queue, job_id, progress, time.time()):
+        # Repeatable after a lost connection: it sets the same value (and says so again).
+        if not await self._fetchval(
+            "update_progress", queue, job_id, progress, time.time(), repeatable=True
+        ):
             raise JobNotFoundError(queue, job_id)
 
     async def add_log(self, queue: str, job_id: str, line: str) -> int:
@@ -423,18 +490,18 @@ class _Operations:
         if start >= 0 and (end is None or end >= 0):
             last = _INT8_MAX if end is None else min(end, _INT8_MAX)
             first = min(start, _INT8_MAX)
-            row = await self._fetchrow("get_logs", queue, job_id, first, last, read=True)
+            row = await self._fetchrow("get_logs", queue, job_id, first, last, repeatable=True)
             if row is None:
                 raise JobNotFoundError(queue, job_id)
             return list(row[0])
-        row = await self._fetchrow("get_logs", queue, job_id, 0, _INT8_MAX, read=True)
+        row = await self._fetchrow("get_logs", queue, job_id, 0, _INT8_MAX, repeatable=True)
         if row is None:
             raise JobNotFoundError(queue, job_id)
         lines: list[str] = list(row[0])
         return lines[start : None if end is None else end + 1]
 
     async def update_data(self, queue: str, job_id: str, data: str) -> None:
-        if await self._fetchval("update_data", queue, job_id, data) is None:
+        if await self._fetchval("update_data", queue, job_id, data, repeatable=True) is None:
             raise JobNotFoundError(queue, job_id)
 
     async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
@@ -485,7 +552,7 @@ class _Operations:
     async def is_paused(self, queue: str) -> bool:
         if not _storable(queue):
             return False
-        return bool(await self._fetchval("is_paused", queue, read=True))
+        return bool(await self._fetchval("is_paused", queue, repeatable=True))
 
     async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
         return int(await self._fetchval("drain", queue, include_delayed, now))
@@ -515,7 +582,7 @@ class _Operations:
     async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
         if not _storable(queue, job_id):
             return None
-        row = await self._fetchrow("get_job", queue, job_id, read=True)
+        row = await self._fetchrow("get_job", queue, job_id, repeatable=True)
         return None if row is None else _record(row)
 
     async def get_jobs(
@@ -529,29 +596,29 @@ class _Operations:
                 return []
             count = None if end is None else min(end - start + 1, _INT8_MAX)
             first = min(start, _INT8_MAX)
-            rows = await self._fetch("get_jobs", queue, names, first, count, read=True)
+            rows = await self._fetch("get_jobs", queue, names, first, count, repeatable=True)
             return [_record(r) for r in rows]
-        rows = await self._fetch("get_jobs", queue, names, 0, None, read=True)
+        rows = await self._fetch("get_jobs", queue, names, 0, None, repeatable=True)
         return [_record(r) for r in rows][start : None if end is None else end + 1]
 
     async def get_counts(self, queue: str) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
         if not _storable(queue):
             return counts
-        for state, n in await self._fetch("get_counts", queue, read=True):
+        for state, n in await self._fetch("get_counts", queue, repeatable=True):
             counts[_STATES[state]] = n
         return counts
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         if not _storable(queue, job_id):
             raise JobNotFoundError(queue, job_id)
-        rows = await self._fetch("get_dependencies", queue, job_id, read=True)
+        rows = await self._fetch("get_dependencies", queue, job_id, repeatable=True)
         if not rows:
             raise JobNotFoundError(queue, job_id)
         return [ChildDependency(d[0], d[1], d[2], d[3], d[4]) for d in rows if d[0] is not None]
 
     async def list_queues(self) -> list[str]:
-        return sorted(await self._fetchval("list_queues", read=True))
+        return sorted(await self._fetchval("list_queues", repeatable=True))
 
     # ------------------------------------------------------------------ operating
 
@@ -597,7 +664,7 @@ class _Operations:
             self._sql[key] = _search_sql(
                 self._schema, filters, limit_arg=len(args) + 1, scan=not indexed
             )
-        rows = await self._fetch(key, *args, limit + 1, read=True)
+        rows = await self._fetch(key, *args, limit + 1, repeatable=True)
         examined = [_record(r) for r in rows[:limit]]
         jobs = examined
         if folded is not None:
@@ -612,12 +679,14 @@ class _Operations:
         if indexed:
             return SearchPage(jobs, None)
         # The scan looked at SEARCH_SCAN rows at most: resume below the last of them.
-        boundary = await self._fetchrow("search_boundary", queue, after[0], after[1], read=True)
+        boundary = await self._fetchrow(
+            "search_boundary", queue, after[0], after[1], repeatable=True
+        )
         return SearchPage(jobs, None if boundary is None else encode_cursor(*boundary))
 
     async def _has_text_index(self) -> bool:
         if self._text_index is None:
-            self._text_index = bool(await self._fetchval("has_text_index", read=True))
+            self._text_index = bool(await self._fetchval("has_text_index", repeatable=True))
         return self._text_index
 
     async def get_metrics(
@@ -625,7 +694,7 @@ class _Operations:
     ) -> dict[int, int]:
         if not _storable(queue):
             return {}
-        rows = await self._fetch("get_metrics", queue, kind, start, end, read=True)
+        rows = await self._fetch("get_metrics", queue, kind, start, end, repeatable=True)
         return {int(minute): int(count) for minute, count in rows}
 
     # ------------------------------------------------------------------ events
@@ -721,6 +790,8 @@ def _statements(schema: str) -> dict[str, str]:
         "CASE WHEN j.state IN ('completed', 'failed') THEN -j.order_key "
         "WHEN j.state = 'delayed' THEN 0 ELSE j.order_key END, j.id "
         "OFFSET $3::int8 LIMIT $4::int8",
+        "existing_jobs": f"SELECT j.queue, j.id FROM {s}.jobs j "
+        "JOIN unnest($1::text[], $2::text[]) AS x(q, i) ON j.queue = x.q AND j.id = x.i",
         "get_counts": f"SELECT state, count(*)::int FROM {s}.jobs WHERE queue = $1::text "
         "GROUP BY state",
         "get_dependencies": "SELECT d.child_queue, d.child_id, d.status, d.value, d.reason "
@@ -746,10 +817,21 @@ class PostgresStore(_Operations):
     ``server_settings``). ``listen_dsn`` lets the event listener connect
     elsewhere than the pool (a direct connection when the pool goes through a proxy).
 
-    Worker transitions (take, lock renewal, complete, fail, release, stall recovery)
-    commit without waiting for the WAL flush unless ``durable_worker_commits`` is set:
-    a crash of the database server can then lose their last fraction of a second, which
-    at worst runs a job again. Adding jobs and every other call always commit durably.
+    ``timeout`` bounds, in seconds, every wait on PostgreSQL: opening a connection,
+    each statement (including those of the event listener) and waiting for a free pooled
+    connection. A call that exceeds it raises ``StoreUnavailableError``; a transition
+    cut off that way either committed or is rolled back whole, never half done.
+    ``close`` never waits on the server for more than about a second. (asyncpg's own
+    ``timeout`` and ``command_timeout`` options, if given, override it for connecting
+    and for statements.)
+
+    Every call commits durably: once it returns, its change survives a crash of the
+    database server. ``durable_worker_commits=False`` is a faster opt-in for worker
+    transitions (take, lock renewal, complete, fail, release, stall recovery): they then
+    commit without waiting for the WAL flush, so a server crash (not a mere restart) can
+    roll back the last fraction of a second of them *after* workers were told they were
+    stored: completed jobs go back to active or waiting and run again, a retry's
+    attempt count goes back. Adding jobs and every other call stay durable either way.
     """
 
     def __init__(
@@ -760,17 +842,21 @@ class PostgresStore(_Operations):
         min_size: int = 4,
         max_size: int = 10,
         listen_dsn: str | None = None,
-        durable_worker_commits: bool = False,
+        durable_worker_commits: bool = True,
+        timeout: float = 30.0,
         **options: Any,
     ) -> None:
         sql_schema.quote_ident(schema)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.dsn = dsn
         self._schema = schema
         self._channel = channel_for(schema)
         self._min_size = min_size
         self._max_size = max_size
         self._listen_dsn = listen_dsn or dsn
-        self._options = options
+        self._timeout = float(timeout)
+        self._options = {"timeout": self._timeout, "command_timeout": self._timeout, **options}
         self._durable_worker_commits = durable_worker_commits
         self._sql = _statements(schema)
         self._pool: ConnectionPool | None = None
@@ -831,12 +917,16 @@ class PostgresStore(_Operations):
             )
             try:
                 await pool.open()
+            except TimeoutError as exc:
+                raise StoreUnavailableError(
+                    f"cannot reach PostgreSQL: no answer within {self._timeout:g} s"
+                ) from exc
             except _CONNECTION_ERRORS as exc:
                 raise StoreUnavailableError(
                     f"cannot reach PostgreSQL: {self._redact(exc)}"
                 ) from exc
             try:
-                conn = await pool.acquire()
+                conn = await pool.acquire(timeout=self._timeout)
                 try:
                     await migrate(conn, self._schema)
                 finally:
@@ -845,7 +935,11 @@ class PostgresStore(_Operations):
                 self._listener_lost = asyncio.Event()
                 await self._open_listener()
             except BaseException as exc:
-                await pool.close()
+                await pool.close(0)
+                if isinstance(exc, TimeoutError):
+                    raise StoreUnavailableError(
+                        f"PostgreSQL did not answer within {self._timeout:g} s while connecting"
+                    ) from exc
                 if isinstance(exc, _CONNECTION_ERRORS):
                     raise StoreUnavailableError(
                         f"lost PostgreSQL while connecting: {self._redact(exc)}"
@@ -868,16 +962,22 @@ class PostgresStore(_Operations):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close(timeout=2)
         pool, self._pool = self._pool, None
-        await pool.close()
+        await asyncio.gather(self._close_listener(listener), pool.close(_CLOSE_GRACE))
         for subs in list(self._subscriptions.values()):
             for sub in list(subs):
                 sub.push(None)
         self._subscriptions.clear()
         self._wake_all()
+
+    @staticmethod
+    async def _close_listener(listener: asyncpg.Connection | None) -> None:
+        if listener is None:
+            return
+        try:
+            await listener.close(timeout=_CLOSE_GRACE)
+        except Exception:
+            listener.terminate()
 
     async def _warm(self, conn: Any) -> None:
         """Prepare the hot statements and plan their functions on a new connection.
@@ -901,53 +1001,68 @@ class PostgresStore(_Operations):
     def _events_store(self) -> PostgresStore:
         return self
 
-    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
+    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, repeatable: bool) -> T:
         pool = self._pool
         if pool is None or self._closed:
             raise StoreClosedError("PostgresStore is not connected: use 'async with store:'")
-        attempt = 0
+        attempt = lost = 0
         while True:
             attempt += 1
             try:
-                try:
-                    conn = await pool.acquire()
-                except PoolClosedError as exc:
-                    raise StoreClosedError("PostgresStore was closed") from exc
-                try:
-                    result = await op(conn)
-                except asyncpg.PostgresError:
-                    pool.release(conn)
-                    raise
-                except BaseException:
-                    # Lost, or interrupted mid-statement: never reuse the connection.
-                    pool.release(conn, broken=True)
-                    raise
-                pool.release(conn)
-                return result
-            except _RETRY_ERRORS:
-                if attempt >= _DEADLOCK_RETRIES:
-                    raise
-                await asyncio.sleep(0.001 * attempt)
-            except _CONNECTION_ERRORS as exc:
+                # After a lost connection, the call is repeated on a new one: the other
+                # idle connections may have lost their server too.
+                conn = await pool.acquire(timeout=self._timeout, fresh=lost > 0)
+            except PoolClosedError as exc:
+                raise StoreClosedError("PostgresStore was closed") from exc
+            except TimeoutError as exc:
+                raise StoreUnavailableError(
+                    f"no PostgreSQL connection for {method} within {self._timeout:g} s"
+                ) from exc
+            except _RECONNECT_ERRORS as exc:
                 if self._closed:
                     raise StoreClosedError("PostgresStore was closed") from exc
-                # Reads are safe to repeat; so is any call whose statement never left
-                # (asyncpg found the connection already broken before sending it).
-                unsent = isinstance(exc, asyncpg.exceptions.InternalClientError)
-                if (read or unsent) and attempt < 3:
+                raise StoreUnavailableError(f"cannot reach PostgreSQL for {method}: {exc}") from exc
+            try:
+                result = await op(conn)
+            except BaseException as exc:
+                # A connection that is gone, or was interrupted mid-statement (a timeout,
+                # a cancellation), is never reused.
+                broken = _connection_lost(exc)
+                pool.release(conn, broken=broken)
+                if not isinstance(exc, Exception):
+                    raise  # a cancellation
+                if isinstance(exc, _RETRY_ERRORS) and attempt < _DEADLOCK_RETRIES:
+                    await asyncio.sleep(0.001 * attempt)
                     continue
-                raise StoreUnavailableError(
-                    f"PostgreSQL connection lost during {method}: {self._redact(exc)}"
-                ) from exc
+                if self._closed and broken:
+                    raise StoreClosedError("PostgresStore was closed") from exc
+                if isinstance(exc, TimeoutError):
+                    # asyncpg cancelled the statement; the server rolls back whatever it
+                    # had not committed.
+                    raise StoreUnavailableError(
+                        f"PostgreSQL did not answer {method} within {self._timeout:g} s"
+                    ) from exc
+                if isinstance(exc, _CONNECTION_ERRORS):
+                    pool.discard_idle()
+                    lost += 1
+                    if (repeatable or _never_sent(exc)) and lost < _LOST_RETRIES:
+                        continue
+                    raise StoreUnavailableError(
+                        f"PostgreSQL connection lost during {method}: {self._redact(exc)}"
+                    ) from exc
+                raise
+            pool.release(conn)
+            return result
 
     # ------------------------------------------------------------------ listener
 
     async def _open_listener(self) -> None:
         conn = await asyncpg.connect(self._listen_dsn, **self._options)
         try:
-            await conn.add_listener(self._channel, self._on_notify)
+            async with asyncio.timeout(self._timeout):
+                await conn.add_listener(self._channel, self._on_notify)
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
         lost = self._listener_lost
         assert lost is not None
@@ -1047,8 +1162,13 @@ class PostgresStore(_Operations):
         async with self._sync_lock:
             listener = self._listener
             if listener is not None and not listener.is_closed():
-                with contextlib.suppress(*_CONNECTION_ERRORS):
-                    await listener.execute("SELECT 1")
+                try:
+                    await listener.execute("SELECT 1", timeout=self._timeout)
+                except TimeoutError:
+                    # An unresponsive listener: cut it, so that it is reopened.
+                    listener.terminate()
+                except _CONNECTION_ERRORS:
+                    pass
         self._subscriptions.setdefault(queue, set()).add(sub)
         return sub
 
@@ -1095,7 +1215,7 @@ class BoundPostgresStore(_Operations):
     def _events_store(self) -> PostgresStore:
         return self._store
 
-    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, read: bool) -> T:
+    async def _run(self, method: str, op: Callable[[Any], Awaitable[T]], *, repeatable: bool) -> T:
         try:
             return await op(self._conn)
         except _CONNECTION_ERRORS as exc:
