@@ -1,0 +1,13 @@
+-- Returns the job's state before the call, or NULL when it does not exist.
+CREATE OR REPLACE FUNCTION @S.change_delay(q text, jid text, at double precision)
+RETURNS text LANGUAGE plpgsql
+@PLANNER AS $$
+DECLARE
+    st text;
+BEGIN
+    SELECT state INTO st FROM @S.jobs WHERE queue = q AND id = jid FOR UPDATE;
+    IF st = 'delayed' THEN
+        UPDATE @S.jobs SET run_at = at WHERE queue = q AND id = jid;
+    END IF;
+    RETURN st;
+END $$;

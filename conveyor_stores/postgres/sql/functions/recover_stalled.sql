@@ -1,0 +1,34 @@
+CREATE OR REPLACE FUNCTION @S.recover_stalled(q text, now double precision, max_stalled bigint,
+                                              OUT ids text[], OUT failed boolean[])
+LANGUAGE plpgsql
+@PLANNER AS $$
+DECLARE
+    evs jsonb[] := '{}';
+    r record;
+    cnt integer;
+BEGIN
+    PERFORM @S._worker_commit();
+    ids := '{}';
+    failed := '{}';
+    FOR r IN
+        SELECT id FROM @S.jobs
+        WHERE queue = q AND state = 'active' AND lock_until < now
+        ORDER BY order_key FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE @S.jobs SET stalled_count = stalled_count + 1, lock_token = NULL,
+            lock_until = NULL
+        WHERE queue = q AND id = r.id RETURNING stalled_count INTO cnt;
+        evs := array_append(evs, @S._ev(q, 'stalled', r.id, jsonb_build_object('count', cnt),
+                                        now));
+        ids := array_append(ids, r.id);
+        IF cnt > max_stalled THEN
+            UPDATE @S.jobs SET failed_reason = @STALLED WHERE queue = q AND id = r.id;
+            evs := evs || @S._final_failure(q, r.id, @STALLED, now);
+            failed := array_append(failed, true);
+        ELSE
+            evs := array_append(evs, @S._to_waiting(q, r.id, now));
+            failed := array_append(failed, false);
+        END IF;
+    END LOOP;
+    PERFORM @S._publish(evs);
+END $$;

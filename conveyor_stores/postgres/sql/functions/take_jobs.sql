@@ -1,0 +1,65 @@
+CREATE OR REPLACE FUNCTION @S.take_jobs(
+    q text, lim integer, tok text, until double precision, now double precision,
+    rl_max integer, rl_duration double precision,
+    OUT taken @S.jobs[], OUT next_run_at double precision,
+    OUT rate_limited_until double precision)
+LANGUAGE plpgsql
+@PLANNER AS $$
+DECLARE
+    evs jsonb[];
+    qrow record;
+    wstart double precision;
+    wcount integer := 0;
+    n integer;
+BEGIN
+    PERFORM @S._worker_commit();
+    evs := @S._promote_due(q, now, now);
+    SELECT paused, window_start, window_count INTO qrow FROM @S.queues WHERE queue = q;
+    IF (FOUND AND qrow.paused) OR lim <= 0 THEN
+        PERFORM @S._publish(evs);
+        SELECT min(run_at) INTO next_run_at FROM @S.jobs WHERE queue = q AND state = 'delayed';
+        taken := '{}';
+        RETURN;
+    END IF;
+    IF rl_max IS NOT NULL THEN
+        INSERT INTO @S.queues (queue) VALUES (q) ON CONFLICT (queue) DO NOTHING;
+        SELECT window_start, window_count INTO qrow FROM @S.queues WHERE queue = q FOR UPDATE;
+        wstart := qrow.window_start;
+        wcount := qrow.window_count;
+        IF wstart IS NULL OR now >= wstart + rl_duration THEN
+            wstart := now;
+            wcount := 0;
+        END IF;
+        IF rl_max - wcount <= 0 THEN
+            PERFORM @S._publish(evs);
+            SELECT min(run_at) INTO next_run_at FROM @S.jobs
+            WHERE queue = q AND state = 'delayed';
+            rate_limited_until := wstart + rl_duration;
+            taken := '{}';
+            RETURN;
+        END IF;
+        lim := least(lim, rl_max - wcount);
+    END IF;
+    WITH picked AS (
+        SELECT id, nextval('@S.order_seq') AS k, priority, order_key FROM (
+            SELECT id, priority, order_key FROM @S.jobs
+            WHERE queue = q AND state = 'waiting'
+            ORDER BY priority, order_key LIMIT lim FOR UPDATE SKIP LOCKED
+        ) s
+    ), upd AS (
+        UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
+            processed_at = now, order_key = picked.k
+        FROM picked WHERE j.queue = q AND j.id = picked.id
+        RETURNING j AS r, picked.k
+    )
+    SELECT coalesce(array_agg(r ORDER BY k), '{}'),
+           array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY k)
+    INTO taken, evs
+    FROM upd;
+    n := cardinality(taken);
+    IF rl_max IS NOT NULL AND n > 0 THEN
+        UPDATE @S.queues SET window_start = wstart, window_count = wcount + n WHERE queue = q;
+    END IF;
+    PERFORM @S._publish(evs);
+    SELECT min(run_at) INTO next_run_at FROM @S.jobs WHERE queue = q AND state = 'delayed';
+END $$;
