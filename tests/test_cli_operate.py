@@ -1,0 +1,128 @@
+"""Operating a running system from the command line, as subprocesses, on SQLite,
+PostgreSQL (``?schema=``) and Redis (``?prefix=``): add work, look at it, act on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reliability.stores import PG_DSN, REDIS_URL, skip_unless_available
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def conveyor(*args: str, url: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    env.pop("CONVEYOR_STORE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor_core.cli", *args, "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    if ok:
+        assert done.returncode == 0, f"conveyor {' '.join(args)}: {done.stderr}{done.stdout}"
+    return done
+
+
+def as_json(*args: str, url: str) -> object:
+    return json.loads(conveyor(*args, "--json", url=url).stdout)
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    kind = request.param
+    skip_unless_available(kind)
+    tag = uuid.uuid4().hex[:10]
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ops.db'}"
+        return
+    if kind == "postgres":
+        schema = f"conveyor_cli_{tag}"
+        yield f"{PG_DSN}?schema={schema}"
+        import anyio
+        import asyncpg
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+
+        anyio.run(drop)
+        return
+    prefix = f"conveyor-cli-{tag}"
+    yield f"{REDIS_URL}?prefix={prefix}"
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_add_look_and_act_from_the_command_line(url: str, tmp_path: Path) -> None:
+    flow = tmp_path / "order.json"
+    flow.write_text(
+        json.dumps(
+            {
+                "name": "ship",
+                "queue_name": "orders",
+                "opts": {"job_id": "order-1"},
+                "children": [
+                    {"name": "pick", "queue_name": "stock", "data": {"sku": "PEN-7"}},
+                    {"name": "pick", "queue_name": "stock", "data": {"sku": "INK-2"}},
+                    {"name": "pick", "queue_name": "stock", "data": {"sku": "PAD-1"}},
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    added = as_json("flow", "add", str(flow), url=url)
+    assert added == [{"id": "order-1", "queue": "orders"}]
+    later = as_json(
+        "add", "mail", "reminder", "--data", '{"to": "ann"}', "--opts", '{"delay": 3600}', url=url
+    )
+    assert isinstance(later, dict) and later["state"] == "delayed"
+
+    queues = as_json("queues", url=url)
+    assert isinstance(queues, list)
+    counts = {q["name"]: q["counts"] for q in queues}
+    assert counts["stock"]["waiting"] == 3 and counts["orders"]["waiting-children"] == 1
+
+    page = as_json("jobs", "stock", "--search", "ink", url=url)
+    assert isinstance(page, dict)
+    assert [job["data"]["sku"] for job in page["jobs"]] == ["INK-2"]
+    first = as_json("jobs", "stock", "--limit", "2", url=url)
+    assert isinstance(first, dict) and len(first["jobs"]) == 2 and first["next_cursor"]
+    rest = as_json("jobs", "stock", "--limit", "2", "--cursor", first["next_cursor"], url=url)
+    assert isinstance(rest, dict) and len(rest["jobs"]) == 1
+
+    drawn = conveyor("flow", "order-1", "--queue", "orders", "--max-children", "2", url=url)
+    assert drawn.stdout.count("stock · pick") == 2
+    assert "further children not shown" in drawn.stdout
+
+    promoted = as_json("job", "promote", later["id"], "--queue", "mail", url=url)
+    assert isinstance(promoted, dict) and promoted["job"]["state"] == "waiting"
+    refused = conveyor("job", "retry", later["id"], "--queue", "mail", url=url, ok=False)
+    assert refused.returncode == 1 and "only a failed job can be retried" in refused.stderr
+    shown = as_json("job", "show", "order-1", "--queue", "orders", url=url)
+    assert isinstance(shown, dict) and len(shown["children"]["unprocessed"]) == 3
+
+    conveyor("queue", "pause", "stock", url=url)
+    paused = {q["name"]: q["paused"] for q in as_json("queues", url=url)}  # type: ignore[union-attr]
+    assert paused["stock"] is True
+    conveyor("queue", "resume", "stock", url=url)
+    drained = as_json("queue", "drain", "mail", url=url)
+    assert drained == {"queue": "mail", "action": "drain", "jobs": 1}
+
+    missing = conveyor("job", "show", "nope", "--queue", "orders", url=url, ok=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
