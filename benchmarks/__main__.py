@@ -93,7 +93,7 @@ async def run_benchmarks(
     for url in stores:
         for name in workloads:
             if name == "search":
-                for line in await run_search(url, label(url), params.search_jobs):
+                async for line in run_search(url, label(url), params.search_jobs):
                     print(json.dumps(line), flush=True)
                 continue
             runs: list[list[Figure]] = []

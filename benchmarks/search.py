@@ -103,13 +103,13 @@ async def _time_page(queue: Queue, **query: Any) -> tuple[float, int]:
     return statistics.median(times), found
 
 
-async def run_search(url: str, label: str, total: int) -> list[dict[str, Any]]:
-    """Fill a queue of ``total`` jobs on ``url`` and time pages of the queries."""
-    lines: list[dict[str, Any]] = []
+async def run_search(url: str, label: str, total: int) -> AsyncIterator[dict[str, Any]]:
+    """Fill a queue of ``total`` jobs on ``url`` and time pages of the queries; yields
+    each figure as soon as it is known."""
     async with isolated(url) as store:
         queue = Queue("bench-search", store=store)
         fill_seconds = await fill(queue, total)
-        lines.append(
+        yield (
             {
                 "store": label,
                 "workload": "search_fill",
@@ -132,7 +132,7 @@ async def run_search(url: str, label: str, total: int) -> list[dict[str, Any]]:
         }
         for what, query in queries.items():
             seconds, found = await _time_page(queue, **query)
-            lines.append(
+            yield (
                 {
                     "store": label,
                     "workload": "search",
@@ -143,4 +143,3 @@ async def run_search(url: str, label: str, total: int) -> list[dict[str, Any]]:
                     "median_of": PAGE_REPEATS,
                 }
             )
-    return lines

@@ -710,7 +710,8 @@ cheap on any queue; a sparse match takes more pages."""
 _LIKE_SPECIALS = re.compile(r"[\\%_]")
 
 _NEWEST_FIRST = 'ORDER BY created_at DESC, id COLLATE "C" DESC'
-_BELOW = '(created_at < $2::float8 OR (created_at = $2::float8 AND id COLLATE "C" < $3::text))'
+_BELOW = '(created_at, id COLLATE "C") < ($2::float8, $3::text)'
+"""Below the cursor in search order, as one row comparison the index scan can use."""
 
 
 def _search_sql(schema: str, filters: list[str], *, limit_arg: int, scan: bool) -> str:
