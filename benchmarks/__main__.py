@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from .stores import SHORTCUTS, fresh_store, label, resolve
-from .workloads import WORKLOADS, Figure, Params
+from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         action="extend",
         nargs="+",
         choices=sorted(WORKLOADS),
-        help="workloads to run (default: all)",
+        help="workloads to run (default: " + ", ".join(DEFAULT_WORKLOADS) + ")",
+    )
+    parser.add_argument(
+        "--lag-jobs",
+        type=int,
+        default=1700,
+        metavar="N",
+        help="jobs of the add_bulk call and of the flow that loop_lag adds",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
@@ -69,6 +76,8 @@ def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str,
         line["seconds"] = round(seconds, 4)
         line["per_s"] = round(first.count / seconds) if seconds > 0 else None
         line.update(first.extra)
+        for key in first.stats:
+            line[key] = round(statistics.median(run[index].stats[key] for run in runs), 2)
         if repeat > 1:
             line["median_of"] = repeat
         lines.append(line)
@@ -94,9 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.jobs, args.children, *args.big_children) < 1 or args.repeat < 1:
         print("--jobs, --children, --big-children and --repeat must be positive", file=sys.stderr)
         return 2
+    if args.lag_jobs < 2:
+        print("--lag-jobs must be at least 2 (a flow's parent and a child)", file=sys.stderr)
+        return 2
     stores = [resolve(s) for s in (args.store or ["memory", "sqlite"])]
-    workloads = args.workload or list(WORKLOADS)
-    params = Params(args.jobs, args.children, tuple(args.big_children))
+    workloads = args.workload or list(DEFAULT_WORKLOADS)
+    params = Params(args.jobs, args.children, tuple(args.big_children), args.lag_jobs)
     anyio.run(run_benchmarks, stores, workloads, params, args.repeat)
     return 0
 
