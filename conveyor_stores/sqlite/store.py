@@ -12,14 +12,19 @@ back: a failed transition writes nothing, and publishes no event. Reads run in a
 for writers. A take by an idle worker, or a stalled-job check that finds nothing,
 changes nothing: it is answered by a read, without taking the write lock.
 
-Each store object has one ``sqlite3`` connection, used by one call at a time. When the
-connection is idle, a call runs inline on the event loop's thread with a busy timeout of
-zero: a small transition takes less time than a round trip to another thread. If another
-process holds the write lock (or the connection is in use), the call goes to a thread
-owned by the store, which waits up to ``busy_timeout`` while the event loop awaits it as
-one future, so the loop never waits for another process. The standard library's
-``sqlite3`` is used directly rather than ``aiosqlite`` because ``aiosqlite`` costs one
-thread hop per statement, while here a transition of any size costs at most one.
+Each store object has one ``sqlite3`` connection, used by one call at a time, and a
+thread of its own that runs the calls. Every write transaction, and every read whose size
+depends on the data (listings, counts, events), runs on that thread while the event loop
+awaits it as one future: a commit may write a checkpoint to disk, and a transition may
+touch thousands of rows, neither of which may hold up the loop's other tasks. Point reads
+(one job, a queue's paused flag, whether a queue has work) and the read that answers an
+idle worker's take run inline on the event loop's thread when the connection is idle,
+with a busy timeout of zero: they take microseconds, less than a round trip to the
+thread. If the connection is in use, they go to the thread too. The thread waits up to
+``busy_timeout`` for a lock held by another process, so the loop never waits for another
+process. The standard library's ``sqlite3`` is used directly rather than ``aiosqlite``
+because ``aiosqlite`` costs one thread hop per statement, while here a transition of any
+size costs one.
 
 Within a transition, new jobs, their dependency records and events are buffered and
 written with ``executemany`` (a 10,000-child flow is a handful of statements); every
@@ -455,13 +460,21 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc, "reading") from exc
 
-    def _inline(self, run: Callable[[], T]) -> tuple[bool, T | None]:
-        """Run ``run`` on the event loop's own thread when that cannot block it.
+    def _check(self, shortcut: Callable[[_State], T | None]) -> T | None:
+        """Run a write's ``shortcut`` outside any transaction (see :meth:`_transact`)."""
+        state = self._state_or_raise()
+        try:
+            return shortcut(state)
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc, "reading") from exc
 
-        A round trip to the store's thread costs more than a small transaction itself,
-        so when the connection is idle the call runs inline, with a busy timeout of zero:
-        if another process holds the write lock, ``(False, None)`` comes back at once and
-        the caller goes through the thread, which may wait up to ``busy_timeout``.
+    def _inline(self, run: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run a point read on the event loop's own thread when that cannot block it.
+
+        A round trip to the store's thread costs more than a point read itself, so when
+        the connection is idle the read runs inline, with a busy timeout of zero: if the
+        database is locked, ``(False, None)`` comes back at once and the caller goes
+        through the thread, which may wait up to ``busy_timeout``.
         """
         state = self._state
         if state is None or not self._conn_lock.acquire(blocking=False):
@@ -484,13 +497,14 @@ class SQLiteStore:
         self, call: Callable[[_State], T], shortcut: Callable[[_State], T | None] | None = None
     ) -> T:
         thread = self._thread_or_raise()
-        done, outcome = self._inline(functools.partial(self._transact, call, shortcut))
-        if done:
-            assert outcome is not None
-            self._signal(outcome)
-            await asyncio.sleep(0)
-            result: T = outcome[0]
-            return result
+        if shortcut is not None:
+            # The shortcut is a small read: inline, unless the connection is busy.
+            done, early = self._inline(functools.partial(self._check, shortcut))
+            if done:
+                if early is not None:
+                    await asyncio.sleep(0)
+                    return early
+                shortcut = None
         # Wakes and nudges go out once the transaction committed, even if the caller
         # was cancelled while it ran.
         result, _, _ = await thread.submit(
@@ -519,12 +533,15 @@ class SQLiteStore:
             for sub in self._subscriptions.get(queue, ()):
                 sub.nudge()
 
-    async def _read(self, call: Callable[[_State], T]) -> T:
+    async def _read(self, call: Callable[[_State], T], *, point: bool = False) -> T:
+        """Run ``call`` in a read transaction: on the store's thread, or inline when it
+        is a ``point`` read (bounded and small) and the connection is idle."""
         thread = self._thread_or_raise()
-        done, outcome = self._inline(functools.partial(self._query, call))
-        if done:
-            await asyncio.sleep(0)
-            return outcome  # type: ignore[return-value]
+        if point:
+            done, outcome = self._inline(functools.partial(self._query, call))
+            if done:
+                await asyncio.sleep(0)
+                return outcome  # type: ignore[return-value]
         return await thread.submit(functools.partial(self._query, call))
 
     def _unsubscribe(self, sub: _Subscription) -> None:
@@ -610,7 +627,7 @@ class SQLiteStore:
             if self._thread is None:
                 return
             try:
-                ready, run_at = await self._read(lambda s: s.backend.work_hint(queue))
+                ready, run_at = await self._read(lambda s: s.backend.work_hint(queue), point=True)
             except StoreClosedError:
                 return
             if ready:
@@ -680,7 +697,7 @@ class SQLiteStore:
         await self._write(lambda s: s.engine.resume(queue, now))
 
     async def is_paused(self, queue: str) -> bool:
-        return await self._read(lambda s: s.backend.is_paused(queue))
+        return await self._read(lambda s: s.backend.is_paused(queue), point=True)
 
     async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
         return await self._write(lambda s: s.engine.drain(queue, include_delayed, now))
@@ -698,7 +715,7 @@ class SQLiteStore:
     # ---------------------------------------------------------------- protocol: reading
 
     async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
-        return await self._read(lambda s: s.engine.get_job(queue, job_id))
+        return await self._read(lambda s: s.engine.get_job(queue, job_id), point=True)
 
     async def get_jobs(
         self, queue: str, states: Sequence[JobState], start: int, end: int | None
@@ -717,7 +734,7 @@ class SQLiteStore:
     # ---------------------------------------------------------------- protocol: events
 
     async def subscribe(self, queue: str) -> EventSubscription:
-        last_id = await self._read(lambda s: s.backend.last_event_id())
+        last_id = await self._read(lambda s: s.backend.last_event_id(), point=True)
         sub = _Subscription(self, queue, last_id)
         self._subscriptions.setdefault(queue, set()).add(sub)
         return sub
