@@ -38,16 +38,22 @@ in the same transactions, so resolving a child is O(1) however many siblings it 
 
 Settings
 ========
-``SQLiteStore(path, *, poll_interval=0.1, busy_timeout=10.0, events_retention=10_000,
-events_min_age=10.0)``; ``open_store("sqlite:///relative.db")`` and
-``open_store("sqlite:////absolute.db")`` pass their keyword options through.
+``SQLiteStore(path, *, poll_interval=1.0, change_interval=0.005, busy_timeout=10.0,
+events_retention=10_000, events_min_age=10.0)``; ``open_store("sqlite:///relative.db")``
+and ``open_store("sqlite:////absolute.db")`` pass their keyword options through.
 
 * ``path``: the database file (created if missing), or ``":memory:"`` for a private
   in-memory database (one connection, so one store object in one process).
-* ``poll_interval``: seconds between two looks for changes made by *other* processes
-  (new waiting jobs, earlier delayed jobs, events). Changes made in the same process
-  (through any store object on the same file and event loop) wake idle workers and
-  event listeners at once.
+* ``change_interval``: where the WAL file cannot be watched (no ``inotify-simple``, or
+  not Linux), seconds between two checks, while a worker waits or an event listener
+  listens, of whether *another* process committed anything (``PRAGMA data_version``: a
+  few microseconds, no query). ``0`` turns watching for other processes off altogether,
+  leaving ``poll_interval``.
+* ``poll_interval``: seconds between two full looks for changes made by other processes
+  (new waiting jobs, earlier delayed jobs, events), whatever was heard meanwhile: a
+  backstop, e.g. for rows written by other programs. Changes made in the same process
+  (through any store object on the same file and event loop) wake idle workers and event
+  listeners at once.
 * ``busy_timeout``: seconds a transition waits for the write lock held by another
   process before failing with ``StoreUnavailableError`` (nothing is written).
 * ``events_retention`` / ``events_min_age``: the events table keeps at least the newest
@@ -68,11 +74,18 @@ Multi-process behaviour and limits
   throughput of all processes together is that of one writer; beyond one machine, use
   PostgreSQL or Redis. Network file systems are not supported (WAL needs memory shared
   between the processes of one host).
-* Wake-ups across processes are by polling every ``poll_interval``: an idle worker
-  checks, with one indexed read, whether its queue has a waiting job or an earlier
-  delayed one; an event listener reads the new rows of the events table (an id range
-  scan, so a listener of a quiet queue costs nothing however busy the others are).
-  Within a process, wake-ups are immediate.
+* Wake-ups across processes: a commit that makes work or events sets the modification
+  time of the ``-wal`` file (see :mod:`.notify`). A store with a waiting worker or a
+  listener watches that file with inotify and, when it changes, asks SQLite whether
+  another connection committed (``PRAGMA data_version`` reads a counter in the shared
+  WAL index, without a query; the store's own commits do not count). Only then does an
+  idle worker check, with one indexed read, whether its queue has a waiting job or an
+  earlier delayed one, and an event listener read the new rows of the events table (an
+  id range scan, so a listener of a quiet queue costs little however busy the others
+  are). So a job added by another process is taken within a few milliseconds, and an
+  idle worker wakes only for its ``poll_interval`` look. Without inotify, the
+  ``data_version`` check runs every ``change_interval`` instead. Within a process,
+  wake-ups are immediate.
 * Events are rows of the ``events`` table, written in the transition's own transaction
   and read by every subscriber, in any process, in commit order. A subscriber sees the
   events committed after it subscribed; one that falls behind by more than the
@@ -114,6 +127,7 @@ from conveyor_core.store import (
 )
 
 from .backend import SQLiteBackend
+from .notify import WalNotifier, touch_wal, wal_notifier
 from .schema import migrate
 
 T = TypeVar("T")
@@ -217,8 +231,9 @@ class _State:
 class _Subscription:
     """Events of one queue with ids above ``last_id``, read from the events table.
 
-    Polls every ``poll_interval``; a commit made in the same process (through this or
-    another store object on the file) nudges it, so local events arrive at once.
+    Looks every ``poll_interval``; a commit made in the same process (through this or
+    another store object on the file) nudges it, and so does one the store hears of from
+    another process, so events arrive at once.
     """
 
     def __init__(self, store: SQLiteStore, queue: str, last_id: int) -> None:
@@ -275,19 +290,23 @@ class SQLiteStore:
         self,
         path: str | os.PathLike[str],
         *,
-        poll_interval: float = 0.1,
+        poll_interval: float = 1.0,
+        change_interval: float = 0.005,
         busy_timeout: float = 10.0,
         events_retention: int = 10_000,
         events_min_age: float = 10.0,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if change_interval < 0:
+            raise ValueError(f"change_interval must not be negative, got {change_interval!r}")
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must not be negative, got {busy_timeout!r}")
         if events_retention < 0:
             raise ValueError(f"events_retention must not be negative, got {events_retention!r}")
         self.path = os.fspath(path)
         self.poll_interval = float(poll_interval)
+        self.change_interval = float(change_interval)
         self.busy_timeout = float(busy_timeout)
         self.events_retention = int(events_retention)
         self.events_min_age = float(events_min_age)
@@ -298,6 +317,11 @@ class SQLiteStore:
         self._connect_lock = asyncio.Lock()
         self._wakers: dict[str, asyncio.Event] = {}
         self._subscriptions: dict[str, set[_Subscription]] = {}
+        # Workers inside wait_for_work, and the task checking for other processes' commits.
+        self._waiting = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._notifier: WalNotifier | None = None
+        self._notifier_tried = False
         # Held while a call uses the connection, on the store's thread or inline.
         self._conn_lock = threading.Lock()
 
@@ -376,6 +400,14 @@ class SQLiteStore:
             peers.discard(self)
             if not peers:
                 del _OPEN[self._key]
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            notifier.close()
         for subs in list(self._subscriptions.values()):
             for sub in list(subs):
                 await sub.aclose()
@@ -445,6 +477,8 @@ class SQLiteStore:
                 raise self._unavailable(exc, "writing") from exc
             raise
         woken, emitted = backend.take_signals()
+        if (woken or emitted) and self._key:
+            touch_wal(self._key)  # other processes' waiting workers and listeners look
         return result, woken, emitted
 
     def _query(self, call: Callable[[_State], T]) -> T:
@@ -494,7 +528,9 @@ class SQLiteStore:
             self._conn_lock.release()
 
     async def _write(
-        self, call: Callable[[_State], T], shortcut: Callable[[_State], T | None] | None = None
+        self,
+        call: Callable[[_State], T],
+        shortcut: Callable[[_State], T | None] | None = None,
     ) -> T:
         thread = self._thread_or_raise()
         if shortcut is not None:
@@ -543,6 +579,86 @@ class SQLiteStore:
                 await asyncio.sleep(0)
                 return outcome  # type: ignore[return-value]
         return await thread.submit(functools.partial(self._query, call))
+
+    # ---------------------------------------------------------------- other processes
+
+    def _data_version(self) -> int | None:
+        """SQLite's count of commits by other connections, or ``None`` if the connection
+        is in use (or closed) right now. Microseconds: it reads the shared WAL index."""
+        state = self._state
+        if state is None or not self._conn_lock.acquire(blocking=False):
+            return None
+        try:
+            return int(state.conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            self._conn_lock.release()
+
+    def _watch_other_processes(self) -> None:
+        """Start watching for other processes' commits, if nobody does yet.
+
+        Called before a worker reads whether it has work, and when a listener
+        subscribes. The WAL file's watch is set and the first version read at once, so
+        a commit made after that is seen as a change.
+        """
+        if self._watcher is not None or not self._key or self.change_interval <= 0:
+            return
+        if self._notifier is None and not self._notifier_tried:
+            self._notifier_tried = True
+            self._notifier = wal_notifier(self._key)
+        if self._notifier is not None:
+            self._notifier.drain()
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch(self._data_version()), name=f"conveyor-sqlite-watch {self.path}"
+        )
+
+    def _watching(self) -> bool:
+        return self._thread is not None and bool(self._waiting or self._subscriptions)
+
+    async def _watch(self, version: int | None) -> None:
+        """While a worker waits or a listener listens: when another connection has
+        committed, wake them so that they look for their work.
+
+        With a WAL file notifier, each touch of the WAL file (see :mod:`.notify`) is a
+        cue to compare ``PRAGMA data_version``, which ignores this connection's own
+        commits. Without one, the comparison runs every ``change_interval``.
+        """
+        notifier = self._notifier
+        loop = asyncio.get_running_loop()
+        written = asyncio.Event()
+        if notifier is not None:
+            loop.add_reader(notifier.fileno(), written.set)
+        try:
+            while self._watching():
+                if notifier is None:
+                    await asyncio.sleep(self.change_interval)
+                else:
+                    await written.wait()
+                    written.clear()
+                    notifier.drain()
+                    if not self._watching():
+                        break
+                current = self._data_version()
+                if current is None:
+                    continue
+                if version is not None and current != version:
+                    self._changed_elsewhere()
+                version = current
+        finally:
+            if notifier is not None:
+                loop.remove_reader(notifier.fileno())
+            if self._watcher is asyncio.current_task():
+                self._watcher = None
+
+    def _changed_elsewhere(self) -> None:
+        # Wakers are set but left in place: a waiting worker tells this from a commit in
+        # this process (which removes its waker) and looks again instead of returning.
+        for waker in self._wakers.values():
+            waker.set()
+        for subs in self._subscriptions.values():
+            for sub in subs:
+                sub.nudge()
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         subs = self._subscriptions.get(sub.queue)
@@ -616,16 +732,24 @@ class SQLiteStore:
 
     async def wait_for_work(self, queue: str, timeout: float) -> None:
         self._thread_or_raise()
+        self._waiting += 1
+        try:
+            await self._wait_for_work(queue, timeout)
+        finally:
+            self._waiting -= 1
+
+    async def _wait_for_work(self, queue: str, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         first = True
         earliest: int | None = None
         while True:
             waker = self._wakers.get(queue)
-            if waker is None:
+            if waker is None or waker.is_set():
                 waker = self._wakers[queue] = asyncio.Event()
             if self._thread is None:
                 return
+            self._watch_other_processes()
             try:
                 ready, run_at = await self._read(lambda s: s.backend.work_hint(queue), point=True)
             except StoreClosedError:
@@ -645,6 +769,8 @@ class SQLiteStore:
                 await asyncio.wait_for(waker.wait(), min(self.poll_interval, remaining))
             except TimeoutError:
                 continue
+            if self._wakers.get(queue) is waker and self._thread is not None:
+                continue  # another process committed something: look again
             return
 
     # ---------------------------------------------------------------- protocol: job changes
@@ -737,4 +863,5 @@ class SQLiteStore:
         last_id = await self._read(lambda s: s.backend.last_event_id(), point=True)
         sub = _Subscription(self, queue, last_id)
         self._subscriptions.setdefault(queue, set()).add(sub)
+        self._watch_other_processes()
         return sub
