@@ -14,6 +14,7 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -62,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
         help="jobs of the add_bulk call and of the flow that loop_lag adds",
     )
     parser.add_argument(
+        "--pickup-jobs",
+        type=int,
+        default=200,
+        metavar="N",
+        help="jobs that pickup adds one at a time for a worker in another process",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds pickup's worker process idles while its CPU time is measured",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
     )
     return parser
@@ -92,8 +107,8 @@ async def run_benchmarks(
         for name in workloads:
             runs: list[list[Figure]] = []
             for _ in range(repeat):
-                async with fresh_store(url) as store:
-                    runs.append(await WORKLOADS[name](store, params))
+                async with fresh_store(url) as (store, store_url):
+                    runs.append(await WORKLOADS[name](store, replace(params, url=store_url)))
             for line in _median(runs, label(url), repeat):
                 print(json.dumps(line), flush=True)
 
@@ -103,12 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.jobs, args.children, *args.big_children) < 1 or args.repeat < 1:
         print("--jobs, --children, --big-children and --repeat must be positive", file=sys.stderr)
         return 2
+    if args.pickup_jobs < 1 or args.idle_seconds <= 0:
+        print("--pickup-jobs and --idle-seconds must be positive", file=sys.stderr)
+        return 2
     if args.lag_jobs < 2:
         print("--lag-jobs must be at least 2 (a flow's parent and a child)", file=sys.stderr)
         return 2
     stores = [resolve(s) for s in (args.store or ["memory", "sqlite"])]
     workloads = args.workload or list(DEFAULT_WORKLOADS)
-    params = Params(args.jobs, args.children, tuple(args.big_children), args.lag_jobs)
+    params = Params(
+        args.jobs,
+        args.children,
+        tuple(args.big_children),
+        args.lag_jobs,
+        args.pickup_jobs,
+        args.idle_seconds,
+    )
     anyio.run(run_benchmarks, stores, workloads, params, args.repeat)
     return 0
 

@@ -17,8 +17,10 @@ import anyio
 
 from conveyor_core import FlowProducer, Job, Queue, Worker
 from conveyor_core.store import StoreInterface
+from conveyor_stores.memory import MemoryStore
 
 from .lag import LagSamples, ticker
+from .pickup import measure
 
 CONCURRENCY = 10
 """Worker concurrency, as in the peer scripts."""
@@ -39,6 +41,12 @@ class Params:
     big_children: tuple[int, ...] = (10_000,)
     lag_jobs: int = 1700
     """Jobs of the ``add_bulk`` call and of the flow that ``loop_lag`` adds."""
+    pickup_jobs: int = 200
+    """Jobs ``pickup`` adds one at a time."""
+    idle_seconds: float = 10.0
+    """Seconds ``pickup``'s worker process idles while its CPU time is measured."""
+    url: str = ""
+    """The store's URL, for workloads that start another process on the same store."""
 
 
 @dataclass
@@ -280,6 +288,22 @@ async def loop_lag(store: StoreInterface, params: Params) -> list[Figure]:
     return figures
 
 
+async def pickup(store: StoreInterface, params: Params) -> list[Figure]:
+    """A worker in another process, idle, then given ``pickup_jobs`` jobs one at a time at
+    random intervals: how long from ``add`` to the handler's start (p50, p99, max), and
+    the share of a core the idle worker process used. The memory store has no other
+    processes: it gives no figure."""
+    if isinstance(store, MemoryStore):
+        return []
+    n = params.pickup_jobs
+    name = fresh_name("pickup")
+    started = perf_counter()
+    stats = await measure(store, params.url, name, n, params.idle_seconds)
+    elapsed = perf_counter() - started
+    await _cleanup(store, name)
+    return [Figure("pickup", elapsed, n, {"n": n}, {"idle_seconds": params.idle_seconds}, stats)]
+
+
 WORKLOADS: dict[str, Workload] = {
     "enqueue_seq": enqueue_seq,
     "process": process,
@@ -287,6 +311,7 @@ WORKLOADS: dict[str, Workload] = {
     "flow_run": flow_run,
     "flow_big": flow_big,
     "loop_lag": loop_lag,
+    "pickup": pickup,
 }
 
 DEFAULT_WORKLOADS = ("enqueue_seq", "process", "flow_add", "flow_run", "flow_big")
