@@ -22,6 +22,7 @@ import pytest
 
 from conveyor_core import FlowProducer, Job, JobState, Queue, Worker
 from conveyor_stores.sqlite import SQLiteStore
+from conveyor_stores.sqlite import store as sqlite_store
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETED = JobState.COMPLETED
@@ -313,6 +314,22 @@ async def test_a_listener_hears_of_another_process_s_job_at_once(sqlite_path: st
             assert proc.wait(timeout=30) == 0
             await subscription.aclose()
         assert (first.type, first.job_id) == ("added", "from-afar")
+
+
+async def test_without_a_file_watch_another_process_s_job_is_seen_by_data_version(
+    sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a system without inotify: the store compares PRAGMA data_version on a timer.
+    monkeypatch.setattr(sqlite_store, "wal_notifier", lambda database: None)
+    async with SQLiteStore(sqlite_path, poll_interval=HOUR) as store:
+        await store.wait_for_work("q", 0.0)  # the file exists and has been read once
+        proc = _spawn("add", sqlite_path, "from-afar")
+        try:
+            with anyio.fail_after(20):  # the next poll is an hour away
+                await store.wait_for_work("q", HOUR)
+        finally:
+            assert proc.wait(timeout=30) == 0
+        assert (await store.get_counts("q"))[JobState.WAITING] == 1
 
 
 async def _add_one(path: str, job_id: str) -> None:
