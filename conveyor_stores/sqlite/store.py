@@ -13,18 +13,19 @@ for writers. A take by an idle worker, or a stalled-job check that finds nothing
 changes nothing: it is answered by a read, without taking the write lock.
 
 Each store object has one ``sqlite3`` connection, used by one call at a time, and a
-thread of its own that runs the calls. Every write transaction, and every read whose size
-depends on the data (listings, counts, events), runs on that thread while the event loop
-awaits it as one future: a commit may write a checkpoint to disk, and a transition may
-touch thousands of rows, neither of which may hold up the loop's other tasks. Point reads
+thread of its own that runs the calls. A transition of more than a few jobs (``_SMALL``),
+a transition over a whole queue (drain, clean, retry or promote all, obliterate), and
+every read whose size depends on the data (listings, counts, events), runs on that
+thread while the event loop awaits it as one future: it may touch thousands of rows,
+which must not hold up the loop's other tasks. A transition of a few jobs, point reads
 (one job, a queue's paused flag, whether a queue has work) and the read that answers an
 idle worker's take run inline on the event loop's thread when the connection is idle,
-with a busy timeout of zero: they take microseconds, less than a round trip to the
-thread. If the connection is in use, they go to the thread too. The thread waits up to
-``busy_timeout`` for a lock held by another process, so the loop never waits for another
-process. The standard library's ``sqlite3`` is used directly rather than ``aiosqlite``
-because ``aiosqlite`` costs one thread hop per statement, while here a transition of any
-size costs one.
+with a busy timeout of zero: they take less time than a round trip to the thread and
+back. If the connection is in use, or another process holds the write lock, they go to
+the thread too. The thread waits up to ``busy_timeout`` for a lock held by another
+process, so the loop never waits for another process. The standard library's
+``sqlite3`` is used directly rather than ``aiosqlite`` because ``aiosqlite`` costs one
+thread hop per statement, while here a transition of any size costs at most one.
 
 Within a transition, new jobs, their dependency records and events are buffered and
 written with ``executemany`` (a 10,000-child flow is a handful of statements); every
@@ -134,6 +135,10 @@ T = TypeVar("T")
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _EVENT_BATCH = 1000
+_SMALL = 4
+"""Transitions of at most this many jobs run inline when the connection is idle: they
+take less time than a round trip to the store's thread and back (a fraction of a
+millisecond), while a batch of ten takes about as long as a tick of a busy event loop."""
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -319,9 +324,12 @@ class SQLiteStore:
         self._subscriptions: dict[str, set[_Subscription]] = {}
         # Workers inside wait_for_work, and the task checking for other processes' commits.
         self._waiting = 0
+        self._watch_on = False
         self._watcher: asyncio.Task[None] | None = None
         self._notifier: WalNotifier | None = None
         self._notifier_tried = False
+        self._version: int | None = None
+        self._retry: asyncio.TimerHandle | None = None
         # Held while a call uses the connection, on the store's thread or inline.
         self._conn_lock = threading.Lock()
 
@@ -400,12 +408,10 @@ class SQLiteStore:
             peers.discard(self)
             if not peers:
                 del _OPEN[self._key]
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        if self._watch_on:
+            self._stop_watching()
         notifier, self._notifier = self._notifier, None
+        self._notifier_tried = False
         if notifier is not None:
             notifier.close()
         for subs in list(self._subscriptions.values()):
@@ -531,8 +537,20 @@ class SQLiteStore:
         self,
         call: Callable[[_State], T],
         shortcut: Callable[[_State], T | None] | None = None,
+        *,
+        small: bool = False,
     ) -> T:
+        """Run ``call`` in a write transaction (see :meth:`_transact`): inline when it is
+        ``small`` and the connection is idle, else on the store's thread."""
         thread = self._thread_or_raise()
+        if small:
+            done, outcome = self._inline(functools.partial(self._transact, call, shortcut))
+            if done:
+                assert outcome is not None
+                self._signal(outcome)
+                await asyncio.sleep(0)
+                result: T = outcome[0]
+                return result
         if shortcut is not None:
             # The shortcut is a small read: inline, unless the connection is busy.
             done, early = self._inline(functools.partial(self._check, shortcut))
@@ -543,10 +561,10 @@ class SQLiteStore:
                 shortcut = None
         # Wakes and nudges go out once the transaction committed, even if the caller
         # was cancelled while it ran.
-        result, _, _ = await thread.submit(
+        outcome_result, _, _ = await thread.submit(
             functools.partial(self._transact, call, shortcut), self._signal
         )
-        return result
+        return outcome_result
 
     def _signal(self, outcome: tuple[Any, set[str], set[str]]) -> None:
         _, woken, emitted = outcome
@@ -601,55 +619,77 @@ class SQLiteStore:
         Called before a worker reads whether it has work, and when a listener
         subscribes. The WAL file's watch is set and the first version read at once, so
         a commit made after that is seen as a change.
+
+        With a WAL file notifier, each touch of the WAL file (see :mod:`.notify`) makes
+        the event loop call :meth:`_on_wal_touched`: no timer runs. Without one, a task
+        compares ``PRAGMA data_version`` every ``change_interval``.
         """
-        if self._watcher is not None or not self._key or self.change_interval <= 0:
+        if self._watch_on or not self._key or self.change_interval <= 0:
             return
         if self._notifier is None and not self._notifier_tried:
             self._notifier_tried = True
             self._notifier = wal_notifier(self._key)
+        loop = asyncio.get_running_loop()
+        self._watch_on = True
         if self._notifier is not None:
             self._notifier.drain()
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._watch(self._data_version()), name=f"conveyor-sqlite-watch {self.path}"
-        )
+            self._version = self._data_version()
+            loop.add_reader(self._notifier.fileno(), self._on_wal_touched)
+        else:
+            self._watcher = loop.create_task(
+                self._poll_version(self._data_version()),
+                name=f"conveyor-sqlite-watch {self.path}",
+            )
 
     def _watching(self) -> bool:
         return self._thread is not None and bool(self._waiting or self._subscriptions)
 
-    async def _watch(self, version: int | None) -> None:
-        """While a worker waits or a listener listens: when another connection has
-        committed, wake them so that they look for their work.
+    def _stop_watching(self) -> None:
+        self._watch_on = False
+        if self._notifier is not None and self._loop is not None:
+            self._loop.remove_reader(self._notifier.fileno())
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
 
-        With a WAL file notifier, each touch of the WAL file (see :mod:`.notify`) is a
-        cue to compare ``PRAGMA data_version``, which ignores this connection's own
-        commits. Without one, the comparison runs every ``change_interval``.
-        """
-        notifier = self._notifier
-        loop = asyncio.get_running_loop()
-        written = asyncio.Event()
-        if notifier is not None:
-            loop.add_reader(notifier.fileno(), written.set)
+    def _on_wal_touched(self) -> None:
+        """A process touched the WAL file (this one too, after its own commits): if
+        ``PRAGMA data_version`` moved, another connection committed."""
+        self._retry = None
+        if self._notifier is not None:
+            self._notifier.drain()
+        if not self._watching():
+            self._stop_watching()  # nobody waits: the next waiter starts afresh
+            return
+        current = self._data_version()
+        if current is None:
+            # The connection is in use: look again shortly (a touch is not repeated).
+            if self._loop is not None and self._retry is None:
+                self._retry = self._loop.call_later(self.change_interval, self._on_wal_touched)
+            return
+        if current != self._version:
+            self._version = current
+            self._changed_elsewhere()  # also if there was nothing to compare to
+
+    async def _poll_version(self, version: int | None) -> None:
+        """Without a notifier: compare ``PRAGMA data_version`` every ``change_interval``
+        while a worker waits or a listener listens."""
         try:
             while self._watching():
-                if notifier is None:
-                    await asyncio.sleep(self.change_interval)
-                else:
-                    await written.wait()
-                    written.clear()
-                    notifier.drain()
-                    if not self._watching():
-                        break
+                await asyncio.sleep(self.change_interval)
                 current = self._data_version()
                 if current is None:
-                    continue
-                if version is not None and current != version:
-                    self._changed_elsewhere()
+                    continue  # the connection is in use: the counter keeps the change
+                if current != version:
+                    self._changed_elsewhere()  # also if there was nothing to compare to
                 version = current
         finally:
-            if notifier is not None:
-                loop.remove_reader(notifier.fileno())
             if self._watcher is asyncio.current_task():
                 self._watcher = None
+                self._watch_on = False
 
     def _changed_elsewhere(self) -> None:
         # Wakers are set but left in place: a waiting worker tells this from a commit in
@@ -676,7 +716,7 @@ class SQLiteStore:
             )
             return state.engine.add_jobs(groups, now)
 
-        return await self._write(add)
+        return await self._write(add, small=sum(map(len, groups)) <= _SMALL)
 
     async def take_jobs(
         self,
@@ -704,23 +744,33 @@ class SQLiteStore:
                 rate_limit=rate_limit,
             ),
             idle,
+            small=limit <= _SMALL,
         )
 
     async def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
     ) -> list[str]:
-        return await self._write(lambda s: s.engine.extend_locks(queue, locks, lock_until))
+        return await self._write(
+            lambda s: s.engine.extend_locks(queue, locks, lock_until), small=len(locks) <= _SMALL
+        )
 
     async def complete_jobs(
         self, queue: str, completions: Sequence[Completion], now: float
     ) -> list[bool]:
-        return await self._write(lambda s: s.engine.complete_jobs(queue, completions, now))
+        return await self._write(
+            lambda s: s.engine.complete_jobs(queue, completions, now),
+            small=len(completions) <= _SMALL,
+        )
 
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
-        return await self._write(lambda s: s.engine.fail_jobs(queue, failures, now))
+        return await self._write(
+            lambda s: s.engine.fail_jobs(queue, failures, now), small=len(failures) <= _SMALL
+        )
 
     async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
-        return await self._write(lambda s: s.engine.release_jobs(queue, releases, now))
+        return await self._write(
+            lambda s: s.engine.release_jobs(queue, releases, now), small=len(releases) <= _SMALL
+        )
 
     async def recover_stalled(
         self, queue: str, now: float, max_stalled_count: int
@@ -777,10 +827,12 @@ class SQLiteStore:
 
     async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
         now = time.time()
-        await self._write(lambda s: s.engine.update_progress(queue, job_id, progress, now))
+        await self._write(
+            lambda s: s.engine.update_progress(queue, job_id, progress, now), small=True
+        )
 
     async def add_log(self, queue: str, job_id: str, line: str) -> int:
-        return await self._write(lambda s: s.engine.add_log(queue, job_id, line))
+        return await self._write(lambda s: s.engine.add_log(queue, job_id, line), small=True)
 
     async def get_logs(
         self, queue: str, job_id: str, start: int = 0, end: int | None = None
@@ -788,16 +840,18 @@ class SQLiteStore:
         return await self._read(lambda s: s.engine.get_logs(queue, job_id, start, end))
 
     async def update_data(self, queue: str, job_id: str, data: str) -> None:
-        await self._write(lambda s: s.engine.update_data(queue, job_id, data))
+        await self._write(lambda s: s.engine.update_data(queue, job_id, data), small=True)
 
     async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
-        await self._write(lambda s: s.engine.change_priority(queue, job_id, priority, lifo))
+        await self._write(
+            lambda s: s.engine.change_priority(queue, job_id, priority, lifo), small=True
+        )
 
     async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
-        await self._write(lambda s: s.engine.change_delay(queue, job_id, run_at))
+        await self._write(lambda s: s.engine.change_delay(queue, job_id, run_at), small=True)
 
     async def promote_job(self, queue: str, job_id: str, now: float) -> None:
-        await self._write(lambda s: s.engine.promote_job(queue, job_id, now))
+        await self._write(lambda s: s.engine.promote_job(queue, job_id, now), small=True)
 
     async def promote_jobs(self, queue: str, now: float) -> int:
         return await self._write(lambda s: s.engine.promote_jobs(queue, now))
@@ -816,11 +870,11 @@ class SQLiteStore:
 
     async def pause(self, queue: str) -> None:
         now = time.time()
-        await self._write(lambda s: s.engine.pause(queue, now))
+        await self._write(lambda s: s.engine.pause(queue, now), small=True)
 
     async def resume(self, queue: str) -> None:
         now = time.time()
-        await self._write(lambda s: s.engine.resume(queue, now))
+        await self._write(lambda s: s.engine.resume(queue, now), small=True)
 
     async def is_paused(self, queue: str) -> bool:
         return await self._read(lambda s: s.backend.is_paused(queue), point=True)
