@@ -16,13 +16,14 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
 
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
-from .workloads import WORKLOADS, Figure, Params
+from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         action="extend",
         nargs="+",
         choices=sorted([*WORKLOADS, "search"]),
-        help="workloads to run (default: all but search, which fills a queue of "
-        "--search-jobs jobs first)",
+        help="workloads to run (default: " + ", ".join(DEFAULT_WORKLOADS) + "; search fills "
+        "a queue of --search-jobs jobs first)",
     )
     parser.add_argument(
         "--search-jobs",
@@ -64,6 +65,27 @@ def _parser() -> argparse.ArgumentParser:
         default=1_000_000,
         metavar="N",
         help="jobs in the queue the search workload pages through",
+    )
+    parser.add_argument(
+        "--lag-jobs",
+        type=int,
+        default=1700,
+        metavar="N",
+        help="jobs of the add_bulk call and of the flow that loop_lag adds",
+    )
+    parser.add_argument(
+        "--pickup-jobs",
+        type=int,
+        default=200,
+        metavar="N",
+        help="jobs that pickup adds one at a time for a worker in another process",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds pickup's worker process idles while its CPU time is measured",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
@@ -80,6 +102,8 @@ def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str,
         line["seconds"] = round(seconds, 4)
         line["per_s"] = round(first.count / seconds) if seconds > 0 else None
         line.update(first.extra)
+        for key in first.stats:
+            line[key] = round(statistics.median(run[index].stats[key] for run in runs), 2)
         if repeat > 1:
             line["median_of"] = repeat
         lines.append(line)
@@ -98,8 +122,8 @@ async def run_benchmarks(
                 continue
             runs: list[list[Figure]] = []
             for _ in range(repeat):
-                async with fresh_store(url) as store:
-                    runs.append(await WORKLOADS[name](store, params))
+                async with fresh_store(url) as (store, store_url):
+                    runs.append(await WORKLOADS[name](store, replace(params, url=store_url)))
             for line in _median(runs, label(url), repeat):
                 print(json.dumps(line), flush=True)
 
@@ -109,9 +133,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.jobs, args.children, *args.big_children) < 1 or args.repeat < 1:
         print("--jobs, --children, --big-children and --repeat must be positive", file=sys.stderr)
         return 2
+    if args.pickup_jobs < 1 or args.idle_seconds <= 0:
+        print("--pickup-jobs and --idle-seconds must be positive", file=sys.stderr)
+        return 2
+    if args.lag_jobs < 2:
+        print("--lag-jobs must be at least 2 (a flow's parent and a child)", file=sys.stderr)
+        return 2
     stores = [resolve(s) for s in (args.store or ["memory", "sqlite"])]
-    workloads = args.workload or list(WORKLOADS)
-    params = Params(args.jobs, args.children, tuple(args.big_children), args.search_jobs)
+    workloads = args.workload or list(DEFAULT_WORKLOADS)
+    params = Params(
+        args.jobs,
+        args.children,
+        tuple(args.big_children),
+        args.lag_jobs,
+        args.pickup_jobs,
+        args.idle_seconds,
+        search_jobs=args.search_jobs,
+    )
     anyio.run(run_benchmarks, stores, workloads, params, args.repeat)
     return 0
 

@@ -74,8 +74,9 @@ def _in_temp_dir(path: Path) -> bool:
 
 
 @asynccontextmanager
-async def fresh_store(url: str) -> AsyncIterator[StoreInterface]:
-    """The store for one run, connected; closed (and a temporary SQLite file deleted) after.
+async def fresh_store(url: str) -> AsyncIterator[tuple[StoreInterface, str]]:
+    """The store for one run, connected, and its URL; closed (and a temporary SQLite file
+    deleted) after.
 
     A SQLite URL inside the temporary directory gets a new file for every run, so that
     runs do not slow each other down; other URLs are used as given (each run uses fresh
@@ -93,7 +94,7 @@ async def fresh_store(url: str) -> AsyncIterator[StoreInterface]:
     store = open_store(url, **options)
     try:
         await store.connect()
-        yield store
+        yield store, url
     finally:
         await store.close()
         if fresh is not None:

@@ -17,6 +17,10 @@ import anyio
 
 from conveyor_core import FlowProducer, Job, Queue, Worker
 from conveyor_core.store import StoreInterface
+from conveyor_stores.memory import MemoryStore
+
+from .lag import LagSamples, ticker
+from .pickup import measure
 
 CONCURRENCY = 10
 """Worker concurrency, as in the peer scripts."""
@@ -35,6 +39,14 @@ class Params:
     jobs: int = 2000
     children: int = 500
     big_children: tuple[int, ...] = (10_000,)
+    lag_jobs: int = 1700
+    """Jobs of the ``add_bulk`` call and of the flow that ``loop_lag`` adds."""
+    pickup_jobs: int = 200
+    """Jobs ``pickup`` adds one at a time."""
+    idle_seconds: float = 10.0
+    """Seconds ``pickup``'s worker process idles while its CPU time is measured."""
+    url: str = ""
+    """The store's URL, for workloads that start another process on the same store."""
     search_jobs: int = 1_000_000
 
 
@@ -48,6 +60,8 @@ class Figure:
     size: dict[str, int]
     """``{"n": N}`` or ``{"children": C}``: identifies the figure across repeats."""
     extra: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    """Further measured figures (e.g. loop lag in ms); repeats report their median."""
 
 
 Workload = Callable[[StoreInterface, Params], Awaitable[list[Figure]]]
@@ -191,10 +205,115 @@ async def flow_big(store: StoreInterface, params: Params) -> list[Figure]:
     return figures
 
 
+def _add_stats(lags: LagSamples) -> dict[str, float]:
+    return {"max_lag_ms": lags.max_ms, "max_busy_ms": lags.busy_max_ms, "gc_max_ms": lags.gc_max_ms}
+
+
+async def loop_lag(store: StoreInterface, params: Params) -> list[Figure]:
+    """How long the event loop is blocked (a ticker asks to wake every millisecond):
+
+    * ``lag_add_bulk``: the longest lateness while ``Queue.add_bulk`` adds ``lag_jobs``
+      jobs in one call;
+    * ``lag_flow_add``: the same while ``FlowProducer.add`` adds a flow of ``lag_jobs``
+      jobs (a parent and ``lag_jobs - 1`` children in another queue);
+    * ``lag_process``: p50, p99 and max lateness while one worker (concurrency 10)
+      drains N pre-added jobs.
+    """
+    n = params.lag_jobs
+    figures: list[Figure] = []
+
+    queue = Queue(fresh_name("lag-bulk"), store=store)
+    items = [{"name": "noop", "data": {"i": i}} for i in range(n)]
+    async with ticker() as lags:
+        started = perf_counter()
+        await queue.add_bulk(items)
+        elapsed = perf_counter() - started
+    await _cleanup(store, queue.name)
+    figures.append(
+        Figure(
+            "lag_add_bulk",
+            elapsed,
+            n,
+            {"n": n},
+            stats=_add_stats(lags),
+        )
+    )
+
+    parent_queue, child_queue = fresh_name("lag-parent"), fresh_name("lag-child")
+    producer = FlowProducer(store=store)
+    tree = _wide_flow(parent_queue, child_queue, n - 1)
+    async with ticker() as lags:
+        started = perf_counter()
+        await producer.add(tree)
+        elapsed = perf_counter() - started
+    await _cleanup(store, parent_queue, child_queue)
+    figures.append(
+        Figure(
+            "lag_flow_add",
+            elapsed,
+            n,
+            {"children": n - 1},
+            stats=_add_stats(lags),
+        )
+    )
+
+    jobs = params.jobs
+    queue = Queue(fresh_name("lag-process"), store=store)
+    await _fill(queue, jobs)
+    done = anyio.Event()
+    handled = 0
+
+    async def noop(job: Job) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == jobs:
+            done.set()
+
+    async with ticker() as lags:
+        started = perf_counter()
+        async with Worker(queue.name, noop, store=store, concurrency=CONCURRENCY):
+            with anyio.fail_after(TIMEOUT):
+                await done.wait()
+            elapsed = perf_counter() - started
+    await _cleanup(store, queue.name)
+    figures.append(
+        Figure(
+            "lag_process",
+            elapsed,
+            jobs,
+            {"n": jobs},
+            {"concurrency": CONCURRENCY, "ticks": len(lags.lags)},
+            {**lags.stats_ms(), "gc_max_ms": lags.gc_max_ms},
+        )
+    )
+    return figures
+
+
+async def pickup(store: StoreInterface, params: Params) -> list[Figure]:
+    """A worker in another process, idle, then given ``pickup_jobs`` jobs one at a time at
+    random intervals: how long from ``add`` to the handler's start (p50, p99, max), and
+    the share of a core the idle worker process used. The memory store has no other
+    processes: it gives no figure."""
+    if isinstance(store, MemoryStore):
+        return []
+    n = params.pickup_jobs
+    name = fresh_name("pickup")
+    started = perf_counter()
+    stats = await measure(store, params.url, name, n, params.idle_seconds)
+    elapsed = perf_counter() - started
+    await _cleanup(store, name)
+    return [Figure("pickup", elapsed, n, {"n": n}, {"idle_seconds": params.idle_seconds}, stats)]
+
+
 WORKLOADS: dict[str, Workload] = {
     "enqueue_seq": enqueue_seq,
     "process": process,
     "flow_add": flow_add,
     "flow_run": flow_run,
     "flow_big": flow_big,
+    "loop_lag": loop_lag,
+    "pickup": pickup,
 }
+
+DEFAULT_WORKLOADS = ("enqueue_seq", "process", "flow_add", "flow_run", "flow_big")
+"""What runs when no ``--workload`` is named: the peers' workloads and ``flow_big``."""

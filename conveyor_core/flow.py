@@ -15,6 +15,7 @@ from .errors import DuplicateJobError
 from .ids import new_id
 from .job import Job
 from .models import MAX_JOB_NAME_BYTES, FlowJob, JobOptions, ParentPolicy
+from .pacing import Pacer
 from .queue import (
     OptionsLike,
     build_new_job,
@@ -130,13 +131,17 @@ class FlowProducer:
 
     # ------------------------------------------------------------------ adding
 
-    def _plan(
+    async def _plan(
         self,
         tree: FlowLike,
         queue_defaults: Mapping[str, dict[str, Any]],
         now: float,
+        pacer: Pacer,
     ) -> _Planned:
-        """Validate one tree and turn it into ``NewJob``s, parents before children."""
+        """Validate one tree and turn it into ``NewJob``s, parents before children.
+
+        A wide or deep tree takes a while: ``pacer`` lets other tasks run meanwhile.
+        """
         group: list[NewJob] = []
         seen: set[str] = set()
         root: JobNode | None = None
@@ -144,6 +149,8 @@ class FlowProducer:
         # (raw node, parent node, parent's options, depth)
         stack: list[tuple[object, JobNode | None, JobOptions | None, int]] = [(tree, None, None, 1)]
         while stack:
+            if pacer.due():
+                await pacer.pause()
             raw, parent, parent_opts, depth = stack.pop()
             name, queue, node_data, node_opts, children = _node_fields(raw)
             check_name(name, "job name", MAX_JOB_NAME_BYTES)
@@ -205,10 +212,13 @@ class FlowProducer:
         """Add several flows in one atomic step: every job of every tree, or none."""
         defaults = self._queue_defaults(queues_options)
         now = self._clock()
-        plans = [self._plan(tree, defaults, now) for tree in flows]
+        pacer = Pacer()
+        plans = [await self._plan(tree, defaults, now, pacer) for tree in flows]
         taken: set[tuple[str, str]] = set()
         for plan in plans:
             for new in plan.group:
+                if pacer.due():
+                    await pacer.pause()
                 key = (new.queue, new.id)
                 if key in taken:
                     raise DuplicateJobError(

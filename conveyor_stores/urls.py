@@ -55,7 +55,7 @@ def open_memory(url: str, /, **options: Any) -> StoreInterface:
 def open_sqlite(url: str, /, **options: Any) -> StoreInterface:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:``.
 
-    Options: ``poll_interval``, ``busy_timeout``, ``events_retention``,
+    Options: ``poll_interval``, ``change_interval``, ``busy_timeout``, ``events_retention``,
     ``events_min_age`` (see :class:`~conveyor_stores.SQLiteStore`).
     """
     from . import load_store_class as lazy
@@ -71,6 +71,7 @@ def open_sqlite(url: str, /, **options: Any) -> StoreInterface:
         url,
         {
             "poll_interval": float,
+            "change_interval": float,
             "busy_timeout": float,
             "events_retention": int,
             "events_min_age": float,

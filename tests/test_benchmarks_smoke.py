@@ -75,3 +75,27 @@ def test_postgres_fast_measures_the_opt_in_mode_beside_the_default(
         "--store", "postgres", "--store", "postgres-fast", "--jobs", "10", "--workload", "process"
     )
     assert [line["store"] for line in lines] == ["postgres", "postgres-fast"]
+
+
+def test_loop_lag_prints_lateness_figures() -> None:
+    lines = run_benchmarks(
+        "--store", "memory://", "--workload", "loop_lag", "--jobs", "20", "--lag-jobs", "30"
+    )
+    assert [line["workload"] for line in lines] == ["lag_add_bulk", "lag_flow_add", "lag_process"]
+    assert lines[0]["n"] == 30 and lines[1]["children"] == 29 and lines[2]["n"] == 20
+    for line in lines[:2]:
+        assert {"seconds", "per_s", "max_lag_ms", "max_busy_ms", "gc_max_ms"} <= set(line)
+    assert {"lag_p50_ms", "lag_p99_ms", "lag_max_ms", "busy_p99_ms", "ticks"} <= set(lines[2])
+
+
+def test_pickup_runs_a_worker_in_another_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    args = ["--workload", "pickup", "--pickup-jobs", "5", "--idle-seconds", "0.5"]
+    lines = run_benchmarks("--store", url, "--store", "memory://", *args)
+    # The memory store lives in one process: it has no pickup figure.
+    assert len(lines) == 1
+    (line,) = lines
+    assert line["store"] == "sqlite" and line["workload"] == "pickup" and line["n"] == 5
+    assert line["idle_seconds"] == 0.5
+    assert {"pickup_p50_ms", "pickup_p99_ms", "pickup_max_ms", "idle_cpu_pct"} <= set(line)
+    assert 0 <= line["pickup_p50_ms"] <= line["pickup_p99_ms"] <= line["pickup_max_ms"]

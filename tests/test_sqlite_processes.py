@@ -22,10 +22,12 @@ import pytest
 
 from conveyor_core import FlowProducer, Job, JobState, Queue, Worker
 from conveyor_stores.sqlite import SQLiteStore
+from conveyor_stores.sqlite import store as sqlite_store
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETED = JobState.COMPLETED
 ACTIVE = JobState.ACTIVE
+HOUR = 3600.0
 
 
 # ---------------------------------------------------------------------- worker processes
@@ -63,13 +65,23 @@ async def _serve(path: str, out: str, stop: str, mode: str) -> None:
             log.write(f"{job.queue_name} {job.id}\n")
             await anyio.sleep(3600)
 
+        poll_interval = 0.02
         if mode == "hang":
             handlers = {"leaf": hang}
             options: dict[str, Any] = {"lock_duration": 1.0, "stalled_interval": 0.5}
+        elif mode == "idle":
+            # Polls, and ends its waits, only once an hour: only a wake-up from the
+            # committing process can get a job to it sooner.
+            handlers = {"jobs": leaf}
+            options = {"drain_delay": HOUR}
+            poll_interval = HOUR
         else:
             handlers = {"jobs": leaf, "leaf": leaf, "mid": parent, "root": parent}
             options = {}
-        async with SQLiteStore(path, poll_interval=0.02) as store, AsyncExitStack() as stack:
+        async with (
+            SQLiteStore(path, poll_interval=poll_interval) as store,
+            AsyncExitStack() as stack,
+        ):
             for queue, handler in handlers.items():
                 await stack.enter_async_context(
                     Worker(queue, handler, store=store, concurrency=10, **options)
@@ -269,6 +281,55 @@ async def test_another_process_wakes_idle_workers_and_reaches_listeners(
             ("added", "from-afar"),
             ("waiting", "from-afar"),
         ]
+
+
+async def test_an_idle_worker_in_another_process_takes_a_new_job_at_once(
+    sqlite_path: str, tmp_path: Path
+) -> None:
+    async with SQLiteStore(sqlite_path) as store:
+        with _processes(sqlite_path, tmp_path, 1, "idle") as (_, [out]):
+
+            async def ready() -> bool:
+                return out.with_name(out.name + ".ready").exists()
+
+            await _until(ready, timeout=60)
+            await anyio.sleep(0.5)  # it has looked for work, found none, and waits
+            job = await Queue("jobs", store=store).add("plain", {"n": 1})
+
+            async def ran() -> bool:
+                return _runs([out]) == Counter({f"jobs {job.id}": 1})
+
+            # Its next look of its own is an hour away.
+            await _until(ran, timeout=20)
+
+
+async def test_a_listener_hears_of_another_process_s_job_at_once(sqlite_path: str) -> None:
+    async with SQLiteStore(sqlite_path, poll_interval=HOUR) as store:
+        subscription = await store.subscribe("q")
+        proc = _spawn("add", sqlite_path, "from-afar")
+        try:
+            with anyio.fail_after(20):  # the next poll is an hour away
+                first = await subscription.__anext__()
+        finally:
+            assert proc.wait(timeout=30) == 0
+            await subscription.aclose()
+        assert (first.type, first.job_id) == ("added", "from-afar")
+
+
+async def test_without_a_file_watch_another_process_s_job_is_seen_by_data_version(
+    sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a system without inotify: the store compares PRAGMA data_version on a timer.
+    monkeypatch.setattr(sqlite_store, "wal_notifier", lambda database: None)
+    async with SQLiteStore(sqlite_path, poll_interval=HOUR) as store:
+        await store.wait_for_work("q", 0.0)  # the file exists and has been read once
+        proc = _spawn("add", sqlite_path, "from-afar")
+        try:
+            with anyio.fail_after(20):  # the next poll is an hour away
+                await store.wait_for_work("q", HOUR)
+        finally:
+            assert proc.wait(timeout=30) == 0
+        assert (await store.get_counts("q"))[JobState.WAITING] == 1
 
 
 async def _add_one(path: str, job_id: str) -> None:

@@ -12,12 +12,18 @@ back: a failed transition writes nothing, and publishes no event. Reads run in a
 for writers. A take by an idle worker, or a stalled-job check that finds nothing,
 changes nothing: it is answered by a read, without taking the write lock.
 
-Each store object has one ``sqlite3`` connection, used by one call at a time. When the
-connection is idle, a call runs inline on the event loop's thread with a busy timeout of
-zero: a small transition takes less time than a round trip to another thread. If another
-process holds the write lock (or the connection is in use), the call goes to a thread
-owned by the store, which waits up to ``busy_timeout`` while the event loop awaits it as
-one future, so the loop never waits for another process. The standard library's
+Each store object has one ``sqlite3`` connection, used by one call at a time, and a
+thread of its own that runs the calls. A transition of more than a few jobs (``_SMALL``),
+a transition over a whole queue (drain, clean, retry or promote all, obliterate), and
+every read whose size depends on the data (listings, counts, events), runs on that
+thread while the event loop awaits it as one future: it may touch thousands of rows,
+which must not hold up the loop's other tasks. A transition of a few jobs, point reads
+(one job, a queue's paused flag, whether a queue has work) and the read that answers an
+idle worker's take run inline on the event loop's thread when the connection is idle,
+with a busy timeout of zero: they take less time than a round trip to the thread and
+back. If the connection is in use, or another process holds the write lock, they go to
+the thread too. The thread waits up to ``busy_timeout`` for a lock held by another
+process, so the loop never waits for another process. The standard library's
 ``sqlite3`` is used directly rather than ``aiosqlite`` because ``aiosqlite`` costs one
 thread hop per statement, while here a transition of any size costs at most one.
 
@@ -33,16 +39,22 @@ in the same transactions, so resolving a child is O(1) however many siblings it 
 
 Settings
 ========
-``SQLiteStore(path, *, poll_interval=0.1, busy_timeout=10.0, events_retention=10_000,
-events_min_age=10.0)``; ``open_store("sqlite:///relative.db")`` and
-``open_store("sqlite:////absolute.db")`` pass their keyword options through.
+``SQLiteStore(path, *, poll_interval=1.0, change_interval=0.005, busy_timeout=10.0,
+events_retention=10_000, events_min_age=10.0)``; ``open_store("sqlite:///relative.db")``
+and ``open_store("sqlite:////absolute.db")`` pass their keyword options through.
 
 * ``path``: the database file (created if missing), or ``":memory:"`` for a private
   in-memory database (one connection, so one store object in one process).
-* ``poll_interval``: seconds between two looks for changes made by *other* processes
-  (new waiting jobs, earlier delayed jobs, events). Changes made in the same process
-  (through any store object on the same file and event loop) wake idle workers and
-  event listeners at once.
+* ``change_interval``: where the WAL file cannot be watched (no ``inotify-simple``, or
+  not Linux), seconds between two checks, while a worker waits or an event listener
+  listens, of whether *another* process committed anything (``PRAGMA data_version``: a
+  few microseconds, no query). ``0`` turns watching for other processes off altogether,
+  leaving ``poll_interval``.
+* ``poll_interval``: seconds between two full looks for changes made by other processes
+  (new waiting jobs, earlier delayed jobs, events), whatever was heard meanwhile: a
+  backstop, e.g. for rows written by other programs. Changes made in the same process
+  (through any store object on the same file and event loop) wake idle workers and event
+  listeners at once.
 * ``busy_timeout``: seconds a transition waits for the write lock held by another
   process before failing with ``StoreUnavailableError`` (nothing is written).
 * ``events_retention`` / ``events_min_age``: the events table keeps at least the newest
@@ -63,11 +75,18 @@ Multi-process behaviour and limits
   throughput of all processes together is that of one writer; beyond one machine, use
   PostgreSQL or Redis. Network file systems are not supported (WAL needs memory shared
   between the processes of one host).
-* Wake-ups across processes are by polling every ``poll_interval``: an idle worker
-  checks, with one indexed read, whether its queue has a waiting job or an earlier
-  delayed one; an event listener reads the new rows of the events table (an id range
-  scan, so a listener of a quiet queue costs nothing however busy the others are).
-  Within a process, wake-ups are immediate.
+* Wake-ups across processes: a commit that makes work or events sets the modification
+  time of the ``-wal`` file (see :mod:`.notify`). A store with a waiting worker or a
+  listener watches that file with inotify and, when it changes, asks SQLite whether
+  another connection committed (``PRAGMA data_version`` reads a counter in the shared
+  WAL index, without a query; the store's own commits do not count). Only then does an
+  idle worker check, with one indexed read, whether its queue has a waiting job or an
+  earlier delayed one, and an event listener read the new rows of the events table (an
+  id range scan, so a listener of a quiet queue costs little however busy the others
+  are). So a job added by another process is taken within a few milliseconds, and an
+  idle worker wakes only for its ``poll_interval`` look. Without inotify, the
+  ``data_version`` check runs every ``change_interval`` instead. Within a process,
+  wake-ups are immediate.
 * Events are rows of the ``events`` table, written in the transition's own transaction
   and read by every subscriber, in any process, in commit order. A subscriber sees the
   events committed after it subscribed; one that falls behind by more than the
@@ -112,12 +131,17 @@ from conveyor_core.store import (
 )
 
 from .backend import SQLiteBackend
+from .notify import WalNotifier, touch_wal, wal_notifier
 from .schema import migrate
 
 T = TypeVar("T")
 
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _EVENT_BATCH = 1000
+_SMALL = 4
+"""Transitions of at most this many jobs run inline when the connection is idle: they
+take less time than a round trip to the store's thread and back (a fraction of a
+millisecond), while a batch of ten takes about as long as a tick of a busy event loop."""
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -215,8 +239,9 @@ class _State:
 class _Subscription:
     """Events of one queue with ids above ``last_id``, read from the events table.
 
-    Polls every ``poll_interval``; a commit made in the same process (through this or
-    another store object on the file) nudges it, so local events arrive at once.
+    Looks every ``poll_interval``; a commit made in the same process (through this or
+    another store object on the file) nudges it, and so does one the store hears of from
+    another process, so events arrive at once.
     """
 
     def __init__(self, store: SQLiteStore, queue: str, last_id: int) -> None:
@@ -275,19 +300,23 @@ class SQLiteStore:
         self,
         path: str | os.PathLike[str],
         *,
-        poll_interval: float = 0.1,
+        poll_interval: float = 1.0,
+        change_interval: float = 0.005,
         busy_timeout: float = 10.0,
         events_retention: int = 10_000,
         events_min_age: float = 10.0,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if change_interval < 0:
+            raise ValueError(f"change_interval must not be negative, got {change_interval!r}")
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must not be negative, got {busy_timeout!r}")
         if events_retention < 0:
             raise ValueError(f"events_retention must not be negative, got {events_retention!r}")
         self.path = os.fspath(path)
         self.poll_interval = float(poll_interval)
+        self.change_interval = float(change_interval)
         self.busy_timeout = float(busy_timeout)
         self.events_retention = int(events_retention)
         self.events_min_age = float(events_min_age)
@@ -298,6 +327,14 @@ class SQLiteStore:
         self._connect_lock = asyncio.Lock()
         self._wakers: dict[str, asyncio.Event] = {}
         self._subscriptions: dict[str, set[_Subscription]] = {}
+        # Workers inside wait_for_work, and the task checking for other processes' commits.
+        self._waiting = 0
+        self._watch_on = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._notifier: WalNotifier | None = None
+        self._notifier_tried = False
+        self._version: int | None = None
+        self._retry: asyncio.TimerHandle | None = None
         # Held while a call uses the connection, on the store's thread or inline.
         self._conn_lock = threading.Lock()
 
@@ -376,6 +413,12 @@ class SQLiteStore:
             peers.discard(self)
             if not peers:
                 del _OPEN[self._key]
+        if self._watch_on:
+            self._stop_watching()
+        notifier, self._notifier = self._notifier, None
+        self._notifier_tried = False
+        if notifier is not None:
+            notifier.close()
         for subs in list(self._subscriptions.values()):
             for sub in list(subs):
                 await sub.aclose()
@@ -445,6 +488,8 @@ class SQLiteStore:
                 raise self._unavailable(exc, "writing") from exc
             raise
         woken, emitted = backend.take_signals()
+        if (woken or emitted) and self._key:
+            touch_wal(self._key)  # other processes' waiting workers and listeners look
         return result, woken, emitted
 
     def _query(self, call: Callable[[_State], T]) -> T:
@@ -460,13 +505,21 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc, "reading") from exc
 
-    def _inline(self, run: Callable[[], T]) -> tuple[bool, T | None]:
-        """Run ``run`` on the event loop's own thread when that cannot block it.
+    def _check(self, shortcut: Callable[[_State], T | None]) -> T | None:
+        """Run a write's ``shortcut`` outside any transaction (see :meth:`_transact`)."""
+        state = self._state_or_raise()
+        try:
+            return shortcut(state)
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc, "reading") from exc
 
-        A round trip to the store's thread costs more than a small transaction itself,
-        so when the connection is idle the call runs inline, with a busy timeout of zero:
-        if another process holds the write lock, ``(False, None)`` comes back at once and
-        the caller goes through the thread, which may wait up to ``busy_timeout``.
+    def _inline(self, run: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run a point read on the event loop's own thread when that cannot block it.
+
+        A round trip to the store's thread costs more than a point read itself, so when
+        the connection is idle the read runs inline, with a busy timeout of zero: if the
+        database is locked, ``(False, None)`` comes back at once and the caller goes
+        through the thread, which may wait up to ``busy_timeout``.
         """
         state = self._state
         if state is None or not self._conn_lock.acquire(blocking=False):
@@ -486,22 +539,37 @@ class SQLiteStore:
             self._conn_lock.release()
 
     async def _write(
-        self, call: Callable[[_State], T], shortcut: Callable[[_State], T | None] | None = None
+        self,
+        call: Callable[[_State], T],
+        shortcut: Callable[[_State], T | None] | None = None,
+        *,
+        small: bool = False,
     ) -> T:
+        """Run ``call`` in a write transaction (see :meth:`_transact`): inline when it is
+        ``small`` and the connection is idle, else on the store's thread."""
         thread = self._thread_or_raise()
-        done, outcome = self._inline(functools.partial(self._transact, call, shortcut))
-        if done:
-            assert outcome is not None
-            self._signal(outcome)
-            await asyncio.sleep(0)
-            result: T = outcome[0]
-            return result
+        if small:
+            done, outcome = self._inline(functools.partial(self._transact, call, shortcut))
+            if done:
+                assert outcome is not None
+                self._signal(outcome)
+                await asyncio.sleep(0)
+                result: T = outcome[0]
+                return result
+        if shortcut is not None:
+            # The shortcut is a small read: inline, unless the connection is busy.
+            done, early = self._inline(functools.partial(self._check, shortcut))
+            if done:
+                if early is not None:
+                    await asyncio.sleep(0)
+                    return early
+                shortcut = None
         # Wakes and nudges go out once the transaction committed, even if the caller
         # was cancelled while it ran.
-        result, _, _ = await thread.submit(
+        outcome_result, _, _ = await thread.submit(
             functools.partial(self._transact, call, shortcut), self._signal
         )
-        return result
+        return outcome_result
 
     def _signal(self, outcome: tuple[Any, set[str], set[str]]) -> None:
         _, woken, emitted = outcome
@@ -524,13 +592,118 @@ class SQLiteStore:
             for sub in self._subscriptions.get(queue, ()):
                 sub.nudge()
 
-    async def _read(self, call: Callable[[_State], T]) -> T:
+    async def _read(self, call: Callable[[_State], T], *, point: bool = False) -> T:
+        """Run ``call`` in a read transaction: on the store's thread, or inline when it
+        is a ``point`` read (bounded and small) and the connection is idle."""
         thread = self._thread_or_raise()
-        done, outcome = self._inline(functools.partial(self._query, call))
-        if done:
-            await asyncio.sleep(0)
-            return outcome  # type: ignore[return-value]
+        if point:
+            done, outcome = self._inline(functools.partial(self._query, call))
+            if done:
+                await asyncio.sleep(0)
+                return outcome  # type: ignore[return-value]
         return await thread.submit(functools.partial(self._query, call))
+
+    # ---------------------------------------------------------------- other processes
+
+    def _data_version(self) -> int | None:
+        """SQLite's count of commits by other connections, or ``None`` if the connection
+        is in use (or closed) right now. Microseconds: it reads the shared WAL index."""
+        state = self._state
+        if state is None or not self._conn_lock.acquire(blocking=False):
+            return None
+        try:
+            return int(state.conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            self._conn_lock.release()
+
+    def _watch_other_processes(self) -> None:
+        """Start watching for other processes' commits, if nobody does yet.
+
+        Called before a worker reads whether it has work, and when a listener
+        subscribes. The WAL file's watch is set and the first version read at once, so
+        a commit made after that is seen as a change.
+
+        With a WAL file notifier, each touch of the WAL file (see :mod:`.notify`) makes
+        the event loop call :meth:`_on_wal_touched`: no timer runs. Without one, a task
+        compares ``PRAGMA data_version`` every ``change_interval``.
+        """
+        if self._watch_on or not self._key or self.change_interval <= 0:
+            return
+        if self._notifier is None and not self._notifier_tried:
+            self._notifier_tried = True
+            self._notifier = wal_notifier(self._key)
+        loop = asyncio.get_running_loop()
+        self._watch_on = True
+        if self._notifier is not None:
+            self._notifier.drain()
+            self._version = self._data_version()
+            loop.add_reader(self._notifier.fileno(), self._on_wal_touched)
+        else:
+            self._watcher = loop.create_task(
+                self._poll_version(self._data_version()),
+                name=f"conveyor-sqlite-watch {self.path}",
+            )
+
+    def _watching(self) -> bool:
+        return self._thread is not None and bool(self._waiting or self._subscriptions)
+
+    def _stop_watching(self) -> None:
+        self._watch_on = False
+        if self._notifier is not None and self._loop is not None:
+            self._loop.remove_reader(self._notifier.fileno())
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+
+    def _on_wal_touched(self) -> None:
+        """A process touched the WAL file (this one too, after its own commits): if
+        ``PRAGMA data_version`` moved, another connection committed."""
+        self._retry = None
+        if self._notifier is not None:
+            self._notifier.drain()
+        if not self._watching():
+            self._stop_watching()  # nobody waits: the next waiter starts afresh
+            return
+        current = self._data_version()
+        if current is None:
+            # The connection is in use: look again shortly (a touch is not repeated).
+            if self._loop is not None and self._retry is None:
+                self._retry = self._loop.call_later(self.change_interval, self._on_wal_touched)
+            return
+        if current != self._version:
+            self._version = current
+            self._changed_elsewhere()  # also if there was nothing to compare to
+
+    async def _poll_version(self, version: int | None) -> None:
+        """Without a notifier: compare ``PRAGMA data_version`` every ``change_interval``
+        while a worker waits or a listener listens."""
+        try:
+            while self._watching():
+                await asyncio.sleep(self.change_interval)
+                current = self._data_version()
+                if current is None:
+                    continue  # the connection is in use: the counter keeps the change
+                if current != version:
+                    self._changed_elsewhere()  # also if there was nothing to compare to
+                version = current
+        finally:
+            if self._watcher is asyncio.current_task():
+                self._watcher = None
+                self._watch_on = False
+
+    def _changed_elsewhere(self) -> None:
+        # Wakers are set but left in place: a waiting worker tells this from a commit in
+        # this process (which removes its waker) and looks again instead of returning.
+        for waker in self._wakers.values():
+            waker.set()
+        for subs in self._subscriptions.values():
+            for sub in subs:
+                sub.nudge()
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         subs = self._subscriptions.get(sub.queue)
@@ -548,7 +721,7 @@ class SQLiteStore:
             )
             return state.engine.add_jobs(groups, now)
 
-        return await self._write(add)
+        return await self._write(add, small=sum(map(len, groups)) <= _SMALL)
 
     async def take_jobs(
         self,
@@ -576,23 +749,33 @@ class SQLiteStore:
                 rate_limit=rate_limit,
             ),
             idle,
+            small=limit <= _SMALL,
         )
 
     async def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
     ) -> list[str]:
-        return await self._write(lambda s: s.engine.extend_locks(queue, locks, lock_until))
+        return await self._write(
+            lambda s: s.engine.extend_locks(queue, locks, lock_until), small=len(locks) <= _SMALL
+        )
 
     async def complete_jobs(
         self, queue: str, completions: Sequence[Completion], now: float
     ) -> list[bool]:
-        return await self._write(lambda s: s.engine.complete_jobs(queue, completions, now))
+        return await self._write(
+            lambda s: s.engine.complete_jobs(queue, completions, now),
+            small=len(completions) <= _SMALL,
+        )
 
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
-        return await self._write(lambda s: s.engine.fail_jobs(queue, failures, now))
+        return await self._write(
+            lambda s: s.engine.fail_jobs(queue, failures, now), small=len(failures) <= _SMALL
+        )
 
     async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
-        return await self._write(lambda s: s.engine.release_jobs(queue, releases, now))
+        return await self._write(
+            lambda s: s.engine.release_jobs(queue, releases, now), small=len(releases) <= _SMALL
+        )
 
     async def recover_stalled(
         self, queue: str, now: float, max_stalled_count: int
@@ -604,18 +787,26 @@ class SQLiteStore:
 
     async def wait_for_work(self, queue: str, timeout: float) -> None:
         self._thread_or_raise()
+        self._waiting += 1
+        try:
+            await self._wait_for_work(queue, timeout)
+        finally:
+            self._waiting -= 1
+
+    async def _wait_for_work(self, queue: str, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         first = True
         earliest: int | None = None
         while True:
             waker = self._wakers.get(queue)
-            if waker is None:
+            if waker is None or waker.is_set():
                 waker = self._wakers[queue] = asyncio.Event()
             if self._thread is None:
                 return
+            self._watch_other_processes()
             try:
-                ready, run_at = await self._read(lambda s: s.backend.work_hint(queue))
+                ready, run_at = await self._read(lambda s: s.backend.work_hint(queue), point=True)
             except StoreClosedError:
                 return
             if ready:
@@ -633,16 +824,20 @@ class SQLiteStore:
                 await asyncio.wait_for(waker.wait(), min(self.poll_interval, remaining))
             except TimeoutError:
                 continue
+            if self._wakers.get(queue) is waker and self._thread is not None:
+                continue  # another process committed something: look again
             return
 
     # ---------------------------------------------------------------- protocol: job changes
 
     async def update_progress(self, queue: str, job_id: str, progress: str) -> None:
         now = time.time()
-        await self._write(lambda s: s.engine.update_progress(queue, job_id, progress, now))
+        await self._write(
+            lambda s: s.engine.update_progress(queue, job_id, progress, now), small=True
+        )
 
     async def add_log(self, queue: str, job_id: str, line: str) -> int:
-        return await self._write(lambda s: s.engine.add_log(queue, job_id, line))
+        return await self._write(lambda s: s.engine.add_log(queue, job_id, line), small=True)
 
     async def get_logs(
         self, queue: str, job_id: str, start: int = 0, end: int | None = None
@@ -650,16 +845,18 @@ class SQLiteStore:
         return await self._read(lambda s: s.engine.get_logs(queue, job_id, start, end))
 
     async def update_data(self, queue: str, job_id: str, data: str) -> None:
-        await self._write(lambda s: s.engine.update_data(queue, job_id, data))
+        await self._write(lambda s: s.engine.update_data(queue, job_id, data), small=True)
 
     async def change_priority(self, queue: str, job_id: str, priority: int, lifo: bool) -> None:
-        await self._write(lambda s: s.engine.change_priority(queue, job_id, priority, lifo))
+        await self._write(
+            lambda s: s.engine.change_priority(queue, job_id, priority, lifo), small=True
+        )
 
     async def change_delay(self, queue: str, job_id: str, run_at: float) -> None:
-        await self._write(lambda s: s.engine.change_delay(queue, job_id, run_at))
+        await self._write(lambda s: s.engine.change_delay(queue, job_id, run_at), small=True)
 
     async def promote_job(self, queue: str, job_id: str, now: float) -> None:
-        await self._write(lambda s: s.engine.promote_job(queue, job_id, now))
+        await self._write(lambda s: s.engine.promote_job(queue, job_id, now), small=True)
 
     async def promote_jobs(self, queue: str, now: float) -> int:
         return await self._write(lambda s: s.engine.promote_jobs(queue, now))
@@ -678,14 +875,14 @@ class SQLiteStore:
 
     async def pause(self, queue: str) -> None:
         now = time.time()
-        await self._write(lambda s: s.engine.pause(queue, now))
+        await self._write(lambda s: s.engine.pause(queue, now), small=True)
 
     async def resume(self, queue: str) -> None:
         now = time.time()
-        await self._write(lambda s: s.engine.resume(queue, now))
+        await self._write(lambda s: s.engine.resume(queue, now), small=True)
 
     async def is_paused(self, queue: str) -> bool:
-        return await self._read(lambda s: s.backend.is_paused(queue))
+        return await self._read(lambda s: s.backend.is_paused(queue), point=True)
 
     async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
         return await self._write(lambda s: s.engine.drain(queue, include_delayed, now))
@@ -703,7 +900,7 @@ class SQLiteStore:
     # ---------------------------------------------------------------- protocol: reading
 
     async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
-        return await self._read(lambda s: s.engine.get_job(queue, job_id))
+        return await self._read(lambda s: s.engine.get_job(queue, job_id), point=True)
 
     async def get_jobs(
         self, queue: str, states: Sequence[JobState], start: int, end: int | None
@@ -743,7 +940,8 @@ class SQLiteStore:
     # ---------------------------------------------------------------- protocol: events
 
     async def subscribe(self, queue: str) -> EventSubscription:
-        last_id = await self._read(lambda s: s.backend.last_event_id())
+        last_id = await self._read(lambda s: s.backend.last_event_id(), point=True)
         sub = _Subscription(self, queue, last_id)
         self._subscriptions.setdefault(queue, set()).add(sub)
+        self._watch_other_processes()
         return sub
