@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from conveyor_core.engine import Engine, fold_ascii
 from conveyor_core.errors import StoreClosedError
@@ -35,6 +36,10 @@ from conveyor_core.store import (
     StoreCapabilities,
     TakeResult,
 )
+
+OFFLOAD_JOBS = 256
+"""An ``add_jobs`` of this many jobs or more runs on a worker thread: writing 1,700 jobs
+in one step would hold the event loop for tens of milliseconds."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -412,6 +417,7 @@ class MemoryStore:
         self._wakers: dict[str, asyncio.Event] = {}
         self._subscriptions: dict[str, set[_Subscription]] = {}
         self._connected = False
+        self._offloaded: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -436,6 +442,12 @@ class MemoryStore:
         self._wakers.clear()
 
     # ---------------------------------------------------------------- plumbing
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` as one atomic step of the event loop, after any big add on a thread."""
+        while self._offloaded is not None:
+            await self._offloaded.wait()
+        return self._run(fn, *args, **kwargs)
 
     def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if not self._connected:
@@ -474,7 +486,21 @@ class MemoryStore:
     # ---------------------------------------------------------------- protocol
 
     async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
-        return self._run(self._engine.add_jobs, groups, now)
+        if sum(len(group) for group in groups) < OFFLOAD_JOBS:
+            return await self._call(self._engine.add_jobs, groups, now)
+        # A big add runs on a worker thread, so the event loop keeps turning; every other
+        # call waits for it (see _call), which keeps it atomic.
+        while self._offloaded is not None:
+            await self._offloaded.wait()
+        if not self._connected:
+            raise StoreClosedError("MemoryStore is not connected: use 'async with store:'")
+        self._offloaded = finished = asyncio.Event()
+        try:
+            return await anyio.to_thread.run_sync(self._engine.add_jobs, groups, now)
+        finally:
+            self._offloaded = None
+            finished.set()
+            self._flush()
 
     async def take_jobs(
         self,
@@ -486,7 +512,7 @@ class MemoryStore:
         now: float,
         rate_limit: tuple[int, float] | None = None,
     ) -> TakeResult:
-        return self._run(
+        return await self._call(
             self._engine.take_jobs,
             queue,
             limit=limit,
@@ -499,23 +525,23 @@ class MemoryStore:
     async def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
     ) -> list[str]:
-        return self._run(self._engine.extend_locks, queue, locks, lock_until)
+        return await self._call(self._engine.extend_locks, queue, locks, lock_until)
 
     async def complete_jobs(
         self, queue: str, completions: Sequence[Completion], now: float
     ) -> list[bool]:
-        return self._run(self._engine.complete_jobs, queue, completions, now)
+        return await self._call(self._engine.complete_jobs, queue, completions, now)
 
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
-        return self._run(self._engine.fail_jobs, queue, failures, now)
+        return await self._call(self._engine.fail_jobs, queue, failures, now)
 
     async def release_jobs(self, queue: str, releases: Sequence[Release], now: float) -> list[bool]:
-        return self._run(self._engine.release_jobs, queue, releases, now)
+        return await self._call(self._engine.release_jobs, queue, releases, now)
 
     async def recover_stalled(
         self, queue: str, now: float, max_stalled_count: int
     ) -> list[StallOutcome]:
-        return self._run(self._engine.recover_stalled, queue, now, max_stalled_count)
+        return await self._call(self._engine.recover_stalled, queue, now, max_stalled_count)
 
     async def wait_for_work(self, queue: str, timeout: float) -> None:
         if not self._connected:
@@ -534,12 +560,12 @@ class MemoryStore:
         self._run(self._engine.update_progress, queue, job_id, progress, time.time())
 
     async def add_log(self, queue: str, job_id: str, line: str) -> int:
-        return self._run(self._engine.add_log, queue, job_id, line)
+        return await self._call(self._engine.add_log, queue, job_id, line)
 
     async def get_logs(
         self, queue: str, job_id: str, start: int = 0, end: int | None = None
     ) -> list[str]:
-        return self._run(self._engine.get_logs, queue, job_id, start, end)
+        return await self._call(self._engine.get_logs, queue, job_id, start, end)
 
     async def update_data(self, queue: str, job_id: str, data: str) -> None:
         self._run(self._engine.update_data, queue, job_id, data)
@@ -554,16 +580,16 @@ class MemoryStore:
         self._run(self._engine.promote_job, queue, job_id, now)
 
     async def promote_jobs(self, queue: str, now: float) -> int:
-        return self._run(self._engine.promote_jobs, queue, now)
+        return await self._call(self._engine.promote_jobs, queue, now)
 
     async def retry_job(self, queue: str, job_id: str, now: float) -> None:
         self._run(self._engine.retry_job, queue, job_id, now)
 
     async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
-        return self._run(self._engine.retry_jobs, queue, state, now)
+        return await self._call(self._engine.retry_jobs, queue, state, now)
 
     async def remove_job(self, queue: str, job_id: str) -> bool:
-        return self._run(self._engine.remove_job, queue, job_id, time.time())
+        return await self._call(self._engine.remove_job, queue, job_id, time.time())
 
     async def pause(self, queue: str) -> None:
         self._run(self._engine.pause, queue, time.time())
@@ -572,35 +598,35 @@ class MemoryStore:
         self._run(self._engine.resume, queue, time.time())
 
     async def is_paused(self, queue: str) -> bool:
-        return self._run(self._backend.is_paused, queue)
+        return await self._call(self._backend.is_paused, queue)
 
     async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
-        return self._run(self._engine.drain, queue, include_delayed, now)
+        return await self._call(self._engine.drain, queue, include_delayed, now)
 
     async def clean(
         self, queue: str, state: JobState, older_than: float, limit: int | None
     ) -> list[str]:
-        return self._run(self._engine.clean, queue, state, older_than, limit, time.time())
+        return await self._call(self._engine.clean, queue, state, older_than, limit, time.time())
 
     async def obliterate(self, queue: str, force: bool) -> None:
         self._run(self._engine.obliterate, queue, force, time.time())
 
     async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
-        return self._run(self._engine.get_job, queue, job_id)
+        return await self._call(self._engine.get_job, queue, job_id)
 
     async def get_jobs(
         self, queue: str, states: Sequence[JobState], start: int, end: int | None
     ) -> list[JobRecord]:
-        return self._run(self._engine.get_jobs, queue, states, start, end)
+        return await self._call(self._engine.get_jobs, queue, states, start, end)
 
     async def get_counts(self, queue: str) -> dict[JobState, int]:
-        return self._run(self._engine.get_counts, queue)
+        return await self._call(self._engine.get_counts, queue)
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
-        return self._run(self._engine.get_dependencies, queue, job_id)
+        return await self._call(self._engine.get_dependencies, queue, job_id)
 
     async def list_queues(self) -> list[str]:
-        return self._run(self._backend.queues)
+        return await self._call(self._backend.queues)
 
     async def search_jobs(
         self,
@@ -612,7 +638,7 @@ class MemoryStore:
         limit: int,
         cursor: str | None,
     ) -> SearchPage:
-        return self._run(
+        return await self._call(
             self._engine.search_jobs,
             queue,
             text=text,
@@ -625,7 +651,7 @@ class MemoryStore:
     async def get_metrics(
         self, queue: str, kind: MetricKind, start: int, end: int
     ) -> dict[int, int]:
-        return self._run(self._engine.get_metrics, queue, kind, start, end)
+        return await self._call(self._engine.get_metrics, queue, kind, start, end)
 
     async def subscribe(self, queue: str) -> EventSubscription:
         if not self._connected:

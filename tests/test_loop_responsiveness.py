@@ -103,6 +103,19 @@ def _news(count: int) -> list[list[NewJob]]:
     ]
 
 
+async def test_memory_writes_thousands_of_jobs_without_holding_the_loop(
+    memory: MemoryStore,
+) -> None:
+    store: StoreInterface = memory
+    groups = _news(SIZE)
+
+    async def add() -> None:
+        assert await store.add_jobs(groups, 0.0) == [True] * SIZE
+
+    assert await turns_during(add) >= 3
+    assert (await store.get_counts("bulk"))[JobState.WAITING] == SIZE
+
+
 async def test_sqlite_writes_thousands_of_jobs_without_holding_the_loop(
     sqlite_path: str,
 ) -> None:
