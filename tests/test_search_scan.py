@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 SCAN_LIMITS = {
     "sqlite": ("conveyor_stores.sqlite.backend", "_SEARCH_SCAN"),
-    "postgres": ("conveyor_stores.postgres.store", "SEARCH_SCAN"),
+    "postgres": ("conveyor_stores.postgres.schema", "SEARCH_SCAN"),
     "redis": ("conveyor_stores.redis.store", "SEARCH_SCAN"),
 }
 

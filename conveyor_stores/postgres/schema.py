@@ -8,7 +8,7 @@ CHECK, REMOVE, RETENTION). Tables and indexes come from ``sql/migrations/``, in 
 The SQL text uses placeholders, filled in by :func:`render` from validated identifiers
 and constants only: ``@S`` (the quoted schema name), ``@CHANNEL`` (a string literal
 naming the NOTIFY channel), ``@STALLED``, ``@LIMIT``, ``@PIECE``, ``@PLANNER`` and
-``@METRICS_MINUTES``. Queue names, ids and data are always bind parameters.
+``@METRICS_MINUTES``, ``@SEARCH_SCAN``. Queue names, ids and data are always bind parameters.
 
 Events travel as JSON arrays ``[queue, type, job_id, data, timestamp]``, batched into as
 few notifications per transaction as the payload limit allows.
@@ -25,6 +25,10 @@ SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 NOTIFY_LIMIT = 7900
 """Bytes per NOTIFY payload; PostgreSQL refuses payloads of 8000 bytes or more."""
+
+SEARCH_SCAN = 5000
+"""Jobs a search walk looks at, at most, in one call: a page stays cheap on any queue; a
+sparse match takes more pages."""
 
 PLANNER = "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
 """Every transition touches a handful of rows through indexes. Pinning index plans keeps
@@ -68,6 +72,9 @@ FUNCTIONS = (
     "drain",
     "clean",
     "obliterate",
+    "search_scan",
+    "search_boundary",
+    "search_text",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -124,5 +131,6 @@ def render(sql: str, schema: str, channel: str, stalled_reason: str) -> str:
         .replace("@PIECE", str(NOTIFY_LIMIT // 2 - 10))
         .replace("@PLANNER", PLANNER)
         .replace("@METRICS_MINUTES", str(METRICS_MINUTES))
+        .replace("@SEARCH_SCAN", str(SEARCH_SCAN))
         .replace("@S", quote_ident(schema))
     )

@@ -639,50 +639,46 @@ class _Operations:
             return SearchPage([], None)
         if text is not None and not _storable(text):
             return SearchPage([], None)
-        args: list[Any] = [queue, after[0], after[1]]
-        filters = []
-        if name is not None:
-            args.append(name)
-            filters.append(f"name = ${len(args)}::text")
-        if states is not None:
-            args.append([JobState(state).value for state in states])
-            filters.append(f"state = ANY(${len(args)}::text[])")
         folded = None if text is None else fold_ascii(text)
-        if folded is not None:
-            # ILIKE finds a superset (it folds more than ASCII letters, and pg_trgm's index
-            # serves it); the rule's exact matches are kept below.
-            args.append("%" + _LIKE_SPECIALS.sub(r"\\\g<0>", folded) + "%")
-            n = len(args)
-            filters.append(
-                f"(id ILIKE ${n}::text OR name ILIKE ${n}::text OR data ILIKE ${n}::text)"
-            )
-        indexed = not filters or (
-            folded is not None and len(folded) >= 3 and await self._has_text_index()
-        )
-        key = f"search:{indexed}:{':'.join(filters)}"
-        if key not in self._sql:
-            self._sql[key] = _search_sql(
-                self._schema, filters, limit_arg=len(args) + 1, scan=not indexed
-            )
-        rows = await self._fetch(key, *args, limit + 1, repeatable=True)
-        examined = [_record(r) for r in rows[:limit]]
-        jobs = examined
-        if folded is not None:
-            jobs = [
+        # ILIKE finds a superset of the rule's matches (it folds more than ASCII letters,
+        # and pg_trgm's index serves it); the exact matches are kept below.
+        pattern = None if folded is None else "%" + _LIKE_SPECIALS.sub(r"\\\g<0>", folded) + "%"
+        wanted = None if states is None else [JobState(state).value for state in states]
+        args = (queue, after[0], after[1], name, wanted, pattern, limit + 1)
+
+        def exact(rows: list[Any]) -> list[JobRecord]:
+            jobs = [_record(r) for r in rows[:limit]]
+            if folded is None:
+                return jobs
+            return [
                 job
-                for job in examined
+                for job in jobs
                 if any(folded in fold_ascii(field) for field in (job.id, job.name, job.data))
             ]
+
+        def page_after(rows: list[Any]) -> SearchPage:
+            last = rows[limit - 1]
+            return SearchPage(exact(rows), encode_cursor(last["created_at"], last["id"]))
+
+        if name is None and wanted is None and pattern is None:
+            rows = await self._fetch(
+                "search_all", queue, after[0], after[1], limit + 1, repeatable=True
+            )
+            return page_after(rows) if len(rows) > limit else SearchPage(exact(rows), None)
+        rows = await self._fetch("search_scan", *args, repeatable=True)
         if len(rows) > limit:
-            last = examined[-1]
-            return SearchPage(jobs, encode_cursor(last.created_at, last.id))
-        if indexed:
-            return SearchPage(jobs, None)
-        # The scan looked at SEARCH_SCAN rows at most: resume below the last of them.
+            return page_after(rows)
+        if folded is not None and len(folded) >= 3 and await self._has_text_index():
+            # Few matches among the jobs walked: the trigram index finds the rest.
+            rows = await self._fetch("search_text", *args, repeatable=True)
+            return page_after(rows) if len(rows) > limit else SearchPage(exact(rows), None)
+        # The walk looked at SEARCH_SCAN jobs at most: resume below the last of them.
         boundary = await self._fetchrow(
             "search_boundary", queue, after[0], after[1], repeatable=True
         )
-        return SearchPage(jobs, None if boundary is None else encode_cursor(*boundary))
+        if boundary is None or boundary[0] is None:
+            return SearchPage(exact(rows), None)
+        return SearchPage(exact(rows), encode_cursor(boundary[0], boundary[1]))
 
     async def _has_text_index(self) -> bool:
         if self._text_index is None:
@@ -703,31 +699,11 @@ class _Operations:
         return await self._events_store()._subscribe(queue)
 
 
-SEARCH_SCAN = 5000
-"""Rows a search looks at, at most, when no index serves its filters: a page stays
-cheap on any queue; a sparse match takes more pages."""
-
 _LIKE_SPECIALS = re.compile(r"[\\%_]")
 
 _NEWEST_FIRST = 'ORDER BY created_at DESC, id COLLATE "C" DESC'
 _BELOW = '(created_at, id COLLATE "C") < ($2::float8, $3::text)'
 """Below the cursor in search order, as one row comparison the index scan can use."""
-
-
-def _search_sql(schema: str, filters: list[str], *, limit_arg: int, scan: bool) -> str:
-    """A search statement for one combination of filters (their values are parameters)."""
-    s = sql_schema.quote_ident(schema)
-    where = " AND ".join(filters) or "true"
-    if not scan:
-        return (
-            f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND {_BELOW} "
-            f"AND {where} {_NEWEST_FIRST} LIMIT ${limit_arg}::int8"
-        )
-    return (
-        f"WITH scan AS MATERIALIZED (SELECT {_JOB_COLUMNS} FROM {s}.jobs "
-        f"WHERE queue = $1::text AND {_BELOW} {_NEWEST_FIRST} LIMIT {SEARCH_SCAN}) "
-        f"SELECT * FROM scan WHERE {where} {_NEWEST_FIRST} LIMIT ${limit_arg}::int8"
-    )
 
 
 def _statements(schema: str) -> dict[str, str]:
@@ -776,8 +752,14 @@ def _statements(schema: str) -> dict[str, str]:
         "clean": f"SELECT {s}.clean($1::text, $2::text, $3::float8, $4::int8, $5::float8)",
         "obliterate": f"SELECT {s}.obliterate($1::text, $2::bool, $3::float8)",
         "get_job": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND id = $2::text",
-        "search_boundary": f"SELECT created_at, id FROM {s}.jobs WHERE queue = $1::text "
-        f"AND {_BELOW} {_NEWEST_FIRST} OFFSET {SEARCH_SCAN - 1} LIMIT 1",
+        "search_all": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text "
+        f"AND {_BELOW} {_NEWEST_FIRST} LIMIT $4::int8",
+        "search_scan": f"SELECT {_JOB_COLUMNS} FROM {s}.search_scan($1::text, $2::float8, "
+        "$3::text, $4::text, $5::text[], $6::text, $7::int)",
+        "search_text": f"SELECT {_JOB_COLUMNS} FROM {s}.search_text($1::text, $2::float8, "
+        "$3::text, $4::text, $5::text[], $6::text, $7::int)",
+        "search_boundary": f"SELECT created_at, id FROM {s}.search_boundary($1::text, "
+        "$2::float8, $3::text)",
         "has_text_index": f"SELECT to_regclass({sql_schema.quote_literal(s + '.jobs_text')}) "
         "IS NOT NULL",
         "get_metrics": f"SELECT minute, sum(count) FROM {s}.metrics WHERE queue = $1::text "
