@@ -34,6 +34,7 @@ from conveyor_core.store import (
 )
 from conveyor_stores import MemoryStore
 from conveyor_stores.redis import RedisStore, queue_key_base
+from conveyor_stores.redis.store import OFFLOAD_JOBS
 
 pytestmark = pytest.mark.anyio
 
@@ -125,6 +126,39 @@ async def test_a_flow_across_queues_releases_its_parent(store: RedisStore) -> No
         ("item-2", "processed", "2"),
     ]
     assert await store.list_queues() == ['items:"x"', "orders{eu}"]
+
+
+async def test_a_big_flow_packed_off_the_event_loop_is_written_whole(store: RedisStore) -> None:
+    """An add of hundreds of jobs is packed on a worker thread; it must write exactly what
+    a small add writes."""
+    now = 1_000.0
+    size = OFFLOAD_JOBS + 44
+    parent = job("batch", "reports", WAITING_CHILDREN, delay=5.0)
+    children = [
+        job(
+            f"row-{i}",
+            "rows{é}",
+            data=f'{{"i":{i}}}',
+            priority=i % 3,
+            parent_id="batch",
+            parent_queue="reports",
+        )
+        for i in range(size)
+    ]
+    assert await store.add_jobs([[parent, *children]], now) == [True]
+    counts = await store.get_counts("rows{é}")
+    assert counts[WAITING] == size
+    row = await store.get_job("rows{é}", "row-7")
+    assert row is not None and row.data == '{"i":7}' and row.priority == 1
+    assert row.parent_id == "batch" and row.parent_queue == "reports"
+    top = await store.get_job("reports", "batch")
+    assert top is not None and top.state is WAITING_CHILDREN and top.delay == 5.0
+    assert len(await store.get_dependencies("reports", "batch")) == size
+    # The existing-id rule holds on this path too: nothing of a clashing bulk is written.
+    clash = [[job(f"new-{i}", "rows{é}") for i in range(size)] + [job("row-3", "rows{é}")]]
+    with pytest.raises(DuplicateJobError):
+        await store.add_jobs(clash, now)
+    assert (await store.get_counts("rows{é}"))[WAITING] == size
 
 
 async def test_queue_names_with_braces_keep_one_hash_tag(store: RedisStore, raw: Any) -> None:

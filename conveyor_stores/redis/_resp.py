@@ -24,6 +24,34 @@ class RespError(Exception):
     """An error reply from the server; the message is the server's text."""
 
 
+class PackedArgs:
+    """The last arguments of a command, already in the wire format (bulk strings), so a
+    caller can pack a huge command on a worker thread and the event loop only joins it.
+    Made by :func:`pack_args`; pass it as the last argument of :meth:`RespConnection.send`.
+    """
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, count: int, data: bytes) -> None:
+        self.count = count
+        self.data = data
+
+
+def pack_args(args: tuple[Any, ...] | list[Any]) -> PackedArgs:
+    """``args`` as bulk strings, ready to end a command (see :class:`PackedArgs`)."""
+    packed = bytes(hiredis.pack_command(tuple(args)))
+    return PackedArgs(len(args), packed[packed.index(b"\r\n") + 2 :])
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    if not args or not isinstance(args[-1], PackedArgs):
+        return bytes(hiredis.pack_command(args))
+    tail: PackedArgs = args[-1]
+    head = bytes(hiredis.pack_command(args[:-1]))
+    body = head[head.index(b"\r\n") + 2 :]
+    return b"*%d\r\n" % (len(args) - 1 + tail.count) + body + tail.data
+
+
 class RespConnectionLost(ConnectionError):
     """The connection closed before the reply arrived (the command may or may not have
     run)."""
@@ -133,7 +161,7 @@ class RespConnection:
         protocol = self._protocol
         if protocol is None or protocol.transport is None:
             raise RespConnectionLost("not connected")
-        packed = hiredis.pack_command(args)  # may raise (unencodable text): nothing sent
+        packed = _pack(args)  # may raise (unencodable text): nothing sent
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         protocol.waiters.append(waiter)
         protocol.transport.write(packed)
@@ -147,7 +175,7 @@ class RespConnection:
         protocol = self._protocol
         if protocol is None or protocol.transport is None:
             raise RespConnectionLost("not connected")
-        packed = b"".join(hiredis.pack_command(args) for args in commands)
+        packed = b"".join(_pack(args) for args in commands)
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[Any]] = []
         for _ in commands:

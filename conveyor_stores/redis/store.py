@@ -26,6 +26,7 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio.to_thread
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
@@ -64,7 +65,7 @@ from conveyor_core.store import (
     TakeResult,
 )
 
-from ._resp import RespConnection, RespConnectionLost, RespError
+from ._resp import RespConnection, RespConnectionLost, RespError, pack_args
 
 __all__ = ["RedisStore", "queue_key_base"]
 
@@ -82,6 +83,8 @@ _SCRIPTS = (
     "queue_op",
     "search",
 )
+OFFLOAD_JOBS = 256
+"""An add of this many jobs or more is packed on a worker thread."""
 SEARCH_SCAN = 5000
 """Jobs one search call looks at, at most: a page stays cheap on any queue; a sparse
 match takes more pages."""
@@ -795,9 +798,6 @@ class RedisStore:
     async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
         if not groups:
             return []
-        args: list[Any] = [len(groups)]
-        base = self._base
-        text = _TEXT
         for group in groups:
             if not group:
                 raise ValueError("a group of jobs must not be empty")
@@ -806,6 +806,32 @@ class RedisStore:
                     raise InvalidJobStateError(
                         f"a new job cannot start in state {str(new.state)!r}"
                     )
+        first_base = self._base(groups[0][0].queue)
+        if sum(len(group) for group in groups) < OFFLOAD_JOBS:
+            args: Any = self._add_args(groups)
+            written = await self._run("add_jobs", first_base, now, *args)
+        else:
+            # Building and packing thousands of arguments would hold the event loop:
+            # a worker thread does it, and the loop only sends the bytes.
+            try:
+                packed = await anyio.to_thread.run_sync(
+                    lambda: pack_args(self._add_args(groups, cached=False))
+                )
+            except UnicodeEncodeError as exc:
+                raise PayloadError(
+                    f"Redis cannot store this text (it is not valid Unicode): {exc}"
+                ) from None
+            written = await self._run("add_jobs", first_base, now, packed)
+        return [flag == 1 for flag in written]
+
+    def _add_args(self, groups: Sequence[Sequence[NewJob]], *, cached: bool = True) -> list[Any]:
+        """The add_jobs script's arguments after ``now``; ``cached=False`` when called on
+        another thread (the key-base cache belongs to the event loop's thread)."""
+        args: list[Any] = [len(groups)]
+        prefix = self.prefix
+        base = self._base if cached else (lambda queue: queue_key_base(prefix, queue))
+        text = _TEXT
+        for group in groups:
             args.append(len(group))
             for job in group:
                 pq = job.parent_queue
@@ -827,8 +853,7 @@ class RedisStore:
                     base(pq) if pq is not None and job.parent_id is not None else "",
                     text[job.parent_policy],
                 )
-        written = await self._run("add_jobs", base(groups[0][0].queue), now, *args)
-        return [flag == 1 for flag in written]
+        return args
 
     # ---------------------------------------------------------------- working
 
