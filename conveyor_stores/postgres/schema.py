@@ -30,9 +30,14 @@ SEARCH_SCAN = 5000
 """Jobs a search walk looks at, at most, in one call: a page stays cheap on any queue; a
 sparse match takes more pages."""
 
-PLANNER = "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
+PLANNER = (
+    "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off "
+    "SET jit = off"
+)
 """Every transition touches a handful of rows through indexes. Pinning index plans keeps
-cached generic plans fast while the tables grow faster than statistics are refreshed."""
+cached generic plans fast while the tables grow faster than statistics are refreshed; a
+plan the pinning makes look expensive must not be compiled by the JIT (a second or more
+for a statement of a millisecond)."""
 
 FUNCTIONS = (
     "_ev",

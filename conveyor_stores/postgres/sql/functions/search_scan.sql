@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION @S.search_scan(q text, after_ts double precision, after_id text,
                                           nm text, sts text[], pat text, lim integer)
 RETURNS SETOF @S.jobs LANGUAGE sql STABLE
-SET enable_bitmapscan = off SET enable_seqscan = off SET enable_sort = off AS $$
+SET enable_bitmapscan = off SET enable_seqscan = off SET enable_sort = off SET jit = off AS $$
     WITH scan AS MATERIALIZED (
         SELECT * FROM @S.jobs
         WHERE queue = q AND (created_at, id COLLATE "C") < (after_ts, after_id)

@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION @S.search_text(q text, after_ts double precision, after_id text,
                                           nm text, sts text[], pat text, lim integer)
 RETURNS SETOF @S.jobs LANGUAGE sql STABLE
-SET enable_indexscan = off SET enable_seqscan = off AS $$
+SET enable_indexscan = off SET enable_seqscan = off SET jit = off AS $$
     SELECT * FROM @S.jobs
     WHERE (id ILIKE pat OR name ILIKE pat OR data ILIKE pat)
       AND queue || '' = q AND (created_at, id COLLATE "C") < (after_ts, after_id)
