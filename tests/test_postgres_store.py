@@ -34,6 +34,7 @@ from conveyor_core.store import (  # noqa: E402
     StoreInterface,
 )
 from conveyor_stores.postgres import PostgresStore  # noqa: E402
+from conveyor_stores.postgres.store import OFFLOAD_JOBS  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -78,6 +79,42 @@ def job(
         parent_policy=policy if parent else None,
         **fields,
     )
+
+
+async def test_a_big_add_sent_as_one_batch_writes_exactly_what_a_small_add_writes(
+    store: PostgresStore,
+) -> None:
+    """Hundreds of jobs go to the server as one JSON text encoded off the event loop; every
+    field must arrive as the array form sends it."""
+    size = OFFLOAD_JOBS + 30
+    data = '{"text":"é \\u0000 \\"quoted\\" 𝄞","n":1.25}'
+    parent = job("batch", "reports", WC, delay=0.1 + 0.2, keep_completed=2**40)
+    children = [
+        job(
+            f"row-{i}",
+            "rows",
+            parent="batch",
+            parent_queue="reports",
+            policy=ParentPolicy.IGNORE,
+            data=data,
+            priority=i % 3,
+            lifo=i % 2 == 1,
+        )
+        for i in range(size)
+    ]
+    assert await store.add_jobs([[parent, *children]], NOW) == [True]
+    top = await store.get_job("reports", "batch")
+    assert top is not None and top.state is WC
+    assert top.delay == 0.1 + 0.2 and top.keep_completed == 2**40
+    row = await store.get_job("rows", "row-5")
+    assert row is not None and row.data == data and row.priority == 2 and row.lifo
+    assert row.parent_policy is ParentPolicy.IGNORE
+    assert len(await store.get_dependencies("reports", "batch")) == size
+    assert (await store.get_counts("rows"))[W] == size
+    clash = [[job(f"new-{i}", "rows") for i in range(size)] + [job("row-3", "rows")]]
+    with pytest.raises(DuplicateJobError, match="row-3"):
+        await store.add_jobs(clash, NOW)
+    assert (await store.get_counts("rows"))[W] == size
 
 
 async def take(

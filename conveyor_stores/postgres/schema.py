@@ -31,8 +31,7 @@ SEARCH_SCAN = 5000
 sparse match takes more pages."""
 
 PLANNER = (
-    "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off "
-    "SET jit = off"
+    "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"
 )
 """Every transition touches a handful of rows through indexes. Pinning index plans keeps
 cached generic plans fast while the tables grow faster than statistics are refreshed; a
@@ -56,6 +55,7 @@ FUNCTIONS = (
     "_promote_due",
     "_worker_commit",
     "add_jobs",
+    "add_jobs_batch",
     "take_jobs",
     "extend_locks",
     "complete_jobs",

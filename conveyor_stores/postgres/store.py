@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+import anyio.to_thread
 import asyncpg
 
 from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii
@@ -290,6 +291,12 @@ class _Operations:
         if not jobs:
             return []
         try:
+            if len(jobs) >= OFFLOAD_JOBS:
+                # Encoding fifteen arrays of thousands of values would hold the event
+                # loop: a worker thread writes one JSON text the server unpacks.
+                batch = await anyio.to_thread.run_sync(_batch_json, grps, jobs)
+                result = await self._fetchval("add_jobs_batch", batch, now)
+                return list(result)
             result = await self._fetchval(
                 "add_jobs",
                 grps,
@@ -706,6 +713,39 @@ _BELOW = '(created_at, id COLLATE "C") < ($2::float8, $3::text)'
 """Below the cursor in search order, as one row comparison the index scan can use."""
 
 
+OFFLOAD_JOBS = 256
+"""An add of this many jobs or more is encoded on a worker thread (``add_jobs_batch``)."""
+
+
+def _batch_json(groups: list[int], jobs: list[NewJob]) -> str:
+    """The rows of ``add_jobs_batch``: one JSON array, in the order of ``add_jobs``'s
+    parameters."""
+    return json.dumps(
+        [
+            [
+                group,
+                j.id,
+                j.queue,
+                j.name,
+                j.data,
+                j.opts,
+                j.state.value,
+                j.priority,
+                j.lifo,
+                j.delay,
+                j.keep_completed,
+                j.keep_failed,
+                j.parent_id,
+                j.parent_queue,
+                None if j.parent_policy is None else j.parent_policy.value,
+            ]
+            for group, j in zip(groups, jobs, strict=True)
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
 def _statements(schema: str) -> dict[str, str]:
     """Every statement the store runs, for one schema."""
     s = sql_schema.quote_ident(schema)
@@ -713,6 +753,7 @@ def _statements(schema: str) -> dict[str, str]:
         "add_jobs": f"SELECT {s}.add_jobs($1::int[], $2::text[], $3::text[], $4::text[], "
         "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
         "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
+        "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
         "add_one": f"WITH ins AS (INSERT INTO {s}.jobs (id, queue, name, data, opts, state, "
         "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key) "
         "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, "
