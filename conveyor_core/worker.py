@@ -29,7 +29,14 @@ from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
 from .queue import check_name
 from .store import Completion, Failure, Release, StoreInterface
 
-__all__ = ["BackoffStrategy", "Handler", "Worker", "WorkerCallback", "backoff_delay"]
+__all__ = [
+    "HAND_BACK_SECONDS",
+    "BackoffStrategy",
+    "Handler",
+    "Worker",
+    "WorkerCallback",
+    "backoff_delay",
+]
 
 logger = logging.getLogger("conveyor.worker")
 
