@@ -1,9 +1,10 @@
 """Closing a worker, and stopping ``conveyor worker``, while the store does not answer.
 
 The stores really block: a SQLite file on which another process holds an exclusive
-write transaction (so every write waits for the lock), or a private ``redis-server``
-stopped with SIGSTOP. Deadlines in the assertions are generous: they check that closing
-ends, not how fast.
+write transaction (so every write waits for the lock), or a private ``redis-server`` or
+PostgreSQL server (``initdb`` + ``pg_ctl`` in a temporary directory) stopped with
+SIGSTOP. Deadlines in the assertions are generous: they check that closing ends, not
+how fast.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from anyio.abc import Process
 
 from conveyor_core import Job, JobState, Queue, Worker
 from conveyor_core.store import StoreInterface
-from conveyor_stores import RedisStore, SQLiteStore
+from conveyor_stores import PostgresStore, RedisStore, SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +113,8 @@ class RedisFreeze(Blocker):
             self.frozen = False
 
 
+KINDS = ["sqlite", "redis", "postgres"]
+
 SAVE_NOTHING = ("--save", "", "--appendonly", "no")
 
 
@@ -167,6 +171,79 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, RedisFreeze]]:
             process.wait()
 
 
+class ProcessFreeze(Blocker):
+    """Processes of a private server stopped with SIGSTOP: every call waits for them."""
+
+    def __init__(self, find: Callable[[], list[int]]) -> None:
+        self.find = find
+        self.frozen: list[int] = []
+
+    async def block(self) -> None:
+        for pid in self.find():
+            os.kill(pid, signal.SIGSTOP)
+            self.frozen.append(pid)
+
+    async def unblock(self) -> None:
+        self.thaw()
+
+    def thaw(self) -> None:
+        while self.frozen:
+            with suppress(ProcessLookupError):
+                os.kill(self.frozen.pop(), signal.SIGCONT)
+
+
+@contextmanager
+def private_postgres() -> Iterator[tuple[str, ProcessFreeze]]:
+    """A PostgreSQL server of this test's own (as user postgres when run as root),
+    stopped and removed after; its processes (postmaster and backends) can be frozen."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = shutil.which("initdb") or (str(found[-1]) if found else None)
+    if initdb is None:
+        pytest.skip("PostgreSQL's initdb is not installed")
+    bin_dir = Path(initdb).parent
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+    if as_user:
+        shutil.chown(base, "postgres")
+    data, port = base / "data", free_port()
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    # The server's output goes to a log file: it must not hold a pipe of ours open.
+    subprocess.run(
+        [*pg_ctl, "-o", options, "-l", str(base / "log"), "-w", "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+    def server_processes() -> list[int]:
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True
+        ).stdout.split()
+        return [postmaster, *map(int, children)]
+
+    freeze = ProcessFreeze(server_processes)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", freeze
+    finally:
+        freeze.thaw()
+        subprocess.run(
+            [*pg_ctl, "-m", "immediate", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @asynccontextmanager
 async def blockable_store(
     kind: str, tmp_path: Path
@@ -181,6 +258,14 @@ async def blockable_store(
                 yield f"sqlite:///{path}", store, blocker
             finally:
                 await blocker.unblock()
+        return
+    if kind == "postgres":
+        with private_postgres() as (url, pg_freeze):
+            async with PostgresStore(url) as store:  # the default schema, as the command uses
+                try:
+                    yield url, store, pg_freeze
+                finally:
+                    await pg_freeze.unblock()
         return
     with private_redis(tmp_path) as (url, freeze):
         async with RedisStore(url) as store:  # the default prefix, as the command uses
@@ -205,7 +290,7 @@ async def has_state(store: StoreInterface, job: Job, state: JobState) -> bool:
 # ---------------------------------------------------------------------- the API
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_close_returns_by_its_deadline_while_the_store_hangs(
     kind: str, tmp_path: Path
 ) -> None:
@@ -316,7 +401,7 @@ async def exit_code(process: Process, output: list[bytes]) -> int:
         ) from None
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_worker_command_exits_by_its_shutdown_timeout_while_the_store_hangs(
     kind: str, tmp_path: Path
 ) -> None:
@@ -338,7 +423,7 @@ async def test_worker_command_exits_by_its_shutdown_timeout_while_the_store_hang
             assert "did not answer in time" in text and "worker closed" in text, text
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_second_signal_ends_the_worker_command_at_once(kind: str, tmp_path: Path) -> None:
     async with blockable_store(kind, tmp_path) as (url, store, blocker):
         job = await Queue("frozen", store=store).add("hang", None)
