@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 import math
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -21,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from . import codec
 from ._host import leave_host
 from .clock import Clock, seconds, system_clock
-from .errors import LockLostError, StoreClosedError, UnrecoverableError
+from .errors import LockLostError, StoreClosedError, StoreUnavailableError, UnrecoverableError
 from .ids import new_id
 from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
@@ -29,7 +30,14 @@ from .payloads import data_type_of, validate
 from .queue import check_name
 from .store import Completion, Failure, Release, StoreInterface
 
-__all__ = ["BackoffStrategy", "Handler", "Worker", "WorkerCallback", "backoff_delay"]
+__all__ = [
+    "HAND_BACK_SECONDS",
+    "BackoffStrategy",
+    "Handler",
+    "Worker",
+    "WorkerCallback",
+    "backoff_delay",
+]
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -48,6 +56,10 @@ WORKER_EVENTS = frozenset(
 
 _MAX_BACKOFF_EXPONENT = 62
 _CLEANUP_SECONDS = 10.0
+"""The longest a worker's final hand-back may take when nothing else bounds it."""
+HAND_BACK_SECONDS = 1.0
+"""After ``close(timeout)`` cancels the handlers still running: how long handing their
+jobs back (and sending results not sent yet) may take before the worker gives up."""
 _FINISH_RETRY_PAUSES = (0.05, 0.25, None)
 """Pauses between tries of a batch of completions or failures; ``None``: give up."""
 T = TypeVar("T")
@@ -177,6 +189,10 @@ class Worker:
         self._fetch_done = False
         self._idle_scope: anyio.CancelScope | None = None
         self._handler_scope: anyio.CancelScope | None = None
+        self._fetch_scope: anyio.CancelScope | None = None
+        self._give_up_at = math.inf
+        """When (``anyio.current_time()``) store calls made while closing are abandoned."""
+        self._bounded: dict[anyio.CancelScope, float] = {}
         self._thread_limiter = anyio.CapacityLimiter(concurrency)
         self._host: TaskGroup | None = None
         self._progress_hook = self._on_progress
@@ -261,7 +277,8 @@ class Worker:
                     for _ in range(self.concurrency):
                         slots.start_soon(self._slot)
                     task_status.started()
-                    await self._fetch_loop()
+                    with anyio.CancelScope() as self._fetch_scope:
+                        await self._fetch_loop()
                     self._fetch_done = True
                     self._work_ready.set()
                 # Every handler is done: send what is left, then stop the services.
@@ -270,9 +287,11 @@ class Worker:
                 await self._finisher_done.wait()
                 services.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = anyio.current_time() + _CLEANUP_SECONDS
+            with self._closing_call(within=_CLEANUP_SECONDS) as cleanup:
                 await self._cleanup()
+            if cleanup.cancelled_caught:
+                with anyio.CancelScope(shield=True):
+                    await self._emit_error(self._gave_up("handing back unfinished jobs"))
             self._stopped.set()
             if not self._closed_emitted:
                 self._closed_emitted = True
@@ -303,8 +322,17 @@ class Worker:
         """Stop taking jobs and wait for the active ones to finish.
 
         With ``timeout``, handlers still running after that many seconds are cancelled
-        and their jobs go back to waiting. Idempotent. Do not await it (without a
-        timeout) from inside this worker's own handler: it would wait for itself.
+        and their jobs go back to waiting; ``close`` returns within ``timeout`` plus
+        :data:`HAND_BACK_SECONDS`, however the store behaves. Every store call the
+        worker makes while closing is bounded by that deadline: if the store does not
+        answer in time (a frozen server, a locked database), the jobs whose results or
+        hand-back could not be written stay active, and stalled-job recovery hands them
+        out again once their locks expire, so none is lost; an ``error`` event says so.
+
+        Without ``timeout`` it waits as long as the handlers and the store take.
+        Idempotent; a later call with a shorter timeout shortens the wait. Do not await
+        it (without a timeout) from inside this worker's own handler: it would wait for
+        itself.
         """
         self._closing = True
         self._wake()
@@ -316,12 +344,44 @@ class Worker:
         if timeout is None:
             await self._stopped.wait()
             return
-        with anyio.move_on_after(seconds(timeout, what="timeout")):
+        limit = seconds(timeout, what="timeout")
+        self._give_up_by(anyio.current_time() + limit + HAND_BACK_SECONDS)
+        with anyio.move_on_after(limit):
             await self._stopped.wait()
             return
+        if self._fetch_scope is not None:
+            self._fetch_scope.cancel()
         if self._handler_scope is not None:
             self._handler_scope.cancel()
         await self._stopped.wait()
+
+    def _give_up_by(self, deadline: float) -> None:
+        """Abandon store calls made while closing at ``deadline`` (if that is sooner)."""
+        if deadline >= self._give_up_at:
+            return
+        self._give_up_at = deadline
+        for scope, limit in self._bounded.items():
+            scope.deadline = min(limit, deadline)
+
+    @contextlib.contextmanager
+    def _closing_call(self, within: float = math.inf) -> Iterator[anyio.CancelScope]:
+        """A shielded scope for store calls that must finish even while the worker is
+        cancelled, yet never outlive the close deadline (nor ``within`` seconds)."""
+        limit = anyio.current_time() + within
+        scope = anyio.CancelScope(shield=True, deadline=min(limit, self._give_up_at))
+        self._bounded[scope] = limit
+        try:
+            with scope:
+                yield scope
+        finally:
+            del self._bounded[scope]
+
+    def _gave_up(self, doing: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"worker of queue {self.queue_name!r} closing: the store did not answer in time "
+            f"while {doing}; those jobs stay active until their locks expire, then "
+            "stalled-job recovery hands them out again"
+        )
 
     async def __aenter__(self) -> Self:
         if self._host is not None:
@@ -556,10 +616,12 @@ class Worker:
                 outcomes, self._outcomes = self._outcomes, []
                 self._sending = len(outcomes)
                 try:
-                    with anyio.CancelScope(shield=True):
+                    with self._closing_call() as sending:
                         await self._send(outcomes)
                 finally:
                     self._sending = 0
+                if sending.cancelled_caught:
+                    await self._emit_error(self._gave_up(f"recording {len(outcomes)} results"))
                 self._slot_freed.set()
                 # A retry (or a parent released with a delay) may now be due sooner
                 # than the idle fetch loop's wait: let it take again and learn when.

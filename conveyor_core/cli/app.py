@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import click
+from anyio.abc import TaskStatus
 from rich.console import Console
 from rich.text import Text
 
@@ -144,7 +145,9 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
     type=click.FloatRange(min=0),
     default=None,
     help="On SIGINT/SIGTERM, wait at most this many seconds for active jobs "
-    "(default: until they finish); unfinished jobs go back to waiting.",
+    "(default: until they finish); unfinished jobs go back to waiting. The worker "
+    "gives up on a store that does not answer about a second after that. A second "
+    "signal exits at once.",
 )
 @store_option
 def worker(
@@ -177,7 +180,8 @@ def worker(
                 )
             )
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_close_on_signal, the_worker, shutdown_timeout, console)
+                # Signals are handled before the first job is taken.
+                await tg.start(_close_on_signal, the_worker, shutdown_timeout, console)
                 await the_worker.run()
                 tg.cancel_scope.cancel()
             console.print("worker closed")
@@ -221,9 +225,20 @@ def _report_jobs(the_worker: Worker, console: Console) -> None:
     the_worker.on("error", error)
 
 
-async def _close_on_signal(the_worker: Worker, timeout: float | None, console: Console) -> None:
-    """First SIGINT/SIGTERM: close gracefully. A second one: stop waiting for handlers."""
+async def _close_on_signal(
+    the_worker: Worker,
+    timeout: float | None,
+    console: Console,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """First SIGINT/SIGTERM: close gracefully. A second one: exit at once.
+
+    Exiting at once waits for nothing, not even the store (which may be what hangs):
+    jobs still running stay active and are handed out again once their locks expire.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async with anyio.create_task_group() as tg:
             closing = False
             async for signum in signals:
@@ -233,10 +248,13 @@ async def _close_on_signal(the_worker: Worker, timeout: float | None, console: C
                     console.print(f"{name}: finishing active jobs, then stopping")
                     tg.start_soon(_close, the_worker, timeout)
                 else:
-                    console.print(f"{name}: stopping now; unfinished jobs go back to waiting")
-                    await the_worker.close(timeout=0)
-                    tg.cancel_scope.cancel()
-                    return
+                    console.print(
+                        f"{name} again: exiting now; jobs still running are handed out "
+                        "again when their locks expire"
+                    )
+                    console.file.flush()
+                    sys.stderr.flush()
+                    os._exit(128 + signum)
 
 
 async def _close(the_worker: Worker, timeout: float | None) -> None:

@@ -21,6 +21,8 @@ from .render import safe_text
 
 DEFAULT_STORE_URL = "sqlite:///conveyor.db"
 STORE_URL_ENV = "CONVEYOR_STORE_URL"
+STORE_CLOSE_SECONDS = 5.0
+"""The longest a command waits for its store to close (a frozen server never answers)."""
 
 T = TypeVar("T")
 
@@ -79,8 +81,15 @@ async def opened_store(url: str) -> AsyncIterator[StoreInterface]:
     try:
         yield store
     finally:
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True) as closing:
+            closing.deadline = anyio.current_time() + STORE_CLOSE_SECONDS
             await store.close()
+        if closing.cancelled_caught:
+            click.echo(
+                f"the store did not close within {STORE_CLOSE_SECONDS:g} seconds; "
+                "exiting without waiting for it",
+                err=True,
+            )
 
 
 def import_object(path: str, what: str) -> Any:
