@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -23,6 +25,7 @@ from .support import (
     STORE_URL_ENV,
     UserError,
     describe,
+    import_handlers,
     import_object,
     opened_store,
     redact,
@@ -128,17 +131,56 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
         sys.exit(1)
 
 
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _queue_names(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    names = tuple(_queue_name(ctx, param, value) for value in values)
+    if len(set(names)) != len(names):
+        raise click.BadParameter("a queue is named twice", ctx, param)
+    return names
+
+
 @cli.command()
 @click.argument("handler", metavar="MODULE:HANDLER")
 @click.option(
-    "--queue", "queue_name", required=True, callback=_queue_name, help="Queue to take jobs from."
+    "--queue",
+    "queue_names",
+    required=True,
+    multiple=True,
+    callback=_queue_names,
+    help="Queue to take jobs from (repeatable: one process serves several queues).",
 )
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=10,
     show_default=True,
-    help="Jobs run at the same time.",
+    help="Jobs run at the same time, per queue.",
+)
+@click.option(
+    "--lock-duration",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a job's lock lasts; it is renewed while the handler runs. A killed "
+    "worker's jobs run again once their locks expire.",
+)
+@click.option(
+    "--stalled-interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between checks for jobs whose lock expired.",
+)
+@click.option(
+    "--max-stalled-count",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Stalls a job survives; one more fails it.",
 )
 @click.option(
     "--shutdown-timeout",
@@ -149,31 +191,63 @@ def demo(store: str | None, speed: float, prefix: str) -> None:
     "gives up on a store that does not answer about a second after that. A second "
     "signal exits at once.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(list(LOG_LEVELS)),
+    default="info",
+    show_default=True,
+    help="debug: every job started too; info: completions and lifecycle; warning: "
+    "attempts that will be retried and stalls; error: failures and errors only.",
+)
 @store_option
 def worker(
     handler: str,
-    queue_name: str,
+    queue_names: tuple[str, ...],
     concurrency: int,
+    lock_duration: float,
+    stalled_interval: float,
+    max_stalled_count: int,
     shutdown_timeout: float | None,
+    log_level: str,
     store: str | None,
 ) -> None:
-    """Run a worker for one queue until SIGINT or SIGTERM, then close it gracefully.
+    """Run workers for one or more queues until SIGINT or SIGTERM, then close them.
 
-    MODULE:HANDLER names the handler, an async (or plain) function taking a Job,
-    e.g. myapp.jobs:send_email. The current directory is importable.
+    MODULE:HANDLER names the handler, an async (or plain) function taking a Job, e.g.
+    myapp.jobs:send_email, or a mapping of queue names to handlers, e.g.
+    myapp.jobs:HANDLERS. The current directory is importable. Each line printed starts
+    with a timestamp and a level.
     """
-    handle = import_object(handler, "handler")
+    handlers = import_handlers(handler, queue_names)
     url = store_url(store)
-    console = _console()
+    log = _Log(_console(), LOG_LEVELS[log_level])
+    logging.basicConfig(
+        level=max(LOG_LEVELS[log_level], logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
     async def main() -> None:
         async with opened_store(url) as opened:
-            the_worker = Worker(queue_name, handle, store=opened, concurrency=concurrency)
-            _report_jobs(the_worker, console)
-            console.print(
+            workers = [
+                Worker(
+                    name,
+                    handlers[name],
+                    store=opened,
+                    concurrency=concurrency,
+                    lock_duration=lock_duration,
+                    stalled_interval=stalled_interval,
+                    max_stalled_count=max_stalled_count,
+                )
+                for name in queue_names
+            ]
+            for each in workers:
+                _report_jobs(each, log)
+            shown = Text(", ").join(safe_text(name, "bold") for name in queue_names)
+            log.info(
                 Text.assemble(
-                    "worker for queue ",
-                    safe_text(queue_name, "bold"),
+                    "worker for ",
+                    "queue " if len(queue_names) == 1 else "queues ",
+                    shown,
                     " on ",
                     safe_text(redact(url)),
                     f" (concurrency {concurrency}); stop with Ctrl-C or SIGTERM",
@@ -181,44 +255,77 @@ def worker(
             )
             async with anyio.create_task_group() as tg:
                 # Signals are handled before the first job is taken.
-                await tg.start(_close_on_signal, the_worker, shutdown_timeout, console)
-                await the_worker.run()
+                await tg.start(_close_on_signal, workers, shutdown_timeout, log)
+                async with anyio.create_task_group() as running:
+                    for each in workers:
+                        running.start_soon(each.run)
                 tg.cancel_scope.cancel()
-            console.print("worker closed")
+            log.info(Text("worker closed"))
 
     run(main)
 
 
-def _report_jobs(the_worker: Worker, console: Console) -> None:
-    """Print a line whenever a job completes, an attempt fails, a job stalls or an
-    error occurs (a store that cannot be reached, a lost lock)."""
+class _Log:
+    """Worker output: one line per event, with a timestamp and a level, at or above a
+    threshold. Text from the store arrives already escaped (``safe_text``)."""
+
+    def __init__(self, console: Console, threshold: int) -> None:
+        self.console = console
+        self.threshold = threshold
+
+    def _line(self, level: int, name: str, style: str, text: Text) -> None:
+        if level < self.threshold:
+            return
+        stamp = datetime.now().astimezone().isoformat(sep=" ", timespec="milliseconds")
+        line = Text.assemble((stamp, "dim"), " ", (f"{name:<7}", style), " ", text)
+        self.console.print(line, soft_wrap=True)  # a log line is one line, never wrapped
+
+    def debug(self, text: Text) -> None:
+        self._line(10, "DEBUG", "dim", text)
+
+    def info(self, text: Text) -> None:
+        self._line(20, "INFO", "green", text)
+
+    def warning(self, text: Text) -> None:
+        self._line(30, "WARNING", "yellow", text)
+
+    def error(self, text: Text) -> None:
+        self._line(40, "ERROR", "red", text)
+
+
+def _report_jobs(the_worker: Worker, log: _Log) -> None:
+    """Log a line whenever a job starts (debug), completes, an attempt fails, a job
+    stalls or an error occurs (a store that cannot be reached, a lost lock)."""
+    queue = safe_text(the_worker.queue_name)
+
+    def active(job: Job) -> None:
+        log.debug(
+            Text.assemble("started ", queue, " ", safe_text(job.name), " ", safe_text(job.id))
+        )
 
     def completed(job: Job, result: Any) -> None:
-        console.print(
-            Text.assemble(("completed", "green"), " ", safe_text(job.name), " ", safe_text(job.id))
+        log.info(
+            Text.assemble("completed ", queue, " ", safe_text(job.name), " ", safe_text(job.id))
         )
 
     def failed(job: Job, error: BaseException) -> None:
-        outcome = "failed" if job.state is JobState.FAILED else "attempt failed, will retry"
-        console.print(
-            Text.assemble(
-                (outcome, "red"),
-                " ",
-                safe_text(job.name),
-                " ",
-                safe_text(job.id),
-                ": ",
-                safe_text(error),
-            )
+        line = Text.assemble(
+            queue, " ", safe_text(job.name), " ", safe_text(job.id), ": ", safe_text(error)
         )
+        if job.state is JobState.FAILED:
+            log.error(Text.assemble("failed ", line))
+        else:
+            log.warning(Text.assemble("attempt failed, will retry ", line))
 
     def stalled(job_id: str, failed_for_good: bool) -> None:
         outcome = "failed" if failed_for_good else "back to waiting"
-        console.print(Text.assemble(("stalled", "yellow"), " ", safe_text(job_id), f": {outcome}"))
+        log.warning(Text.assemble("stalled ", queue, " ", safe_text(job_id), f": {outcome}"))
 
     def error(exc: BaseException) -> None:
-        console.print(Text.assemble(("error", "red"), f" {type(exc).__name__}: ", safe_text(exc)))
+        log.error(Text.assemble(f"{type(exc).__name__}: ", safe_text(exc)))
 
+    if log.threshold <= 10:
+        the_worker.on("active", active)
     the_worker.on("completed", completed)
     the_worker.on("failed", failed)
     the_worker.on("stalled", stalled)
@@ -226,9 +333,9 @@ def _report_jobs(the_worker: Worker, console: Console) -> None:
 
 
 async def _close_on_signal(
-    the_worker: Worker,
+    workers: list[Worker],
     timeout: float | None,
-    console: Console,
+    log: _Log,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -245,14 +352,17 @@ async def _close_on_signal(
                 name = signal.Signals(signum).name
                 if not closing:
                     closing = True
-                    console.print(f"{name}: finishing active jobs, then stopping")
-                    tg.start_soon(_close, the_worker, timeout)
+                    log.info(Text(f"{name}: finishing active jobs, then stopping"))
+                    for each in workers:
+                        tg.start_soon(_close, each, timeout)
                 else:
-                    console.print(
-                        f"{name} again: exiting now; jobs still running are handed out "
-                        "again when their locks expire"
+                    log.warning(
+                        Text(
+                            f"{name} again: exiting now; jobs still running are handed out "
+                            "again when their locks expire"
+                        )
                     )
-                    console.file.flush()
+                    log.console.file.flush()
                     sys.stderr.flush()
                     os._exit(128 + signum)
 

@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
@@ -92,10 +92,11 @@ async def opened_store(url: str) -> AsyncIterator[StoreInterface]:
             )
 
 
-def import_object(path: str, what: str) -> Any:
+def import_object(path: str, what: str, *, callable_only: bool = True) -> Any:
     """Import ``module:attribute`` (the attribute may be dotted); errors are one-liners.
 
-    The current directory is importable, as it is for ``python -m``.
+    The current directory is importable, as it is for ``python -m``. With
+    ``callable_only`` (the default) the attribute must be callable.
     """
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
@@ -114,9 +115,33 @@ def import_object(path: str, what: str) -> Any:
             target = getattr(target, part)
         except AttributeError:
             raise UserError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not callable(target):
+    if callable_only and not callable(target):
         raise UserError(f"{what} {path!r} is not callable")
     return target
+
+
+def import_handlers(path: str, queues: Sequence[str]) -> dict[str, Callable[..., Any]]:
+    """The handler of each queue from ``module:handler`` (one handler for every queue) or
+    ``module:registry`` (a mapping of queue names to handlers); errors are one-liners."""
+    target = import_object(path, "handler", callable_only=False)
+    if callable(target):
+        return dict.fromkeys(queues, target)
+    if not isinstance(target, Mapping):
+        raise UserError(
+            f"handler {path!r} is neither callable nor a mapping of queue names to handlers"
+        )
+    handlers: dict[str, Callable[..., Any]] = {}
+    for queue in queues:
+        handler = target.get(queue)
+        if handler is None:
+            known = ", ".join(repr(name) for name in sorted(map(str, target))) or "none"
+            raise UserError(
+                f"registry {path!r} has no handler for queue {queue!r} (it has {known})"
+            )
+        if not callable(handler):
+            raise UserError(f"registry {path!r} maps queue {queue!r} to something not callable")
+        handlers[queue] = handler
+    return handlers
 
 
 def _import_problem(exc: Exception, module_name: str) -> str:
