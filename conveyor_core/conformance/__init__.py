@@ -35,6 +35,7 @@ pytest.register_assert_rewrite(
     "conveyor_core.conformance.inputs",
     "conveyor_core.conformance.queue_management",
     "conveyor_core.conformance.seed_examples",
+    "conveyor_core.conformance.transitions",
     "conveyor_core.conformance.working",
 )
 
@@ -46,6 +47,7 @@ from .inputs import InputTests  # noqa: E402
 from .queue_management import QueueManagementTests  # noqa: E402
 from .runner import run  # noqa: E402
 from .seed_examples import SeedExampleTests  # noqa: E402
+from .transitions import TransitionTests  # noqa: E402
 from .working import WorkingTests  # noqa: E402
 
 __all__ = ["Harness", "StoreConformance", "run"]
@@ -59,6 +61,7 @@ class StoreConformance(
     EventTests,
     InputTests,
     SeedExampleTests,
+    TransitionTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 
