@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
 
-from .mutators import Mutant, mutator_for
+from .mutators import Mutant, Mutator, mutator_for
 
 KILLED = "killed"
 TIMEOUT = "timeout"
@@ -122,6 +122,9 @@ class Target:
     suite_files: dict[str, str]
     """Files written next to the copied packages: test modules, ``conftest.py``..."""
     pytest_args: tuple[str, ...] = ()
+    mutator: Mutator | None = None
+    """The mutator for ``path``; by default the one registered for its suffix. SQL or Lua
+    kept inside a Python module (``conveyor_stores/postgres/schema.py``) names its own."""
 
 
 @dataclass
@@ -196,7 +199,8 @@ class Report:
 
 def mutants_of(target: Target) -> list[Mutant]:
     text = (target.root / target.path).read_text()
-    return mutator_for(target.path).mutants(text, target.path)
+    mutator = target.mutator or mutator_for(target.path)
+    return mutator.mutants(text, target.path)
 
 
 def select(

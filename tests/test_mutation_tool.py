@@ -151,6 +151,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_weak_suite_lets_a_boundary_mutant_survive_and_a_strong_one_kills_it(
     tmp_path: Path,
 ) -> None:
@@ -185,6 +186,7 @@ def test_a_weak_suite_lets_a_boundary_mutant_survive_and_a_strong_one_kills_it(
     assert listed.score == 1.0
 
 
+@pytest.mark.slow
 def test_a_suite_failing_without_mutants_is_refused(tmp_path: Path) -> None:
     broken = _project(tmp_path, WEAK_SUITE + "\n\ndef test_wrong() -> None:\n    assert False\n")
     mutants = PythonMutator().mutants(SOURCE, broken.path)[:1]

@@ -16,7 +16,13 @@ from conveyor_core import (
     QueueEvent,
     QueueEvents,
 )
-from conveyor_core.store import PARENT_FAILED_REASON, STALLED_REASON, Release, child_failed_reason
+from conveyor_core.store import (
+    PARENT_FAILED_REASON,
+    STALLED_REASON,
+    NewJob,
+    Release,
+    child_failed_reason,
+)
 
 from ._support import Harness, Runs, nodes_by_name
 
@@ -446,6 +452,14 @@ class TransitionTests:
                     {"name": "second", "data": None, "opts": {"job_id": "same"}},
                 ]
             )
+        assert await env.total(q) == 0
+        # The store refuses it too, whoever builds the call.
+        twins = [
+            [NewJob(id="same", queue=q, name=name, data="null", opts="{}", state=WAITING)]
+            for name in ("first", "second")
+        ]
+        with pytest.raises(DuplicateJobError):
+            await env.store.add_jobs(twins, time.time())
         assert await env.total(q) == 0
 
 
