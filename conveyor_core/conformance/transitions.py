@@ -10,6 +10,7 @@ import pytest
 
 from conveyor_core import (
     DuplicateJobError,
+    InvalidJobStateError,
     Job,
     JobNotFoundError,
     JobState,
@@ -19,6 +20,7 @@ from conveyor_core import (
 from conveyor_core.store import (
     PARENT_FAILED_REASON,
     STALLED_REASON,
+    Failure,
     NewJob,
     Release,
     child_failed_reason,
@@ -324,6 +326,13 @@ class TransitionTests:
         assert await env.store.release_jobs(q, [Release(job.id, "mine")], time.time()) == [True]
         assert await env.state(job) is WAITING
         assert await env.store.release_jobs(q, [Release(job.id, "mine")], time.time()) == [False]
+        now = time.time()
+        again = await env.store.take_jobs(q, limit=1, token="next", lock_until=now + 60, now=now)
+        assert [j.id for j in again.jobs] == [job.id]
+        failure = Failure(job.id, "next", "gave up", [], None)
+        assert await env.store.fail_jobs(q, [failure], time.time()) == [True]
+        assert await env.store.fail_jobs(q, [failure], time.time()) == [False]
+        assert await env.state(job) is FAILED
 
     async def test_a_stall_that_removes_a_parent_skips_its_stalled_sibling(
         self, env: Harness
@@ -461,6 +470,48 @@ class TransitionTests:
         with pytest.raises(DuplicateJobError):
             await env.store.add_jobs(twins, time.time())
         assert await env.total(q) == 0
+
+    async def test_a_job_leaving_delayed_has_no_run_time(self, env: Harness) -> None:
+        q = env.name("run-at")
+        queue = env.queue(q)
+        job = await queue.add("later", None, {"delay": 3600})
+        delayed = await env.reread(job)
+        assert delayed is not None and delayed.run_at is not None
+        await job.promote()
+        waiting = await env.reread(job)
+        assert waiting is not None and waiting.state is WAITING and waiting.run_at is None
+        with pytest.raises(InvalidJobStateError):
+            await job.change_delay(10)
+        unchanged = await env.reread(job)
+        assert unchanged is not None and unchanged.state is WAITING
+        assert unchanged.run_at is None
+
+    async def test_remove_on_complete_deletes_only_the_job_itself(self, env: Harness) -> None:
+        q = env.name("own")
+        queue = env.queue(q)
+        kept = await queue.add("kept", None)
+        gone = await queue.add("gone", None, {"remove_on_complete": True})
+        runs = Runs()
+
+        async def both_ran() -> bool:
+            return len(runs.order) == 2 and await env.reread(gone) is None
+
+        async with env.workers({q: runs.handler()}, concurrency=1):
+            await env.wait_for(both_ran, "both jobs to run")
+        assert runs.order == ["kept", "gone"]
+        assert await env.state(kept) is COMPLETED, "another job's setting leaves it alone"
+
+    async def test_a_rate_limit_window_adds_up_every_take(self, env: Harness) -> None:
+        q = env.name("window")
+        await env.queue(q).add_bulk([{"name": f"job-{i}"} for i in range(6)])
+        now = time.time()
+        sizes = []
+        for _ in range(3):
+            taken = await env.store.take_jobs(
+                q, limit=2, token="t", lock_until=now + 60, now=now, rate_limit=(3, 60.0)
+            )
+            sizes.append(len(taken.jobs))
+        assert sizes == [2, 1, 0], "three jobs per window, however they are taken"
 
 
 async def _true(value: bool) -> bool:
