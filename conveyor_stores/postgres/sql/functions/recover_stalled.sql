@@ -15,9 +15,14 @@ BEGIN
         WHERE queue = q AND state = 'active' AND lock_until < now
         ORDER BY order_key FOR UPDATE SKIP LOCKED
     LOOP
+        -- An earlier recovery in this call may have removed or failed this one.
         UPDATE @S.jobs SET stalled_count = stalled_count + 1, lock_token = NULL,
             lock_until = NULL
-        WHERE queue = q AND id = r.id RETURNING stalled_count INTO cnt;
+        WHERE queue = q AND id = r.id AND state = 'active' AND lock_until < now
+        RETURNING stalled_count INTO cnt;
+        IF NOT FOUND THEN
+            CONTINUE;
+        END IF;
         evs := array_append(evs, @S._ev(q, 'stalled', r.id, jsonb_build_object('count', cnt),
                                         now));
         ids := array_append(ids, r.id);

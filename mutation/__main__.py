@@ -1,0 +1,96 @@
+"""``python -m mutation engine --store memory``: measure the conformance suite."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import runner, targets
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mutation",
+        description=(
+            "Mutate a file of the project, run its suite against every mutant in a private "
+            "copy of the packages, and report the score and the surviving mutants."
+        ),
+    )
+    parser.add_argument("target", choices=sorted(targets.TARGETS), help="what to mutate")
+    parser.add_argument(
+        "--store", default="memory", choices=targets.STORES, help="store the suite runs on"
+    )
+    parser.add_argument("--sample", type=int, metavar="N", help="judge a random N mutants")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample")
+    parser.add_argument("--only", action="append", default=[], metavar="ID", help="mutant id")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J", help="parallel runs")
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="limit for one mutant's run"
+    )
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the full report")
+    return parser
+
+
+def _progress(outcome: runner.Outcome, done: int, total: int) -> None:
+    mark = "." if outcome.status in runner.DETECTED else "S"
+    end = "\n" if done % 60 == 0 or done == total else ""
+    print(mark, end=end, file=sys.stderr, flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    target = targets.TARGETS[args.target](args.store)
+    try:
+        mutants = runner.select(
+            runner.mutants_of(target), only=args.only, sample=args.sample, seed=args.seed
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.list:
+        for mutant in mutants:
+            print(mutant.describe())
+        print(f"{len(mutants)} mutants")
+        return 0
+    equivalent = targets.equivalent(args.target)
+    try:
+        report = runner.run(
+            target,
+            mutants,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            equivalent=equivalent,
+            progress=_progress,
+        )
+    except runner.BaselineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    print(f"\n{args.target} on the {args.store} store: {len(report.outcomes)} mutants")
+    for outcome in report.open_survivors:
+        note = " (no test runs this line)" if outcome.status == runner.UNCOVERED else ""
+        print(f"  survived  {outcome.mutant.describe()}{note}")
+    for outcome in report.stale_equivalents:
+        print(f"  listed as equivalent but killed  {outcome.mutant.describe()}")
+    print(
+        f"killed {len(report.killed)}, equivalent {len(report.equivalent_survivors)}, "
+        f"surviving {len(report.open_survivors)}; "
+        f"score {report.score:.1%} of {len(report.outcomes) - len(report.equivalent_survivors)} "
+        "non-equivalent mutants"
+    )
+    return 0 if not report.open_survivors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

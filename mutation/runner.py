@@ -1,0 +1,437 @@
+"""Run a test suite against each mutant of a file, each in its own copy of the packages.
+
+The project tree is never written to. For every worker slot the runner copies the
+target's packages into a temporary directory, puts that directory first on the path of
+the test subprocess and writes one mutant at a time into the copy (deleting its compiled
+form each time, so no stale bytecode survives a rewrite).
+
+A first, unmutated run records which lines of the target each test executes. A mutant
+is then run only against the tests that execute one of its lines, in suite order, with
+``-x``; a mutant whose lines no test executes survives without a run (``uncovered``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import SimpleQueue
+
+from .mutators import Mutant, Mutator, mutator_for
+
+KILLED = "killed"
+TIMEOUT = "timeout"
+ERROR = "error"
+SURVIVED = "survived"
+UNCOVERED = "uncovered"
+DETECTED = (KILLED, TIMEOUT, ERROR)
+
+_TRACE_PLUGIN = '''"""Record the lines of the mutation target that each test executes."""
+import json
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+_TARGET = os.path.realpath(os.environ["MUTATION_TRACE_TARGET"])
+_OUTPUT = os.environ["MUTATION_TRACE_OUTPUT"]
+_current = [""]
+_lines = {"": set()}
+_order = []
+_seconds = {}
+
+
+def _local(frame, event, arg):
+    if event == "line":
+        _lines[_current[0]].add(frame.f_lineno)
+    return _local
+
+
+_is_target = {}
+
+
+def _global(frame, event, arg):
+    name = frame.f_code.co_filename
+    hit = _is_target.get(name)
+    if hit is None:
+        hit = _is_target[name] = os.path.realpath(name) == _TARGET
+    if hit:
+        _lines[_current[0]].add(frame.f_lineno)
+        return _local
+    return None
+
+
+sys.settrace(_global)
+threading.settrace(_global)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current[0] = item.nodeid
+    _lines.setdefault(item.nodeid, set())
+    _order.append(item.nodeid)
+    started = time.monotonic()
+    yield
+    _seconds[item.nodeid] = time.monotonic() - started
+    _current[0] = ""
+
+
+def pytest_sessionfinish(session, exitstatus):
+    sys.settrace(None)
+    modules = {name: getattr(module, "__file__", None) for name, module in sys.modules.items()}
+    with open(_OUTPUT, "w") as out:
+        json.dump(
+            {
+                "order": _order,
+                "seconds": _seconds,
+                "lines": {key: sorted(value) for key, value in _lines.items()},
+                "modules": modules,
+            },
+            out,
+        )
+'''
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to mutate and which suite judges the mutants."""
+
+    name: str
+    root: Path
+    """The project root; ``path`` and ``packages`` are relative to it."""
+    path: str
+    """The mutated file, e.g. ``conveyor_core/engine.py``."""
+    packages: tuple[str, ...]
+    """Top-level packages (directories under ``root``) copied for every run."""
+    suite_files: dict[str, str]
+    """Files written next to the copied packages: test modules, ``conftest.py``..."""
+    pytest_args: tuple[str, ...] = ()
+    mutator: Mutator | None = None
+    """The mutator for ``path``; by default the one registered for its suffix. SQL or Lua
+    kept inside a Python module (``conveyor_stores/postgres/schema.py``) names its own."""
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant
+    status: str
+    tests_run: int = 0
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    target: str
+    outcomes: list[Outcome]
+    equivalent: dict[str, str] = field(default_factory=dict)
+    baseline_seconds: float = 0.0
+
+    @property
+    def killed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status in DETECTED]
+
+    @property
+    def survivors(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status not in DETECTED]
+
+    @property
+    def equivalent_survivors(self) -> list[Outcome]:
+        return [o for o in self.survivors if o.mutant.id in self.equivalent]
+
+    @property
+    def open_survivors(self) -> list[Outcome]:
+        return [o for o in self.survivors if o.mutant.id not in self.equivalent]
+
+    @property
+    def stale_equivalents(self) -> list[Outcome]:
+        """Mutants listed as equivalent that the suite kills after all."""
+        return [o for o in self.killed if o.mutant.id in self.equivalent]
+
+    @property
+    def score(self) -> float:
+        """Killed mutants among those not known to be equivalent."""
+        judged = len(self.outcomes) - len(self.equivalent_survivors)
+        return 1.0 if judged == 0 else len(self.killed) / judged
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "mutants": len(self.outcomes),
+            "killed": len(self.killed),
+            "equivalent": len(self.equivalent_survivors),
+            "surviving": len(self.open_survivors),
+            "score": self.score,
+            "outcomes": [
+                {
+                    "id": o.mutant.id,
+                    "path": o.mutant.path,
+                    "line": o.mutant.line,
+                    "scope": o.mutant.scope,
+                    "kind": o.mutant.kind,
+                    "original": o.mutant.original,
+                    "mutated": o.mutant.mutated,
+                    "status": o.status,
+                    "equivalent": self.equivalent.get(o.mutant.id),
+                    "tests_run": o.tests_run,
+                    "seconds": round(o.seconds, 2),
+                }
+                for o in self.outcomes
+            ],
+        }
+
+
+def mutants_of(target: Target) -> list[Mutant]:
+    text = (target.root / target.path).read_text()
+    mutator = target.mutator or mutator_for(target.path)
+    return mutator.mutants(text, target.path)
+
+
+def select(
+    mutants: Sequence[Mutant],
+    *,
+    only: Sequence[str] = (),
+    sample: int | None = None,
+    seed: int = 0,
+) -> list[Mutant]:
+    """The mutants with the given ids (all if none), or a seeded random sample of them."""
+    chosen = list(mutants)
+    if only:
+        wanted = set(only)
+        unknown = wanted - {m.id for m in chosen}
+        if unknown:
+            raise ValueError(f"no mutant with id {', '.join(sorted(unknown))}")
+        chosen = [m for m in chosen if m.id in wanted]
+    if sample is not None and sample < len(chosen):
+        picked = set(random.Random(seed).sample(range(len(chosen)), sample))
+        chosen = [m for index, m in enumerate(chosen) if index in picked]
+    return chosen
+
+
+class _Workspace:
+    """A private copy of the target's packages and suite, reused mutant after mutant."""
+
+    def __init__(self, target: Target, parent: Path) -> None:
+        self.target = target
+        self.dir = Path(tempfile.mkdtemp(prefix="mutation-", dir=parent))
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for package in target.packages:
+            shutil.copytree(target.root / package, self.dir / package, ignore=ignore)
+        for name, content in target.suite_files.items():
+            (self.dir / name).write_text(content)
+        (self.dir / "_mutation_trace.py").write_text(_TRACE_PLUGIN)
+        self.file = self.dir / target.path
+        self.original = (target.root / target.path).read_text()
+        self.running: subprocess.Popen[str] | None = None
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Kill the test run in progress, if any, and refuse further runs."""
+        self.stopped = True
+        proc = self.running
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(self.dir)
+        env.pop("PYTHONSTARTUP", None)
+        return env
+
+    def write(self, text: str) -> None:
+        """Put ``text`` in the target file; its compiled form is deleted, so the next
+        import compiles this text (other modules keep their compiled cache)."""
+        self.file.write_text(text)
+        Path(importlib.util.cache_from_source(str(self.file))).unlink(missing_ok=True)
+
+    def pytest(
+        self,
+        tests: Sequence[str],
+        timeout: float,
+        extra: Sequence[str] = (),
+        *,
+        x: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> tuple[int | None, str]:
+        """Run pytest on ``tests``; ``None`` as exit code means it timed out."""
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--no-header",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:hypothesispytest",
+            *(["-x"] if x else []),
+            *self.target.pytest_args,
+            *extra,
+            *tests,
+        ]
+        if self.stopped:
+            raise RuntimeError("the run was stopped")
+        proc = self.running = subprocess.Popen(
+            command,
+            cwd=self.dir,
+            env={**self.env(), **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return None, ""
+        finally:
+            self.running = None
+        return proc.returncode, output
+
+
+class BaselineError(RuntimeError):
+    """The suite does not pass on the unmutated code, or did not run the copy."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    order: list[str]
+    """Every test, quickest first: with ``-x`` a mutant's run stops at its first failure."""
+    lines: dict[str, set[int]]
+    at_import: set[int]
+    seconds: float
+
+    def tests_for(self, mutant: Mutant) -> list[str]:
+        span = set(range(mutant.line, mutant.end_line + 1))
+        if span & self.at_import:
+            return list(self.order)
+        return [t for t in self.order if span & self.lines.get(t, set())]
+
+
+def _baseline(space: _Workspace, timeout: float) -> Coverage:
+    space.write(space.original)
+    output_file = space.dir / "_mutation_trace.json"
+    env_extra = {
+        "MUTATION_TRACE_TARGET": str(space.file),
+        "MUTATION_TRACE_OUTPUT": str(output_file),
+    }
+    started = time.monotonic()
+    code, output = space.pytest([], timeout, ["-p", "_mutation_trace"], x=False, env=env_extra)
+    seconds = time.monotonic() - started
+    if code != 0:
+        tail = "\n".join(output.splitlines()[-30:])
+        raise BaselineError(f"the suite does not pass on the unmutated code:\n{tail}")
+    data = json.loads(output_file.read_text())
+    output_file.unlink()
+    module_name = space.target.path.removesuffix(".py").replace("/", ".")
+    loaded = data["modules"].get(module_name)
+    if loaded is None or Path(loaded).resolve() != space.file.resolve():
+        raise BaselineError(
+            f"the suite imported {module_name} from {loaded}, not from the private copy"
+        )
+    lines = {key: set(value) for key, value in data["lines"].items()}
+    durations: dict[str, float] = data["seconds"]
+    order = sorted(data["order"], key=lambda test: durations.get(test, 0.0))
+    return Coverage(order, lines, lines.pop("", set()), seconds)
+
+
+def _judge(space: _Workspace, mutant: Mutant, coverage: Coverage, timeout: float) -> Outcome:
+    tests = coverage.tests_for(mutant)
+    if not tests:
+        return Outcome(mutant, UNCOVERED)
+    space.write(mutant.apply(space.original))
+    started = time.monotonic()
+    code, output = space.pytest(tests, timeout)
+    seconds = time.monotonic() - started
+    if code is None:
+        return Outcome(mutant, TIMEOUT, len(tests), seconds)
+    if code == 0:
+        return Outcome(mutant, SURVIVED, len(tests), seconds)
+    if code == 1:
+        failed = [line for line in output.splitlines() if line.startswith("FAILED ")]
+        return Outcome(mutant, KILLED, len(tests), seconds, failed[0] if failed else "")
+    return Outcome(mutant, ERROR, len(tests), seconds, f"pytest exit code {code}")
+
+
+@contextmanager
+def _workspaces(target: Target, count: int) -> Iterator[list[_Workspace]]:
+    parent = Path(tempfile.mkdtemp(prefix="mutation-run-"))
+    spaces: list[_Workspace] = []
+    try:
+        spaces.extend(_Workspace(target, parent) for _ in range(count))
+        yield spaces
+    finally:
+        for space in spaces:
+            space.stop()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def run(
+    target: Target,
+    mutants: Sequence[Mutant],
+    *,
+    jobs: int = 1,
+    timeout: float | None = None,
+    equivalent: dict[str, str] | None = None,
+    progress: Callable[[Outcome, int, int], None] | None = None,
+) -> Report:
+    """Judge every mutant with the target's suite; the project tree is left untouched.
+
+    ``timeout`` is the limit for one mutant's run (seconds); by default three times the
+    unmutated run plus 30 seconds. A mutant that runs out of time counts as killed.
+    Interrupted, it stops its test runs and deletes its copies before returning.
+    """
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    with _workspaces(target, max(1, min(jobs, len(mutants)))) as spaces:
+        coverage = _baseline(spaces[0], timeout or 3600.0)
+        limit = timeout or coverage.seconds * 3 + 30.0
+        free: SimpleQueue[_Workspace] = SimpleQueue()
+        for space in spaces:
+            free.put(space)
+        lock = threading.Lock()
+        done = [0]
+
+        def judge(mutant: Mutant) -> Outcome:
+            space = free.get()
+            try:
+                outcome = _judge(space, mutant, coverage, limit)
+            finally:
+                free.put(space)
+            with lock:
+                done[0] += 1
+                if progress is not None:
+                    progress(outcome, done[0], len(mutants))
+            return outcome
+
+        pool = ThreadPoolExecutor(max_workers=len(spaces))
+        try:
+            futures = [pool.submit(judge, mutant) for mutant in mutants]
+            outcomes = [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for space in spaces:
+                space.stop()
+            raise
+        pool.shutdown()
+    return Report(target.name, outcomes, dict(equivalent or {}), coverage.seconds)

@@ -1,0 +1,215 @@
+"""The mutation tool: it makes mutants, runs them in private copies and names survivors."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mutation import PythonMutator, Target, run, select
+from mutation.__main__ import main
+from mutation.runner import KILLED, SURVIVED, UNCOVERED
+from mutation.targets import equivalent
+
+SOURCE = textwrap.dedent(
+    '''
+    """A module docstring."""
+
+    LIMIT: int = 3
+
+
+    def clamp(value: int, low: int, high: int) -> int:
+        """Keep ``value`` within ``low`` and ``high``."""
+        if value < low:
+            return low
+        if value > high:
+            return high
+        return value
+
+
+    def passes(score: int, mark: int) -> bool:
+        return score >= mark
+
+
+    def tally(items: list[int], strict: bool = True) -> int:
+        total = 0
+        for item in items:
+            if item and not strict or item == 7:
+                total += item * 2
+        return total if total > 0 else -1
+    '''
+)
+
+WEAK_SUITE = textwrap.dedent(
+    """
+    from clampkit.core import clamp, passes
+
+
+    def test_below_is_raised() -> None:
+        assert clamp(-5, 0, 10) == 0
+
+
+    def test_inside_is_kept() -> None:
+        assert clamp(5, 0, 10) == 5
+
+
+    def test_pass_and_fail() -> None:
+        assert passes(90, 50) and not passes(10, 50)
+    """
+)
+
+STRONG_SUITE = WEAK_SUITE + textwrap.dedent(
+    """
+
+    def test_the_mark_itself_passes() -> None:
+        assert passes(50, 50)
+    """
+)
+
+
+def test_python_mutator_makes_every_kind_of_change() -> None:
+    mutants = PythonMutator().mutants(SOURCE, "clampkit/core.py")
+    assert {m.kind for m in mutants} == {
+        "compare",
+        "boolop",
+        "arith",
+        "constant",
+        "negate",
+        "drop",
+    }
+    changes = {(m.original, m.mutated) for m in mutants}
+    assert ("value < low", "value <= low") in changes
+    assert ("value < low", "value >= low") in changes
+    assert (
+        "item and (not strict) or item == 7",
+        "(item and (not strict)) and item == 7",
+    ) in changes
+    assert ("item and (not strict)", "item or not strict") in changes
+    assert ("item and (not strict) or item == 7", "not (item and (not strict) or item == 7)") in (
+        changes
+    ), "a compound condition is negated"
+    assert ("total += item * 2", "total -= item * 2") in changes
+    assert ("item * 2", "item // 2") in changes
+    assert ("True", "False") in changes, "a default value is mutated"
+    assert ("return high", "pass") in changes
+    assert ("not strict", "strict") in changes
+    assert ("0", "1") in changes and ("2", "3") in changes
+    assert len({m.id for m in mutants}) == len(mutants), "ids are unique"
+    original = ast.dump(ast.parse(SOURCE))
+    for mutant in mutants:
+        changed = mutant.apply(SOURCE)
+        assert ast.dump(ast.parse(changed)) != original, mutant.describe()
+
+
+def test_docstrings_annotations_and_module_level_code_are_left_alone() -> None:
+    mutants = PythonMutator().mutants(SOURCE, "clampkit/core.py")
+    touched_lines = {m.line for m in mutants}
+    for number, line in enumerate(SOURCE.splitlines(), start=1):
+        if line.startswith(("LIMIT", '"""')) or line.strip().startswith('"""'):
+            assert number not in touched_lines, line
+    assert not any(m.original == "int" for m in mutants)
+
+
+def test_mutant_ids_stay_when_other_code_moves() -> None:
+    before = PythonMutator().mutants(SOURCE, "clampkit/core.py")
+    moved = SOURCE.replace("LIMIT: int = 3\n", "LIMIT: int = 3\nOTHER = 4\n\n\n")
+    after = PythonMutator().mutants(moved, "clampkit/core.py")
+    assert [m.id for m in before] == [m.id for m in after]
+    assert [m.line for m in before] != [m.line for m in after]
+    renamed = PythonMutator().mutants(SOURCE, "clampkit/other.py")
+    assert not {m.id for m in before} & {m.id for m in renamed}, "the file is part of the id"
+
+
+def test_select_takes_ids_or_a_seeded_sample() -> None:
+    mutants = PythonMutator().mutants(SOURCE, "clampkit/core.py")
+    first = select(mutants, sample=5, seed=3)
+    assert len(first) == 5 and first == select(mutants, sample=5, seed=3)
+    assert first != select(mutants, sample=5, seed=4)
+    assert select(mutants, only=[mutants[2].id]) == [mutants[2]]
+    with pytest.raises(ValueError, match="no mutant with id nope"):
+        select(mutants, only=["nope"])
+
+
+def _project(root: Path, suite: str) -> Target:
+    package = root / "clampkit"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "core.py").write_text(SOURCE)
+    return Target(
+        name="clamp",
+        root=root,
+        path="clampkit/core.py",
+        packages=("clampkit",),
+        suite_files={"test_clamp.py": suite},
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_weak_suite_lets_a_boundary_mutant_survive_and_a_strong_one_kills_it(
+    tmp_path: Path,
+) -> None:
+    weak = _project(tmp_path, WEAK_SUITE)
+    wanted = {
+        ("score >= mark", "score > mark"),
+        ("return high", "pass"),
+        ("value < low", "value >= low"),
+    }
+    chosen = [
+        m for m in PythonMutator().mutants(SOURCE, weak.path) if (m.original, m.mutated) in wanted
+    ]
+    before = _digest(tmp_path / weak.path)
+    report = run(weak, chosen, jobs=2)
+    assert _digest(tmp_path / weak.path) == before, "the project file is never written"
+    by_change = {(o.mutant.original, o.mutant.mutated): o for o in report.outcomes}
+    assert set(by_change) == wanted
+    boundary = by_change[("score >= mark", "score > mark")]
+    assert boundary.status == SURVIVED
+    assert by_change[("return high", "pass")].status == UNCOVERED, "no test reaches it"
+    assert by_change[("value < low", "value >= low")].status == KILLED
+    assert boundary in report.open_survivors
+    assert 0 < report.score < 1
+
+    strong = _project(tmp_path, STRONG_SUITE)
+    again = run(strong, [boundary.mutant], equivalent={})
+    assert [o.status for o in again.outcomes] == [KILLED]
+    assert again.score == 1.0
+
+    listed = run(weak, [boundary.mutant], equivalent={boundary.mutant.id: "for the test"})
+    assert listed.open_survivors == [] and len(listed.equivalent_survivors) == 1
+    assert listed.score == 1.0
+
+
+@pytest.mark.slow
+def test_a_suite_failing_without_mutants_is_refused(tmp_path: Path) -> None:
+    broken = _project(tmp_path, WEAK_SUITE + "\n\ndef test_wrong() -> None:\n    assert False\n")
+    mutants = PythonMutator().mutants(SOURCE, broken.path)[:1]
+    with pytest.raises(RuntimeError, match="does not pass on the unmutated code"):
+        run(broken, mutants)
+
+
+def test_equivalent_mutants_are_read_per_target(tmp_path: Path) -> None:
+    listing = tmp_path / "equivalent.toml"
+    listing.write_text(
+        '[engine.0a1b2c3d]\nwhere = "conveyor_core/engine.py:10"\n'
+        'change = "a -> b"\nwhy = "no behaviour changes"\n'
+    )
+    assert equivalent("engine", listing) == {"0a1b2c3d": "no behaviour changes"}
+    assert equivalent("other", listing) == {}
+
+
+def test_the_command_lists_engine_mutants_and_refuses_unknown_ids(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["engine", "--list", "--sample", "3", "--seed", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "3 mutants"
+    assert all(line.startswith("conveyor_core/engine.py:") for line in out[:-1])
+    assert main(["engine", "--only", "zzzzzzzz"]) == 2
+    assert "no mutant with id zzzzzzzz" in capsys.readouterr().err
