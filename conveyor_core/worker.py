@@ -27,6 +27,7 @@ from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
 from .payloads import data_type_of, validate
 from .queue import check_name
+from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
 
 __all__ = ["BackoffStrategy", "Handler", "Worker", "WorkerCallback", "backoff_delay"]
@@ -176,6 +177,8 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._fetch_done = False
         self._idle_scope: anyio.CancelScope | None = None
+        self._schedules_at = -math.inf
+        """When to look at the queue's job schedulers next (fire due ticks)."""
         self._handler_scope: anyio.CancelScope | None = None
         self._thread_limiter = anyio.CapacityLimiter(concurrency)
         self._host: TaskGroup | None = None
@@ -385,6 +388,8 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             now = self._clock()
+            if now >= self._schedules_at:
+                await self._fire_schedules(now)
             token = new_id()
             try:
                 result = await self.store.take_jobs(
@@ -422,7 +427,25 @@ class Worker:
             for at in (result.next_run_at, result.rate_limited_until):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - now))
+            # An idle worker wakes up in time for the next tick of a job scheduler.
+            timeout = min(timeout, max(0.0, self._schedules_at - now))
             await self._wait_for_work(timeout, sleep=result.rate_limited_until is not None)
+
+    async def _fire_schedules(self, now: float) -> None:
+        """Fire the due ticks of the queue's job schedulers; look again at the next tick,
+        and at least every ``drain_delay`` (schedulers set by other processes)."""
+        look_again = now + max(self.drain_delay, 0.05)
+        try:
+            next_tick = await fire_due_schedulers(self.store, self.queue_name, now)
+        except StoreClosedError:
+            return
+        except Exception as exc:
+            self._schedules_at = look_again
+            await self._emit_error(exc)
+            return
+        if next_tick is not None:
+            look_again = min(look_again, next_tick)
+        self._schedules_at = look_again
 
     # ------------------------------------------------------------------ handling
 
