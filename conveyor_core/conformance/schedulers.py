@@ -16,7 +16,7 @@ from conveyor_core import Job, JobState, Queue
 from conveyor_core.errors import DuplicateJobError
 from conveyor_core.queue import build_new_job, resolve_options
 from conveyor_core.schedulers import fire_due_schedulers, fire_scheduler_tick, tick_job_id
-from conveyor_core.store import Completion, StoreInterface
+from conveyor_core.store import Completion, SchedulerRecord, StoreInterface
 
 from ._support import Harness
 
@@ -43,6 +43,13 @@ async def _ids(queue: Queue) -> list[str]:
 
 async def _fire(queue: Queue, now: float, store: StoreInterface | None = None) -> float | None:
     return await fire_due_schedulers(queue.store if store is None else store, queue.name, now)
+
+
+async def _fire_into(
+    fired: list[bool], store: StoreInterface, record: SchedulerRecord, now: float
+) -> None:
+    ok, _ = await fire_scheduler_tick(store, record, now)
+    fired.append(ok)
 
 
 class SchedulerTests:
@@ -89,13 +96,9 @@ class SchedulerTests:
             ]
             assert [len(found) for found in records] == [1, 1]
 
-            async def fire(store: StoreInterface, index: int, now: float = now) -> None:
-                ok, _ = await fire_scheduler_tick(store, records[index][0], now)
-                fired.append(ok)
-
             async with anyio.create_task_group() as tg:
                 for index, store in enumerate(stores):
-                    tg.start_soon(fire, store, index)
+                    tg.start_soon(_fire_into, fired, store, records[index][0], now)
             assert fired.count(True) == round_ + 1
             ids = await _ids(queue)
             assert ids == [tick_job_id("race", now)], f"tick {round_} wrote {ids}"
