@@ -78,6 +78,18 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError(f"not a search cursor of this store: {cursor!r}") from None
 
 
+def split_due(upcoming: Sequence[SchedulerRecord], now: float, limit: int) -> DueSchedulers:
+    """The :meth:`StoreInterface.due_schedulers` answer from the queue's first
+    ``limit + 1`` timed schedulers, by ``next_run_at`` then id."""
+    due: list[SchedulerRecord] = []
+    for record in upcoming:
+        assert record.next_run_at is not None
+        if len(due) >= limit or record.next_run_at > now:
+            return DueSchedulers(due, record.next_run_at)
+        due.append(record)
+    return DueSchedulers(due, None)
+
+
 class Backend(Protocol):
     """Record storage for :class:`Engine`. Synchronous; called inside one atomic unit.
 
@@ -867,13 +879,7 @@ class Engine:
 
     def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
         upcoming = self.b.schedulers_by_next_run(queue, max(limit, 0) + 1)
-        due: list[SchedulerRecord] = []
-        for record in upcoming:
-            assert record.next_run_at is not None
-            if len(due) == limit or record.next_run_at > now:
-                return DueSchedulers(due, record.next_run_at)
-            due.append(replace(record))
-        return DueSchedulers(due, None)
+        return split_due([replace(record) for record in upcoming], now, limit)
 
     def fire_scheduler(
         self,

@@ -673,7 +673,8 @@ class StoreInterface(Protocol):
         ``template`` and keeps its ``next_run_at`` (so upserting the same schedule again,
         as every process does at start, never moves or repeats a tick); one with another
         ``timing`` gets the new ``timing``, ``template`` and ``next_run_at``. Either way
-        ``iterations`` is kept. Idle workers of the queue are woken.
+        ``iterations`` is kept. A store may wake the queue's idle workers (workers
+        look at their schedulers at least every ``drain_delay`` either way).
         """
         ...
 
