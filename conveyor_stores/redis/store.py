@@ -33,7 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii
+from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii, split_due
 from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
@@ -51,6 +51,7 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DueSchedulers,
     EventRecord,
     EventSubscription,
     Failure,
@@ -58,6 +59,7 @@ from conveyor_core.store import (
     MetricKind,
     NewJob,
     Release,
+    SchedulerRecord,
     SearchPage,
     StallOutcome,
     StoreCapabilities,
@@ -81,6 +83,8 @@ _SCRIPTS = (
     "update_job",
     "queue_op",
     "search",
+    "schedulers",
+    "fire_scheduler",
 )
 SEARCH_SCAN = 5000
 """Jobs one search call looks at, at most: a page stays cheap on any queue; a sparse
@@ -157,10 +161,11 @@ def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("lua")
     common = folder.joinpath("common.lua").read_text(encoding="utf-8")
     common = common.replace("@METRICS_MINUTES", str(METRICS_MINUTES))
-    return {
-        name: _link(common, folder.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
-        for name in _SCRIPTS
-    }
+    bodies = {name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
+    # A tick's jobs are written by add_jobs' own body, run inside the fire's
+    # compare-and-set: one rule for adding, in one place.
+    bodies["fire_scheduler"] = bodies["fire_scheduler"].replace("@ADD_JOBS", bodies["add_jobs"])
+    return {name: _link(common, body) for name, body in bodies.items()}
 
 
 def _opt_float(value: str | None) -> float | None:
@@ -796,39 +801,43 @@ class RedisStore:
         if not groups:
             return []
         args: list[Any] = [len(groups)]
-        base = self._base
-        text = _TEXT
         for group in groups:
-            if not group:
-                raise ValueError("a group of jobs must not be empty")
-            for new in group:
-                if new.state not in _NEW_STATES:
-                    raise InvalidJobStateError(
-                        f"a new job cannot start in state {str(new.state)!r}"
-                    )
-            args.append(len(group))
-            for job in group:
-                pq = job.parent_queue
-                args += (
-                    job.id,
-                    base(job.queue),
-                    job.queue,
-                    job.name,
-                    job.data,
-                    job.opts,
-                    text[job.state],
-                    job.priority,
-                    "1" if job.lifo else "0",
-                    float(job.delay),
-                    "" if job.keep_completed is None else job.keep_completed,
-                    "" if job.keep_failed is None else job.keep_failed,
-                    job.parent_id or "",
-                    pq or "",
-                    base(pq) if pq is not None and job.parent_id is not None else "",
-                    text[job.parent_policy],
-                )
+            args += self._add_arguments(group)
+        base = self._base
         written = await self._run("add_jobs", base(groups[0][0].queue), now, *args)
         return [flag == 1 for flag in written]
+
+    def _add_arguments(self, group: Sequence[NewJob]) -> list[Any]:
+        """One group's arguments of the add_jobs script: its size, then 16 per job."""
+        if not group:
+            raise ValueError("a group of jobs must not be empty")
+        for new in group:
+            if new.state not in _NEW_STATES:
+                raise InvalidJobStateError(f"a new job cannot start in state {str(new.state)!r}")
+        base = self._base
+        text = _TEXT
+        args: list[Any] = [len(group)]
+        for job in group:
+            pq = job.parent_queue
+            args += (
+                job.id,
+                base(job.queue),
+                job.queue,
+                job.name,
+                job.data,
+                job.opts,
+                text[job.state],
+                job.priority,
+                "1" if job.lifo else "0",
+                float(job.delay),
+                "" if job.keep_completed is None else job.keep_completed,
+                "" if job.keep_failed is None else job.keep_failed,
+                job.parent_id or "",
+                pq or "",
+                base(pq) if pq is not None and job.parent_id is not None else "",
+                text[job.parent_policy],
+            )
+        return args
 
     # ---------------------------------------------------------------- working
 
@@ -1016,6 +1025,63 @@ class RedisStore:
 
     async def obliterate(self, queue: str, force: bool) -> None:
         await self._queue_op(queue, "obliterate", "1" if force else "0", queue)
+
+    # ---------------------------------------------------------------- schedulers
+
+    async def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        await self._run(
+            "schedulers",
+            self._base(queue),
+            now,
+            "upsert",
+            scheduler_id,
+            timing,
+            template,
+            "" if next_run_at is None else repr(next_run_at),
+        )
+
+    async def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        removed = await self._run(
+            "schedulers", self._base(queue), time.time(), "remove", scheduler_id
+        )
+        return bool(removed)
+
+    @staticmethod
+    def _schedulers(queue: str, rows: list[list[str]]) -> list[SchedulerRecord]:
+        return [
+            SchedulerRecord(queue, sid, timing, template, _opt_float(nxt or None), int(it or 0))
+            for sid, timing, template, nxt, it in rows
+        ]
+
+    async def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        rows = await self._run("schedulers", self._base(queue), time.time(), "list")
+        return self._schedulers(queue, rows)
+
+    async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        rows = await self._run("schedulers", self._base(queue), now, "due", limit + 1)
+        return split_due(self._schedulers(queue, rows), now, limit)
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        args: list[Any] = [1, *self._add_arguments(jobs)] if jobs else [0]
+        args += [scheduler_id, repr(expected), "" if next_run_at is None else repr(next_run_at)]
+        fired = await self._run("fire_scheduler", self._base(queue), now, *args)
+        return bool(fired)
 
     # ---------------------------------------------------------------- reading
 
