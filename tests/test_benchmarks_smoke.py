@@ -75,3 +75,14 @@ def test_postgres_fast_measures_the_opt_in_mode_beside_the_default(
         "--store", "postgres", "--store", "postgres-fast", "--jobs", "10", "--workload", "process"
     )
     assert [line["store"] for line in lines] == ["postgres", "postgres-fast"]
+
+
+def test_the_schedule_workload_counts_ticks_and_jobs() -> None:
+    (line,) = run_benchmarks(
+        "--store", "sqlite", "--workload", "schedule", "--schedule-seconds", "1"
+    )
+    assert line["workload"] == "schedule"
+    assert (line["store"], line["processes"], line["every"]) == ("sqlite", 3, 0.1)
+    assert isinstance(line["ticks"], int) and line["ticks"] >= 1
+    assert line["jobs"] == line["ticks"]
+    assert isinstance(line["max_lateness_ms"], float)
