@@ -148,16 +148,6 @@ async def run_schedule(url: str, label: str, seconds: float, processes: int) -> 
                             proc.wait()
         (scheduler,) = await queue.get_job_schedulers()
         jobs = await queue.get_jobs(list(JobState))
-        print(
-            sorted(
-                (
-                    int(j.id.rsplit(":", 1)[1]),
-                    round((j.record.created_at - int(j.id.rsplit(":", 1)[1]) / 1000) * 1000),
-                )
-                for j in jobs
-            ),
-            file=sys.stderr,
-        )
         lateness = sorted(
             job.record.created_at - int(job.id.rsplit(":", 1)[1]) / 1000 for job in jobs
         )
