@@ -389,6 +389,9 @@ class Queue:
         await self.store.upsert_scheduler(
             self.name, scheduler_id, timing.to_json(), text, timing.first_run(now), now
         )
+        from .worker import schedules_changed
+
+        schedules_changed(self.store, self.name)
         for record in await self.store.get_schedulers(self.name):
             if record.id == scheduler_id:
                 return describe(record)

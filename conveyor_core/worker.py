@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +53,17 @@ _CLEANUP_SECONDS = 10.0
 _FINISH_RETRY_PAUSES = (0.05, 0.25, None)
 """Pauses between tries of a batch of completions or failures; ``None``: give up."""
 T = TypeVar("T")
+
+_RUNNING: weakref.WeakSet[Worker] = weakref.WeakSet()
+"""The workers running in this process, told at once of schedulers set here."""
+
+
+def schedules_changed(store: StoreInterface, queue_name: str) -> None:
+    """Make this process's running workers of ``queue_name`` on ``store`` look at the
+    queue's job schedulers now (workers of other processes look every ``drain_delay``)."""
+    for worker in list(_RUNNING):
+        if worker.store is store and worker.queue_name == queue_name:
+            worker._look_at_schedules()
 
 
 class _NoRetry(Exception):
@@ -254,6 +266,7 @@ class Worker:
         if self._started:
             raise RuntimeError("a Worker runs once; create a new one to run again")
         self._started = True
+        _RUNNING.add(self)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(self._renew_locks_loop)
@@ -273,6 +286,7 @@ class Worker:
                 await self._finisher_done.wait()
                 services.cancel_scope.cancel()
         finally:
+            _RUNNING.discard(self)
             with anyio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = anyio.current_time() + _CLEANUP_SECONDS
                 await self._cleanup()
@@ -357,6 +371,13 @@ class Worker:
     def _wake(self) -> None:
         """Interrupt the fetch loop's waits (on closing)."""
         self._slot_freed.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    def _look_at_schedules(self) -> None:
+        """Look at the queue's job schedulers at the next turn of the fetch loop, ending
+        an idle wait for it."""
+        self._schedules_at = -math.inf
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
