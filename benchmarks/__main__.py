@@ -7,6 +7,7 @@ Examples::
     python -m benchmarks --store postgres --store postgres-fast --workload process
     python -m benchmarks --store sqlite --workload flow_big --big-children 1000 10000
     python -m benchmarks --store postgres --workload search --search-jobs 1000000
+    python -m benchmarks --store sqlite --store postgres --workload schedule
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from typing import Any
 
 import anyio
 
+from .schedule import run_schedule
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
+
+_SPECIAL = ("search", "schedule")
+"""Workloads run only when named: they take long, or spawn processes."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,9 +60,23 @@ def _parser() -> argparse.ArgumentParser:
         "--workload",
         action="extend",
         nargs="+",
-        choices=sorted([*WORKLOADS, "search"]),
+        choices=sorted([*WORKLOADS, *_SPECIAL]),
         help="workloads to run (default: " + ", ".join(DEFAULT_WORKLOADS) + "; search fills "
-        "a queue of --search-jobs jobs first)",
+        "a queue of --search-jobs jobs first, and schedule runs --schedule-seconds)",
+    )
+    parser.add_argument(
+        "--schedule-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how long the schedule workload's scheduler ticks (every 100 ms)",
+    )
+    parser.add_argument(
+        "--schedule-processes",
+        type=int,
+        default=3,
+        metavar="P",
+        help="worker processes of the schedule workload",
     )
     parser.add_argument(
         "--search-jobs",
@@ -111,11 +130,19 @@ def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str,
 
 
 async def run_benchmarks(
-    stores: Sequence[str], workloads: Sequence[str], params: Params, repeat: int
+    stores: Sequence[str],
+    workloads: Sequence[str],
+    params: Params,
+    repeat: int,
+    schedule: tuple[float, int] = (60.0, 3),
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
         for name in workloads:
+            if name == "schedule":
+                line = await run_schedule(url, label(url), *schedule)
+                print(json.dumps(line), flush=True)
+                continue
             if name == "search":
                 async for line in run_search(url, label(url), params.search_jobs):
                     print(json.dumps(line), flush=True)
@@ -150,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.idle_seconds,
         search_jobs=args.search_jobs,
     )
-    anyio.run(run_benchmarks, stores, workloads, params, args.repeat)
+    if args.schedule_seconds <= 0 or args.schedule_processes < 1:
+        print("--schedule-seconds and --schedule-processes must be positive", file=sys.stderr)
+        return 2
+    schedule = (args.schedule_seconds, args.schedule_processes)
+    anyio.run(run_benchmarks, stores, workloads, params, args.repeat, schedule)
     return 0
 
 

@@ -32,6 +32,7 @@ from .operations import QueueInfo, list_queues
 from .payloads import DataValidationError
 from .queue import Queue
 from .registry import open_store
+from .schedulers import JobScheduler
 from .store import StoreInterface
 from .worker import Worker
 
@@ -55,6 +56,7 @@ __all__ = [
     "JobNotFoundError",
     "JobOptions",
     "JobPage",
+    "JobScheduler",
     "JobState",
     "JobTimeoutError",
     "LockLostError",

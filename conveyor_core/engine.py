@@ -26,11 +26,13 @@ from .store import (
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DueSchedulers,
     Failure,
     JobRecord,
     MetricKind,
     NewJob,
     Release,
+    SchedulerRecord,
     SearchPage,
     StallOutcome,
     TakeResult,
@@ -74,6 +76,18 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return float(stamp), job_id
     except ValueError:
         raise ValueError(f"not a search cursor of this store: {cursor!r}") from None
+
+
+def split_due(upcoming: Sequence[SchedulerRecord], now: float, limit: int) -> DueSchedulers:
+    """The :meth:`StoreInterface.due_schedulers` answer from the queue's first
+    ``limit + 1`` timed schedulers, by ``next_run_at`` then id."""
+    due: list[SchedulerRecord] = []
+    for record in upcoming:
+        assert record.next_run_at is not None
+        if len(due) >= limit or record.next_run_at > now:
+            return DueSchedulers(due, record.next_run_at)
+        due.append(record)
+    return DueSchedulers(due, None)
 
 
 class Backend(Protocol):
@@ -229,6 +243,31 @@ class Backend(Protocol):
         early (fewer than ``limit`` jobs) to bound the work of one call, returning where
         it stopped.
         """
+        ...
+
+    def get_scheduler(self, queue: str, scheduler_id: str) -> SchedulerRecord | None:
+        """The scheduler, or ``None``."""
+        ...
+
+    def put_scheduler(self, record: SchedulerRecord) -> None:
+        """Insert or replace a scheduler (every field)."""
+        ...
+
+    def delete_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        """Delete a scheduler; whether it existed."""
+        ...
+
+    def schedulers(self, queue: str) -> list[SchedulerRecord]:
+        """The queue's schedulers by id (code point order)."""
+        ...
+
+    def schedulers_by_next_run(self, queue: str, limit: int) -> list[SchedulerRecord]:
+        """Up to ``limit`` of the queue's schedulers with a ``next_run_at``, by
+        ``next_run_at`` then id."""
+        ...
+
+    def delete_schedulers(self, queue: str) -> None:
+        """Delete every scheduler of the queue."""
         ...
 
 
@@ -761,6 +800,7 @@ class Engine:
                     if current is not None:
                         self._remove(current, now)
         self.b.forget_queue(queue)
+        self.b.delete_schedulers(queue)
 
     # ------------------------------------------------------------------ reading
 
@@ -809,3 +849,53 @@ class Engine:
 
     def get_metrics(self, queue: str, kind: MetricKind, start: int, end: int) -> dict[int, int]:
         return self.b.metrics(queue, kind, start, end)
+
+    # ------------------------------------------------------------------ schedulers
+
+    def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        old = self.b.get_scheduler(queue, scheduler_id)
+        if old is None:
+            record = SchedulerRecord(queue, scheduler_id, timing, template, next_run_at, 0)
+        elif old.timing == timing:
+            record = replace(old, template=template)
+        else:
+            record = replace(old, timing=timing, template=template, next_run_at=next_run_at)
+        self.b.put_scheduler(record)
+        self.b.wake(queue)
+
+    def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        return self.b.delete_scheduler(queue, scheduler_id)
+
+    def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        return [replace(record) for record in self.b.schedulers(queue)]
+
+    def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        upcoming = self.b.schedulers_by_next_run(queue, max(limit, 0) + 1)
+        return split_due([replace(record) for record in upcoming], now, limit)
+
+    def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        record = self.b.get_scheduler(queue, scheduler_id)
+        if record is None or record.next_run_at is None or record.next_run_at != expected:
+            return False
+        if jobs:
+            self.add_jobs([jobs], now)
+            record.iterations += 1
+        record.next_run_at = next_run_at
+        self.b.put_scheduler(record)
+        return True

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .clock import Clock, seconds, system_clock
@@ -22,6 +22,10 @@ from .models import (
 )
 from .pacing import Pacer
 from .store import METRICS_MINUTES, JobRecord, MetricKind, NewJob, StoreInterface
+
+if TYPE_CHECKING:
+    from .models import FlowJob
+    from .schedulers import JobScheduler
 
 __all__ = ["Queue"]
 
@@ -352,6 +356,72 @@ class Queue:
     async def promote_jobs(self) -> int:
         """Move every delayed job to waiting now; returns how many."""
         return await self.store.promote_jobs(self.name, self._clock())
+
+    # ------------------------------------------------------------------ schedulers
+
+    async def upsert_job_scheduler(
+        self,
+        scheduler_id: str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        tz: str | None = None,
+        template: Mapping[str, Any] | None = None,
+        flow: FlowJob | Mapping[str, Any] | None = None,
+        start_date: datetime | float | None = None,
+        end_date: datetime | float | None = None,
+        limit: int | None = None,
+    ) -> JobScheduler:
+        """Create or replace the job scheduler ``scheduler_id`` of this queue.
+
+        Each tick of ``cron`` (a cron pattern, 5 fields or 6 with seconds first, in
+        timezone ``tz``, UTC by default) or of ``every`` (seconds) adds one job built
+        from ``template`` (``{"name", "data", "opts"}``) or one ``flow`` whose root is in
+        this queue, exactly once however many workers run: workers fire the ticks, no
+        other process is needed. ``start_date`` delays the first tick, ``end_date`` ends
+        the schedule, ``limit`` caps how many ticks add jobs.
+
+        Replacing a scheduler with another pattern moves its next tick to the new
+        pattern's; upserting the same pattern again keeps the next tick (and only
+        replaces the template), so every process may upsert its schedules at start.
+        Bad input (both or neither of ``cron`` and ``every``, an invalid pattern or
+        timezone, a template a plain add would refuse) raises before anything is written.
+        """
+        from .schedulers import MAX_SCHEDULER_ID_BYTES, describe, make_template, make_timing
+
+        check_name(scheduler_id, "scheduler id", MAX_SCHEDULER_ID_BYTES)
+        timing = make_timing(
+            cron=cron, every=every, tz=tz, start_date=start_date, end_date=end_date, limit=limit
+        )
+        text = await make_template(self.name, template, flow, self._defaults, self.store)
+        now = self._clock()
+        await self.store.upsert_scheduler(
+            self.name, scheduler_id, timing.to_json(), text, timing.first_run(now), now
+        )
+        from .worker import schedules_changed
+
+        schedules_changed(self.store, self.name)
+        for record in await self.store.get_schedulers(self.name):
+            if record.id == scheduler_id:
+                return describe(record)
+        raise LookupError(f"scheduler {scheduler_id!r} was removed while it was being set")
+
+    async def get_job_schedulers(self) -> list[JobScheduler]:
+        """This queue's job schedulers, by id."""
+        from .schedulers import describe
+
+        return [describe(record) for record in await self.store.get_schedulers(self.name)]
+
+    async def get_job_scheduler(self, scheduler_id: str) -> JobScheduler | None:
+        """One job scheduler, or ``None``."""
+        for scheduler in await self.get_job_schedulers():
+            if scheduler.id == scheduler_id:
+                return scheduler
+        return None
+
+    async def remove_job_scheduler(self, scheduler_id: str) -> bool:
+        """Delete a job scheduler (the jobs it added stay); ``False`` if there was none."""
+        return await self.store.remove_scheduler(self.name, scheduler_id)
 
     async def close(self) -> None:
         """Nothing to release: the store stays open for its other users."""

@@ -77,6 +77,17 @@ then on. If ``J`` has a parent ``P`` that
 still holds a ``pending`` dependency on ``J``, that dependency is deleted and counts as
 resolved (RELEASE CHECK on ``P``). A ``processed`` dependency keeps its value.
 
+JOB SCHEDULERS: a scheduler (``queue``, ``id``) adds one job, or one flow, per tick.
+The core computes the ticks (``next_run_at``) and builds each tick's jobs; the store keeps
+:class:`SchedulerRecord` rows and offers four transitions. The rule that makes a tick
+fire exactly once, however many workers in however many processes see it due, is the
+compare-and-set of :meth:`StoreInterface.fire_scheduler`: a tick is fired by the one
+caller that finds the stored ``next_run_at`` still equal to the tick it read, and that
+call writes the tick's jobs and advances ``next_run_at`` in one atomic step. The first
+job of a tick has the id ``sched:<scheduler id>:<tick in whole milliseconds>``, so even
+a repeated add of the same tick collapses (as by ``add_jobs``, an existing first job
+skips its group). ``obliterate`` deletes the queue's schedulers.
+
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
 most recently finished jobs of its queue in that state; delete older ones). Deleting a
@@ -267,6 +278,33 @@ class StoreCapabilities:
     """Jobs can be added inside the application's own database transaction, committing
     or rolling back with it (``PostgresStore.using(connection)``). The suite cannot
     check this one: the store's own tests must."""
+
+
+@dataclass(slots=True)
+class SchedulerRecord:
+    """A job scheduler as the store holds it (see JOB SCHEDULERS)."""
+
+    queue: str
+    id: str
+    timing: str
+    """JSON text of when it fires (pattern, timezone, bounds); built by the core, kept
+    verbatim and compared as text by :meth:`StoreInterface.upsert_scheduler`."""
+    template: str
+    """JSON text of what each tick adds; built and read by the core only."""
+    next_run_at: float | None
+    """The next tick; ``None`` once the scheduler is exhausted."""
+    iterations: int = 0
+    """Ticks that wrote their jobs."""
+
+
+@dataclass(slots=True)
+class DueSchedulers:
+    """What :meth:`StoreInterface.due_schedulers` hands a worker."""
+
+    schedulers: list[SchedulerRecord]
+    next_run_at: float | None
+    """The earliest ``next_run_at`` of the queue's schedulers not returned; ``None`` if
+    there is none."""
 
 
 STALLED_REASON = "job stalled more than allowable limit"
@@ -531,7 +569,8 @@ class StoreInterface(Protocol):
         ...
 
     async def obliterate(self, queue: str, force: bool) -> None:
-        """Delete the queue and everything in it, including its paused flag.
+        """Delete the queue and everything in it, including its paused flag and its job
+        schedulers.
 
         Raises ``InvalidJobStateError`` while the queue has active jobs, unless
         ``force``. Dependencies that jobs of other queues hold on this queue's jobs are
@@ -613,6 +652,65 @@ class StoreInterface(Protocol):
         call. A store keeps every minute within ``METRICS_MINUTES`` of the newest minute
         written for that queue and kind, and drops older ones in time, so what it keeps
         stays bounded; ``obliterate`` deletes them.
+        """
+        ...
+
+    # ------------------------------------------------------------------ schedulers
+
+    async def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        """Create or replace a job scheduler (JOB SCHEDULERS), atomically.
+
+        A new scheduler gets ``timing``, ``template``, ``next_run_at`` and
+        ``iterations = 0``. An existing one with the same ``timing`` text gets the new
+        ``template`` and keeps its ``next_run_at`` (so upserting the same schedule again,
+        as every process does at start, never moves or repeats a tick); one with another
+        ``timing`` gets the new ``timing``, ``template`` and ``next_run_at``. Either way
+        ``iterations`` is kept. A store may wake the queue's idle workers (workers
+        look at their schedulers at least every ``drain_delay`` either way).
+        """
+        ...
+
+    async def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        """Delete a scheduler; ``False`` if it did not exist. Jobs it added stay."""
+        ...
+
+    async def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        """Every scheduler of the queue, by id (code point order)."""
+        ...
+
+    async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        """Up to ``limit`` schedulers of the queue whose ``next_run_at <= now``, earliest
+        first (then by id), and the earliest ``next_run_at`` of the others. Exhausted
+        schedulers (``next_run_at`` ``None``) are never returned. Reads only."""
+        ...
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        """Fire one tick: the compare-and-set of JOB SCHEDULERS, in one atomic step.
+
+        Only if the scheduler exists and its stored ``next_run_at`` equals ``expected``
+        exactly: ``jobs`` (one standalone job, or one flow parents first, as one group of
+        :meth:`add_jobs`, with its rules, events and wake-ups; none when the core
+        exhausts the scheduler without a job) are written, ``next_run_at`` becomes the
+        given value and, if ``jobs`` is not empty, ``iterations += 1``; returns ``True``.
+        Otherwise (another caller fired this tick first, the scheduler was replaced or
+        removed) nothing changes and it returns ``False``. An error of the add (a
+        ``DuplicateJobError``) leaves the scheduler unchanged too.
         """
         ...
 

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,6 +29,7 @@ from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
 from .payloads import data_type_of, validate
 from .queue import check_name
+from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
 
 __all__ = [
@@ -63,6 +65,17 @@ jobs back (and sending results not sent yet) may take before the worker gives up
 _FINISH_RETRY_PAUSES = (0.05, 0.25, None)
 """Pauses between tries of a batch of completions or failures; ``None``: give up."""
 T = TypeVar("T")
+
+_RUNNING: weakref.WeakSet[Worker] = weakref.WeakSet()
+"""The workers running in this process, told at once of schedulers set here."""
+
+
+def schedules_changed(store: StoreInterface, queue_name: str) -> None:
+    """Make this process's running workers of ``queue_name`` on ``store`` look at the
+    queue's job schedulers now (workers of other processes look every ``drain_delay``)."""
+    for worker in list(_RUNNING):
+        if worker.store is store and worker.queue_name == queue_name:
+            worker._look_at_schedules()
 
 
 class _NoRetry(Exception):
@@ -188,6 +201,8 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._fetch_done = False
         self._idle_scope: anyio.CancelScope | None = None
+        self._schedules_at = -math.inf
+        """When to look at the queue's job schedulers next (fire due ticks)."""
         self._handler_scope: anyio.CancelScope | None = None
         self._fetch_scope: anyio.CancelScope | None = None
         self._give_up_at = math.inf
@@ -267,6 +282,7 @@ class Worker:
         if self._started:
             raise RuntimeError("a Worker runs once; create a new one to run again")
         self._started = True
+        _RUNNING.add(self)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(self._renew_locks_loop)
@@ -287,6 +303,7 @@ class Worker:
                 await self._finisher_done.wait()
                 services.cancel_scope.cancel()
         finally:
+            _RUNNING.discard(self)
             with self._closing_call(within=_CLEANUP_SECONDS) as cleanup:
                 await self._cleanup()
             if cleanup.cancelled_caught:
@@ -417,6 +434,13 @@ class Worker:
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
+    def _look_at_schedules(self) -> None:
+        """Look at the queue's job schedulers at the next turn of the fetch loop, ending
+        an idle wait for it."""
+        self._schedules_at = -math.inf
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
     async def _wait_for_work(self, timeout: float, *, sleep: bool = False) -> None:
         """Wait for the store's wake-up (or, ``sleep``, just for ``timeout``: a full rate
         limit window is not shortened by new jobs); ``close()`` interrupts both."""
@@ -445,6 +469,8 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             now = self._clock()
+            if now >= self._schedules_at:
+                await self._fire_schedules(now)
             token = new_id()
             try:
                 result = await self.store.take_jobs(
@@ -482,7 +508,25 @@ class Worker:
             for at in (result.next_run_at, result.rate_limited_until):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - now))
+            # An idle worker wakes up in time for the next tick of a job scheduler.
+            timeout = min(timeout, max(0.0, self._schedules_at - now))
             await self._wait_for_work(timeout, sleep=result.rate_limited_until is not None)
+
+    async def _fire_schedules(self, now: float) -> None:
+        """Fire the due ticks of the queue's job schedulers; look again at the next tick,
+        and at least every ``drain_delay`` (schedulers set by other processes)."""
+        look_again = now + max(self.drain_delay, 0.05)
+        try:
+            next_tick = await fire_due_schedulers(self.store, self.queue_name, now)
+        except StoreClosedError:
+            return
+        except Exception as exc:
+            self._schedules_at = look_again
+            await self._emit_error(exc)
+            return
+        if next_tick is not None:
+            look_again = min(look_again, next_tick)
+        self._schedules_at = look_again
 
     # ------------------------------------------------------------------ handling
 

@@ -24,6 +24,7 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DueSchedulers,
     EventRecord,
     EventSubscription,
     Failure,
@@ -31,6 +32,7 @@ from conveyor_core.store import (
     MetricKind,
     NewJob,
     Release,
+    SchedulerRecord,
     SearchPage,
     StallOutcome,
     StoreCapabilities,
@@ -92,6 +94,7 @@ class MemoryBackend:
         self.events: list[EventRecord] = []
         self.woken: set[str] = set()
         self.metrics_: dict[tuple[str, str], dict[int, int]] = {}
+        self.schedulers_: dict[str, dict[str, SchedulerRecord]] = {}
 
     def _q(self, queue: str) -> _QueueData:
         data = self.queues_.get(queue)
@@ -327,6 +330,28 @@ class MemoryBackend:
 
     def wake(self, queue: str) -> None:
         self.woken.add(queue)
+
+    # ---------------------------------------------------------------- schedulers
+
+    def get_scheduler(self, queue: str, scheduler_id: str) -> SchedulerRecord | None:
+        return self.schedulers_.get(queue, {}).get(scheduler_id)
+
+    def put_scheduler(self, record: SchedulerRecord) -> None:
+        self.schedulers_.setdefault(record.queue, {})[record.id] = record
+
+    def delete_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        return self.schedulers_.get(queue, {}).pop(scheduler_id, None) is not None
+
+    def schedulers(self, queue: str) -> list[SchedulerRecord]:
+        return [record for _, record in sorted(self.schedulers_.get(queue, {}).items())]
+
+    def schedulers_by_next_run(self, queue: str, limit: int) -> list[SchedulerRecord]:
+        timed = [r for r in self.schedulers_.get(queue, {}).values() if r.next_run_at is not None]
+        timed.sort(key=lambda r: (r.next_run_at, r.id))
+        return timed[:limit]
+
+    def delete_schedulers(self, queue: str) -> None:
+        self.schedulers_.pop(queue, None)
 
     # ---------------------------------------------------------------- operating
 
@@ -652,6 +677,41 @@ class MemoryStore:
         self, queue: str, kind: MetricKind, start: int, end: int
     ) -> dict[int, int]:
         return await self._call(self._engine.get_metrics, queue, kind, start, end)
+
+    async def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        self._run(
+            self._engine.upsert_scheduler, queue, scheduler_id, timing, template, next_run_at, now
+        )
+
+    async def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        return self._run(self._engine.remove_scheduler, queue, scheduler_id)
+
+    async def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        return self._run(self._engine.get_schedulers, queue)
+
+    async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        return self._run(self._engine.due_schedulers, queue, now, limit)
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        return self._run(
+            self._engine.fire_scheduler, queue, scheduler_id, expected, next_run_at, jobs, now
+        )
 
     async def subscribe(self, queue: str) -> EventSubscription:
         if not self._connected:

@@ -151,11 +151,36 @@ class WritesFlowsJobByJob(MemoryStore):
         return written
 
 
+class IgnoresTickCompareAndSet(MemoryStore):
+    """Defect: a scheduler's tick fires whatever ``next_run_at`` the scheduler holds now.
+
+    As if the fire checked only that the scheduler exists: a worker that read a tick
+    another worker already fired writes that tick's jobs a second time.
+    """
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        for record in await self.get_schedulers(queue):
+            if record.id == scheduler_id and record.next_run_at is not None:
+                return await super().fire_scheduler(
+                    queue, scheduler_id, record.next_run_at, next_run_at, jobs, now
+                )
+        return False
+
+
 BROKEN_STORES: dict[str, type[MemoryStore]] = {
     "ForgetsParentCounter": ForgetsParentCounter,
     "HandsJobsOutTwice": HandsJobsOutTwice,
     "IgnoresLockTokens": IgnoresLockTokens,
     "WritesFlowsJobByJob": WritesFlowsJobByJob,
+    "IgnoresTickCompareAndSet": IgnoresTickCompareAndSet,
 }
 
 

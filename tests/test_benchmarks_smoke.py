@@ -99,3 +99,14 @@ def test_pickup_runs_a_worker_in_another_process(tmp_path: Path) -> None:
     assert line["idle_seconds"] == 0.5
     assert {"pickup_p50_ms", "pickup_p99_ms", "pickup_max_ms", "idle_cpu_pct"} <= set(line)
     assert 0 <= line["pickup_p50_ms"] <= line["pickup_p99_ms"] <= line["pickup_max_ms"]
+
+
+def test_the_schedule_workload_counts_ticks_and_jobs() -> None:
+    (line,) = run_benchmarks(
+        "--store", "sqlite", "--workload", "schedule", "--schedule-seconds", "1"
+    )
+    assert line["workload"] == "schedule"
+    assert (line["store"], line["processes"], line["every"]) == ("sqlite", 3, 0.1)
+    assert isinstance(line["ticks"], int) and line["ticks"] >= 1
+    assert line["jobs"] == line["ticks"]
+    assert isinstance(line["max_lateness_ms"], float)

@@ -43,6 +43,10 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_a_shared_store_is_tested_through_a_second_object",
         "test_objects_of_a_shared_store_see_and_take_the_same_jobs",
     ),
+    "IgnoresTickCompareAndSet": (
+        "test_two_store_objects_racing_for_a_tick_write_one_job",
+        "test_a_fire_with_a_stale_tick_writes_nothing",
+    ),
     "WritesFlowsJobByJob": (
         "test_flow_whose_middle_node_already_exists_writes_nothing",
         "test_add_bulk_of_flows_is_all_or_nothing",

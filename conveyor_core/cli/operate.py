@@ -25,6 +25,7 @@ from ..errors import ConveyorError
 from ..flow import FlowProducer, JobNode
 from ..job import Job
 from ..models import ALL_STATES, JobState
+from ..schedulers import JobScheduler
 from ..store import StoreInterface
 from .app import _Commands, _console, _queue_name, cli, store_option
 from .render import counts_table, flow_tree, safe_text, short_json, state_text
@@ -533,3 +534,54 @@ def flow_add(path: str, as_json: bool, store: str | None) -> None:
                 f" ({len(node.walk())} jobs)",
             )
         )
+
+
+# ---------------------------------------------------------------------- schedulers
+
+
+def _scheduler_to_json(scheduler: JobScheduler) -> dict[str, Any]:
+    return scheduler.model_dump(mode="json")
+
+
+def _schedulers_table(queue: str, schedulers: list[JobScheduler]) -> Table:
+    table = Table(title=f"Job schedulers of {queue}", title_justify="left")
+    table.add_column("id", overflow="fold")
+    table.add_column("pattern", overflow="fold")
+    table.add_column("tz", no_wrap=True)
+    table.add_column("next run (UTC)", no_wrap=True)
+    table.add_column("iterations", justify="right")
+    table.add_column("adds", overflow="fold", ratio=1)
+    for scheduler in schedulers:
+        next_run = scheduler.next_run_at
+        if scheduler.flow is not None:
+            adds = f"flow {scheduler.flow.get('name')}"
+        else:
+            adds = str((scheduler.template or {}).get("name"))
+        table.add_row(
+            safe_text(scheduler.id),
+            safe_text(scheduler.pattern),
+            safe_text(scheduler.tz or "UTC") if scheduler.cron is not None else Text("-"),
+            next_run.strftime("%Y-%m-%d %H:%M:%S") if next_run else Text("done", "dim"),
+            str(scheduler.iterations) + ("" if scheduler.limit is None else f"/{scheduler.limit}"),
+            safe_text(adds),
+        )
+    return table
+
+
+@cli.command()
+@click.argument("queue_name", metavar="QUEUE", callback=_queue_name)
+@json_option
+@store_option
+def schedulers(queue_name: str, as_json: bool, store: str | None) -> None:
+    """List a queue's job schedulers: pattern, timezone, next run and iterations."""
+    from ..queue import Queue
+
+    found = _with_store(store, lambda opened: Queue(queue_name, store=opened).get_job_schedulers())
+    if as_json:
+        _print_json([_scheduler_to_json(scheduler) for scheduler in found])
+        return
+    console = _console()
+    if not found:
+        console.print(Text.assemble("no job schedulers in ", safe_text(queue_name)))
+        return
+    console.print(_schedulers_table(queue_name, found))

@@ -36,6 +36,7 @@ pytest.register_assert_rewrite(
     "conveyor_core.conformance.inputs",
     "conveyor_core.conformance.operating",
     "conveyor_core.conformance.queue_management",
+    "conveyor_core.conformance.schedulers",
     "conveyor_core.conformance.seed_examples",
     "conveyor_core.conformance.transitions",
     "conveyor_core.conformance.working",
@@ -50,6 +51,7 @@ from .inputs import InputTests  # noqa: E402
 from .operating import OperatingTests  # noqa: E402
 from .queue_management import QueueManagementTests  # noqa: E402
 from .runner import run  # noqa: E402
+from .schedulers import SchedulerTests  # noqa: E402
 from .seed_examples import SeedExampleTests  # noqa: E402
 from .transitions import TransitionTests  # noqa: E402
 from .working import WorkingTests  # noqa: E402
@@ -68,6 +70,7 @@ class StoreConformance(
     CapabilityTests,
     OperatingTests,
     TransitionTests,
+    SchedulerTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

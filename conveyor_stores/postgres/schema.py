@@ -80,6 +80,8 @@ FUNCTIONS = (
     "search_scan",
     "search_boundary",
     "search_text",
+    "upsert_scheduler",
+    "fire_scheduler",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -106,6 +108,7 @@ def all_functions_sql() -> str:
 MIGRATIONS: list[tuple[int, str]] = [
     (1, migration_sql("0001_tables") + all_functions_sql()),
     (2, migration_sql("0002_metrics_and_search") + all_functions_sql()),
+    (3, migration_sql("0003_job_schedulers") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import anyio.to_thread
 import asyncpg
 
-from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii
+from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii, split_due
 from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
@@ -37,6 +37,7 @@ from conveyor_core.store import (
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DueSchedulers,
     EventRecord,
     EventSubscription,
     Failure,
@@ -44,6 +45,7 @@ from conveyor_core.store import (
     MetricKind,
     NewJob,
     Release,
+    SchedulerRecord,
     SearchPage,
     StallOutcome,
     StoreCapabilities,
@@ -584,6 +586,60 @@ class _Operations:
                 f"queue {queue!r} has active jobs; pass force=True to obliterate it anyway"
             )
 
+    # ------------------------------------------------------------------ schedulers
+
+    async def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        await self._fetchval(
+            "upsert_scheduler", queue, scheduler_id, timing, template, next_run_at, repeatable=True
+        )
+
+    async def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        return bool(await self._fetchval("remove_scheduler", queue, scheduler_id))
+
+    async def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        rows = await self._fetch("get_schedulers", queue, repeatable=True)
+        return [SchedulerRecord(*row) for row in rows]
+
+    async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        rows = await self._fetch("schedulers_by_next_run", queue, limit + 1, repeatable=True)
+        return split_due([SchedulerRecord(*row) for row in rows], now, limit)
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        try:
+            return bool(
+                await self._fetchval(
+                    "fire_scheduler",
+                    queue,
+                    scheduler_id,
+                    expected,
+                    next_run_at,
+                    *_job_columns(jobs),
+                    now,
+                )
+            )
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise await self._duplicate_error([jobs], exc) from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == "CV410":
+                raise DuplicateJobError(str(exc)) from exc
+            raise
+
     # ------------------------------------------------------------------ reading
 
     async def get_job(self, queue: str, job_id: str) -> JobRecord | None:
@@ -746,6 +802,29 @@ def _batch_json(groups: list[int], jobs: list[NewJob]) -> str:
     )
 
 
+def _job_columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
+    """The per-column arrays of ``jobs`` that ``add_jobs`` and ``fire_scheduler`` take."""
+    return [
+        [j.id for j in jobs],
+        [j.queue for j in jobs],
+        [j.name for j in jobs],
+        [j.data for j in jobs],
+        [j.opts for j in jobs],
+        [j.state.value for j in jobs],
+        [j.priority for j in jobs],
+        [j.lifo for j in jobs],
+        [j.delay for j in jobs],
+        [j.keep_completed for j in jobs],
+        [j.keep_failed for j in jobs],
+        [j.parent_id for j in jobs],
+        [j.parent_queue for j in jobs],
+        [None if j.parent_policy is None else j.parent_policy.value for j in jobs],
+    ]
+
+
+_SCHEDULER_COLUMNS = "queue, id, timing, template, next_run_at, iterations"
+
+
 def _statements(schema: str) -> dict[str, str]:
     """Every statement the store runs, for one schema."""
     s = sql_schema.quote_ident(schema)
@@ -792,6 +871,19 @@ def _statements(schema: str) -> dict[str, str]:
         "drain": f"SELECT {s}.drain($1::text, $2::bool, $3::float8)",
         "clean": f"SELECT {s}.clean($1::text, $2::text, $3::float8, $4::int8, $5::float8)",
         "obliterate": f"SELECT {s}.obliterate($1::text, $2::bool, $3::float8)",
+        "upsert_scheduler": f"SELECT {s}.upsert_scheduler($1::text, $2::text, $3::text, "
+        "$4::text, $5::float8)",
+        "remove_scheduler": f"DELETE FROM {s}.schedulers WHERE queue = $1::text "
+        "AND id = $2::text RETURNING 1",
+        "get_schedulers": f"SELECT {_SCHEDULER_COLUMNS} FROM {s}.schedulers "
+        'WHERE queue = $1::text ORDER BY id COLLATE "C"',
+        "schedulers_by_next_run": f"SELECT {_SCHEDULER_COLUMNS} FROM {s}.schedulers "
+        "WHERE queue = $1::text AND next_run_at IS NOT NULL "
+        'ORDER BY next_run_at, id COLLATE "C" LIMIT $2::int8',
+        "fire_scheduler": f"SELECT {s}.fire_scheduler($1::text, $2::text, $3::float8, "
+        "$4::float8, $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
+        "$10::text[], $11::int[], $12::bool[], $13::float8[], $14::int8[], $15::int8[], "
+        "$16::text[], $17::text[], $18::text[], $19::float8)",
         "get_job": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND id = $2::text",
         "search_all": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text "
         f"AND {_BELOW} {_NEWEST_FIRST} LIMIT $4::int8",

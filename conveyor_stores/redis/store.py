@@ -34,7 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii
+from conveyor_core.engine import decode_cursor, encode_cursor, fold_ascii, split_due
 from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
@@ -52,6 +52,7 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DueSchedulers,
     EventRecord,
     EventSubscription,
     Failure,
@@ -59,13 +60,14 @@ from conveyor_core.store import (
     MetricKind,
     NewJob,
     Release,
+    SchedulerRecord,
     SearchPage,
     StallOutcome,
     StoreCapabilities,
     TakeResult,
 )
 
-from ._resp import RespConnection, RespConnectionLost, RespError, pack_args
+from ._resp import PackedArgs, RespConnection, RespConnectionLost, RespError, pack_args
 
 __all__ = ["RedisStore", "queue_key_base"]
 
@@ -82,6 +84,8 @@ _SCRIPTS = (
     "update_job",
     "queue_op",
     "search",
+    "schedulers",
+    "fire_scheduler",
 )
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is packed on a worker thread."""
@@ -160,10 +164,11 @@ def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("lua")
     common = folder.joinpath("common.lua").read_text(encoding="utf-8")
     common = common.replace("@METRICS_MINUTES", str(METRICS_MINUTES))
-    return {
-        name: _link(common, folder.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
-        for name in _SCRIPTS
-    }
+    bodies = {name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
+    # A tick's jobs are written by add_jobs' own body, run inside the fire's
+    # compare-and-set: one rule for adding, in one place.
+    bodies["fire_scheduler"] = bodies["fire_scheduler"].replace("@ADD_JOBS", bodies["add_jobs"])
+    return {name: _link(common, body) for name, body in bodies.items()}
 
 
 def _opt_float(value: str | None) -> float | None:
@@ -798,25 +803,30 @@ class RedisStore:
     async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
         if not groups:
             return []
-        for group in groups:
-            if not group:
-                raise ValueError("a group of jobs must not be empty")
-            for new in group:
-                if new.state not in _NEW_STATES:
-                    raise InvalidJobStateError(
-                        f"a new job cannot start in state {str(new.state)!r}"
-                    )
+        if not all(groups):
+            raise ValueError("a group of jobs must not be empty")
         first_base = self._base(groups[0][0].queue)
         if sum(len(group) for group in groups) < OFFLOAD_JOBS:
-            args: Any = self._add_args(groups)
+            args: list[Any] = [len(groups)]
+            for group in groups:
+                args += self._add_arguments(group)
             written = await self._run("add_jobs", first_base, now, *args)
         else:
             # Building and packing thousands of arguments would hold the event loop:
             # a worker thread does it, and the loop only sends the bytes.
+            prefix = self.prefix
+
+            def pack() -> PackedArgs:
+                def base(queue: str) -> str:  # the cache belongs to the loop's thread
+                    return queue_key_base(prefix, queue)
+
+                args: list[Any] = [len(groups)]
+                for group in groups:
+                    args += self._add_arguments(group, base)
+                return pack_args(args)
+
             try:
-                packed = await anyio.to_thread.run_sync(
-                    lambda: pack_args(self._add_args(groups, cached=False))
-                )
+                packed = await anyio.to_thread.run_sync(pack)
             except UnicodeEncodeError as exc:
                 raise PayloadError(
                     f"Redis cannot store this text (it is not valid Unicode): {exc}"
@@ -824,35 +834,39 @@ class RedisStore:
             written = await self._run("add_jobs", first_base, now, packed)
         return [flag == 1 for flag in written]
 
-    def _add_args(self, groups: Sequence[Sequence[NewJob]], *, cached: bool = True) -> list[Any]:
-        """The add_jobs script's arguments after ``now``; ``cached=False`` when called on
-        another thread (the key-base cache belongs to the event loop's thread)."""
-        args: list[Any] = [len(groups)]
-        prefix = self.prefix
-        base = self._base if cached else (lambda queue: queue_key_base(prefix, queue))
+    def _add_arguments(
+        self, group: Sequence[NewJob], base: Callable[[str], str] | None = None
+    ) -> list[Any]:
+        """One group's arguments of the add_jobs script: its size, then 16 per job.
+        ``base`` makes key bases (the default caches them: for the loop's thread only)."""
+        if not group:
+            raise ValueError("a group of jobs must not be empty")
+        for new in group:
+            if new.state not in _NEW_STATES:
+                raise InvalidJobStateError(f"a new job cannot start in state {str(new.state)!r}")
+        base = base or self._base
         text = _TEXT
-        for group in groups:
-            args.append(len(group))
-            for job in group:
-                pq = job.parent_queue
-                args += (
-                    job.id,
-                    base(job.queue),
-                    job.queue,
-                    job.name,
-                    job.data,
-                    job.opts,
-                    text[job.state],
-                    job.priority,
-                    "1" if job.lifo else "0",
-                    float(job.delay),
-                    "" if job.keep_completed is None else job.keep_completed,
-                    "" if job.keep_failed is None else job.keep_failed,
-                    job.parent_id or "",
-                    pq or "",
-                    base(pq) if pq is not None and job.parent_id is not None else "",
-                    text[job.parent_policy],
-                )
+        args: list[Any] = [len(group)]
+        for job in group:
+            pq = job.parent_queue
+            args += (
+                job.id,
+                base(job.queue),
+                job.queue,
+                job.name,
+                job.data,
+                job.opts,
+                text[job.state],
+                job.priority,
+                "1" if job.lifo else "0",
+                float(job.delay),
+                "" if job.keep_completed is None else job.keep_completed,
+                "" if job.keep_failed is None else job.keep_failed,
+                job.parent_id or "",
+                pq or "",
+                base(pq) if pq is not None and job.parent_id is not None else "",
+                text[job.parent_policy],
+            )
         return args
 
     # ---------------------------------------------------------------- working
@@ -1041,6 +1055,63 @@ class RedisStore:
 
     async def obliterate(self, queue: str, force: bool) -> None:
         await self._queue_op(queue, "obliterate", "1" if force else "0", queue)
+
+    # ---------------------------------------------------------------- schedulers
+
+    async def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        await self._run(
+            "schedulers",
+            self._base(queue),
+            now,
+            "upsert",
+            scheduler_id,
+            timing,
+            template,
+            "" if next_run_at is None else repr(next_run_at),
+        )
+
+    async def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        removed = await self._run(
+            "schedulers", self._base(queue), time.time(), "remove", scheduler_id
+        )
+        return bool(removed)
+
+    @staticmethod
+    def _schedulers(queue: str, rows: list[list[str]]) -> list[SchedulerRecord]:
+        return [
+            SchedulerRecord(queue, sid, timing, template, _opt_float(nxt or None), int(it or 0))
+            for sid, timing, template, nxt, it in rows
+        ]
+
+    async def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        rows = await self._run("schedulers", self._base(queue), time.time(), "list")
+        return self._schedulers(queue, rows)
+
+    async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        rows = await self._run("schedulers", self._base(queue), now, "due", limit + 1)
+        return split_due(self._schedulers(queue, rows), now, limit)
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        args: list[Any] = [1, *self._add_arguments(jobs)] if jobs else [0]
+        args += [scheduler_id, repr(expected), "" if next_run_at is None else repr(next_run_at)]
+        fired = await self._run("fire_scheduler", self._base(queue), now, *args)
+        return bool(fired)
 
     # ---------------------------------------------------------------- reading
 

@@ -33,6 +33,7 @@ from conveyor_core.store import (
     DependencyStatus,
     EventRecord,
     JobRecord,
+    SchedulerRecord,
 )
 
 WAITING = JobState.WAITING
@@ -45,6 +46,7 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 Key = tuple[str, str]
 
 _STATES = {state.value: state for state in JobState}
+_SCHEDULER_COLUMNS = "queue, id, timing, template, next_run_at, iterations"
 _POLICIES = {policy.value: policy for policy in ParentPolicy}
 _STATUSES: dict[str, DependencyStatus] = {
     "pending": "pending",
@@ -702,6 +704,52 @@ class SQLiteBackend:
             "window_start = excluded.window_start, window_count = excluded.window_count",
             (queue, start, count),
         )
+
+    # ---------------------------------------------------------------- schedulers
+
+    def get_scheduler(self, queue: str, scheduler_id: str) -> SchedulerRecord | None:
+        row = self.conn.execute(
+            f"SELECT {_SCHEDULER_COLUMNS} FROM schedulers WHERE queue = ? AND id = ?",
+            (queue, scheduler_id),
+        ).fetchone()
+        return None if row is None else SchedulerRecord(*row)
+
+    def put_scheduler(self, record: SchedulerRecord) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO schedulers (queue, id, timing, template, next_run_at, "
+            "iterations) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.queue,
+                record.id,
+                record.timing,
+                record.template,
+                record.next_run_at,
+                record.iterations,
+            ),
+        )
+
+    def delete_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        cursor = self.conn.execute(
+            "DELETE FROM schedulers WHERE queue = ? AND id = ?", (queue, scheduler_id)
+        )
+        return cursor.rowcount > 0
+
+    def schedulers(self, queue: str) -> list[SchedulerRecord]:
+        rows = self.conn.execute(
+            f"SELECT {_SCHEDULER_COLUMNS} FROM schedulers WHERE queue = ? ORDER BY id", (queue,)
+        )
+        return [SchedulerRecord(*row) for row in rows]
+
+    def schedulers_by_next_run(self, queue: str, limit: int) -> list[SchedulerRecord]:
+        rows = self.conn.execute(
+            f"SELECT {_SCHEDULER_COLUMNS} FROM schedulers INDEXED BY schedulers_next "
+            "WHERE queue = ? AND next_run_at IS NOT NULL ORDER BY next_run_at, id LIMIT ?",
+            (queue, limit),
+        )
+        return [SchedulerRecord(*row) for row in rows]
+
+    def delete_schedulers(self, queue: str) -> None:
+        self.conn.execute("DELETE FROM schedulers WHERE queue = ?", (queue,))
 
     def forget_queue(self, queue: str) -> None:
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))

@@ -151,7 +151,23 @@ _V2 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    # Job schedulers; the index serves the due ones, earliest first.
+    """
+    CREATE TABLE schedulers (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        timing TEXT NOT NULL,
+        template TEXT NOT NULL,
+        next_run_at REAL,
+        iterations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (queue, id)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX schedulers_next ON schedulers (queue, next_run_at, id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -117,6 +117,7 @@ from conveyor_core.models import JobState
 from conveyor_core.store import (
     ChildDependency,
     Completion,
+    DueSchedulers,
     EventRecord,
     EventSubscription,
     Failure,
@@ -124,6 +125,7 @@ from conveyor_core.store import (
     MetricKind,
     NewJob,
     Release,
+    SchedulerRecord,
     SearchPage,
     StallOutcome,
     StoreCapabilities,
@@ -936,6 +938,45 @@ class SQLiteStore:
         self, queue: str, kind: MetricKind, start: int, end: int
     ) -> dict[int, int]:
         return await self._read(lambda s: s.engine.get_metrics(queue, kind, start, end))
+
+    # ---------------------------------------------------------------- protocol: schedulers
+
+    async def upsert_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        timing: str,
+        template: str,
+        next_run_at: float | None,
+        now: float,
+    ) -> None:
+        await self._write(
+            lambda s: s.engine.upsert_scheduler(
+                queue, scheduler_id, timing, template, next_run_at, now
+            )
+        )
+
+    async def remove_scheduler(self, queue: str, scheduler_id: str) -> bool:
+        return await self._write(lambda s: s.engine.remove_scheduler(queue, scheduler_id))
+
+    async def get_schedulers(self, queue: str) -> list[SchedulerRecord]:
+        return await self._read(lambda s: s.engine.get_schedulers(queue))
+
+    async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
+        return await self._read(lambda s: s.engine.due_schedulers(queue, now, limit))
+
+    async def fire_scheduler(
+        self,
+        queue: str,
+        scheduler_id: str,
+        expected: float,
+        next_run_at: float | None,
+        jobs: Sequence[NewJob],
+        now: float,
+    ) -> bool:
+        return await self._write(
+            lambda s: s.engine.fire_scheduler(queue, scheduler_id, expected, next_run_at, jobs, now)
+        )
 
     # ---------------------------------------------------------------- protocol: events
 

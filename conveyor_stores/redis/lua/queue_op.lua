@@ -88,6 +88,10 @@ elseif op == 'obliterate' then
   for _, id in ipairs(ids) do
     if redis.call('EXISTS', QB .. 'job:' .. id) == 1 then remove_tree(QB, id) end
   end
+  for _, sid in ipairs(redis.call('ZRANGE', QB .. 'scheds', 0, -1)) do
+    redis.call('DEL', QB .. 'sched:' .. sid)
+  end
+  redis.call('DEL', QB .. 'scheds', QB .. 'sched_next')
   redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)

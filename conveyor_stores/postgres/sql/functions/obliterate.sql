@@ -17,6 +17,7 @@ BEGIN
     END LOOP;
     DELETE FROM @S.queues WHERE queue = q;
     DELETE FROM @S.metrics WHERE queue = q;
+    DELETE FROM @S.schedulers WHERE queue = q;
     PERFORM @S._publish(evs);
     RETURN true;
 END $$;
