@@ -4,7 +4,7 @@
 -- keep_failed, parent_id, parent_queue, parent_base, parent_policy ('' = none).
 -- A flow lists parents before children and every parent is in the child's group, so a
 -- parent is always new here: its dependency order and pending count are counted in
--- Lua and written once.
+-- Lua and written once (with 'dv': its order set and counters are kept from the start).
 local F = 16
 local ngroups = tonumber(ARGV[3])
 local groups = {}
@@ -97,6 +97,7 @@ for g = 1, ngroups do
         parents[pkey] = count
         redis.call('HSET', pbase .. 'deps:' .. pid, jk,
           cjson.encode({ q = queue, i = id, b = base, s = 'pending', o = count }))
+        redis.call('ZADD', pbase .. 'dord:' .. pid, count, jk)
       end
       redis.call('HSET', jk, unpack(fields))
       redis.call('ZADD', base .. 'all', NOW_S, id)
@@ -121,6 +122,6 @@ for g = 1, ngroups do
   end
 end
 for _, pkey in ipairs(parent_list) do
-  redis.call('HSET', pkey, 'pend', parents[pkey], 'dseq', parents[pkey])
+  redis.call('HSET', pkey, 'pend', parents[pkey], 'dseq', parents[pkey], 'dv', 1)
 end
 return done(written)
