@@ -7,6 +7,7 @@ Examples::
     python -m benchmarks --store postgres --store postgres-fast --workload process
     python -m benchmarks --store sqlite --workload flow_big --big-children 1000 10000
     python -m benchmarks --store postgres --workload search --search-jobs 1000000
+    python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from .large_flow import run_large_flow
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import WORKLOADS, Figure, Params
@@ -54,9 +56,18 @@ def _parser() -> argparse.ArgumentParser:
         "--workload",
         action="extend",
         nargs="+",
-        choices=sorted([*WORKLOADS, "search"]),
+        choices=sorted([*WORKLOADS, "search", "large_flow"]),
         help="workloads to run (default: all but search, which fills a queue of "
-        "--search-jobs jobs first)",
+        "--search-jobs jobs first, and large_flow, which adds and runs flows of "
+        "--large-children children)",
+    )
+    parser.add_argument(
+        "--large-children",
+        type=int,
+        nargs="+",
+        default=[100_000],
+        metavar="C",
+        help="children of the large_flow flow; several sizes show whether reads grow",
     )
     parser.add_argument(
         "--search-jobs",
@@ -87,13 +98,21 @@ def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str,
 
 
 async def run_benchmarks(
-    stores: Sequence[str], workloads: Sequence[str], params: Params, repeat: int
+    stores: Sequence[str],
+    workloads: Sequence[str],
+    params: Params,
+    repeat: int,
+    large_children: tuple[int, ...] = (100_000,),
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
         for name in workloads:
             if name == "search":
                 for line in await run_search(url, label(url), params.search_jobs):
+                    print(json.dumps(line), flush=True)
+                continue
+            if name == "large_flow":
+                for line in await run_large_flow(url, label(url), large_children):
                     print(json.dumps(line), flush=True)
                 continue
             runs: list[list[Figure]] = []
@@ -106,13 +125,17 @@ async def run_benchmarks(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if min(args.jobs, args.children, *args.big_children) < 1 or args.repeat < 1:
-        print("--jobs, --children, --big-children and --repeat must be positive", file=sys.stderr)
+    sizes = (args.jobs, args.children, *args.big_children, *args.large_children)
+    if min(sizes) < 1 or args.repeat < 1:
+        print(
+            "--jobs, --children, --big-children, --large-children and --repeat must be positive",
+            file=sys.stderr,
+        )
         return 2
     stores = [resolve(s) for s in (args.store or ["memory", "sqlite"])]
     workloads = args.workload or list(WORKLOADS)
     params = Params(args.jobs, args.children, tuple(args.big_children), args.search_jobs)
-    anyio.run(run_benchmarks, stores, workloads, params, args.repeat)
+    anyio.run(run_benchmarks, stores, workloads, params, args.repeat, tuple(args.large_children))
     return 0
 
 
