@@ -12,6 +12,7 @@ own schema or key prefix, dropped afterwards; a SQLite run gets a fresh file.
 from __future__ import annotations
 
 import statistics
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from time import perf_counter
@@ -21,8 +22,8 @@ import anyio
 
 from conveyor_core import FlowProducer, Job, Worker
 from conveyor_core.store import StoreInterface
+from conveyor_stores import open_store
 
-from .search import isolated
 from .stores import fresh_store
 from .workloads import CONCURRENCY, TIMEOUT, fresh_name
 
@@ -35,13 +36,49 @@ WALK_PAGE = 1000
 
 @asynccontextmanager
 async def _store_for(url: str) -> AsyncIterator[StoreInterface]:
+    """A PostgreSQL store on its own schema or a Redis store on its own key prefix,
+    dropped wholesale afterwards; any other store as ``fresh_store`` makes it."""
     scheme = url.partition("://")[0].lower()
-    if scheme in ("postgresql", "postgres", "redis", "rediss"):
-        async with isolated(url) as store:
-            yield store
-    else:
+    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         async with fresh_store(url) as store:
             yield store
+        return
+    name = f"bench_large_{uuid.uuid4().hex[:8]}"
+    joiner = "&" if "?" in url else "?"
+    option = "schema" if scheme.startswith("postgres") else "prefix"
+    store = open_store(f"{url}{joiner}{option}={name}")
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+        await _drop(url.partition("?")[0], scheme, name)
+
+
+async def _drop(url: str, scheme: str, name: str) -> None:
+    if scheme.startswith("postgres"):
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"{name}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
 
 
 async def _median(call: Callable[[], Awaitable[Any]]) -> float:

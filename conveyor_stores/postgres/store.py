@@ -847,7 +847,7 @@ def _statements(schema: str) -> dict[str, str]:
         "AND d.parent_id = j.id WHERE j.queue = $1::text AND j.id = $2::text ORDER BY d.pos",
         "get_dependency_page": "SELECT d.pos, d.child_queue, d.child_id, d.status, d.value, "
         f"d.reason FROM {s}.jobs j LEFT JOIN LATERAL (SELECT * FROM {s}.deps d "
-        "WHERE d.parent_queue = j.queue AND d.parent_id = j.id AND d.pos > $3::int8 "
+        "WHERE d.parent_queue = j.queue AND d.parent_id = j.id AND d.pos >= 0 AND d.pos > $3::int8 "
         "ORDER BY d.pos LIMIT $4::int8) d ON true WHERE j.queue = $1::text AND j.id = $2::text "
         "ORDER BY d.pos",
         "get_dependency_counts": "SELECT pending, deps_processed, deps_failed, deps_ignored "

@@ -3,7 +3,8 @@
 -- ran it. (``pending`` is moved by the transitions themselves: RELEASE CHECK reads it
 -- under the parent's row lock.) Parents are updated one at a time in key order, the
 -- order in which complete_jobs locks them, so two transactions never deadlock here.
-CREATE OR REPLACE FUNCTION @S._count_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION @S._count_dependencies() RETURNS trigger LANGUAGE plpgsql
+@PLANNER AS $$
 DECLARE
     r record;
 BEGIN

@@ -1,5 +1,8 @@
 -- Large flows. A parent's children by insertion order: a page is a range of this index.
-CREATE INDEX deps_order ON @S.deps (parent_queue, parent_id, pos);
+-- Positions are never negative; the predicate keeps the index to the queries that state
+-- it (the page reads), so lookups of one record by its key keep using the primary key
+-- instead of walking a parent's children in this index.
+CREATE INDEX deps_order ON @S.deps (parent_queue, parent_id, pos) WHERE pos >= 0;
 
 -- Counters of a parent's dependency records per status beside ``pending``, moved by the
 -- statement triggers on deps (created after the functions, in the next file's step).
