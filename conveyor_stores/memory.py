@@ -87,9 +87,9 @@ class _Dependencies:
         self.records: dict[tuple[str, str], tuple[int, ChildDependency]] = {}
         self.keys: dict[int, tuple[str, str]] = {}
         self.positions: list[int] = []
-        """Positions ascending, appended to; a deleted record's position stays until
-        more than half are such (then the list is compacted), so a delete is O(1)
-        amortised and a page skips at most as many stale positions as live ones."""
+        """Positions ascending, appended to; a deleted record's position stays (a page
+        skips it) until more than half are such, then the list is compacted, so a
+        delete costs O(1) amortised."""
         self.last = 0
         self.counts: dict[DependencyStatus, int] = dict.fromkeys(DEPENDENCY_STATUSES, 0)
 
