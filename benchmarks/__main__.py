@@ -8,6 +8,7 @@ Examples::
     python -m benchmarks --store sqlite --workload flow_big --big-children 1000 10000
     python -m benchmarks --store postgres --workload search --search-jobs 1000000
     python -m benchmarks --store sqlite --store postgres --workload schedule
+    python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 
 import anyio
 
+from .large_flow import run_large_flow
 from .schedule import run_schedule
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
-_SPECIAL = ("search", "schedule")
+_SPECIAL = ("search", "schedule", "large_flow")
 """Workloads run only when named: they take long, or spawn processes."""
 
 
@@ -62,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=sorted([*WORKLOADS, *_SPECIAL]),
         help="workloads to run (default: " + ", ".join(DEFAULT_WORKLOADS) + "; search fills "
-        "a queue of --search-jobs jobs first, and schedule runs --schedule-seconds)",
+        "a queue of --search-jobs jobs first, schedule runs --schedule-seconds, and "
+        "large_flow adds and runs flows of --large-children children)",
     )
     parser.add_argument(
         "--schedule-seconds",
@@ -77,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         metavar="P",
         help="worker processes of the schedule workload",
+    )
+    parser.add_argument(
+        "--large-children",
+        type=int,
+        nargs="+",
+        default=[100_000],
+        metavar="C",
+        help="children of the large_flow flow; several sizes show whether reads grow",
     )
     parser.add_argument(
         "--search-jobs",
@@ -135,6 +146,7 @@ async def run_benchmarks(
     params: Params,
     repeat: int,
     schedule: tuple[float, int] = (60.0, 3),
+    large_children: tuple[int, ...] = (100_000,),
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
@@ -147,6 +159,10 @@ async def run_benchmarks(
                 async for line in run_search(url, label(url), params.search_jobs):
                     print(json.dumps(line), flush=True)
                 continue
+            if name == "large_flow":
+                for line in await run_large_flow(url, label(url), large_children):
+                    print(json.dumps(line), flush=True)
+                continue
             runs: list[list[Figure]] = []
             for _ in range(repeat):
                 async with fresh_store(url) as (store, store_url):
@@ -157,8 +173,12 @@ async def run_benchmarks(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if min(args.jobs, args.children, *args.big_children) < 1 or args.repeat < 1:
-        print("--jobs, --children, --big-children and --repeat must be positive", file=sys.stderr)
+    sizes = (args.jobs, args.children, *args.big_children, *args.large_children)
+    if min(sizes) < 1 or args.repeat < 1:
+        print(
+            "--jobs, --children, --big-children, --large-children and --repeat must be positive",
+            file=sys.stderr,
+        )
         return 2
     if args.pickup_jobs < 1 or args.idle_seconds <= 0:
         print("--pickup-jobs and --idle-seconds must be positive", file=sys.stderr)
@@ -181,7 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--schedule-seconds and --schedule-processes must be positive", file=sys.stderr)
         return 2
     schedule = (args.schedule_seconds, args.schedule_processes)
-    anyio.run(run_benchmarks, stores, workloads, params, args.repeat, schedule)
+    anyio.run(
+        run_benchmarks,
+        stores,
+        workloads,
+        params,
+        args.repeat,
+        schedule,
+        tuple(args.large_children),
+    )
     return 0
 
 

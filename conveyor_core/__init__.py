@@ -26,7 +26,7 @@ from .errors import (
 )
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
-from .job import Dependencies, Job, JobPage
+from .job import Dependencies, DependencyCounts, Job, JobPage
 from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
 from .operations import QueueInfo, list_queues
 from .payloads import DataValidationError
@@ -46,6 +46,7 @@ __all__ = [
     "ConveyorError",
     "DataValidationError",
     "Dependencies",
+    "DependencyCounts",
     "DuplicateJobError",
     "FlowJob",
     "FlowProducer",

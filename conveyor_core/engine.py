@@ -22,10 +22,13 @@ from typing import Any, Protocol
 from .errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError
 from .models import JobState, ParentPolicy
 from .store import (
+    DEPENDENCY_STATUSES,
     PARENT_FAILED_REASON,
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DependencyPage,
+    DependencyStatus,
     DueSchedulers,
     Failure,
     JobRecord,
@@ -36,7 +39,10 @@ from .store import (
     SearchPage,
     StallOutcome,
     TakeResult,
+    check_dependency_limit,
     child_failed_reason,
+    decode_dependency_cursor,
+    encode_dependency_cursor,
 )
 
 WAITING = JobState.WAITING
@@ -176,6 +182,20 @@ class Backend(Protocol):
 
     def pending_count(self, queue: str, job_id: str) -> int:
         """How many of the parent's dependencies are ``pending``."""
+        ...
+
+    def dependency_page(
+        self, queue: str, job_id: str, after: int | None, limit: int
+    ) -> list[tuple[int, ChildDependency]]:
+        """Up to ``limit`` of the parent's dependency records whose insertion position
+        is greater than ``after`` (all, for ``None``), in insertion order, each with its
+        position. Cost: the page (an ordered index), not the parent's whole list."""
+        ...
+
+    def dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        """How many of the parent's dependency records are in each status (every status
+        present), from counters kept by ``put_dependency``/``delete_dependency`` and the
+        deletion of the parent, never by reading the records."""
         ...
 
     def add_log(self, queue: str, job_id: str, line: str) -> int:
@@ -749,6 +769,37 @@ class Engine:
         self._remove(job, now)
         return True
 
+    def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
+        """REMOVE CHILD DEPENDENCY of the protocol."""
+        job = self._require(queue, job_id)
+        pq, pid = job.parent_queue, job.parent_id
+        if pq is None or pid is None:
+            return False
+        job.parent_queue = job.parent_id = None
+        job.parent_policy = None
+        self.b.save(job, job.state)
+        link = self.b.get_dependency(pq, pid, queue, job_id)
+        if link is not None and link.status == "pending":
+            self.b.delete_dependency(pq, pid, queue, job_id)
+            self._release_check(pq, pid, now)
+        return True
+
+    def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
+        """REMOVE UNPROCESSED CHILDREN of the protocol."""
+        self._require(queue, job_id)
+        removed = 0
+        for dep in self.b.dependencies(queue, job_id):
+            if dep.status != "pending":
+                continue
+            child = self.b.get(dep.queue, dep.id)
+            if child is None:
+                self.b.delete_dependency(queue, job_id, dep.queue, dep.id)
+            elif child.state is not ACTIVE:
+                self._remove(child, now)
+                removed += 1
+        self._release_check(queue, job_id, now)
+        return removed
+
     # ------------------------------------------------------------------ queues
 
     def pause(self, queue: str, now: float) -> None:
@@ -826,6 +877,23 @@ class Engine:
     def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         self._require(queue, job_id)
         return self.b.dependencies(queue, job_id)
+
+    def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        check_dependency_limit(limit)
+        after = None if cursor is None else decode_dependency_cursor(cursor)
+        self._require(queue, job_id)
+        rows = self.b.dependency_page(queue, job_id, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = encode_dependency_cursor(rows[-1][0]) if more else None
+        return DependencyPage([dep for _, dep in rows], following)
+
+    def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        self._require(queue, job_id)
+        counts = self.b.dependency_counts(queue, job_id)
+        return {status: counts.get(status, 0) for status in DEPENDENCY_STATUSES}
 
     # ------------------------------------------------------------------ operating
 

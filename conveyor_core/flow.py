@@ -24,7 +24,7 @@ from .queue import (
     record_of,
     resolve_options,
 )
-from .store import NewJob, StoreInterface
+from .store import ChildDependency, NewJob, StoreInterface
 
 __all__ = ["FlowProducer", "JobNode"]
 
@@ -40,6 +40,9 @@ class JobNode:
 
     job: Job
     children: list[JobNode] = field(default_factory=list)
+    hidden_children: int = 0
+    """How many of the job's children ``get_flow(max_children=...)`` left out (counted
+    from the store's dependency counts, without reading them); 0 when none were."""
 
     def __repr__(self) -> str:
         # Shallow on purpose: a flow may nest far deeper than the recursion limit.
@@ -255,8 +258,9 @@ class FlowProducer:
         """The tree under a job, or ``None`` if the job does not exist.
 
         ``depth`` counts levels, the job's own included (``1``: the job alone);
-        ``max_children`` keeps only the first children of each node. Children that no
-        longer exist are left out.
+        ``max_children`` keeps only the first children of each node: only that page of
+        each node's children is read, and ``hidden_children`` tells how many were left
+        out. Children that no longer exist are left out.
         """
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -271,14 +275,10 @@ class FlowProducer:
             if not level:
                 break
             dependencies = await _gather(
-                [
-                    partial(self.store.get_dependencies, node.job.queue_name, node.job.id)
-                    for node in level
-                ]
+                [partial(self._children_of, node, max_children) for node in level]
             )
             wanted: list[tuple[JobNode, str, str]] = []
-            for node, deps in zip(level, dependencies, strict=True):
-                chosen = deps if max_children is None else deps[:max_children]
+            for node, chosen in zip(level, dependencies, strict=True):
                 wanted.extend((node, dep.queue, dep.id) for dep in chosen)
             records = await _gather(
                 [partial(self.store.get_job, queue, child_id) for _, queue, child_id in wanted]
@@ -292,6 +292,24 @@ class FlowProducer:
                 next_level.append(node)
             level = next_level
         return root
+
+    async def _children_of(self, node: JobNode, max_children: int | None) -> list[ChildDependency]:
+        """The node's dependency records to draw: all of them, or the first page of
+        ``max_children``, noting in ``node.hidden_children`` how many more there are."""
+        queue, job_id = node.job.queue_name, node.job.id
+        if max_children is None:
+            return await self.store.get_dependencies(queue, job_id)
+        chosen: list[ChildDependency] = []
+        more = True
+        if max_children > 0:
+            page = await self.store.get_dependency_page(
+                queue, job_id, cursor=None, limit=max_children
+            )
+            chosen, more = page.dependencies, page.next_cursor is not None
+        if more:
+            counts = await self.store.get_dependency_counts(queue, job_id)
+            node.hidden_children = max(0, sum(counts.values()) - len(chosen))
+        return chosen
 
     async def close(self) -> None:
         """Nothing to release: the store stays open for its other users."""

@@ -18,7 +18,7 @@ from .models import MAX_PRIORITY, JobOptions, JobState
 from .payloads import validate
 from .store import JobRecord, StoreInterface
 
-__all__ = ["Dependencies", "Job", "JobPage"]
+__all__ = ["Dependencies", "DependencyCounts", "Job", "JobPage"]
 
 DataT = TypeVar("DataT", default=Any)
 T = TypeVar("T")
@@ -28,6 +28,8 @@ T = TypeVar("T")
 _DEFAULT_OPTS = JobOptions()
 _OPTS_CACHE: dict[str, JobOptions] = {"{}": _DEFAULT_OPTS, "": _DEFAULT_OPTS}
 _OPTS_CACHE_SIZE = 512
+DEFAULT_DEPENDENCY_PAGE = 100
+"""Children per page of ``Job.get_dependencies(cursor=...)`` when no ``limit`` is given."""
 _FINISHED_EVENTS = frozenset({"completed", "failed", "removed"})
 
 
@@ -59,6 +61,28 @@ class Dependencies:
     """Children whose final failure was recorded on the parent: ``{child_id: reason}``."""
     ignored: dict[str, str] = field(default_factory=dict)
     """Failed children the parent ignores: ``{child_id: reason}``."""
+    next_cursor: str | None = None
+    """When read a page at a time: pass it as ``cursor`` for the next page; ``None``
+    after the last page (and always when every child was read at once)."""
+
+
+@dataclass(slots=True, frozen=True)
+class DependencyCounts:
+    """How many of a parent's children are in each status (``Job.get_dependency_counts``)."""
+
+    processed: int = 0
+    """Completed children."""
+    unprocessed: int = 0
+    """Children still pending."""
+    failed: int = 0
+    """Children whose final failure was recorded on the parent."""
+    ignored: int = 0
+    """Failed children the parent ignores."""
+
+    @property
+    def total(self) -> int:
+        """Every child the parent holds a record of."""
+        return self.processed + self.unprocessed + self.failed + self.ignored
 
 
 class Job(Generic[DataT]):
@@ -221,10 +245,30 @@ class Job(Generic[DataT]):
         lines = await self._store.get_logs(self.queue_name, self.id, start, end)
         return [codec.loads(line) for line in lines]
 
-    async def get_dependencies(self) -> Dependencies:
-        """The job's children grouped as processed, unprocessed, failed and ignored."""
+    async def get_dependencies(
+        self, cursor: str | None = None, limit: int | None = None
+    ) -> Dependencies:
+        """The job's children grouped as processed, unprocessed, failed and ignored.
+
+        Without arguments: every child, and ``next_cursor`` is ``None``. With ``limit``
+        (or ``cursor``): one page of at most ``limit`` children (default 100) in the
+        order they were added, starting after ``cursor`` (``None``: from the first), and
+        ``next_cursor`` for the page after it (``None`` after the last). A page costs the
+        page, however many children the job has. ``JobNotFoundError`` if the job is gone.
+        """
         deps = Dependencies()
-        for dep in await self._store.get_dependencies(self.queue_name, self.id):
+        if cursor is None and limit is None:
+            records = await self._store.get_dependencies(self.queue_name, self.id)
+        else:
+            page = await self._store.get_dependency_page(
+                self.queue_name,
+                self.id,
+                cursor=cursor,
+                limit=DEFAULT_DEPENDENCY_PAGE if limit is None else limit,
+            )
+            records = page.dependencies
+            deps.next_cursor = page.next_cursor
+        for dep in records:
             if dep.status == "processed":
                 deps.processed[dep.id] = _decode(dep.value)
             elif dep.status == "pending":
@@ -234,6 +278,17 @@ class Job(Generic[DataT]):
             else:
                 deps.ignored[dep.id] = dep.reason or ""
         return deps
+
+    async def get_dependency_counts(self) -> DependencyCounts:
+        """How many children are processed, unprocessed, failed and ignored, read from
+        counters the store keeps (no child is read). ``JobNotFoundError`` if gone."""
+        counts = await self._store.get_dependency_counts(self.queue_name, self.id)
+        return DependencyCounts(
+            processed=counts["processed"],
+            unprocessed=counts["pending"],
+            failed=counts["failed"],
+            ignored=counts["ignored"],
+        )
 
     @overload
     async def get_children_values(self) -> dict[str, Any]: ...
@@ -327,6 +382,30 @@ class Job(Generic[DataT]):
         """Remove the job and its unfinished descendants; ``JobNotFoundError`` if gone."""
         if not await self._store.remove_job(self.queue_name, self.id):
             raise JobNotFoundError(self.queue_name, self.id)
+
+    async def remove_child_dependency(self) -> bool:
+        """Leave the parent: it no longer waits for this job (and is released if this
+        was its last pending child), and this job's outcome no longer reaches it.
+
+        Returns ``False`` if the job has no parent. A child that already resolved stays
+        in the parent's record (a completed child keeps its value there).
+        ``JobNotFoundError`` if the job is gone.
+        """
+        left = await self._store.remove_child_dependency(self.queue_name, self.id, self._clock())
+        if left:
+            self._record.parent_id = None
+            self._record.parent_queue = None
+            self._record.parent_policy = None
+        return left
+
+    async def remove_unprocessed_children(self) -> int:
+        """Remove this job's children that are still pending (with their unfinished
+        descendants), except running ones, which finish; returns how many children were
+        removed. A parent left with no pending child is released.
+        ``JobNotFoundError`` if the job is gone."""
+        return await self._store.remove_unprocessed_children(
+            self.queue_name, self.id, self._clock()
+        )
 
     # ------------------------------------------------------------------ waiting
 

@@ -88,6 +88,29 @@ job of a tick has the id ``sched:<scheduler id>:<tick in whole milliseconds>``, 
 a repeated add of the same tick collapses (as by ``add_jobs``, an existing first job
 skips its group). ``obliterate`` deletes the queue's schedulers.
 
+REMOVE CHILD DEPENDENCY of a job ``C`` (a child leaving its parent): ``C`` keeps
+running or waiting as it is, but no longer has a parent: its ``parent_id``,
+``parent_queue`` and ``parent_policy`` are cleared, so its completion, failure or retry
+no longer touches the parent. If the parent ``P`` still holds a ``pending`` dependency on
+``C``, that dependency is deleted and counts as resolved (RELEASE CHECK on ``P``). A
+dependency that already resolved (``processed``, ``failed``, ``ignored``) stays on ``P``
+as its record: a processed child keeps its value.
+
+REMOVE UNPROCESSED CHILDREN of a parent ``P``: every child on which ``P`` holds a
+``pending`` dependency is REMOVED (with its unfinished descendants; its dependency is
+deleted and counts as resolved), except a child that is ``active``: a running child is
+left to finish, and its outcome is recorded on ``P`` as usual. A pending dependency whose
+child no longer exists is deleted too. Then RELEASE CHECK on ``P`` (once). Resolved
+dependencies stay.
+
+DEPENDENCY COUNTS: a store keeps, per parent, how many of its dependency records are in
+each status, exact after every transition that writes, changes or deletes a dependency
+record (add, complete, every failure policy, retry putting a dependency back, REMOVE,
+REMOVE CHILD DEPENDENCY, obliterate), so :meth:`StoreInterface.get_dependency_counts`
+reads counters instead of the records; and it keeps a parent's records readable by range
+in insertion order, so a page of :meth:`StoreInterface.get_dependency_page` costs the
+page, not the flow.
+
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
 most recently finished jobs of its queue in that state; delete older ones). Deleting a
@@ -179,6 +202,46 @@ class ChildDependency:
     """JSON text of the child's return value when ``processed``."""
     reason: str | None = None
     """The child's failure reason when ``failed`` or ``ignored``."""
+
+
+@dataclass(slots=True)
+class DependencyPage:
+    """One page of :meth:`StoreInterface.get_dependency_page`."""
+
+    dependencies: list[ChildDependency]
+    """The page's dependency records, in the order they were added to the parent."""
+    next_cursor: str | None
+    """Pass it back for the next page; ``None`` when no record follows this page."""
+
+
+def encode_dependency_cursor(position: int) -> str:
+    """The cursor of a dependency page: resume after the record at ``position``.
+
+    ``position`` is the store's insertion-order number of the last record of the page
+    (a non-negative integer: a sequence, a score, a counter); every store writes cursors
+    this way, so a cursor is a plain decimal text.
+    """
+    return str(position)
+
+
+def decode_dependency_cursor(cursor: str) -> int:
+    """The position of :func:`encode_dependency_cursor`; ``ValueError`` naming the cursor
+    if it is not one."""
+    if not isinstance(cursor, str) or not cursor.isascii() or not cursor.isdigit():
+        raise ValueError(f"not a dependency cursor: {cursor!r}")
+    return int(cursor)
+
+
+def check_dependency_limit(limit: int) -> int:
+    """``limit`` of a dependency page, checked: an ``int`` of at least 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit!r}")
+    return limit
+
+
+DEPENDENCY_STATUSES: tuple[DependencyStatus, ...] = ("pending", "processed", "failed", "ignored")
 
 
 @dataclass(slots=True, frozen=True)
@@ -601,6 +664,48 @@ class StoreInterface(Protocol):
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         """The job's dependencies (children), in the order they were added."""
+        ...
+
+    async def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        """A page of the job's dependency records, in the order they were added.
+
+        ``cursor`` is ``None`` for the first page, else the ``next_cursor`` of the page
+        before (see :func:`encode_dependency_cursor`: the position of the last record
+        returned; the next page starts strictly after it). ``limit`` is at least 1
+        (``ValueError`` otherwise, and for a text that is not a cursor). A page holds
+        ``limit`` records, fewer only at the end; ``next_cursor`` is ``None`` exactly when
+        no record follows the page. A record replaced in place (a child completing, a
+        policy) keeps its position; a record re-created by ``retry_job`` after a ``drop``
+        is appended at the end. A walk returns each record present through the walk
+        exactly once; records added or deleted meanwhile may or may not appear.
+
+        Cost: the page, not the flow (a range read of an index ordered by insertion);
+        ``JobNotFoundError`` if the job does not exist.
+        """
+        ...
+
+    async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        """How many of the job's dependency records are in each status; every status of
+        :data:`DEPENDENCY_STATUSES` is present. Read from counters the store keeps exact
+        (DEPENDENCY COUNTS), never by reading the records. ``JobNotFoundError`` if the job
+        does not exist."""
+        ...
+
+    async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
+        """REMOVE CHILD DEPENDENCY of the job, in one atomic step.
+
+        Returns ``True`` if the job had a parent link (now cleared), ``False`` if it had
+        none (nothing changes). Releasing the parent publishes its ``waiting`` or
+        ``delayed`` event. ``JobNotFoundError`` if the job does not exist.
+        """
+        ...
+
+    async def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
+        """REMOVE UNPROCESSED CHILDREN of the job, in one atomic step; returns how many
+        children were removed (not counting their descendants). Event ``removed`` for each
+        job deleted. ``JobNotFoundError`` if the job does not exist."""
         ...
 
     async def list_queues(self) -> list[str]:

@@ -8,6 +8,7 @@ process; one ``MemoryStore`` object is one database.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,9 +22,12 @@ from conveyor_core.engine import Engine, fold_ascii
 from conveyor_core.errors import StoreClosedError
 from conveyor_core.models import JobState
 from conveyor_core.store import (
+    DEPENDENCY_STATUSES,
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DependencyPage,
+    DependencyStatus,
     DueSchedulers,
     EventRecord,
     EventSubscription,
@@ -80,14 +84,65 @@ class _QueueData:
         )
 
 
+class _Dependencies:
+    """One parent's dependency records: by child, by insertion position, and counted
+    per status."""
+
+    __slots__ = ("counts", "keys", "last", "positions", "records")
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], tuple[int, ChildDependency]] = {}
+        self.keys: dict[int, tuple[str, str]] = {}
+        self.positions: list[int] = []
+        """Positions ascending, appended to; a deleted record's position stays (a page
+        skips it) until more than half are such, then the list is compacted, so a
+        delete costs O(1) amortised."""
+        self.last = 0
+        self.counts: dict[DependencyStatus, int] = dict.fromkeys(DEPENDENCY_STATUSES, 0)
+
+    def put(self, dep: ChildDependency) -> None:
+        key = (dep.queue, dep.id)
+        old = self.records.get(key)
+        if old is None:
+            self.last += 1
+            pos = self.last
+            self.keys[pos] = key
+            self.positions.append(pos)
+        else:
+            pos = old[0]
+            self.counts[old[1].status] -= 1
+        self.records[key] = (pos, dep)
+        self.counts[dep.status] += 1
+
+    def delete(self, key: tuple[str, str]) -> None:
+        old = self.records.pop(key, None)
+        if old is None:
+            return
+        pos, dep = old
+        del self.keys[pos]
+        self.counts[dep.status] -= 1
+        if len(self.positions) > 2 * len(self.keys) + 16:
+            self.positions = [p for p in self.positions if p in self.keys]
+
+    def page(self, after: int | None, limit: int) -> list[tuple[int, ChildDependency]]:
+        positions, keys, records = self.positions, self.keys, self.records
+        index = 0 if after is None else bisect.bisect_right(positions, after)
+        out: list[tuple[int, ChildDependency]] = []
+        while index < len(positions) and len(out) < limit:
+            key = keys.get(positions[index])
+            if key is not None:
+                out.append((positions[index], records[key][1]))
+            index += 1
+        return out
+
+
 class MemoryBackend:
     """Dict-and-heap implementation of :class:`~conveyor_core.engine.Backend`."""
 
     def __init__(self) -> None:
         self.jobs: dict[tuple[str, str], JobRecord] = {}
         self.queues_: dict[str, _QueueData] = {}
-        self.deps: dict[tuple[str, str], dict[tuple[str, str], ChildDependency]] = {}
-        self.pending: dict[tuple[str, str], int] = {}
+        self.deps: dict[tuple[str, str], _Dependencies] = {}
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.order = 0
         self.listened: dict[str, int] = {}
@@ -162,7 +217,6 @@ class MemoryBackend:
         key = (queue, job_id)
         self.logs.pop(key, None)
         self.deps.pop(key, None)
-        self.pending.pop(key, None)
 
     def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
         q = self._q(queue)
@@ -267,30 +321,42 @@ class MemoryBackend:
     # ---------------------------------------------------------------- dependencies
 
     def dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
-        return list(self.deps.get((queue, job_id), {}).values())
+        deps = self.deps.get((queue, job_id))
+        return [] if deps is None else [dep for _, dep in deps.records.values()]
 
     def get_dependency(
         self, queue: str, job_id: str, child_queue: str, child_id: str
     ) -> ChildDependency | None:
-        return self.deps.get((queue, job_id), {}).get((child_queue, child_id))
+        deps = self.deps.get((queue, job_id))
+        found = None if deps is None else deps.records.get((child_queue, child_id))
+        return None if found is None else found[1]
 
     def put_dependency(self, queue: str, job_id: str, dep: ChildDependency) -> None:
-        key = (queue, job_id)
-        deps = self.deps.setdefault(key, {})
-        old = deps.get((dep.queue, dep.id))
-        deps[(dep.queue, dep.id)] = dep
-        delta = (dep.status == "pending") - (old is not None and old.status == "pending")
-        if delta:
-            self.pending[key] = self.pending.get(key, 0) + delta
+        deps = self.deps.get((queue, job_id))
+        if deps is None:
+            deps = self.deps[(queue, job_id)] = _Dependencies()
+        deps.put(dep)
 
     def delete_dependency(self, queue: str, job_id: str, child_queue: str, child_id: str) -> None:
-        key = (queue, job_id)
-        old = self.deps.get(key, {}).pop((child_queue, child_id), None)
-        if old is not None and old.status == "pending":
-            self.pending[key] -= 1
+        deps = self.deps.get((queue, job_id))
+        if deps is not None:
+            deps.delete((child_queue, child_id))
 
     def pending_count(self, queue: str, job_id: str) -> int:
-        return self.pending.get((queue, job_id), 0)
+        deps = self.deps.get((queue, job_id))
+        return 0 if deps is None else deps.counts["pending"]
+
+    def dependency_page(
+        self, queue: str, job_id: str, after: int | None, limit: int
+    ) -> list[tuple[int, ChildDependency]]:
+        deps = self.deps.get((queue, job_id))
+        if deps is None:
+            return []
+        return deps.page(after, limit)
+
+    def dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        deps = self.deps.get((queue, job_id))
+        return {} if deps is None else dict(deps.counts)
 
     # ---------------------------------------------------------------- logs, queues
 
@@ -649,6 +715,22 @@ class MemoryStore:
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         return await self._call(self._engine.get_dependencies, queue, job_id)
+
+    async def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        return self._run(
+            self._engine.get_dependency_page, queue, job_id, cursor=cursor, limit=limit
+        )
+
+    async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        return self._run(self._engine.get_dependency_counts, queue, job_id)
+
+    async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
+        return self._run(self._engine.remove_child_dependency, queue, job_id, now)
+
+    async def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
+        return self._run(self._engine.remove_unprocessed_children, queue, job_id, now)
 
     async def list_queues(self) -> list[str]:
         return await self._call(self._backend.queues)

@@ -16,6 +16,8 @@ import anyio
 from conveyor_core.errors import DuplicateJobError
 from conveyor_core.store import (
     Completion,
+    DependencyPage,
+    DependencyStatus,
     Failure,
     JobRecord,
     NewJob,
@@ -199,3 +201,28 @@ class ClaimsSharing(MemoryStore):
     own jobs in its own memory, so a second object never sees them."""
 
     capabilities = StoreCapabilities(shared=True, cross_process_events=True)
+
+
+class CountsMissIgnoredChildren(MemoryStore):
+    """Defect: the ignore policy forgets to move the parent's counters, so a child whose
+    failure the parent ignores is still counted as pending."""
+
+    async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        counts = await super().get_dependency_counts(queue, job_id)
+        counts["pending"] += counts["ignored"]
+        counts["ignored"] = 0
+        return counts
+
+
+class PagesSkipTheChildAfterTheCursor(MemoryStore):
+    """Defect: a page after the first starts one child too late (``>=`` read as ``>``
+    once too often), so a walk through the pages never sees the first child of each
+    following page."""
+
+    async def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        if cursor is None:
+            return await super().get_dependency_page(queue, job_id, cursor=cursor, limit=limit)
+        page = await super().get_dependency_page(queue, job_id, cursor=cursor, limit=limit + 1)
+        return DependencyPage(page.dependencies[1:], page.next_cursor)

@@ -133,3 +133,37 @@ async def test_deep_chain_and_get_flow(store: MemoryStore) -> None:
     full = await flow.get_flow(node.job.id, "chain", depth=2000)
     assert full is not None and len(full.walk()) == 1000
     assert await flow.get_flow("missing", "chain") is None
+
+
+class _CountsFullReads(MemoryStore):
+    """A MemoryStore that counts how often a parent's whole list of children is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_reads = 0
+
+    async def get_dependencies(self, queue: str, job_id: str) -> Any:
+        self.full_reads += 1
+        return await super().get_dependencies(queue, job_id)
+
+
+async def test_get_flow_with_max_children_reads_a_page_and_counts_the_rest() -> None:
+    children: list[dict[str, Any]] = [
+        {"name": f"part-{i}", "queue_name": "parts"} for i in range(40)
+    ]
+    children[0]["children"] = [{"name": f"piece-{i}", "queue_name": "pieces"} for i in range(3)]
+    async with _CountsFullReads() as store:
+        flow = FlowProducer(store=store)
+        node = await flow.add({"name": "big", "queue_name": "big", "children": children})
+        tree = await flow.get_flow(node.job.id, "big", max_children=5)
+        assert tree is not None
+        assert [child.job.name for child in tree.children] == [f"part-{i}" for i in range(5)]
+        assert tree.hidden_children == 35
+        first = tree.children[0]
+        assert [child.job.name for child in first.children] == ["piece-0", "piece-1", "piece-2"]
+        assert first.hidden_children == 0
+        assert store.full_reads == 0, "max_children must read a page, not every child"
+        whole = await flow.get_flow(node.job.id, "big")
+        assert whole is not None and len(whole.children) == 40 and whole.hidden_children == 0
+        nothing = await flow.get_flow(node.job.id, "big", max_children=0)
+        assert nothing is not None and nothing.children == [] and nothing.hidden_children == 40

@@ -110,3 +110,21 @@ def test_the_schedule_workload_counts_ticks_and_jobs() -> None:
     assert isinstance(line["ticks"], int) and line["ticks"] >= 1
     assert line["jobs"] == line["ticks"]
     assert isinstance(line["max_lateness_ms"], float)
+
+
+def test_large_flow_prints_add_run_counts_and_pages(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'large.db'}"
+    lines = run_benchmarks("--store", url, "--workload", "large_flow", "--large-children", "300")
+    assert [line["workload"] for line in lines] == [
+        "large_flow_add",
+        "large_flow_run",
+        "large_flow_counts",
+        "large_flow_page",
+        "large_flow_page",
+    ]
+    assert all(line["children"] == 300 and line["seconds"] > 0 for line in lines)
+    assert lines[2]["processed"] == 300
+    assert [(line["page"], line["position"], line["children_read"]) for line in lines[3:]] == [
+        ("first", 0, 100),
+        ("deep", 150, 100),
+    ]

@@ -111,7 +111,10 @@ def test_add_look_and_act_from_the_command_line(url: str, tmp_path: Path) -> Non
 
     drawn = conveyor("flow", "order-1", "--queue", "orders", "--max-children", "2", url=url)
     assert drawn.stdout.count("stock · pick") == 2
-    assert "further children not shown" in drawn.stdout
+    assert "1 more child not shown" in drawn.stdout
+    tree = as_json("flow", "order-1", "--queue", "orders", "--max-children", "2", url=url)
+    assert isinstance(tree, dict) and tree["hidden_children"] == 1
+    assert [child["hidden_children"] for child in tree["children"]] == [0, 0]
 
     promoted = as_json("job", "promote", later["id"], "--queue", "mail", url=url)
     assert isinstance(promoted, dict) and promoted["job"]["state"] == "waiting"

@@ -445,15 +445,19 @@ def flow() -> None:
 
 
 def _mark_truncated(node: JobNode, max_children: int | None, tree: Any) -> None:
-    """Note, under each drawn node cut to ``max_children``, that children are hidden."""
+    """Note, under each drawn node cut to ``max_children``, how many children are hidden."""
     if max_children is None:
         return
     stack = [(node, tree)]
     while stack:
         current, branch = stack.pop()
-        if len(current.children) >= max_children and max_children > 0:
-            branch.add(Text(f"… further children not shown (--max-children {max_children})", "dim"))
-        stack.extend(zip(current.children, branch.children, strict=False))
+        drawn = list(branch.children)
+        if hidden := current.hidden_children:
+            noun = "child" if hidden == 1 else "children"
+            branch.add(
+                Text(f"… {hidden:,} more {noun} not shown (--max-children {max_children})", "dim")
+            )
+        stack.extend(zip(current.children, drawn, strict=False))
 
 
 @flow.command("show")
@@ -498,12 +502,20 @@ def flow_show(
 
 
 def _node_json(node: JobNode) -> dict[str, Any]:
-    root: dict[str, Any] = {**ops.job_to_json(node.job), "children": []}
+    root: dict[str, Any] = {
+        **ops.job_to_json(node.job),
+        "children": [],
+        "hidden_children": node.hidden_children,
+    }
     stack = [(node, root)]
     while stack:  # explicit stack: a chain may be far deeper than the recursion limit
         current, out = stack.pop()
         for child in current.children:
-            child_out = {**ops.job_to_json(child.job), "children": []}
+            child_out = {
+                **ops.job_to_json(child.job),
+                "children": [],
+                "hidden_children": child.hidden_children,
+            }
             out["children"].append(child_out)
             stack.append((child, child_out))
     return root

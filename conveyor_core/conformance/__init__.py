@@ -34,6 +34,7 @@ pytest.register_assert_rewrite(
     "conveyor_core.conformance.flow_policies",
     "conveyor_core.conformance.flow_structure",
     "conveyor_core.conformance.inputs",
+    "conveyor_core.conformance.large_flows",
     "conveyor_core.conformance.operating",
     "conveyor_core.conformance.queue_management",
     "conveyor_core.conformance.schedulers",
@@ -48,6 +49,7 @@ from .events import EventTests  # noqa: E402
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
 from .inputs import InputTests  # noqa: E402
+from .large_flows import DependencyCountTests, LargeFlowTests, LeavingFlowTests  # noqa: E402
 from .operating import OperatingTests  # noqa: E402
 from .queue_management import QueueManagementTests  # noqa: E402
 from .runner import run  # noqa: E402
@@ -71,6 +73,9 @@ class StoreConformance(
     OperatingTests,
     TransitionTests,
     SchedulerTests,
+    LargeFlowTests,
+    DependencyCountTests,
+    LeavingFlowTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

@@ -43,6 +43,7 @@ FUNCTIONS = (
     "_event_text",
     "_publish",
     "_count_finished",
+    "_count_dependencies",
     "_delete",
     "_to_waiting",
     "_to_delayed",
@@ -82,6 +83,8 @@ FUNCTIONS = (
     "search_text",
     "upsert_scheduler",
     "fire_scheduler",
+    "remove_child_dependency",
+    "remove_unprocessed_children",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -109,6 +112,12 @@ MIGRATIONS: list[tuple[int, str]] = [
     (1, migration_sql("0001_tables") + all_functions_sql()),
     (2, migration_sql("0002_metrics_and_search") + all_functions_sql()),
     (3, migration_sql("0003_job_schedulers") + all_functions_sql()),
+    (
+        4,
+        migration_sql("0004_large_flows")
+        + all_functions_sql()
+        + migration_sql("0004_large_flows_triggers"),
+    ),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

@@ -34,9 +34,12 @@ from conveyor_core.errors import (
 from conveyor_core.models import JobState, ParentPolicy
 from conveyor_core.redaction import redact_text
 from conveyor_core.store import (
+    DEPENDENCY_STATUSES,
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DependencyPage,
+    DependencyStatus,
     DueSchedulers,
     EventRecord,
     EventSubscription,
@@ -50,6 +53,9 @@ from conveyor_core.store import (
     StallOutcome,
     StoreCapabilities,
     TakeResult,
+    check_dependency_limit,
+    decode_dependency_cursor,
+    encode_dependency_cursor,
 )
 
 from . import schema as sql_schema
@@ -680,6 +686,48 @@ class _Operations:
             raise JobNotFoundError(queue, job_id)
         return [ChildDependency(d[0], d[1], d[2], d[3], d[4]) for d in rows if d[0] is not None]
 
+    async def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        check_dependency_limit(limit)
+        after = -1 if cursor is None else decode_dependency_cursor(cursor)
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        rows = await self._fetch(
+            "get_dependency_page", queue, job_id, after, limit + 1, repeatable=True
+        )
+        if not rows:
+            raise JobNotFoundError(queue, job_id)
+        found = [row for row in rows if row[0] is not None]
+        following = encode_dependency_cursor(found[limit - 1][0]) if len(found) > limit else None
+        return DependencyPage(
+            [ChildDependency(d[1], d[2], d[3], d[4], d[5]) for d in found[:limit]], following
+        )
+
+    async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        row = await self._fetchrow("get_dependency_counts", queue, job_id, repeatable=True)
+        if row is None:
+            raise JobNotFoundError(queue, job_id)
+        return dict(zip(DEPENDENCY_STATUSES, (int(n) for n in row), strict=True))
+
+    async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        left = await self._fetchval("remove_child_dependency", queue, job_id, now)
+        if left is None:
+            raise JobNotFoundError(queue, job_id)
+        return bool(left)
+
+    async def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        removed = await self._fetchval("remove_unprocessed_children", queue, job_id, now)
+        if removed is None:
+            raise JobNotFoundError(queue, job_id)
+        return int(removed)
+
     async def list_queues(self) -> list[str]:
         return sorted(await self._fetchval("list_queues", repeatable=True))
 
@@ -913,6 +961,17 @@ def _statements(schema: str) -> dict[str, str]:
         "get_dependencies": "SELECT d.child_queue, d.child_id, d.status, d.value, d.reason "
         f"FROM {s}.jobs j LEFT JOIN {s}.deps d ON d.parent_queue = j.queue "
         "AND d.parent_id = j.id WHERE j.queue = $1::text AND j.id = $2::text ORDER BY d.pos",
+        "get_dependency_page": "SELECT d.pos, d.child_queue, d.child_id, d.status, d.value, "
+        f"d.reason FROM {s}.jobs j LEFT JOIN LATERAL (SELECT * FROM {s}.deps d "
+        "WHERE d.parent_queue = j.queue AND d.parent_id = j.id AND d.pos >= 0 AND d.pos > $3::int8 "
+        "ORDER BY d.pos LIMIT $4::int8) d ON true WHERE j.queue = $1::text AND j.id = $2::text "
+        "ORDER BY d.pos",
+        "get_dependency_counts": "SELECT pending, deps_processed, deps_failed, deps_ignored "
+        f"FROM {s}.jobs WHERE queue = $1::text AND id = $2::text",
+        "remove_child_dependency": f"SELECT {s}.remove_child_dependency($1::text, $2::text, "
+        "$3::float8)",
+        "remove_unprocessed_children": f"SELECT {s}.remove_unprocessed_children($1::text, "
+        "$2::text, $3::float8)",
         "list_queues": "SELECT ARRAY(WITH RECURSIVE qs(q) AS ("
         f"(SELECT queue FROM {s}.jobs ORDER BY queue LIMIT 1) UNION ALL "
         f"SELECT (SELECT queue FROM {s}.jobs WHERE queue > qs.q ORDER BY queue LIMIT 1) "

@@ -49,9 +49,12 @@ from conveyor_core.errors import (
 from conveyor_core.models import JobState, ParentPolicy
 from conveyor_core.redaction import redact_text, redact_url
 from conveyor_core.store import (
+    DEPENDENCY_STATUSES,
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DependencyPage,
+    DependencyStatus,
     DueSchedulers,
     EventRecord,
     EventSubscription,
@@ -65,6 +68,9 @@ from conveyor_core.store import (
     StallOutcome,
     StoreCapabilities,
     TakeResult,
+    check_dependency_limit,
+    decode_dependency_cursor,
+    encode_dependency_cursor,
 )
 
 from ._resp import PackedArgs, RespConnection, RespConnectionLost, RespError, pack_args
@@ -86,6 +92,7 @@ _SCRIPTS = (
     "search",
     "schedulers",
     "fire_scheduler",
+    "dependencies",
 )
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is packed on a worker thread."""
@@ -1181,6 +1188,42 @@ class RedisStore:
             )
             for d in records
         ]
+
+    async def _dependency_op(
+        self, queue: str, job_id: str, op: str, *args: Any, now: float = 0.0
+    ) -> Any:
+        try:
+            return await self._run("dependencies", self._base(queue), now, op, job_id, *args)
+        except _JobMissing:
+            raise JobNotFoundError(queue, job_id) from None
+
+    async def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        check_dependency_limit(limit)
+        after = "" if cursor is None else str(decode_dependency_cursor(cursor))
+        flat = await self._dependency_op(queue, job_id, "page", after, limit + 1)
+        rows = [(int(flat[k]), json.loads(flat[k + 1])) for k in range(0, len(flat), 2)]
+        following = encode_dependency_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+        return DependencyPage(
+            [
+                ChildDependency(
+                    queue=d["q"], id=d["i"], status=d["s"], value=d.get("v"), reason=d.get("r")
+                )
+                for _, d in rows[:limit]
+            ],
+            following,
+        )
+
+    async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        counts = await self._dependency_op(queue, job_id, "counts")
+        return {status: int(n or 0) for status, n in zip(DEPENDENCY_STATUSES, counts, strict=True)}
+
+    async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
+        return bool(await self._dependency_op(queue, job_id, "leave", now=now))
+
+    async def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
+        return int(await self._dependency_op(queue, job_id, "prune", now=now))
 
     async def list_queues(self) -> list[str]:
         names: list[str] = sorted(await self._command("SMEMBERS", self._root + "queues"))

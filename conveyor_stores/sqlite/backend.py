@@ -88,8 +88,8 @@ _COLUMNS = ", ".join(("id", "queue", *_FIELDS))
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _GET = f"{_SELECT} WHERE queue = ? AND id = ?"
 _INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}, order_key, pending) "
-    f"VALUES ({', '.join('?' * (len(_FIELDS) + 4))})"
+    f"INSERT INTO jobs ({_COLUMNS}, order_key, pending, deps_processed, deps_failed, "
+    f"deps_ignored) VALUES ({', '.join('?' * (len(_FIELDS) + 7))})"
 )
 _UPDATE_SAME_STATE = (
     f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _FIELDS[:-1])} "
@@ -123,6 +123,20 @@ _DEP_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DEP_WHERE = "parent_queue = ? AND parent_id = ? AND child_queue = ? AND child_id = ?"
+_DEP_COUNT = (
+    # A dependency record of the parent went from status ?1 (NULL: it is new) to ?2
+    # (NULL: it was deleted): move one count between the parent's counters.
+    "UPDATE jobs SET "
+    "pending = pending + (?2 IS 'pending') - (?1 IS 'pending'), "
+    "deps_processed = deps_processed + (?2 IS 'processed') - (?1 IS 'processed'), "
+    "deps_failed = deps_failed + (?2 IS 'failed') - (?1 IS 'failed'), "
+    "deps_ignored = deps_ignored + (?2 IS 'ignored') - (?1 IS 'ignored') "
+    "WHERE queue = ?3 AND id = ?4"
+)
+_DEP_PAGE = (
+    f"SELECT seq, {_DEP_COLUMNS} FROM dependencies "
+    "WHERE parent_queue = ? AND parent_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
 
 _SEARCH_SCAN = 5000
 """Rows one search call looks at, at most, when it walks the queue (no usable index
@@ -338,10 +352,11 @@ class SQLiteBackend:
         rows = []
         for key, job in self._new.items():
             deps = new_deps.get(key)
-            pending = 0
+            counts = dict.fromkeys(_STATUSES, 0)
             if deps:
-                pending = sum(1 for dep in deps.values() if dep.status == "pending")
-            rows.append((job.id, job.queue, *_fields(job), order.get(key, 0), pending))
+                for dep in deps.values():
+                    counts[dep.status] += 1
+            rows.append((job.id, job.queue, *_fields(job), order.get(key, 0), *counts.values()))
         self.conn.executemany(_INSERT, rows)
         if new_deps:
             self.conn.executemany(
@@ -603,19 +618,15 @@ class SQLiteBackend:
                 parent,
             ).fetchone()
             conn.execute(_DEP_INSERT, (*names, seq, dep.status, dep.value, dep.reason))
-            old_pending = False
+            old_status = None
         else:
             conn.execute(
                 f"UPDATE dependencies SET status = ?, value = ?, reason = ? WHERE {_DEP_WHERE}",
                 (dep.status, dep.value, dep.reason, *names),
             )
-            old_pending = row[0] == "pending"
-        delta = (dep.status == "pending") - old_pending
-        if delta:
-            conn.execute(
-                "UPDATE jobs SET pending = pending + ? WHERE queue = ? AND id = ?",
-                (delta, queue, job_id),
-            )
+            old_status = row[0]
+        if old_status != dep.status:
+            conn.execute(_DEP_COUNT, (old_status, dep.status, queue, job_id))
 
     def delete_dependency(self, queue: str, job_id: str, child_queue: str, child_id: str) -> None:
         parent = (queue, job_id)
@@ -627,11 +638,8 @@ class SQLiteBackend:
             f"DELETE FROM dependencies WHERE {_DEP_WHERE} RETURNING status",
             (queue, job_id, child_queue, child_id),
         ).fetchone()
-        if row is not None and row[0] == "pending":
-            conn.execute(
-                "UPDATE jobs SET pending = pending - 1 WHERE queue = ? AND id = ?",
-                (queue, job_id),
-            )
+        if row is not None:
+            conn.execute(_DEP_COUNT, (row[0], None, queue, job_id))
 
     def pending_count(self, queue: str, job_id: str) -> int:
         parent = (queue, job_id)
@@ -642,6 +650,26 @@ class SQLiteBackend:
             "SELECT pending FROM jobs WHERE queue = ? AND id = ?", parent
         ).fetchone()
         return 0 if row is None else int(row[0])
+
+    def dependency_page(
+        self, queue: str, job_id: str, after: int | None, limit: int
+    ) -> list[tuple[int, ChildDependency]]:
+        self._flush()
+        rows = self.conn.execute(
+            _DEP_PAGE, (queue, job_id, -1 if after is None else after, limit)
+        ).fetchall()
+        return [(int(row[0]), _dependency(row[1:])) for row in rows]
+
+    def dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        self._flush()
+        row = self.conn.execute(
+            "SELECT pending, deps_processed, deps_failed, deps_ignored FROM jobs "
+            "WHERE queue = ? AND id = ?",
+            (queue, job_id),
+        ).fetchone()
+        if row is None:
+            return {}
+        return dict(zip(_STATUSES.values(), (int(n) for n in row), strict=True))
 
     # ---------------------------------------------------------------- logs
 

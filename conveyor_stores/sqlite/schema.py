@@ -167,7 +167,28 @@ _V3 = (
     "CREATE INDEX schedulers_next ON schedulers (queue, next_run_at, id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+_V4 = (
+    # Large flows: a parent's children by insertion order (a page is a range of this
+    # index), and counters of its dependency records per status beside ``pending``,
+    # kept exact by the backend with every dependency write.
+    "CREATE INDEX dependencies_order ON dependencies (parent_queue, parent_id, seq)",
+    "ALTER TABLE jobs ADD COLUMN deps_processed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN deps_failed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN deps_ignored INTEGER NOT NULL DEFAULT 0",
+    """
+    UPDATE jobs SET
+        deps_processed = (SELECT count(*) FROM dependencies d WHERE d.parent_queue = jobs.queue
+                          AND d.parent_id = jobs.id AND d.status = 'processed'),
+        deps_failed = (SELECT count(*) FROM dependencies d WHERE d.parent_queue = jobs.queue
+                       AND d.parent_id = jobs.id AND d.status = 'failed'),
+        deps_ignored = (SELECT count(*) FROM dependencies d WHERE d.parent_queue = jobs.queue
+                        AND d.parent_id = jobs.id AND d.status = 'ignored')
+    WHERE EXISTS (SELECT 1 FROM dependencies d WHERE d.parent_queue = jobs.queue
+                  AND d.parent_id = jobs.id)
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

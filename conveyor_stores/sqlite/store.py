@@ -117,6 +117,8 @@ from conveyor_core.models import JobState
 from conveyor_core.store import (
     ChildDependency,
     Completion,
+    DependencyPage,
+    DependencyStatus,
     DueSchedulers,
     EventRecord,
     EventSubscription,
@@ -914,6 +916,22 @@ class SQLiteStore:
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         return await self._read(lambda s: s.engine.get_dependencies(queue, job_id))
+
+    async def get_dependency_page(
+        self, queue: str, job_id: str, *, cursor: str | None, limit: int
+    ) -> DependencyPage:
+        return await self._read(
+            lambda s: s.engine.get_dependency_page(queue, job_id, cursor=cursor, limit=limit)
+        )
+
+    async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
+        return await self._read(lambda s: s.engine.get_dependency_counts(queue, job_id))
+
+    async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
+        return await self._write(lambda s: s.engine.remove_child_dependency(queue, job_id, now))
+
+    async def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
+        return await self._write(lambda s: s.engine.remove_unprocessed_children(queue, job_id, now))
 
     async def list_queues(self) -> list[str]:
         return await self._read(lambda s: s.backend.queues())

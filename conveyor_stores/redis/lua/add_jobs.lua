@@ -4,7 +4,7 @@
 -- keep_failed, parent_id, parent_queue, parent_base, parent_policy ('' = none).
 -- A flow lists parents before children and every parent is in the child's group, so a
 -- parent is always new here: its dependency order and pending count are counted in
--- Lua and written once.
+-- Lua and written once (with 'dv': its order set and counters are kept from the start).
 local F = 16
 local ngroups = tonumber(ARGV[3])
 local groups = {}
@@ -46,6 +46,9 @@ local written = {}
 local queues = {}
 local parents = {}
 local parent_list = {}
+-- Per parent: its order set's key, then (position, child key) pairs not yet written;
+-- written a few hundred at a time.
+local orders = {}
 for g = 1, ngroups do
   local first, n, skip = groups[g][1], groups[g][2], groups[g][3]
   written[g] = skip and 0 or 1
@@ -97,6 +100,17 @@ for g = 1, ngroups do
         parents[pkey] = count
         redis.call('HSET', pbase .. 'deps:' .. pid, jk,
           cjson.encode({ q = queue, i = id, b = base, s = 'pending', o = count }))
+        local ord = orders[pkey]
+        if not ord then
+          ord = { pbase .. 'dord:' .. pid }
+          orders[pkey] = ord
+        end
+        ord[#ord + 1] = count
+        ord[#ord + 1] = jk
+        if #ord > 1000 then
+          redis.call('ZADD', unpack(ord))
+          orders[pkey] = { ord[1] }
+        end
       end
       redis.call('HSET', jk, unpack(fields))
       redis.call('ZADD', base .. 'all', NOW_S, id)
@@ -121,6 +135,8 @@ for g = 1, ngroups do
   end
 end
 for _, pkey in ipairs(parent_list) do
-  redis.call('HSET', pkey, 'pend', parents[pkey], 'dseq', parents[pkey])
+  local ord = orders[pkey]
+  if #ord > 1 then redis.call('ZADD', unpack(ord)) end
+  redis.call('HSET', pkey, 'pend', parents[pkey], 'dseq', parents[pkey], 'dv', 1)
 end
 return done(written)

@@ -124,7 +124,7 @@ end
 local function delete_job(base, id, jk, state)
   unlist(base, id, jk, state)
   redis.call('ZREM', base .. 'all', id)
-  redis.call('DEL', jk, base .. 'logs:' .. id, base .. 'deps:' .. id)
+  redis.call('DEL', jk, base .. 'logs:' .. id, base .. 'deps:' .. id, base .. 'dord:' .. id)
 end
 
 -- Finished jobs per minute: hash "<base>m:<kind>", field = the minute of NOW. When the
@@ -145,6 +145,28 @@ end
 
 -- Dependency records: hash "<parent base>deps:<parent id>", field = the child's job key,
 -- value = JSON {q, i, b (child key base), s (status), v, r, o (insertion order)}.
+-- Beside it, for pages and counts that cost the page, not the flow: sorted set
+-- "<parent base>dord:<parent id>" (member = the child's job key, score = o) and counters
+-- on the parent's hash per status (DCOUNT), kept by dep_put and dep_delete, the only
+-- writers of records after add_jobs. 'dv' marks a parent whose order and counters are
+-- kept; a parent written before them gets both built once, on first use (dep_index).
+local DCOUNT = { pending = 'pend', processed = 'dpro', failed = 'dfai', ignored = 'dign' }
+local function dep_index(pbase, pid)
+  local pjk = pbase .. 'job:' .. pid
+  if redis.call('HEXISTS', pjk, 'dv') == 1 or redis.call('EXISTS', pjk) == 0 then return end
+  local flat = redis.call('HGETALL', pbase .. 'deps:' .. pid)
+  local n = { pending = 0, processed = 0, failed = 0, ignored = 0 }
+  local ok = pbase .. 'dord:' .. pid
+  redis.call('DEL', ok)
+  for k = 1, #flat, 2 do
+    local d = cjson.decode(flat[k + 1])
+    n[d.s] = n[d.s] + 1
+    redis.call('ZADD', ok, d.o, flat[k])
+  end
+  redis.call('HSET', pjk, 'dv', 1, 'pend', n.pending, 'dpro', n.processed,
+    'dfai', n.failed, 'dign', n.ignored)
+end
+
 local function dep_get(pbase, pid, ck)
   local s = redis.call('HGET', pbase .. 'deps:' .. pid, ck)
   if s then return cjson.decode(s) end
@@ -152,21 +174,23 @@ local function dep_get(pbase, pid, ck)
 end
 
 local function dep_put(pbase, pid, ck, d)
+  dep_index(pbase, pid)
   local pjk = pbase .. 'job:' .. pid
   local dk = pbase .. 'deps:' .. pid
   local old = redis.call('HGET', dk, ck)
-  local was = false
   if old then
     local od = cjson.decode(old)
     d.o = od.o
-    was = od.s == 'pending'
+    if od.s ~= d.s then
+      redis.call('HINCRBY', pjk, DCOUNT[od.s], -1)
+      redis.call('HINCRBY', pjk, DCOUNT[d.s], 1)
+    end
   else
     d.o = redis.call('HINCRBY', pjk, 'dseq', 1)
+    redis.call('ZADD', pbase .. 'dord:' .. pid, d.o, ck)
+    redis.call('HINCRBY', pjk, DCOUNT[d.s], 1)
   end
   redis.call('HSET', dk, ck, cjson.encode(d))
-  local now_pending = d.s == 'pending'
-  if now_pending and not was then redis.call('HINCRBY', pjk, 'pend', 1)
-  elseif was and not now_pending then redis.call('HINCRBY', pjk, 'pend', -1) end
 end
 
 -- A parent's dependency records in insertion order: {child key, record} pairs.
@@ -179,13 +203,13 @@ local function deps_in_order(base, id)
 end
 
 local function dep_delete(pbase, pid, ck)
+  dep_index(pbase, pid)
   local dk = pbase .. 'deps:' .. pid
   local old = redis.call('HGET', dk, ck)
   if old then
     redis.call('HDEL', dk, ck)
-    if cjson.decode(old).s == 'pending' then
-      redis.call('HINCRBY', pbase .. 'job:' .. pid, 'pend', -1)
-    end
+    redis.call('ZREM', pbase .. 'dord:' .. pid, ck)
+    redis.call('HINCRBY', pbase .. 'job:' .. pid, DCOUNT[cjson.decode(old).s], -1)
   end
 end
 

@@ -23,7 +23,7 @@ BEGIN
       AND child_queue = q AND child_id = jid FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO @S.deps (parent_queue, parent_id, child_queue, child_id, pos, status)
-        VALUES (j.parent_queue, j.parent_id, q, jid, nextval('@S.dep_seq'), 'pending');
+        VALUES (j.parent_queue, j.parent_id, q, jid, nextval('@S.order_seq'), 'pending');
     ELSIF dstatus <> 'pending' THEN
         UPDATE @S.deps SET status = 'pending', value = NULL, reason = NULL
         WHERE parent_queue = j.parent_queue AND parent_id = j.parent_id

@@ -1,0 +1,197 @@
+"""``large_flow``: one parent with very many children (100,000 by default).
+
+Timed: adding the flow; running it (children and parent workers, concurrency 10 each,
+until the parent has run; the parent reads its dependency counts, not its children);
+then, on the finished flow, ``Job.get_dependency_counts()`` and one page of
+``PAGE`` children of ``Job.get_dependencies(cursor=..., limit=...)``, both the first
+page and a page half-way through the walk. Each read is timed ``REPEATS`` times after
+``WARM_UP`` untimed calls, and the median reported. PostgreSQL and Redis runs use their
+own schema or key prefix, dropped afterwards; a SQLite run gets a fresh file.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from time import perf_counter
+from typing import Any
+
+import anyio
+
+from conveyor_core import FlowProducer, Job, Worker
+from conveyor_core.store import StoreInterface
+from conveyor_stores import open_store
+
+from .stores import fresh_store
+from .workloads import CONCURRENCY, TIMEOUT, fresh_name
+
+PAGE = 100
+REPEATS = 20
+WARM_UP = 5
+WALK_PAGE = 1000
+"""Children per call while walking to the page half-way through (untimed)."""
+
+
+@asynccontextmanager
+async def _store_for(url: str) -> AsyncIterator[StoreInterface]:
+    """A PostgreSQL store on its own schema or a Redis store on its own key prefix,
+    dropped wholesale afterwards; any other store as ``fresh_store`` makes it."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
+        async with fresh_store(url) as store:
+            yield store
+        return
+    name = f"bench_large_{uuid.uuid4().hex[:8]}"
+    joiner = "&" if "?" in url else "?"
+    option = "schema" if scheme.startswith("postgres") else "prefix"
+    store = open_store(f"{url}{joiner}{option}={name}")
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+        await _drop(url.partition("?")[0], scheme, name)
+
+
+async def _drop(url: str, scheme: str, name: str) -> None:
+    if scheme.startswith("postgres"):
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"{name}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+async def _median(call: Callable[[], Awaitable[Any]]) -> float:
+    for _ in range(WARM_UP):
+        await call()
+    times = []
+    for _ in range(REPEATS):
+        started = perf_counter()
+        await call()
+        times.append(perf_counter() - started)
+    return statistics.median(times)
+
+
+async def _run(store: StoreInterface, parent_queue: str, child_queue: str) -> float:
+    done = anyio.Event()
+
+    async def child(job: Job) -> Any:
+        return job.data["i"]
+
+    async def parent(job: Job) -> int:
+        counts = await job.get_dependency_counts()
+        done.set()
+        return counts.processed
+
+    started = perf_counter()
+    async with (
+        Worker(child_queue, child, store=store, concurrency=CONCURRENCY),
+        Worker(parent_queue, parent, store=store, concurrency=CONCURRENCY),
+    ):
+        with anyio.fail_after(TIMEOUT):
+            await done.wait()
+        elapsed = perf_counter() - started
+    return elapsed
+
+
+async def run_large_flow(url: str, label: str, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Add, run and inspect one flow of each size on ``url``; one line per figure."""
+    lines: list[dict[str, Any]] = []
+    for children in sizes:
+        async with _store_for(url) as store:
+            parent_queue, child_queue = fresh_name("large-parent"), fresh_name("large-child")
+            producer = FlowProducer(store=store)
+            tree = {
+                "name": "parent",
+                "queue_name": parent_queue,
+                "children": [
+                    {"name": f"c{i}", "queue_name": child_queue, "data": {"i": i}}
+                    for i in range(children)
+                ],
+            }
+            started = perf_counter()
+            node = await producer.add(tree)
+            added = perf_counter() - started
+            base = {"store": label, "children": children}
+            lines.append(
+                {
+                    **base,
+                    "workload": "large_flow_add",
+                    "seconds": round(added, 4),
+                    "per_s": round((children + 1) / added),
+                }
+            )
+            ran = await _run(store, parent_queue, child_queue)
+            lines.append(
+                {
+                    **base,
+                    "workload": "large_flow_run",
+                    "seconds": round(ran, 4),
+                    "per_s": round((children + 1) / ran),
+                    "concurrency": CONCURRENCY,
+                }
+            )
+            parent = node.job
+            counts = await parent.get_dependency_counts()
+            seconds = await _median(parent.get_dependency_counts)
+            lines.append(
+                {
+                    **base,
+                    "workload": "large_flow_counts",
+                    "seconds": round(seconds, 6),
+                    "per_s": round(1 / seconds),
+                    "processed": counts.processed,
+                    "median_of": REPEATS,
+                }
+            )
+            deep: str | None = None
+            walked = 0
+            while walked < children // 2:
+                step = min(WALK_PAGE, children // 2 - walked)
+                page = await parent.get_dependencies(cursor=deep, limit=step)
+                deep = page.next_cursor
+                walked += len(page.processed) + len(page.unprocessed)
+                if deep is None:
+                    break
+            for where, cursor, position in (("first", None, 0), ("deep", deep, walked)):
+                page = await parent.get_dependencies(cursor=cursor, limit=PAGE)
+
+                async def read(cursor: str | None = cursor, job: Job = parent) -> None:
+                    await job.get_dependencies(cursor=cursor, limit=PAGE)
+
+                seconds = await _median(read)
+                lines.append(
+                    {
+                        **base,
+                        "workload": "large_flow_page",
+                        "page": where,
+                        "position": position,
+                        "limit": PAGE,
+                        "seconds": round(seconds, 6),
+                        "per_s": round(1 / seconds),
+                        "children_read": len(page.processed),
+                        "median_of": REPEATS,
+                    }
+                )
+            await producer.close()
+    return lines
