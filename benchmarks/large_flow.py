@@ -40,7 +40,7 @@ async def _store_for(url: str) -> AsyncIterator[StoreInterface]:
     dropped wholesale afterwards; any other store as ``fresh_store`` makes it."""
     scheme = url.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        async with fresh_store(url) as store:
+        async with fresh_store(url) as (store, _):
             yield store
         return
     name = f"bench_large_{uuid.uuid4().hex[:8]}"

@@ -20,6 +20,8 @@ from conveyor_core import Queue
 from conveyor_core.store import StoreInterface
 from conveyor_stores import open_store
 
+from .stores import fresh_store
+
 PAGE = 50
 PAGE_REPEATS = 10
 WARM_UP = 10
@@ -35,9 +37,13 @@ async def isolated(url: str) -> AsyncIterator[StoreInterface]:
     tag = uuid.uuid4().hex[:8]
     scheme = url.partition("://")[0].lower()
     joiner = "&" if "?" in url else "?"
+    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
+        async with fresh_store(url) as (store, _):
+            yield store
+        return
     if scheme in ("postgresql", "postgres"):
         url = f"{url}{joiner}schema=bench_search_{tag}"
-    elif scheme in ("redis", "rediss"):
+    else:
         url = f"{url}{joiner}prefix=bench-search-{tag}"
     store = open_store(url)
     await store.connect()
