@@ -7,6 +7,7 @@ Examples::
     python -m benchmarks --store postgres --store postgres-fast --workload process
     python -m benchmarks --store sqlite --workload flow_big --big-children 1000 10000
     python -m benchmarks --store postgres --workload search --search-jobs 1000000
+    python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
 """
 
 from __future__ import annotations
@@ -54,16 +55,16 @@ def _parser() -> argparse.ArgumentParser:
         "--workload",
         action="extend",
         nargs="+",
-        choices=sorted([*WORKLOADS, "search"]),
-        help="workloads to run (default: all but search, which fills a queue of "
-        "--search-jobs jobs first)",
+        choices=sorted([*WORKLOADS, "search", "dashboard"]),
+        help="workloads to run (default: all but search and dashboard, which fill a queue "
+        "of --search-jobs jobs first; dashboard needs the dashboard extra)",
     )
     parser.add_argument(
         "--search-jobs",
         type=int,
         default=1_000_000,
         metavar="N",
-        help="jobs in the queue the search workload pages through",
+        help="jobs in the queue the search and dashboard workloads page through",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
@@ -94,6 +95,12 @@ async def run_benchmarks(
         for name in workloads:
             if name == "search":
                 for line in await run_search(url, label(url), params.search_jobs):
+                    print(json.dumps(line), flush=True)
+                continue
+            if name == "dashboard":
+                from .dashboard import run_dashboard
+
+                for line in await run_dashboard(url, label(url), params.search_jobs):
                     print(json.dumps(line), flush=True)
                 continue
             runs: list[list[Figure]] = []

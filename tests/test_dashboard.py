@@ -6,11 +6,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from html import unescape
+from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 pytest.importorskip("starlette", reason="the dashboard extra is not installed")
@@ -383,3 +391,51 @@ def test_mounted_under_a_prefix_every_link_stays_under_it() -> None:
         answer = client.post("/conveyor/queue/action", data=form)
         assert answer.status_code == 303 and answer.headers["location"].startswith("/conveyor/")
         client.portal.call(store.close)
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fetch(url: str, deadline: float) -> str:
+    """The page at ``url`` once the server answers (it is starting up)."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return str(answer.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_conveyor_dashboard_serves_the_store(tmp_path: Path, read_only: bool) -> None:
+    from conveyor_stores import SQLiteStore
+
+    path = tmp_path / "app.db"
+
+    async def seed() -> dict[str, str]:
+        async with SQLiteStore(path) as store:
+            return await seed_mail(store)
+
+    mail = anyio.run(seed)
+    port = _free_port()
+    command = [sys.executable, "-m", "conveyor_core.cli", "dashboard"]
+    command += ["--store", f"sqlite:///{path}", "--port", str(port)]
+    if read_only:
+        command.append("--read-only")
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        page = _fetch(f"http://127.0.0.1:{port}/jobs?queue=mail", time.monotonic() + 30)
+        assert mail["failed"] in page and "refused eve@example.com" in page
+        assert ('method="post"' in page) is not read_only
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=30)
+    assert f"at http://127.0.0.1:{port}/" in stderr

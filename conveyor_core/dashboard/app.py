@@ -174,7 +174,14 @@ class _EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, store: StoreInterface, root: JobNode) -> None:
-        super().__init__(headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        # No super().__init__: it would declare a Content-Length for an endless body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self.store = store
         self.jobs = {(node.job.queue_name, node.job.id) for node in root.walk()}
 
