@@ -186,7 +186,7 @@ class _EventStream(Response):
         self.jobs = {(node.job.queue_name, node.job.id) for node in root.walk()}
 
     async def _message(self, queue: str, job_id: str) -> bytes:
-        job = await self.store.get_job(queue, job_id)
+        job = await Queue(queue, store=self.store).get_job(job_id)
         state = "removed" if job is None else job.state.value
         data = json.dumps({"queue": queue, "id": job_id, "state": state})
         return f"event: state\ndata: {data}\n\n".encode()
