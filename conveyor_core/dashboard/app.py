@@ -208,9 +208,11 @@ class _EventStream(Response):
             scope_.cancel()
 
         async with AsyncExitStack() as stack:
+            feeds: list[QueueEvents] = []
             for queue in sorted({queue for queue, _ in self.jobs}):
                 events = await stack.enter_async_context(QueueEvents(queue, store=self.store))
                 events.on("*", seen)
+                feeds.append(events)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async with anyio.create_task_group() as group:
                 group.start_soon(until_disconnected, group.cancel_scope)
@@ -225,7 +227,7 @@ class _EventStream(Response):
                         "more_body": True,
                     }
                 )
-                while True:
+                while not any(feed.error for feed in feeds):
                     with anyio.move_on_after(HEARTBEAT_SECONDS):
                         await wake.wait()
                     wake = anyio.Event()
@@ -234,6 +236,10 @@ class _EventStream(Response):
                     chunks = [await self._message(queue, job_id) for queue, job_id in changed]
                     body = b"".join(chunks) or b": still here\n\n"
                     await send({"type": "http.response.body", "body": body, "more_body": True})
+                # A feed broke (the store went away): end the response; the browser's
+                # EventSource connects again and starts from a fresh read.
+                group.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _Dashboard:
