@@ -20,9 +20,6 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-
-pytest.importorskip("starlette", reason="the dashboard extra is not installed")
-
 from dashboard_seed import EVIL_DATA, EVIL_NAME, EVIL_QUEUE, seed_evil, seed_flow, seed_mail
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -193,9 +190,8 @@ def test_metrics_are_in_prometheus_text_format(dash: Dashboard, mail: dict[str, 
     text = metrics.text
     assert 'conveyor_jobs{queue="mail",state="completed"} 2.0' in text
     assert 'conveyor_jobs{queue="mail",state="failed"} 1.0' in text
-    assert 'conveyor_jobs_finished_last_hour{outcome="completed",queue="mail"} 2.0' in text or (
-        'conveyor_jobs_finished_last_hour{queue="mail",outcome="completed"} 2.0' in text
-    )
+    assert 'conveyor_jobs_finished_last_hour{outcome="completed",queue="mail"} 2.0' in text
+    assert 'conveyor_jobs_finished_window{outcome="failed",queue="mail"} 1.0' in text
     assert 'conveyor_queue_paused{queue="mail"} 0.0' in text
 
 
