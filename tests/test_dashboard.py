@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import signal
 import socket
@@ -435,3 +436,32 @@ def test_conveyor_dashboard_serves_the_store(tmp_path: Path, read_only: bool) ->
         server.send_signal(signal.SIGINT)
         _, stderr = server.communicate(timeout=30)
     assert f"at http://127.0.0.1:{port}/" in stderr
+
+
+BENCH = [sys.executable, "-m", "benchmarks"]
+
+
+def test_the_dashboard_benchmark_prints_one_line_per_page() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [*BENCH, "--store", "sqlite", "--workload", "dashboard", "--search-jobs", "300"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["page"] for line in lines] == [
+        "queues",
+        "jobs, first page",
+        "jobs, 21st page",
+        "jobs, waiting",
+        "jobs, by name",
+        "jobs, rare text",
+        "job",
+        "metrics",
+    ]
+    for line in lines:
+        assert line["workload"] == "dashboard" and line["store"] == "sqlite"
+        assert line["n"] == 300 and line["bytes"] > 0 and line["seconds"] > 0
