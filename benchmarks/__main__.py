@@ -9,6 +9,7 @@ Examples::
     python -m benchmarks --store postgres --workload search --search-jobs 1000000
     python -m benchmarks --store sqlite --store postgres --workload schedule
     python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
+    python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
-_SPECIAL = ("search", "schedule", "large_flow")
+_SPECIAL = ("search", "schedule", "large_flow", "dashboard")
 """Workloads run only when named: they take long, or spawn processes."""
 
 
@@ -65,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted([*WORKLOADS, *_SPECIAL]),
         help="workloads to run (default: " + ", ".join(DEFAULT_WORKLOADS) + "; search fills "
         "a queue of --search-jobs jobs first, schedule runs --schedule-seconds, and "
-        "large_flow adds and runs flows of --large-children children)",
+        "large_flow adds and runs flows of --large-children children; dashboard fills a "
+        "queue of --search-jobs jobs and needs the dashboard extra)",
     )
     parser.add_argument(
         "--schedule-seconds",
@@ -94,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1_000_000,
         metavar="N",
-        help="jobs in the queue the search workload pages through",
+        help="jobs in the queue the search and dashboard workloads page through",
     )
     parser.add_argument(
         "--lag-jobs",
@@ -161,6 +163,12 @@ async def run_benchmarks(
                 continue
             if name == "large_flow":
                 for line in await run_large_flow(url, label(url), large_children):
+                    print(json.dumps(line), flush=True)
+                continue
+            if name == "dashboard":
+                from .dashboard import run_dashboard
+
+                for line in await run_dashboard(url, label(url), params.search_jobs):
                     print(json.dumps(line), flush=True)
                 continue
             runs: list[list[Figure]] = []

@@ -597,3 +597,48 @@ def schedulers(queue_name: str, as_json: bool, store: str | None) -> None:
         console.print(Text.assemble("no job schedulers in ", safe_text(queue_name)))
         return
     console.print(_schedulers_table(queue_name, found))
+
+
+# ---------------------------------------------------------------------- dashboard
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port."
+)
+@click.option("--read-only", is_flag=True, help="Show everything, offer no action.")
+@store_option
+def dashboard(host: str, port: int, read_only: bool, store: str | None) -> None:
+    """Serve the web dashboard (needs the dashboard extra) until Ctrl-C."""
+    try:
+        import uvicorn
+
+        from ..dashboard import create_app
+    except ImportError as exc:
+        raise UserError(
+            f"the dashboard needs packages that are not installed ({exc.name}); "
+            "pip install 'conveyor-queue[dashboard]'"
+        ) from None
+    url = store_url(store)
+
+    async def main() -> None:
+        async with opened_store(url) as opened:
+            config = uvicorn.Config(
+                create_app(opened, read_only=read_only),
+                host=host,
+                port=port,
+                lifespan="off",
+                timeout_graceful_shutdown=2,
+                log_level="warning",
+            )
+            server = uvicorn.Server(config)
+            click.echo(
+                f"dashboard of {redact(url)} at http://{host}:{port}/"
+                + (" (read-only)" if read_only else ""),
+                err=True,
+            )
+            await server.serve()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(main)
