@@ -16,9 +16,7 @@ from conveyor_core import Queue
 from conveyor_core.dashboard import create_app
 
 from .search import fill, isolated
-from .stores import fresh_store
 
-SERVERS = ("postgresql", "postgres", "redis", "rediss")
 PAGE_REPEATS = 10
 WARM_UP = 3
 
@@ -59,11 +57,9 @@ async def _get(app: Any, path: str, params: dict[str, Any] | None = None) -> tup
 async def run_dashboard(url: str, label: str, total: int) -> list[dict[str, Any]]:
     """Fill a queue of ``total`` jobs on ``url`` and time each page of the dashboard."""
     lines: list[dict[str, Any]] = []
-    scheme = url.partition("://")[0].lower()
     # Its own schema or key prefix on a server, a new file for SQLite: the queues page
     # lists every queue of the store, so it must hold only this run's.
-    opened = isolated(url) if scheme in SERVERS else fresh_store(url)
-    async with opened as store:
+    async with isolated(url) as store:
         queue = Queue("bench-dashboard", store=store)
         await fill(queue, total)
         app = create_app(store)
