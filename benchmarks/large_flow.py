@@ -12,9 +12,7 @@ own schema or key prefix, dropped afterwards; a SQLite run gets a fresh file.
 from __future__ import annotations
 
 import statistics
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
@@ -22,9 +20,8 @@ import anyio
 
 from conveyor_core import FlowProducer, Job, Worker
 from conveyor_core.store import StoreInterface
-from conveyor_stores import open_store
 
-from .stores import fresh_store
+from .stores import isolated_store
 from .workloads import CONCURRENCY, TIMEOUT, fresh_name
 
 PAGE = 100
@@ -32,53 +29,6 @@ REPEATS = 20
 WARM_UP = 5
 WALK_PAGE = 1000
 """Children per call while walking to the page half-way through (untimed)."""
-
-
-@asynccontextmanager
-async def _store_for(url: str) -> AsyncIterator[StoreInterface]:
-    """A PostgreSQL store on its own schema or a Redis store on its own key prefix,
-    dropped wholesale afterwards; any other store as ``fresh_store`` makes it."""
-    scheme = url.partition("://")[0].lower()
-    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        async with fresh_store(url) as (store, _):
-            yield store
-        return
-    name = f"bench_large_{uuid.uuid4().hex[:8]}"
-    joiner = "&" if "?" in url else "?"
-    option = "schema" if scheme.startswith("postgres") else "prefix"
-    store = open_store(f"{url}{joiner}{option}={name}")
-    await store.connect()
-    try:
-        yield store
-    finally:
-        await store.close()
-        await _drop(url.partition("?")[0], scheme, name)
-
-
-async def _drop(url: str, scheme: str, name: str) -> None:
-    if scheme.startswith("postgres"):
-        import asyncpg
-
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        finally:
-            await conn.close()
-        return
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        batch = []
-        async for key in client.scan_iter(match=f"{name}:*", count=10_000):
-            batch.append(key)
-            if len(batch) >= 10_000:
-                await client.unlink(*batch)
-                batch = []
-        if batch:
-            await client.unlink(*batch)
-    finally:
-        await client.aclose()
 
 
 async def _median(call: Callable[[], Awaitable[Any]]) -> float:
@@ -118,7 +68,7 @@ async def run_large_flow(url: str, label: str, sizes: tuple[int, ...]) -> list[d
     """Add, run and inspect one flow of each size on ``url``; one line per figure."""
     lines: list[dict[str, Any]] = []
     for children in sizes:
-        async with _store_for(url) as store:
+        async with isolated_store(url, "large") as store:
             parent_queue, child_queue = fresh_name("large-parent"), fresh_name("large-child")
             producer = FlowProducer(store=store)
             tree = {

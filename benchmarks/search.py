@@ -10,17 +10,15 @@ afterwards.
 from __future__ import annotations
 
 import statistics
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from time import perf_counter
 from typing import Any
 
 from conveyor_core import Queue
 from conveyor_core.store import StoreInterface
-from conveyor_stores import open_store
 
-from .stores import fresh_store
+from .stores import isolated_store
 
 PAGE = 50
 PAGE_REPEATS = 10
@@ -30,54 +28,9 @@ FILL_CHUNK = 10_000
 NAMES = ("send-email", "charge-card", "ship-order", "refresh-cache")
 
 
-@asynccontextmanager
-async def isolated(url: str) -> AsyncIterator[StoreInterface]:
-    """A store on its own schema (PostgreSQL), key prefix (Redis) or fresh file, removed
-    afterwards: a million jobs are dropped wholesale, not job by job."""
-    tag = uuid.uuid4().hex[:8]
-    scheme = url.partition("://")[0].lower()
-    joiner = "&" if "?" in url else "?"
-    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        async with fresh_store(url) as (store, _):
-            yield store
-        return
-    if scheme in ("postgresql", "postgres"):
-        url = f"{url}{joiner}schema=bench_search_{tag}"
-    else:
-        url = f"{url}{joiner}prefix=bench-search-{tag}"
-    store = open_store(url)
-    await store.connect()
-    try:
-        yield store
-    finally:
-        await store.close()
-        await _drop(url, scheme, tag)
-
-
-async def _drop(url: str, scheme: str, tag: str) -> None:
-    if scheme in ("postgresql", "postgres"):
-        import asyncpg
-
-        conn = await asyncpg.connect(url.partition("?")[0])
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "bench_search_{tag}" CASCADE')
-        finally:
-            await conn.close()
-    elif scheme in ("redis", "rediss"):
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(url.partition("?")[0])
-        try:
-            batch = []
-            async for key in client.scan_iter(match=f"bench-search-{tag}:*", count=10_000):
-                batch.append(key)
-                if len(batch) >= 10_000:
-                    await client.unlink(*batch)
-                    batch = []
-            if batch:
-                await client.unlink(*batch)
-        finally:
-            await client.aclose()
+def isolated(url: str) -> AbstractAsyncContextManager[StoreInterface]:
+    """A store of its own for one run (see :func:`~benchmarks.stores.isolated_store`)."""
+    return isolated_store(url, "search")
 
 
 async def fill(queue: Queue, total: int) -> float:

@@ -104,3 +104,52 @@ async def fresh_store(url: str) -> AsyncIterator[tuple[StoreInterface, str]]:
 def _delete_sqlite_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+@asynccontextmanager
+async def isolated_store(url: str, kind: str) -> AsyncIterator[StoreInterface]:
+    """A store for one big run, removed wholesale afterwards: on PostgreSQL its own schema
+    and on Redis its own key prefix (both named ``bench_<kind>_<random>``), elsewhere as
+    :func:`fresh_store` makes it (a new SQLite file, deleted after)."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres", "redis", "rediss"):
+        async with fresh_store(url) as (store, _):
+            yield store
+        return
+    name = f"bench_{kind}_{uuid.uuid4().hex[:8]}"
+    joiner = "&" if "?" in url else "?"
+    option = "schema" if scheme.startswith("postgres") else "prefix"
+    store = open_store(f"{url}{joiner}{option}={name}")
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+        await _drop(url.partition("?")[0], scheme, name)
+
+
+async def _drop(url: str, scheme: str, name: str) -> None:
+    """Drop the schema, or unlink every key of the prefix, ``name``."""
+    if scheme.startswith("postgres"):
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"{name}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
