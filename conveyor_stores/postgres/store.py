@@ -305,25 +305,7 @@ class _Operations:
                 batch = await anyio.to_thread.run_sync(_batch_json, grps, jobs)
                 result = await self._fetchval("add_jobs_batch", batch, now)
                 return list(result)
-            result = await self._fetchval(
-                "add_jobs",
-                grps,
-                [j.id for j in jobs],
-                [j.queue for j in jobs],
-                [j.name for j in jobs],
-                [j.data for j in jobs],
-                [j.opts for j in jobs],
-                [j.state.value for j in jobs],
-                [j.priority for j in jobs],
-                [j.lifo for j in jobs],
-                [j.delay for j in jobs],
-                [j.keep_completed for j in jobs],
-                [j.keep_failed for j in jobs],
-                [j.parent_id for j in jobs],
-                [j.parent_queue for j in jobs],
-                [None if j.parent_policy is None else j.parent_policy.value for j in jobs],
-                now,
-            )
+            result = await self._fetchval("add_jobs", grps, *_job_columns(jobs), now)
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise await self._duplicate_error(groups, exc) from exc
         except asyncpg.PostgresError as exc:
@@ -822,32 +804,10 @@ OFFLOAD_JOBS = 256
 
 
 def _batch_json(groups: list[int], jobs: list[NewJob]) -> str:
-    """The rows of ``add_jobs_batch``: one JSON array, in the order of ``add_jobs``'s
-    parameters."""
-    return json.dumps(
-        [
-            [
-                group,
-                j.id,
-                j.queue,
-                j.name,
-                j.data,
-                j.opts,
-                j.state.value,
-                j.priority,
-                j.lifo,
-                j.delay,
-                j.keep_completed,
-                j.keep_failed,
-                j.parent_id,
-                j.parent_queue,
-                None if j.parent_policy is None else j.parent_policy.value,
-            ]
-            for group, j in zip(groups, jobs, strict=True)
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    """The rows of ``add_jobs_batch``: one JSON array, a row per job of its group and the
+    values of :func:`_job_columns`, in ``add_jobs``'s parameter order."""
+    rows = list(zip(groups, *_job_columns(jobs), strict=True))
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
 
 def _job_columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
