@@ -763,8 +763,9 @@ class RedisStore:
     async def _run(self, script: str, base: str, now: float, *args: Any) -> Any:
         """Run one script: ``KEYS = (queue base, prefix base)``, ``ARGV = (cap, now, *args)``."""
         what = f"the {script} script"
-        try:
-            return await self._command(
+
+        def evalsha() -> Awaitable[Any]:
+            return self._command(
                 "EVALSHA",
                 self._sha[script],
                 2,
@@ -775,6 +776,9 @@ class RedisStore:
                 *args,
                 what=what,
             )
+
+        try:
+            return await evalsha()
         except RespError:
             # NOSCRIPT: the server lost its script cache (restart, SCRIPT FLUSH): load again.
             pass
@@ -782,17 +786,7 @@ class RedisStore:
             "SCRIPT", "LOAD", self._sources[script], what=f"loading {what}"
         )
         try:
-            return await self._command(
-                "EVALSHA",
-                self._sha[script],
-                2,
-                base,
-                self._root,
-                self.stream_max_len,
-                now,
-                *args,
-                what=what,
-            )
+            return await evalsha()
         except RespError as exc:
             raise _reply_error(exc, what, self._where) from None
 
