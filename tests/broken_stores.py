@@ -14,14 +14,17 @@ from collections.abc import Sequence
 import anyio
 
 from conveyor_core.errors import DuplicateJobError
+from conveyor_core.models import JobState
 from conveyor_core.store import (
     Completion,
     DependencyPage,
     DependencyStatus,
     Failure,
     JobRecord,
+    MetricKind,
     NewJob,
     Release,
+    SearchPage,
     StoreCapabilities,
     TakeResult,
 )
@@ -226,3 +229,38 @@ class PagesSkipTheChildAfterTheCursor(MemoryStore):
             return await super().get_dependency_page(queue, job_id, cursor=cursor, limit=limit)
         page = await super().get_dependency_page(queue, job_id, cursor=cursor, limit=limit + 1)
         return DependencyPage(page.dependencies[1:], page.next_cursor)
+
+
+class CountsOneFinishPerCall(MemoryStore):
+    """Defect: the per-minute metrics count a call that finishes several jobs as one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        record = self._backend.record_metric
+
+        def once_per_call(queue: str, kind: MetricKind, minute: int, count: int) -> None:
+            record(queue, kind, minute, min(count, 1))
+
+        self._backend.record_metric = once_per_call  # type: ignore[method-assign]
+
+
+class SearchDropsTheLastJobOfAPage(MemoryStore):
+    """Defect: every page but the last leaves out its last job, though the cursor moves on
+    past it, so a walk through the pages never sees those jobs."""
+
+    async def search_jobs(
+        self,
+        queue: str,
+        *,
+        text: str | None,
+        name: str | None,
+        states: Sequence[JobState] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SearchPage:
+        page = await super().search_jobs(
+            queue, text=text, name=name, states=states, limit=limit, cursor=cursor
+        )
+        if page.next_cursor is not None and page.jobs:
+            return SearchPage(page.jobs[:-1], page.next_cursor)
+        return page
