@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
     ConveyorError,
+    DagError,
     DuplicateJobError,
     InvalidJobStateError,
     JobFailedError,
@@ -27,7 +28,16 @@ from .errors import (
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
 from .job import Dependencies, DependencyCounts, Job, JobPage
-from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
+from .models import (
+    Backoff,
+    DagJob,
+    FlowJob,
+    JobOptions,
+    JobState,
+    ParentPolicy,
+    QueueEvent,
+    RateLimit,
+)
 from .operations import QueueInfo, list_queues
 from .payloads import DataValidationError
 from .queue import Queue
@@ -44,6 +54,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Backoff",
     "ConveyorError",
+    "DagError",
+    "DagJob",
     "DataValidationError",
     "Dependencies",
     "DependencyCounts",

@@ -27,6 +27,7 @@ from .store import (
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DagEdge,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -34,6 +35,7 @@ from .store import (
     JobRecord,
     MetricKind,
     NewJob,
+    ParentLink,
     Release,
     SchedulerRecord,
     SearchPage,
@@ -118,7 +120,8 @@ class Backend(Protocol):
         ...
 
     def delete(self, queue: str, job_id: str) -> None:
-        """Delete the job, its log and the dependency records it holds as a parent."""
+        """Delete the job, its log, the dependency records it holds as a parent and its
+        further parent links."""
         ...
 
     def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
@@ -178,6 +181,19 @@ class Backend(Protocol):
 
     def delete_dependency(self, queue: str, job_id: str, child_queue: str, child_id: str) -> None:
         """Delete one dependency record, if present."""
+        ...
+
+    def parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        """The job's further parent links (beyond its ``parent_id``), in the order they
+        were added."""
+        ...
+
+    def add_parent_link(self, queue: str, job_id: str, link: ParentLink) -> None:
+        """Append a further parent link to the job."""
+        ...
+
+    def delete_parent_links(self, queue: str, job_id: str) -> None:
+        """Delete every further parent link of the job (``delete`` does so too)."""
         ...
 
     def pending_count(self, queue: str, job_id: str) -> int:
@@ -350,6 +366,35 @@ class Engine:
         for old_id in self.b.finished_beyond(job.queue, state, keep):
             self.b.delete(job.queue, old_id)
 
+    def _links(self, job: JobRecord) -> list[ParentLink]:
+        """PARENT LINKS of the job: its first parent, then its further links."""
+        if job.parent_id is None or job.parent_queue is None:
+            return []
+        first = ParentLink(job.parent_queue, job.parent_id, job.parent_policy or ParentPolicy.FAIL)
+        return [first, *self.b.parent_links(job.queue, job.id)]
+
+    def _still_needed(self, job: JobRecord, leaving: set[tuple[str, str]]) -> bool:
+        """Whether a parent outside ``leaving`` still needs ``job`` (PARENT LINKS)."""
+        for link in self._links(job):
+            if (link.queue, link.id) in leaving:
+                continue
+            parent = self.b.get(link.queue, link.id)
+            if parent is None or parent.state.finished:
+                continue
+            dep = self.b.get_dependency(link.queue, link.id, job.queue, job.id)
+            if dep is not None and dep.status == "pending":
+                return True
+        return False
+
+    def _link(self, child: JobRecord, link: ParentLink) -> None:
+        """Give ``child`` one more parent link: its first parent, or a further one."""
+        if child.parent_id is None or child.parent_queue is None:
+            child.parent_queue, child.parent_id = link.queue, link.id
+            child.parent_policy = link.policy
+            self.b.save(child, child.state)
+        else:
+            self.b.add_parent_link(child.queue, child.id, link)
+
     @staticmethod
     def _clear_lock(job: JobRecord) -> None:
         job.lock_token = None
@@ -382,6 +427,46 @@ class Engine:
                 for new in group:
                     self._write_new(new, now)
         return written
+
+    def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+        b = self.b
+        new_keys: set[tuple[str, str]] = set()
+        for new in jobs:
+            key = (new.queue, new.id)
+            if key in new_keys:
+                raise DuplicateJobError(
+                    f"job id {new.id!r} appears twice for queue {new.queue!r} in one add"
+                )
+            if b.get(new.queue, new.id) is not None:
+                raise DuplicateJobError(f"job id {new.id!r} already exists in queue {new.queue!r}")
+            new_keys.add(key)
+        for edge in edges:
+            if (edge.parent_queue, edge.parent_id) not in new_keys:
+                raise ValueError(f"the parent of a DAG edge must be a new job: {edge.parent_id!r}")
+            if (edge.child_queue, edge.child_id) in new_keys:
+                continue
+            existing = b.get(edge.child_queue, edge.child_id)
+            if existing is None:
+                raise JobNotFoundError(edge.child_queue, edge.child_id)
+            if existing.state is FAILED:
+                raise InvalidJobStateError(
+                    f"job {edge.child_id!r} of queue {edge.child_queue!r} has failed: "
+                    "retry it before a new job depends on it"
+                )
+        for new in jobs:
+            self._write_new(new, now)
+        for edge in edges:
+            child = b.get(edge.child_queue, edge.child_id)
+            assert child is not None
+            self._link(child, ParentLink(edge.parent_queue, edge.parent_id, edge.policy))
+            if child.state is COMPLETED:
+                dep = ChildDependency(child.queue, child.id, "processed", child.return_value)
+            else:
+                dep = ChildDependency(child.queue, child.id, "pending")
+            b.put_dependency(edge.parent_queue, edge.parent_id, dep)
+        for new in jobs:
+            if new.state is WAITING_CHILDREN:
+                self._release_check(new.queue, new.id, now)
 
     def _write_new(self, new: NewJob, now: float) -> None:
         policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)
@@ -492,17 +577,16 @@ class Engine:
             self._clear_lock(job)
             self.b.save(job, ACTIVE)
             self.b.emit("completed", queue, job.id, {"return_value": item.return_value}, now)
-            if job.parent_id is not None and job.parent_queue is not None:
-                self._child_processed(job, now)
+            for link in self._links(job):
+                self._child_processed(job, link, now)
             self._retain(job, COMPLETED, now)
             applied.append(True)
         if completed := applied.count(True):
             self.b.record_metric(queue, "completed", minute_of(now), completed)
         return applied
 
-    def _child_processed(self, child: JobRecord, now: float) -> None:
-        pq, pid = child.parent_queue, child.parent_id
-        assert pq is not None and pid is not None
+    def _child_processed(self, child: JobRecord, link: ParentLink, now: float) -> None:
+        pq, pid = link.queue, link.id
         dep = self.b.get_dependency(pq, pid, child.queue, child.id)
         if dep is None:
             return
@@ -582,19 +666,21 @@ class Engine:
         self.b.save(job, old)
         self.b.emit("failed", job.queue, job.id, {"reason": reason}, now)
         self.b.record_metric(job.queue, "failed", minute_of(now), 1)
-        if apply_policy and job.parent_id is not None and job.parent_queue is not None:
-            self._apply_parent_policy(job, reason, now)
+        if apply_policy:
+            for link in self._links(job):
+                self._apply_parent_policy(job, link, reason, now)
         self._retain(job, FAILED, now)
 
-    def _apply_parent_policy(self, child: JobRecord, reason: str, now: float) -> None:
-        pq, pid = child.parent_queue, child.parent_id
-        assert pq is not None and pid is not None
+    def _apply_parent_policy(
+        self, child: JobRecord, link: ParentLink, reason: str, now: float
+    ) -> None:
+        pq, pid = link.queue, link.id
         b = self.b
         dep = b.get_dependency(pq, pid, child.queue, child.id)
         parent = b.get(pq, pid)
         if dep is None or dep.status != "pending" or parent is None:
             return
-        policy = child.parent_policy or ParentPolicy.FAIL
+        policy = link.policy
         if policy is ParentPolicy.FAIL:
             b.put_dependency(
                 pq, pid, ChildDependency(child.queue, child.id, "failed", None, reason)
@@ -620,9 +706,11 @@ class Engine:
             self._remove(parent, now)
 
     def _fail_unstarted_children(self, parent: JobRecord, now: float) -> None:
-        """Fail, with "parent failed", every pending child of ``parent`` that has not
-        started, and theirs in turn; no policy applies upward from these failures."""
+        """Mark ``failed`` every pending dependency of ``parent`` on a job that has not
+        started, and fail with "parent failed" each such job no parent still needs, and
+        theirs in turn; no policy applies upward from these failures."""
         doomed: list[JobRecord] = []
+        chosen: set[tuple[str, str]] = set()
         stack = [parent]
         while stack:
             node = stack.pop()
@@ -637,6 +725,11 @@ class Engine:
                     node.id,
                     ChildDependency(dep.queue, dep.id, "failed", None, PARENT_FAILED_REASON),
                 )
+                # A shared job is looked at again from each of its failing parents; the
+                # last of them finds no parent still needing it.
+                if (child.queue, child.id) in chosen or self._still_needed(child, set()):
+                    continue
+                chosen.add((child.queue, child.id))
                 doomed.append(child)
                 stack.append(child)
         for child in doomed:
@@ -645,28 +738,42 @@ class Engine:
     def _remove(self, job: JobRecord, now: float) -> None:
         """REMOVE of the protocol."""
         b = self.b
+        links = self._links(job)
         doomed = [job]
+        leaving = {(job.queue, job.id)}
+        walked: set[tuple[str, str]] = set()
         stack = [job]
         while stack:
             node = stack.pop()
             for dep in b.dependencies(node.queue, node.id):
+                key = (dep.queue, dep.id)
+                if key in leaving:
+                    continue
                 child = b.get(dep.queue, dep.id)
                 if child is None:
                     continue
                 # A finished child stays, but may have unfinished children of its own
                 # (released early by the continue policy): look below it too.
-                if not child.state.finished:
-                    doomed.append(child)
+                if child.state.finished:
+                    if key not in walked:
+                        walked.add(key)
+                        stack.append(child)
+                    continue
+                # A shared job is looked at again from each of its leaving parents; the
+                # last of them finds no parent outside the removal still needing it.
+                if self._still_needed(child, leaving):
+                    continue
+                leaving.add(key)
+                doomed.append(child)
                 stack.append(child)
         for node in doomed:
             b.delete(node.queue, node.id)
             b.emit("removed", node.queue, node.id, None, now)
-        pq, pid = job.parent_queue, job.parent_id
-        if pq is not None and pid is not None:
-            link = b.get_dependency(pq, pid, job.queue, job.id)
-            if link is not None and link.status == "pending":
-                b.delete_dependency(pq, pid, job.queue, job.id)
-                self._release_check(pq, pid, now)
+        for link in links:
+            record = b.get_dependency(link.queue, link.id, job.queue, job.id)
+            if record is not None and record.status == "pending":
+                b.delete_dependency(link.queue, link.id, job.queue, job.id)
+                self._release_check(link.queue, link.id, now)
 
     # ------------------------------------------------------------------ job changes
 
@@ -736,21 +843,20 @@ class Engine:
         job.return_value = None
         job.finished_at = None
         self._enter_waiting(job, old, now)
-        pq, pid = job.parent_queue, job.parent_id
-        if pq is None or pid is None:
-            return
-        parent = self.b.get(pq, pid)
-        if parent is None or parent.state not in UNSTARTED:
-            return
-        dep = self.b.get_dependency(pq, pid, job.queue, job.id)
-        if dep is None or dep.status != "pending":
-            self.b.put_dependency(pq, pid, ChildDependency(job.queue, job.id, "pending"))
-        if parent.state is not WAITING_CHILDREN:
-            prior = parent.state
-            parent.state = WAITING_CHILDREN
-            parent.run_at = None
-            self.b.save(parent, prior)
-            self.b.emit("waiting-children", pq, pid, None, now)
+        for link in self._links(job):
+            pq, pid = link.queue, link.id
+            parent = self.b.get(pq, pid)
+            if parent is None or parent.state not in UNSTARTED:
+                continue
+            dep = self.b.get_dependency(pq, pid, job.queue, job.id)
+            if dep is None or dep.status != "pending":
+                self.b.put_dependency(pq, pid, ChildDependency(job.queue, job.id, "pending"))
+            if parent.state is not WAITING_CHILDREN:
+                prior = parent.state
+                parent.state = WAITING_CHILDREN
+                parent.run_at = None
+                self.b.save(parent, prior)
+                self.b.emit("waiting-children", pq, pid, None, now)
 
     def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
         if not state.finished:
@@ -772,16 +878,18 @@ class Engine:
     def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
         """REMOVE CHILD DEPENDENCY of the protocol."""
         job = self._require(queue, job_id)
-        pq, pid = job.parent_queue, job.parent_id
-        if pq is None or pid is None:
+        links = self._links(job)
+        if not links:
             return False
         job.parent_queue = job.parent_id = None
         job.parent_policy = None
         self.b.save(job, job.state)
-        link = self.b.get_dependency(pq, pid, queue, job_id)
-        if link is not None and link.status == "pending":
-            self.b.delete_dependency(pq, pid, queue, job_id)
-            self._release_check(pq, pid, now)
+        self.b.delete_parent_links(queue, job_id)
+        for link in links:
+            dep = self.b.get_dependency(link.queue, link.id, queue, job_id)
+            if dep is not None and dep.status == "pending":
+                self.b.delete_dependency(link.queue, link.id, queue, job_id)
+                self._release_check(link.queue, link.id, now)
         return True
 
     def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
@@ -877,6 +985,9 @@ class Engine:
     def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         self._require(queue, job_id)
         return self.b.dependencies(queue, job_id)
+
+    def get_parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        return self._links(self._require(queue, job_id))
 
     def get_dependency_page(
         self, queue: str, job_id: str, *, cursor: str | None, limit: int

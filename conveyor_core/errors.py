@@ -60,6 +60,11 @@ class DuplicateJobError(ConveyorError):
     """A job id is used twice in one call, or already exists where it must not."""
 
 
+class DagError(ConveyorError, ValueError):
+    """A DAG given to ``FlowProducer.add_dag`` is not valid: a cycle, or a dependency on
+    an id it does not hold. The message names them; nothing was written."""
+
+
 class StoreClosedError(ConveyorError):
     """The store is not connected (never connected, or already closed)."""
 

@@ -11,10 +11,10 @@ import anyio
 
 from . import codec
 from .clock import Clock, system_clock
-from .errors import DuplicateJobError
+from .errors import DagError, DuplicateJobError, InvalidJobStateError, JobNotFoundError
 from .ids import new_id
 from .job import Job
-from .models import MAX_JOB_NAME_BYTES, FlowJob, JobOptions, ParentPolicy
+from .models import MAX_JOB_NAME_BYTES, DagJob, FlowJob, JobOptions, JobState, ParentPolicy
 from .pacing import Pacer
 from .queue import (
     OptionsLike,
@@ -24,11 +24,12 @@ from .queue import (
     record_of,
     resolve_options,
 )
-from .store import ChildDependency, NewJob, StoreInterface
+from .store import ChildDependency, DagEdge, NewJob, StoreInterface
 
 __all__ = ["FlowProducer", "JobNode"]
 
 FlowLike = FlowJob | Mapping[str, Any]
+DagLike = DagJob | Mapping[str, Any]
 T = TypeVar("T")
 
 _READ_CONCURRENCY = 32
@@ -43,6 +44,9 @@ class JobNode:
     hidden_children: int = 0
     """How many of the job's children ``get_flow(max_children=...)`` left out (counted
     from the store's dependency counts, without reading them); 0 when none were."""
+    shown_elsewhere: bool = False
+    """This job is a DAG's shared node already drawn at another place of the same
+    ``get_flow`` result, with its children there; this node has none."""
 
     def __repr__(self) -> str:
         # Shallow on purpose: a flow may nest far deeper than the recursion limit.
@@ -66,6 +70,48 @@ class _Planned:
     group: list[NewJob]
     root: JobNode
     depth: int
+
+
+def _dag_order(nodes: Sequence[DagJob], local: Mapping[str, DagJob]) -> list[DagJob]:
+    """The nodes, each after every node of the DAG it depends on; ``DagError`` naming a
+    cycle if there is one."""
+    order: list[DagJob] = []
+    mark: dict[str, int] = {}  # 1: on the current path, 2: placed
+    inner = {node.id: [dep for dep in node.depends_on if dep in local] for node in nodes}
+    for start in nodes:
+        if start.id in mark:
+            continue
+        # Iterative depth-first walk: (node, index of the next dependency to visit).
+        path: list[tuple[DagJob, int]] = [(start, 0)]
+        mark[start.id] = 1
+        while path:
+            node, index = path[-1]
+            deps = inner[node.id]
+            if index < len(deps):
+                path[-1] = (node, index + 1)
+                target = local[deps[index]]
+                state = mark.get(target.id)
+                if state == 1:
+                    ids = [entry.id for entry, _ in path]
+                    cycle = [*ids[ids.index(target.id) :], target.id]
+                    raise DagError("the DAG has a cycle: " + " -> ".join(map(repr, cycle)))
+                if state is None:
+                    mark[target.id] = 1
+                    path.append((target, 0))
+                continue
+            mark[node.id] = 2
+            order.append(node)
+            path.pop()
+    return order
+
+
+def _existing_ref(ref: str, node_id: str) -> tuple[str, str]:
+    """``(queue, id)`` of a ``"queue/id"`` dependency; ``DagError`` if ``ref`` is neither
+    that nor an id of the DAG."""
+    queue, sep, job_id = ref.rpartition("/")
+    if not sep or not queue or not job_id:
+        raise DagError(f"job {node_id!r} of the DAG depends on unknown id {ref!r}")
+    return queue, job_id
 
 
 def _data_of(name: str, queue: str) -> str:
@@ -246,6 +292,106 @@ class FlowProducer:
             nodes.append(existing)
         return nodes
 
+    async def add_dag(
+        self,
+        nodes: Sequence[DagLike],
+        queues_options: Mapping[str, OptionsLike] | None = None,
+    ) -> dict[str, Job]:
+        """Add a DAG (jobs with any number of parents) atomically; returns ``{id: Job}``.
+
+        Each node waits in ``waiting-children`` for every job it ``depends_on``: ids of
+        this DAG, or ``"queue/id"`` of jobs already in the store (a completed one resolves
+        at once with its value; a failed one is refused with ``InvalidJobStateError``; a
+        missing one with ``JobNotFoundError``). A duplicate id, an unknown id or a cycle
+        is an error naming it, and nothing is written. Failure policies apply per edge:
+        a node's own child flag wins, else each dependent's
+        ``fail_parent_on_child_failure``.
+        """
+        defaults = self._queue_defaults(queues_options)
+        parsed = [
+            node if isinstance(node, DagJob) else DagJob.model_validate(node) for node in nodes
+        ]
+        local: dict[str, DagJob] = {}
+        for node in parsed:
+            if node.id in local:
+                raise DuplicateJobError(f"id {node.id!r} is used twice in one DAG")
+            local[node.id] = node
+        existing: dict[tuple[str, str], None] = {}
+        for node in parsed:
+            if len(set(node.depends_on)) != len(node.depends_on):
+                twice = next(ref for ref in node.depends_on if node.depends_on.count(ref) > 1)
+                raise DagError(f"job {node.id!r} of the DAG depends on {twice!r} twice")
+            for ref in node.depends_on:
+                if ref not in local:
+                    existing[_existing_ref(ref, node.id)] = None
+        order = _dag_order(parsed, local)
+        now = self._clock()
+        pacer = Pacer()
+        options: dict[str, JobOptions] = {}
+        jobs: dict[str, Job] = {}
+        news: dict[str, NewJob] = {}
+        keys: set[tuple[str, str]] = set()
+        for node in order:
+            if pacer.due():
+                await pacer.pause()
+            check_name(node.name, "job name", MAX_JOB_NAME_BYTES)
+            check_name(node.queue_name, "queue name")
+            opts = resolve_options(node.opts, defaults.get(node.queue_name))
+            job_id = opts.job_id or new_id()
+            if (node.queue_name, job_id) in keys:
+                raise DuplicateJobError(
+                    f"job id {job_id!r} of queue {node.queue_name!r} is used twice in one DAG"
+                )
+            keys.add((node.queue_name, job_id))
+            data = codec.dumps(node.data, what=partial(_data_of, node.name, node.queue_name))
+            new = build_new_job(
+                queue=node.queue_name,
+                name=node.name,
+                data=data,
+                opts=opts,
+                job_id=job_id,
+                has_children=bool(node.depends_on),
+            )
+            options[node.id] = opts
+            news[node.id] = new
+        # An existing job's own child flag decides its edges too: read it first (the
+        # flags never change; the store checks the job's state again when writing).
+        found = await _gather([partial(self.store.get_job, q, i) for q, i in existing])
+        flags: dict[tuple[str, str], ParentPolicy | None] = {}
+        for (queue, job_id), record in zip(existing, found, strict=True):
+            if record is None:
+                raise JobNotFoundError(queue, job_id)
+            if record.state is JobState.FAILED:
+                raise InvalidJobStateError(
+                    f"job {job_id!r} of queue {queue!r} has failed: "
+                    "retry it before a new job depends on it"
+                )
+            flags[(queue, job_id)] = JobOptions.model_validate_json(record.opts).child_policy()
+        edges: list[DagEdge] = []
+        for node in parsed:
+            parent = news[node.id]
+            policy = ParentPolicy(options[node.id].fail_parent_on_child_failure)
+            for ref in node.depends_on:
+                if ref in local:
+                    child_queue, child_id = news[ref].queue, news[ref].id
+                    own = options[ref].child_policy()
+                else:
+                    child_queue, child_id = _existing_ref(ref, node.id)
+                    own = flags[(child_queue, child_id)]
+                edges.append(DagEdge(parent.queue, parent.id, child_queue, child_id, own or policy))
+        ordered = [news[node.id] for node in order]
+        await self.store.add_dag(ordered, edges, now)
+        records = {node.id: record_of(news[node.id], now) for node in parsed}
+        by_key = {(record.queue, record.id): record for record in records.values()}
+        for edge in edges:  # the first dependent of each new job is its parent_id
+            record = by_key.get((edge.child_queue, edge.child_id))
+            if record is not None and record.parent_id is None:
+                record.parent_queue, record.parent_id = edge.parent_queue, edge.parent_id
+                record.parent_policy = edge.policy
+        for node in parsed:
+            jobs[node.id] = Job(self.store, records[node.id], clock=self._clock)
+        return jobs
+
     # ------------------------------------------------------------------ reading
 
     async def get_flow(
@@ -260,7 +406,9 @@ class FlowProducer:
         ``depth`` counts levels, the job's own included (``1``: the job alone);
         ``max_children`` keeps only the first children of each node: only that page of
         each node's children is read, and ``hidden_children`` tells how many were left
-        out. Children that no longer exist are left out.
+        out. Children that no longer exist are left out. A DAG's shared job appears
+        once with its children, at its first place level by level; its other places
+        hold a node with ``shown_elsewhere`` set and no children.
         """
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -270,6 +418,7 @@ class FlowProducer:
         if record is None:
             return None
         root = JobNode(Job(self.store, record, clock=self._clock))
+        drawn = {(queue_name, job_id)}
         level = [root]
         for _ in range(depth - 1):
             if not level:
@@ -289,6 +438,10 @@ class FlowProducer:
                     continue
                 node = JobNode(Job(self.store, child, clock=self._clock))
                 parent.children.append(node)
+                if (child.queue, child.id) in drawn:
+                    node.shown_elsewhere = True
+                    continue
+                drawn.add((child.queue, child.id))
                 next_level.append(node)
             level = next_level
         return root

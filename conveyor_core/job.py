@@ -203,7 +203,8 @@ class Job(Generic[DataT]):
 
     @property
     def parent_id(self) -> str | None:
-        """The id of the flow parent waiting for this job, if any."""
+        """The id of the flow parent waiting for this job, if any (in a DAG, its first
+        dependent; ``get_parents`` lists them all)."""
         return self._record.parent_id
 
     @property
@@ -321,6 +322,17 @@ class Job(Generic[DataT]):
             return None
         record = await self._store.get_job(self.parent_queue, self.parent_id)
         return None if record is None else Job(self._store, record, clock=self._clock)
+
+    async def get_parents(self) -> list[Job]:
+        """Every job that depends on this one (one in a tree, any number in a DAG),
+        first parent first; parents that no longer exist are left out."""
+        links = await self._store.get_parent_links(self.queue_name, self.id)
+        parents: list[Job] = []
+        for link in links:
+            record = await self._store.get_job(link.queue, link.id)
+            if record is not None:
+                parents.append(Job(self._store, record, clock=self._clock))
+        return parents
 
     # ------------------------------------------------------------------ writing
 

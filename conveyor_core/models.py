@@ -249,6 +249,32 @@ class FlowJob(BaseModel):
         return value
 
 
+class DagJob(BaseModel):
+    """One job of a DAG (``FlowProducer.add_dag``) and the jobs it waits for.
+
+    ``id`` names the job within the DAG (the job's own id is ``opts.job_id``, or a new
+    one). ``depends_on`` lists ids of the same DAG, or ``"queue/id"`` of jobs already in
+    the store (split at the last ``/``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    queue_name: str = Field(min_length=1)
+    data: Any = None
+    opts: JobOptions | None = None
+    depends_on: list[str] = Field(default_factory=list)
+
+    @field_validator("name", "queue_name")
+    @classmethod
+    def _within_limits(cls, value: str, info: ValidationInfo) -> str:
+        limit = MAX_JOB_NAME_BYTES if info.field_name == "name" else MAX_QUEUE_NAME_BYTES
+        if (problem := text_problem(value, limit)) is not None:
+            raise ValueError(f"{info.field_name} {shown(value)} {problem}")
+        return value
+
+
 class QueueEvent(BaseModel):
     """Something that happened to a job or a queue, as seen by ``QueueEvents``."""
 

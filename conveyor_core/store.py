@@ -37,6 +37,20 @@ Conventions
   of the transition (best effort for delivery: a listener that is not connected misses
   events), never a separate call.
 
+Parents (``PARENT LINKS``)
+==========================
+A job may have several parents (a DAG, see :meth:`StoreInterface.add_dag`): the jobs that
+depend on it. Its *parent links* are, in order, its ``parent_id``/``parent_queue``/
+``parent_policy`` (its first parent; a tree's job has this one at most), then its further
+:class:`ParentLink` records, in the order they were made. Each link is one edge with its
+own policy, and its parent holds one dependency record on the job. A job has further links
+only while it has a first parent. A link whose parent no longer exists is skipped by every
+rule below (the parent was removed).
+
+A parent ``P`` *still needs* a job ``C`` when ``P`` exists, is neither ``completed`` nor
+``failed``, and holds a ``pending`` dependency on ``C``. In a tree, a job's one parent is
+the only one that can need it, so the rules below read as they did before DAGs.
+
 The rules of a final failure (``FINAL FAILURE``)
 =================================================
 Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. When job
@@ -44,17 +58,21 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
 
 1. ``J`` becomes ``failed`` with ``failed_reason = R``, ``finished_at = now``; event
    ``failed``.
-2. If ``J`` has a parent ``P`` whose dependency on ``J`` is still ``pending``, ``J``'s
-   ``parent_policy`` is carried out on ``P``:
+2. For each of ``J``'s parent links, in order, whose parent ``P`` (still existing) holds
+   a ``pending`` dependency on ``J``, that link's policy is carried out on ``P``:
 
    * ``fail``: the dependency becomes ``failed`` (reason ``R``). If ``P`` is in
      ``waiting-children``, ``waiting`` or ``delayed``, first every *pending* dependency of
-     ``P`` whose job is ``waiting``, ``delayed`` or ``waiting-children`` is failed with
-     reason ``"parent failed"`` (recursively: such a job's own pending unstarted children
-     fail the same way; these cascaded failures do not apply policies upward), its
-     dependency marked ``failed``; then ``P`` itself goes through FINAL FAILURE with reason
-     ``"child <J.id> failed: <R>"``. Active siblings are left to finish; their outcome
-     is recorded on ``P``'s dependencies and changes nothing else.
+     ``P`` whose job is ``waiting``, ``delayed`` or ``waiting-children`` is marked
+     ``failed`` with reason ``"parent failed"``, and such a job that no parent still
+     needs then (every job depending on it has failed, is failing here, or is gone)
+     itself fails with reason ``"parent failed"``, recursively (its own pending unstarted
+     children are treated the same way; these cascaded failures do not apply policies
+     upward). A shared job another parent still needs is left as it is; it is looked at
+     again when that parent fails in the same cascade. Then ``P`` itself goes through
+     FINAL FAILURE with reason ``"child <J.id> failed: <R>"``. Active siblings are left
+     to finish; their outcome is recorded on ``P``'s dependencies and changes nothing
+     else.
    * ``ignore``: the dependency becomes ``ignored`` (reason ``R``) and counts as
      resolved (RELEASE CHECK).
    * ``drop``: the dependency is deleted without a record and counts as resolved
@@ -65,17 +83,22 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
 
 3. Then ``J``'s ``keep_failed`` retention applies (see RETENTION).
 
+A later link's policy sees what the earlier ones did (a parent failed or removed by an
+earlier link is skipped, as its dependency is no longer ``pending`` or it is gone).
+
 RELEASE CHECK: when a parent in ``waiting-children`` has no ``pending`` dependency left,
 it is RELEASED: it enters ``waiting`` (event ``waiting``), or, if it was added with a
 ``delay``, enters ``delayed`` with ``run_at = now + delay`` (event ``delayed``). A parent
 is released at most once per time it enters ``waiting-children``.
 
 REMOVE of a job ``J``: ``J`` and every descendant of ``J`` that is not ``completed`` or
-``failed`` (found below finished descendants too) are deleted with their logs and
-dependency records (event ``removed`` for each); an active descendant's lock is void from
-then on. If ``J`` has a parent ``P`` that
-still holds a ``pending`` dependency on ``J``, that dependency is deleted and counts as
-resolved (RELEASE CHECK on ``P``). A ``processed`` dependency keeps its value.
+``failed`` (found below finished descendants too) and that no parent outside the removal
+still needs (a shared job another remaining job waits for stays, losing only the
+dependencies the removed jobs held on it) are deleted with their logs, dependency records
+and parent links (event ``removed`` for each); an active descendant's lock is void from
+then on. For each of ``J``'s parent links whose parent ``P`` still holds a ``pending``
+dependency on ``J``, that dependency is deleted and counts as resolved (RELEASE CHECK on
+``P``). A ``processed`` dependency keeps its value.
 
 JOB SCHEDULERS: a scheduler (``queue``, ``id``) adds one job, or one flow, per tick.
 The core computes the ticks (``next_run_at``) and builds each tick's jobs; the store keeps
@@ -88,13 +111,14 @@ job of a tick has the id ``sched:<scheduler id>:<tick in whole milliseconds>``, 
 a repeated add of the same tick collapses (as by ``add_jobs``, an existing first job
 skips its group). ``obliterate`` deletes the queue's schedulers.
 
-REMOVE CHILD DEPENDENCY of a job ``C`` (a child leaving its parent): ``C`` keeps
+REMOVE CHILD DEPENDENCY of a job ``C`` (a child leaving its parents): ``C`` keeps
 running or waiting as it is, but no longer has a parent: its ``parent_id``,
-``parent_queue`` and ``parent_policy`` are cleared, so its completion, failure or retry
-no longer touches the parent. If the parent ``P`` still holds a ``pending`` dependency on
-``C``, that dependency is deleted and counts as resolved (RELEASE CHECK on ``P``). A
-dependency that already resolved (``processed``, ``failed``, ``ignored``) stays on ``P``
-as its record: a processed child keeps its value.
+``parent_queue`` and ``parent_policy`` are cleared and its further parent links deleted,
+so its completion, failure or retry no longer touches any parent. For each parent ``P``
+of those links that still holds a ``pending`` dependency on ``C``, that dependency is
+deleted and counts as resolved (RELEASE CHECK on ``P``). A dependency that already
+resolved (``processed``, ``failed``, ``ignored``) stays on ``P`` as its record: a
+processed child keeps its value.
 
 REMOVE UNPROCESSED CHILDREN of a parent ``P``: every child on which ``P`` holds a
 ``pending`` dependency is REMOVED (with its unfinished descendants; its dependency is
@@ -202,6 +226,32 @@ class ChildDependency:
     """JSON text of the child's return value when ``processed``."""
     reason: str | None = None
     """The child's failure reason when ``failed`` or ``ignored``."""
+
+
+@dataclass(slots=True, frozen=True)
+class ParentLink:
+    """One parent of a job and the policy of that edge (see PARENT LINKS)."""
+
+    queue: str
+    id: str
+    policy: ParentPolicy
+    """What the job's final failure does to this parent."""
+
+
+@dataclass(slots=True, frozen=True)
+class DagEdge:
+    """A dependency of :meth:`StoreInterface.add_dag`: ``parent`` waits for ``child``.
+
+    The parent is a job of the same call; the child is one too, or a job already in the
+    store. ``policy`` is what the child's final failure does to this parent (the core
+    resolves it: the child's own flag, else the parent's ``fail_parent_on_child_failure``).
+    """
+
+    parent_queue: str
+    parent_id: str
+    child_queue: str
+    child_id: str
+    policy: ParentPolicy
 
 
 @dataclass(slots=True)
@@ -452,6 +502,33 @@ class StoreInterface(Protocol):
         """
         ...
 
+    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+        """Write a DAG: the new ``jobs`` and their dependencies ``edges``, all or nothing,
+        in one atomic step.
+
+        ``jobs`` carry no parent (``parent_id`` ``None``); a job with edges as a parent
+        comes in ``waiting-children``, the others ``waiting`` or ``delayed``. Each edge's
+        parent is one of ``jobs``; its child is one of ``jobs`` or a job already in the
+        store. Edges come in the order their parents' dependency records are to be kept.
+
+        Refused, writing nothing: a job whose ``(queue, id)`` already exists or is given
+        twice (``DuplicateJobError``); an edge whose child is neither new nor in the store
+        (``JobNotFoundError`` naming it); an edge whose existing child is ``failed``
+        (``InvalidJobStateError`` naming it: retry it first).
+
+        Writing: every job as by :meth:`add_jobs` (``created_at = now``, events ``added``
+        and its state's event). Then, per edge in order, the child gets a parent link to
+        the edge's parent with the edge's policy (as its ``parent_id``/``parent_queue``/
+        ``parent_policy`` if it has no parent yet, else as a further :class:`ParentLink`)
+        and the parent a dependency record on the child: ``processed`` with the child's
+        ``return_value`` if the child is ``completed`` (it resolves at once), else
+        ``pending``. Then RELEASE CHECK on every new job in ``waiting-children``, in the
+        order of ``jobs`` (a job whose dependencies all completed already is released at
+        once, event ``waiting`` or ``delayed``). Idle workers of queues that got waiting
+        jobs are woken.
+        """
+        ...
+
     # ------------------------------------------------------------------ working
 
     async def take_jobs(
@@ -495,10 +572,11 @@ class StoreInterface(Protocol):
         An item whose job is not ``active`` with that exact lock token is refused
         (``False``) and changes nothing. Otherwise: state ``completed``,
         ``return_value``, ``finished_at = now``, ``attempts_made += 1``, lock cleared,
-        event ``completed`` (data ``{"return_value": <JSON text>}``). If the job has a
-        parent holding a dependency on it, that dependency becomes ``processed`` with the
-        value (exactly once; it counts as resolved only if it was ``pending``), then
-        RELEASE CHECK. Then RETENTION (``keep_completed``).
+        event ``completed`` (data ``{"return_value": <JSON text>}``). For each of the
+        job's parent links, in order, whose parent holds a dependency on it, that
+        dependency becomes ``processed`` with the value (exactly once; it counts as
+        resolved only if it was ``pending``), then RELEASE CHECK on that parent. Then
+        RETENTION (``keep_completed``).
         """
         ...
 
@@ -584,10 +662,11 @@ class StoreInterface(Protocol):
         """Move a ``failed`` job back to ``waiting`` (``attempts_made`` and
         ``stalled_count`` reset, ``failed_reason`` and ``finished_at`` cleared).
 
-        ``InvalidJobStateError`` unless it is ``failed``. If its parent exists and is in
-        ``waiting-children``, ``waiting`` or ``delayed``, the dependency is put back to
-        ``pending`` (re-created if it was dropped) and a ``waiting`` or ``delayed`` parent
-        returns to ``waiting-children``. Event ``waiting``.
+        ``InvalidJobStateError`` unless it is ``failed``. For each of its parent links,
+        in order, whose parent exists and is in ``waiting-children``, ``waiting`` or
+        ``delayed``, the dependency is put back to ``pending`` (re-created if it was
+        dropped) and a ``waiting`` or ``delayed`` parent returns to ``waiting-children``
+        (event ``waiting-children``). Event ``waiting``.
         """
         ...
 
@@ -691,6 +770,12 @@ class StoreInterface(Protocol):
         :data:`DEPENDENCY_STATUSES` is present. Read from counters the store keeps exact
         (DEPENDENCY COUNTS), never by reading the records. ``JobNotFoundError`` if the job
         does not exist."""
+        ...
+
+    async def get_parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        """The job's parent links (PARENT LINKS), first parent first; ``[]`` without a
+        parent. Links whose parent no longer exists are included. ``JobNotFoundError`` if
+        the job does not exist."""
         ...
 
     async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:

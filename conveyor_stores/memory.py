@@ -13,6 +13,7 @@ import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
@@ -26,6 +27,7 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DagEdge,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -35,6 +37,7 @@ from conveyor_core.store import (
     JobRecord,
     MetricKind,
     NewJob,
+    ParentLink,
     Release,
     SchedulerRecord,
     SearchPage,
@@ -143,6 +146,7 @@ class MemoryBackend:
         self.jobs: dict[tuple[str, str], JobRecord] = {}
         self.queues_: dict[str, _QueueData] = {}
         self.deps: dict[tuple[str, str], _Dependencies] = {}
+        self.links: dict[tuple[str, str], list[ParentLink]] = {}
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.order = 0
         self.listened: dict[str, int] = {}
@@ -217,6 +221,7 @@ class MemoryBackend:
         key = (queue, job_id)
         self.logs.pop(key, None)
         self.deps.pop(key, None)
+        self.links.pop(key, None)
 
     def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
         q = self._q(queue)
@@ -341,6 +346,15 @@ class MemoryBackend:
         deps = self.deps.get((queue, job_id))
         if deps is not None:
             deps.delete((child_queue, child_id))
+
+    def parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        return list(self.links.get((queue, job_id), ()))
+
+    def add_parent_link(self, queue: str, job_id: str, link: ParentLink) -> None:
+        self.links.setdefault((queue, job_id), []).append(link)
+
+    def delete_parent_links(self, queue: str, job_id: str) -> None:
+        self.links.pop((queue, job_id), None)
 
     def pending_count(self, queue: str, job_id: str) -> int:
         deps = self.deps.get((queue, job_id))
@@ -576,22 +590,29 @@ class MemoryStore:
 
     # ---------------------------------------------------------------- protocol
 
-    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
-        if sum(len(group) for group in groups) < OFFLOAD_JOBS:
-            return await self._call(self._engine.add_jobs, groups, now)
-        # A big add runs on a worker thread, so the event loop keeps turning; every other
-        # call waits for it (see _call), which keeps it atomic.
+    async def _add(self, size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """An add of ``size`` jobs: a big one runs on a worker thread, so the event loop
+        keeps turning; every other call waits for it (see _call), which keeps it atomic."""
+        if size < OFFLOAD_JOBS:
+            return await self._call(fn, *args, **kwargs)
         while self._offloaded is not None:
             await self._offloaded.wait()
         if not self._connected:
             raise StoreClosedError("MemoryStore is not connected: use 'async with store:'")
         self._offloaded = finished = asyncio.Event()
         try:
-            return await anyio.to_thread.run_sync(self._engine.add_jobs, groups, now)
+            return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
         finally:
             self._offloaded = None
             finished.set()
             self._flush()
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        size = sum(len(group) for group in groups)
+        return await self._add(size, self._engine.add_jobs, groups, now)
+
+    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+        await self._add(len(jobs), self._engine.add_dag, jobs, edges, now)
 
     async def take_jobs(
         self,
@@ -725,6 +746,9 @@ class MemoryStore:
 
     async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
         return self._run(self._engine.get_dependency_counts, queue, job_id)
+
+    async def get_parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        return self._run(self._engine.get_parent_links, queue, job_id)
 
     async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
         return self._run(self._engine.remove_child_dependency, queue, job_id, now)

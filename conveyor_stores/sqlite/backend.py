@@ -33,6 +33,7 @@ from conveyor_core.store import (
     DependencyStatus,
     EventRecord,
     JobRecord,
+    ParentLink,
     SchedulerRecord,
 )
 
@@ -46,6 +47,10 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 Key = tuple[str, str]
 
 _STATES = {state.value: state for state in JobState}
+_LINK_INSERT = (
+    "INSERT INTO parent_links (queue, id, seq, parent_queue, parent_id, policy) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 _SCHEDULER_COLUMNS = "queue, id, timing, template, next_run_at, iterations"
 _POLICIES = {policy.value: policy for policy in ParentPolicy}
 _STATUSES: dict[str, DependencyStatus] = {
@@ -304,6 +309,7 @@ class SQLiteBackend:
         self._new: dict[Key, JobRecord] = {}
         self._new_order: dict[Key, int] = {}
         self._new_deps: dict[Key, dict[Key, ChildDependency]] = {}
+        self._new_links: dict[Key, list[ParentLink]] = {}
         self._events: list[tuple[str, str, str | None, str | None, float, float]] = []
         self._keys: dict[tuple[str, str, int, bool], int] = {}
         self._absent: set[Key] = set()
@@ -331,6 +337,7 @@ class SQLiteBackend:
         self._new.clear()
         self._new_order.clear()
         self._new_deps.clear()
+        self._new_links.clear()
         self._events.clear()
         self._keys.clear()
         self._absent.clear()
@@ -367,9 +374,19 @@ class SQLiteBackend:
                     for seq, dep in enumerate(deps.values())
                 ],
             )
+        if self._new_links:
+            self.conn.executemany(
+                _LINK_INSERT,
+                [
+                    (queue, job_id, seq, link.queue, link.id, link.policy.value)
+                    for (queue, job_id), links in self._new_links.items()
+                    for seq, link in enumerate(links)
+                ],
+            )
         self._new = {}
         self._new_order = {}
         self._new_deps = {}
+        self._new_links = {}
 
     def _order_key(self, job: JobRecord) -> int:
         """A new ``order_key`` for ``job`` entering (or re-entering) its state.
@@ -472,12 +489,14 @@ class SQLiteBackend:
         if self._new.pop(key, None) is not None:
             self._new_order.pop(key, None)
             self._new_deps.pop(key, None)
+            self._new_links.pop(key, None)
             return
         self._flush()
         conn = self.conn
         conn.execute("DELETE FROM jobs WHERE queue = ? AND id = ?", key)
         conn.execute("DELETE FROM logs WHERE queue = ? AND id = ?", key)
         conn.execute("DELETE FROM dependencies WHERE parent_queue = ? AND parent_id = ?", key)
+        conn.execute("DELETE FROM parent_links WHERE queue = ? AND id = ?", key)
 
     def first_waiting(self, queue: str, limit: int) -> list[JobRecord]:
         self._flush()
@@ -640,6 +659,34 @@ class SQLiteBackend:
         ).fetchone()
         if row is not None:
             conn.execute(_DEP_COUNT, (row[0], None, queue, job_id))
+
+    def parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        key = (queue, job_id)
+        if key in self._new:
+            return list(self._new_links.get(key, ()))
+        rows = self.conn.execute(
+            "SELECT parent_queue, parent_id, policy FROM parent_links "
+            "WHERE queue = ? AND id = ? ORDER BY seq",
+            key,
+        ).fetchall()
+        return [ParentLink(row[0], row[1], _POLICIES[row[2]]) for row in rows]
+
+    def add_parent_link(self, queue: str, job_id: str, link: ParentLink) -> None:
+        key = (queue, job_id)
+        if key in self._new:
+            self._new_links.setdefault(key, []).append(link)
+            return
+        (seq,) = self.conn.execute(
+            "SELECT coalesce(max(seq) + 1, 0) FROM parent_links WHERE queue = ? AND id = ?", key
+        ).fetchone()
+        self.conn.execute(
+            _LINK_INSERT, (queue, job_id, seq, link.queue, link.id, link.policy.value)
+        )
+
+    def delete_parent_links(self, queue: str, job_id: str) -> None:
+        key = (queue, job_id)
+        self._new_links.pop(key, None)
+        self.conn.execute("DELETE FROM parent_links WHERE queue = ? AND id = ?", key)
 
     def pending_count(self, queue: str, job_id: str) -> int:
         parent = (queue, job_id)

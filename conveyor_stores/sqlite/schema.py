@@ -188,7 +188,22 @@ _V4 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+_V7 = (
+    # DAGs: a job's parent links beyond its first parent (parent_id), in order.
+    """
+    CREATE TABLE parent_links (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        parent_queue TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        PRIMARY KEY (queue, id, seq)
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V7)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -117,6 +117,7 @@ from conveyor_core.models import JobState
 from conveyor_core.store import (
     ChildDependency,
     Completion,
+    DagEdge,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -126,6 +127,7 @@ from conveyor_core.store import (
     JobRecord,
     MetricKind,
     NewJob,
+    ParentLink,
     Release,
     SchedulerRecord,
     SearchPage,
@@ -727,6 +729,13 @@ class SQLiteStore:
 
         return await self._write(add, small=sum(map(len, groups)) <= _SMALL)
 
+    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+        def add(state: _State) -> None:
+            state.backend.prefetch_absent([(job.queue, job.id) for job in jobs])
+            state.engine.add_dag(jobs, edges, now)
+
+        await self._write(add, small=len(jobs) <= _SMALL)
+
     async def take_jobs(
         self,
         queue: str,
@@ -926,6 +935,9 @@ class SQLiteStore:
 
     async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
         return await self._read(lambda s: s.engine.get_dependency_counts(queue, job_id))
+
+    async def get_parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        return await self._read(lambda s: s.engine.get_parent_links(queue, job_id))
 
     async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
         return await self._write(lambda s: s.engine.remove_child_dependency(queue, job_id, now))
