@@ -1,0 +1,508 @@
+"""DAGs (SPEC section 9): jobs with several parents, per-edge policies, shared nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conveyor_core import DagError, DuplicateJobError, Job, JobState
+from conveyor_core.errors import InvalidJobStateError, JobNotFoundError
+from conveyor_core.store import PARENT_FAILED_REASON, child_failed_reason
+
+from ._support import Harness, Runs
+
+COMPLETED = JobState.COMPLETED
+FAILED = JobState.FAILED
+WAITING = JobState.WAITING
+WAITING_CHILDREN = JobState.WAITING_CHILDREN
+
+
+def _value(job: Job) -> dict[str, Any]:
+    return {"done": job.name}
+
+
+class DagTests:
+    """Jobs that wait for several jobs, and jobs that several jobs wait for."""
+
+    async def test_dag_a_diamond_runs_its_shared_job_once_and_the_sink_sees_both_values(
+        self, env: Harness
+    ) -> None:
+        etl, out = env.name("etl"), env.name("out")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "extract", "name": "extract", "queue_name": etl},
+                {"id": "clean", "name": "clean", "queue_name": etl, "depends_on": ["extract"]},
+                {"id": "stats", "name": "stats", "queue_name": etl, "depends_on": ["extract"]},
+                {
+                    "id": "report",
+                    "name": "report",
+                    "queue_name": out,
+                    "depends_on": ["clean", "stats"],
+                },
+            ]
+        )
+        assert set(jobs) == {"extract", "clean", "stats", "report"}
+        assert await env.state(jobs["extract"]) is WAITING
+        for name in ("clean", "stats", "report"):
+            assert await env.state(jobs[name]) is WAITING_CHILDREN, name
+        seen: dict[str, dict[str, Any]] = {}
+        runs = Runs()
+
+        async def handle(job: Job) -> Any:
+            runs.record(job)
+            seen[job.name] = await job.get_children_values()
+            return {"done": job.name}
+
+        async with env.workers({etl: handle, out: handle}, concurrency=4):
+            report = await env.wait_state(jobs["report"], COMPLETED)
+        assert report.return_value == {"done": "report"}
+        assert runs.order.count("extract") == 1, runs.order
+        assert sorted(runs.order) == ["clean", "extract", "report", "stats"]
+        assert runs.order[0] == "extract" and runs.order[-1] == "report"
+        extract_value = {jobs["extract"].id: {"done": "extract"}}
+        assert seen["clean"] == extract_value
+        assert seen["stats"] == extract_value
+        assert seen["report"] == {
+            jobs["clean"].id: {"done": "clean"},
+            jobs["stats"].id: {"done": "stats"},
+        }
+        parents = await jobs["extract"].get_parents()
+        assert sorted(parent.name for parent in parents) == ["clean", "stats"]
+
+    async def test_dag_a_shared_job_resolves_every_dependent_exactly_once(
+        self, env: Harness
+    ) -> None:
+        shared_q, waiting_q = env.name("shared"), env.name("dependents")
+        names = [f"dependent-{index}" for index in range(4)]
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": shared_q},
+                *(
+                    {"id": name, "name": name, "queue_name": waiting_q, "depends_on": ["shared"]}
+                    for name in names
+                ),
+            ]
+        )
+        async with env.workers({shared_q: Runs().handler()}):
+            await env.wait_state(jobs["shared"], COMPLETED)
+        for name in names:
+            dependent = await env.reread(jobs[name])
+            assert dependent is not None
+            assert dependent.state is WAITING, f"{name} is {dependent.state}"
+            assert await dependent.get_children_values() == {jobs["shared"].id: {"done": "shared"}}
+            counts = await dependent.get_dependency_counts()
+            assert counts.processed == 1 and counts.unprocessed == 0, (name, counts)
+        assert (await env.counts(waiting_q))["waiting"] == len(names)
+
+    async def test_dag_invalid_dags_name_the_problem_and_write_nothing(self, env: Harness) -> None:
+        queue = env.name("invalid")
+
+        def node(node_id: str, *deps: str) -> dict[str, Any]:
+            return {"id": node_id, "name": node_id, "queue_name": queue, "depends_on": list(deps)}
+
+        with pytest.raises(DagError, match="cycle") as cycle:
+            await env.flow.add_dag([node("a"), node("b", "a", "d"), node("c", "b"), node("d", "c")])
+        message = str(cycle.value)
+        assert all(f"'{name}'" in message for name in "bcd"), message
+        assert "'a'" not in message, message
+        with pytest.raises(DagError, match="'self'"):
+            await env.flow.add_dag([node("self", "self")])
+        with pytest.raises(DagError, match="'ghost'"):
+            await env.flow.add_dag([node("a"), node("b", "a", "ghost")])
+        with pytest.raises(DuplicateJobError, match="'twin'"):
+            await env.flow.add_dag([node("twin"), node("other", "twin"), node("twin")])
+        with pytest.raises(DagError, match="'a'"):
+            await env.flow.add_dag([node("a"), node("b", "a", "a")])
+        with pytest.raises(JobNotFoundError):
+            await env.flow.add_dag([node("a"), node("b", "a", f"{queue}/no-such-job")])
+        assert await env.total(queue) == 0
+
+    async def test_dag_is_written_all_or_nothing(self, env: Harness) -> None:
+        queue, other = env.name("atomic"), env.name("atomic-other")
+        taken = await env.queue(other).add("taken", None, {"job_id": "taken-id"})
+        with pytest.raises(DuplicateJobError, match="taken-id"):
+            await env.flow.add_dag(
+                [
+                    {"id": "first", "name": "first", "queue_name": queue},
+                    {
+                        "id": "second",
+                        "name": "second",
+                        "queue_name": queue,
+                        "depends_on": ["first"],
+                    },
+                    {
+                        "id": "clash",
+                        "name": "clash",
+                        "queue_name": other,
+                        "opts": {"job_id": "taken-id"},
+                        "depends_on": ["second"],
+                    },
+                ]
+            )
+        assert await env.total(queue) == 0
+        assert await env.total(other) == 1
+        assert await env.reread(taken) is not None
+
+    async def test_dag_dependencies_on_jobs_already_in_the_store(self, env: Harness) -> None:
+        old_q, new_q, tree_q = env.name("old"), env.name("new"), env.name("tree")
+        done = await env.queue(old_q).add("done", {"n": 1})
+        broken = await env.queue(old_q).add("broken", None)
+        async with env.workers({old_q: Runs().handler(fail={"broken"})}):
+            await env.wait_finished(done, broken)
+        # A job that already waits in a tree gets a second dependent.
+        tree = await env.flow.add(
+            {
+                "name": "tree-parent",
+                "queue_name": tree_q,
+                "children": [{"name": "later", "queue_name": old_q}],
+            }
+        )
+        later = tree.children[0].job
+        jobs = await env.flow.add_dag(
+            [
+                {
+                    "id": "on-done",
+                    "name": "on-done",
+                    "queue_name": new_q,
+                    "depends_on": [f"{old_q}/{done.id}"],
+                },
+                {
+                    "id": "on-both",
+                    "name": "on-both",
+                    "queue_name": new_q,
+                    "depends_on": [f"{old_q}/{done.id}", f"{old_q}/{later.id}"],
+                },
+            ]
+        )
+        # A completed job resolves at once, with its value.
+        on_done = await env.wait_state(jobs["on-done"], WAITING)
+        assert await on_done.get_children_values() == {done.id: {"done": "done"}}
+        on_both = await env.reread(jobs["on-both"])
+        assert on_both is not None and on_both.state is WAITING_CHILDREN
+        parents = await later.get_parents()
+        assert [parent.id for parent in parents] == [tree.job.id, jobs["on-both"].id]
+        async with env.workers({old_q: Runs().handler()}):
+            on_both = await env.wait_state(jobs["on-both"], WAITING)
+        assert await on_both.get_children_values() == {
+            done.id: {"done": "done"},
+            later.id: {"done": "later"},
+        }
+        tree_parent = await env.wait_state(tree.job, WAITING)
+        assert await tree_parent.get_children_values() == {later.id: {"done": "later"}}
+        # A failed job is refused, a missing one too; nothing is written.
+        with pytest.raises(InvalidJobStateError, match=broken.id):
+            await env.flow.add_dag(
+                [
+                    {
+                        "id": "x",
+                        "name": "x",
+                        "queue_name": new_q,
+                        "depends_on": [f"{old_q}/{broken.id}"],
+                    }
+                ]
+            )
+        with pytest.raises(JobNotFoundError):
+            await env.flow.add_dag(
+                [{"id": "y", "name": "y", "queue_name": new_q, "depends_on": [f"{old_q}/missing"]}]
+            )
+        assert await env.total(new_q) == 2
+
+    async def test_dag_a_shared_job_fails_with_parent_failed_only_when_every_dependent_failed(
+        self, env: Harness
+    ) -> None:
+        top, first_q, second_q, idle = (
+            env.name("top"),
+            env.name("first"),
+            env.name("second"),
+            env.name("idle"),
+        )
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": idle},
+                {"id": "only-a", "name": "only-a", "queue_name": idle},
+                {"id": "bad-a", "name": "bad-a", "queue_name": first_q},
+                {"id": "bad-b", "name": "bad-b", "queue_name": second_q},
+                {
+                    "id": "a",
+                    "name": "a",
+                    "queue_name": top,
+                    "depends_on": ["bad-a", "shared", "only-a"],
+                },
+                {"id": "b", "name": "b", "queue_name": top, "depends_on": ["bad-b", "shared"]},
+            ]
+        )
+        async with env.workers({first_q: Runs().handler(fail={"bad-a"})}):
+            a = await env.wait_state(jobs["a"], FAILED)
+        bad_a = await env.reread(jobs["bad-a"])
+        assert bad_a is not None and bad_a.failed_reason is not None
+        assert a.failed_reason == child_failed_reason(bad_a.id, bad_a.failed_reason)
+        only_a = await env.reread(jobs["only-a"])
+        assert only_a is not None and only_a.state is FAILED
+        assert only_a.failed_reason == PARENT_FAILED_REASON
+        shared = await env.reread(jobs["shared"])
+        assert shared is not None and shared.state is WAITING, "b still needs it"
+        assert await env.state(jobs["b"]) is WAITING_CHILDREN
+        assert (await jobs["b"].get_dependency_counts()).unprocessed == 2
+
+        async with env.workers({second_q: Runs().handler(fail={"bad-b"})}):
+            await env.wait_state(jobs["b"], FAILED)
+        shared = await env.reread(jobs["shared"])
+        assert shared is not None and shared.state is FAILED
+        assert shared.failed_reason == PARENT_FAILED_REASON
+
+    async def test_dag_a_job_whose_other_dependent_was_removed_fails_with_the_last_one(
+        self, env: Harness
+    ) -> None:
+        top, bad_q, idle = env.name("top"), env.name("bad"), env.name("idle")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": idle},
+                {"id": "bad", "name": "bad", "queue_name": bad_q},
+                {"id": "gone", "name": "gone", "queue_name": top, "depends_on": ["shared"]},
+                {"id": "a", "name": "a", "queue_name": top, "depends_on": ["bad", "shared"]},
+            ]
+        )
+        await jobs["gone"].remove()
+        assert await env.state(jobs["shared"]) is WAITING, "a still needs it"
+        async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["a"], FAILED)
+        shared = await env.wait_state(jobs["shared"], FAILED)
+        assert shared.failed_reason == PARENT_FAILED_REASON
+
+    async def test_dag_policies_apply_per_edge(self, env: Harness) -> None:
+        bad_q, top, idle = env.name("bad"), env.name("top"), env.name("idle")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "bad", "name": "bad", "queue_name": bad_q},
+                {"id": "hold", "name": "hold", "queue_name": idle},
+                {
+                    "id": "ignoring",
+                    "name": "ignoring",
+                    "queue_name": top,
+                    "opts": {"fail_parent_on_child_failure": "ignore"},
+                    "depends_on": ["bad"],
+                },
+                {
+                    "id": "failing",
+                    "name": "failing",
+                    "queue_name": top,
+                    "depends_on": ["bad", "hold"],
+                },
+                {
+                    "id": "removing",
+                    "name": "removing",
+                    "queue_name": top,
+                    "opts": {"fail_parent_on_child_failure": "remove"},
+                    "depends_on": ["bad"],
+                },
+            ]
+        )
+        async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["bad"], FAILED)
+        ignoring = await env.wait_state(jobs["ignoring"], WAITING)
+        assert list(await ignoring.get_ignored_children_failures()) == [jobs["bad"].id]
+        failing = await env.wait_state(jobs["failing"], FAILED)
+        assert failing.failed_reason is not None
+        assert failing.failed_reason.startswith(f"child {jobs['bad'].id} failed")
+        hold = await env.reread(jobs["hold"])
+        assert hold is not None and hold.failed_reason == PARENT_FAILED_REASON
+        assert await env.reread(jobs["removing"]) is None
+
+    async def test_dag_a_shared_job_is_removed_only_when_no_remaining_job_depends_on_it(
+        self, env: Harness
+    ) -> None:
+        bad_q, top, idle = env.name("bad"), env.name("top"), env.name("idle")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "bad", "name": "bad", "queue_name": bad_q},
+                {"id": "shared", "name": "shared", "queue_name": idle},
+                {"id": "own", "name": "own", "queue_name": idle},
+                {"id": "deep", "name": "deep", "queue_name": idle},
+                {"id": "mid", "name": "mid", "queue_name": idle, "depends_on": ["deep", "shared"]},
+                {
+                    "id": "removing",
+                    "name": "removing",
+                    "queue_name": top,
+                    "opts": {"fail_parent_on_child_failure": "remove"},
+                    "depends_on": ["bad", "shared", "own", "mid"],
+                },
+                {"id": "keeper", "name": "keeper", "queue_name": top, "depends_on": ["shared"]},
+            ]
+        )
+        async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["bad"], FAILED)
+        await env.wait_for(
+            lambda: _gone(env, jobs["removing"]), "the dependent with the remove policy to go"
+        )
+        for name in ("own", "mid", "deep"):
+            assert await env.reread(jobs[name]) is None, f"{name} must be removed"
+        shared = await env.reread(jobs["shared"])
+        assert shared is not None and shared.state is WAITING, "keeper still needs it"
+        assert [p.id for p in await shared.get_parents()] == [jobs["keeper"].id]
+        await jobs["keeper"].remove()
+        assert await env.reread(jobs["shared"]) is None, "no job depends on it any more"
+
+    async def test_dag_drop_and_continue_flags_apply_to_every_dependent(self, env: Harness) -> None:
+        bad_q, top, idle = env.name("bad"), env.name("top"), env.name("idle")
+        jobs = await env.flow.add_dag(
+            [
+                {
+                    "id": "dropped",
+                    "name": "dropped",
+                    "queue_name": bad_q,
+                    "opts": {"remove_dependency_on_failure": True},
+                },
+                {
+                    "id": "going-on",
+                    "name": "going-on",
+                    "queue_name": bad_q,
+                    "opts": {"continue_parent_on_failure": True},
+                },
+                {"id": "hold", "name": "hold", "queue_name": idle},
+                {"id": "p1", "name": "p1", "queue_name": top, "depends_on": ["dropped"]},
+                {"id": "p2", "name": "p2", "queue_name": top, "depends_on": ["dropped"]},
+                {"id": "c1", "name": "c1", "queue_name": top, "depends_on": ["going-on", "hold"]},
+                {"id": "c2", "name": "c2", "queue_name": top, "depends_on": ["going-on", "hold"]},
+            ]
+        )
+        async with env.workers({bad_q: Runs().handler(fail={"dropped", "going-on"})}):
+            await env.wait_finished(jobs["dropped"], jobs["going-on"])
+        for name in ("p1", "p2"):
+            dependent = await env.wait_state(jobs[name], WAITING)
+            deps = await dependent.get_dependencies()
+            assert not deps.failed and not deps.processed and not deps.unprocessed, name
+        for name in ("c1", "c2"):
+            dependent = await env.wait_state(jobs[name], WAITING)
+            deps = await dependent.get_dependencies()
+            assert list(deps.failed) == [jobs["going-on"].id], name
+            assert deps.unprocessed == [jobs["hold"].id], name
+
+    async def test_dag_retrying_a_shared_job_puts_it_back_in_each_unfinished_dependent(
+        self, env: Harness
+    ) -> None:
+        shared_q, top, idle = env.name("shared"), env.name("top"), env.name("idle")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": shared_q},
+                {"id": "hold", "name": "hold", "queue_name": idle},
+                {
+                    "id": "p1",
+                    "name": "p1",
+                    "queue_name": top,
+                    "opts": {"fail_parent_on_child_failure": "ignore"},
+                    "depends_on": ["shared", "hold"],
+                },
+                {
+                    "id": "p2",
+                    "name": "p2",
+                    "queue_name": top,
+                    "opts": {"fail_parent_on_child_failure": "ignore"},
+                    "depends_on": ["shared"],
+                },
+            ]
+        )
+        flaky = {"fail": True}
+
+        async def handle(job: Job) -> Any:
+            if flaky["fail"]:
+                raise RuntimeError("not yet")
+            return "second try"
+
+        async with env.workers({shared_q: handle}):
+            shared = await env.wait_state(jobs["shared"], FAILED)
+        await env.wait_state(jobs["p2"], WAITING)
+        assert (await jobs["p1"].get_dependency_counts()).ignored == 1
+        flaky["fail"] = False
+        await shared.retry()
+        assert (await jobs["p1"].get_dependency_counts()).unprocessed == 2
+        # p2 was released (waiting, not started): it goes back to waiting for it.
+        p2 = await env.wait_state(jobs["p2"], WAITING_CHILDREN)
+        assert (await p2.get_dependency_counts()).unprocessed == 1
+        async with env.workers({shared_q: handle}):
+            await env.wait_state(jobs["shared"], COMPLETED)
+        p2 = await env.wait_state(jobs["p2"], WAITING)
+        assert await p2.get_children_values() == {jobs["shared"].id: "second try"}
+        p1 = await env.reread(jobs["p1"])
+        assert p1 is not None and p1.state is WAITING_CHILDREN
+        assert await p1.get_children_values() == {jobs["shared"].id: "second try"}
+
+    async def test_dag_concurrent_completions_release_each_dependent_exactly_once(
+        self, env: Harness
+    ) -> None:
+        layer_q, sink_q = env.name("layer"), env.name("sink")
+        width = 12
+        nodes: list[dict[str, Any]] = [{"id": "source", "name": "source", "queue_name": layer_q}]
+        for index in range(width):
+            nodes.append(
+                {
+                    "id": f"m{index}",
+                    "name": f"m{index}",
+                    "queue_name": layer_q,
+                    "depends_on": ["source"],
+                }
+            )
+        middle = [f"m{index}" for index in range(width)]
+        nodes.append({"id": "all", "name": "all", "queue_name": sink_q, "depends_on": middle})
+        nodes.append(
+            {"id": "evens", "name": "evens", "queue_name": sink_q, "depends_on": middle[::2]}
+        )
+        nodes.append(
+            {"id": "odds", "name": "odds", "queue_name": sink_q, "depends_on": middle[1::2]}
+        )
+        jobs = await env.flow.add_dag(nodes)
+        runs = Runs()
+        handler = runs.handler()
+        async with (
+            env.workers({layer_q: handler, sink_q: handler}, concurrency=8),
+            env.workers({layer_q: handler}, store=env.second_store, concurrency=8),
+        ):
+            await env.wait_finished(jobs["all"], jobs["evens"], jobs["odds"])
+        for sink, members in (("all", middle), ("evens", middle[::2]), ("odds", middle[1::2])):
+            job = await env.reread(jobs[sink])
+            assert job is not None and job.state is COMPLETED, sink
+            assert runs.count(jobs[sink]) == 1, sink
+            values = await job.get_children_values()
+            assert values == {jobs[name].id: {"done": name} for name in members}, sink
+        assert all(count == 1 for count in runs.ids.values()), runs.ids
+
+    async def test_dag_get_flow_shows_a_shared_job_once(self, env: Harness) -> None:
+        queue = env.name("drawn")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "base", "name": "base", "queue_name": queue},
+                {"id": "left", "name": "left", "queue_name": queue, "depends_on": ["base"]},
+                {"id": "right", "name": "right", "queue_name": queue, "depends_on": ["base"]},
+                {"id": "top", "name": "top", "queue_name": queue, "depends_on": ["left", "right"]},
+            ]
+        )
+        tree = await env.flow.get_flow(jobs["top"].id, queue)
+        assert tree is not None
+        names = [node.job.name for node in tree.walk()]
+        assert sorted(names) == ["base", "base", "left", "right", "top"]
+        bases = [node for node in tree.walk() if node.job.name == "base"]
+        assert sorted(node.shown_elsewhere for node in bases) == [False, True]
+        assert all(not node.children for node in bases)
+
+    async def test_dag_removing_a_shared_job_resolves_it_in_every_dependent(
+        self, env: Harness
+    ) -> None:
+        queue = env.name("resolve")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": queue},
+                {"id": "p1", "name": "p1", "queue_name": queue, "depends_on": ["shared"]},
+                {"id": "p2", "name": "p2", "queue_name": queue, "depends_on": ["shared"]},
+            ]
+        )
+        await jobs["shared"].remove()
+        for name in ("p1", "p2"):
+            dependent = await env.wait_state(jobs[name], WAITING)
+            assert await dependent.get_children_values() == {}
+
+
+async def _gone(env: Harness, job: Job) -> bool:
+    return await env.reread(job) is None
+
+
+__all__ = ["DagTests"]
