@@ -657,7 +657,27 @@ class Engine:
     def _final_failure(
         self, job: JobRecord, reason: str, now: float, *, apply_policy: bool = True
     ) -> None:
-        """FINAL FAILURE of the protocol."""
+        """FINAL FAILURE of the protocol.
+
+        A parent failed by the ``fail`` policy fails at once; its own parent links are
+        carried out after those of the jobs failed before it (level by level), and
+        RETENTION runs last, the latest failed job first.
+        """
+        self._mark_failed(job, reason, now)
+        failed = [(job, reason)]
+        index = 0
+        while apply_policy and index < len(failed):
+            child, why = failed[index]
+            index += 1
+            for link in self._links(child):
+                parent = self._apply_parent_policy(child, link, why, now)
+                if parent is not None:
+                    failed.append((parent, parent.failed_reason or ""))
+        for done, _ in reversed(failed):
+            self._retain(done, FAILED, now)
+
+    def _mark_failed(self, job: JobRecord, reason: str, now: float) -> None:
+        """Step 1 of FINAL FAILURE."""
         old = job.state
         job.state = FAILED
         job.failed_reason = reason
@@ -666,20 +686,18 @@ class Engine:
         self.b.save(job, old)
         self.b.emit("failed", job.queue, job.id, {"reason": reason}, now)
         self.b.record_metric(job.queue, "failed", minute_of(now), 1)
-        if apply_policy:
-            for link in self._links(job):
-                self._apply_parent_policy(job, link, reason, now)
-        self._retain(job, FAILED, now)
 
     def _apply_parent_policy(
         self, child: JobRecord, link: ParentLink, reason: str, now: float
-    ) -> None:
+    ) -> JobRecord | None:
+        """Carry out one parent link's policy; returns the parent if the ``fail`` policy
+        failed it (its own links are still to be carried out)."""
         pq, pid = link.queue, link.id
         b = self.b
         dep = b.get_dependency(pq, pid, child.queue, child.id)
         parent = b.get(pq, pid)
         if dep is None or dep.status != "pending" or parent is None:
-            return
+            return None
         policy = link.policy
         if policy is ParentPolicy.FAIL:
             b.put_dependency(
@@ -687,7 +705,8 @@ class Engine:
             )
             if parent.state in UNSTARTED:
                 self._fail_unstarted_children(parent, now)
-                self._final_failure(parent, child_failed_reason(child.id, reason), now)
+                self._mark_failed(parent, child_failed_reason(child.id, reason), now)
+                return parent
         elif policy is ParentPolicy.IGNORE:
             b.put_dependency(
                 pq, pid, ChildDependency(child.queue, child.id, "ignored", None, reason)
@@ -704,6 +723,7 @@ class Engine:
                 self._release(parent, now)
         else:  # ParentPolicy.REMOVE
             self._remove(parent, now)
+        return None
 
     def _fail_unstarted_children(self, parent: JobRecord, now: float) -> None:
         """Mark ``failed`` every pending dependency of ``parent`` on a job that has not

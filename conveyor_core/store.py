@@ -70,7 +70,10 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
      children are treated the same way; these cascaded failures do not apply policies
      upward). A shared job another parent still needs is left as it is; it is looked at
      again when that parent fails in the same cascade. Then ``P`` itself goes through
-     FINAL FAILURE with reason ``"child <J.id> failed: <R>"``. Active siblings are left
+     FINAL FAILURE with reason ``"child <J.id> failed: <R>"``: it fails at once (step 1),
+     and its own parent links (step 2) are carried out after those of every job failed
+     before it in this FINAL FAILURE, level by level; RETENTION (step 3) of all of them
+     runs last, the latest failed first. Active siblings are left
      to finish; their outcome is recorded on ``P``'s dependencies and changes nothing
      else.
    * ``ignore``: the dependency becomes ``ignored`` (reason ``R``) and counts as
