@@ -45,6 +45,8 @@ FUNCTIONS = (
     "_count_finished",
     "_count_dependencies",
     "_delete",
+    "_links",
+    "_still_needed",
     "_to_waiting",
     "_to_delayed",
     "_release",
@@ -85,6 +87,7 @@ FUNCTIONS = (
     "fire_scheduler",
     "remove_child_dependency",
     "remove_unprocessed_children",
+    "add_dag",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -118,6 +121,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         + all_functions_sql()
         + migration_sql("0004_large_flows_triggers"),
     ),
+    (7, migration_sql("0007_dag") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

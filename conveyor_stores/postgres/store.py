@@ -38,6 +38,7 @@ from conveyor_core.store import (
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DagEdge,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -47,6 +48,7 @@ from conveyor_core.store import (
     JobRecord,
     MetricKind,
     NewJob,
+    ParentLink,
     Release,
     SchedulerRecord,
     SearchPage,
@@ -313,6 +315,28 @@ class _Operations:
                 raise DuplicateJobError(str(exc)) from exc
             raise
         return list(result)
+
+    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+        columns = _job_columns(jobs)[:11]
+        edge_columns = [
+            [e.parent_queue for e in edges],
+            [e.parent_id for e in edges],
+            [e.child_queue for e in edges],
+            [e.child_id for e in edges],
+            [e.policy.value for e in edges],
+        ]
+        try:
+            await self._fetchval("add_dag", *columns, *edge_columns, now)
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise await self._duplicate_error([jobs], exc) from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == "CV410":
+                raise DuplicateJobError(str(exc)) from exc
+            if exc.sqlstate == "CV404":
+                raise JobNotFoundError(str(exc), str(exc.detail)) from exc
+            if exc.sqlstate == "CV409":
+                raise InvalidJobStateError(str(exc)) from exc
+            raise
 
     async def _duplicate_error(
         self, groups: Sequence[Sequence[NewJob]], exc: asyncpg.PostgresError
@@ -694,6 +718,14 @@ class _Operations:
             raise JobNotFoundError(queue, job_id)
         return dict(zip(DEPENDENCY_STATUSES, (int(n) for n in row), strict=True))
 
+    async def get_parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        rows = await self._fetch("get_parent_links", queue, job_id, repeatable=True)
+        if not rows:
+            raise JobNotFoundError(queue, job_id)
+        return [ParentLink(r[0], r[1], ParentPolicy(r[2])) for r in rows if r[0] is not None]
+
     async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
         if not _storable(queue, job_id):
             raise JobNotFoundError(queue, job_id)
@@ -841,6 +873,13 @@ def _statements(schema: str) -> dict[str, str]:
         "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
         "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
         "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
+        "add_dag": f"SELECT {s}.add_dag($1::text[], $2::text[], $3::text[], $4::text[], "
+        "$5::text[], $6::text[], $7::int[], $8::bool[], $9::float8[], $10::int8[], "
+        "$11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], "
+        "$17::float8)",
+        "get_parent_links": f"SELECT l.pq, l.pid, l.policy FROM {s}.jobs j "
+        f"LEFT JOIN LATERAL {s}._links(j.queue, j.id) l ON true "
+        "WHERE j.queue = $1::text AND j.id = $2::text",
         "add_one": f"WITH ins AS (INSERT INTO {s}.jobs (id, queue, name, data, opts, state, "
         "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key) "
         "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, "

@@ -1,43 +1,67 @@
--- Fails, with "parent failed", every pending unstarted child of a parent and theirs in
--- turn; no policy applies upward from these failures.
+-- Marks failed every pending dependency of a parent on a job that has not started, and
+-- fails with "parent failed" each such job no parent still needs, and theirs in turn
+-- (a depth-first walk, as the engine's); no policy applies upward from these failures.
+-- A shared job is looked at again from each of its failing parents; the last of them
+-- finds no parent still needing it.
 CREATE OR REPLACE FUNCTION @S._fail_unstarted_children(pq text, pid text, now double precision)
 RETURNS jsonb[] LANGUAGE plpgsql AS $$
 DECLARE
     evs jsonb[] := '{}';
+    sq text[] := ARRAY[pq];
+    sid text[] := ARRAY[pid];
+    dq text[] := '{}';
+    did text[] := '{}';
+    nq text;
+    nid text;
     r record;
     keep bigint;
+    top integer := 1;
+    i integer;
 BEGIN
-    FOR r IN
-        WITH RECURSIVE tree(tpq, tpid, cq, cid, path) AS (
-            SELECT d.parent_queue, d.parent_id, d.child_queue, d.child_id, ARRAY[d.pos]
+    WHILE top > 0 LOOP
+        nq := sq[top];
+        nid := sid[top];
+        top := top - 1;
+        FOR r IN
+            SELECT d.child_queue AS cq, d.child_id AS cid, c.pending > 0 AS waits,
+                   EXISTS (SELECT 1 FROM @S.parent_links k
+                           WHERE k.queue = c.queue AND k.id = c.id) AS shared
             FROM @S.deps d JOIN @S.jobs c ON c.queue = d.child_queue AND c.id = d.child_id
-            WHERE d.parent_queue = pq AND d.parent_id = pid AND d.status = 'pending'
+            WHERE d.parent_queue = nq AND d.parent_id = nid AND d.status = 'pending'
               AND c.state IN ('waiting', 'delayed', 'waiting-children')
-            UNION ALL
-            SELECT d.parent_queue, d.parent_id, d.child_queue, d.child_id, t.path || d.pos
-            FROM tree t
-            JOIN @S.deps d ON d.parent_queue = t.cq AND d.parent_id = t.cid
-            JOIN @S.jobs c ON c.queue = d.child_queue AND c.id = d.child_id
-            WHERE d.status = 'pending' AND c.state IN ('waiting', 'delayed', 'waiting-children')
-        )
-        SELECT * FROM tree ORDER BY path
-    LOOP
-        UPDATE @S.deps SET status = 'failed', value = NULL, reason = 'parent failed'
-        WHERE parent_queue = r.tpq AND parent_id = r.tpid
-          AND child_queue = r.cq AND child_id = r.cid AND status = 'pending';
-        IF FOUND THEN
-            UPDATE @S.jobs SET pending = pending - 1 WHERE queue = r.tpq AND id = r.tpid;
-        END IF;
+            ORDER BY d.pos
+        LOOP
+            UPDATE @S.deps SET status = 'failed', value = NULL, reason = 'parent failed'
+            WHERE parent_queue = nq AND parent_id = nid
+              AND child_queue = r.cq AND child_id = r.cid AND status = 'pending';
+            IF FOUND THEN
+                UPDATE @S.jobs SET pending = pending - 1 WHERE queue = nq AND id = nid;
+            END IF;
+            -- A job of a tree has this one parent, which no longer needs it.
+            CONTINUE WHEN r.shared AND (EXISTS (
+                SELECT 1 FROM unnest(dq, did) AS x(q, id) WHERE x.q = r.cq AND x.id = r.cid
+            ) OR @S._still_needed(r.cq, r.cid));
+            dq := array_append(dq, r.cq);
+            did := array_append(did, r.cid);
+            IF r.waits THEN
+                top := top + 1;
+                sq[top] := r.cq;
+                sid[top] := r.cid;
+            END IF;
+        END LOOP;
+    END LOOP;
+    FOR i IN 1 .. cardinality(dq) LOOP
         UPDATE @S.jobs SET state = 'failed', failed_reason = 'parent failed',
             finished_at = now, lock_token = NULL, lock_until = NULL,
             order_key = nextval('@S.order_seq')
-        WHERE queue = r.cq AND id = r.cid AND state IN ('waiting', 'delayed', 'waiting-children')
+        WHERE queue = dq[i] AND id = did[i]
+          AND state IN ('waiting', 'delayed', 'waiting-children')
         RETURNING keep_failed INTO keep;
         IF FOUND THEN
-            PERFORM @S._count_finished(r.cq, 'failed', now, 1);
-            evs := array_append(evs, @S._ev(r.cq, 'failed', r.cid,
+            PERFORM @S._count_finished(dq[i], 'failed', now, 1);
+            evs := array_append(evs, @S._ev(dq[i], 'failed', did[i],
                                             '{"reason": "parent failed"}', now));
-            PERFORM @S._retain(r.cq, r.cid, 'failed', keep);
+            PERFORM @S._retain(dq[i], did[i], 'failed', keep);
         END IF;
     END LOOP;
     RETURN evs;

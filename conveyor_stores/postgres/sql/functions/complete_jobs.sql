@@ -44,6 +44,14 @@ BEGIN
             pids := array_append(pids, done.parent_id);
             cids := array_append(cids, done.id);
             cvals := array_append(cvals, done.return_value);
+            -- A DAG's shared job resolves its dependency in every parent.
+            FOR r IN SELECT parent_queue, parent_id FROM @S.parent_links
+                     WHERE queue = q AND id = done.id ORDER BY seq LOOP
+                pqs := array_append(pqs, r.parent_queue);
+                pids := array_append(pids, r.parent_id);
+                cids := array_append(cids, done.id);
+                cvals := array_append(cvals, done.return_value);
+            END LOOP;
         END IF;
         kept := kept OR done.keep_completed IS NOT NULL;
     END LOOP;
