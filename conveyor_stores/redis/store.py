@@ -53,6 +53,7 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DagEdge,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -62,6 +63,7 @@ from conveyor_core.store import (
     JobRecord,
     MetricKind,
     NewJob,
+    ParentLink,
     Release,
     SchedulerRecord,
     SearchPage,
@@ -81,6 +83,7 @@ T = TypeVar("T")
 
 _SCRIPTS = (
     "add_jobs",
+    "add_dag",
     "take_jobs",
     "extend_locks",
     "complete_jobs",
@@ -835,6 +838,63 @@ class RedisStore:
             written = await self._run("add_jobs", first_base, now, packed)
         return [flag == 1 for flag in written]
 
+    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+        if not jobs:
+            raise ValueError("a DAG must hold at least one job")
+        for new in jobs:
+            if new.state not in _NEW_STATES:
+                raise InvalidJobStateError(f"a new job cannot start in state {str(new.state)!r}")
+        prefix = self.prefix
+
+        def arguments() -> list[Any]:
+            def base(queue: str) -> str:  # no shared cache: this may run on a thread
+                return queue_key_base(prefix, queue)
+
+            args: list[Any] = [len(jobs)]
+            for job in jobs:
+                args += (
+                    job.id,
+                    base(job.queue),
+                    job.queue,
+                    job.name,
+                    job.data,
+                    job.opts,
+                    _TEXT[job.state],
+                    job.priority,
+                    "1" if job.lifo else "0",
+                    float(job.delay),
+                    "" if job.keep_completed is None else job.keep_completed,
+                    "" if job.keep_failed is None else job.keep_failed,
+                )
+            args.append(len(edges))
+            for edge in edges:
+                args += (
+                    base(edge.parent_queue),
+                    edge.parent_queue,
+                    edge.parent_id,
+                    base(edge.child_queue),
+                    edge.child_queue,
+                    edge.child_id,
+                    _TEXT[edge.policy],
+                )
+            return args
+
+        first_base = self._base(jobs[0].queue)
+        try:
+            if len(jobs) < OFFLOAD_JOBS:
+                await self._run("add_dag", first_base, now, *arguments())
+            else:
+                try:
+                    packed = await anyio.to_thread.run_sync(lambda: pack_args(arguments()))
+                except UnicodeEncodeError as exc:
+                    raise PayloadError(
+                        f"Redis cannot store this text (it is not valid Unicode): {exc}"
+                    ) from None
+                await self._run("add_dag", first_base, now, packed)
+        except _JobMissing as exc:
+            queue, job_id = json.loads(str(exc))
+            raise JobNotFoundError(queue, job_id) from None
+
     def _add_arguments(
         self, group: Sequence[NewJob], base: Callable[[str], str] | None = None
     ) -> list[Any]:
@@ -1212,6 +1272,13 @@ class RedisStore:
     async def get_dependency_counts(self, queue: str, job_id: str) -> dict[DependencyStatus, int]:
         counts = await self._dependency_op(queue, job_id, "counts")
         return {status: int(n or 0) for status, n in zip(DEPENDENCY_STATUSES, counts, strict=True)}
+
+    async def get_parent_links(self, queue: str, job_id: str) -> list[ParentLink]:
+        flat = await self._dependency_op(queue, job_id, "parents")
+        return [
+            ParentLink(flat[k], flat[k + 1], ParentPolicy(flat[k + 2]))
+            for k in range(0, len(flat), 3)
+        ]
 
     async def remove_child_dependency(self, queue: str, job_id: str, now: float) -> bool:
         return bool(await self._dependency_op(queue, job_id, "leave", now=now))

@@ -124,7 +124,8 @@ end
 local function delete_job(base, id, jk, state)
   unlist(base, id, jk, state)
   redis.call('ZREM', base .. 'all', id)
-  redis.call('DEL', jk, base .. 'logs:' .. id, base .. 'deps:' .. id, base .. 'dord:' .. id)
+  redis.call('DEL', jk, base .. 'logs:' .. id, base .. 'deps:' .. id, base .. 'dord:' .. id,
+    base .. 'plinks:' .. id)
 end
 
 -- Finished jobs per minute: hash "<base>m:<kind>", field = the minute of NOW. When the
@@ -171,6 +172,35 @@ local function dep_get(pbase, pid, ck)
   local s = redis.call('HGET', pbase .. 'deps:' .. pid, ck)
   if s then return cjson.decode(s) end
   return nil
+end
+
+-- PARENT LINKS of a job: its first parent (fields pid, pq, pb, pol), then its further
+-- links in the list "<base>plinks:<id>" (JSON {b, q, i, p}): {base, id, policy, queue}.
+local function links(base, id, jk)
+  local v = redis.call('HMGET', jk, 'pid', 'pb', 'pol', 'pq')
+  if not v[1] then return {} end
+  local out = { { v[2], v[1], v[3] or 'fail', v[4] } }
+  for _, s in ipairs(redis.call('LRANGE', base .. 'plinks:' .. id, 0, -1)) do
+    local l = cjson.decode(s)
+    out[#out + 1] = { l.b, l.i, l.p, l.q }
+  end
+  return out
+end
+
+-- Whether a parent not in ``leaving`` (job keys) still needs the job: it exists, is not
+-- finished and holds a pending dependency on it.
+local function still_needed(base, id, jk, leaving)
+  for _, l in ipairs(links(base, id, jk)) do
+    local pjk = l[1] .. 'job:' .. l[2]
+    if not (leaving and leaving[pjk]) then
+      local ps = redis.call('HGET', pjk, 'state')
+      if ps and ps ~= 'completed' and ps ~= 'failed' then
+        local d = dep_get(l[1], l[2], jk)
+        if d and d.s == 'pending' then return true end
+      end
+    end
+  end
+  return false
 end
 
 local function dep_put(pbase, pid, ck, d)
@@ -252,24 +282,35 @@ local function retain(base, id, state, keep_s)
   end
 end
 
--- REMOVE: the job and its unfinished descendants; a pending dependency on it resolves.
+-- REMOVE: the job and its unfinished descendants that no parent outside the removal
+-- still needs; its parents' pending dependencies on it resolve.
 local function remove_tree(base, id)
   local jk = base .. 'job:' .. id
-  local top = redis.call('HMGET', jk, 'state', 'pid', 'pb')
-  if not top[1] then return 0 end
-  local doomed = { { base, id, jk, top[1] } }
+  local top = redis.call('HGET', jk, 'state')
+  if not top then return 0 end
+  local parents = links(base, id, jk)
+  local doomed = { { base, id, jk, top } }
+  local leaving = { [jk] = true }
+  local walked = {}
   local stack = { { base, id } }
   while #stack > 0 do
     local node = table.remove(stack)
     for _, entry in ipairs(deps_in_order(node[1], node[2])) do
       local ck, d = entry[1], entry[2]
-      local cs = redis.call('HGET', ck, 'state')
+      local cs = not leaving[ck] and redis.call('HGET', ck, 'state')
       if cs then
-        -- a finished child stays, but may hold unfinished children of its own
-        if cs ~= 'completed' and cs ~= 'failed' then
+        if cs == 'completed' or cs == 'failed' then
+          -- a finished child stays, but may hold unfinished children of its own
+          if not walked[ck] then
+            walked[ck] = true
+            stack[#stack + 1] = { d.b, d.i }
+          end
+        elseif not still_needed(d.b, d.i, ck, leaving) then
+          -- a shared child is looked at again from each of its leaving parents
+          leaving[ck] = true
           doomed[#doomed + 1] = { d.b, d.i, ck, cs }
+          stack[#stack + 1] = { d.b, d.i }
         end
-        stack[#stack + 1] = { d.b, d.i }
       end
     end
   end
@@ -277,11 +318,11 @@ local function remove_tree(base, id)
     delete_job(n[1], n[2], n[3], n[4])
     emit(n[1], 'removed', n[2])
   end
-  if top[2] then
-    local d = dep_get(top[3], top[2], jk)
+  for _, l in ipairs(parents) do
+    local d = dep_get(l[1], l[2], jk)
     if d and d.s == 'pending' then
-      dep_delete(top[3], top[2], jk)
-      release_check(top[3], top[2])
+      dep_delete(l[1], l[2], jk)
+      release_check(l[1], l[2])
     end
   end
   return #doomed
@@ -289,24 +330,38 @@ end
 
 local apply_parent_policy
 
--- FINAL FAILURE of the protocol.
-local function final_failure(base, id, reason, apply_policy)
-  local jk = base .. 'job:' .. id
-  local v = redis.call('HMGET', jk, 'state', 'pid', 'pb', 'pol', 'kf')
+-- Step 1 of FINAL FAILURE; returns the job's keep_failed.
+local function mark_failed(base, id, jk, reason)
+  local v = redis.call('HMGET', jk, 'state', 'kf')
   move_to(base, id, jk, v[1], 'failed')
   count_finished(base, 'failed', 1)
   redis.call('HSET', jk, 'fr', reason, 'fat', NOW_S)
   redis.call('HDEL', jk, 'tok', 'lu')
   emit(base, 'failed', id, cjson.encode({ reason = reason }))
-  if apply_policy and v[2] then
-    apply_parent_policy(jk, id, v[3], v[2], v[4], reason)
+  return v[2]
+end
+
+-- FINAL FAILURE of the protocol: a parent failed by the fail policy fails at once, its
+-- own links are carried out after those of the jobs failed before it; RETENTION last.
+local function final_failure(base, id, reason, apply_policy)
+  local jk = base .. 'job:' .. id
+  local failed = { { base, id, jk, reason, mark_failed(base, id, jk, reason) } }
+  local index = 1
+  while apply_policy and index <= #failed do
+    local f = failed[index]
+    index = index + 1
+    for _, l in ipairs(links(f[1], f[2], f[3])) do
+      local parent = apply_parent_policy(f[3], f[2], l[1], l[2], l[3], f[4])
+      if parent then failed[#failed + 1] = parent end
+    end
   end
-  retain(base, id, 'failed', v[5])
+  for i = #failed, 1, -1 do retain(failed[i][1], failed[i][2], 'failed', failed[i][5]) end
 end
 
 -- Fail, with "parent failed", every pending unstarted child of a parent, and theirs.
 local function fail_unstarted_children(base, id)
   local doomed = {}
+  local chosen = {}
   local stack = { { base, id } }
   while #stack > 0 do
     local node = table.remove(stack)
@@ -317,8 +372,12 @@ local function fail_unstarted_children(base, id)
         if cs and UNSTARTED[cs] then
           dep_put(node[1], node[2], ck,
             { q = d.q, i = d.i, b = d.b, s = 'failed', r = 'parent failed' })
-          doomed[#doomed + 1] = { d.b, d.i }
-          stack[#stack + 1] = { d.b, d.i }
+          -- a shared child fails with the last of its parents that needed it
+          if not chosen[ck] and not still_needed(d.b, d.i, ck, nil) then
+            chosen[ck] = true
+            doomed[#doomed + 1] = { d.b, d.i }
+            stack[#stack + 1] = { d.b, d.i }
+          end
         end
       end
     end
@@ -326,17 +385,19 @@ local function fail_unstarted_children(base, id)
   for _, n in ipairs(doomed) do final_failure(n[1], n[2], 'parent failed', false) end
 end
 
+-- One parent link's policy; returns the parent when the fail policy failed it.
 apply_parent_policy = function(ck, cid, pbase, pid, policy, reason)
   local d = dep_get(pbase, pid, ck)
   local pjk = pbase .. 'job:' .. pid
   local pstate = redis.call('HGET', pjk, 'state')
-  if not d or d.s ~= 'pending' or not pstate then return end
+  if not d or d.s ~= 'pending' or not pstate then return nil end
   policy = policy or 'fail'
   if policy == 'fail' then
     dep_put(pbase, pid, ck, { q = d.q, i = d.i, b = d.b, s = 'failed', r = reason })
     if UNSTARTED[pstate] then
       fail_unstarted_children(pbase, pid)
-      final_failure(pbase, pid, 'child ' .. cid .. ' failed: ' .. reason, true)
+      local why = 'child ' .. cid .. ' failed: ' .. reason
+      return { pbase, pid, pjk, why, mark_failed(pbase, pid, pjk, why) }
     end
   elseif policy == 'ignore' then
     dep_put(pbase, pid, ck, { q = d.q, i = d.i, b = d.b, s = 'ignored', r = reason })
@@ -350,6 +411,7 @@ apply_parent_policy = function(ck, cid, pbase, pid, policy, reason)
   else
     remove_tree(pbase, pid)
   end
+  return nil
 end
 
 -- A finished job runs again from scratch; an unfinished parent waits for it again.
@@ -357,21 +419,22 @@ local function retry_one(base, id, jk, old)
   redis.call('HSET', jk, 'att', 0, 'stc', 0)
   redis.call('HDEL', jk, 'fr', 'st', 'rv', 'fat')
   enter_waiting(base, id, jk, old)
-  local p = redis.call('HMGET', jk, 'pid', 'pb')
-  if not p[1] then return end
-  local pbase, pid = p[2], p[1]
-  local pjk = pbase .. 'job:' .. pid
-  local pstate = redis.call('HGET', pjk, 'state')
-  if not pstate or not UNSTARTED[pstate] then return end
-  local d = dep_get(pbase, pid, jk)
-  if not d or d.s ~= 'pending' then
-    local q = redis.call('HGET', jk, 'q')
-    dep_put(pbase, pid, jk, { q = q, i = id, b = base, s = 'pending' })
-  end
-  if pstate ~= 'waiting-children' then
-    move_to(pbase, pid, pjk, pstate, 'waiting-children')
-    redis.call('HDEL', pjk, 'run')
-    emit(pbase, 'waiting-children', pid)
+  for _, l in ipairs(links(base, id, jk)) do
+    local pbase, pid = l[1], l[2]
+    local pjk = pbase .. 'job:' .. pid
+    local pstate = redis.call('HGET', pjk, 'state')
+    if pstate and UNSTARTED[pstate] then
+      local d = dep_get(pbase, pid, jk)
+      if not d or d.s ~= 'pending' then
+        local q = redis.call('HGET', jk, 'q')
+        dep_put(pbase, pid, jk, { q = q, i = id, b = base, s = 'pending' })
+      end
+      if pstate ~= 'waiting-children' then
+        move_to(pbase, pid, pjk, pstate, 'waiting-children')
+        redis.call('HDEL', pjk, 'run')
+        emit(pbase, 'waiting-children', pid)
+      end
+    end
   end
 end
 

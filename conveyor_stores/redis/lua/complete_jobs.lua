@@ -17,11 +17,14 @@ for k = 3, #ARGV, 3 do
       'att', (tonumber(v[5]) or 0) + 1, 'tok', '', 'lu', '')
     emit(QB, 'completed', id, cjson.encode({ return_value = rv }))
     if v[3] then
-      local d = dep_get(v[4], v[3], jk)
-      if d then
-        local was = d.s
-        dep_put(v[4], v[3], jk, { q = d.q, i = d.i, b = d.b, s = 'processed', v = rv })
-        if was == 'pending' then release_check(v[4], v[3]) end
+      -- each parent's dependency on it (a DAG's shared job has several)
+      for _, l in ipairs(links(QB, id, jk)) do
+        local d = dep_get(l[1], l[2], jk)
+        if d then
+          local was = d.s
+          dep_put(l[1], l[2], jk, { q = d.q, i = d.i, b = d.b, s = 'processed', v = rv })
+          if was == 'pending' then release_check(l[1], l[2]) end
+        end
       end
     end
     retain(QB, id, 'completed', v[6])

@@ -3,6 +3,7 @@
 --     counts -> {pending, processed, failed, ignored}
 --     leave (REMOVE CHILD DEPENDENCY of the job) -> 1 if it had a parent, else 0
 --     prune (REMOVE UNPROCESSED CHILDREN of the job) -> how many children were removed
+--     parents -> flat {queue, id, policy} of the job's parent links
 local op, id = ARGV[3], ARGV[4]
 local jk = QB .. 'job:' .. id
 if redis.call('EXISTS', jk) == 0 then return not_found(id) end
@@ -29,15 +30,26 @@ elseif op == 'counts' then
   dep_index(QB, id)
   return redis.call('HMGET', jk, 'pend', 'dpro', 'dfai', 'dign')
 elseif op == 'leave' then
-  local p = redis.call('HMGET', jk, 'pid', 'pb')
-  if not p[1] then return done(0) end
+  local parents = links(QB, id, jk)
+  if #parents == 0 then return done(0) end
   redis.call('HDEL', jk, 'pid', 'pq', 'pb', 'pol')
-  local d = dep_get(p[2], p[1], jk)
-  if d and d.s == 'pending' then
-    dep_delete(p[2], p[1], jk)
-    release_check(p[2], p[1])
+  redis.call('DEL', QB .. 'plinks:' .. id)
+  for _, l in ipairs(parents) do
+    local d = dep_get(l[1], l[2], jk)
+    if d and d.s == 'pending' then
+      dep_delete(l[1], l[2], jk)
+      release_check(l[1], l[2])
+    end
   end
   return done(1)
+elseif op == 'parents' then
+  local out = {}
+  for _, l in ipairs(links(QB, id, jk)) do
+    out[#out + 1] = l[4]
+    out[#out + 1] = l[2]
+    out[#out + 1] = l[3]
+  end
+  return out
 elseif op == 'prune' then
   local removed = 0
   for _, entry in ipairs(deps_in_order(QB, id)) do

@@ -1,0 +1,97 @@
+-- add_dag: a DAG's new jobs and their dependencies, all or nothing (StoreInterface.add_dag).
+-- ARGV[3] = number of jobs; per job 12 fields: id, base, queue, name, data, opts, state,
+-- priority, lifo, delay, keep_completed, keep_failed ('' = none). Then the number of
+-- edges; per edge 7 fields: parent base, parent queue, parent id, child base, child queue,
+-- child id, policy. Everything is checked before anything is written.
+local F, E = 12, 7
+local njobs = tonumber(ARGV[3])
+local new = {}
+for k = 0, njobs - 1 do
+  local p = 4 + k * F
+  local jk = ARGV[p + 1] .. 'job:' .. ARGV[p]
+  if new[jk] then
+    return redis.error_reply('CONVEYOR_DUPLICATE job id ' .. cjson.encode(ARGV[p]) ..
+      ' appears twice for queue ' .. cjson.encode(ARGV[p + 2]) .. ' in one add')
+  end
+  if redis.call('EXISTS', jk) == 1 then
+    return redis.error_reply('CONVEYOR_DUPLICATE job id ' .. cjson.encode(ARGV[p]) ..
+      ' already exists in queue ' .. cjson.encode(ARGV[p + 2]))
+  end
+  new[jk] = true
+end
+local first_edge = 4 + njobs * F + 1
+local nedges = tonumber(ARGV[first_edge - 1])
+for k = 0, nedges - 1 do
+  local p = first_edge + k * E
+  local ck = ARGV[p + 3] .. 'job:' .. ARGV[p + 5]
+  if not new[ck] then
+    local cs = redis.call('HGET', ck, 'state')
+    if not cs then return not_found(cjson.encode({ ARGV[p + 4], ARGV[p + 5] })) end
+    if cs == 'failed' then
+      return bad_state('job ' .. cjson.encode(ARGV[p + 5]) .. ' of queue ' ..
+        cjson.encode(ARGV[p + 4]) .. ' has failed: retry it before a new job depends on it')
+    end
+  end
+end
+
+local queues = {}
+for k = 0, njobs - 1 do
+  local p = 4 + k * F
+  local id, base, queue, state = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 6]
+  local jk = base .. 'job:' .. id
+  local fields = { 'q', queue, 'name', ARGV[p + 3], 'data', ARGV[p + 4],
+    'opts', ARGV[p + 5], 'state', state, 'pri', ARGV[p + 7], 'lifo', ARGV[p + 8],
+    'delay', ARGV[p + 9], 'att', 0, 'stc', 0, 'cat', NOW_S,
+    'dv', 1, 'pend', 0, 'dpro', 0, 'dfai', 0, 'dign', 0 }
+  if ARGV[p + 10] ~= '' then fields[#fields + 1] = 'kc'; fields[#fields + 1] = ARGV[p + 10] end
+  if ARGV[p + 11] ~= '' then fields[#fields + 1] = 'kf'; fields[#fields + 1] = ARGV[p + 11] end
+  redis.call('HSET', jk, unpack(fields))
+  redis.call('ZADD', base .. 'all', NOW_S, id)
+  if not queues[queue] then
+    queues[queue] = true
+    redis.call('SADD', PB .. 'queues', queue)
+  end
+  emit(base, 'added', id, cjson.encode({ name = ARGV[p + 3] }))
+  if state == 'waiting' then
+    place_waiting(base, id, jk)
+    emit(base, 'waiting', id)
+    wake(base)
+  elseif state == 'delayed' then
+    local run_s = fmt(NOW + tonumber(ARGV[p + 9]))
+    redis.call('HSET', jk, 'run', run_s)
+    redis.call('ZADD', base .. 'delayed', run_s, id)
+    emit(base, 'delayed', id, '{"run_at":' .. run_s .. '}')
+    wake(base)
+  else
+    list_in(base, id, 'waiting-children')
+    emit(base, 'waiting-children', id)
+  end
+end
+
+-- Per edge: the child's parent link (its first parent, or a further one), then the
+-- parent's dependency record (processed at once for a completed child).
+for k = 0, nedges - 1 do
+  local p = first_edge + k * E
+  local pbase, pq, pid = ARGV[p], ARGV[p + 1], ARGV[p + 2]
+  local cbase, cq, cid, policy = ARGV[p + 3], ARGV[p + 4], ARGV[p + 5], ARGV[p + 6]
+  local ck = cbase .. 'job:' .. cid
+  local v = redis.call('HMGET', ck, 'pid', 'state', 'rv')
+  if v[1] then
+    redis.call('RPUSH', cbase .. 'plinks:' .. cid,
+      cjson.encode({ b = pbase, q = pq, i = pid, p = policy }))
+  else
+    redis.call('HSET', ck, 'pid', pid, 'pq', pq, 'pb', pbase, 'pol', policy)
+  end
+  if v[2] == 'completed' then
+    dep_put(pbase, pid, ck, { q = cq, i = cid, b = cbase, s = 'processed', v = v[3] })
+  else
+    dep_put(pbase, pid, ck, { q = cq, i = cid, b = cbase, s = 'pending' })
+  end
+end
+
+-- RELEASE CHECK of the new jobs waiting for children, in the order given.
+for k = 0, njobs - 1 do
+  local p = 4 + k * F
+  if ARGV[p + 6] == 'waiting-children' then release_check(ARGV[p + 1], ARGV[p]) end
+end
+return done(1)
