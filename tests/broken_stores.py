@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from conveyor_core.engine import Engine
 from conveyor_core.errors import DuplicateJobError
 from conveyor_core.models import JobState
 from conveyor_core.store import (
@@ -23,6 +24,7 @@ from conveyor_core.store import (
     JobRecord,
     MetricKind,
     NewJob,
+    ParentLink,
     Release,
     SearchPage,
     StoreCapabilities,
@@ -264,3 +266,34 @@ class SearchDropsTheLastJobOfAPage(MemoryStore):
         if page.next_cursor is not None and page.jobs:
             return SearchPage(page.jobs[:-1], page.next_cursor)
         return page
+
+
+class _CountsASharedJobTwice(Engine):
+    """The transition code of :class:`ReleasesDagDependencyTwice`."""
+
+    def _child_processed(self, child: JobRecord, link: ParentLink, now: float) -> None:
+        pending = self.b.get_dependency(link.queue, link.id, child.queue, child.id)
+        super()._child_processed(child, link, now)
+        if pending is None or pending.status != "pending" or len(self._links(child)) < 2:
+            return
+        # The defect: the parent's count of pending dependencies drops once more, as if
+        # the shared job were released twice; its next pending dependency is gone.
+        for dep in self.b.dependencies(link.queue, link.id):
+            if dep.status == "pending":
+                self.b.delete_dependency(link.queue, link.id, dep.queue, dep.id)
+                self._release_check(link.queue, link.id, now)
+                return
+
+
+class ReleasesDagDependencyTwice(MemoryStore):
+    """Defect: a DAG dependency released twice.
+
+    When a job that several jobs depend on completes, each dependent counts it as two
+    resolved dependencies (a counter decremented once per parent link and once more),
+    so a dependent waiting for it and for others runs before the others have finished
+    and never sees their values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine = _CountsASharedJobTwice(self._backend)
