@@ -353,3 +353,35 @@ async def test_worker_log_lines_escape_control_characters(sqlite_path: str, tmp_
     assert_printed_literally(output)
     assert "[bold]name\\x1b[2J" in output and "[red]x \\x1b[2J" in output, output
     assert "completed" in output and "failed" in output
+
+
+async def _add_diamond(url: str) -> str:
+    async with open_store(url) as store:
+        jobs = await FlowProducer(store=store).add_dag(
+            [
+                {"id": "extract", "name": "extract", "queue_name": "etl"},
+                {"id": "clean", "name": "clean", "queue_name": "etl", "depends_on": ["extract"]},
+                {"id": "stats", "name": "stats", "queue_name": "etl", "depends_on": ["extract"]},
+                {
+                    "id": "report",
+                    "name": "report",
+                    "queue_name": "out",
+                    "depends_on": ["clean", "stats"],
+                },
+            ]
+        )
+        return jobs["report"].id
+
+
+def test_flow_draws_a_dag_with_its_shared_job_once(sqlite_path: str) -> None:
+    url = f"sqlite:///{sqlite_path}"
+    report_id = anyio.run(_add_diamond, url)
+    code, tree = invoke("flow", report_id, "--queue", "out", "--store", url)
+    assert code == 0, tree
+    lines = [line for line in tree.splitlines() if "extract" in line]
+    assert len(lines) == 2, tree
+    assert sum("waiting " in line or line.rstrip().endswith("waiting") for line in lines) == 1
+    assert sum("shared" in line for line in lines) == 1, tree
+    code, as_json = invoke("flow", report_id, "--queue", "out", "--store", url, "--json")
+    assert code == 0, as_json
+    assert as_json.count('"shown_elsewhere": true') == 1

@@ -516,6 +516,8 @@ def _node_json(node: JobNode) -> dict[str, Any]:
                 "children": [],
                 "hidden_children": child.hidden_children,
             }
+            if child.shown_elsewhere:
+                child_out["shown_elsewhere"] = True
             out["children"].append(child_out)
             stack.append((child, child_out))
     return root

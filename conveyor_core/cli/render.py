@@ -89,15 +89,30 @@ def _job_label(job: Job, *, show_result: bool, show_id: bool) -> Text:
 
 
 def flow_tree(node: JobNode, *, show_results: bool = False, show_ids: bool = True) -> Tree:
-    """The flow under ``node`` as a rich ``Tree``: queue, job name and state per node."""
+    """The flow under ``node`` as a rich ``Tree``: queue, job name and state per node; a
+    DAG's shared job is drawn once, and marked "shared" at its other places."""
     tree = Tree(_job_label(node.job, show_result=show_results, show_id=show_ids), guide_style="dim")
     stack: list[tuple[Tree, JobNode]] = [(tree, node)]
     while stack:  # explicit stack: a 1,000-level chain must not hit the recursion limit
         branch, current = stack.pop()
         for child in current.children:
+            if child.shown_elsewhere:
+                # A DAG's shared job: drawn once, with its children, where it first appears.
+                branch.add(_shared_label(child.job, show_id=show_ids))
+                continue
             sub = branch.add(_job_label(child.job, show_result=show_results, show_id=show_ids))
             stack.append((sub, child))
     return tree
+
+
+def _shared_label(job: Job, *, show_id: bool) -> Text:
+    label = Text.assemble(
+        safe_text(job.queue_name, "bold"), " · ", safe_text(job.name), "  ", ("↑ shared", "cyan")
+    )
+    label.append("  (drawn above)", style="dim")
+    if show_id:
+        label.append(safe_text(f"  {job.id}", "dim"))
+    return label
 
 
 def results_table(node: JobNode) -> Table:

@@ -447,7 +447,8 @@ class _Dashboard:
             "flow.html",
             {
                 "root": root,
-                "total": len(root.walk()),
+                # A DAG's shared job is drawn at each place, counted once.
+                "total": len({(node.job.queue_name, node.job.id) for node in root.walk()}),
                 "depth": FLOW_DEPTH,
                 "max_children": FLOW_CHILDREN,
             },
