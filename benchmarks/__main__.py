@@ -10,6 +10,7 @@ Examples::
     python -m benchmarks --store sqlite --store postgres --workload schedule
     python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
     python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
+    python -m benchmarks --store postgres --workload dag --dag-jobs 1000 5000 10000
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from typing import Any
 
 import anyio
 
+from .dag import run_dag
 from .large_flow import run_large_flow
 from .schedule import run_schedule
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
-_SPECIAL = ("search", "schedule", "large_flow", "dashboard")
+_SPECIAL = ("search", "schedule", "large_flow", "dashboard", "dag")
 """Workloads run only when named: they take long, or spawn processes."""
 
 
@@ -92,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         help="children of the large_flow flow; several sizes show whether reads grow",
     )
     parser.add_argument(
+        "--dag-jobs",
+        type=int,
+        nargs="+",
+        default=[10_000],
+        metavar="N",
+        help="jobs of the dag workload's diamond-heavy DAG; several sizes show how time grows",
+    )
+    parser.add_argument(
         "--search-jobs",
         type=int,
         default=1_000_000,
@@ -149,6 +159,7 @@ async def run_benchmarks(
     repeat: int,
     schedule: tuple[float, int] = (60.0, 3),
     large_children: tuple[int, ...] = (100_000,),
+    dag_jobs: tuple[int, ...] = (10_000,),
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
@@ -163,6 +174,10 @@ async def run_benchmarks(
                 continue
             if name == "large_flow":
                 for line in await run_large_flow(url, label(url), large_children):
+                    print(json.dumps(line), flush=True)
+                continue
+            if name == "dag":
+                for line in await run_dag(url, label(url), dag_jobs):
                     print(json.dumps(line), flush=True)
                 continue
             if name == "dashboard":
@@ -181,10 +196,11 @@ async def run_benchmarks(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    sizes = (args.jobs, args.children, *args.big_children, *args.large_children)
+    sizes = (args.jobs, args.children, *args.big_children, *args.large_children, *args.dag_jobs)
     if min(sizes) < 1 or args.repeat < 1:
         print(
-            "--jobs, --children, --big-children, --large-children and --repeat must be positive",
+            "--jobs, --children, --big-children, --large-children, --dag-jobs and --repeat "
+            "must be positive",
             file=sys.stderr,
         )
         return 2
@@ -217,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repeat,
         schedule,
         tuple(args.large_children),
+        tuple(args.dag_jobs),
     )
     return 0
 

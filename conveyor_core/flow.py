@@ -105,6 +105,36 @@ def _dag_order(nodes: Sequence[DagJob], local: Mapping[str, DagJob]) -> list[Dag
     return order
 
 
+_DAG_KEYS = frozenset({"id", "name", "queue_name", "data", "opts", "depends_on"})
+
+
+def _dag_node(raw: DagLike) -> DagJob:
+    """A DAG entry as a ``DagJob``. A plain dict of the right shape skips pydantic (names
+    and options are validated later either way); anything else goes through it, so the
+    error names the bad field."""
+    if isinstance(raw, DagJob):
+        return raw
+    if isinstance(raw, Mapping) and _DAG_KEYS.issuperset(raw):
+        depends_on = raw.get("depends_on", [])
+        fields = (raw.get("id"), raw.get("name"), raw.get("queue_name"))
+        opts = raw.get("opts")
+        if (
+            all(isinstance(value, str) and value for value in fields)
+            and isinstance(depends_on, list)
+            and all(isinstance(ref, str) for ref in depends_on)
+            and (opts is None or isinstance(opts, dict | JobOptions))
+        ):
+            return DagJob.model_construct(
+                id=raw["id"],
+                name=raw["name"],
+                queue_name=raw["queue_name"],
+                data=raw.get("data"),
+                opts=opts,
+                depends_on=depends_on,
+            )
+    return DagJob.model_validate(raw)
+
+
 def _existing_ref(ref: str, node_id: str) -> tuple[str, str]:
     """``(queue, id)`` of a ``"queue/id"`` dependency; ``DagError`` if ``ref`` is neither
     that nor an id of the DAG."""
@@ -308,9 +338,7 @@ class FlowProducer:
         ``fail_parent_on_child_failure``.
         """
         defaults = self._queue_defaults(queues_options)
-        parsed = [
-            node if isinstance(node, DagJob) else DagJob.model_validate(node) for node in nodes
-        ]
+        parsed = [_dag_node(node) for node in nodes]
         local: dict[str, DagJob] = {}
         for node in parsed:
             if node.id in local:

@@ -128,3 +128,13 @@ def test_large_flow_prints_add_run_counts_and_pages(tmp_path: Path) -> None:
         ("first", 0, 100),
         ("deep", 150, 100),
     ]
+
+
+def test_dag_prints_add_and_run_per_size() -> None:
+    lines = run_benchmarks("--store", "memory://", "--workload", "dag", "--dag-jobs", "90", "180")
+    assert [line["workload"] for line in lines] == ["dag_add", "dag_run", "dag_add", "dag_run"]
+    sizes = [line["n"] for line in lines]
+    assert sizes[0] == sizes[1] and sizes[2] == sizes[3] and sizes[0] < sizes[2]
+    for line in lines:
+        assert line["store"] == "memory"
+        assert isinstance(line["seconds"], float) and line["seconds"] > 0
