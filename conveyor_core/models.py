@@ -283,5 +283,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "drained",
         "retried",
         "cleaned",
+        "cancelled",
     }
 )

@@ -568,8 +568,8 @@ class StoreInterface(Protocol):
         Each: ``stalled_count += 1``, lock cleared, event ``stalled``; if
         ``stalled_count > max_stalled_count`` it goes through FINAL FAILURE with reason
         ``STALLED_REASON``, else it enters ``waiting``; one with a CANCEL REQUEST goes
-        through FINAL FAILURE with the request's reason (``failed`` is true). Each job is recovered atomically
-        and by one caller only, however many run this at once.
+        through FINAL FAILURE with the request's reason (``failed`` is true). Each job is
+        recovered atomically and by one caller only, however many run this at once.
         """
         ...
 

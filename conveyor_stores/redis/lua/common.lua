@@ -296,7 +296,7 @@ local function final_failure(base, id, reason, apply_policy)
   move_to(base, id, jk, v[1], 'failed')
   count_finished(base, 'failed', 1)
   redis.call('HSET', jk, 'fr', reason, 'fat', NOW_S)
-  redis.call('HDEL', jk, 'tok', 'lu')
+  redis.call('HDEL', jk, 'tok', 'lu', 'cx')
   emit(base, 'failed', id, cjson.encode({ reason = reason }))
   if apply_policy and v[2] then
     apply_parent_policy(jk, id, v[3], v[2], v[4], reason)

@@ -15,7 +15,7 @@ DECLARE
 BEGIN
     LOOP
         UPDATE @S.jobs SET state = 'failed', failed_reason = why, finished_at = now,
-            lock_token = NULL, lock_until = NULL, order_key = nextval('@S.order_seq')
+            lock_token = NULL, lock_until = NULL, cancel_reason = NULL, order_key = nextval('@S.order_seq')
         WHERE queue = q AND id = jid
         RETURNING parent_queue, parent_id, coalesce(parent_policy, 'fail') AS policy,
                   keep_failed
