@@ -583,7 +583,14 @@ class Worker:
             item = Failure(job.id, running.token, exc.reason, [], None)
             outcome = _Outcome(running, item, exc)
         except Exception as exc:
-            outcome = _Outcome(running, await self._failure(running, exc), exc)
+            if running.cancel_reason is not None:
+                # The handler turned its cancellation into an error: still cancelled.
+                cancelled = JobCancelledError(running.cancel_reason)
+                cancelled.__cause__ = exc
+                item = Failure(job.id, running.token, running.cancel_reason, [], None)
+                outcome = _Outcome(running, item, cancelled)
+            else:
+                outcome = _Outcome(running, await self._failure(running, exc), exc)
         else:
             outcome = _Outcome(running, Completion(job.id, running.token, text), value)
         running.finished = True

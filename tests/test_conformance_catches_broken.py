@@ -59,6 +59,10 @@ CATCHERS: dict[str, tuple[str, ...]] = {
     "CountsMissIgnoredChildren": (
         "test_counts_follow_complete_ignore_drop_retry_remove_leave_and_obliterate",
     ),
+    "RetriesCancelledJobs": (
+        "test_a_cancel_request_wins_over_whatever_the_worker_reports",
+        "test_a_running_handler_is_cancelled_and_the_job_never_retried[raises-an-error]",
+    ),
     "PagesSkipTheChildAfterTheCursor": (
         "test_pages_walk_every_child_once_in_the_order_added",
         "test_a_page_deep_in_a_big_flow",

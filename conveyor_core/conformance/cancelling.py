@@ -30,7 +30,9 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 class _Hanging:
     """A handler that runs until it is cancelled, and remembers that it was."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, convert: bool = False) -> None:
+        self.convert = convert
+        """Turn the cancellation into an ordinary error, as careless handlers do."""
         self.started: dict[str, int] = {}
         self.cancelled: set[str] = set()
         self.running = anyio.Event()
@@ -42,6 +44,8 @@ class _Hanging:
             await anyio.sleep(3600)
         except anyio.get_cancelled_exc_class():
             self.cancelled.add(job.id)
+            if self.convert:
+                raise RuntimeError("interrupted") from None
             raise
         return "never"
 
@@ -218,12 +222,13 @@ class CancellingTests:
         values = await parent.get_children_values()
         assert list(values.values()) == [{"done": "sibling"}]
 
+    @pytest.mark.parametrize("convert", [False, True], ids=["reraises", "raises-an-error"])
     async def test_a_running_handler_is_cancelled_and_the_job_never_retried(
-        self, env: Harness
+        self, env: Harness, convert: bool
     ) -> None:
         q = env.name("running")
         job = await env.queue(q).add("slow", None, opts={"attempts": 5, "backoff": 0.01})
-        handler = _Hanging()
+        handler = _Hanging(convert=convert)
         failures: list[BaseException] = []
         async with env.workers({q: handler}) as workers:
             workers[0].on("failed", lambda _job, error: failures.append(error))
