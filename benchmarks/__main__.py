@@ -10,6 +10,7 @@ Examples::
     python -m benchmarks --store sqlite --store postgres --workload schedule
     python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
     python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
+    python -m benchmarks --store postgres --workload cancel_flow --cancel-jobs 10000
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from typing import Any
 
 import anyio
 
+from .cancel_flow import run_cancel_flow
 from .large_flow import run_large_flow
 from .schedule import run_schedule
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
-_SPECIAL = ("search", "schedule", "large_flow", "dashboard")
+_SPECIAL = ("search", "schedule", "large_flow", "dashboard", "cancel_flow")
 """Workloads run only when named: they take long, or spawn processes."""
 
 
@@ -92,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="children of the large_flow flow; several sizes show whether reads grow",
     )
     parser.add_argument(
+        "--cancel-jobs",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="jobs of the flow that cancel_flow cancels while 10 of them run",
+    )
+    parser.add_argument(
         "--search-jobs",
         type=int,
         default=1_000_000,
@@ -149,6 +158,7 @@ async def run_benchmarks(
     repeat: int,
     schedule: tuple[float, int] = (60.0, 3),
     large_children: tuple[int, ...] = (100_000,),
+    cancel_jobs: int = 10_000,
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
@@ -164,6 +174,9 @@ async def run_benchmarks(
             if name == "large_flow":
                 for line in await run_large_flow(url, label(url), large_children):
                     print(json.dumps(line), flush=True)
+                continue
+            if name == "cancel_flow":
+                print(json.dumps(await run_cancel_flow(url, label(url), cancel_jobs)), flush=True)
                 continue
             if name == "dashboard":
                 from .dashboard import run_dashboard
@@ -181,10 +194,17 @@ async def run_benchmarks(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    sizes = (args.jobs, args.children, *args.big_children, *args.large_children)
+    sizes = (
+        args.jobs,
+        args.children,
+        *args.big_children,
+        *args.large_children,
+        args.cancel_jobs,
+    )
     if min(sizes) < 1 or args.repeat < 1:
         print(
-            "--jobs, --children, --big-children, --large-children and --repeat must be positive",
+            "--jobs, --children, --big-children, --large-children, --cancel-jobs and "
+            "--repeat must be positive",
             file=sys.stderr,
         )
         return 2
@@ -217,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repeat,
         schedule,
         tuple(args.large_children),
+        args.cancel_jobs,
     )
     return 0
 
