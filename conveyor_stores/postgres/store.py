@@ -167,7 +167,7 @@ def _record(r: Any) -> JobRecord:
         None if policy is None else _POLICIES[policy],
         r[24],
         r[25],
-        r["cancel_reason"],
+        r.get("cancel_reason"),
     )
 
 
