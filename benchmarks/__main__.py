@@ -11,6 +11,7 @@ Examples::
     python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
     python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
     python -m benchmarks --store postgres --workload dag --dag-jobs 1000 5000 10000
+    python -m benchmarks --store postgres --workload cancel_flow --cancel-jobs 10000
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from .cancel_flow import run_cancel_flow
 from .dag import run_dag
 from .large_flow import run_large_flow
 from .schedule import run_schedule
@@ -32,7 +34,7 @@ from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
-_SPECIAL = ("search", "schedule", "large_flow", "dashboard", "dag")
+_SPECIAL = ("search", "schedule", "large_flow", "dashboard", "dag", "cancel_flow")
 """Workloads run only when named: they take long, or spawn processes."""
 
 
@@ -102,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         help="jobs of the dag workload's diamond-heavy DAG; several sizes show how time grows",
     )
     parser.add_argument(
+        "--cancel-jobs",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="jobs of the flow that cancel_flow cancels while 10 of them run",
+    )
+    parser.add_argument(
         "--search-jobs",
         type=int,
         default=1_000_000,
@@ -160,6 +169,7 @@ async def run_benchmarks(
     schedule: tuple[float, int] = (60.0, 3),
     large_children: tuple[int, ...] = (100_000,),
     dag_jobs: tuple[int, ...] = (10_000,),
+    cancel_jobs: int = 10_000,
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
@@ -180,6 +190,9 @@ async def run_benchmarks(
                 for line in await run_dag(url, label(url), dag_jobs):
                     print(json.dumps(line), flush=True)
                 continue
+            if name == "cancel_flow":
+                print(json.dumps(await run_cancel_flow(url, label(url), cancel_jobs)), flush=True)
+                continue
             if name == "dashboard":
                 from .dashboard import run_dashboard
 
@@ -196,11 +209,18 @@ async def run_benchmarks(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    sizes = (args.jobs, args.children, *args.big_children, *args.large_children, *args.dag_jobs)
+    sizes = (
+        args.jobs,
+        args.children,
+        *args.big_children,
+        *args.large_children,
+        *args.dag_jobs,
+        args.cancel_jobs,
+    )
     if min(sizes) < 1 or args.repeat < 1:
         print(
-            "--jobs, --children, --big-children, --large-children, --dag-jobs and --repeat "
-            "must be positive",
+            "--jobs, --children, --big-children, --large-children, --dag-jobs, --cancel-jobs "
+            "and --repeat must be positive",
             file=sys.stderr,
         )
         return 2
@@ -234,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         schedule,
         tuple(args.large_children),
         tuple(args.dag_jobs),
+        args.cancel_jobs,
     )
     return 0
 

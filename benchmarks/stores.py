@@ -111,18 +111,26 @@ async def isolated_store(url: str, kind: str) -> AsyncIterator[StoreInterface]:
     """A store for one big run, removed wholesale afterwards: on PostgreSQL its own schema
     and on Redis its own key prefix (both named ``bench_<kind>_<random>``), elsewhere as
     :func:`fresh_store` makes it (a new SQLite file, deleted after)."""
+    async with isolated_store_and_url(url, kind) as (store, _):
+        yield store
+
+
+@asynccontextmanager
+async def isolated_store_and_url(url: str, kind: str) -> AsyncIterator[tuple[StoreInterface, str]]:
+    """:func:`isolated_store` and the URL that opens the same data (for other processes)."""
     scheme = url.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
-        async with fresh_store(url) as (store, _):
-            yield store
+        async with fresh_store(url) as (store, store_url):
+            yield store, store_url
         return
     name = f"bench_{kind}_{uuid.uuid4().hex[:8]}"
     joiner = "&" if "?" in url else "?"
     option = "schema" if scheme.startswith("postgres") else "prefix"
-    store = open_store(f"{url}{joiner}{option}={name}")
+    isolated_url = f"{url}{joiner}{option}={name}"
+    store = open_store(isolated_url)
     await store.connect()
     try:
-        yield store
+        yield store, isolated_url
     finally:
         await store.close()
         await _drop(url.partition("?")[0], scheme, name)

@@ -399,6 +399,7 @@ class Engine:
     def _clear_lock(job: JobRecord) -> None:
         job.lock_token = None
         job.lock_until = None
+        job.cancel_reason = None
 
     # ------------------------------------------------------------------ adding
 
@@ -565,10 +566,16 @@ class Engine:
         self, queue: str, completions: Sequence[Completion], now: float
     ) -> list[bool]:
         applied: list[bool] = []
+        completed = 0
         for item in completions:
             job = self._owned(queue, item.id, item.token)
             if job is None:
                 applied.append(False)
+                continue
+            if job.cancel_reason is not None:
+                job.attempts_made += 1
+                self._final_failure(job, job.cancel_reason, now)
+                applied.append(True)
                 continue
             job.state = COMPLETED
             job.return_value = item.return_value
@@ -580,8 +587,9 @@ class Engine:
             for link in self._links(job):
                 self._child_processed(job, link, now)
             self._retain(job, COMPLETED, now)
+            completed += 1
             applied.append(True)
-        if completed := applied.count(True):
+        if completed:
             self.b.record_metric(queue, "completed", minute_of(now), completed)
         return applied
 
@@ -606,8 +614,11 @@ class Engine:
             job.attempts_made += 1
             job.failed_reason = item.reason
             job.stacktrace = list(item.stacktrace)
+            cancelled = job.cancel_reason
             self._clear_lock(job)
-            if item.retry_at is None:
+            if cancelled is not None:
+                self._final_failure(job, cancelled, now)
+            elif item.retry_at is None:
                 self._final_failure(job, item.reason, now)
             elif item.retry_at <= now:
                 self._enter_waiting(job, ACTIVE, now)
@@ -623,8 +634,12 @@ class Engine:
             if job is None:
                 applied.append(False)
                 continue
+            cancelled = job.cancel_reason
             self._clear_lock(job)
-            self._enter_waiting(job, ACTIVE, now)
+            if cancelled is not None:
+                self._final_failure(job, cancelled, now)
+            else:
+                self._enter_waiting(job, ACTIVE, now)
             applied.append(True)
         return applied
 
@@ -641,9 +656,13 @@ class Engine:
             ):
                 continue
             job.stalled_count += 1
+            cancelled = job.cancel_reason
             self._clear_lock(job)
             self.b.emit("stalled", queue, job.id, {"count": job.stalled_count}, now)
-            if job.stalled_count > max_stalled_count:
+            if cancelled is not None:
+                self._final_failure(job, cancelled, now)
+                outcomes.append(StallOutcome(job.id, True))
+            elif job.stalled_count > max_stalled_count:
                 job.failed_reason = STALLED_REASON
                 self._final_failure(job, STALLED_REASON, now)
                 outcomes.append(StallOutcome(job.id, True))
@@ -885,6 +904,60 @@ class Engine:
         for job in jobs:
             self._retry(job, now)
         return len(jobs)
+
+    def cancel_job(self, queue: str, job_id: str, reason: str, now: float) -> int:
+        """CANCEL of the protocol."""
+        b = self.b
+        top = self._require(queue, job_id)
+        if top.state.finished:
+            return 0
+        subtree = [top]
+        seen = {(top.queue, top.id)}
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            for dep in b.dependencies(node.queue, node.id):
+                child = b.get(dep.queue, dep.id)
+                if child is None or (child.queue, child.id) in seen:
+                    continue
+                seen.add((child.queue, child.id))
+                if not child.state.finished:
+                    subtree.append(child)
+                stack.append(child)
+        count = 0
+        # Children before parents: a parent deleted by its own retention no longer
+        # holds the dependency records its children must mark.
+        for job in reversed(subtree):
+            if job is not top:
+                for link in self._links(job):
+                    if (link.queue, link.id) not in seen:
+                        continue
+                    held = b.get_dependency(link.queue, link.id, job.queue, job.id)
+                    if held is not None and held.status == "pending":
+                        b.put_dependency(
+                            link.queue,
+                            link.id,
+                            ChildDependency(job.queue, job.id, "failed", None, reason),
+                        )
+            if job.state is ACTIVE:
+                if job.cancel_reason is not None:
+                    continue
+                job.cancel_reason = reason
+                b.save(job, ACTIVE)
+                b.emit("cancelled", job.queue, job.id, {"reason": reason}, now)
+            else:
+                b.emit("cancelled", job.queue, job.id, {"reason": reason}, now)
+                self._final_failure(job, reason, now)
+            count += 1
+        return count
+
+    def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for job_id in job_ids:
+            job = self.b.get(queue, job_id)
+            if job is not None and job.state is ACTIVE and job.cancel_reason is not None:
+                found[job_id] = job.cancel_reason
+        return found
 
     def remove_job(self, queue: str, job_id: str, now: float) -> bool:
         job = self.b.get(queue, job_id)

@@ -48,6 +48,15 @@ class JobTimeoutError(ConveyorError, TimeoutError):
         self.timeout = timeout
 
 
+class JobCancelledError(ConveyorError):
+    """A running job was cancelled (``Job.cancel``): its handler was cancelled, and the
+    job fails with ``reason``, never retried. Passed to the worker's ``failed`` event."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class UnrecoverableError(ConveyorError):
     """Raise from a handler to fail the job at once, whatever attempts remain."""
 

@@ -13,8 +13,16 @@ from . import codec
 from .clock import Clock, system_clock
 from .errors import DagError, DuplicateJobError, InvalidJobStateError, JobNotFoundError
 from .ids import new_id
-from .job import Job
-from .models import MAX_JOB_NAME_BYTES, DagJob, FlowJob, JobOptions, JobState, ParentPolicy
+from .job import Job, cancel_job
+from .models import (
+    MAX_JOB_ID_BYTES,
+    MAX_JOB_NAME_BYTES,
+    DagJob,
+    FlowJob,
+    JobOptions,
+    JobState,
+    ParentPolicy,
+)
 from .pacing import Pacer
 from .queue import (
     OptionsLike,
@@ -491,6 +499,16 @@ class FlowProducer:
             counts = await self.store.get_dependency_counts(queue, job_id)
             node.hidden_children = max(0, sum(counts.values()) - len(chosen))
         return chosen
+
+    async def cancel(self, job_id: str, queue_name: str, reason: str | None = None) -> int:
+        """Cancel a job of a flow and every unfinished job below it; returns how many.
+
+        The same as ``Job.cancel`` (see there) without reading the job first:
+        ``JobNotFoundError`` if it does not exist, 0 if it has finished.
+        """
+        check_name(queue_name, "queue name")
+        check_name(job_id, "job id", MAX_JOB_ID_BYTES)
+        return await cancel_job(self.store, queue_name, job_id, reason, self._clock())
 
     async def close(self) -> None:
         """Nothing to release: the store stays open for its other users."""

@@ -14,9 +14,9 @@ from typing_extensions import TypeVar
 from . import codec
 from .clock import Clock, seconds, system_clock, to_datetime
 from .errors import JobFailedError, JobNotFoundError, JobTimeoutError
-from .models import MAX_PRIORITY, JobOptions, JobState
+from .models import MAX_PRIORITY, JobOptions, JobState, shown, text_problem
 from .payloads import validate
-from .store import JobRecord, StoreInterface
+from .store import JobRecord, StoreInterface, cancelled_reason
 
 __all__ = ["Dependencies", "DependencyCounts", "Job", "JobPage"]
 
@@ -31,6 +31,27 @@ _OPTS_CACHE_SIZE = 512
 DEFAULT_DEPENDENCY_PAGE = 100
 """Children per page of ``Job.get_dependencies(cursor=...)`` when no ``limit`` is given."""
 _FINISHED_EVENTS = frozenset({"completed", "failed", "removed"})
+MAX_CANCEL_REASON_BYTES = 10_000
+"""The longest cancel reason, in bytes of UTF-8."""
+
+
+def check_cancel_reason(reason: str | None) -> str:
+    """The ``failed_reason`` of a cancel with ``reason``, after checking it: a text
+    without NUL characters or lone surrogates, at most :data:`MAX_CANCEL_REASON_BYTES`."""
+    if reason is None:
+        return cancelled_reason(None)
+    if not isinstance(reason, str):
+        raise TypeError(f"a cancel reason must be a str, got {type(reason).__name__}")
+    if (problem := text_problem(reason, MAX_CANCEL_REASON_BYTES)) is not None:
+        raise ValueError(f"cancel reason {shown(reason)} {problem}")
+    return cancelled_reason(reason)
+
+
+async def cancel_job(
+    store: StoreInterface, queue: str, job_id: str, reason: str | None, now: float
+) -> int:
+    """CANCEL a job (see ``Job.cancel``): the one place the API calls the store for it."""
+    return await store.cancel_job(queue, job_id, check_cancel_reason(reason), now)
 
 
 def parse_opts(text: str) -> JobOptions:
@@ -394,6 +415,18 @@ class Job(Generic[DataT]):
         """Remove the job and its unfinished descendants; ``JobNotFoundError`` if gone."""
         if not await self._store.remove_job(self.queue_name, self.id):
             raise JobNotFoundError(self.queue_name, self.id)
+
+    async def cancel(self, reason: str | None = None) -> int:
+        """Cancel this job and every unfinished job below it; returns how many.
+
+        Jobs not started yet fail at once with ``failed_reason`` ``"cancelled"`` (or
+        ``"cancelled: <reason>"``), and their parents apply their failure policy as for
+        any final failure; a running job's handler is cancelled by its worker, in
+        whatever process runs it, and the job then fails the same way. A cancelled job
+        is never retried. Cancelling a finished job returns 0 and changes nothing;
+        ``JobNotFoundError`` if the job is gone. Event ``cancelled`` for each.
+        """
+        return await cancel_job(self._store, self.queue_name, self.id, reason, self._clock())
 
     async def remove_child_dependency(self) -> bool:
         """Leave the parent: it no longer waits for this job (and is released if this

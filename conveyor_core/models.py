@@ -309,5 +309,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "drained",
         "retried",
         "cleaned",
+        "cancelled",
     }
 )

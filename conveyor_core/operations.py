@@ -31,6 +31,7 @@ __all__ = [
     "QueueInfo",
     "add_flow",
     "add_job",
+    "cancel_job",
     "detail_to_json",
     "get_job_detail",
     "job_action",
@@ -42,8 +43,8 @@ __all__ = [
     "search_jobs",
 ]
 
-JobAction = Literal["retry", "remove", "promote"]
-JOB_ACTIONS: tuple[JobAction, ...] = ("retry", "remove", "promote")
+JobAction = Literal["retry", "remove", "promote", "cancel"]
+JOB_ACTIONS: tuple[JobAction, ...] = ("retry", "remove", "promote", "cancel")
 QueueAction = Literal["pause", "resume", "drain", "clean", "obliterate", "retry-failed"]
 QUEUE_ACTIONS: tuple[QueueAction, ...] = (
     "pause",
@@ -119,15 +120,33 @@ async def get_job_detail(store: StoreInterface, queue: str, job_id: str) -> JobD
     return JobDetail(job, logs, children, await job.get_parent())
 
 
+async def cancel_job(
+    store: StoreInterface, queue: str, job_id: str, reason: str | None = None
+) -> tuple[int, Job | None]:
+    """Cancel a job and its unfinished descendants (``Job.cancel``): how many were
+    cancelled, and the job as it is afterwards (``None`` if it is gone by then, as a
+    failed job kept for ``keep_failed=0`` is). ``JobNotFoundError`` for a missing job."""
+    count = await FlowProducer(store=store).cancel(job_id, queue, reason)
+    return count, await Queue(queue, store=store).get_job(job_id)
+
+
 async def job_action(
-    store: StoreInterface, queue: str, job_id: str, action: JobAction
+    store: StoreInterface,
+    queue: str,
+    job_id: str,
+    action: JobAction,
+    *,
+    reason: str | None = None,
 ) -> Job | None:
-    """Retry a failed job, remove a job (and its unfinished descendants), or promote a
-    delayed one; returns the job as it is afterwards (``None`` once removed).
+    """Retry a failed job, remove a job (and its unfinished descendants), promote a
+    delayed one, or cancel a job (with ``reason``; see :func:`cancel_job`); returns the
+    job as it is afterwards (``None`` once removed).
 
     ``JobNotFoundError`` for a missing job; ``InvalidJobStateError`` when the job's
     state does not allow the action (its message says which state it is in).
     """
+    if action == "cancel":
+        return (await cancel_job(store, queue, job_id, reason))[1]
     job = await _require_job(store, queue, job_id)
     if action == "retry":
         await job.retry()

@@ -138,6 +138,33 @@ reads counters instead of the records; and it keeps a parent's records readable 
 in insertion order, so a page of :meth:`StoreInterface.get_dependency_page` costs the
 page, not the flow.
 
+CANCEL of a job ``J`` with reason ``R`` (the whole ``failed_reason`` text, built by the
+core with :func:`cancelled_reason`: ``"cancelled"`` or ``"cancelled: <reason>"``), in one
+atomic step. ``J`` must exist (``JobNotFoundError``); if ``J`` is ``completed`` or
+``failed``, nothing changes and the count is 0. Otherwise the jobs cancelled are ``J`` and
+every descendant of ``J`` that is not ``completed`` or ``failed`` (found below finished
+descendants too), taken children before parents, ``J`` last:
+
+* a descendant: each ``pending`` dependency on it held by a job of the cancelled subtree
+  (``J`` or a descendant of ``J``) becomes ``failed`` (reason ``R``) and no policy applies
+  to it (that parent is cancelled too, or has finished);
+* an unstarted one (``waiting``, ``delayed``, ``waiting-children``): event ``cancelled``
+  (``{"reason": R}``), then FINAL FAILURE with reason ``R``: its parent links whose parent
+  still holds a ``pending`` dependency on it (``J``'s parents, and a shared descendant's
+  parents outside the subtree, see PARENT LINKS) apply their policy;
+* an ``active`` one without a cancel request: it gets the CANCEL REQUEST ``R`` and keeps
+  its lock; event ``cancelled``. One that already has a request is left as it is and is
+  not counted.
+
+Returns how many were cancelled (failed now, or given a request now).
+
+CANCEL REQUEST: an ``active`` job holding a cancel request ``R`` never completes and is
+never retried. When its worker completes it, fails it (with or without ``retry_at``) or
+releases it, or it is recovered as stalled, it goes through FINAL FAILURE with reason
+``R`` instead (a completion or failure counts its attempt; a stall first counts the stall
+and publishes ``stalled``), whatever attempts or stalls remain; the call reports the item
+as applied. The request ends when the job leaves ``active``.
+
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
 most recently finished jobs of its queue in that state; delete older ones). Deleting a
@@ -216,6 +243,8 @@ class JobRecord:
     lock_token: str | None = None
     """Set while ``active``."""
     lock_until: float | None = None
+    cancel_reason: str | None = None
+    """While ``active``: the reason of its CANCEL REQUEST, if it has one."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -430,6 +459,14 @@ MetricKind = Literal["completed", "failed"]
 PARENT_FAILED_REASON = "parent failed"
 
 
+CANCELLED_REASON = "cancelled"
+
+
+def cancelled_reason(reason: str | None) -> str:
+    """The ``failed_reason`` of a cancelled job: ``"cancelled"`` or ``"cancelled: <reason>"``."""
+    return CANCELLED_REASON if reason is None else f"{CANCELLED_REASON}: {reason}"
+
+
 def child_failed_reason(child_id: str, reason: str) -> str:
     """The ``failed_reason`` of a parent failed by its child under the ``fail`` policy."""
     return f"child {child_id} failed: {reason}"
@@ -579,7 +616,8 @@ class StoreInterface(Protocol):
         job's parent links, in order, whose parent holds a dependency on it, that
         dependency becomes ``processed`` with the value (exactly once; it counts as
         resolved only if it was ``pending``), then RELEASE CHECK on that parent. Then
-        RETENTION (``keep_completed``).
+        RETENTION (``keep_completed``). A job with a CANCEL REQUEST
+        fails instead (see there).
         """
         ...
 
@@ -590,7 +628,8 @@ class StoreInterface(Protocol):
         token. ``attempts_made += 1``, ``failed_reason`` and ``stacktrace`` are set, lock
         cleared. With ``retry_at``: the job enters ``delayed`` (``run_at = retry_at``,
         event ``delayed``) or, if ``retry_at <= now``, ``waiting`` (event ``waiting``);
-        its parent is not touched. Without: FINAL FAILURE.
+        its parent is not touched. Without: FINAL FAILURE. A job with a CANCEL REQUEST
+        fails for good with the request's reason instead, ``retry_at`` or not.
         """
         ...
 
@@ -598,7 +637,8 @@ class StoreInterface(Protocol):
         """Hand active jobs back to ``waiting`` without counting an attempt.
 
         Used when a worker shuts down with jobs unfinished. Refused per item unless the
-        job is ``active`` with that token. Event ``waiting``.
+        job is ``active`` with that token. Event ``waiting``. A job with a CANCEL REQUEST
+        fails for good with the request's reason instead.
         """
         ...
 
@@ -609,8 +649,9 @@ class StoreInterface(Protocol):
 
         Each: ``stalled_count += 1``, lock cleared, event ``stalled``; if
         ``stalled_count > max_stalled_count`` it goes through FINAL FAILURE with reason
-        ``STALLED_REASON``, else it enters ``waiting``. Each job is recovered atomically
-        and by one caller only, however many run this at once.
+        ``STALLED_REASON``, else it enters ``waiting``; one with a CANCEL REQUEST goes
+        through FINAL FAILURE with the request's reason (``failed`` is true). Each job is
+        recovered atomically and by one caller only, however many run this at once.
         """
         ...
 
@@ -676,6 +717,26 @@ class StoreInterface(Protocol):
     async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
         """``retry_job`` every job of the queue in ``state`` (``failed`` or
         ``completed``; a completed job is re-run from scratch). Returns how many."""
+        ...
+
+    async def cancel_job(self, queue: str, job_id: str, reason: str, now: float) -> int:
+        """CANCEL the job and its unfinished descendants, in one atomic step; returns how
+        many were cancelled.
+
+        ``reason`` is the whole failed reason (see :func:`cancelled_reason`). A finished
+        job: 0, nothing changes. ``JobNotFoundError`` if the job does not exist. Events:
+        ``cancelled`` for each job cancelled, and those of each FINAL FAILURE.
+        """
+        ...
+
+    async def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        """The CANCEL REQUESTs among the given jobs of the queue: ``{job_id: reason}`` for
+        each one that is ``active`` with a request; others (no request, not active,
+        missing) are left out. Reads only.
+
+        Workers call it a few times a second while they hold jobs, so it must stay cheap:
+        a lookup by key per job, never a scan.
+        """
         ...
 
     async def remove_job(self, queue: str, job_id: str) -> bool:

@@ -23,7 +23,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from . import codec
 from ._host import leave_host
 from .clock import Clock, seconds, system_clock
-from .errors import LockLostError, StoreClosedError, StoreUnavailableError, UnrecoverableError
+from .errors import (
+    JobCancelledError,
+    LockLostError,
+    StoreClosedError,
+    StoreUnavailableError,
+    UnrecoverableError,
+)
 from .ids import new_id
 from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
@@ -62,6 +68,8 @@ _CLEANUP_SECONDS = 10.0
 HAND_BACK_SECONDS = 1.0
 """After ``close(timeout)`` cancels the handlers still running: how long handing their
 jobs back (and sending results not sent yet) may take before the worker gives up."""
+CANCEL_POLL_SECONDS = 0.4
+"""How often a worker that holds jobs asks the store whether any was cancelled."""
 _FINISH_RETRY_PAUSES = (0.05, 0.25, None)
 """Pauses between tries of a batch of completions or failures; ``None``: give up."""
 T = TypeVar("T")
@@ -107,6 +115,10 @@ class _Running:
     token: str
     lost: bool = False
     finished: bool = False
+    scope: anyio.CancelScope | None = None
+    """The handler's own scope while it runs."""
+    cancel_reason: str | None = None
+    """Set when the job was cancelled (``Job.cancel``): its handler is cancelled."""
 
 
 @dataclass(slots=True, eq=False)
@@ -287,6 +299,7 @@ class Worker:
             async with anyio.create_task_group() as services:
                 services.start_soon(self._renew_locks_loop)
                 services.start_soon(self._stalled_loop)
+                services.start_soon(self._cancel_watch_loop)
                 services.start_soon(self._finisher_loop)
                 async with anyio.create_task_group() as slots:
                     self._handler_scope = slots.cancel_scope
@@ -549,18 +562,35 @@ class Worker:
         if "active" in self._callbacks:
             await self._emit("active", job)
         try:
-            if self._data_type is not None:
-                job._data = validate(self._data_type, job.data, what=self._what_data(job))
-            if self._is_async and job.opts.timeout is None:
-                value = await self.handler(job)
-            else:
-                value = await self._call_handler(job)
+            with anyio.CancelScope() as scope:
+                running.scope = scope
+                if running.cancel_reason is not None:
+                    scope.cancel()
+                if self._data_type is not None:
+                    job._data = validate(self._data_type, job.data, what=self._what_data(job))
+                if self._is_async and job.opts.timeout is None:
+                    value = await self.handler(job)
+                else:
+                    value = await self._call_handler(job)
+            running.scope = None
+            if running.cancel_reason is not None:
+                raise JobCancelledError(running.cancel_reason)
             text = "null" if value is None else codec.dumps(value, what=self._what(job))
         except anyio.get_cancelled_exc_class():
             # Forced close or cancellation: the job is handed back in cleanup.
             raise
+        except JobCancelledError as exc:
+            item = Failure(job.id, running.token, exc.reason, [], None)
+            outcome = _Outcome(running, item, exc)
         except Exception as exc:
-            outcome = _Outcome(running, await self._failure(running, exc), exc)
+            if running.cancel_reason is not None:
+                # The handler turned its cancellation into an error: still cancelled.
+                cancelled = JobCancelledError(running.cancel_reason)
+                cancelled.__cause__ = exc
+                item = Failure(job.id, running.token, running.cancel_reason, [], None)
+                outcome = _Outcome(running, item, cancelled)
+            else:
+                outcome = _Outcome(running, await self._failure(running, exc), exc)
         else:
             outcome = _Outcome(running, Completion(job.id, running.token, text), value)
         running.finished = True
@@ -793,6 +823,29 @@ class Worker:
                     await self._emit_error(
                         self._lock_lost(running.job, "its handler's result will be refused")
                     )
+
+    async def _cancel_watch_loop(self) -> None:
+        """Ask the store, every :data:`CANCEL_POLL_SECONDS` while handlers run, which of
+        this worker's jobs were cancelled, and cancel their handlers."""
+        while True:
+            await anyio.sleep(CANCEL_POLL_SECONDS)
+            held = [r for r in self._running.values() if not r.lost and not r.finished]
+            if not held:
+                continue
+            try:
+                requests = await self.store.cancel_requests(
+                    self.queue_name, [r.job.id for r in held]
+                )
+            except Exception as exc:
+                await self._emit_error(exc)
+                continue
+            for running in held:
+                reason = requests.get(running.job.id)
+                if reason is None or running.cancel_reason is not None:
+                    continue
+                running.cancel_reason = reason
+                if running.scope is not None:
+                    running.scope.cancel()
 
     async def _stalled_loop(self) -> None:
         """Recover this queue's stalled jobs at start and every ``stalled_interval``."""

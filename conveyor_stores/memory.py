@@ -700,6 +700,12 @@ class MemoryStore:
     async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
         return await self._call(self._engine.retry_jobs, queue, state, now)
 
+    async def cancel_job(self, queue: str, job_id: str, reason: str, now: float) -> int:
+        return await self._call(self._engine.cancel_job, queue, job_id, reason, now)
+
+    async def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        return self._run(self._engine.cancel_requests, queue, job_ids)
+
     async def remove_job(self, queue: str, job_id: str) -> bool:
         return await self._call(self._engine.remove_job, queue, job_id, time.time())
 

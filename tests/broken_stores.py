@@ -297,3 +297,17 @@ class ReleasesDagDependencyTwice(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self._engine = _CountsASharedJobTwice(self._backend)
+
+
+class RetriesCancelledJobs(MemoryStore):
+    """Defect: a failed attempt that asks for a retry is retried even when the job has a
+    cancel request: the request is only honoured by final failures, so a cancelled job
+    whose worker had not yet learned of the cancel runs again."""
+
+    async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
+        retried = [item.id for item in failures if item.retry_at is not None]
+        for job_id in await self.cancel_requests(queue, retried):
+            record = self._backend.get(queue, job_id)
+            if record is not None:
+                record.cancel_reason = None
+        return await super().fail_jobs(queue, failures, now)

@@ -138,3 +138,21 @@ def test_dag_prints_add_and_run_per_size() -> None:
     for line in lines:
         assert line["store"] == "memory"
         assert isinstance(line["seconds"], float) and line["seconds"] > 0
+
+
+def test_cancel_flow_cancels_a_flow_with_jobs_running_in_another_process(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cancel.db'}"
+    lines = run_benchmarks(
+        "--store", "memory://", "--store", url, "--workload", "cancel_flow", "--cancel-jobs", "150"
+    )
+    assert [(line["store"], line["worker"]) for line in lines] == [
+        ("memory", "same process"),
+        ("sqlite", "other process"),
+    ]
+    for line in lines:
+        assert line["workload"] == "cancel_flow" and line["n"] == 150 and line["running"] == 10
+        assert line["cancelled"] == 150  # every job of the flow, the running ones included
+        assert 0 < line["cancel_call_s"] <= line["seconds"]
+        assert isinstance(line["handlers_cancelled_s"], float)

@@ -133,6 +133,20 @@ def test_add_look_and_act_from_the_command_line(url: str, tmp_path: Path) -> Non
     missing = conveyor("job", "show", "nope", "--queue", "orders", url=url, ok=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
 
+    cancelled = as_json(
+        "job", "cancel", "order-1", "--queue", "orders", "--reason", "out of ink", url=url
+    )
+    assert isinstance(cancelled, dict) and cancelled["cancelled"] == 4
+    assert cancelled["job"]["state"] == "failed"
+    assert cancelled["job"]["failed_reason"] == "cancelled: out of ink"
+    picks = as_json("jobs", "stock", "--state", "failed", url=url)
+    assert isinstance(picks, dict)
+    assert {job["failed_reason"] for job in picks["jobs"]} == {"cancelled: out of ink"}
+    again = conveyor("job", "cancel", "order-1", "--queue", "orders", url=url)
+    assert "0 jobs cancelled" in again.stdout and "failed" in again.stdout
+    gone = conveyor("job", "cancel", "nope", "--queue", "orders", url=url, ok=False)
+    assert gone.returncode == 1 and "not found" in gone.stderr
+
 
 HANDLERS = """
 from pathlib import Path

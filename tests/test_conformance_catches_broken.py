@@ -63,6 +63,10 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_dag_concurrent_completions_release_each_dependent_exactly_once",
         "test_dag_a_diamond_runs_its_shared_job_once_and_the_sink_sees_both_values",
     ),
+    "RetriesCancelledJobs": (
+        "test_a_cancel_request_wins_over_whatever_the_worker_reports",
+        "test_a_running_handler_is_cancelled_and_the_job_never_retried[raises-an-error]",
+    ),
     "PagesSkipTheChildAfterTheCursor": (
         "test_pages_walk_every_child_once_in_the_order_added",
         "test_a_page_deep_in_a_big_flow",

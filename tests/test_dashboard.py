@@ -249,6 +249,25 @@ def test_promote_and_remove(dash: Dashboard, mail: dict[str, str]) -> None:
     assert dash.job_state("mail", mail["completed"]) is JobState.COMPLETED
 
 
+def test_cancel_from_the_job_page_fails_an_unfinished_job(
+    dash: Dashboard, mail: dict[str, str]
+) -> None:
+    page = dash.get("/job", queue="mail", id=mail["waiting"]).text
+    assert 'name="action" value="cancel"' in page
+    finished = dash.get("/job", queue="mail", id=mail["completed"]).text
+    assert 'name="action" value="cancel"' not in finished
+    token = dash.token("/job", queue="mail", id=mail["waiting"])
+    form = {"csrf": token, "queue": "mail", "id": mail["waiting"], "action": "cancel"}
+    answer = dash.client.post("/job/action", data=form)
+    assert answer.status_code == 303
+    assert dash.job_state("mail", mail["waiting"]) is JobState.FAILED
+    shown = dash.client.get(answer.headers["location"]).text
+    assert "unfinished descendants are cancelled" in shown
+    assert 'id="job-state">failed<' in shown and "cancelled" in shown
+    refused = dash.client.post("/job/action", data={**form, "csrf": "0" * 64})
+    assert refused.status_code == 403
+
+
 def test_queue_actions_pause_resume_retry_failed_and_clean(
     dash: Dashboard, mail: dict[str, str]
 ) -> None:

@@ -292,3 +292,22 @@ def test_screenshots_are_small_pngs() -> None:
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert image.stat().st_size < 200_000, image
     assert re.search(r"dashboard-flow\.png", (images.parent / "dashboard.md").read_text())
+
+
+def test_cancel_a_waiting_job_from_its_page(browser: Any, db: Path) -> None:
+    from playwright.sync_api import expect
+
+    mail = on_file(db, seed_mail)
+    with serve(db) as base:
+        page = browser.new_page(viewport={"width": 1200, "height": 700})
+        page.goto(f"{base}/job?queue=mail&id={mail['waiting']}")
+        expect(page.locator("#job-state")).to_have_text("waiting")
+        page.get_by_role("button", name="cancel").click()
+        expect(page.locator("#job-state")).to_have_text("failed")
+        expect(page.locator("#job-reason")).to_have_text("cancelled")
+        expect(page.get_by_role("status")).to_have_text(
+            "The job and its unfinished descendants are cancelled."
+        )
+        expect(page.get_by_role("button", name="cancel")).to_have_count(0)
+        page.close()
+    assert on_file(db, _state_of, "mail", mail["waiting"]) == "failed"

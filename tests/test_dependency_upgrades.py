@@ -78,17 +78,18 @@ async def _check_upgraded(store: StoreInterface) -> None:
 async def test_sqlite_migration_counts_existing_dependencies(sqlite_path: str) -> None:
     async with SQLiteStore(sqlite_path) as old:
         await _write_flow(old)
-    # Take the file back to the schema before: no order index, no counter columns.
+    # Take the file back to schema version 3: no order index, no counter columns (and
+    # none of the columns later steps add).
     conn = sqlite3.connect(sqlite_path, isolation_level=None)
     try:
         conn.execute("DROP INDEX dependencies_order")
-        for column in ("deps_processed", "deps_failed", "deps_ignored"):
+        for column in ("deps_processed", "deps_failed", "deps_ignored", "cancel_reason"):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
-        conn.execute(f"PRAGMA user_version = {len(sqlite_schema.MIGRATIONS) - 1:d}")
+        conn.execute("PRAGMA user_version = 3")
     finally:
         conn.close()
     async with SQLiteStore(sqlite_path) as store:
-        assert store.migrations_applied == 1
+        assert store.migrations_applied == len(sqlite_schema.MIGRATIONS) - 3
         await _check_upgraded(store)
 
 
@@ -97,7 +98,12 @@ async def test_postgres_migration_counts_existing_dependencies(
 ) -> None:
     try:
         with monkeypatch.context() as patched:
-            patched.setattr(pg_schema_module, "MIGRATIONS", pg_schema_module.MIGRATIONS[:2])
+            # The functions of this version, installed with every step, read the column
+            # that migration 5 adds: the old schema gets it early (migration 5 is
+            # idempotent), and stays without the large-flow counters of migration 4.
+            first, (version, second) = pg_schema_module.MIGRATIONS[:2]
+            early = second + pg_schema_module.migration_sql("0005_cancel")
+            patched.setattr(pg_schema_module, "MIGRATIONS", [first, (version, early)])
             async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as old:
                 await _write_flow(old)
         async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:

@@ -374,6 +374,22 @@ class ProtocolMachine(RuleBasedStateMachine):
             self._choose(i, f"retry_jobs({queue!r})", count, candidates)
 
     @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        queue, job_id = self._existing(data) or (self.queues[0], "nope")
+        reason = data.draw(st.sampled_from(["cancelled", "cancelled: stop ☃"]))
+        self.same(
+            f"cancel_job {(queue, job_id)}",
+            lambda s: s.cancel_job(queue, job_id, reason, self.now),
+            lambda m: m.cancel(queue, job_id, reason),
+        )
+        active = sorted(j.id for j in self.models[0].jobs.values() if j.queue == queue)
+        self.same(
+            f"cancel_requests {queue}",
+            lambda s: s.cancel_requests(queue, [*active, "nope"]),
+            lambda m: m.cancel_requests(queue, [*active, "nope"]),
+        )
+
+    @rule(data=st.data())
     def remove_job(self, data: st.DataObject) -> None:
         queue, job_id = self._existing(data) or (self.queues[0], "nope")
         self.same(

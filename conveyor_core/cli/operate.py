@@ -234,7 +234,7 @@ def jobs(
 
 @cli.group(cls=_Commands)
 def job() -> None:
-    """Show one job, or retry, remove or promote it."""
+    """Show one job, or retry, remove, promote or cancel it."""
 
 
 def _detail_view(detail: ops.JobDetail) -> Group:
@@ -329,6 +329,41 @@ def _job_action_command(action: ops.JobAction, summary: str) -> None:
 _job_action_command("retry", "Run a failed job again (its parent waits for it again).")
 _job_action_command("remove", "Remove a job and its unfinished descendants.")
 _job_action_command("promote", "Move a delayed job to waiting now.")
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@queue_option
+@click.option("--reason", default=None, help="Why; the jobs fail with 'cancelled: REASON'.")
+@json_option
+@store_option
+def job_cancel(
+    job_id: str, queue_name: str, reason: str | None, as_json: bool, store: str | None
+) -> None:
+    """Cancel a job and every unfinished job below it.
+
+    Jobs not started fail at once; running ones have their handlers cancelled by their
+    workers, then fail. None is retried. A finished job is left as it is.
+    """
+    count, after = _with_store(store, lambda s: ops.cancel_job(s, queue_name, job_id, reason))
+    if as_json:
+        _print_json(
+            {
+                "action": "cancel",
+                "cancelled": count,
+                "job": None if after is None else ops.job_to_json(after),
+            }
+        )
+        return
+    outcome = "removed" if after is None else after.state.value
+    _console().print(
+        Text.assemble(
+            f"cancel: {count} job{'' if count == 1 else 's'} cancelled; ",
+            safe_text(job_id),
+            " is now ",
+            safe_text(outcome),
+        )
+    )
 
 
 # ---------------------------------------------------------------------- queue actions

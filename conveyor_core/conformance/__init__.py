@@ -29,6 +29,7 @@ from conveyor_core.store import StoreInterface
 # Detailed assertion messages in the suite's own modules, like in any test module.
 pytest.register_assert_rewrite(
     "conveyor_core.conformance._support",
+    "conveyor_core.conformance.cancelling",
     "conveyor_core.conformance.capabilities",
     "conveyor_core.conformance.events",
     "conveyor_core.conformance.flow_policies",
@@ -44,6 +45,7 @@ pytest.register_assert_rewrite(
 )
 
 from ._support import Harness  # noqa: E402
+from .cancelling import CancellingTests  # noqa: E402
 from .capabilities import CapabilityTests  # noqa: E402
 from .dag import DagTests  # noqa: E402
 from .events import EventTests  # noqa: E402
@@ -78,6 +80,7 @@ class StoreConformance(
     DependencyCountTests,
     LeavingFlowTests,
     DagTests,
+    CancellingTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

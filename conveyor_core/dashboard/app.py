@@ -57,6 +57,7 @@ DONE_MESSAGES = {
     "retry": "The job is queued to run again.",
     "promote": "The job is waiting to run now.",
     "remove": "The job was removed.",
+    "cancel": "The job and its unfinished descendants are cancelled.",
     "pause": "The queue is paused.",
     "resume": "The queue is running again.",
     "retry-failed": "The failed jobs are queued to run again.",
@@ -519,6 +520,8 @@ def _job_actions(job: Job) -> list[str]:
         actions.append("retry")
     if job.state is JobState.DELAYED:
         actions.append("promote")
+    if not job.state.finished:
+        actions.append("cancel")
     actions.append("remove")
     return actions
 

@@ -88,6 +88,7 @@ FUNCTIONS = (
     "remove_child_dependency",
     "remove_unprocessed_children",
     "add_dag",
+    "cancel_job",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -121,6 +122,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         + all_functions_sql()
         + migration_sql("0004_large_flows_triggers"),
     ),
+    (5, migration_sql("0005_cancel") + all_functions_sql()),
     (7, migration_sql("0007_dag") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""

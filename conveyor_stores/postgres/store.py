@@ -79,7 +79,7 @@ _JOB_COLUMNS = (
     "id, queue, name, data, opts, state, priority, lifo, delay, attempts_made, "
     "stalled_count, progress, return_value, failed_reason, stacktrace, created_at, "
     "processed_at, finished_at, run_at, keep_completed, keep_failed, parent_id, "
-    "parent_queue, parent_policy, lock_token, lock_until"
+    "parent_queue, parent_policy, lock_token, lock_until, cancel_reason"
 )
 
 _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
@@ -169,6 +169,7 @@ def _record(r: Any) -> JobRecord:
         None if policy is None else _POLICIES[policy],
         r[24],
         r[25],
+        r.get("cancel_reason"),
     )
 
 
@@ -554,6 +555,21 @@ class _Operations:
             raise InvalidJobStateError(f"only failed or completed jobs can be retried, not {state}")
         return int(await self._fetchval("retry_jobs", queue, JobState(state).value, now))
 
+    async def cancel_job(self, queue: str, job_id: str, reason: str, now: float) -> int:
+        if not _storable(queue, job_id):
+            raise JobNotFoundError(queue, job_id)
+        count = await self._fetchval("cancel_job", queue, job_id, reason, now)
+        if count is None:
+            raise JobNotFoundError(queue, job_id)
+        return int(count)
+
+    async def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids or not _storable(queue):
+            return {}
+        ids = [job_id for job_id in job_ids if _storable(job_id)]
+        rows = await self._fetch("cancel_requests", queue, ids, repeatable=True)
+        return {row[0]: row[1] for row in rows}
+
     async def remove_job(self, queue: str, job_id: str) -> bool:
         state = await self._fetchval("remove_job", queue, job_id, time.time())
         if state is None:
@@ -912,6 +928,9 @@ def _statements(schema: str) -> dict[str, str]:
         "retry_job": f"SELECT {s}.retry_job($1::text, $2::text, $3::float8)",
         "retry_jobs": f"SELECT {s}.retry_jobs($1::text, $2::text, $3::float8)",
         "remove_job": f"SELECT {s}.remove_job($1::text, $2::text, $3::float8)",
+        "cancel_job": f"SELECT {s}.cancel_job($1::text, $2::text, $3::text, $4::float8)",
+        "cancel_requests": f"SELECT id, cancel_reason FROM {s}.jobs WHERE queue = $1::text "
+        "AND id = ANY($2::text[]) AND state = 'active' AND cancel_reason IS NOT NULL",
         "set_paused": f"SELECT {s}.set_paused($1::text, $2::bool, $3::float8)",
         "is_paused": f"SELECT coalesce((SELECT paused FROM {s}.queues WHERE queue = $1::text), "
         "false)",

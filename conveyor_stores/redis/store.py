@@ -96,6 +96,7 @@ _SCRIPTS = (
     "schedulers",
     "fire_scheduler",
     "dependencies",
+    "cancel",
 )
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is packed on a worker thread."""
@@ -220,6 +221,7 @@ def _record(queue: str, job_id: str, h: dict[str, str]) -> JobRecord:
         parent_policy=None if policy is None else _POLICIES[policy],
         lock_token=h.get("tok") or None,
         lock_until=_opt_float(h.get("lu") or None),
+        cancel_reason=h.get("cx"),
     )
 
 
@@ -1285,6 +1287,18 @@ class RedisStore:
 
     async def remove_unprocessed_children(self, queue: str, job_id: str, now: float) -> int:
         return int(await self._dependency_op(queue, job_id, "prune", now=now))
+
+    async def cancel_job(self, queue: str, job_id: str, reason: str, now: float) -> int:
+        try:
+            return int(await self._run("cancel", self._base(queue), now, "cancel", job_id, reason))
+        except _JobMissing:
+            raise JobNotFoundError(queue, job_id) from None
+
+    async def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        flat = await self._run("cancel", self._base(queue), 0.0, "requests", *job_ids)
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def list_queues(self) -> list[str]:
         names: list[str] = sorted(await self._command("SMEMBERS", self._root + "queues"))

@@ -84,12 +84,15 @@ _FIELDS = (
     "parent_policy",
     "lock_token",
     "lock_until",
+    "cancel_reason",
     "state",
 )
 """Every column of a job but its key, in :func:`_fields` order; ``state`` comes last so
 an update that keeps the state can leave it (and so the index) alone."""
 
 _COLUMNS = ", ".join(("id", "queue", *_FIELDS))
+_STATE_AT = 1 + len(_FIELDS)
+"""Where ``state`` is in a row of ``_SELECT``: the last column."""
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _GET = f"{_SELECT} WHERE queue = ? AND id = ?"
 _INSERT = (
@@ -225,7 +228,7 @@ def _record(row: Any) -> JobRecord:
         row[2],
         row[3],
         row[4],
-        _STATES[row[25]],
+        _STATES[row[_STATE_AT]],
         row[5],
         bool(row[6]),
         row[7],
@@ -246,6 +249,7 @@ def _record(row: Any) -> JobRecord:
         None if policy is None else _POLICIES[policy],
         row[23],
         row[24],
+        row[25],
     )
 
 
@@ -275,6 +279,7 @@ def _fields(job: JobRecord) -> tuple[Any, ...]:
         None if policy is None else policy.value,
         job.lock_token,
         job.lock_until,
+        job.cancel_reason,
         job.state.value,
     )
 
@@ -873,7 +878,7 @@ class SQLiteBackend:
         def matches(row: Any) -> bool:
             if name is not None and row[2] != name:
                 return False
-            if wanted is not None and row[25] not in wanted:
+            if wanted is not None and row[_STATE_AT] not in wanted:
                 return False
             return folded_text is None or any(folded_text in fold_ascii(row[i]) for i in (0, 2, 3))
 

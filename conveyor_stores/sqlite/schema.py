@@ -203,7 +203,12 @@ _V7 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V7)
+_V5 = (
+    # CANCEL REQUEST: the reason an active job is to be cancelled with; read by key.
+    "ALTER TABLE jobs ADD COLUMN cancel_reason TEXT",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

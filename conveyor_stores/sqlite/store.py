@@ -880,6 +880,16 @@ class SQLiteStore:
     async def retry_jobs(self, queue: str, state: JobState, now: float) -> int:
         return await self._write(lambda s: s.engine.retry_jobs(queue, state, now))
 
+    async def cancel_job(self, queue: str, job_id: str, reason: str, now: float) -> int:
+        return await self._write(lambda s: s.engine.cancel_job(queue, job_id, reason, now))
+
+    async def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        return await self._read(
+            lambda s: s.engine.cancel_requests(queue, job_ids), point=len(job_ids) <= _SMALL
+        )
+
     async def remove_job(self, queue: str, job_id: str) -> bool:
         now = time.time()
         return await self._write(lambda s: s.engine.remove_job(queue, job_id, now))

@@ -77,6 +77,8 @@ class MJob:
     run_at: float | None = None
     lock_token: str | None = None
     lock_until: float | None = None
+    cancel_request: str | None = None
+    """While active: the reason of a CANCEL REQUEST."""
     place: tuple[int, int] | None = None
     """Place in the waiting order: ``(priority, signed entry number)``."""
     finish_order: int = 0
@@ -175,6 +177,7 @@ class Model:
         job.state = state
         job.finished_at = self.now
         job.lock_token = job.lock_until = None
+        job.cancel_request = None
         job.place = None
         self.finishes += 1
         job.finish_order = self.finishes
@@ -426,6 +429,10 @@ class Model:
         job = self._owned(queue, job_id, token)
         if job is None:
             return False
+        if job.cancel_request is not None:
+            job.attempts_made += 1
+            self.final_failure(job, job.cancel_request)
+            return True
         job.return_value = value
         job.attempts_made += 1
         self._finish(job, COMPLETED)
@@ -449,7 +456,9 @@ class Model:
         job.attempts_made += 1
         job.failed_reason = reason
         job.lock_token = job.lock_until = None
-        if retry_at is None:
+        if job.cancel_request is not None:
+            self.final_failure(job, job.cancel_request)
+        elif retry_at is None:
             self.final_failure(job, reason)
         elif retry_at <= self.now:
             self._enter_waiting(job)
@@ -461,7 +470,10 @@ class Model:
         job = self._owned(queue, job_id, token)
         if job is None:
             return False
-        self._enter_waiting(job)
+        if job.cancel_request is not None:
+            self.final_failure(job, job.cancel_request)
+        else:
+            self._enter_waiting(job)
         return True
 
     def expired(self, queue: str) -> list[Key]:
@@ -484,7 +496,10 @@ class Model:
                 continue  # removed by an earlier job's failure in the same call
             job.stalled_count += 1
             job.lock_token = job.lock_until = None
-            if job.stalled_count > max_stalled_count:
+            if job.cancel_request is not None:
+                self.final_failure(job, job.cancel_request)
+                outcomes.add((job.id, True))
+            elif job.stalled_count > max_stalled_count:
                 self.final_failure(job, STALLED_REASON)
                 outcomes.add((job.id, True))
             else:
@@ -547,6 +562,49 @@ class Model:
             self._retry(self.jobs[key])
         self.end_batch()
         return len(keys)
+
+    def cancel(self, queue: str, job_id: str, reason: str) -> int:
+        """CANCEL: the job and its unfinished descendants, children before parents."""
+        top = self.jobs.get((queue, job_id))
+        if top is None:
+            raise JobNotFoundError(queue, job_id)
+        if top.state.finished:
+            return 0
+        found: list[MJob] = []
+        stack = [(queue, job_id)]
+        while stack:
+            key = stack.pop()
+            for child_key in self.deps.get(key, {}):
+                child = self.jobs.get(child_key)
+                if child is not None:
+                    if not child.state.finished:
+                        found.append(child)
+                    stack.append(child_key)
+        count = 0
+        for job in [*reversed(found), top]:
+            key = (job.queue, job.id)
+            if key not in self.jobs or job.state.finished:
+                continue
+            if job is not top and job.parent is not None:
+                dep = self.deps.get(job.parent, {}).get(key)
+                if dep is not None and dep.status == "pending":
+                    self.deps[job.parent][key] = MDep("failed", None, reason)
+            if job.state is ACTIVE:
+                if job.cancel_request is None:
+                    job.cancel_request = reason
+                    count += 1
+            else:
+                self.final_failure(job, reason, apply_policy=job is top)
+                count += 1
+        return count
+
+    def cancel_requests(self, queue: str, job_ids: Sequence[str]) -> dict[str, str]:
+        found = {}
+        for job_id in job_ids:
+            job = self.jobs.get((queue, job_id))
+            if job is not None and job.state is ACTIVE and job.cancel_request is not None:
+                found[job_id] = job.cancel_request
+        return found
 
     def remove_job(self, queue: str, job_id: str) -> bool:
         job = self.jobs.get((queue, job_id))

@@ -336,7 +336,7 @@ local function mark_failed(base, id, jk, reason)
   move_to(base, id, jk, v[1], 'failed')
   count_finished(base, 'failed', 1)
   redis.call('HSET', jk, 'fr', reason, 'fat', NOW_S)
-  redis.call('HDEL', jk, 'tok', 'lu')
+  redis.call('HDEL', jk, 'tok', 'lu', 'cx')
   emit(base, 'failed', id, cjson.encode({ reason = reason }))
   return v[2]
 end

@@ -5,10 +5,15 @@ local order = redis.call('INCRBY', PB .. 'seq', (#ARGV - 2) / 3) - (#ARGV - 2) /
 for k = 3, #ARGV, 3 do
   local id, rv = ARGV[k], ARGV[k + 2]
   local jk = QB .. 'job:' .. id
-  local v = redis.call('HMGET', jk, 'state', 'tok', 'pid', 'pb', 'att', 'kc')
+  local v = redis.call('HMGET', jk, 'state', 'tok', 'pid', 'pb', 'att', 'kc', 'cx')
   order = order + 1
   if v[1] ~= 'active' or v[2] ~= ARGV[k + 1] then
     out[#out + 1] = 0
+  elseif v[7] then
+    -- CANCEL REQUEST: fails for good with the request's reason instead.
+    redis.call('HSET', jk, 'att', (tonumber(v[5]) or 0) + 1)
+    final_failure(QB, id, v[7], true)
+    out[#out + 1] = 1
   else
     redis.call('ZREM', QB .. 'active', id)
     redis.call('ZADD', QB .. 'completed', order, id)

@@ -18,7 +18,8 @@ DECLARE
     i integer := 1;
 BEGIN
     UPDATE @S.jobs SET state = 'failed', failed_reason = why, finished_at = now,
-        lock_token = NULL, lock_until = NULL, order_key = nextval('@S.order_seq')
+        lock_token = NULL, lock_until = NULL, cancel_reason = NULL,
+        order_key = nextval('@S.order_seq')
     WHERE queue = q AND id = jid
     RETURNING keep_failed INTO keep;
     IF NOT FOUND THEN
@@ -59,7 +60,8 @@ BEGIN
                 evs := evs || @S._fail_unstarted_children(l.pq, l.pid, now);
                 pwhy := 'child ' || jid || ' failed: ' || why;
                 UPDATE @S.jobs SET state = 'failed', failed_reason = pwhy, finished_at = now,
-                    lock_token = NULL, lock_until = NULL, order_key = nextval('@S.order_seq')
+                    lock_token = NULL, lock_until = NULL, cancel_reason = NULL,
+                    order_key = nextval('@S.order_seq')
                 WHERE queue = l.pq AND id = l.pid
                 RETURNING keep_failed INTO keep;
                 PERFORM @S._count_finished(l.pq, 'failed', now, 1);

@@ -17,6 +17,17 @@ DECLARE
 BEGIN
     PERFORM @S._worker_commit();
     res := array_fill(false, ARRAY[cardinality(ids)]);
+    -- CANCEL REQUEST: such a job fails for good with the request's reason instead.
+    FOR done IN
+        UPDATE @S.jobs j SET attempts_made = j.attempts_made + 1
+        FROM unnest(ids, toks) WITH ORDINALITY AS x(id, tok, o)
+        WHERE j.queue = q AND j.id = x.id AND j.state = 'active' AND j.lock_token = x.tok
+          AND j.cancel_reason IS NOT NULL
+        RETURNING x.o, j.id, j.cancel_reason
+    LOOP
+        res[done.o] := true;
+        evs := evs || @S._final_failure(q, done.id, done.cancel_reason, now);
+    END LOOP;
     FOR done IN
         WITH items AS (
             -- Order keys follow the items, so RETENTION sees them finish in order.

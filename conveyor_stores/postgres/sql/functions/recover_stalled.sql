@@ -6,6 +6,7 @@ DECLARE
     evs jsonb[] := '{}';
     r record;
     cnt integer;
+    cancelled text;
 BEGIN
     PERFORM @S._worker_commit();
     ids := '{}';
@@ -19,14 +20,17 @@ BEGIN
         UPDATE @S.jobs SET stalled_count = stalled_count + 1, lock_token = NULL,
             lock_until = NULL
         WHERE queue = q AND id = r.id AND state = 'active' AND lock_until < now
-        RETURNING stalled_count INTO cnt;
+        RETURNING stalled_count, cancel_reason INTO cnt, cancelled;
         IF NOT FOUND THEN
             CONTINUE;
         END IF;
         evs := array_append(evs, @S._ev(q, 'stalled', r.id, jsonb_build_object('count', cnt),
                                         now));
         ids := array_append(ids, r.id);
-        IF cnt > max_stalled THEN
+        IF cancelled IS NOT NULL THEN
+            evs := evs || @S._final_failure(q, r.id, cancelled, now);
+            failed := array_append(failed, true);
+        ELSIF cnt > max_stalled THEN
             UPDATE @S.jobs SET failed_reason = @STALLED WHERE queue = q AND id = r.id;
             evs := evs || @S._final_failure(q, r.id, @STALLED, now);
             failed := array_append(failed, true);

@@ -1,0 +1,335 @@
+"""Cancelling (docs/flows.md): a job and its unfinished descendants, running ones too."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pytest
+
+from conveyor_core import Job, JobNotFoundError, JobState, QueueEvent, QueueEvents
+from conveyor_core.store import (
+    PARENT_FAILED_REASON,
+    Completion,
+    Failure,
+    Release,
+    child_failed_reason,
+)
+
+from ._support import Harness, Runs, nodes_by_name
+
+ACTIVE = JobState.ACTIVE
+COMPLETED = JobState.COMPLETED
+FAILED = JobState.FAILED
+WAITING = JobState.WAITING
+WAITING_CHILDREN = JobState.WAITING_CHILDREN
+
+
+class _Hanging:
+    """A handler that runs until it is cancelled, and remembers that it was."""
+
+    def __init__(self, *, convert: bool = False) -> None:
+        self.convert = convert
+        """Turn the cancellation into an ordinary error, as careless handlers do."""
+        self.started: dict[str, int] = {}
+        self.cancelled: set[str] = set()
+        self.running = anyio.Event()
+
+    async def __call__(self, job: Job) -> Any:
+        self.started[job.id] = self.started.get(job.id, 0) + 1
+        self.running.set()
+        try:
+            await anyio.sleep(3600)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.add(job.id)
+            if self.convert:
+                raise RuntimeError("interrupted") from None
+            raise
+        return "never"
+
+
+async def _order_flow(env: Harness) -> tuple[dict[str, Job], dict[str, str]]:
+    """An order flow across four queues: order <- (payment, shipping <- packing)."""
+    queues = {
+        "order": env.name("orders"),
+        "payment": env.name("payments"),
+        "shipping": env.name("shipping"),
+        "packing": env.name("packing"),
+    }
+    node = await env.flow.add(
+        {
+            "name": "order",
+            "queue_name": queues["order"],
+            "children": [
+                {"name": "payment", "queue_name": queues["payment"], "opts": {"attempts": 3}},
+                {
+                    "name": "shipping",
+                    "queue_name": queues["shipping"],
+                    "opts": {"delay": 3600},
+                    "children": [{"name": "packing", "queue_name": queues["packing"]}],
+                },
+            ],
+        }
+    )
+    return nodes_by_name(node), queues
+
+
+async def _take(env: Harness, queue: str, token: str, lock_for: float = 30.0) -> list[str]:
+    now = time.time()
+    taken = await env.store.take_jobs(
+        queue, limit=10, token=token, lock_until=now + lock_for, now=now
+    )
+    return [record.id for record in taken.jobs]
+
+
+class CancellingTests:
+    """``job.cancel`` / ``flow.cancel``: what is cancelled, how, and what follows."""
+
+    async def test_cancel_fails_every_unstarted_job_of_the_subtree_at_once(
+        self, env: Harness
+    ) -> None:
+        jobs, _ = await _order_flow(env)
+        count = await env.flow.cancel(jobs["order"].id, jobs["order"].queue_name, "out of stock")
+        assert count == 4
+        for name, job in jobs.items():
+            now = await env.reread(job)
+            assert now is not None, name
+            assert now.state is FAILED, name
+            assert now.failed_reason == "cancelled: out of stock", name
+            assert now.finished_at is not None, name
+        order = await env.reread(jobs["order"])
+        assert order is not None
+        deps = await order.get_dependencies()
+        assert deps.failed == {
+            jobs["payment"].id: "cancelled: out of stock",
+            jobs["shipping"].id: "cancelled: out of stock",
+        }
+        assert deps.unprocessed == [] and deps.processed == {}
+
+    async def test_cancel_without_reason_and_of_a_single_job(self, env: Harness) -> None:
+        q = env.name("single")
+        waiting = await env.queue(q).add("now", None)
+        delayed = await env.queue(q).add("later", None, opts={"delay": 3600})
+        assert await waiting.cancel() == 1
+        assert await delayed.cancel("changed my mind") == 1
+        first, second = await env.reread(waiting), await env.reread(delayed)
+        assert first is not None and first.state is FAILED and first.failed_reason == "cancelled"
+        assert second is not None and second.state is FAILED
+        assert second.failed_reason == "cancelled: changed my mind"
+        counts = await env.counts(q)
+        assert counts["failed"] == 2 and counts["waiting"] == 0 and counts["delayed"] == 0
+
+    async def test_cancelling_a_child_fails_its_parent_by_the_default_policy(
+        self, env: Harness
+    ) -> None:
+        jobs, _ = await _order_flow(env)
+        count = await jobs["shipping"].cancel()
+        assert count == 2
+        shipping, packing = await env.reread(jobs["shipping"]), await env.reread(jobs["packing"])
+        assert shipping is not None and shipping.failed_reason == "cancelled"
+        assert packing is not None and packing.failed_reason == "cancelled"
+        # The order applies its (default) fail policy to the cancelled shipping job: it
+        # fails, and so does its unstarted payment, as by any child's final failure.
+        order = await env.reread(jobs["order"])
+        assert order is not None and order.state is FAILED
+        assert order.failed_reason == child_failed_reason(shipping.id, "cancelled")
+        payment = await env.reread(jobs["payment"])
+        assert payment is not None and payment.failed_reason == PARENT_FAILED_REASON
+
+    async def test_a_finished_job_is_not_cancelled_and_a_missing_one_is_an_error(
+        self, env: Harness
+    ) -> None:
+        q = env.name("finished")
+        job = await env.queue(q).add("done", None)
+        async with env.workers({q: Runs().handler()}):
+            await env.wait_state(job, COMPLETED)
+        assert await job.cancel() == 0
+        again = await env.reread(job)
+        assert again is not None and again.state is COMPLETED
+        assert again.return_value == {"done": "done"}
+        with pytest.raises(JobNotFoundError):
+            await env.flow.cancel("no-such-job", q)
+        await job.remove()
+        with pytest.raises(JobNotFoundError):
+            await job.cancel()
+
+    async def test_a_bad_reason_is_refused_before_anything_changes(self, env: Harness) -> None:
+        q = env.name("bad-reason")
+        job = await env.queue(q).add("x", None)
+        with pytest.raises(TypeError, match="reason"):
+            await job.cancel(42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="reason"):
+            await job.cancel("nul\x00inside")
+        assert await env.state(job) is WAITING
+
+    @pytest.mark.parametrize(
+        ("opts", "parent_opts", "expected"),
+        [
+            ({}, {}, "fail"),
+            ({"ignore_dependency_on_failure": True}, {}, "ignore"),
+            ({"remove_dependency_on_failure": True}, {}, "drop"),
+            ({"continue_parent_on_failure": True}, {}, "continue"),
+            ({}, {"fail_parent_on_child_failure": "remove"}, "remove"),
+        ],
+    )
+    async def test_the_parent_applies_its_policy_to_a_cancelled_child(
+        self, env: Harness, opts: dict[str, Any], parent_opts: dict[str, Any], expected: str
+    ) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "opts": parent_opts,
+                "children": [
+                    {
+                        "name": "doomed",
+                        "queue_name": child_q,
+                        "opts": opts,
+                        "children": [{"name": "grandchild", "queue_name": child_q}],
+                    },
+                    {"name": "sibling", "queue_name": child_q},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        assert await jobs["doomed"].cancel("stop") == 2
+        parent = await env.reread(jobs["parent"])
+        sibling = await env.reread(jobs["sibling"])
+        grandchild = await env.reread(jobs["grandchild"])
+        assert grandchild is not None and grandchild.failed_reason == "cancelled: stop"
+        if expected == "fail":
+            assert parent is not None and parent.state is FAILED
+            assert parent.failed_reason == child_failed_reason(jobs["doomed"].id, "cancelled: stop")
+            assert sibling is not None and sibling.state is FAILED
+            return
+        if expected == "remove":
+            assert parent is None and sibling is None
+            return
+        assert parent is not None and sibling is not None and sibling.state is WAITING
+        if expected == "continue":
+            assert parent.state is WAITING
+            return
+        assert parent.state is WAITING_CHILDREN
+        if expected == "ignore":
+            assert await parent.get_ignored_children_failures() == {
+                jobs["doomed"].id: "cancelled: stop"
+            }
+        async with env.workers({child_q: Runs().handler(), parent_q: Runs().handler()}):
+            await env.wait_state(parent, COMPLETED)
+        values = await parent.get_children_values()
+        assert list(values.values()) == [{"done": "sibling"}]
+
+    @pytest.mark.parametrize("convert", [False, True], ids=["reraises", "raises-an-error"])
+    async def test_a_running_handler_is_cancelled_and_the_job_never_retried(
+        self, env: Harness, convert: bool
+    ) -> None:
+        q = env.name("running")
+        job = await env.queue(q).add("slow", None, opts={"attempts": 5, "backoff": 0.01})
+        handler = _Hanging(convert=convert)
+        failures: list[BaseException] = []
+        async with env.workers({q: handler}) as workers:
+            workers[0].on("failed", lambda _job, error: failures.append(error))
+            await env.wait_state(job, ACTIVE)
+            with anyio.fail_after(env.timeout):
+                await handler.running.wait()
+            assert await job.cancel("user pressed stop") == 1
+            done = await env.wait_state(job, FAILED)
+            # A second cancel of a job already cancelled changes nothing.
+            assert await job.cancel() == 0
+        assert handler.cancelled == {job.id}
+        assert handler.started == {job.id: 1}
+        assert done.failed_reason == "cancelled: user pressed stop"
+        assert done.attempts_made == 1
+        assert len(failures) == 1 and "user pressed stop" in str(failures[0])
+
+    async def test_a_handler_running_through_another_store_object_is_cancelled(
+        self, env: Harness
+    ) -> None:
+        parent_q, q, idle_q = env.name("root"), env.name("remote"), env.name("idle")
+        node = await env.flow.add(
+            {
+                "name": "root",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": "running", "queue_name": q, "opts": {"attempts": 3}},
+                    {"name": "queued", "queue_name": idle_q},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        handler = _Hanging()
+        async with env.workers({q: handler}, store=env.second_store):
+            await env.wait_state(jobs["running"], ACTIVE)
+            with anyio.fail_after(env.timeout):
+                await handler.running.wait()
+            assert await env.flow.cancel(jobs["root"].id, parent_q) == 3
+            running = await env.wait_state(jobs["running"], FAILED)
+        assert handler.cancelled == {jobs["running"].id}
+        assert running.failed_reason == "cancelled"
+        root = await env.reread(jobs["root"])
+        assert root is not None and root.state is FAILED and root.failed_reason == "cancelled"
+        root_deps = await root.get_dependencies()
+        assert len(root_deps.failed) == 2 and root_deps.unprocessed == []
+
+    async def test_a_cancel_request_wins_over_whatever_the_worker_reports(
+        self, env: Harness
+    ) -> None:
+        q = env.name("requested")
+        queue = env.queue(q)
+        jobs = [await queue.add(f"job{i}", None, opts={"attempts": 5}) for i in range(4)]
+        ids = await _take(env, q, "tok")
+        assert sorted(ids) == sorted(job.id for job in jobs)
+        for job in jobs:
+            assert await job.cancel("halt") == 1
+        assert await env.store.cancel_requests(q, [*ids, "missing"]) == dict.fromkeys(
+            ids, "cancelled: halt"
+        )
+        now = time.time()
+        first, second, third, fourth = (job.id for job in jobs)
+        assert await env.store.complete_jobs(q, [Completion(first, "tok", "1")], now) == [True]
+        retry = Failure(second, "tok", "boom", [], now)
+        assert await env.store.fail_jobs(q, [retry], now) == [True]
+        assert await env.store.fail_jobs(q, [Failure(third, "tok", "boom")], now) == [True]
+        assert await env.store.release_jobs(q, [Release(fourth, "tok")], now) == [True]
+        for job in jobs:
+            again = await env.reread(job)
+            assert again is not None and again.state is FAILED, job.name
+            assert again.failed_reason == "cancelled: halt", job.name
+        assert await env.store.cancel_requests(q, ids) == {}
+        counts = await env.counts(q)
+        assert counts["failed"] == 4 and counts["completed"] == 0
+
+    async def test_a_cancel_requested_job_that_stalls_ends_cancelled(self, env: Harness) -> None:
+        q = env.name("stalls")
+        job = await env.queue(q).add("lost", None, opts={"attempts": 5})
+        assert await _take(env, q, "dead-worker", lock_for=-1.0) == [job.id]
+        assert await job.cancel("gone") == 1
+        outcomes = await env.store.recover_stalled(q, time.time(), 10)
+        assert [(o.id, o.failed) for o in outcomes] == [(job.id, True)]
+        again = await env.reread(job)
+        assert again is not None and again.state is FAILED
+        assert again.failed_reason == "cancelled: gone" and again.stalled_count == 1
+
+    async def test_each_cancelled_job_publishes_a_cancelled_event(self, env: Harness) -> None:
+        jobs, queues = await _order_flow(env)
+        seen: list[QueueEvent] = []
+        async with AsyncExitStack() as stack:
+            for queue in queues.values():
+                listener = QueueEvents(queue, store=env.event_store)
+                await stack.enter_async_context(listener)
+                listener.on("*", seen.append)
+            await env.flow.cancel(jobs["order"].id, queues["order"], "bye")
+
+            async def all_seen() -> bool:
+                cancelled = {e.job_id for e in seen if e.type == "cancelled"}
+                failed = {e.job_id for e in seen if e.type == "failed"}
+                wanted = {job.id for job in jobs.values()}
+                return cancelled == wanted and failed == wanted
+
+            await env.wait_for(all_seen, "a cancelled and a failed event for each job")
+        for event in seen:
+            if event.type == "cancelled":
+                assert event.data.get("reason") == "cancelled: bye"
