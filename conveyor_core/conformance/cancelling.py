@@ -108,6 +108,41 @@ class CancellingTests:
         }
         assert deps.unprocessed == [] and deps.processed == {}
 
+    @pytest.mark.parametrize("policy", ["fail", "ignore"])
+    async def test_cancel_of_a_dag_job_reaches_a_shared_job_and_its_other_dependents_policy(
+        self, env: Harness, policy: str
+    ) -> None:
+        q = env.name("dag")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": q},
+                {"id": "mine", "name": "mine", "queue_name": q, "depends_on": ["shared"]},
+                {
+                    "id": "theirs",
+                    "name": "theirs",
+                    "queue_name": q,
+                    "depends_on": ["shared"],
+                    "opts": {"fail_parent_on_child_failure": policy},
+                },
+            ]
+        )
+        assert await jobs["mine"].cancel("no longer needed") == 2
+        reason = "cancelled: no longer needed"
+        for name in ("mine", "shared"):
+            now = await env.reread(jobs[name])
+            assert now is not None and now.state is FAILED, name
+            assert now.failed_reason == reason, name
+        theirs = await env.reread(jobs["theirs"])
+        assert theirs is not None
+        # The job outside the cancelled subtree no longer waits for the shared job: its
+        # own policy for that dependency applies, as for any final failure.
+        if policy == "fail":
+            assert theirs.state is FAILED
+            assert theirs.failed_reason == child_failed_reason(jobs["shared"].id, reason)
+        else:
+            assert theirs.state is WAITING
+            assert (await theirs.get_dependencies()).ignored == {jobs["shared"].id: reason}
+
     async def test_cancel_without_reason_and_of_a_single_job(self, env: Harness) -> None:
         q = env.name("single")
         waiting = await env.queue(q).add("now", None)
