@@ -23,6 +23,7 @@ from .errors import (
     StoreOutOfMemoryError,
     StoreUnavailableError,
     UnrecoverableError,
+    WaitingForChildren,
 )
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
@@ -75,6 +76,7 @@ __all__ = [
     "StoreOutOfMemoryError",
     "StoreUnavailableError",
     "UnrecoverableError",
+    "WaitingForChildren",
     "Worker",
     "__version__",
     "list_queues",

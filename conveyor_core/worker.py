@@ -23,7 +23,13 @@ from anyio.abc import TaskGroup, TaskStatus
 from . import codec
 from ._host import leave_host
 from .clock import Clock, seconds, system_clock
-from .errors import LockLostError, StoreClosedError, StoreUnavailableError, UnrecoverableError
+from .errors import (
+    LockLostError,
+    StoreClosedError,
+    StoreUnavailableError,
+    UnrecoverableError,
+    WaitingForChildren,
+)
 from .ids import new_id
 from .job import Job
 from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
@@ -53,7 +59,17 @@ BackoffStrategy = Callable[[int, BaseException, Job], float]
 WorkerCallback = Callable[..., Awaitable[None] | None]
 
 WORKER_EVENTS = frozenset(
-    {"active", "completed", "failed", "progress", "stalled", "error", "drained", "closed"}
+    {
+        "active",
+        "completed",
+        "failed",
+        "progress",
+        "stalled",
+        "waiting-children",
+        "error",
+        "drained",
+        "closed",
+    }
 )
 
 _MAX_BACKOFF_EXPONENT = 62
@@ -125,6 +141,7 @@ class Worker:
     Events (see :meth:`on`), with their callback arguments:
     ``active(job)``, ``completed(job, result)``, ``failed(job, error)`` (every failed
     attempt, retried or not), ``progress(job, progress)``, ``stalled(job_id, failed)``,
+    ``waiting-children(job)`` (the handler parked the job with ``wait_for_children``),
     ``error(error)``, ``drained()`` (the queue ran out of waiting jobs), ``closed()``.
 
     Plain ``def`` handlers run in worker threads (at most ``concurrency`` at once); from
@@ -559,6 +576,12 @@ class Worker:
         except anyio.get_cancelled_exc_class():
             # Forced close or cancellation: the job is handed back in cleanup.
             raise
+        except WaitingForChildren as exc:
+            if job.token is not None:  # raised by hand, not by a park: a failed attempt
+                outcome = _Outcome(running, await self._failure(running, exc), exc)
+            else:
+                await self._parked(running)
+                return
         except Exception as exc:
             outcome = _Outcome(running, await self._failure(running, exc), exc)
         else:
@@ -569,6 +592,15 @@ class Worker:
         self._outcomes.append(outcome)
         self._finisher_wake.set()
         self._slot_freed.set()
+
+    async def _parked(self, running: _Running) -> None:
+        """The handler parked its job (``wait_for_children``): nothing to record, the
+        store already holds it in ``waiting-children`` without a lock."""
+        running.finished = True
+        if self._running.get(running.job.id) is running:
+            del self._running[running.job.id]
+        self._slot_freed.set()
+        await self._emit("waiting-children", running.job)
 
     def _what_data(self, job: Job) -> str:
         return f"data of job {job.name!r} ({job.id}) in queue {self.queue_name!r}"

@@ -85,6 +85,8 @@ FUNCTIONS = (
     "fire_scheduler",
     "remove_child_dependency",
     "remove_unprocessed_children",
+    "add_children",
+    "park_job",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -118,6 +120,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         + all_functions_sql()
         + migration_sql("0004_large_flows_triggers"),
     ),
+    (6, migration_sql("0006_step_jobs") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

@@ -47,7 +47,7 @@ BEGIN
             WHERE queue = j.parent_queue AND id = j.parent_id;
         END IF;
         IF j.policy = 'fail' THEN
-            EXIT WHEN p.state NOT IN ('waiting-children', 'waiting', 'delayed');
+            EXIT WHEN p.state NOT IN ('waiting-children', 'waiting', 'delayed', 'active');
             evs := evs || @S._fail_unstarted_children(j.parent_queue, j.parent_id, now);
             why := 'child ' || jid || ' failed: ' || why;
             q := j.parent_queue;
