@@ -161,6 +161,23 @@ class StepJobTests:
         assert list(done.return_value.values()) == [16]
         assert runs.count(job) == 1, "nothing to wait for: the handler ran once"
 
+    async def test_step_job_a_delayed_job_parks_and_is_released_to_waiting(
+        self, env: Harness
+    ) -> None:
+        main, idle = env.name("delayed-step"), env.name("delayed-step-idle")
+
+        async def step(job: Job) -> Any:
+            await job.add_children([_part(idle, 1)])
+            await job.wait_for_children()
+
+        job = await env.queue(main).add("step", opts={"delay": 0.05})
+        async with env.workers({main: step}):
+            await env.wait_state(job, WAITING_CHILDREN)
+        async with env.workers({idle: _square}):
+            # its delay was spent before it first ran: it does not wait it out again
+            released = await env.wait_state(job, WAITING, JobState.DELAYED)
+        assert released.state is WAITING
+
     async def test_step_job_add_children_is_all_or_nothing(self, env: Harness) -> None:
         main, parts = env.name("atomic-step"), env.name("atomic-parts")
         taken = await env.queue(env.name("taken")).add("taken", opts={"job_id": "taken-id"})
