@@ -1,2 +1,0 @@
--- Step jobs (add_children, park_job, opts.parent onto an existing job) need no new table
--- or column: this step installs the new and changed functions that follow it.
