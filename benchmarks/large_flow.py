@@ -32,6 +32,21 @@ WALK_PAGE = 1000
 """Children per call while walking to the page half-way through (untimed)."""
 
 
+def _long_calls(url: str) -> dict[str, Any]:
+    """Store options that let one call run for minutes: adding 100,000 children is one
+    atomic call, longer than a store's default bound on a busy machine."""
+    scheme = url.partition("://")[0].lower()
+    if scheme.startswith("postgres"):
+        return {"timeout": LONG_CALL}
+    if scheme.startswith("redis"):
+        return {"command_timeout": LONG_CALL}
+    return {}
+
+
+LONG_CALL = 600.0
+"""Seconds one store call of the run may take."""
+
+
 async def _timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     """The median and the slowest of ``REPEATS`` timed calls (after ``WARM_UP``)."""
     for _ in range(WARM_UP):
@@ -70,7 +85,7 @@ async def run_large_flow(url: str, label: str, sizes: tuple[int, ...]) -> list[d
     """Add, run and inspect one flow of each size on ``url``; one line per figure."""
     lines: list[dict[str, Any]] = []
     for children in sizes:
-        async with isolated_store(url, "large") as store:
+        async with isolated_store(url, "large", **_long_calls(url)) as store:
             parent_queue, child_queue = fresh_name("large-parent"), fresh_name("large-child")
             producer = FlowProducer(store=store)
             tree = {

@@ -107,10 +107,11 @@ def _delete_sqlite_files(path: Path) -> None:
 
 
 @asynccontextmanager
-async def isolated_store(url: str, kind: str) -> AsyncIterator[StoreInterface]:
+async def isolated_store(url: str, kind: str, **options: Any) -> AsyncIterator[StoreInterface]:
     """A store for one big run, removed wholesale afterwards: on PostgreSQL its own schema
     and on Redis its own key prefix (both named ``bench_<kind>_<random>``), elsewhere as
-    :func:`fresh_store` makes it (a new SQLite file, deleted after)."""
+    :func:`fresh_store` makes it (a new SQLite file, deleted after). ``options`` go to
+    :func:`open_store` for PostgreSQL and Redis (a longer ``timeout`` for a huge add)."""
     scheme = url.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         async with fresh_store(url) as (store, _):
@@ -119,7 +120,7 @@ async def isolated_store(url: str, kind: str) -> AsyncIterator[StoreInterface]:
     name = f"bench_{kind}_{uuid.uuid4().hex[:8]}"
     joiner = "&" if "?" in url else "?"
     option = "schema" if scheme.startswith("postgres") else "prefix"
-    store = open_store(f"{url}{joiner}{option}={name}")
+    store = open_store(f"{url}{joiner}{option}={name}", **options)
     await store.connect()
     try:
         yield store
