@@ -435,7 +435,6 @@ class Engine:
             return False
         self._clear_lock(job)
         job.state = WAITING_CHILDREN
-        job.run_at = None
         job.delay = 0.0
         self.b.save(job, ACTIVE)
         self.b.emit("waiting-children", queue, job_id, None, now)

@@ -15,6 +15,8 @@ from conveyor_core import (
     JobNotFoundError,
     JobState,
     LockLostError,
+    QueueEvent,
+    QueueEvents,
 )
 from conveyor_core.queue import build_new_job, resolve_options
 from conveyor_core.store import Completion, child_failed_reason
@@ -96,8 +98,17 @@ class StepJobTests:
             raise RuntimeError("the merge step broke")
 
         job = await env.queue(main).add("step", {}, {"attempts": 2})
-        async with env.workers({main: step}):
+        seen: list[QueueEvent] = []
+        listener = QueueEvents(main, store=env.event_store)
+        listener.on("*", seen.append)
+        async with listener, env.workers({main: step}):
             parked = await env.wait_state(job, WAITING_CHILDREN)
+
+            async def announced() -> bool:
+                return any(e.type == "waiting-children" and e.job_id == job.id for e in seen)
+
+            await env.wait_for(announced, "the waiting-children event of the park")
+        assert not [e for e in seen if e.type == "failed"], "a park is not a failure"
         assert parked.attempts_made == 0, "a park is not an attempt"
         assert parked.record.lock_token is None and parked.record.lock_until is None
         # the worker that parked it (or any other) can no longer finish it
@@ -196,12 +207,22 @@ class StepJobTests:
                 await job.add_children([_part(parts, 0), bad_tree])
             except DuplicateJobError as exc:
                 errors.append(exc)
+            # a group whose first job names another parent is refused by the store
+            stray = build_new_job(
+                queue=parts, name="stray", data="null", opts=resolve_options(None), job_id="s"
+            )
+            assert job.token is not None
+            try:
+                await env.store.add_children(main, job.id, job.token, [[stray]], time.time())
+            except ValueError as exc:
+                errors.append(exc)
             return "done"
 
         job = await env.queue(main).add("step")
         async with env.workers({main: step}):
             await env.wait_state(job, COMPLETED)
-        assert len(errors) == 1 and "taken-id" in str(errors[0])
+        assert len(errors) == 2 and "taken-id" in str(errors[0])
+        assert isinstance(errors[1], ValueError)
         await _nothing_added(env, job, parts)
         assert await env.total(taken.queue_name) == 1
 
