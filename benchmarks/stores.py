@@ -107,16 +107,19 @@ def _delete_sqlite_files(path: Path) -> None:
 
 
 @asynccontextmanager
-async def isolated_store(url: str, kind: str) -> AsyncIterator[StoreInterface]:
+async def isolated_store(url: str, kind: str, **options: Any) -> AsyncIterator[StoreInterface]:
     """A store for one big run, removed wholesale afterwards: on PostgreSQL its own schema
     and on Redis its own key prefix (both named ``bench_<kind>_<random>``), elsewhere as
-    :func:`fresh_store` makes it (a new SQLite file, deleted after)."""
-    async with isolated_store_and_url(url, kind) as (store, _):
+    :func:`fresh_store` makes it (a new SQLite file, deleted after). ``options`` go to
+    :func:`open_store` for PostgreSQL and Redis (a longer ``timeout`` for a huge add)."""
+    async with isolated_store_and_url(url, kind, **options) as (store, _):
         yield store
 
 
 @asynccontextmanager
-async def isolated_store_and_url(url: str, kind: str) -> AsyncIterator[tuple[StoreInterface, str]]:
+async def isolated_store_and_url(
+    url: str, kind: str, **options: Any
+) -> AsyncIterator[tuple[StoreInterface, str]]:
     """:func:`isolated_store` and the URL that opens the same data (for other processes)."""
     scheme = url.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
@@ -127,7 +130,7 @@ async def isolated_store_and_url(url: str, kind: str) -> AsyncIterator[tuple[Sto
     joiner = "&" if "?" in url else "?"
     option = "schema" if scheme.startswith("postgres") else "prefix"
     isolated_url = f"{url}{joiner}{option}={name}"
-    store = open_store(isolated_url)
+    store = open_store(isolated_url, **options)
     await store.connect()
     try:
         yield store, isolated_url

@@ -25,6 +25,7 @@ from .errors import (
     StoreOutOfMemoryError,
     StoreUnavailableError,
     UnrecoverableError,
+    WaitingForChildren,
 )
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
@@ -89,6 +90,7 @@ __all__ = [
     "StoreOutOfMemoryError",
     "StoreUnavailableError",
     "UnrecoverableError",
+    "WaitingForChildren",
     "Worker",
     "__version__",
     "list_queues",

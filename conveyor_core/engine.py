@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from .errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError
+from .errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError, LockLostError
 from .models import JobState, ParentPolicy
 from .store import (
     DEPENDENCY_STATUSES,
@@ -54,6 +54,8 @@ COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
 WAITING_CHILDREN = JobState.WAITING_CHILDREN
 UNSTARTED = (WAITING, DELAYED, WAITING_CHILDREN)
+ADOPTING = (WAITING_CHILDREN, ACTIVE)
+"""The states of an existing job that may take new children (ADD TO AN EXISTING PARENT)."""
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -96,6 +98,13 @@ def split_due(upcoming: Sequence[SchedulerRecord], now: float, limit: int) -> Du
             return DueSchedulers(due, record.next_run_at)
         due.append(record)
     return DueSchedulers(due, None)
+
+
+def _not_held(queue: str, job_id: str, what: str) -> str:
+    return (
+        f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
+        f"only the worker running it can {what}"
+    )
 
 
 class Backend(Protocol):
@@ -422,6 +431,8 @@ class Engine:
                     raise DuplicateJobError(
                         f"job id {new.id!r} already exists in queue {new.queue!r}"
                     )
+            if not skip:
+                self._check_existing_parent(group)
             written.append(not skip)
         for group, write in zip(groups, written, strict=True):
             if write:
@@ -468,6 +479,55 @@ class Engine:
         for new in jobs:
             if new.state is WAITING_CHILDREN:
                 self._release_check(new.queue, new.id, now)
+
+    def _check_existing_parent(self, group: Sequence[NewJob]) -> None:
+        """ADD TO AN EXISTING PARENT: a group's first job may name a parent outside the
+        group, which must exist and be ``waiting-children`` or ``active``."""
+        head = group[0]
+        pq, pid = head.parent_queue, head.parent_id
+        if pq is None or pid is None:
+            return
+        parent = self.b.get(pq, pid)
+        if parent is None:
+            raise JobNotFoundError(pq, pid)
+        if parent.state not in ADOPTING:
+            raise InvalidJobStateError(
+                f"job {pid!r} in queue {pq!r} is {parent.state.value}: only a job that is "
+                "waiting-children or active can take new children"
+            )
+
+    def add_children(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        groups: Sequence[Sequence[NewJob]],
+        now: float,
+    ) -> list[bool]:
+        """ADD CHILDREN of the protocol: ``add_jobs`` under the parent's lock."""
+        if self._owned(queue, job_id, token) is None:
+            raise LockLostError(_not_held(queue, job_id, "add children to it"))
+        for group in groups:
+            if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
+                raise ValueError(f"every group must be a child of job {job_id!r}")
+        return self.add_jobs(groups, now)
+
+    def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        """PARK of the protocol (``wait_for_children``)."""
+        job = self._owned(queue, job_id, token)
+        if job is None:
+            raise LockLostError(_not_held(queue, job_id, "wait for its children"))
+        if job.cancel_reason is not None:
+            self._final_failure(job, job.cancel_reason, now)
+            return True
+        if self.b.pending_count(queue, job_id) == 0:
+            return False
+        self._clear_lock(job)
+        job.state = WAITING_CHILDREN
+        job.delay = 0.0
+        self.b.save(job, ACTIVE)
+        self.b.emit("waiting-children", queue, job_id, None, now)
+        return True
 
     def _write_new(self, new: NewJob, now: float) -> None:
         policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)
@@ -722,7 +782,7 @@ class Engine:
             b.put_dependency(
                 pq, pid, ChildDependency(child.queue, child.id, "failed", None, reason)
             )
-            if parent.state in UNSTARTED:
+            if parent.state in UNSTARTED or parent.state is ACTIVE:
                 self._fail_unstarted_children(parent, now)
                 self._mark_failed(parent, child_failed_reason(child.id, reason), now)
                 return parent

@@ -61,6 +61,20 @@ class UnrecoverableError(ConveyorError):
     """Raise from a handler to fail the job at once, whatever attempts remain."""
 
 
+class WaitingForChildren(ConveyorError):
+    """Raised by ``Job.wait_for_children`` when the job parked in ``waiting-children``.
+
+    Let it propagate out of the handler: the Worker treats it as "parked", not as a
+    failure (no attempt counted, no retry). The handler runs again from the start once
+    the job's last pending child resolves.
+    """
+
+    def __init__(self, queue: str, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} in queue {queue!r} is waiting for its children")
+        self.queue = queue
+        self.job_id = job_id
+
+
 class PayloadError(ConveyorError, TypeError):
     """Job data, a result, progress or a log line is not JSON; nothing was written."""
 

@@ -26,6 +26,7 @@ from .models import (
 from .pacing import Pacer
 from .queue import (
     OptionsLike,
+    adopt,
     build_new_job,
     check_name,
     explicit_fields,
@@ -78,6 +79,7 @@ class _Planned:
     group: list[NewJob]
     root: JobNode
     depth: int
+    root_opts: JobOptions
 
 
 def _dag_order(nodes: Sequence[DagJob], local: Mapping[str, DagJob]) -> list[DagJob]:
@@ -188,6 +190,13 @@ def _node_fields(raw: object) -> tuple[str, str, Any, Any, Sequence[object]]:
     raise TypeError(f"a flow node must be a FlowJob or a dict, got {type(raw).__name__}")
 
 
+def _link_root(plan: _Planned) -> None:
+    """Copy the root's parent link (set after planning) into its returned job."""
+    head, record = plan.group[0], plan.root.job.record
+    record.parent_id, record.parent_queue = head.parent_id, head.parent_queue
+    record.parent_policy = head.parent_policy
+
+
 async def _gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     """Run the calls concurrently (bounded) and return their results in order."""
     results: list[Any] = [None] * len(calls)
@@ -232,6 +241,7 @@ class FlowProducer:
         group: list[NewJob] = []
         seen: set[str] = set()
         root: JobNode | None = None
+        root_opts = JobOptions()
         max_depth = 0
         # (raw node, parent node, parent's options, depth)
         stack: list[tuple[object, JobNode | None, JobOptions | None, int]] = [(tree, None, None, 1)]
@@ -243,6 +253,11 @@ class FlowProducer:
             check_name(name, "job name", MAX_JOB_NAME_BYTES)
             check_name(queue, "queue name")
             opts = resolve_options(node_opts, queue_defaults.get(queue))
+            if parent is not None and opts.parent is not None:
+                raise ValueError(
+                    f"job {name!r} of queue {queue!r}: opts.parent is only for the root of "
+                    "a flow (a child's parent is the node above it)"
+                )
             job_id = opts.job_id or new_id()
             if job_id in seen:
                 raise DuplicateJobError(f"job id {job_id!r} is used twice in one flow")
@@ -266,13 +281,14 @@ class FlowProducer:
             node = JobNode(Job(self.store, record_of(new, now), clock=self._clock))
             if parent is None:
                 root = node
+                root_opts = opts
             else:
                 parent.children.append(node)
             max_depth = max(max_depth, depth)
             for child in reversed(children):
                 stack.append((child, node, opts, depth + 1))
         assert root is not None
-        return _Planned(group, root, max_depth)
+        return _Planned(group, root, max_depth, root_opts)
 
     def _queue_defaults(
         self, queues_options: Mapping[str, OptionsLike] | None
@@ -296,11 +312,58 @@ class FlowProducer:
         flows: Sequence[FlowLike],
         queues_options: Mapping[str, OptionsLike] | None = None,
     ) -> list[JobNode]:
-        """Add several flows in one atomic step: every job of every tree, or none."""
+        """Add several flows in one atomic step: every job of every tree, or none.
+
+        A root with ``opts.parent`` becomes a child of that existing job, which must be
+        in ``waiting-children`` or ``active`` (``InvalidJobStateError`` otherwise,
+        ``JobNotFoundError`` if it does not exist; nothing is written either way).
+        """
         defaults = self._queue_defaults(queues_options)
         now = self._clock()
         pacer = Pacer()
         plans = [await self._plan(tree, defaults, now, pacer) for tree in flows]
+        for plan in plans:
+            await adopt(self.store, plan.group[0], plan.root_opts)
+            _link_root(plan)
+        return await self._write(plans, now, pacer, self.store.add_jobs)
+
+    async def add_children(
+        self,
+        parent: Job,
+        token: str,
+        flows: Sequence[FlowLike],
+        queues_options: Mapping[str, OptionsLike] | None = None,
+    ) -> list[JobNode]:
+        """Add trees as children of the running job ``parent`` (``Job.add_children``)."""
+        defaults = self._queue_defaults(queues_options)
+        now = self._clock()
+        pacer = Pacer()
+        plans = [await self._plan(tree, defaults, now, pacer) for tree in flows]
+        parent_policy = ParentPolicy(parent.opts.fail_parent_on_child_failure)
+        for plan in plans:
+            if plan.root_opts.parent is not None:
+                raise ValueError(
+                    f"job {plan.group[0].name!r}: a child added by add_children must not "
+                    "set opts.parent (its parent is the running job)"
+                )
+            head = plan.group[0]
+            head.parent_id, head.parent_queue = parent.id, parent.queue_name
+            head.parent_policy = plan.root_opts.child_policy() or parent_policy
+            _link_root(plan)
+
+        def call(groups: Sequence[Sequence[NewJob]], when: float) -> Awaitable[list[bool]]:
+            return self.store.add_children(parent.queue_name, parent.id, token, groups, when)
+
+        return await self._write(plans, now, pacer, call)
+
+    async def _write(
+        self,
+        plans: list[_Planned],
+        now: float,
+        pacer: Pacer,
+        call: Callable[[Sequence[Sequence[NewJob]], float], Awaitable[list[bool]]],
+    ) -> list[JobNode]:
+        """Write the planned trees in one store call; an existing root's flow is read."""
         taken: set[tuple[str, str]] = set()
         for plan in plans:
             for new in plan.group:
@@ -315,7 +378,7 @@ class FlowProducer:
                 taken.add(key)
         if not plans:
             return []
-        written = await self.store.add_jobs([plan.group for plan in plans], now)
+        written = await call([plan.group for plan in plans], now)
         nodes: list[JobNode] = []
         for plan, ok in zip(plans, written, strict=True):
             if ok:

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, cast, overload
 
 import anyio
 from typing_extensions import TypeVar
 
 from . import codec
 from .clock import Clock, seconds, system_clock, to_datetime
-from .errors import JobFailedError, JobNotFoundError, JobTimeoutError
+from .errors import (
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    LockLostError,
+    WaitingForChildren,
+)
 from .models import MAX_PRIORITY, JobOptions, JobState, shown, text_problem
 from .payloads import validate
 from .store import JobRecord, StoreInterface, cancelled_reason
+
+if TYPE_CHECKING:
+    from .flow import JobNode
 
 __all__ = ["Dependencies", "DependencyCounts", "Job", "JobPage"]
 
@@ -451,6 +460,55 @@ class Job(Generic[DataT]):
         return await self._store.remove_unprocessed_children(
             self.queue_name, self.id, self._clock()
         )
+
+    # ------------------------------------------------------------------ step jobs
+
+    def _token_or_raise(self, what: str) -> str:
+        if self.token is None:
+            raise LockLostError(
+                f"job {self.id!r} in queue {self.queue_name!r} is not running in this "
+                f"worker: only its handler can {what}"
+            )
+        return self.token
+
+    async def add_children(
+        self,
+        children: Sequence[Any],
+        queues_options: Mapping[str, Any] | None = None,
+    ) -> list[JobNode]:
+        """Add flows (trees of jobs, as for ``FlowProducer.add``) as children of this
+        running job, all or nothing; returns their trees.
+
+        Only the handler running the job may call it (it holds the lock):
+        ``LockLostError`` otherwise, and nothing is written. A child whose ``job_id``
+        already exists is not added again (its existing tree is returned), so a handler
+        that runs again can add the same children safely.
+        """
+        from .flow import FlowProducer
+
+        token = self._token_or_raise("add children to it")
+        producer = FlowProducer(store=self._store, clock=self._clock)
+        return await producer.add_children(self, token, children, queues_options)
+
+    async def wait_for_children(self) -> None:
+        """Park the job until its pending children resolve.
+
+        With a pending child, the job moves to ``waiting-children`` (its lock released,
+        the attempt not counted) and :class:`WaitingForChildren` is raised: let it leave
+        the handler. When the last pending child resolves, the job is ``waiting`` again
+        and its handler runs from the start, with the data as last updated (use
+        ``update_data`` to remember the step reached). Without a pending child it
+        returns at once. ``LockLostError`` if this worker no longer holds the job.
+        """
+        token = self._token_or_raise("wait for its children")
+        if not await self._store.park_job(self.queue_name, self.id, token, self._clock()):
+            return
+        record = self._record
+        record.state = JobState.WAITING_CHILDREN
+        record.lock_token = None
+        record.lock_until = None
+        self.token = None
+        raise WaitingForChildren(self.queue_name, self.id)
 
     # ------------------------------------------------------------------ waiting
 

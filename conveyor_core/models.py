@@ -138,6 +138,25 @@ class RateLimit(BaseModel):
     duration: Seconds = Field(gt=0, le=MAX_SECONDS)
 
 
+class ParentRef(BaseModel):
+    """An existing job to become the parent of a new job (``opts.parent``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    """The parent's job id."""
+    queue: str = Field(min_length=1)
+    """The parent's queue."""
+
+    @field_validator("id", "queue")
+    @classmethod
+    def _printable(cls, value: str, info: ValidationInfo) -> str:
+        limit = MAX_JOB_ID_BYTES if info.field_name == "id" else MAX_QUEUE_NAME_BYTES
+        if (problem := text_problem(value, limit)) is not None:
+            raise ValueError(f"parent {info.field_name} {shown(value)} {problem}")
+        return value
+
+
 class JobOptions(BaseModel):
     """Options of one job (``opts``). Unknown keys are an error."""
 
@@ -171,6 +190,9 @@ class JobOptions(BaseModel):
     """As a child: its final failure is recorded and ignored."""
     remove_dependency_on_failure: bool = False
     """As a child: its final failure drops the dependency unrecorded."""
+    parent: ParentRef | None = None
+    """An existing job (``{"id": ..., "queue": ...}``) in ``waiting-children`` or
+    ``active`` that this job (or flow) becomes a child of."""
 
     @field_validator("backoff", mode="before")
     @classmethod

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 from . import codec
 from .clock import Clock, seconds, system_clock
 from .engine import minute_of
-from .errors import DuplicateJobError
+from .errors import DuplicateJobError, JobNotFoundError
 from .ids import new_id
-from .job import Job, JobPage
+from .job import Job, JobPage, parse_opts
 from .models import (
     MAX_JOB_NAME_BYTES,
     MAX_QUEUE_NAME_BYTES,
     JobOptions,
     JobState,
+    ParentPolicy,
     shown,
     text_problem,
 )
@@ -120,6 +121,25 @@ def build_new_job(
     )
 
 
+async def adopt(store: StoreInterface, new: NewJob, opts: JobOptions) -> None:
+    """Make ``new`` a child of the existing job ``opts.parent`` names (if any).
+
+    The child's policy is its own flag, else the parent's ``fail_parent_on_child_failure``
+    (read from the parent's stored options). The store checks the parent's state when it
+    writes (ADD TO AN EXISTING PARENT); a parent missing already is reported here.
+    """
+    ref = opts.parent
+    if ref is None:
+        return
+    record = await store.get_job(ref.queue, ref.id)
+    if record is None:
+        raise JobNotFoundError(ref.queue, ref.id)
+    policy = opts.child_policy() or ParentPolicy(
+        parse_opts(record.opts).fail_parent_on_child_failure
+    )
+    new.parent_id, new.parent_queue, new.parent_policy = ref.id, ref.queue, policy
+
+
 def record_of(new: NewJob, now: float) -> JobRecord:
     """The record a store holds right after writing ``new`` at ``now``."""
     return JobRecord(
@@ -176,22 +196,24 @@ class Queue:
 
     # ------------------------------------------------------------------ adding
 
-    def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> NewJob:
+    def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> tuple[NewJob, JobOptions]:
         check_name(name, "job name", MAX_JOB_NAME_BYTES)
         options = resolve_options(opts, self._defaults)
         text = codec.dumps(data, what=lambda: f"data of job {name!r} in queue {self.name!r}")
-        return build_new_job(
+        new = build_new_job(
             queue=self.name,
             name=name,
             data=text,
             opts=options,
             job_id=options.job_id or new_id(),
         )
+        return new, options
 
     async def add(self, name: str, data: Any = None, opts: OptionsLike | None = None) -> Job:
         """Add one job. With an ``opts.job_id`` that already exists in this queue,
         nothing is written and the existing job is returned."""
-        new = self._prepare(name, data, opts)
+        new, options = self._prepare(name, data, opts)
+        await adopt(self.store, new, options)
         now = self._clock()
         (written,) = await self.store.add_jobs([[new]], now)
         if not written:
@@ -221,7 +243,8 @@ class Queue:
             unknown = set(item) - {"name", "data", "opts"}
             if unknown:
                 raise ValueError(f"add_bulk item {index} has unknown keys: {sorted(unknown)}")
-            new = self._prepare(item.get("name"), item.get("data"), item.get("opts"))  # type: ignore[arg-type]
+            new, options = self._prepare(item.get("name"), item.get("data"), item.get("opts"))  # type: ignore[arg-type]
+            await adopt(self.store, new, options)
             if new.id in seen:
                 raise DuplicateJobError(f"job id {new.id!r} is used twice in one add_bulk call")
             seen.add(new.id)

@@ -62,7 +62,9 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
    a ``pending`` dependency on ``J``, that link's policy is carried out on ``P``:
 
    * ``fail``: the dependency becomes ``failed`` (reason ``R``). If ``P`` is in
-     ``waiting-children``, ``waiting`` or ``delayed``, first every *pending* dependency of
+     ``waiting-children``, ``waiting``, ``delayed`` or ``active`` (a step job still
+     running, or a parent released early by ``continue``; its lock is void from then
+     on, so its worker's result is refused), first every *pending* dependency of
      ``P`` whose job is ``waiting``, ``delayed`` or ``waiting-children`` is marked
      ``failed`` with reason ``"parent failed"``, and such a job that no parent still
      needs then (every job depending on it has failed, is failing here, or is gone)
@@ -81,7 +83,9 @@ Used by :meth:`fail_jobs`, :meth:`recover_stalled` and recursively by itself. Wh
    * ``drop``: the dependency is deleted without a record and counts as resolved
      (RELEASE CHECK).
    * ``continue``: the dependency becomes ``failed`` (reason ``R``); if ``P`` is in
-     ``waiting-children`` it is RELEASED at once, pending children or not.
+     ``waiting-children`` it is RELEASED at once, pending children or not. An ``active``
+     ``P`` is left running (its handler can read the failure); if it PARKS later, it
+     waits for the children still pending.
    * ``remove``: ``P`` is REMOVED (with its unfinished descendants).
 
 3. Then ``J``'s ``keep_failed`` retention applies (see RETENTION).
@@ -93,6 +97,26 @@ RELEASE CHECK: when a parent in ``waiting-children`` has no ``pending`` dependen
 it is RELEASED: it enters ``waiting`` (event ``waiting``), or, if it was added with a
 ``delay``, enters ``delayed`` with ``run_at = now + delay`` (event ``delayed``). A parent
 is released at most once per time it enters ``waiting-children``.
+
+RELEASE CHECK moves only a parent in ``waiting-children``: a child that resolves while
+its parent is ``active`` (a step job) records its outcome and moves nothing.
+
+ADD TO AN EXISTING PARENT (step jobs, ``opts.parent``): the first job of a group written
+by :meth:`StoreInterface.add_jobs` may name a parent that is not in the group, an
+existing job. That parent must exist (else ``JobNotFoundError`` naming it) and be in
+``waiting-children`` or ``active`` (else ``InvalidJobStateError``); either error leaves
+the whole call unwritten. It gets one more ``pending`` dependency (appended, counted)
+and keeps its state: a parent in ``waiting-children`` waits for the new child too. A
+skipped group (its first id exists) is not checked.
+
+PARK of an active job ``J`` (``wait_for_children``): if ``J`` holds a ``pending``
+dependency, ``J`` enters ``waiting-children`` (event ``waiting-children``), its lock is
+cleared and ``attempts_made`` stays as it is (a park is not an attempt), and its delay is
+spent (its RELEASE enters ``waiting``). Then RELEASE CHECK applies to it as to any
+parent: when its last pending child resolves it re-enters ``waiting`` and runs again
+from the start, with its data as last updated. Without a pending dependency nothing
+changes and ``J`` keeps running. A ``J`` with a CANCEL REQUEST ``R`` goes through FINAL
+FAILURE with reason ``R`` instead (no attempt counted), reported as parked.
 
 REMOVE of a job ``J``: ``J`` and every descendant of ``J`` that is not ``completed`` or
 ``failed`` (found below finished descendants too) and that no parent outside the removal
@@ -526,8 +550,10 @@ class StoreInterface(Protocol):
 
         Each group is one standalone job or one whole flow; a flow's jobs come parents
         before children, and each child's ``parent_id``/``parent_queue`` names a job of
-        the same group. A parent gets one ``pending`` dependency per child, in the order
-        the children appear.
+        the same group, except the first job's, which may name an existing job (ADD TO AN
+        EXISTING PARENT: ``JobNotFoundError`` or ``InvalidJobStateError`` and nothing
+        written when that parent is missing or in another state). A parent gets one
+        ``pending`` dependency per child, in the order the children appear.
 
         Existing ids: if the *first* job of a group has an id that already exists in its
         queue, that group is skipped and nothing of it is written (result ``False``; its
@@ -566,6 +592,25 @@ class StoreInterface(Protocol):
         order of ``jobs`` (a job whose dependencies all completed already is released at
         once, event ``waiting`` or ``delayed``). Idle workers of queues that got waiting
         jobs are woken.
+        """
+        ...
+
+    async def add_children(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        groups: Sequence[Sequence[NewJob]],
+        now: float,
+    ) -> list[bool]:
+        """:meth:`add_jobs` of groups whose first jobs are all children of the active
+        job ``(queue, job_id)`` (ADD TO AN EXISTING PARENT), in one atomic step, only while
+        that job is ``active`` with ``token``.
+
+        Raises ``LockLostError`` (nothing written) if the job is not ``active`` with that
+        token (the caller does not hold its lock: it stalled, finished or was removed), and
+        ``ValueError`` if a group's first job does not name that job as its parent. Every
+        other rule, result and event is that of :meth:`add_jobs`.
         """
         ...
 
@@ -639,6 +684,16 @@ class StoreInterface(Protocol):
         Used when a worker shuts down with jobs unfinished. Refused per item unless the
         job is ``active`` with that token. Event ``waiting``. A job with a CANCEL REQUEST
         fails for good with the request's reason instead.
+        """
+        ...
+
+    async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        """PARK the active job, in one atomic step (``Job.wait_for_children``).
+
+        Returns ``True`` if it moved to ``waiting-children`` (lock released, no attempt
+        counted, event ``waiting-children``), ``False`` if it holds no ``pending``
+        dependency (nothing changes; it stays ``active`` with its lock). Raises
+        ``LockLostError`` (nothing changes) unless it is ``active`` with that token.
         """
         ...
 

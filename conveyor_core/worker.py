@@ -29,6 +29,7 @@ from .errors import (
     StoreClosedError,
     StoreUnavailableError,
     UnrecoverableError,
+    WaitingForChildren,
 )
 from .ids import new_id
 from .job import Job
@@ -59,7 +60,17 @@ BackoffStrategy = Callable[[int, BaseException, Job], float]
 WorkerCallback = Callable[..., Awaitable[None] | None]
 
 WORKER_EVENTS = frozenset(
-    {"active", "completed", "failed", "progress", "stalled", "error", "drained", "closed"}
+    {
+        "active",
+        "completed",
+        "failed",
+        "progress",
+        "stalled",
+        "waiting-children",
+        "error",
+        "drained",
+        "closed",
+    }
 )
 
 _MAX_BACKOFF_EXPONENT = 62
@@ -137,6 +148,7 @@ class Worker:
     Events (see :meth:`on`), with their callback arguments:
     ``active(job)``, ``completed(job, result)``, ``failed(job, error)`` (every failed
     attempt, retried or not), ``progress(job, progress)``, ``stalled(job_id, failed)``,
+    ``waiting-children(job)`` (the handler parked the job with ``wait_for_children``),
     ``error(error)``, ``drained()`` (the queue ran out of waiting jobs), ``closed()``.
 
     Plain ``def`` handlers run in worker threads (at most ``concurrency`` at once); from
@@ -582,6 +594,12 @@ class Worker:
         except JobCancelledError as exc:
             item = Failure(job.id, running.token, exc.reason, [], None)
             outcome = _Outcome(running, item, exc)
+        except WaitingForChildren as exc:
+            if job.token is not None:  # raised by hand, not by a park: a failed attempt
+                outcome = _Outcome(running, await self._failure(running, exc), exc)
+            else:
+                await self._parked(running)
+                return
         except Exception as exc:
             if running.cancel_reason is not None:
                 # The handler turned its cancellation into an error: still cancelled.
@@ -599,6 +617,15 @@ class Worker:
         self._outcomes.append(outcome)
         self._finisher_wake.set()
         self._slot_freed.set()
+
+    async def _parked(self, running: _Running) -> None:
+        """The handler parked its job (``wait_for_children``): nothing to record, the
+        store already holds it in ``waiting-children`` without a lock."""
+        running.finished = True
+        if self._running.get(running.job.id) is running:
+            del self._running[running.job.id]
+        self._slot_freed.set()
+        await self._emit("waiting-children", running.job)
 
     def _what_data(self, job: Job) -> str:
         return f"data of job {job.name!r} ({job.id}) in queue {self.queue_name!r}"

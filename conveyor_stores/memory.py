@@ -614,6 +614,19 @@ class MemoryStore:
     async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
         await self._add(len(jobs), self._engine.add_dag, jobs, edges, now)
 
+    async def add_children(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        groups: Sequence[Sequence[NewJob]],
+        now: float,
+    ) -> list[bool]:
+        return await self._call(self._engine.add_children, queue, job_id, token, groups, now)
+
+    async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        return await self._call(self._engine.park_job, queue, job_id, token, now)
+
     async def take_jobs(
         self,
         queue: str,

@@ -311,3 +311,45 @@ class RetriesCancelledJobs(MemoryStore):
             if record is not None:
                 record.cancel_reason = None
         return await super().fail_jobs(queue, failures, now)
+
+
+class _AttemptCountingEngine(Engine):
+    def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        parked = super().park_job(queue, job_id, token, now)
+        if parked:
+            job = self.b.get(queue, job_id)
+            assert job is not None
+            job.attempts_made += 1
+            self.b.save(job, job.state)
+        return parked
+
+
+class ParkCountsAnAttempt(MemoryStore):
+    """Defect: parking a step job (``wait_for_children``) counts an attempt, as if the
+    park were a failed try: a job with ``attempts=2`` that parks once has one left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine = _AttemptCountingEngine(self._backend)
+
+
+class ReleasesActiveParents(MemoryStore):
+    """Defect: a child's completion releases its parent even while the parent is still
+    ``active`` (a step job whose handler runs), so the running job is handed back to
+    ``waiting`` under its handler and runs twice."""
+
+    async def complete_jobs(
+        self, queue: str, completions: Sequence[Completion], now: float
+    ) -> list[bool]:
+        children = [await self.get_job(queue, item.id) for item in completions]
+        applied = await super().complete_jobs(queue, completions, now)
+        for child, ok in zip(children, applied, strict=True):
+            if not ok or child is None or child.parent_id is None or child.parent_queue is None:
+                continue
+            parent = await self.get_job(child.parent_queue, child.parent_id)
+            if parent is None or parent.state is not JobState.ACTIVE or parent.lock_token is None:
+                continue
+            counts = await self.get_dependency_counts(parent.queue, parent.id)
+            if counts["pending"] == 0:
+                await self.release_jobs(parent.queue, [Release(parent.id, parent.lock_token)], now)
+        return applied

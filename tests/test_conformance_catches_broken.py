@@ -67,6 +67,11 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_a_cancel_request_wins_over_whatever_the_worker_reports",
         "test_a_running_handler_is_cancelled_and_the_job_never_retried[raises-an-error]",
     ),
+    "ParkCountsAnAttempt": (
+        "test_step_job_a_parked_job_counts_no_attempt_and_holds_no_lock",
+        "test_step_job_map_reduce_runs_end_to_end",
+    ),
+    "ReleasesActiveParents": ("test_step_job_waiting_without_pending_children_returns_at_once",),
     "PagesSkipTheChildAfterTheCursor": (
         "test_pages_walk_every_child_once_in_the_order_added",
         "test_a_page_deep_in_a_big_flow",

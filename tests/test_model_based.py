@@ -226,6 +226,45 @@ class ProtocolMachine(RuleBasedStateMachine):
             groups.append([NewJob(dup.id, dup.queue, "again", "1", "{}", JobState.WAITING)])
         self._add(groups)
 
+    def _adopted(self, data: st.DataObject, parent: Key) -> list[list[NewJob]]:
+        """One or two groups (a flow or a standalone job) whose first jobs are children of
+        the existing job ``parent``."""
+        groups = []
+        for _ in range(data.draw(st.integers(1, 2))):
+            group = self._flow(data) if data.draw(st.booleans()) else [self._standalone(data)]
+            head = group[0]
+            head.parent_queue, head.parent_id = parent
+            head.parent_policy = data.draw(st.sampled_from(POLICIES))
+            groups.append(group)
+        return groups
+
+    @rule(data=st.data())
+    def add_to_existing_parent(self, data: st.DataObject) -> None:
+        """``opts.parent``: any job, in any state (or a missing one), as the parent."""
+        existing = self._existing(data)
+        if existing is None or data.draw(st.integers(0, 9)) == 0:
+            existing = (self.queues[0], "missing")
+        self._add(self._adopted(data, existing))
+
+    @rule(data=st.data())
+    def add_children(self, data: st.DataObject) -> None:
+        queue, job_id, token = self._target(data)
+        groups = self._adopted(data, (queue, job_id))
+        self.same(
+            f"add_children {(queue, job_id, token)} {[[j.id for j in g] for g in groups]}",
+            lambda s: s.add_children(queue, job_id, token, groups, self.now),
+            lambda m: m.add_children(queue, job_id, token, groups),
+        )
+
+    @rule(data=st.data())
+    def park(self, data: st.DataObject) -> None:
+        queue, job_id, token = self._target(data)
+        self.same(
+            f"park_job {(queue, job_id, token)}",
+            lambda s: s.park_job(queue, job_id, token, self.now),
+            lambda m: m.park(queue, job_id, token),
+        )
+
     # ------------------------------------------------------------------ working
 
     @rule(data=st.data())

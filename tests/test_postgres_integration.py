@@ -20,7 +20,7 @@ from conveyor_core import FlowProducer, Job, JobState, Queue, Worker  # noqa: E4
 from conveyor_core.errors import StoreClosedError, StoreUnavailableError  # noqa: E402
 from conveyor_core.store import Completion  # noqa: E402
 from conveyor_stores.postgres import PostgresStore, migrate  # noqa: E402
-from conveyor_stores.postgres.schema import LATEST  # noqa: E402
+from conveyor_stores.postgres.schema import LATEST, MIGRATIONS  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -128,7 +128,8 @@ async def test_many_processes_migrating_at_once(pg_dsn: str, pg_schema: str) -> 
         conn = await asyncpg.connect(pg_dsn)
         try:
             versions = await conn.fetch(f'SELECT version FROM "{pg_schema}".schema_version')
-            assert [r["version"] for r in versions] == list(range(1, LATEST + 1))
+            # every migration ran, once each, in order (numbers may leave gaps)
+            assert [r["version"] for r in versions] == [version for version, _ in MIGRATIONS]
             assert await migrate(conn, pg_schema) == LATEST
         finally:
             await conn.close()

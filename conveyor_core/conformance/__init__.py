@@ -58,6 +58,7 @@ from .queue_management import QueueManagementTests  # noqa: E402
 from .runner import run  # noqa: E402
 from .schedulers import SchedulerTests  # noqa: E402
 from .seed_examples import SeedExampleTests  # noqa: E402
+from .step_jobs import StepJobTests  # noqa: E402
 from .transitions import TransitionTests  # noqa: E402
 from .working import WorkingTests  # noqa: E402
 
@@ -81,6 +82,7 @@ class StoreConformance(
     LeavingFlowTests,
     DagTests,
     CancellingTests,
+    StepJobTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

@@ -143,6 +143,22 @@ class CancellingTests:
             assert theirs.state is WAITING
             assert (await theirs.get_dependencies()).ignored == {jobs["shared"].id: reason}
 
+    async def test_a_cancelled_step_job_that_parks_fails_as_cancelled(self, env: Harness) -> None:
+        q, parts = env.name("steps"), env.name("parts")
+        parent = await env.queue(q).add("step", None)
+        assert await _take(env, q, "tok") == [parent.id]
+        child = await env.queue(parts).add(
+            "part", None, opts={"parent": {"id": parent.id, "queue": q}}
+        )
+        assert await parent.cancel("stop") == 2
+        # Its handler parks it before learning of the cancel: it fails, never waits.
+        assert await env.store.park_job(q, parent.id, "tok", time.time()) is True
+        now = await env.reread(parent)
+        assert now is not None and now.state is FAILED
+        assert now.failed_reason == "cancelled: stop"
+        assert now.attempts_made == 0
+        assert await env.state(child) is FAILED
+
     async def test_cancel_without_reason_and_of_a_single_job(self, env: Harness) -> None:
         q = env.name("single")
         waiting = await env.queue(q).add("now", None)

@@ -89,6 +89,8 @@ FUNCTIONS = (
     "remove_unprocessed_children",
     "add_dag",
     "cancel_job",
+    "add_children",
+    "park_job",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -123,6 +125,8 @@ MIGRATIONS: list[tuple[int, str]] = [
         + migration_sql("0004_large_flows_triggers"),
     ),
     (5, migration_sql("0005_cancel") + all_functions_sql()),
+    # Step jobs change no table: the step installs the new and changed functions.
+    (6, all_functions_sql()),
     (7, migration_sql("0007_dag") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""

@@ -27,6 +27,7 @@ from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
     JobNotFoundError,
+    LockLostError,
     PayloadError,
     StoreClosedError,
     StoreUnavailableError,
@@ -314,7 +315,10 @@ class _Operations:
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == "CV410":
                 raise DuplicateJobError(str(exc)) from exc
-            raise
+            mapped = _parent_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
         return list(result)
 
     async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
@@ -338,6 +342,46 @@ class _Operations:
             if exc.sqlstate == "CV409":
                 raise InvalidJobStateError(str(exc)) from exc
             raise
+
+    async def add_children(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        groups: Sequence[Sequence[NewJob]],
+        now: float,
+    ) -> list[bool]:
+        grps: list[int] = []
+        jobs: list[NewJob] = []
+        for number, group in enumerate(groups, 1):
+            if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
+                raise ValueError(f"every group must be a child of job {job_id!r}")
+            for new in group:
+                grps.append(number)
+                jobs.append(new)
+        if len(jobs) >= OFFLOAD_JOBS:
+            batch = await anyio.to_thread.run_sync(_batch_json, grps, jobs)
+        else:
+            batch = _batch_json(grps, jobs)
+        try:
+            result = await self._fetchval("add_children", queue, job_id, token, batch, now)
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise await self._duplicate_error(groups, exc) from exc
+        except asyncpg.PostgresError as exc:
+            mapped = _parent_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return list(result)
+
+    async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        parked = await self._fetchval("park_job", queue, job_id, token, now)
+        if parked < 0:
+            raise LockLostError(
+                f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
+                "only the worker running it can wait for its children"
+            )
+        return bool(parked)
 
     async def _duplicate_error(
         self, groups: Sequence[Sequence[NewJob]], exc: asyncpg.PostgresError
@@ -847,6 +891,18 @@ _BELOW = '(created_at, id COLLATE "C") < ($2::float8, $3::text)'
 """Below the cursor in search order, as one row comparison the index scan can use."""
 
 
+def _parent_error(exc: asyncpg.PostgresError) -> Exception | None:
+    """The Conveyor error of an add refused for its existing parent (ADD TO AN EXISTING
+    PARENT) or for a lock not held (``add_children``); ``None`` for any other error."""
+    if exc.sqlstate == "CV404":
+        return JobNotFoundError(str(exc.detail), str(exc.hint))
+    if exc.sqlstate == "CV409":
+        return InvalidJobStateError(str(exc))
+    if exc.sqlstate == "CV423":
+        return LockLostError(str(exc))
+    return None
+
+
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is encoded on a worker thread (``add_jobs_batch``)."""
 
@@ -990,6 +1046,9 @@ def _statements(schema: str) -> dict[str, str]:
         "$3::float8)",
         "remove_unprocessed_children": f"SELECT {s}.remove_unprocessed_children($1::text, "
         "$2::text, $3::float8)",
+        "add_children": f"SELECT {s}.add_children($1::text, $2::text, $3::text, $4::text, "
+        "$5::float8)",
+        "park_job": f"SELECT {s}.park_job($1::text, $2::text, $3::text, $4::float8)",
         "list_queues": "SELECT ARRAY(WITH RECURSIVE qs(q) AS ("
         f"(SELECT queue FROM {s}.jobs ORDER BY queue LIMIT 1) UNION ALL "
         f"SELECT (SELECT queue FROM {s}.jobs WHERE queue > qs.q ORDER BY queue LIMIT 1) "

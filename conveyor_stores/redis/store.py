@@ -39,6 +39,7 @@ from conveyor_core.errors import (
     DuplicateJobError,
     InvalidJobStateError,
     JobNotFoundError,
+    LockLostError,
     PayloadError,
     StoreClosedError,
     StoreCommandError,
@@ -97,6 +98,8 @@ _SCRIPTS = (
     "fire_scheduler",
     "dependencies",
     "cancel",
+    "add_children",
+    "park_job",
 )
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is packed on a worker thread."""
@@ -179,6 +182,7 @@ def _load_scripts() -> dict[str, str]:
     # A tick's jobs are written by add_jobs' own body, run inside the fire's
     # compare-and-set: one rule for adding, in one place.
     bodies["fire_scheduler"] = bodies["fire_scheduler"].replace("@ADD_JOBS", bodies["add_jobs"])
+    bodies["add_children"] = bodies["add_children"].replace("@ADD_JOBS", bodies["add_jobs"])
     return {name: _link(common, body) for name, body in bodies.items()}
 
 
@@ -250,6 +254,11 @@ def _reply_error(exc: RespError, what: str, where: str) -> Exception:
         return InvalidJobStateError(detail)
     if code == "CONVEYOR_NOT_FOUND":
         return _JobMissing(detail)
+    if code == "CONVEYOR_NO_PARENT":
+        parent_queue, parent_id = json.loads(detail)
+        return JobNotFoundError(parent_queue, parent_id)
+    if code == "CONVEYOR_LOCK_LOST":
+        return LockLostError(detail)
     if code == "OOM" or "OOM command not allowed" in text:
         return StoreOutOfMemoryError(
             f"Redis at {where} is out of memory (used memory is above its maxmemory) and "
@@ -896,6 +905,31 @@ class RedisStore:
         except _JobMissing as exc:
             queue, job_id = json.loads(str(exc))
             raise JobNotFoundError(queue, job_id) from None
+
+    async def add_children(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        groups: Sequence[Sequence[NewJob]],
+        now: float,
+    ) -> list[bool]:
+        args: list[Any] = [len(groups)]
+        for group in groups:
+            if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
+                raise ValueError(f"every group must be a child of job {job_id!r}")
+            args += self._add_arguments(group)
+        written = await self._run("add_children", self._base(queue), now, *args, job_id, token)
+        return [flag == 1 for flag in written]
+
+    async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        parked = await self._run("park_job", self._base(queue), now, job_id, token)
+        if parked < 0:
+            raise LockLostError(
+                f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
+                "only the worker running it can wait for its children"
+            )
+        return bool(parked == 1)
 
     def _add_arguments(
         self, group: Sequence[NewJob], base: Callable[[str], str] | None = None

@@ -736,6 +736,25 @@ class SQLiteStore:
 
         await self._write(add, small=len(jobs) <= _SMALL)
 
+    async def add_children(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        groups: Sequence[Sequence[NewJob]],
+        now: float,
+    ) -> list[bool]:
+        def add(state: _State) -> list[bool]:
+            state.backend.prefetch_absent(
+                [(job.queue, job.id) for group in groups for job in group]
+            )
+            return state.engine.add_children(queue, job_id, token, groups, now)
+
+        return await self._write(add, small=sum(map(len, groups)) <= _SMALL)
+
+    async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
+        return await self._write(lambda s: s.engine.park_job(queue, job_id, token, now), small=True)
+
     async def take_jobs(
         self,
         queue: str,

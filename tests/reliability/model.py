@@ -24,7 +24,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor_core.errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError
+from conveyor_core.errors import (
+    DuplicateJobError,
+    InvalidJobStateError,
+    JobNotFoundError,
+    LockLostError,
+)
 from conveyor_core.models import JobState, ParentPolicy
 from conveyor_core.store import (
     PARENT_FAILED_REASON,
@@ -136,9 +141,9 @@ class Model:
         return copy.deepcopy(self)
 
     def _note(self, job: MJob, event: str) -> None:
-        key = (job.queue, job.id)
-        if key in self.ever_parent:
-            self.parent_events.setdefault(key, []).append(event)
+        # Every job's events are kept: a standalone job may become a parent later (a
+        # step job, or a child added by opts.parent), and then all of them are checked.
+        self.parent_events.setdefault((job.queue, job.id), []).append(event)
 
     def _enter_waiting(self, job: MJob) -> None:
         if self.batch is not None:
@@ -243,7 +248,7 @@ class Model:
         policy = job.policy or ParentPolicy.FAIL
         if policy is ParentPolicy.FAIL:
             self.deps[pkey][key] = MDep("failed", None, reason)
-            if parent.state in UNSTARTED:
+            if parent.state in UNSTARTED or parent.state is ACTIVE:
                 self._fail_unstarted_children(parent)
                 self.final_failure(parent, child_failed_reason(job.id, reason))
         elif policy is ParentPolicy.IGNORE:
@@ -314,6 +319,15 @@ class Model:
                 seen.add(key)
                 if index and not skip and key in self.jobs:
                     raise DuplicateJobError(key)
+            head = group[0]
+            if not skip and head.parent_id is not None:
+                # ADD TO AN EXISTING PARENT
+                pkey = (str(head.parent_queue), head.parent_id)
+                parent = self.jobs.get(pkey)
+                if parent is None:
+                    raise JobNotFoundError(*pkey)
+                if parent.state not in (WAITING_CHILDREN, ACTIVE):
+                    raise InvalidJobStateError(f"{pkey} is {parent.state}")
             written.append(not skip)
         for group, write in zip(groups, written, strict=True):
             if write:
@@ -343,6 +357,7 @@ class Model:
         if job.parent is not None:
             self.deps.setdefault(job.parent, {})[key] = MDep("pending")
             self.children.setdefault(job.parent, []).append(key)
+            self.ever_parent.add(job.parent)
         if new.state is WAITING_CHILDREN:
             self.ever_parent.add(key)
             self._enter_waiting_children(job)
@@ -350,6 +365,26 @@ class Model:
             self._enter_delayed(job, self.now + new.delay)
         else:
             self._enter_waiting(job)
+
+    def add_children(
+        self, queue: str, job_id: str, token: str, groups: Sequence[Sequence[NewJob]]
+    ) -> list[bool]:
+        """ADD CHILDREN: ``add_jobs`` under the parent's lock."""
+        if self._owned(queue, job_id, token) is None:
+            raise LockLostError((queue, job_id))
+        return self.add_jobs(groups)
+
+    def park(self, queue: str, job_id: str, token: str) -> bool:
+        """PARK: no attempt counted, lock cleared, delay spent."""
+        job = self._owned(queue, job_id, token)
+        if job is None:
+            raise LockLostError((queue, job_id))
+        if not self.pending((queue, job_id)):
+            return False
+        job.lock_token = job.lock_until = None
+        job.delay = 0.0
+        self._enter_waiting_children(job)
+        return True
 
     def waiting_order(self, queue: str) -> list[MJob]:
         jobs = [j for j in self.jobs.values() if j.queue == queue and j.state is WAITING]

@@ -352,11 +352,23 @@ async def verify(
     for plan in workload.plans:
         verify_flow(plan, jobs, workload, expect, children_of, problems, seen_values)
 
+    for step, parts in workload.steps.items():
+        for part in parts:
+            expect(part, JobState.COMPLETED)
+        wanted = sorted(part_id for _, part_id in parts)
+        if children_of(step) != wanted:
+            problems.append(f"step job {step} reduced {children_of(step)}, not {wanted}")
+        counts = await store.get_dependency_counts(*step) if step in jobs else None
+        if counts is not None and counts["processed"] != len(parts):
+            problems.append(f"step job {step} holds {counts}, not {len(parts)} processed")
+
     for key, job in jobs.items():
         count = runs.get(key, 0)
         if job.state is JobState.COMPLETED and count < job.attempts_made:
             problems.append(f"job {key}: {job.attempts_made} attempts but {count} handler runs")
-        report.extra_handler_runs += max(0, count - job.attempts_made)
+        # A step job's park ends a run without an attempt.
+        parks = 1 if key in workload.steps else 0
+        report.extra_handler_runs += max(0, count - job.attempts_made - parks)
 
 
 def verify_flow(

@@ -9,6 +9,11 @@ killed one) makes the same decision for the same attempt:
 
 Flows are ``root -> 3 children -> 2 grandchildren each``; a flow's ``scenario`` makes
 one grandchild always fail under one failure policy (or none, for ``ok``).
+
+Step jobs (``step_parts`` in their data) add that many children while they run
+(``Job.add_children``, ids derived from their own), save the step (``update_data``) and
+park (``wait_for_children``); the re-run reduces the children's values. A worker killed
+anywhere in between must not make a re-run add a child twice or reduce too early.
 """
 
 from __future__ import annotations
@@ -44,11 +49,18 @@ class Workload:
     plans: list[FlowPlan]
     always_fail: set[tuple[str, str]]
     fail_until: dict[tuple[str, str], int]
+    steps: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    """Step jobs (also in ``standalone``) and the children each adds while it runs."""
 
     @property
     def job_count(self) -> int:
-        return len(self.standalone) + sum(
-            1 + len(p.children) + sum(len(g) for g in p.grandchildren.values()) for p in self.plans
+        return (
+            len(self.standalone)
+            + sum(len(parts) for parts in self.steps.values())
+            + sum(
+                1 + len(p.children) + sum(len(g) for g in p.grandchildren.values())
+                for p in self.plans
+            )
         )
 
 
@@ -73,6 +85,22 @@ def build(jobs: int, flows: int, seed: int) -> Workload:
         fail_until[(queue, job_id)] = data["fail_until"]
         standalone.append(
             {"queue": queue, "name": "single", "data": data, "opts": {**opts, "job_id": job_id}}
+        )
+    steps: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for n in range(max(1, flows // 4)):
+        step_id = f"t{tag}-{n}"
+        key = (QUEUES[0], step_id)
+        steps[key] = [(QUEUES[2], part_id(step_id, k)) for k in range(STEP_PARTS)]
+        for k, part in enumerate(steps[key]):
+            fail_until[part] = part_plan(k)["fail_until"]
+        fail_until[key] = 0
+        standalone.append(
+            {
+                "queue": QUEUES[0],
+                "name": "step",
+                "data": {"fail_until": 0, "always_fail": False, "step_parts": STEP_PARTS},
+                "opts": {**opts, "job_id": step_id},
+            }
         )
     trees = []
     plans = []
@@ -135,13 +163,43 @@ def build(jobs: int, flows: int, seed: int) -> Workload:
             }
         )
         plans.append(plan)
-    return Workload(standalone, trees, plans, always, fail_until)
+    return Workload(standalone, trees, plans, always, fail_until, steps)
+
+
+STEP_PARTS = 4
+
+
+def part_id(step_id: str, k: int) -> str:
+    """The id of a step job's ``k``-th child: derived from the step job's own, so that
+    a re-run adding its children again writes nothing."""
+    return f"{step_id}.p{k}"
+
+
+def part_plan(k: int) -> dict[str, Any]:
+    return {"fail_until": k % 3, "always_fail": False}
 
 
 async def handle(job: Any) -> Any:
     """The handler every worker process runs (see the module docstring)."""
     plan = job.data
     attempt = job.attempts_made + 1
+    if "step_parts" in plan:
+        if plan.get("step") != "reduce":
+            await job.add_children(
+                [
+                    {
+                        "name": "part",
+                        "queue_name": QUEUES[2],
+                        "data": part_plan(k),
+                        "opts": {"attempts": ATTEMPTS, "job_id": part_id(job.id, k)},
+                    }
+                    for k in range(plan["step_parts"])
+                ]
+            )
+            await job.update_data({**plan, "step": "reduce"})
+        # Also when the saved step is "reduce" already: a re-run after a crash between
+        # update_data and the park must still wait for the children.
+        await job.wait_for_children()
     values = await job.get_children_values()
     if plan["always_fail"]:
         raise RuntimeError(f"planned failure of {job.id}")

@@ -3,8 +3,10 @@
 -- id, base, queue, name, data, opts, state, priority, lifo, delay, keep_completed,
 -- keep_failed, parent_id, parent_queue, parent_base, parent_policy ('' = none).
 -- A flow lists parents before children and every parent is in the child's group, so a
--- parent is always new here: its dependency order and pending count are counted in
--- Lua and written once (with 'dv': its order set and counters are kept from the start).
+-- parent is new here: its dependency order and pending count are counted in Lua and
+-- written once (with 'dv': its order set and counters are kept from the start). Only a
+-- group's first job may name an existing parent (ADD TO AN EXISTING PARENT): it must be
+-- waiting-children or active, and its record is added through dep_put.
 local F = 16
 local ngroups = tonumber(ARGV[3])
 local groups = {}
@@ -34,6 +36,18 @@ for g = 1, ngroups do
     end
     if ARGV[pos + 6] == 'waiting' then waiting = waiting + 1 end
     pos = pos + F
+  end
+  if not skip and ARGV[first + 12] ~= '' then
+    local pid, pq = ARGV[first + 12], ARGV[first + 13]
+    local pstate = redis.call('HGET', ARGV[first + 14] .. 'job:' .. pid, 'state')
+    if not pstate then
+      return redis.error_reply('CONVEYOR_NO_PARENT ' .. cjson.encode({ pq, pid }))
+    end
+    if pstate ~= 'waiting-children' and pstate ~= 'active' then
+      return redis.error_reply('CONVEYOR_INVALID_STATE job ' .. cjson.encode(pid) ..
+        ' in queue ' .. cjson.encode(pq) .. ' is ' .. pstate ..
+        ': only a job that is waiting-children or active can take new children')
+    end
   end
   groups[g] = { first, n, skip }
 end
@@ -81,7 +95,16 @@ for g = 1, ngroups do
         fields[nf + 1] = 'run'; fields[nf + 2] = run_s; nf = nf + 2
       end
       local pid = ARGV[p + 12]
-      if pid ~= '' then
+      if pid ~= '' and j == 0 then
+        fields[nf + 1] = 'pid'; fields[nf + 2] = pid
+        fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 13]
+        fields[nf + 5] = 'pb'; fields[nf + 6] = ARGV[p + 14]
+        nf = nf + 6
+        if ARGV[p + 15] ~= '' then
+          fields[nf + 1] = 'pol'; fields[nf + 2] = ARGV[p + 15]; nf = nf + 2
+        end
+        dep_put(ARGV[p + 14], pid, jk, { q = queue, i = id, b = base, s = 'pending' })
+      elseif pid ~= '' then
         local pbase = ARGV[p + 14]
         fields[nf + 1] = 'pid'; fields[nf + 2] = pid
         fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 13]

@@ -394,7 +394,7 @@ apply_parent_policy = function(ck, cid, pbase, pid, policy, reason)
   policy = policy or 'fail'
   if policy == 'fail' then
     dep_put(pbase, pid, ck, { q = d.q, i = d.i, b = d.b, s = 'failed', r = reason })
-    if UNSTARTED[pstate] then
+    if UNSTARTED[pstate] or pstate == 'active' then
       fail_unstarted_children(pbase, pid)
       local why = 'child ' .. cid .. ' failed: ' .. reason
       return { pbase, pid, pjk, why, mark_failed(pbase, pid, pjk, why) }

@@ -56,7 +56,7 @@ BEGIN
                 UPDATE @S.jobs SET pending = pending - 1 WHERE queue = l.pq AND id = l.pid;
             END IF;
             IF l.policy = 'fail' THEN
-                CONTINUE WHEN p.state NOT IN ('waiting-children', 'waiting', 'delayed');
+                CONTINUE WHEN p.state NOT IN ('waiting-children', 'waiting', 'delayed', 'active');
                 evs := evs || @S._fail_unstarted_children(l.pq, l.pid, now);
                 pwhy := 'child ' || jid || ' failed: ' || why;
                 UPDATE @S.jobs SET state = 'failed', failed_reason = pwhy, finished_at = now,

@@ -8,12 +8,36 @@ DECLARE
     evs jsonb[];
     skipped integer[];
     ngroups integer;
+    ext record;
+    pstate text;
 BEGIN
     -- A job id used twice in one call fails the insert below with a unique violation.
     SELECT coalesce(array_agg(g), '{}') INTO skipped
     FROM unnest(grps, ids, qs) WITH ORDINALITY AS x(g, i, q, o)
     WHERE (o = 1 OR grps[o - 1] <> g)
       AND (SELECT 1 FROM @S.jobs j WHERE j.queue = x.q AND j.id = x.i LIMIT 1) IS NOT NULL;
+
+    -- ADD TO AN EXISTING PARENT: a written group's first job may name an existing job,
+    -- which must be waiting-children or active; it gets one more pending dependency.
+    FOR ext IN
+        SELECT x.pq, x.pid, count(*) AS n
+        FROM unnest(grps, pids, pqs) WITH ORDINALITY AS x(g, pid, pq, o)
+        WHERE (o = 1 OR grps[o - 1] <> g) AND x.pid IS NOT NULL AND NOT (x.g = ANY (skipped))
+        GROUP BY x.pq, x.pid
+        ORDER BY x.pq, x.pid
+    LOOP
+        SELECT state INTO pstate FROM @S.jobs WHERE queue = ext.pq AND id = ext.pid FOR UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'job % not found in queue %', ext.pid, ext.pq
+                USING ERRCODE = 'CV404', DETAIL = ext.pq, HINT = ext.pid;
+        END IF;
+        IF pstate NOT IN ('waiting-children', 'active') THEN
+            RAISE EXCEPTION 'job % in queue % is %: only a job that is waiting-children or '
+                'active can take new children', quote_literal(ext.pid), quote_literal(ext.pq),
+                pstate USING ERRCODE = 'CV409';
+        END IF;
+        UPDATE @S.jobs SET pending = pending + ext.n WHERE queue = ext.pq AND id = ext.pid;
+    END LOOP;
 
     WITH items AS (
         SELECT x.*, nextval('@S.order_seq') AS k FROM (
