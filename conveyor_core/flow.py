@@ -410,6 +410,8 @@ class FlowProducer:
         """
         defaults = self._queue_defaults(queues_options)
         parsed = [_dag_node(node) for node in nodes]
+        if not parsed:
+            return {}
         local: dict[str, DagJob] = {}
         for node in parsed:
             if node.id in local:

@@ -167,3 +167,38 @@ async def test_get_flow_with_max_children_reads_a_page_and_counts_the_rest() -> 
         assert whole is not None and len(whole.children) == 40 and whole.hidden_children == 0
         nothing = await flow.get_flow(node.job.id, "big", max_children=0)
         assert nothing is not None and nothing.children == [] and nothing.hidden_children == 40
+
+
+async def test_add_dag_input_errors_name_the_field_and_write_nothing(store: MemoryStore) -> None:
+    flow = FlowProducer(store=store)
+    assert await flow.add_dag([]) == {}
+    with pytest.raises(ValidationError, match="depends_on"):
+        await flow.add_dag([{"id": "a", "name": "a", "queue_name": "q", "depends_on": "b"}])
+    with pytest.raises(ValidationError, match="colour"):
+        await flow.add_dag([{"id": "a", "name": "a", "queue_name": "q", "colour": "red"}])
+    with pytest.raises(PayloadError, match="set"):
+        await flow.add_dag(
+            [
+                {"id": "a", "name": "a", "queue_name": "q"},
+                {"id": "b", "name": "b", "queue_name": "q", "data": {1, 2}, "depends_on": ["a"]},
+            ]
+        )
+    with pytest.raises(ValidationError, match="attempts"):
+        await flow.add_dag([{"id": "a", "name": "a", "queue_name": "q", "opts": {"attempts": 0}}])
+    assert sum((await Queue("q", store=store).get_job_counts()).values()) == 0
+
+
+async def test_add_dag_returns_jobs_by_id_with_their_first_dependent(store: MemoryStore) -> None:
+    jobs = await FlowProducer(store=store).add_dag(
+        [
+            {"id": "shared", "name": "shared", "queue_name": "q", "opts": {"job_id": "s-1"}},
+            {"id": "one", "name": "one", "queue_name": "q", "depends_on": ["shared"]},
+            {"id": "two", "name": "two", "queue_name": "q", "depends_on": ["shared"]},
+        ]
+    )
+    shared = jobs["shared"]
+    assert shared.id == "s-1"
+    assert (shared.parent_id, shared.parent_queue) == (jobs["one"].id, "q")
+    stored = await Queue("q", store=store).get_job("s-1")
+    assert stored is not None and stored.parent_id == jobs["one"].id
+    assert [job.id for job in await shared.get_parents()] == [jobs["one"].id, jobs["two"].id]

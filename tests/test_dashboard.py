@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from conveyor_core import JobState, Queue
+from conveyor_core import FlowProducer, JobState, Queue
 from conveyor_core.dashboard import create_app
 from conveyor_stores import MemoryStore
 
@@ -173,6 +173,28 @@ def test_flow_page_draws_the_tree(dash: Dashboard) -> None:
         r'class="node" data-queue="([^"]+)" data-id="[^"]+" data-state="([^"]+)"', page
     )
     assert nodes == [("reports", "waiting-children")] + [("parts", "waiting")] * 3
+
+
+async def _seed_diamond(store: MemoryStore) -> str:
+    jobs = await FlowProducer(store=store).add_dag(
+        [
+            {"id": "base", "name": "base", "queue_name": "parts"},
+            {"id": "left", "name": "left", "queue_name": "parts", "depends_on": ["base"]},
+            {"id": "right", "name": "right", "queue_name": "parts", "depends_on": ["base"]},
+            {"id": "top", "name": "top", "queue_name": "reports", "depends_on": ["left", "right"]},
+        ]
+    )
+    return jobs["top"].id
+
+
+def test_flow_page_draws_a_dag_with_its_shared_job_marked(dash: Dashboard) -> None:
+    top_id = dash.call(_seed_diamond, dash.store)
+    response = dash.get("/flow", queue="reports", id=top_id)
+    assert response.status_code == 200
+    page = response.text
+    assert "4 jobs" in text_of(page)
+    assert page.count("shared: drawn above") == 1
+    assert len(re.findall(r'class="node" data-queue="parts"', page)) == 4  # base twice
 
 
 def test_missing_jobs_and_bad_parameters_get_error_pages(dash: Dashboard) -> None:

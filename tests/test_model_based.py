@@ -39,6 +39,7 @@ from conveyor_core.errors import ConveyorError, JobNotFoundError
 from conveyor_core.models import JobState, ParentPolicy
 from conveyor_core.store import (
     Completion,
+    DagEdge,
     EventSubscription,
     Failure,
     NewJob,
@@ -263,6 +264,40 @@ class ProtocolMachine(RuleBasedStateMachine):
             f"park_job {(queue, job_id, token)}",
             lambda s: s.park_job(queue, job_id, token, self.now),
             lambda m: m.park(queue, job_id, token),
+        )
+
+    @rule(data=st.data())
+    def add_dag(self, data: st.DataObject) -> None:
+        """A DAG of new jobs, each depending on some of the earlier ones (shared jobs),
+        sometimes on a job already in the store; each edge with its own policy."""
+        jobs: list[NewJob] = []
+        edges: list[DagEdge] = []
+        for index in range(data.draw(st.integers(1, 5))):
+            picks = data.draw(st.sets(st.integers(0, index - 1), max_size=3)) if index else set()
+            deps = [(jobs[i].queue, jobs[i].id) for i in sorted(picks)]
+            existing = self._existing(data) if data.draw(st.integers(0, 4)) == 0 else None
+            if existing is not None and existing not in deps:
+                deps.append(existing)
+            queue = data.draw(st.sampled_from(self.flow_queues))
+            delay = data.draw(st.sampled_from([0.0, 0.0, 0.0, 3.0]))
+            if deps:
+                state = JobState.WAITING_CHILDREN
+            else:
+                state = JobState.DELAYED if delay else JobState.WAITING
+            job = self._job(data, queue, state, delay=delay)
+            if not deps:
+                job.priority = -1  # taken first: shared jobs run (and fail) in few steps
+            jobs.append(job)
+            for child_queue, child_id in deps:
+                policy = data.draw(st.sampled_from(POLICIES))
+                edges.append(DagEdge(job.queue, job.id, child_queue, child_id, policy))
+        if data.draw(st.integers(0, 9)) == 0 and (existing := self._existing(data)):
+            jobs[-1].queue, jobs[-1].id = existing  # a job that exists: nothing is written
+            edges = [e for e in edges if (e.parent_queue, e.parent_id) != existing]
+        self.same(
+            f"add_dag {[(j.queue, j.id) for j in jobs]} {edges}",
+            lambda s: s.add_dag(jobs, edges, self.now),
+            lambda m: m.add_dag(jobs, edges),
         )
 
     # ------------------------------------------------------------------ working

@@ -35,6 +35,7 @@ from conveyor_core.store import (
     PARENT_FAILED_REASON,
     STALLED_REASON,
     ChildDependency,
+    DagEdge,
     JobRecord,
     NewJob,
     child_failed_reason,
@@ -87,6 +88,8 @@ class MJob:
     place: tuple[int, int] | None = None
     """Place in the waiting order: ``(priority, signed entry number)``."""
     finish_order: int = 0
+    links: list[tuple[Key, ParentPolicy]] | None = None
+    """Parent links beyond ``parent`` (a DAG's shared job), in order."""
 
 
 @dataclass
@@ -200,6 +203,25 @@ class Model:
     def pending(self, key: Key) -> list[Key]:
         return [k for k, d in self.deps.get(key, {}).items() if d.status == "pending"]
 
+    @staticmethod
+    def parent_links(job: MJob) -> list[tuple[Key, ParentPolicy]]:
+        """PARENT LINKS: the first parent, then the further ones."""
+        if job.parent is None:
+            return []
+        return [(job.parent, job.policy or ParentPolicy.FAIL), *(job.links or [])]
+
+    def still_needed(self, job: MJob, leaving: set[Key]) -> bool:
+        """Whether a parent outside ``leaving`` still needs ``job``."""
+        key = (job.queue, job.id)
+        for pkey, _ in self.parent_links(job):
+            parent = self.jobs.get(pkey)
+            if pkey in leaving or parent is None or parent.state.finished:
+                continue
+            dep = self.deps.get(pkey, {}).get(key)
+            if dep is not None and dep.status == "pending":
+                return True
+        return False
+
     # ------------------------------------------------------------------ the rules
 
     def _retain(self, job: MJob, state: JobState) -> None:
@@ -234,23 +256,35 @@ class Model:
             self._release(parent)
 
     def final_failure(self, job: MJob, reason: str, *, apply_policy: bool = True) -> None:
-        """FINAL FAILURE."""
+        """FINAL FAILURE: parents failed by the fail policy fail at once, their own
+        links are carried out level by level, RETENTION runs last (latest first)."""
         job.failed_reason = reason
         self._finish(job, FAILED)
-        self._retain(job, FAILED)
-        if not apply_policy or job.parent is None:
-            return
-        pkey, key = job.parent, (job.queue, job.id)
+        failed = [(job, reason)]
+        index = 0
+        while apply_policy and index < len(failed):
+            child, why = failed[index]
+            index += 1
+            for pkey, policy in self.parent_links(child):
+                parent = self._apply_policy(child, pkey, policy, why)
+                if parent is not None:
+                    failed.append((parent, parent.failed_reason or ""))
+        for done, _ in reversed(failed):
+            self._retain(done, FAILED)
+
+    def _apply_policy(self, job: MJob, pkey: Key, policy: ParentPolicy, reason: str) -> MJob | None:
+        key = (job.queue, job.id)
         dep = self.deps.get(pkey, {}).get(key)
         parent = self.jobs.get(pkey)
         if dep is None or dep.status != "pending" or parent is None:
-            return
-        policy = job.policy or ParentPolicy.FAIL
+            return None
         if policy is ParentPolicy.FAIL:
             self.deps[pkey][key] = MDep("failed", None, reason)
             if parent.state in UNSTARTED or parent.state is ACTIVE:
                 self._fail_unstarted_children(parent)
-                self.final_failure(parent, child_failed_reason(job.id, reason))
+                parent.failed_reason = child_failed_reason(job.id, reason)
+                self._finish(parent, FAILED)
+                return parent
         elif policy is ParentPolicy.IGNORE:
             self.deps[pkey][key] = MDep("ignored", None, reason)
             self._release_check(pkey)
@@ -263,47 +297,67 @@ class Model:
                 self._release(parent)
         else:
             self.remove(parent)
+        return None
 
     def _fail_unstarted_children(self, parent: MJob) -> None:
         doomed: list[MJob] = []
+        chosen: set[Key] = set()
         stack = [parent]
         while stack:
             node = stack.pop()
             nkey = (node.queue, node.id)
-            for ckey, dep in self.deps.get(nkey, {}).items():
+            for ckey, dep in list(self.deps.get(nkey, {}).items()):
                 child = self.jobs.get(ckey)
                 if dep.status != "pending" or child is None or child.state not in UNSTARTED:
                     continue
                 self.deps[nkey][ckey] = MDep("failed", None, PARENT_FAILED_REASON)
+                # A shared job fails with the last of its parents that needed it.
+                if ckey in chosen or self.still_needed(child, set()):
+                    continue
+                chosen.add(ckey)
                 doomed.append(child)
                 stack.append(child)
         for child in doomed:
             if (child.queue, child.id) in self.jobs:
                 self.final_failure(child, PARENT_FAILED_REASON, apply_policy=False)
 
-    def _descendants(self, key: Key) -> Iterator[Key]:
+    def _reached(self, key: Key, leaving: set[Key]) -> Iterator[Key]:
+        """Jobs below ``key`` reached through leaving or finished jobs."""
+        seen: set[Key] = set()
         stack = list(self.children.get(key, ()))
         while stack:
             child = stack.pop()
+            if child in seen:
+                continue
+            seen.add(child)
             yield child
-            stack.extend(self.children.get(child, ()))
+            found = self.jobs.get(child)
+            if child in leaving or (found is not None and found.state.finished):
+                stack.extend(self.children.get(child, ()))
 
     def remove(self, job: MJob) -> None:
-        """REMOVE: the job and its unfinished descendants; the parent's pending
-        dependency on it resolves."""
+        """REMOVE: the job and its unfinished descendants no parent outside the removal
+        still needs; its parents' pending dependencies on it resolve."""
         key = (job.queue, job.id)
-        doomed = [key]
-        for desc in self._descendants(key):
-            found = self.jobs.get(desc)
-            if found is not None and not found.state.finished:
-                doomed.append(desc)
-        for gone in doomed:
+        links = self.parent_links(job)
+        leaving = {key}
+        changed = True
+        while changed:
+            changed = False
+            for desc in list(self._reached(key, leaving)):
+                found = self.jobs.get(desc)
+                if desc in leaving or found is None or found.state.finished:
+                    continue
+                if not self.still_needed(found, leaving):
+                    leaving.add(desc)
+                    changed = True
+        for gone in leaving:
             self._delete(gone)
-        if job.parent is not None:
-            dep = self.deps.get(job.parent, {}).get(key)
+        for pkey, _ in links:
+            dep = self.deps.get(pkey, {}).get(key)
             if dep is not None and dep.status == "pending":
-                del self.deps[job.parent][key]
-                self._release_check(job.parent)
+                del self.deps[pkey][key]
+                self._release_check(pkey)
 
     # ------------------------------------------------------------------ transitions
 
@@ -334,6 +388,41 @@ class Model:
                 for new in group:
                     self._write(new)
         return written
+
+    def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge]) -> None:
+        new_keys: set[Key] = set()
+        for new in jobs:
+            key = (new.queue, new.id)
+            if key in new_keys or key in self.jobs:
+                raise DuplicateJobError(key)
+            new_keys.add(key)
+        for edge in edges:
+            ckey = (edge.child_queue, edge.child_id)
+            if ckey in new_keys:
+                continue
+            child = self.jobs.get(ckey)
+            if child is None:
+                raise JobNotFoundError(*ckey)
+            if child.state is FAILED:
+                raise InvalidJobStateError(ckey)
+        for new in jobs:
+            self._write(new)
+        for edge in edges:
+            pkey, ckey = (edge.parent_queue, edge.parent_id), (edge.child_queue, edge.child_id)
+            child = self.jobs[ckey]
+            if child.parent is None:
+                child.parent, child.policy = pkey, edge.policy
+            else:
+                child.links = [*(child.links or []), (pkey, edge.policy)]
+            if child.state is COMPLETED:
+                dep = MDep("processed", child.return_value)
+            else:
+                dep = MDep("pending")
+            self.deps.setdefault(pkey, {})[ckey] = dep
+            self.children.setdefault(pkey, []).append(ckey)
+        for new in jobs:
+            if new.state is WAITING_CHILDREN:
+                self._release_check((new.queue, new.id))
 
     def _write(self, new: NewJob) -> None:
         key = (new.queue, new.id)
@@ -471,14 +560,14 @@ class Model:
         job.return_value = value
         job.attempts_made += 1
         self._finish(job, COMPLETED)
-        if job.parent is not None:
-            key = (job.queue, job.id)
-            dep = self.deps.get(job.parent, {}).get(key)
+        key = (job.queue, job.id)
+        for pkey, _ in self.parent_links(job):
+            dep = self.deps.get(pkey, {}).get(key)
             if dep is not None:
                 was_pending = dep.status == "pending"
-                self.deps[job.parent][key] = MDep("processed", value)
+                self.deps[pkey][key] = MDep("processed", value)
                 if was_pending:
-                    self._release_check(job.parent)
+                    self._release_check(pkey)
         self._retain(job, COMPLETED)
         return True
 
@@ -574,18 +663,17 @@ class Model:
         job.finished_at = None
         job.return_value = None
         self._enter_waiting(job)
-        if job.parent is None:
-            return
-        parent = self.jobs.get(job.parent)
-        if parent is None or parent.state not in UNSTARTED:
-            return
         key = (job.queue, job.id)
-        deps = self.deps.setdefault(job.parent, {})
-        if key not in deps:
-            self.recreated.add(job.parent)
-        deps[key] = MDep("pending")
-        if parent.state is not WAITING_CHILDREN:
-            self._enter_waiting_children(parent)
+        for pkey, _ in self.parent_links(job):
+            parent = self.jobs.get(pkey)
+            if parent is None or parent.state not in UNSTARTED:
+                continue
+            deps = self.deps.setdefault(pkey, {})
+            if key not in deps:
+                self.recreated.add(pkey)
+            deps[key] = MDep("pending")
+            if parent.state is not WAITING_CHILDREN:
+                self._enter_waiting_children(parent)
 
     def failed_keys(self, queue: str) -> list[Key]:
         return [k for k, j in self.jobs.items() if j.queue == queue and j.state is FAILED]

@@ -209,6 +209,8 @@ async def add_workload(store: StoreInterface, workload: Workload) -> None:
     producer = FlowProducer(store=store)
     for start in range(0, len(workload.flows), 50):
         await producer.add_bulk(workload.flows[start : start + 50])
+    for dag in workload.dags:
+        await producer.add_dag(dag)
 
 
 async def unfinished(store: StoreInterface) -> int:
@@ -351,6 +353,8 @@ async def verify(
 
     for plan in workload.plans:
         verify_flow(plan, jobs, workload, expect, children_of, problems, seen_values)
+    for dag in workload.dag_plans:
+        verify_dag(dag, expect, children_of, problems, seen_values)
 
     for step, parts in workload.steps.items():
         for part in parts:
@@ -442,6 +446,38 @@ def verify_flow(
             expect(child, completed)
             for key in plan.grandchildren[child]:
                 expect(key, completed)
+
+
+def verify_dag(
+    plan: Any,
+    expect: Any,
+    children_of: Any,
+    problems: list[str],
+    seen_values: dict[tuple[str, str], list[int]],
+) -> None:
+    """A diamond's end state: the shared job ran (or failed) once for both dependents,
+    each of which saw its value exactly when it completed; the sink saw both."""
+    completed, failed = JobState.COMPLETED, JobState.FAILED
+    shared_ok = plan.scenario == "ok"
+    if shared_ok:
+        expect(plan.extract, completed)
+    else:
+        expect(plan.extract, failed, "planned failure")
+    wanted = [plan.extract[1]] if shared_ok else []
+    for dependent in (plan.clean, plan.stats):
+        expect(dependent, completed)
+        if children_of(dependent) != wanted:
+            problems.append(f"{dependent} holds {children_of(dependent)}, not {wanted}")
+        for seen in seen_values.get(dependent, []):
+            if seen not in (len(wanted), -1):
+                problems.append(f"{dependent} ran seeing {seen} of {len(wanted)} values")
+    expect(plan.report, completed)
+    both = sorted([plan.clean[1], plan.stats[1]])
+    if children_of(plan.report) != both:
+        problems.append(f"{plan.report} holds {children_of(plan.report)}, not {both}")
+    for seen in seen_values.get(plan.report, []):
+        if seen not in (2, -1):
+            problems.append(f"{plan.report} ran seeing {seen} of 2 values")
 
 
 def save_report(report: CrashReport, path: str | None) -> None:

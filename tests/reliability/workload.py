@@ -14,6 +14,10 @@ Step jobs (``step_parts`` in their data) add that many children while they run
 (``Job.add_children``, ids derived from their own), save the step (``update_data``) and
 park (``wait_for_children``); the re-run reduces the children's values. A worker killed
 anywhere in between must not make a re-run add a child twice or reduce too early.
+
+DAGs are diamonds (``extract`` shared by ``clean`` and ``stats``, which ``report`` waits
+for); in the ``ignore`` scenario the shared ``extract`` always fails and both dependents
+ignore it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 QUEUES = ("crash-a", "crash-b", "crash-c")
 ATTEMPTS = 3
 SCENARIOS = ("ok", "ok", "ignore", "drop", "continue", "fail", "remove")
+DAG_SCENARIOS = ("ok", "ok", "ignore")
 
 
 @dataclass
@@ -41,6 +46,17 @@ class FlowPlan:
 
 
 @dataclass
+class DagPlan:
+    """One diamond DAG, to check it afterwards."""
+
+    scenario: str
+    extract: tuple[str, str]
+    clean: tuple[str, str]
+    stats: tuple[str, str]
+    report: tuple[str, str]
+
+
+@dataclass
 class Workload:
     standalone: list[dict[str, Any]]
     """``Queue.add_bulk`` items, each with ``queue`` added."""
@@ -51,6 +67,9 @@ class Workload:
     fail_until: dict[tuple[str, str], int]
     steps: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     """Step jobs (also in ``standalone``) and the children each adds while it runs."""
+    dags: list[list[dict[str, Any]]] = field(default_factory=list)
+    """``FlowProducer.add_dag`` entries."""
+    dag_plans: list[DagPlan] = field(default_factory=list)
 
     @property
     def job_count(self) -> int:
@@ -61,6 +80,7 @@ class Workload:
                 1 + len(p.children) + sum(len(g) for g in p.grandchildren.values())
                 for p in self.plans
             )
+            + 4 * len(self.dags)
         )
 
 
@@ -163,7 +183,10 @@ def build(jobs: int, flows: int, seed: int) -> Workload:
             }
         )
         plans.append(plan)
-    return Workload(standalone, trees, plans, always, fail_until, steps)
+    workload = Workload(standalone, trees, plans, always, fail_until, steps)
+    for d in range(max(1, flows // 4)):
+        _add_diamond(workload, rng, DAG_SCENARIOS[d % len(DAG_SCENARIOS)], f"d{tag}-{d}")
+    return workload
 
 
 STEP_PARTS = 4
@@ -177,6 +200,44 @@ def part_id(step_id: str, k: int) -> str:
 
 def part_plan(k: int) -> dict[str, Any]:
     return {"fail_until": k % 3, "always_fail": False}
+
+
+def _add_diamond(workload: Workload, rng: random.Random, scenario: str, stem: str) -> None:
+    """One diamond DAG: extract (shared), clean and stats (each depending on it), report."""
+    keys = {
+        part: (QUEUES[i % len(QUEUES)], f"{stem}.{part}")
+        for i, part in enumerate(("extract", "clean", "stats", "report"))
+    }
+    nodes: list[dict[str, Any]] = []
+    for part, deps in (
+        ("extract", []),
+        ("clean", ["extract"]),
+        ("stats", ["extract"]),
+        ("report", ["clean", "stats"]),
+    ):
+        queue, job_id = keys[part]
+        always = scenario == "ignore" and part == "extract"
+        data = _plan_data(rng, always=always)
+        workload.fail_until[keys[part]] = data["fail_until"]
+        if always:
+            workload.always_fail.add(keys[part])
+        opts: dict[str, Any] = {"attempts": ATTEMPTS, "job_id": job_id}
+        if scenario == "ignore" and part in ("clean", "stats"):
+            opts["fail_parent_on_child_failure"] = "ignore"
+        nodes.append(
+            {
+                "id": part,
+                "name": part,
+                "queue_name": queue,
+                "data": data,
+                "opts": opts,
+                "depends_on": deps,
+            }
+        )
+    workload.dags.append(nodes)
+    workload.dag_plans.append(
+        DagPlan(scenario, keys["extract"], keys["clean"], keys["stats"], keys["report"])
+    )
 
 
 async def handle(job: Any) -> Any:
