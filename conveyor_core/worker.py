@@ -40,6 +40,7 @@ from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
 
 __all__ = [
+    "CANCEL_POLL_SECONDS",
     "HAND_BACK_SECONDS",
     "BackoffStrategy",
     "Handler",
@@ -155,6 +156,11 @@ class Worker:
     there, call the job's coroutines with ``anyio.from_thread.run(job.update_progress,
     50)``. A sync handler that times out or is cancelled by ``close(timeout)`` cannot be
     stopped: its thread runs on, and its result is discarded.
+
+    A job cancelled while its handler runs (``Job.cancel``, from any process) has its
+    handler cancelled: the worker asks the store every :data:`CANCEL_POLL_SECONDS` about
+    the jobs it holds, cancels the handler's scope (a sync handler's thread is let go, as
+    above) and fails the job with the cancel reason, never retried.
 
     The worker does not own the store: closing the worker leaves the store open.
     """

@@ -17,17 +17,6 @@ DECLARE
 BEGIN
     PERFORM @S._worker_commit();
     res := array_fill(false, ARRAY[cardinality(ids)]);
-    -- CANCEL REQUEST: such a job fails for good with the request's reason instead.
-    FOR done IN
-        UPDATE @S.jobs j SET attempts_made = j.attempts_made + 1
-        FROM unnest(ids, toks) WITH ORDINALITY AS x(id, tok, o)
-        WHERE j.queue = q AND j.id = x.id AND j.state = 'active' AND j.lock_token = x.tok
-          AND j.cancel_reason IS NOT NULL
-        RETURNING x.o, j.id, j.cancel_reason
-    LOOP
-        res[done.o] := true;
-        evs := evs || @S._final_failure(q, done.id, done.cancel_reason, now);
-    END LOOP;
     FOR done IN
         WITH items AS (
             -- Order keys follow the items, so RETENTION sees them finish in order.
@@ -41,6 +30,7 @@ BEGIN
                 order_key = x.k
             FROM items x
             WHERE j.queue = q AND j.id = x.id AND j.state = 'active' AND j.lock_token = x.tok
+              AND j.cancel_reason IS NULL
             RETURNING x.o, j.id, j.return_value, j.parent_queue, j.parent_id, j.keep_completed
         )
         SELECT * FROM upd ORDER BY o
@@ -68,6 +58,19 @@ BEGIN
     END LOOP;
     IF finished > 0 THEN
         PERFORM @S._count_finished(q, 'completed', now, finished);
+    END IF;
+    IF finished < coalesce(cardinality(ids), 0) THEN
+        -- CANCEL REQUEST: such a job fails for good with the request's reason instead.
+        FOR done IN
+            UPDATE @S.jobs j SET attempts_made = j.attempts_made + 1
+            FROM unnest(ids, toks) WITH ORDINALITY AS x(id, tok, o)
+            WHERE j.queue = q AND j.id = x.id AND j.state = 'active' AND j.lock_token = x.tok
+              AND j.cancel_reason IS NOT NULL
+            RETURNING x.o, j.id, j.cancel_reason
+        LOOP
+            res[done.o] := true;
+            evs := evs || @S._final_failure(q, done.id, done.cancel_reason, now);
+        END LOOP;
     END IF;
     IF cardinality(pqs) > 0 THEN
         -- Each parent's dependency on its child becomes processed; those that were
@@ -100,7 +103,8 @@ BEGIN
             SELECT x.id, x.ok FROM unnest(ids, res) WITH ORDINALITY AS x(id, ok, o)
             WHERE x.ok ORDER BY x.o
         LOOP
-            SELECT keep_completed, order_key INTO r FROM @S.jobs WHERE queue = q AND id = done.id;
+            SELECT keep_completed, order_key INTO r FROM @S.jobs
+            WHERE queue = q AND id = done.id AND state = 'completed';
             IF FOUND AND r.keep_completed IS NOT NULL THEN
                 PERFORM @S._retain(q, done.id, 'completed', r.keep_completed, r.order_key);
             END IF;
