@@ -327,7 +327,7 @@ class FlowProducer:
             _link_root(plan)
         return await self._write(plans, now, pacer, self.store.add_jobs)
 
-    async def add_children(
+    async def _add_children(
         self,
         parent: Job,
         token: str,

@@ -488,7 +488,7 @@ class Job(Generic[DataT]):
 
         token = self._token_or_raise("add children to it")
         producer = FlowProducer(store=self._store, clock=self._clock)
-        return await producer.add_children(self, token, children, queues_options)
+        return await producer._add_children(self, token, children, queues_options)
 
     async def wait_for_children(self) -> None:
         """Park the job until its pending children resolve.

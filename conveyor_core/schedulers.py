@@ -230,6 +230,11 @@ def _check_no_job_id(opts: Any, where: str) -> None:
         job_id = opts.get("job_id")
     if job_id is not None:
         raise ValueError(f"{where} sets a job_id; a scheduler gives each tick's jobs their own ids")
+    parent = opts.parent if isinstance(opts, JobOptions) else None
+    if isinstance(opts, Mapping):
+        parent = opts.get("parent")
+    if parent is not None:
+        raise ValueError(f"{where} sets a parent; a scheduler's jobs start flows of their own")
 
 
 async def make_template(

@@ -133,3 +133,17 @@ async def test_a_child_added_by_add_children_must_not_name_a_parent(store: Memor
         await _wait_state(job, JobState.COMPLETED)
     assert len(errors) == 1 and "must not set opts.parent" in errors[0]
     assert (await Queue("parts", store=store).get_job_counts())["waiting"] == 0
+
+
+async def test_a_scheduler_refuses_opts_parent(store: MemoryStore) -> None:
+    queue = Queue("ticks", store=store)
+    ref = {"id": "p", "queue": "q"}
+    with pytest.raises(ValueError, match="sets a parent"):
+        await queue.upsert_job_scheduler(
+            "s", every=60, template={"name": "t", "opts": {"parent": ref}}
+        )
+    with pytest.raises(ValueError, match="sets a parent"):
+        await queue.upsert_job_scheduler(
+            "s", every=60, flow={"name": "root", "opts": {"parent": ref}}
+        )
+    assert await queue.get_job_schedulers() == []

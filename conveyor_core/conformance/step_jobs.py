@@ -110,6 +110,8 @@ class StepJobTests:
             await env.wait_for(announced, "the waiting-children event of the park")
         assert not [e for e in seen if e.type == "failed"], "a park is not a failure"
         assert parked.attempts_made == 0, "a park is not an attempt"
+        counts = await env.counts(main)
+        assert counts["waiting-children"] == 1 and counts["active"] == 0, counts
         assert parked.record.lock_token is None and parked.record.lock_until is None
         # the worker that parked it (or any other) can no longer finish it
         (token,) = tokens
