@@ -25,6 +25,7 @@ from .queue import (
     resolve_options,
 )
 from .store import ChildDependency, NewJob, StoreInterface
+from .telemetry import sending_flows
 
 __all__ = ["FlowProducer", "JobNode"]
 
@@ -231,7 +232,9 @@ class FlowProducer:
                 taken.add(key)
         if not plans:
             return []
-        written = await self.store.add_jobs([plan.group for plan in plans], now)
+        groups = [plan.group for plan in plans]
+        with sending_flows(groups):
+            written = await self.store.add_jobs(groups, now)
         nodes: list[JobNode] = []
         for plan, ok in zip(plans, written, strict=True):
             if ok:

@@ -17,6 +17,7 @@ from .errors import JobFailedError, JobNotFoundError, JobTimeoutError
 from .models import MAX_PRIORITY, JobOptions, JobState
 from .payloads import validate
 from .store import JobRecord, StoreInterface
+from .telemetry import without_trace
 
 __all__ = ["Dependencies", "DependencyCounts", "Job", "JobPage"]
 
@@ -34,7 +35,11 @@ _FINISHED_EVENTS = frozenset({"completed", "failed", "removed"})
 
 
 def parse_opts(text: str) -> JobOptions:
-    """The ``JobOptions`` of a stored job; identical texts share one (frozen) model."""
+    """The ``JobOptions`` of a stored job; identical texts share one (frozen) model.
+
+    The trace context a job may carry (:data:`conveyor_core.telemetry.TRACE_KEY`) is
+    not an option: it is left out."""
+    text = without_trace(text)
     opts = _OPTS_CACHE.get(text)
     if opts is None:
         opts = JobOptions.model_validate_json(text)

@@ -31,6 +31,7 @@ from .payloads import data_type_of, validate
 from .queue import check_name
 from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
+from .telemetry import processing
 
 __all__ = [
     "HAND_BACK_SECONDS",
@@ -548,21 +549,25 @@ class Worker:
         job._progress_hook = self._progress_hook
         if "active" in self._callbacks:
             await self._emit("active", job)
-        try:
-            if self._data_type is not None:
-                job._data = validate(self._data_type, job.data, what=self._what_data(job))
-            if self._is_async and job.opts.timeout is None:
-                value = await self.handler(job)
+        with processing(self.queue_name, job) as span:
+            try:
+                if self._data_type is not None:
+                    job._data = validate(self._data_type, job.data, what=self._what_data(job))
+                if self._is_async and job.opts.timeout is None:
+                    value = await self.handler(job)
+                else:
+                    value = await self._call_handler(job)
+                text = "null" if value is None else codec.dumps(value, what=self._what(job))
+            except anyio.get_cancelled_exc_class():
+                # Forced close or cancellation: the job is handed back in cleanup.
+                raise
+            except Exception as exc:
+                failure = await self._failure(running, exc)
+                span.failed(exc, retried=failure.retry_at is not None)
+                outcome = _Outcome(running, failure, exc)
             else:
-                value = await self._call_handler(job)
-            text = "null" if value is None else codec.dumps(value, what=self._what(job))
-        except anyio.get_cancelled_exc_class():
-            # Forced close or cancellation: the job is handed back in cleanup.
-            raise
-        except Exception as exc:
-            outcome = _Outcome(running, await self._failure(running, exc), exc)
-        else:
-            outcome = _Outcome(running, Completion(job.id, running.token, text), value)
+                span.completed()
+                outcome = _Outcome(running, Completion(job.id, running.token, text), value)
         running.finished = True
         if self._running.get(job.id) is running:
             del self._running[job.id]

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import anyio
 
 from conveyor_core.errors import DuplicateJobError
+from conveyor_core.job import parse_opts
 from conveyor_core.models import JobState
+from conveyor_core.queue import options_json
 from conveyor_core.store import (
     Completion,
     DependencyPage,
@@ -264,3 +266,17 @@ class SearchDropsTheLastJobOfAPage(MemoryStore):
         if page.next_cursor is not None and page.jobs:
             return SearchPage(page.jobs[:-1], page.next_cursor)
         return page
+
+
+class KeepsOnlyTheOptions(MemoryStore):
+    """Defect: the options text is rewritten from the options it holds, so whatever the
+    core keeps beside them (a job's trace context) is lost."""
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        return await super().add_jobs(
+            [
+                [dataclasses.replace(job, opts=options_json(parse_opts(job.opts))) for job in group]
+                for group in groups
+            ],
+            now,
+        )

@@ -39,6 +39,7 @@ pytest.register_assert_rewrite(
     "conveyor_core.conformance.queue_management",
     "conveyor_core.conformance.schedulers",
     "conveyor_core.conformance.seed_examples",
+    "conveyor_core.conformance.telemetry",
     "conveyor_core.conformance.transitions",
     "conveyor_core.conformance.working",
 )
@@ -55,6 +56,7 @@ from .queue_management import QueueManagementTests  # noqa: E402
 from .runner import run  # noqa: E402
 from .schedulers import SchedulerTests  # noqa: E402
 from .seed_examples import SeedExampleTests  # noqa: E402
+from .telemetry import TraceContextTests  # noqa: E402
 from .transitions import TransitionTests  # noqa: E402
 from .working import WorkingTests  # noqa: E402
 
@@ -76,6 +78,7 @@ class StoreConformance(
     LargeFlowTests,
     DependencyCountTests,
     LeavingFlowTests,
+    TraceContextTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 
