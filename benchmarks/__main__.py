@@ -10,6 +10,7 @@ Examples::
     python -m benchmarks --store sqlite --store postgres --workload schedule
     python -m benchmarks --store redis --workload large_flow --large-children 10000 100000
     python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
+    python -m benchmarks --store memory --workload process --tracing sdk --repeat 5
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .large_flow import run_large_flow
 from .schedule import run_schedule
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
+from .tracing import CHOICES, use_tracing
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
 _SPECIAL = ("search", "schedule", "large_flow", "dashboard")
@@ -120,12 +122,22 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds pickup's worker process idles while its CPU time is measured",
     )
     parser.add_argument(
+        "--tracing",
+        choices=CHOICES,
+        default="off",
+        help="trace with OpenTelemetry: off (no tracer provider), noop (the API's no-op "
+        "provider) or sdk (the SDK's provider, batching to an exporter that drops spans); "
+        "needs the otel extra",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
     )
     return parser
 
 
-def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str, Any]]:
+def _median(
+    runs: list[list[Figure]], store: str, repeat: int, tracing: str = "off"
+) -> list[dict[str, Any]]:
     """One output line per figure: the median of ``seconds`` over the runs."""
     lines: list[dict[str, Any]] = []
     for index, first in enumerate(runs[0]):
@@ -138,6 +150,8 @@ def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str,
             line[key] = round(statistics.median(run[index].stats[key] for run in runs), 2)
         if repeat > 1:
             line["median_of"] = repeat
+        if tracing != "off":
+            line["tracing"] = tracing
         lines.append(line)
     return lines
 
@@ -149,6 +163,7 @@ async def run_benchmarks(
     repeat: int,
     schedule: tuple[float, int] = (60.0, 3),
     large_children: tuple[int, ...] = (100_000,),
+    tracing: str = "off",
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
@@ -175,7 +190,7 @@ async def run_benchmarks(
             for _ in range(repeat):
                 async with fresh_store(url) as (store, store_url):
                     runs.append(await WORKLOADS[name](store, replace(params, url=store_url)))
-            for line in _median(runs, label(url), repeat):
+            for line in _median(runs, label(url), repeat, tracing):
                 print(json.dumps(line), flush=True)
 
 
@@ -209,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--schedule-seconds and --schedule-processes must be positive", file=sys.stderr)
         return 2
     schedule = (args.schedule_seconds, args.schedule_processes)
+    provider = use_tracing(args.tracing)
     anyio.run(
         run_benchmarks,
         stores,
@@ -217,7 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.repeat,
         schedule,
         tuple(args.large_children),
+        args.tracing,
     )
+    if provider is not None and hasattr(provider, "shutdown"):
+        provider.shutdown()
     return 0
 
 
