@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -32,6 +32,9 @@ from .queue import check_name
 from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
 from .telemetry import processing
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 __all__ = [
     "HAND_BACK_SECONDS",
@@ -133,6 +136,9 @@ class Worker:
     50)``. A sync handler that times out or is cancelled by ``close(timeout)`` cannot be
     stopped: its thread runs on, and its result is discarded.
 
+    ``metrics``: a :class:`conveyor_core.metrics.WorkerMetrics` (the ``[prometheus]``
+    extra) that counts this worker's jobs and times them.
+
     The worker does not own the store: closing the worker leaves the store open.
     """
 
@@ -151,6 +157,7 @@ class Worker:
         drain_delay: float | timedelta = 5.0,
         stacktrace_limit: int = 10,
         clock: Clock = system_clock,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.queue_name = check_name(queue_name, "queue name")
         if not callable(handler):
@@ -212,6 +219,8 @@ class Worker:
         self._thread_limiter = anyio.CapacityLimiter(concurrency)
         self._host: TaskGroup | None = None
         self._progress_hook = self._on_progress
+        if metrics is not None:
+            metrics.attach(self)
 
     def __repr__(self) -> str:
         return f"<Worker queue={self.queue_name!r} concurrency={self.concurrency}>"
