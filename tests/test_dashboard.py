@@ -510,6 +510,7 @@ def test_the_dashboard_benchmark_prints_one_line_per_page() -> None:
         "jobs, rare text",
         "job",
         "metrics",
+        "schedulers",
     ]
     for line in lines:
         assert line["workload"] == "dashboard" and line["store"] == "sqlite"
