@@ -21,6 +21,7 @@ sees it; no option can have its name, since options never start with an undersco
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -30,12 +31,6 @@ if TYPE_CHECKING:
 
     from .job import Job
     from .store import NewJob
-
-try:
-    from opentelemetry import propagate, trace
-    from opentelemetry.trace import ProxyTracerProvider, SpanKind, StatusCode
-except ImportError:  # pragma: no cover - exercised without the extra
-    trace = None  # type: ignore[assignment]
 
 __all__ = [
     "SYSTEM",
@@ -68,19 +63,25 @@ def use_tracer_provider(provider: TracerProvider | None) -> None:
 
 
 def tracer() -> Tracer | None:
-    """The tracer to use, or ``None`` when tracing is off (no extra or no provider)."""
+    """The tracer to use, or ``None`` when tracing is off (no extra or no provider).
+
+    Nothing is imported here: a program that set a tracer provider has imported the
+    OpenTelemetry API already, so one that has not costs a dictionary lookup."""
     global _cached
-    if trace is None:
-        return None
-    provider = _own_provider or trace.get_tracer_provider()
-    if isinstance(provider, ProxyTracerProvider):
-        return None
+    provider: object = _own_provider
+    if provider is None:
+        api = sys.modules.get("opentelemetry.trace")
+        if api is None:
+            return None
+        provider = api.get_tracer_provider()
+        if isinstance(provider, api.ProxyTracerProvider):
+            return None
     cached = _cached
     if cached is not None and cached[0] is provider:
         return cached[1]
     from . import __version__
 
-    found = provider.get_tracer("conveyor_core", __version__)
+    found: Tracer = provider.get_tracer("conveyor_core", __version__)  # type: ignore[attr-defined]
     _cached = (provider, found)
     return found
 
@@ -137,6 +138,8 @@ def _send_attributes(queue: str, operation: str) -> dict[str, Any]:
 
 
 def _carry(span: Span, new: NewJob) -> None:
+    from opentelemetry import propagate, trace
+
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     if carrier:
@@ -144,6 +147,8 @@ def _carry(span: Span, new: NewJob) -> None:
 
 
 def _ended(spans: Sequence[Span], error: BaseException | None) -> None:
+    from opentelemetry.trace import StatusCode
+
     for span in spans:
         if error is not None:
             span.record_exception(error)
@@ -162,6 +167,8 @@ def sending(queue: str, news: Sequence[NewJob]) -> AbstractContextManager[None]:
 
 @contextmanager
 def _sending(found: Tracer, queue: str, news: Sequence[NewJob]) -> Iterator[None]:
+    from opentelemetry.trace import SpanKind
+
     attributes = _send_attributes(queue, "add" if len(news) == 1 else "add_bulk")
     if len(news) == 1:
         attributes["messaging.message.id"] = news[0].id
@@ -190,6 +197,9 @@ def sending_flows(groups: Sequence[Sequence[NewJob]]) -> AbstractContextManager[
 
 @contextmanager
 def _sending_flows(found: Tracer, groups: Sequence[Sequence[NewJob]]) -> Iterator[None]:
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
     spans: list[Span] = []
     for group in groups:
         opened: dict[tuple[str, str], Span] = {}
@@ -239,6 +249,8 @@ class Processing:
     def failed(self, error: BaseException, *, retried: bool) -> None:
         span = self._span
         if span is not None:
+            from opentelemetry.trace import StatusCode
+
             span.set_attribute("conveyor.job.outcome", "retried" if retried else "failed")
             span.record_exception(error)
             span.set_status(StatusCode.ERROR, str(error) or type(error).__name__)
@@ -258,6 +270,9 @@ def processing(queue: str, job: Job) -> AbstractContextManager[Processing]:
 
 @contextmanager
 def _processing(found: Tracer, queue: str, job: Job) -> Iterator[Processing]:
+    from opentelemetry import propagate
+    from opentelemetry.trace import SpanKind, StatusCode
+
     carrier = carrier_of(job.record.opts)
     parent = None if carrier is None else propagate.extract(carrier)
     attributes: dict[str, Any] = {
