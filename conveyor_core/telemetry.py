@@ -1,9 +1,9 @@
 """OpenTelemetry spans for adding and processing jobs (the ``[otel]`` extra).
 
-Tracing is on when ``opentelemetry-api`` is installed and a tracer provider has been set,
-globally (``opentelemetry.trace.set_tracer_provider``) or for this library alone
-(:func:`use_tracer_provider`); otherwise every function here returns at once and nothing
-is written into the jobs.
+Tracing is on when ``opentelemetry-api`` is installed and a tracer provider other than
+the API's no-op one has been set, globally (``opentelemetry.trace.set_tracer_provider``)
+or for this library alone (:func:`use_tracer_provider`); otherwise every function here
+returns at once and nothing is written into the jobs.
 
 - Adding a job (``Queue.add``, ``Queue.add_bulk``) opens a producer span ``send <queue>``;
   adding a flow opens one per node, each child's under its parent's, the root's under
@@ -49,6 +49,8 @@ SYSTEM = "conveyor"
 """The ``messaging.system`` attribute of every span."""
 
 _MARK = f'"{TRACE_KEY}"'
+_ENTRY = f'"{TRACE_KEY}":'
+_DECODER = json.JSONDecoder()
 _NOTHING: AbstractContextManager[None] = nullcontext()
 _cached: tuple[object, Tracer] | None = None
 _own_provider: TracerProvider | None = None
@@ -63,25 +65,24 @@ def use_tracer_provider(provider: TracerProvider | None) -> None:
 
 
 def tracer() -> Tracer | None:
-    """The tracer to use, or ``None`` when tracing is off (no extra or no provider).
+    """The tracer to use, or ``None`` when tracing is off: no extra, no provider set, or
+    the API's ``NoOpTracerProvider``.
 
     Nothing is imported here: a program that set a tracer provider has imported the
     OpenTelemetry API already, so one that has not costs a dictionary lookup."""
     global _cached
-    provider: object = _own_provider
-    if provider is None:
-        api = sys.modules.get("opentelemetry.trace")
-        if api is None:
-            return None
-        provider = api.get_tracer_provider()
-        if isinstance(provider, api.ProxyTracerProvider):
-            return None
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
+        return None
+    provider = api.get_tracer_provider() if _own_provider is None else _own_provider
+    if isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider):
+        return None
     cached = _cached
     if cached is not None and cached[0] is provider:
         return cached[1]
     from . import __version__
 
-    found: Tracer = provider.get_tracer("conveyor_core", __version__)  # type: ignore[attr-defined]
+    found = provider.get_tracer("conveyor_core", __version__)
     _cached = (provider, found)
     return found
 
@@ -98,14 +99,37 @@ def with_trace(opts: str, carrier: Mapping[str, str]) -> str:
     return f'{body[:-1]},"{TRACE_KEY}":{value}}}'
 
 
+def _split(opts: str) -> tuple[str, Any]:
+    """``opts`` without its trace context, and the context's value (``None`` if none).
+
+    :func:`with_trace` puts the context last, so it is cut off the end without parsing
+    the options; any other text is parsed whole.
+    """
+    at = opts.rfind(_ENTRY)
+    if at < 1:
+        return opts, None
+    try:
+        value, end = _DECODER.raw_decode(opts, at + len(_ENTRY))
+    except ValueError:
+        value, end = None, -1
+    before = opts[at - 1]
+    if end == len(opts) - 1 and opts[end] == "}" and before in ",{":
+        return (opts[: at - 1] + "}" if before == "," else "{}"), value
+    try:
+        parsed = json.loads(opts)
+    except ValueError:
+        return opts, None
+    if not isinstance(parsed, dict) or TRACE_KEY not in parsed:
+        return opts, None
+    value = parsed.pop(TRACE_KEY)
+    return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False), value
+
+
 def carrier_of(opts: str) -> dict[str, str] | None:
     """The trace context kept in a job's options text, if any."""
     if _MARK not in opts:
         return None
-    try:
-        value = json.loads(opts).get(TRACE_KEY)
-    except (ValueError, AttributeError):
-        return None
+    value = _split(opts)[1]
     if not isinstance(value, dict):
         return None
     return {str(key): str(item) for key, item in value.items()}
@@ -115,14 +139,7 @@ def without_trace(opts: str) -> str:
     """A job's options text without its trace context (what ``JobOptions`` parses)."""
     if _MARK not in opts:
         return opts
-    try:
-        value = json.loads(opts)
-    except ValueError:
-        return opts
-    if not isinstance(value, dict) or TRACE_KEY not in value:
-        return opts
-    del value[TRACE_KEY]
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _split(opts)[0]
 
 
 # ---------------------------------------------------------------- producer spans

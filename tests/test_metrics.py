@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -190,3 +191,19 @@ async def test_the_worker_command_serves_its_metrics(sqlite_path: str, tmp_path:
         finally:
             if process.returncode is None:
                 process.kill()
+
+
+def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+    from click.testing import CliRunner
+
+    from conveyor_core.cli import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["worker", "json:loads", "--queue", "q", "--store", "memory://"]
+        result = CliRunner().invoke(cli, [*args, "--metrics-port", str(port)])
+    assert result.exit_code == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output

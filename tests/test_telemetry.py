@@ -347,3 +347,31 @@ if __name__ == "__main__":
     if sys.argv[1:2] != ["work"]:
         raise SystemExit(f"usage: {sys.argv[0]} work SQLITE_PATH COUNT")
     anyio.run(_work, sys.argv[2], int(sys.argv[3]))
+
+
+@pytest.mark.parametrize(
+    "opts",
+    ["{}", '{"attempts":3}', '{"job_id":"a \\"_trace\\": b}","priority":1}'],
+)
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+        {
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tracestate": 'odd=va}l"ue,x=}',
+        },
+    ],
+)
+def test_the_options_text_gives_back_the_options_and_the_context(
+    opts: str, carrier: dict[str, str]
+) -> None:
+    traced = telemetry.with_trace(opts, carrier)
+    assert json.loads(telemetry.without_trace(traced)) == json.loads(opts)
+    assert telemetry.carrier_of(traced) == carrier
+    assert telemetry.without_trace(opts) == opts
+    assert telemetry.carrier_of(opts) is None
+    # Written by something else, the context first: parsed whole, the same answer.
+    moved = json.dumps({"_trace": carrier, **json.loads(opts)})
+    assert json.loads(telemetry.without_trace(moved)) == json.loads(opts)
+    assert telemetry.carrier_of(moved) == carrier
