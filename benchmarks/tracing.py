@@ -1,8 +1,9 @@
 """``--tracing``: run the workloads with a no-op tracer provider or with the SDK's.
 
 ``noop`` is the API's ``NoOpTracerProvider``, which Conveyor takes as tracing off (it
-checks for it on every add and attempt). ``sdk`` is the SDK's ``TracerProvider`` with a batching span
-processor whose exporter drops the spans: the cost of recording them, not of sending.
+checks for it on every add and attempt). ``sdk`` is the SDK's ``TracerProvider`` with a
+batching span processor whose exporter drops the spans: the cost of recording them, not
+of sending them.
 Both need the ``[otel]`` extra; ``sdk`` needs ``opentelemetry-sdk`` too.
 """
 
