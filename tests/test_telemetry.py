@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from conveyor_core import FlowProducer, Job, JobState, Queue, Worker, telemetry
 from conveyor_core.store import StoreInterface
+from conveyor_stores import open_store
 from conveyor_stores.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,11 +275,9 @@ async def test_nothing_is_written_into_jobs_when_tracing_is_off(store: MemorySto
 # ---------------------------------------------------------------------- across processes
 
 
-async def _work(path: str, count: int) -> None:
-    """In the worker process: run both queues of :data:`FLOW` until ``count`` jobs have
-    completed, then print the spans as JSON."""
-    from conveyor_stores.sqlite import SQLiteStore
-
+async def _work(url: str, count: int) -> None:
+    """In the worker process: run both queues of :data:`FLOW` on the store at ``url``
+    until ``count`` jobs have completed, then print the spans as JSON."""
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -291,7 +291,7 @@ async def _work(path: str, count: int) -> None:
         if completed >= count:
             done.set()
 
-    async with SQLiteStore(path) as store:
+    async with open_store(url) as store:
         workers = [
             Worker(name, _echo, store=store, drain_delay=0.05) for name in ("fetch", "reports")
         ]
@@ -315,16 +315,32 @@ async def _work(path: str, count: int) -> None:
     )
 
 
-async def test_a_worker_in_another_process_continues_the_flows_trace(
-    exporter: InMemorySpanExporter, sqlite_path: str
-) -> None:
-    from conveyor_stores.sqlite import SQLiteStore
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store URL two processes can share: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'traced.db'}"
+        return
+    dsn = request.getfixturevalue("pg_dsn")
+    schema = f"conveyor_trace_{uuid.uuid4().hex[:10]}"
+    yield f"{dsn}?schema={schema}"
+    import asyncpg
 
-    async with SQLiteStore(sqlite_path) as store:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_in_another_process_continues_the_flows_trace(
+    exporter: InMemorySpanExporter, store_url: str
+) -> None:
+    async with open_store(store_url) as store:
         await FlowProducer(store=store).add(FLOW)
     pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     result = await anyio.run_process(
-        [sys.executable, __file__, "work", sqlite_path, "3"],
+        [sys.executable, __file__, "work", store_url, "3"],
         env={**os.environ, "PYTHONPATH": pythonpath},
         check=False,
     )
@@ -345,7 +361,7 @@ async def test_a_worker_in_another_process_continues_the_flows_trace(
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["work"]:
-        raise SystemExit(f"usage: {sys.argv[0]} work SQLITE_PATH COUNT")
+        raise SystemExit(f"usage: {sys.argv[0]} work STORE_URL COUNT")
     anyio.run(_work, sys.argv[2], int(sys.argv[3]))
 
 
