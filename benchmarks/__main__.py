@@ -12,6 +12,7 @@ Examples::
     python -m benchmarks --store sqlite --workload dashboard --search-jobs 100000
     python -m benchmarks --store postgres --workload dag --dag-jobs 1000 5000 10000
     python -m benchmarks --store postgres --workload cancel_flow --cancel-jobs 10000
+    python -m benchmarks --store memory --workload process --tracing sdk --repeat 5
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .large_flow import run_large_flow
 from .schedule import run_schedule
 from .search import run_search
 from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
+from .tracing import CHOICES, use_tracing
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
 _SPECIAL = ("search", "schedule", "large_flow", "dashboard", "dag", "cancel_flow")
@@ -139,12 +141,22 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds pickup's worker process idles while its CPU time is measured",
     )
     parser.add_argument(
+        "--tracing",
+        choices=CHOICES,
+        default="off",
+        help="trace with OpenTelemetry: off (no tracer provider), noop (the API's no-op "
+        "provider) or sdk (the SDK's provider, batching to an exporter that drops spans); "
+        "needs the otel extra",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, metavar="K", help="run each K times, report the median"
     )
     return parser
 
 
-def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str, Any]]:
+def _median(
+    runs: list[list[Figure]], store: str, repeat: int, tracing: str = "off"
+) -> list[dict[str, Any]]:
     """One output line per figure: the median of ``seconds`` over the runs."""
     lines: list[dict[str, Any]] = []
     for index, first in enumerate(runs[0]):
@@ -157,6 +169,8 @@ def _median(runs: list[list[Figure]], store: str, repeat: int) -> list[dict[str,
             line[key] = round(statistics.median(run[index].stats[key] for run in runs), 2)
         if repeat > 1:
             line["median_of"] = repeat
+        if tracing != "off":
+            line["tracing"] = tracing
         lines.append(line)
     return lines
 
@@ -170,6 +184,7 @@ async def run_benchmarks(
     large_children: tuple[int, ...] = (100_000,),
     dag_jobs: tuple[int, ...] = (10_000,),
     cancel_jobs: int = 10_000,
+    tracing: str = "off",
 ) -> None:
     """Run every workload on every store, printing each figure as soon as it is known."""
     for url in stores:
@@ -203,7 +218,7 @@ async def run_benchmarks(
             for _ in range(repeat):
                 async with fresh_store(url) as (store, store_url):
                     runs.append(await WORKLOADS[name](store, replace(params, url=store_url)))
-            for line in _median(runs, label(url), repeat):
+            for line in _median(runs, label(url), repeat, tracing):
                 print(json.dumps(line), flush=True)
 
 
@@ -245,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--schedule-seconds and --schedule-processes must be positive", file=sys.stderr)
         return 2
     schedule = (args.schedule_seconds, args.schedule_processes)
+    provider = use_tracing(args.tracing)
     anyio.run(
         run_benchmarks,
         stores,
@@ -255,7 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuple(args.large_children),
         tuple(args.dag_jobs),
         args.cancel_jobs,
+        args.tracing,
     )
+    if provider is not None and hasattr(provider, "shutdown"):
+        provider.shutdown()
     return 0
 
 

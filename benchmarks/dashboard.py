@@ -78,6 +78,7 @@ async def run_dashboard(url: str, label: str, total: int) -> list[dict[str, Any]
             "jobs, rare text": ("/jobs", {"queue": name, "text": f"cust-{total // 2}"}),
             "job": ("/job", {"queue": name, "id": some_job.id}),
             "metrics": ("/metrics", {}),
+            "schedulers": ("/schedulers", {}),
         }
         for what, (path, params) in pages.items():
             for _ in range(WARM_UP):

@@ -34,6 +34,7 @@ from .queue import (
     resolve_options,
 )
 from .store import ChildDependency, DagEdge, NewJob, StoreInterface
+from .telemetry import sending_flows
 
 __all__ = ["FlowProducer", "JobNode"]
 
@@ -378,7 +379,9 @@ class FlowProducer:
                 taken.add(key)
         if not plans:
             return []
-        written = await call([plan.group for plan in plans], now)
+        groups = [plan.group for plan in plans]
+        with sending_flows(groups):
+            written = await call(groups, now)
         nodes: list[JobNode] = []
         for plan, ok in zip(plans, written, strict=True):
             if ok:

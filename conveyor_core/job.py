@@ -23,6 +23,7 @@ from .errors import (
 from .models import MAX_PRIORITY, JobOptions, JobState, shown, text_problem
 from .payloads import validate
 from .store import JobRecord, StoreInterface, cancelled_reason
+from .telemetry import without_trace
 
 if TYPE_CHECKING:
     from .flow import JobNode
@@ -64,7 +65,11 @@ async def cancel_job(
 
 
 def parse_opts(text: str) -> JobOptions:
-    """The ``JobOptions`` of a stored job; identical texts share one (frozen) model."""
+    """The ``JobOptions`` of a stored job; identical texts share one (frozen) model.
+
+    The trace context a job may carry (:data:`conveyor_core.telemetry.TRACE_KEY`) is
+    not an option: it is left out."""
+    text = without_trace(text)
     opts = _OPTS_CACHE.get(text)
     if opts is None:
         opts = JobOptions.model_validate_json(text)

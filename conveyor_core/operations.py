@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import JobNotFoundError
 from .flow import FlowProducer, JobNode
@@ -21,6 +21,9 @@ from .job import Dependencies, Job, JobPage
 from .models import JobState
 from .queue import Queue
 from .store import StoreInterface
+
+if TYPE_CHECKING:
+    from .schedulers import JobScheduler
 
 __all__ = [
     "JOB_ACTIONS",
@@ -37,6 +40,7 @@ __all__ = [
     "job_action",
     "job_to_json",
     "list_queues",
+    "list_schedulers",
     "load_flow_file",
     "queue_action",
     "queue_to_json",
@@ -84,6 +88,17 @@ async def list_queues(store: StoreInterface) -> list[QueueInfo]:
         queue = Queue(name, store=store)
         infos.append(QueueInfo(name, await queue.get_job_counts(), await queue.is_paused()))
     return infos
+
+
+async def list_schedulers(store: StoreInterface, queue: str | None = None) -> list[JobScheduler]:
+    """The job schedulers of ``queue``, or of every queue :func:`list_queues` lists (a
+    queue whose scheduler has not yet added a job is listed only by name), by queue then
+    id."""
+    names = [queue] if queue is not None else await store.list_queues()
+    found: list[JobScheduler] = []
+    for name in names:
+        found += await Queue(name, store=store).get_job_schedulers()
+    return found
 
 
 async def search_jobs(

@@ -23,6 +23,7 @@ from .models import (
 )
 from .pacing import Pacer
 from .store import METRICS_MINUTES, JobRecord, MetricKind, NewJob, StoreInterface
+from .telemetry import sending
 
 if TYPE_CHECKING:
     from .models import FlowJob
@@ -215,7 +216,8 @@ class Queue:
         new, options = self._prepare(name, data, opts)
         await adopt(self.store, new, options)
         now = self._clock()
-        (written,) = await self.store.add_jobs([[new]], now)
+        with sending(self.name, [new]):
+            (written,) = await self.store.add_jobs([[new]], now)
         if not written:
             existing = await self.get_job(new.id)
             if existing is not None:
@@ -252,7 +254,8 @@ class Queue:
         if not news:
             return []
         now = self._clock()
-        written = await self.store.add_jobs([[new] for new in news], now)
+        with sending(self.name, news):
+            written = await self.store.add_jobs([[new] for new in news], now)
         result: list[Job] = []
         pacer = Pacer()
         for new, ok in zip(news, written, strict=True):

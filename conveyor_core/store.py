@@ -217,7 +217,9 @@ class NewJob:
     data: str
     """JSON text."""
     opts: str
-    """JSON text of the job's ``JobOptions``; stored and returned verbatim."""
+    """JSON text of the job's ``JobOptions``; stored and returned verbatim, keys the core
+    adds beside the options (a trace context, ``conveyor_core.telemetry.TRACE_KEY``)
+    included."""
     state: JobState
     """``waiting``, ``delayed`` or ``waiting-children``; chosen by the core."""
     priority: int = 0

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -38,6 +38,10 @@ from .payloads import data_type_of, validate
 from .queue import check_name
 from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
+from .telemetry import processing
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 __all__ = [
     "CANCEL_POLL_SECONDS",
@@ -162,6 +166,9 @@ class Worker:
     the jobs it holds, cancels the handler's scope (a sync handler's thread is let go, as
     above) and fails the job with the cancel reason, never retried.
 
+    ``metrics``: a :class:`conveyor_core.metrics.WorkerMetrics` (the ``[prometheus]``
+    extra) that counts this worker's jobs and times them.
+
     The worker does not own the store: closing the worker leaves the store open.
     """
 
@@ -180,6 +187,7 @@ class Worker:
         drain_delay: float | timedelta = 5.0,
         stacktrace_limit: int = 10,
         clock: Clock = system_clock,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.queue_name = check_name(queue_name, "queue name")
         if not callable(handler):
@@ -241,6 +249,8 @@ class Worker:
         self._thread_limiter = anyio.CapacityLimiter(concurrency)
         self._host: TaskGroup | None = None
         self._progress_hook = self._on_progress
+        if metrics is not None:
+            metrics.attach(self)
 
     def __repr__(self) -> str:
         return f"<Worker queue={self.queue_name!r} concurrency={self.concurrency}>"
@@ -579,44 +589,53 @@ class Worker:
         job._progress_hook = self._progress_hook
         if "active" in self._callbacks:
             await self._emit("active", job)
-        try:
-            with anyio.CancelScope() as scope:
-                running.scope = scope
+        with processing(self.queue_name, job) as span:
+            try:
+                with anyio.CancelScope() as scope:
+                    running.scope = scope
+                    if running.cancel_reason is not None:
+                        scope.cancel()
+                    if self._data_type is not None:
+                        job._data = validate(self._data_type, job.data, what=self._what_data(job))
+                    if self._is_async and job.opts.timeout is None:
+                        value = await self.handler(job)
+                    else:
+                        value = await self._call_handler(job)
+                running.scope = None
                 if running.cancel_reason is not None:
-                    scope.cancel()
-                if self._data_type is not None:
-                    job._data = validate(self._data_type, job.data, what=self._what_data(job))
-                if self._is_async and job.opts.timeout is None:
-                    value = await self.handler(job)
+                    raise JobCancelledError(running.cancel_reason)
+                text = "null" if value is None else codec.dumps(value, what=self._what(job))
+            except anyio.get_cancelled_exc_class():
+                # Forced close or cancellation: the job is handed back in cleanup.
+                raise
+            except JobCancelledError as exc:
+                item = Failure(job.id, running.token, exc.reason, [], None)
+                span.failed(exc, retried=False)
+                outcome = _Outcome(running, item, exc)
+            except WaitingForChildren as exc:
+                if job.token is not None:  # raised by hand, not by a park: a failed attempt
+                    failure = await self._failure(running, exc)
+                    span.failed(exc, retried=failure.retry_at is not None)
+                    outcome = _Outcome(running, failure, exc)
                 else:
-                    value = await self._call_handler(job)
-            running.scope = None
-            if running.cancel_reason is not None:
-                raise JobCancelledError(running.cancel_reason)
-            text = "null" if value is None else codec.dumps(value, what=self._what(job))
-        except anyio.get_cancelled_exc_class():
-            # Forced close or cancellation: the job is handed back in cleanup.
-            raise
-        except JobCancelledError as exc:
-            item = Failure(job.id, running.token, exc.reason, [], None)
-            outcome = _Outcome(running, item, exc)
-        except WaitingForChildren as exc:
-            if job.token is not None:  # raised by hand, not by a park: a failed attempt
-                outcome = _Outcome(running, await self._failure(running, exc), exc)
+                    span.parked()
+                    await self._parked(running)
+                    return
+            except Exception as exc:
+                if running.cancel_reason is not None:
+                    # The handler turned its cancellation into an error: still cancelled.
+                    cancelled = JobCancelledError(running.cancel_reason)
+                    cancelled.__cause__ = exc
+                    item = Failure(job.id, running.token, running.cancel_reason, [], None)
+                    span.failed(cancelled, retried=False)
+                    outcome = _Outcome(running, item, cancelled)
+                else:
+                    failure = await self._failure(running, exc)
+                    span.failed(exc, retried=failure.retry_at is not None)
+                    outcome = _Outcome(running, failure, exc)
             else:
-                await self._parked(running)
-                return
-        except Exception as exc:
-            if running.cancel_reason is not None:
-                # The handler turned its cancellation into an error: still cancelled.
-                cancelled = JobCancelledError(running.cancel_reason)
-                cancelled.__cause__ = exc
-                item = Failure(job.id, running.token, running.cancel_reason, [], None)
-                outcome = _Outcome(running, item, cancelled)
-            else:
-                outcome = _Outcome(running, await self._failure(running, exc), exc)
-        else:
-            outcome = _Outcome(running, Completion(job.id, running.token, text), value)
+                span.completed()
+                outcome = _Outcome(running, Completion(job.id, running.token, text), value)
         running.finished = True
         if self._running.get(job.id) is running:
             del self._running[job.id]

@@ -15,7 +15,9 @@ import anyio
 
 from conveyor_core.engine import Engine
 from conveyor_core.errors import DuplicateJobError
+from conveyor_core.job import parse_opts
 from conveyor_core.models import JobState
+from conveyor_core.queue import options_json
 from conveyor_core.store import (
     Completion,
     DependencyPage,
@@ -353,3 +355,17 @@ class ReleasesActiveParents(MemoryStore):
             if counts["pending"] == 0:
                 await self.release_jobs(parent.queue, [Release(parent.id, parent.lock_token)], now)
         return applied
+
+
+class KeepsOnlyTheOptions(MemoryStore):
+    """Defect: the options text is rewritten from the options it holds, so whatever the
+    core keeps beside them (a job's trace context) is lost."""
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        return await super().add_jobs(
+            [
+                [dataclasses.replace(job, opts=options_json(parse_opts(job.opts))) for job in group]
+                for group in groups
+            ],
+            now,
+        )

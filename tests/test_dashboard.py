@@ -218,6 +218,54 @@ def test_metrics_are_in_prometheus_text_format(dash: Dashboard, mail: dict[str, 
     assert 'conveyor_queue_paused{queue="mail"} 0.0' in text
 
 
+def test_schedulers_page_lists_each_queues_schedulers_and_next_run(
+    dash: Dashboard, mail: dict[str, str]
+) -> None:
+    async def schedule() -> dict[str, Any]:
+        mail_queue = Queue("mail", store=dash.store)
+        digest = await mail_queue.upsert_job_scheduler(
+            "digest",
+            cron="0 7 * * *",
+            tz="Europe/Paris",
+            template={"name": "send-digest"},
+            limit=30,
+        )
+        ping = await mail_queue.upsert_job_scheduler(
+            "<b>ping</b>", every=90, template={"name": "ping"}
+        )
+        # A queue that holds no job yet: listed only when named.
+        quiet = await Queue("quiet", store=dash.store).upsert_job_scheduler(
+            "nightly", cron="0 3 * * *", template={"name": "sweep"}
+        )
+        return {"digest": digest, "ping": ping, "quiet": quiet}
+
+    made = dash.call(schedule)
+    page = dash.get("/schedulers")
+    assert page.status_code == 200
+    rows = re.findall(
+        r'<tr class="scheduler-row" data-scheduler="([^"]*)">(.*?)</tr>', page.text, re.S
+    )
+    assert [unescape(row_id) for row_id, _ in rows] == ["<b>ping</b>", "digest"]
+    assert "<b>ping</b>" not in page.text  # escaped, like every stored string
+    cells = {unescape(row_id): text_of(row) for row_id, row in rows}
+    digest = made["digest"]
+    assert "0 7 * * *" in cells["digest"] and "Europe/Paris" in cells["digest"]
+    assert "send-digest" in cells["digest"] and "0 of 30" in cells["digest"]
+    assert digest.next_run_at.isoformat(sep=" ", timespec="milliseconds") in cells["digest"]
+    assert "every 90s" in cells["<b>ping</b>"]
+    assert "nightly" not in text_of(page.text)
+
+    quiet = dash.get("/schedulers", queue="quiet")
+    assert quiet.status_code == 200
+    (row,) = re.findall(
+        r'<tr class="scheduler-row" data-scheduler="nightly">(.*?)</tr>', quiet.text, re.S
+    )
+    assert "sweep" in text_of(row) and "digest" not in quiet.text
+    jobs_page = dash.get("/jobs", queue="mail")
+    assert 'href="/schedulers?queue=mail"' in jobs_page.text
+    assert dash.get("/schedulers", queue="x\x00").status_code == 400
+
+
 # ---------------------------------------------------------------------- escaping
 
 
@@ -392,6 +440,7 @@ def check_guarded(dash: Dashboard) -> None:
         ("GET", f"/flow?queue=mail&id={mail['failed']}"),
         ("GET", f"/flow/events?queue=mail&id={mail['failed']}"),
         ("GET", "/metrics"),
+        ("GET", "/schedulers"),
         ("GET", "/static/dashboard.css"),
         ("GET", "/static/dashboard.js"),
         ("POST", "/job/action"),
@@ -502,6 +551,7 @@ def test_the_dashboard_benchmark_prints_one_line_per_page() -> None:
         "jobs, rare text",
         "job",
         "metrics",
+        "schedulers",
     ]
     for line in lines:
         assert line["workload"] == "dashboard" and line["store"] == "sqlite"

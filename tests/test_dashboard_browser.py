@@ -244,6 +244,38 @@ def test_a_flow_tree_turns_green_as_workers_run(browser: Any, db: Path) -> None:
     assert not workers.is_alive()
 
 
+async def _schedule(store: Any) -> str:
+    mail = Queue("mail", store=store)
+    await mail.upsert_job_scheduler(
+        "morning-digest", cron="0 7 * * *", tz="Europe/Paris", template={"name": "digest"}
+    )
+    ping = await mail.upsert_job_scheduler("ping", every=3600, template={"name": "ping"})
+    assert ping.next_run_at is not None
+    return ping.next_run_at.isoformat(sep=" ", timespec="milliseconds")
+
+
+def test_the_schedulers_page_lists_each_scheduler_and_its_next_run(browser: Any, db: Path) -> None:
+    from playwright.sync_api import expect
+
+    on_file(db, seed_mail)
+    next_ping = on_file(db, _schedule)
+    with serve(db) as base:
+        page = browser.new_page(viewport={"width": 1100, "height": 400})
+        page.goto(base + "/")
+        page.get_by_role("link", name="Schedulers").click()
+        rows = page.locator("tr.scheduler-row")
+        expect(rows).to_have_count(2)
+        ping = page.locator('tr.scheduler-row[data-scheduler="ping"]')
+        expect(ping.locator(".pattern")).to_have_text("every 3600s")
+        expect(ping.locator(".next-run")).to_have_text(next_ping)
+        digest = page.locator('tr.scheduler-row[data-scheduler="morning-digest"]')
+        expect(digest.locator(".pattern")).to_have_text("0 7 * * * Europe/Paris")
+        shot(page, "schedulers")
+        digest.get_by_role("link", name="mail").click()
+        expect(page.locator("#queue-name")).to_have_text("mail")
+        page.close()
+
+
 def test_read_only_offers_no_action(browser: Any, db: Path) -> None:
     from playwright.sync_api import expect
 
@@ -287,6 +319,7 @@ def test_screenshots_are_small_pngs() -> None:
         "dashboard-job.png",
         "dashboard-jobs.png",
         "dashboard-queues.png",
+        "dashboard-schedulers.png",
     ]
     for image in shots:
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -32,6 +32,9 @@ from .support import (
     run,
     store_url,
 )
+
+if TYPE_CHECKING:
+    from ..metrics import WorkerMetrics
 
 STORE_HELP = (
     "Store URL: memory://, sqlite:///rel.db, sqlite:////abs.db, postgresql://…, redis://… "
@@ -199,6 +202,20 @@ def _queue_names(
     help="debug: every job started too; info: completions and lifecycle; warning: "
     "attempts that will be retried and stalls; error: failures and errors only.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve the workers' Prometheus metrics (jobs completed, failed and retried, "
+    "processing and waiting times) at http://HOST:PORT/metrics; needs the prometheus "
+    "extra. 0 picks a free port (printed).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics server listens on.",
+)
 @store_option
 def worker(
     handler: str,
@@ -209,6 +226,8 @@ def worker(
     max_stalled_count: int,
     shutdown_timeout: float | None,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
     store: str | None,
 ) -> None:
     """Run workers for one or more queues until SIGINT or SIGTERM, then close them.
@@ -226,6 +245,8 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
+    metrics = None if metrics_port is None else _worker_metrics(metrics_port, metrics_host, log)
+
     async def main() -> None:
         async with opened_store(url) as opened:
             workers = [
@@ -237,6 +258,7 @@ def worker(
                     lock_duration=lock_duration,
                     stalled_interval=stalled_interval,
                     max_stalled_count=max_stalled_count,
+                    metrics=metrics,
                 )
                 for name in queue_names
             ]
@@ -263,6 +285,26 @@ def worker(
             log.info(Text("worker closed"))
 
     run(main)
+
+
+def _worker_metrics(port: int, host: str, log: _Log) -> WorkerMetrics:
+    """A ``WorkerMetrics`` served over HTTP, or a usage error naming what went wrong."""
+    try:
+        from ..metrics import WorkerMetrics
+    except ImportError as exc:
+        raise click.UsageError(
+            f"--metrics-port needs the prometheus extra: pip install 'conveyor-queue[prometheus]' "
+            f"({exc})"
+        ) from exc
+    metrics = WorkerMetrics()
+    try:
+        served = metrics.serve(port, host)
+    except OSError as exc:
+        raise click.UsageError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    log.info(Text(f"metrics at http://{host}:{served}/metrics"))
+    return metrics
 
 
 class _Log:

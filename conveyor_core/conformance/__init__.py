@@ -40,6 +40,7 @@ pytest.register_assert_rewrite(
     "conveyor_core.conformance.queue_management",
     "conveyor_core.conformance.schedulers",
     "conveyor_core.conformance.seed_examples",
+    "conveyor_core.conformance.telemetry",
     "conveyor_core.conformance.transitions",
     "conveyor_core.conformance.working",
 )
@@ -59,6 +60,7 @@ from .runner import run  # noqa: E402
 from .schedulers import SchedulerTests  # noqa: E402
 from .seed_examples import SeedExampleTests  # noqa: E402
 from .step_jobs import StepJobTests  # noqa: E402
+from .telemetry import TraceContextTests  # noqa: E402
 from .transitions import TransitionTests  # noqa: E402
 from .working import WorkingTests  # noqa: E402
 
@@ -83,6 +85,7 @@ class StoreConformance(
     DagTests,
     CancellingTests,
     StepJobTests,
+    TraceContextTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

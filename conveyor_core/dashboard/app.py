@@ -465,6 +465,19 @@ class _Dashboard:
             raise JobNotFoundError(queue, job_id)
         return _EventStream(self.store, root)
 
+    async def schedulers(self, request: Request) -> Response:
+        queue = request.query_params.get("queue") or None
+        found = await ops.list_schedulers(self.store, queue)
+        rows = [
+            {
+                "scheduler": scheduler,
+                "job": (scheduler.template or scheduler.flow or {}).get("name", ""),
+                "flow": scheduler.flow is not None,
+            }
+            for scheduler in found
+        ]
+        return self.page(request, "schedulers.html", {"queue": queue, "rows": rows})
+
     async def metrics(self, request: Request) -> Response:
         from .metrics import CONTENT_TYPE, render_metrics
 
@@ -553,6 +566,7 @@ def create_app(
         Route("/job", handle(dash.job), name="job"),
         Route("/flow", handle(dash.flow), name="flow"),
         Route("/flow/events", handle(dash.flow_events), name="flow_events"),
+        Route("/schedulers", handle(dash.schedulers), name="schedulers"),
         Route("/metrics", dash.metrics, name="metrics"),
         Route("/job/action", handle(dash.job_action), methods=["POST"], name="job_action"),
         Route("/queue/action", handle(dash.queue_action), methods=["POST"], name="queue_action"),
