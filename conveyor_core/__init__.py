@@ -27,7 +27,16 @@ from .errors import (
 from .events import QueueEvents
 from .flow import FlowProducer, JobNode
 from .job import Dependencies, DependencyCounts, Job, JobPage
-from .models import Backoff, FlowJob, JobOptions, JobState, ParentPolicy, QueueEvent, RateLimit
+from .models import (
+    Backoff,
+    Deduplication,
+    FlowJob,
+    JobOptions,
+    JobState,
+    ParentPolicy,
+    QueueEvent,
+    RateLimit,
+)
 from .operations import QueueInfo, list_queues
 from .payloads import DataValidationError
 from .queue import Queue
@@ -45,6 +54,7 @@ __all__ = [
     "Backoff",
     "ConveyorError",
     "DataValidationError",
+    "Deduplication",
     "Dependencies",
     "DependencyCounts",
     "DuplicateJobError",

@@ -27,6 +27,8 @@ from .store import (
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -217,7 +219,18 @@ class Backend(Protocol):
     def set_rate_window(self, queue: str, start: float, count: int) -> None: ...
 
     def forget_queue(self, queue: str) -> None:
-        """Drop what the backend keeps about an emptied queue (paused flag, window)."""
+        """Drop what the backend keeps about an emptied queue (paused flag, window,
+        deduplication entries)."""
+        ...
+
+    def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
+        """The deduplication entry ``(job id, expires_at)`` of ``dedup_id``, or ``None``."""
+        ...
+
+    def put_deduplication(
+        self, queue: str, dedup_id: str, job_id: str, expires_at: float | None
+    ) -> None:
+        """Insert or replace a deduplication entry."""
         ...
 
     def queues(self) -> list[str]:
@@ -382,6 +395,35 @@ class Engine:
                 for new in group:
                     self._write_new(new, now)
         return written
+
+    def add_deduplicated(self, new: NewJob, dedup: DeduplicationKey, now: float) -> DeduplicatedAdd:
+        """DEDUPLICATION of the protocol."""
+        b = self.b
+        entry = b.get_deduplication(new.queue, dedup.id)
+        live = None if entry is None else b.get(new.queue, entry[0])
+        if entry is not None and live is not None:
+            expires_at = entry[1]
+            if (expires_at is None and not live.state.finished) or (
+                expires_at is not None and now < expires_at
+            ):
+                if dedup.replace and live.state is DELAYED:
+                    live.data = new.data
+                    self._enter_delayed(live, DELAYED, now + new.delay, now)
+                if dedup.extend and dedup.ttl is not None:
+                    b.put_deduplication(new.queue, dedup.id, live.id, now + dedup.ttl)
+                b.emit(
+                    "deduplicated",
+                    new.queue,
+                    live.id,
+                    {"deduplication_id": dedup.id, "deduplicated_job_id": new.id},
+                    now,
+                )
+                return DeduplicatedAdd(live.id, False)
+        (written,) = self.add_jobs([[new]], now)
+        if written:
+            expires = None if dedup.ttl is None else now + dedup.ttl
+            b.put_deduplication(new.queue, dedup.id, new.id, expires)
+        return DeduplicatedAdd(new.id, written)
 
     def _write_new(self, new: NewJob, now: float) -> None:
         policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)

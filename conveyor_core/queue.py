@@ -21,7 +21,14 @@ from .models import (
     text_problem,
 )
 from .pacing import Pacer
-from .store import METRICS_MINUTES, JobRecord, MetricKind, NewJob, StoreInterface
+from .store import (
+    METRICS_MINUTES,
+    DeduplicationKey,
+    JobRecord,
+    MetricKind,
+    NewJob,
+    StoreInterface,
+)
 
 if TYPE_CHECKING:
     from .models import FlowJob
@@ -97,8 +104,16 @@ def build_new_job(
     opts: JobOptions,
     job_id: str,
     has_children: bool = False,
+    deduplicable: bool = False,
 ) -> NewJob:
-    """A ``NewJob`` with the initial state the core picks for it."""
+    """A ``NewJob`` with the initial state the core picks for it. ``deduplicable``: the
+    caller adds it through ``add_deduplicated`` (``Queue.add``); elsewhere an
+    ``opts.deduplication`` is refused."""
+    if opts.deduplication is not None and not deduplicable:
+        raise ValueError(
+            f"opts.deduplication of job {name!r}: deduplication applies to Queue.add only, "
+            "not to add_bulk, flows or job schedulers"
+        )
     if has_children:
         state = JobState.WAITING_CHILDREN
     elif opts.delay > 0:
@@ -176,23 +191,42 @@ class Queue:
 
     # ------------------------------------------------------------------ adding
 
-    def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> NewJob:
+    def _prepare(
+        self, name: str, data: Any, opts: OptionsLike | None, *, single: bool = False
+    ) -> tuple[NewJob, JobOptions]:
         check_name(name, "job name", MAX_JOB_NAME_BYTES)
         options = resolve_options(opts, self._defaults)
         text = codec.dumps(data, what=lambda: f"data of job {name!r} in queue {self.name!r}")
-        return build_new_job(
+        new = build_new_job(
             queue=self.name,
             name=name,
             data=text,
             opts=options,
             job_id=options.job_id or new_id(),
+            deduplicable=single,
         )
+        return new, options
 
     async def add(self, name: str, data: Any = None, opts: OptionsLike | None = None) -> Job:
         """Add one job. With an ``opts.job_id`` that already exists in this queue,
-        nothing is written and the existing job is returned."""
-        new = self._prepare(name, data, opts)
+        nothing is written and the existing job is returned. With
+        ``opts.deduplication`` whose id a live job holds, nothing is written and that
+        job is returned (see ``Deduplication``)."""
+        new, options = self._prepare(name, data, opts, single=True)
         now = self._clock()
+        if (dedup := options.deduplication) is not None:
+            key = DeduplicationKey(dedup.id, dedup.ttl, dedup.extend, dedup.replace)
+            added = await self.store.add_deduplicated(new, key, now)
+            if added.written:
+                return Job(self.store, record_of(new, now), clock=self._clock)
+            holder = await self.get_job(added.job_id)
+            if holder is None:
+                # Finished and removed between the two calls: report what happened.
+                raise DuplicateJobError(
+                    f"job {new.id!r} was deduplicated by job {added.job_id!r} "
+                    f"(deduplication id {dedup.id!r}), which has since been removed"
+                )
+            return holder
         (written,) = await self.store.add_jobs([[new]], now)
         if not written:
             existing = await self.get_job(new.id)
@@ -221,7 +255,7 @@ class Queue:
             unknown = set(item) - {"name", "data", "opts"}
             if unknown:
                 raise ValueError(f"add_bulk item {index} has unknown keys: {sorted(unknown)}")
-            new = self._prepare(item.get("name"), item.get("data"), item.get("opts"))  # type: ignore[arg-type]
+            new, _ = self._prepare(item.get("name"), item.get("data"), item.get("opts"))  # type: ignore[arg-type]
             if new.id in seen:
                 raise DuplicateJobError(f"job id {new.id!r} is used twice in one add_bulk call")
             seen.add(new.id)

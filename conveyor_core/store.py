@@ -111,6 +111,27 @@ reads counters instead of the records; and it keeps a parent's records readable 
 in insertion order, so a page of :meth:`StoreInterface.get_dependency_page` costs the
 page, not the flow.
 
+DEDUPLICATION: a queue holds deduplication entries, one per deduplication id: the id
+of the job that took it and ``expires_at`` (``None`` without a ttl). An entry is *live*
+at ``now`` while its job exists and, without ``expires_at``, is not ``completed`` or
+``failed``; with ``expires_at``, while ``now < expires_at`` (whatever the job does). So
+an id is freed when its job finishes or is deleted (no ttl), or when the ttl passes.
+:meth:`StoreInterface.add_deduplicated` of a job ``N`` with deduplication
+``(id, ttl, extend, replace)``, in one atomic step:
+
+1. If the entry of ``id`` is live, with job ``J``: nothing new is written. If
+   ``replace`` and ``J`` is ``delayed``, ``J.data`` becomes ``N.data`` and its delay
+   starts again: ``run_at = now + N.delay`` (event ``delayed`` with ``{"run_at"}``). If
+   ``extend`` (and ``ttl``), ``expires_at = now + ttl``. Event ``deduplicated`` on ``J``
+   with ``{"deduplication_id": id, "deduplicated_job_id": N.id}``. Returns ``J.id``, not
+   written.
+2. Otherwise ``N`` is added as one group of :meth:`StoreInterface.add_jobs` (an existing
+   ``N.id`` writes nothing and returns ``N.id``, not written, leaving the entry as it
+   was); if written, the entry becomes ``(N.id, now + ttl or None)``. Returns ``N.id``.
+
+Two concurrent adds of one deduplication id write exactly one job. ``obliterate`` drops
+the queue's entries.
+
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
 most recently finished jobs of its queue in that state; delete older ones). Deleting a
@@ -242,6 +263,27 @@ def check_dependency_limit(limit: int) -> int:
 
 
 DEPENDENCY_STATUSES: tuple[DependencyStatus, ...] = ("pending", "processed", "failed", "ignored")
+
+
+@dataclass(slots=True, frozen=True)
+class DeduplicationKey:
+    """How :meth:`StoreInterface.add_deduplicated` deduplicates a job (DEDUPLICATION)."""
+
+    id: str
+    ttl: float | None = None
+    """Seconds the id stays held from the add; ``None``: until the job finishes."""
+    extend: bool = False
+    replace: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class DeduplicatedAdd:
+    """What :meth:`StoreInterface.add_deduplicated` did."""
+
+    job_id: str
+    """The job that holds the deduplication id: the new one, or the live one."""
+    written: bool
+    """Whether the new job was written."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -450,6 +492,13 @@ class StoreInterface(Protocol):
         (``waiting``, ``delayed`` with ``{"run_at": ...}`` or ``waiting-children``).
         Idle workers of the queues that got waiting jobs are woken.
         """
+        ...
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        """Add one standalone job (no parent, no children) under a deduplication id:
+        DEDUPLICATION, in one atomic step, across every process using the store."""
         ...
 
     # ------------------------------------------------------------------ working

@@ -26,6 +26,8 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -150,6 +152,7 @@ class MemoryBackend:
         self.woken: set[str] = set()
         self.metrics_: dict[tuple[str, str], dict[int, int]] = {}
         self.schedulers_: dict[str, dict[str, SchedulerRecord]] = {}
+        self.dedup: dict[str, dict[str, tuple[str, float | None]]] = {}
 
     def _q(self, queue: str) -> _QueueData:
         data = self.queues_.get(queue)
@@ -382,6 +385,7 @@ class MemoryBackend:
 
     def forget_queue(self, queue: str) -> None:
         self.queues_.pop(queue, None)
+        self.dedup.pop(queue, None)
         self.metrics_.pop((queue, "completed"), None)
         self.metrics_.pop((queue, "failed"), None)
 
@@ -396,6 +400,14 @@ class MemoryBackend:
 
     def wake(self, queue: str) -> None:
         self.woken.add(queue)
+
+    def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
+        return self.dedup.get(queue, {}).get(dedup_id)
+
+    def put_deduplication(
+        self, queue: str, dedup_id: str, job_id: str, expires_at: float | None
+    ) -> None:
+        self.dedup.setdefault(queue, {})[dedup_id] = (job_id, expires_at)
 
     # ---------------------------------------------------------------- schedulers
 
@@ -592,6 +604,11 @@ class MemoryStore:
             self._offloaded = None
             finished.set()
             self._flush()
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        return await self._call(self._engine.add_deduplicated, new, dedup, now)
 
     async def take_jobs(
         self,

@@ -12,11 +12,14 @@ import dataclasses
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 
 from conveyor_core.errors import DuplicateJobError
 from conveyor_core.models import JobState
 from conveyor_core.store import (
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     Failure,
@@ -264,3 +267,30 @@ class SearchDropsTheLastJobOfAPage(MemoryStore):
         if page.next_cursor is not None and page.jobs:
             return SearchPage(page.jobs[:-1], page.next_cursor)
         return page
+
+
+class DeduplicatesByReadThenWrite(MemoryStore):
+    """Defect: deduplication is a read, then a write, in two steps.
+
+    The store looks up the job holding the deduplication id, then adds the new job in a
+    separate call, so two adds of one id that interleave both find the id free and both
+    write a job.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[tuple[str, str], str] = {}
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        key = (new.queue, dedup.id)
+        holder = self._held.get(key)
+        live = None if holder is None else await self.get_job(new.queue, holder)
+        await anyio.lowlevel.checkpoint()
+        if live is not None and not live.state.finished:
+            return DeduplicatedAdd(live.id, False)
+        (written,) = await self.add_jobs([[new]], now)
+        if written:
+            self._held[key] = new.id
+        return DeduplicatedAdd(new.id, written)

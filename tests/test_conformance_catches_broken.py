@@ -59,6 +59,10 @@ CATCHERS: dict[str, tuple[str, ...]] = {
     "CountsMissIgnoredChildren": (
         "test_counts_follow_complete_ignore_drop_retry_remove_leave_and_obliterate",
     ),
+    "DeduplicatesByReadThenWrite": (
+        "test_racing_adds_of_one_id_write_one_job",
+        "test_a_live_job_holds_its_id_until_it_finishes",
+    ),
     "PagesSkipTheChildAfterTheCursor": (
         "test_pages_walk_every_child_once_in_the_order_added",
         "test_a_page_deep_in_a_big_flow",

@@ -46,6 +46,7 @@ pytest.register_assert_rewrite(
 from ._support import Harness  # noqa: E402
 from .capabilities import CapabilityTests  # noqa: E402
 from .events import EventTests  # noqa: E402
+from .flow_control import DeduplicationTests  # noqa: E402
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
 from .inputs import InputTests  # noqa: E402
@@ -76,6 +77,7 @@ class StoreConformance(
     LargeFlowTests,
     DependencyCountTests,
     LeavingFlowTests,
+    DeduplicationTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

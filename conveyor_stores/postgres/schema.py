@@ -85,6 +85,7 @@ FUNCTIONS = (
     "fire_scheduler",
     "remove_child_dependency",
     "remove_unprocessed_children",
+    "add_deduplicated",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -118,6 +119,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         + all_functions_sql()
         + migration_sql("0004_large_flows_triggers"),
     ),
+    (8, migration_sql("0008_flow_control") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

@@ -38,6 +38,8 @@ from conveyor_core.store import (
     STALLED_REASON,
     ChildDependency,
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -313,6 +315,32 @@ class _Operations:
                 raise DuplicateJobError(str(exc)) from exc
             raise
         return list(result)
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        if new.parent_id is not None or new.state is JobState.WAITING_CHILDREN:
+            raise ValueError("add_deduplicated adds one standalone job")
+        row = await self._fetchrow(
+            "add_deduplicated",
+            dedup.id,
+            dedup.ttl,
+            dedup.extend,
+            dedup.replace,
+            new.id,
+            new.queue,
+            new.name,
+            new.data,
+            new.opts,
+            new.state.value,
+            new.priority,
+            new.lifo,
+            new.delay,
+            new.keep_completed,
+            new.keep_failed,
+            now,
+        )
+        return DeduplicatedAdd(row[0], bool(row[1]))
 
     async def _duplicate_error(
         self, groups: Sequence[Sequence[NewJob]], exc: asyncpg.PostgresError
@@ -841,6 +869,9 @@ def _statements(schema: str) -> dict[str, str]:
         "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
         "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
         "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
+        "add_deduplicated": f"SELECT * FROM {s}.add_deduplicated($1::text, $2::float8, "
+        "$3::bool, $4::bool, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text, "
+        "$11::int, $12::bool, $13::float8, $14::int8, $15::int8, $16::float8)",
         "add_one": f"WITH ins AS (INSERT INTO {s}.jobs (id, queue, name, data, opts, state, "
         "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key) "
         "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, "

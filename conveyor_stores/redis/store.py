@@ -53,6 +53,8 @@ from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -93,6 +95,7 @@ _SCRIPTS = (
     "schedulers",
     "fire_scheduler",
     "dependencies",
+    "add_deduplicated",
 )
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is packed on a worker thread."""
@@ -174,7 +177,8 @@ def _load_scripts() -> dict[str, str]:
     bodies = {name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
     # A tick's jobs are written by add_jobs' own body, run inside the fire's
     # compare-and-set: one rule for adding, in one place.
-    bodies["fire_scheduler"] = bodies["fire_scheduler"].replace("@ADD_JOBS", bodies["add_jobs"])
+    for name in ("fire_scheduler", "add_deduplicated"):
+        bodies[name] = bodies[name].replace("@ADD_JOBS", bodies["add_jobs"])
     return {name: _link(common, body) for name, body in bodies.items()}
 
 
@@ -834,6 +838,23 @@ class RedisStore:
                 ) from None
             written = await self._run("add_jobs", first_base, now, packed)
         return [flag == 1 for flag in written]
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        if new.parent_id is not None or new.state is JobState.WAITING_CHILDREN:
+            raise ValueError("add_deduplicated adds one standalone job")
+        args: list[Any] = [1, *self._add_arguments([new])]
+        args += [
+            dedup.id,
+            "" if dedup.ttl is None else repr(float(dedup.ttl)),
+            "1" if dedup.extend else "0",
+            "1" if dedup.replace else "0",
+            new.id,
+            float(new.delay),
+        ]
+        job_id, written = await self._run("add_deduplicated", self._base(new.queue), now, *args)
+        return DeduplicatedAdd(job_id, written == 1)
 
     def _add_arguments(
         self, group: Sequence[NewJob], base: Callable[[str], str] | None = None

@@ -733,6 +733,22 @@ class SQLiteBackend:
             (queue, start, count),
         )
 
+    def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
+        row = self.conn.execute(
+            "SELECT job_id, expires_at FROM deduplication WHERE queue = ? AND id = ?",
+            (queue, dedup_id),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put_deduplication(
+        self, queue: str, dedup_id: str, job_id: str, expires_at: float | None
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO deduplication (queue, id, job_id, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            (queue, dedup_id, job_id, expires_at),
+        )
+
     # ---------------------------------------------------------------- schedulers
 
     def get_scheduler(self, queue: str, scheduler_id: str) -> SchedulerRecord | None:
@@ -781,6 +797,7 @@ class SQLiteBackend:
 
     def forget_queue(self, queue: str) -> None:
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
+        self.conn.execute("DELETE FROM deduplication WHERE queue = ?", (queue,))
         self.conn.execute("DELETE FROM metrics WHERE queue = ?", (queue,))
 
     # ---------------------------------------------------------------- operating

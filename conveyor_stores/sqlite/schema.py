@@ -188,7 +188,22 @@ _V4 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+_V8 = (
+    # Flow control: deduplication entries (DEDUPLICATION of the store protocol) and the
+    # queue's global concurrency.
+    """
+    CREATE TABLE deduplication (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (queue, id)
+    ) WITHOUT ROWID
+    """,
+    "ALTER TABLE queues ADD COLUMN concurrency INTEGER",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V8)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -117,6 +117,8 @@ from conveyor_core.models import JobState
 from conveyor_core.store import (
     ChildDependency,
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -726,6 +728,11 @@ class SQLiteStore:
             return state.engine.add_jobs(groups, now)
 
         return await self._write(add, small=sum(map(len, groups)) <= _SMALL)
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        return await self._write(lambda s: s.engine.add_deduplicated(new, dedup, now), small=True)
 
     async def take_jobs(
         self,

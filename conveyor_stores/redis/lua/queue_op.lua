@@ -91,7 +91,7 @@ elseif op == 'obliterate' then
   for _, sid in ipairs(redis.call('ZRANGE', QB .. 'scheds', 0, -1)) do
     redis.call('DEL', QB .. 'sched:' .. sid)
   end
-  redis.call('DEL', QB .. 'scheds', QB .. 'sched_next')
+  redis.call('DEL', QB .. 'scheds', QB .. 'sched_next', QB .. 'dedup')
   redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)
