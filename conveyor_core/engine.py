@@ -223,6 +223,18 @@ class Backend(Protocol):
         deduplication entries)."""
         ...
 
+    def global_concurrency(self, queue: str) -> int | None:
+        """The queue's global concurrency, or ``None``."""
+        ...
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None: ...
+
+    def limited_until(self, queue: str) -> float | None:
+        """The queue's manual rate limit: no take before this time; or ``None``."""
+        ...
+
+    def set_limited_until(self, queue: str, until: float) -> None: ...
+
     def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
         """The deduplication entry ``(job id, expires_at)`` of ``dedup_id``, or ``None``."""
         ...
@@ -476,6 +488,15 @@ class Engine:
             self._enter_waiting(job, DELAYED, now)
         if b.is_paused(queue) or limit <= 0:
             return TakeResult([], b.next_run_at(queue))
+        held = b.limited_until(queue)
+        if held is not None and now < held:
+            return TakeResult([], b.next_run_at(queue), held)
+        cap = b.global_concurrency(queue)
+        if cap is not None:
+            room = cap - b.count(queue, ACTIVE)
+            if room <= 0:
+                return TakeResult([], b.next_run_at(queue), concurrency_limited=True)
+            limit = min(limit, room)
         window: tuple[float, int] | None = None
         if rate_limit is not None:
             most, duration = rate_limit
@@ -878,6 +899,18 @@ class Engine:
         if removed:
             self.b.emit("cleaned", queue, None, {"count": len(removed)}, now)
         return removed
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self.b.set_global_concurrency(queue, concurrency)
+        self.b.wake(queue)
+
+    def get_global_concurrency(self, queue: str) -> int | None:
+        return self.b.global_concurrency(queue)
+
+    def rate_limit_queue(self, queue: str, until: float) -> None:
+        held = self.b.limited_until(queue)
+        if held is None or until > held:
+            self.b.set_limited_until(queue, until)
 
     def obliterate(self, queue: str, force: bool, now: float) -> None:
         if not force and self.b.count(queue, ACTIVE):

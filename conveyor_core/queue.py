@@ -393,6 +393,25 @@ class Queue:
 
     # ------------------------------------------------------------------ schedulers
 
+    # ------------------------------------------------------------------ flow control
+
+    async def set_global_concurrency(self, concurrency: int) -> None:
+        """At most ``concurrency`` jobs of this queue are active at once, across every
+        worker and process (enforced by the store when jobs are taken)."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        await self.store.set_global_concurrency(self.name, concurrency)
+
+    async def get_global_concurrency(self) -> int | None:
+        """The queue's global concurrency, or ``None`` if it has none."""
+        return await self.store.get_global_concurrency(self.name)
+
+    async def remove_global_concurrency(self) -> None:
+        """Remove the queue's global concurrency: workers' own concurrency alone applies."""
+        await self.store.set_global_concurrency(self.name, None)
+
     async def upsert_job_scheduler(
         self,
         scheduler_id: str,

@@ -329,6 +329,9 @@ class TakeResult:
     when to look again; ``None`` if there is none."""
     rate_limited_until: float | None = None
     """Set when the queue's rate limit stopped the take: no job starts before then."""
+    concurrency_limited: bool = False
+    """Set when the queue's global concurrency stopped the take: as many jobs as it
+    allows are active; one must finish before another starts."""
 
 
 @dataclass(slots=True)
@@ -523,6 +526,18 @@ class StoreInterface(Protocol):
         ``rate_limit = (max, duration)``: at most ``max`` jobs of this queue start in any
         window of ``duration`` seconds, counted across all callers; when the window is
         full, returns no job and ``rate_limited_until``.
+
+        GLOBAL CONCURRENCY: with a global concurrency ``n`` set on the queue (see
+        :meth:`set_global_concurrency`), at most ``n - active`` jobs are taken, where
+        ``active`` counts the queue's active jobs of every caller; when that is zero or
+        less, returns no job and ``concurrency_limited`` (checked before the rate limit,
+        so a full queue spends nothing of the rate window). Concurrent takes through
+        any number of store objects and processes never leave more than ``n`` active.
+
+        MANUAL RATE LIMIT: while ``now`` is before the queue's ``limited_until`` (see
+        :meth:`rate_limit_queue`), returns no job and ``rate_limited_until =
+        limited_until``; checked after due delayed jobs are promoted and before the
+        global concurrency and the rate limit.
         """
         ...
 
@@ -807,6 +822,25 @@ class StoreInterface(Protocol):
         written for that queue and kind, and drops older ones in time, so what it keeps
         stays bounded; ``obliterate`` deletes them.
         """
+        ...
+
+    # ------------------------------------------------------------------ flow control
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        """Set the queue's global concurrency (an ``int`` of at least 1, checked by the
+        core), or remove it with ``None``. It stays until removed or the queue is
+        obliterated. Idle workers of the queue may be woken."""
+        ...
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        """The queue's global concurrency, or ``None``."""
+        ...
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        """MANUAL RATE LIMIT: no job of the queue is taken before ``until``, by any
+        caller. A later ``until`` than the queue holds replaces it; an earlier one
+        changes nothing. (A handler's ``RateLimitedError``: the worker calls this, then
+        hands its job back with :meth:`release_jobs`.)"""
         ...
 
     # ------------------------------------------------------------------ schedulers

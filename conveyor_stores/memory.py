@@ -74,6 +74,8 @@ class _QueueData:
     waiting_children: dict[str, None] = field(default_factory=dict)
     paused: bool = False
     window: tuple[float, int] | None = None
+    concurrency: int | None = None
+    limited_until: float | None = None
 
     def size(self) -> int:
         return (
@@ -400,6 +402,18 @@ class MemoryBackend:
 
     def wake(self, queue: str) -> None:
         self.woken.add(queue)
+
+    def global_concurrency(self, queue: str) -> int | None:
+        return self._q(queue).concurrency
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self._q(queue).concurrency = concurrency
+
+    def limited_until(self, queue: str) -> float | None:
+        return self._q(queue).limited_until
+
+    def set_limited_until(self, queue: str, until: float) -> None:
+        self._q(queue).limited_until = until
 
     def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
         return self.dedup.get(queue, {}).get(dedup_id)
@@ -776,6 +790,15 @@ class MemoryStore:
         self, queue: str, kind: MetricKind, start: int, end: int
     ) -> dict[int, int]:
         return await self._call(self._engine.get_metrics, queue, kind, start, end)
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self._run(self._engine.set_global_concurrency, queue, concurrency)
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        return self._run(self._engine.get_global_concurrency, queue)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        self._run(self._engine.rate_limit_queue, queue, until)
 
     async def upsert_scheduler(
         self,

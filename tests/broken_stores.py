@@ -294,3 +294,55 @@ class DeduplicatesByReadThenWrite(MemoryStore):
         if written:
             self._held[key] = new.id
         return DeduplicatedAdd(new.id, written)
+
+
+class CapsEachTakeNotTheQueue(MemoryStore):
+    """Defect: the global concurrency caps each take, not the queue's active jobs.
+
+    Every call may take up to the limit, whatever is already active, so two workers (or
+    two takes of one worker) together run more jobs than the queue allows.
+    """
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        cap = await self.get_global_concurrency(queue)
+        if cap is None:
+            return await super().take_jobs(
+                queue,
+                limit=limit,
+                token=token,
+                lock_until=lock_until,
+                now=now,
+                rate_limit=rate_limit,
+            )
+        await self.set_global_concurrency(queue, None)
+        try:
+            return await super().take_jobs(
+                queue,
+                limit=min(limit, cap),
+                token=token,
+                lock_until=lock_until,
+                now=now,
+                rate_limit=rate_limit,
+            )
+        finally:
+            await self.set_global_concurrency(queue, cap)
+
+
+class DropsTheManualRateLimit(MemoryStore):
+    """Defect: the queue's manual rate limit is accepted and forgotten.
+
+    A handler's ``RateLimitedError`` hands its job back, but the queue goes on taking
+    jobs at once, so the outside limit the handler hit is hammered again.
+    """
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        return None

@@ -128,3 +128,28 @@ def test_large_flow_prints_add_run_counts_and_pages(tmp_path: Path) -> None:
         ("first", 0, 100),
         ("deep", 150, 100),
     ]
+
+
+def test_flow_control_workloads_print_figures_beside_the_plain_ones() -> None:
+    lines = run_benchmarks(
+        "--store",
+        "memory://",
+        "--jobs",
+        "20",
+        "--workload",
+        "enqueue_seq",
+        "--workload",
+        "enqueue_dedup",
+        "--workload",
+        "process",
+        "--workload",
+        "process_limited",
+    )
+    assert [line["workload"] for line in lines] == [
+        "enqueue_seq",
+        "enqueue_dedup",
+        "process",
+        "process_limited",
+    ]
+    assert all(line["n"] == 20 for line in lines)
+    assert lines[3]["global_concurrency"] == 10

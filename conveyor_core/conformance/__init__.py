@@ -46,7 +46,11 @@ pytest.register_assert_rewrite(
 from ._support import Harness  # noqa: E402
 from .capabilities import CapabilityTests  # noqa: E402
 from .events import EventTests  # noqa: E402
-from .flow_control import DeduplicationTests  # noqa: E402
+from .flow_control import (  # noqa: E402
+    DeduplicationTests,
+    GlobalConcurrencyTests,
+    ManualRateLimitTests,
+)
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
 from .inputs import InputTests  # noqa: E402
@@ -78,6 +82,8 @@ class StoreConformance(
     DependencyCountTests,
     LeavingFlowTests,
     DeduplicationTests,
+    GlobalConcurrencyTests,
+    ManualRateLimitTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

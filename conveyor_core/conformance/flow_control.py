@@ -1,4 +1,5 @@
-"""Flow control: deduplication and global concurrency, enforced by the store.
+"""Flow control: deduplication, global concurrency and manual rate limits, enforced by
+the store.
 
 Time is moved by hand where a rule depends on it: queues get a fake clock and jobs are
 taken and finished through the store's own transitions with an explicit ``now``. Races
@@ -7,12 +8,14 @@ run through both store objects at once (two processes' worth, for a shared store
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from typing import Any
 
 import anyio
 import pytest
 
-from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents
+from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents, RateLimitedError
 from conveyor_core.store import Completion, Failure, StoreInterface
 
 from ._support import Harness
@@ -200,3 +203,158 @@ class DeduplicationTests:
         with pytest.raises(ValueError, match=r"Queue\.add only"):
             await queue.add_bulk([{"name": "a", "opts": _dedup("x")}, {"name": "b"}])
         assert sum((await queue.get_job_counts()).values()) == 0
+
+
+class GlobalConcurrencyTests:
+    """GLOBAL CONCURRENCY of the store protocol: the store never hands out more."""
+
+    async def test_set_get_and_remove(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-set"))
+        assert await queue.get_global_concurrency() is None
+        await queue.set_global_concurrency(4)
+        assert await queue.get_global_concurrency() == 4
+        other = Queue(queue.name, store=env.second_store)
+        assert await other.get_global_concurrency() == 4
+        await queue.remove_global_concurrency()
+        assert await other.get_global_concurrency() is None
+
+    async def test_a_take_stops_at_the_limit_until_a_job_finishes(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-take"))
+        await queue.add_bulk([{"name": "a"} for _ in range(10)])
+        await queue.set_global_concurrency(3)
+        store, name = queue.store, queue.name
+        first = await store.take_jobs(name, limit=10, token="t1", lock_until=T0 + 60, now=T0)
+        assert len(first.jobs) == 3
+        assert not first.concurrency_limited
+        full = await env.second_store.take_jobs(
+            name, limit=10, token="t2", lock_until=T0 + 60, now=T0
+        )
+        assert (full.jobs, full.concurrency_limited) == ([], True)
+        await store.complete_jobs(name, [Completion(first.jobs[0].id, "t1", "null")], T0)
+        again = await env.second_store.take_jobs(
+            name, limit=10, token="t2", lock_until=T0 + 60, now=T0
+        )
+        assert len(again.jobs) == 1
+        await queue.set_global_concurrency(5)
+        more = await store.take_jobs(name, limit=10, token="t3", lock_until=T0 + 60, now=T0)
+        assert len(more.jobs) == 2
+        await queue.remove_global_concurrency()
+        rest = await store.take_jobs(name, limit=10, token="t4", lock_until=T0 + 60, now=T0)
+        assert len(rest.jobs) == 4
+        assert (await queue.get_job_counts())["active"] == 9
+
+    async def test_racing_takes_never_pass_the_limit(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-race"))
+        await queue.add_bulk([{"name": "a"} for _ in range(40)])
+        await queue.set_global_concurrency(5)
+        taken: list[str] = []
+
+        async def take(index: int) -> None:
+            store = (env.store, env.second_store)[index % 2]
+            result = await store.take_jobs(
+                queue.name, limit=3, token=f"t{index}", lock_until=T0 + 60, now=T0
+            )
+            taken.extend(job.id for job in result.jobs)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(16):
+                tg.start_soon(take, index)
+        assert len(taken) == len(set(taken)) == 5
+        assert (await queue.get_job_counts())["active"] == 5
+
+    async def test_workers_on_two_store_objects_keep_to_the_limit(self, env: Harness) -> None:
+        name = env.name("conc-workers")
+        queue = env.queue(name)
+        await queue.set_global_concurrency(2)
+        await queue.add_bulk([{"name": "a", "data": i} for i in range(24)])
+        running = 0
+        most = 0
+
+        async def handle(job: Job) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await anyio.sleep(0.01)
+            running -= 1
+
+        async with (
+            env.workers({name: handle}, concurrency=4),
+            env.workers({name: handle}, store=env.second_store, concurrency=4),
+        ):
+            await env.wait_count(name, JobState.COMPLETED, 24)
+        assert most == 2
+
+    async def test_a_bad_concurrency_is_refused(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-bad"))
+        with pytest.raises(ValueError, match="at least 1"):
+            await queue.set_global_concurrency(0)
+        with pytest.raises(TypeError, match="must be an int"):
+            await queue.set_global_concurrency("3")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="must be an int"):
+            await queue.set_global_concurrency(True)
+        assert await queue.get_global_concurrency() is None
+
+
+class ManualRateLimitTests:
+    """MANUAL RATE LIMIT of the store protocol, and ``RateLimitedError`` in a handler."""
+
+    async def test_a_limited_queue_takes_nothing_until_then(self, env: Harness) -> None:
+        queue = env.queue(env.name("limited"))
+        start = time.time()
+        await queue.add_bulk([{"name": "a"}, {"name": "b"}])
+        delayed = await queue.add("later", None, {"delay": 1})
+        store, other, name = env.store, env.second_store, queue.name
+        await store.rate_limit_queue(name, start + 5)
+        held = await other.take_jobs(name, limit=5, token="t", lock_until=start + 60, now=start + 2)
+        assert held.jobs == []
+        assert held.rate_limited_until == start + 5
+        # Due delayed jobs still become waiting meanwhile.
+        assert await env.state(delayed) is JobState.WAITING
+        # An earlier limit never shortens a later one.
+        await other.rate_limit_queue(name, start + 3)
+        still = await store.take_jobs(
+            name, limit=5, token="t", lock_until=start + 60, now=start + 4
+        )
+        assert (still.jobs, still.rate_limited_until) == ([], start + 5)
+        free = await store.take_jobs(name, limit=5, token="t", lock_until=start + 60, now=start + 5)
+        assert len(free.jobs) == 3
+        assert free.rate_limited_until is None
+
+    async def test_rate_limited_error_hands_the_job_back_unattempted(self, env: Harness) -> None:
+        name = env.name("limited-worker")
+        queue = env.queue(name)
+        job = await queue.add("call-api", {"n": 1}, {"attempts": 1})
+        calls: list[str] = []
+
+        async def handle(job: Job) -> None:
+            calls.append(job.id)
+            raise RateLimitedError(600)
+
+        async with env.workers({name: handle}):
+
+            async def handed_back() -> bool:
+                return bool(calls) and await env.state(job) is JobState.WAITING
+
+            await env.wait_for(handed_back, "the job back in waiting")
+        current = await env.reread(job)
+        assert current is not None
+        assert (current.state, current.attempts_made, current.failed_reason) == (
+            JobState.WAITING,
+            0,
+            None,
+        )
+        assert calls == [job.id]
+        now = time.time()
+        later = await env.second_store.take_jobs(
+            name, limit=5, token="t", lock_until=now + 60, now=now + 60
+        )
+        assert later.jobs == []
+        assert later.rate_limited_until is not None
+        assert later.rate_limited_until >= now + 500
+
+    async def test_a_bad_delay_is_refused(self, env: Harness) -> None:
+        with pytest.raises(ValueError, match="delay must be a number of seconds"):
+            RateLimitedError(-1)
+        with pytest.raises(ValueError, match="delay must be a number of seconds"):
+            RateLimitedError("soon")  # type: ignore[arg-type]
+        assert RateLimitedError(timedelta(seconds=2)).delay == 2.0

@@ -423,7 +423,7 @@ class _Operations:
         row = await self._fetchrow(
             "take_jobs", queue, min(limit, _INT4_MAX), token, lock_until, now, most, duration
         )
-        return TakeResult([_record(r) for r in row[0]], row[1], row[2])
+        return TakeResult([_record(r) for r in row[0]], row[1], row[2], bool(row[3]))
 
     async def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
@@ -601,6 +601,18 @@ class _Operations:
             raise InvalidJobStateError(
                 f"queue {queue!r} has active jobs; pass force=True to obliterate it anyway"
             )
+
+    # ------------------------------------------------------------------ flow control
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        await self._fetchval("set_global_concurrency", queue, concurrency, repeatable=True)
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        value = await self._fetchval("get_global_concurrency", queue, repeatable=True)
+        return None if value is None else int(value)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        await self._fetchval("rate_limit_queue", queue, until, repeatable=True)
 
     # ------------------------------------------------------------------ schedulers
 
@@ -880,7 +892,8 @@ def _statements(schema: str) -> dict[str, str]:
         f"ELSE nextval('{s}.order_seq') END) "
         "ON CONFLICT (queue, id) DO NOTHING RETURNING 1) "
         "SELECT count(pg_notify($14::text, $15::text)) FROM ins",
-        "take_jobs": f"SELECT taken, next_run_at, rate_limited_until FROM {s}.take_jobs("
+        "take_jobs": f"SELECT taken, next_run_at, rate_limited_until, concurrency_limited "
+        f"FROM {s}.take_jobs("
         "$1::text, $2::int, $3::text, $4::float8, $5::float8, $6::int, $7::float8)",
         "extend_locks": f"SELECT {s}.extend_locks($1::text, $2::text[], $3::text[], $4::float8)",
         "complete_jobs": f"SELECT {s}.complete_jobs($1::text, $2::text[], $3::text[], "
@@ -963,6 +976,13 @@ def _statements(schema: str) -> dict[str, str]:
         "$3::float8)",
         "remove_unprocessed_children": f"SELECT {s}.remove_unprocessed_children($1::text, "
         "$2::text, $3::float8)",
+        "set_global_concurrency": f"INSERT INTO {s}.queues (queue, concurrency) "
+        "VALUES ($1::text, $2::int) ON CONFLICT (queue) DO UPDATE "
+        "SET concurrency = excluded.concurrency",
+        "rate_limit_queue": f"INSERT INTO {s}.queues AS t (queue, limited_until) "
+        "VALUES ($1::text, $2::float8) ON CONFLICT (queue) DO UPDATE "
+        "SET limited_until = greatest(t.limited_until, excluded.limited_until)",
+        "get_global_concurrency": f"SELECT concurrency FROM {s}.queues WHERE queue = $1::text",
         "list_queues": "SELECT ARRAY(WITH RECURSIVE qs(q) AS ("
         f"(SELECT queue FROM {s}.jobs ORDER BY queue LIMIT 1) UNION ALL "
         f"SELECT (SELECT queue FROM {s}.jobs WHERE queue > qs.q ORDER BY queue LIMIT 1) "

@@ -913,9 +913,10 @@ class RedisStore:
         )
         next_run_at, limited_until = reply[0], reply[1]
         return TakeResult(
-            jobs=[_flat_record(queue, flat) for flat in reply[2:]],
+            jobs=[_flat_record(queue, flat) for flat in reply[3:]],
             next_run_at=None if next_run_at is None else float(next_run_at),
             rate_limited_until=None if limited_until is None else float(limited_until),
+            concurrency_limited=reply[2] == 1,
         )
 
     async def extend_locks(
@@ -1077,6 +1078,19 @@ class RedisStore:
 
     async def obliterate(self, queue: str, force: bool) -> None:
         await self._queue_op(queue, "obliterate", "1" if force else "0", queue)
+
+    # ---------------------------------------------------------------- flow control
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        value = "" if concurrency is None else str(concurrency)
+        await self._queue_op(queue, "concurrency", value)
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        value = await self._command("HGET", self._base(queue) + "meta", "conc", what="HGET")
+        return None if value is None else int(value)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        await self._queue_op(queue, "rate_limit", repr(float(until)))
 
     # ---------------------------------------------------------------- schedulers
 

@@ -733,6 +733,32 @@ class SQLiteBackend:
             (queue, start, count),
         )
 
+    def global_concurrency(self, queue: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT concurrency FROM queues WHERE name = ?", (queue,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, concurrency) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency",
+            (queue, concurrency),
+        )
+
+    def limited_until(self, queue: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT limited_until FROM queues WHERE name = ?", (queue,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def set_limited_until(self, queue: str, until: float) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, limited_until) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET limited_until = excluded.limited_until",
+            (queue, until),
+        )
+
     def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
         row = self.conn.execute(
             "SELECT job_id, expires_at FROM deduplication WHERE queue = ? AND id = ?",

@@ -189,8 +189,8 @@ _V4 = (
 )
 
 _V8 = (
-    # Flow control: deduplication entries (DEDUPLICATION of the store protocol) and the
-    # queue's global concurrency.
+    # Flow control: deduplication entries (DEDUPLICATION of the store protocol), the
+    # queue's global concurrency and its manual rate limit.
     """
     CREATE TABLE deduplication (
         queue TEXT NOT NULL,
@@ -201,6 +201,7 @@ _V8 = (
     ) WITHOUT ROWID
     """,
     "ALTER TABLE queues ADD COLUMN concurrency INTEGER",
+    "ALTER TABLE queues ADD COLUMN limited_until REAL",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V8)

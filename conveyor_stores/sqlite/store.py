@@ -990,6 +990,15 @@ class SQLiteStore:
     async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
         return await self._read(lambda s: s.engine.due_schedulers(queue, now, limit))
 
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        await self._write(lambda s: s.engine.set_global_concurrency(queue, concurrency))
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        return await self._read(lambda s: s.engine.get_global_concurrency(queue), point=True)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        await self._write(lambda s: s.engine.rate_limit_queue(queue, until))
+
     async def fire_scheduler(
         self,
         queue: str,
