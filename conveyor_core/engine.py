@@ -431,11 +431,14 @@ class Engine:
                     now,
                 )
                 return DeduplicatedAdd(live.id, False)
-        (written,) = self.add_jobs([[new]], now)
-        if written:
-            expires = None if dedup.ttl is None else now + dedup.ttl
-            b.put_deduplication(new.queue, dedup.id, new.id, expires)
-        return DeduplicatedAdd(new.id, written)
+        # As add_jobs of one standalone job: an existing id writes nothing.
+        if b.get(new.queue, new.id) is not None:
+            return DeduplicatedAdd(new.id, False)
+        self._write_new(new, now)
+        b.put_deduplication(
+            new.queue, dedup.id, new.id, None if dedup.ttl is None else now + dedup.ttl
+        )
+        return DeduplicatedAdd(new.id, True)
 
     def _write_new(self, new: NewJob, now: float) -> None:
         policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)

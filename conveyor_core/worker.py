@@ -198,6 +198,9 @@ class Worker:
         self._outcomes: list[_Outcome] = []
         self._sending = 0
         """How many outcomes the finisher's current store call carries."""
+        self._held_by_concurrency = False
+        """Whether a take met the queue's global concurrency (then the worker records
+        its finished jobs before it takes again)."""
         self._started = False
         self._closing = False
         self._finisher_closing = False
@@ -478,6 +481,12 @@ class Worker:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
                 continue
+            if self._held_by_concurrency and backlog:
+                # The queue has a global concurrency, and the store counts finished jobs
+                # as active until their outcomes are recorded: let the finisher record
+                # them (it ends this wait) rather than ask for room not there yet.
+                await self._wait_for_work(CONCURRENCY_RECHECK, sleep=True)
+                continue
             now = self._clock()
             if now >= self._schedules_at:
                 await self._fire_schedules(now)
@@ -501,6 +510,8 @@ class Worker:
                 await anyio.sleep(min(0.05 * 2**errors_in_row, self.drain_delay, 5.0))
                 continue
             errors_in_row = 0
+            if result.concurrency_limited:
+                self._held_by_concurrency = True
             if result.jobs:
                 announced_drained = False
                 for record in result.jobs:

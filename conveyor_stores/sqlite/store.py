@@ -732,7 +732,11 @@ class SQLiteStore:
     async def add_deduplicated(
         self, new: NewJob, dedup: DeduplicationKey, now: float
     ) -> DeduplicatedAdd:
-        return await self._write(lambda s: s.engine.add_deduplicated(new, dedup, now), small=True)
+        def add(state: _State) -> DeduplicatedAdd:
+            state.backend.prefetch_deduplication(new.queue, dedup.id, new.id)
+            return state.engine.add_deduplicated(new, dedup, now)
+
+        return await self._write(add, small=True)
 
     async def take_jobs(
         self,
