@@ -99,13 +99,39 @@ async def enqueue_seq(store: StoreInterface, params: Params) -> list[Figure]:
     return [Figure("enqueue_seq", elapsed, params.jobs, {"n": params.jobs})]
 
 
+async def enqueue_dedup(store: StoreInterface, params: Params) -> list[Figure]:
+    """``enqueue_seq`` with a deduplication id per job: N adds one at a time, each
+    checking and taking its own id (none is a duplicate, so N jobs are written)."""
+    queue = Queue(fresh_name("enqueue-dedup"), store=store)
+    started = perf_counter()
+    for i in range(params.jobs):
+        await queue.add("noop", {"i": i}, {"deduplication": {"id": f"d{i}"}})
+    elapsed = perf_counter() - started
+    await _cleanup(store, queue.name)
+    return [Figure("enqueue_dedup", elapsed, params.jobs, {"n": params.jobs})]
+
+
 async def process(store: StoreInterface, params: Params) -> list[Figure]:
     """One worker, concurrency 10, draining N pre-added no-op jobs.
 
     Timed from the worker's start until the N-th handler has run, as the peers do.
     """
+    return await _process(store, params, "process")
+
+
+async def process_limited(store: StoreInterface, params: Params) -> list[Figure]:
+    """``process`` on a queue with a global concurrency of 10: the store checks the
+    queue's active count at every take."""
+    return await _process(store, params, "process_limited", global_concurrency=CONCURRENCY)
+
+
+async def _process(
+    store: StoreInterface, params: Params, workload: str, *, global_concurrency: int | None = None
+) -> list[Figure]:
     n = params.jobs
-    queue = Queue(fresh_name("process"), store=store)
+    queue = Queue(fresh_name(workload.replace("_", "-")), store=store)
+    if global_concurrency is not None:
+        await queue.set_global_concurrency(global_concurrency)
     await _fill(queue, n)
     done = anyio.Event()
     handled = 0
@@ -127,7 +153,10 @@ async def process(store: StoreInterface, params: Params) -> list[Figure]:
     # CPU time of this process per job: what the client side costs, little changed by
     # other processes on a busy machine (unlike the wall-clock figure).
     stats = {"cpu_us_per_job": cpu / n * 1e6}
-    return [Figure("process", elapsed, n, {"n": n}, {"concurrency": CONCURRENCY}, stats)]
+    extra: dict[str, Any] = {"concurrency": CONCURRENCY}
+    if global_concurrency is not None:
+        extra["global_concurrency"] = global_concurrency
+    return [Figure(workload, elapsed, n, {"n": n}, extra, stats)]
 
 
 def _wide_flow(parent_queue: str, child_queue: str, children: int) -> dict[str, Any]:
@@ -313,6 +342,8 @@ async def pickup(store: StoreInterface, params: Params) -> list[Figure]:
 WORKLOADS: dict[str, Workload] = {
     "enqueue_seq": enqueue_seq,
     "process": process,
+    "enqueue_dedup": enqueue_dedup,
+    "process_limited": process_limited,
     "flow_add": flow_add,
     "flow_run": flow_run,
     "flow_big": flow_big,

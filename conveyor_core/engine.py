@@ -28,6 +28,8 @@ from .store import (
     ChildDependency,
     Completion,
     DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -242,7 +244,30 @@ class Backend(Protocol):
     def set_rate_window(self, queue: str, start: float, count: int) -> None: ...
 
     def forget_queue(self, queue: str) -> None:
-        """Drop what the backend keeps about an emptied queue (paused flag, window)."""
+        """Drop what the backend keeps about an emptied queue (paused flag, window,
+        deduplication entries)."""
+        ...
+
+    def global_concurrency(self, queue: str) -> int | None:
+        """The queue's global concurrency, or ``None``."""
+        ...
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None: ...
+
+    def limited_until(self, queue: str) -> float | None:
+        """The queue's manual rate limit: no take before this time; or ``None``."""
+        ...
+
+    def set_limited_until(self, queue: str, until: float) -> None: ...
+
+    def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
+        """The deduplication entry ``(job id, expires_at)`` of ``dedup_id``, or ``None``."""
+        ...
+
+    def put_deduplication(
+        self, queue: str, dedup_id: str, job_id: str, expires_at: float | None
+    ) -> None:
+        """Insert or replace a deduplication entry."""
         ...
 
     def queues(self) -> list[str]:
@@ -529,6 +554,38 @@ class Engine:
         self.b.emit("waiting-children", queue, job_id, None, now)
         return True
 
+    def add_deduplicated(self, new: NewJob, dedup: DeduplicationKey, now: float) -> DeduplicatedAdd:
+        """DEDUPLICATION of the protocol."""
+        b = self.b
+        entry = b.get_deduplication(new.queue, dedup.id)
+        live = None if entry is None else b.get(new.queue, entry[0])
+        if entry is not None and live is not None:
+            expires_at = entry[1]
+            if (expires_at is None and not live.state.finished) or (
+                expires_at is not None and now < expires_at
+            ):
+                if dedup.replace and live.state is DELAYED:
+                    live.data = new.data
+                    self._enter_delayed(live, DELAYED, now + new.delay, now)
+                if dedup.extend and dedup.ttl is not None:
+                    b.put_deduplication(new.queue, dedup.id, live.id, now + dedup.ttl)
+                b.emit(
+                    "deduplicated",
+                    new.queue,
+                    live.id,
+                    {"deduplication_id": dedup.id, "deduplicated_job_id": new.id},
+                    now,
+                )
+                return DeduplicatedAdd(live.id, False)
+        # As add_jobs of one standalone job: an existing id writes nothing.
+        if b.get(new.queue, new.id) is not None:
+            return DeduplicatedAdd(new.id, False)
+        self._write_new(new, now)
+        b.put_deduplication(
+            new.queue, dedup.id, new.id, None if dedup.ttl is None else now + dedup.ttl
+        )
+        return DeduplicatedAdd(new.id, True)
+
     def _write_new(self, new: NewJob, now: float) -> None:
         policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)
         job = JobRecord(
@@ -580,6 +637,15 @@ class Engine:
             self._enter_waiting(job, DELAYED, now)
         if b.is_paused(queue) or limit <= 0:
             return TakeResult([], b.next_run_at(queue))
+        held = b.limited_until(queue)
+        if held is not None and now < held:
+            return TakeResult([], b.next_run_at(queue), held)
+        cap = b.global_concurrency(queue)
+        if cap is not None:
+            room = cap - b.count(queue, ACTIVE)
+            if room <= 0:
+                return TakeResult([], b.next_run_at(queue), concurrency_limited=True)
+            limit = min(limit, room)
         window: tuple[float, int] | None = None
         if rate_limit is not None:
             most, duration = rate_limit
@@ -987,8 +1053,11 @@ class Engine:
         count = 0
         # Children before parents: a parent deleted by its own retention no longer
         # holds the dependency records its children must mark.
-        for job in reversed(subtree):
-            if job is not top:
+        for stale in reversed(subtree):
+            job = b.get(stale.queue, stale.id)  # a failure above may have changed it
+            if job is None or job.state.finished:
+                continue
+            if (job.queue, job.id) != (top.queue, top.id):
                 for link in self._links(job):
                     if (link.queue, link.id) not in seen:
                         continue
@@ -1097,6 +1166,18 @@ class Engine:
         if removed:
             self.b.emit("cleaned", queue, None, {"count": len(removed)}, now)
         return removed
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self.b.set_global_concurrency(queue, concurrency)
+        self.b.wake(queue)
+
+    def get_global_concurrency(self, queue: str) -> int | None:
+        return self.b.global_concurrency(queue)
+
+    def rate_limit_queue(self, queue: str, until: float) -> None:
+        held = self.b.limited_until(queue)
+        if held is None or until > held:
+            self.b.set_limited_until(queue, until)
 
     def obliterate(self, queue: str, force: bool, now: float) -> None:
         if not force and self.b.count(queue, ACTIVE):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 
 class ConveyorError(Exception):
     """Base class of every error raised by Conveyor."""
@@ -73,6 +75,26 @@ class WaitingForChildren(ConveyorError):
         super().__init__(f"job {job_id!r} in queue {queue!r} is waiting for its children")
         self.queue = queue
         self.job_id = job_id
+
+
+class RateLimitedError(ConveyorError):
+    """Raise from a handler that hit an outside rate limit: the job goes back to waiting
+    without an attempt counted, and the queue starts no job for ``delay`` seconds (a
+    number or a ``timedelta``), across every worker and process."""
+
+    def __init__(self, delay: float | timedelta) -> None:
+        value = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= 100 * 366 * 24 * 3600
+        ):
+            raise ValueError(
+                f"RateLimitedError delay must be a number of seconds from 0 to a hundred "
+                f"years, got {delay!r}"
+            )
+        super().__init__(f"rate limited: the queue takes no job for {value:g} seconds")
+        self.delay = float(value)
 
 
 class PayloadError(ConveyorError, TypeError):

@@ -157,6 +157,38 @@ class ParentRef(BaseModel):
         return value
 
 
+class Deduplication(BaseModel):
+    """``opts.deduplication``: while a job added with this ``id`` is live, adding another
+    with the same ``id`` to the queue returns the live job and writes nothing new.
+
+    Without ``ttl`` the id is held until its job completes or fails; with ``ttl`` it is
+    held for ``ttl`` seconds from the add (throttle), whatever the job does. ``extend``
+    restarts the ``ttl`` at each deduplicated add; ``replace`` (for a job added with a
+    ``delay``) gives the still-delayed job the new add's data and restarts its delay
+    (debounce).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    ttl: Seconds | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    extend: bool = False
+    replace: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _id_printable(cls, value: str) -> str:
+        if (problem := text_problem(value, MAX_JOB_ID_BYTES)) is not None:
+            raise ValueError(f"deduplication id {shown(value)} {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _extend_needs_ttl(self) -> Deduplication:
+        if self.extend and self.ttl is None:
+            raise ValueError("deduplication extend=True needs a ttl to extend")
+        return self
+
+
 class JobOptions(BaseModel):
     """Options of one job (``opts``). Unknown keys are an error."""
 
@@ -193,6 +225,8 @@ class JobOptions(BaseModel):
     parent: ParentRef | None = None
     """An existing job (``{"id": ..., "queue": ...}``) in ``waiting-children`` or
     ``active`` that this job (or flow) becomes a child of."""
+    deduplication: Deduplication | None = None
+    """Add nothing while a live job holds this deduplication id (see ``Deduplication``)."""
 
     @field_validator("backoff", mode="before")
     @classmethod
@@ -227,6 +261,10 @@ class JobOptions(BaseModel):
         ]
         if len(flags) > 1:
             raise ValueError(f"at most one child failure flag may be set, got {', '.join(flags)}")
+        if self.deduplication is not None and self.deduplication.replace and self.delay <= 0:
+            raise ValueError(
+                "deduplication replace=True needs a delay: only a delayed job is replaced"
+            )
         return self
 
     def child_policy(self) -> ParentPolicy | None:
@@ -332,5 +370,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "retried",
         "cleaned",
         "cancelled",
+        "deduplicated",
     }
 )

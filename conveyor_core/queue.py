@@ -22,7 +22,14 @@ from .models import (
     text_problem,
 )
 from .pacing import Pacer
-from .store import METRICS_MINUTES, JobRecord, MetricKind, NewJob, StoreInterface
+from .store import (
+    METRICS_MINUTES,
+    DeduplicationKey,
+    JobRecord,
+    MetricKind,
+    NewJob,
+    StoreInterface,
+)
 from .telemetry import sending
 
 if TYPE_CHECKING:
@@ -99,8 +106,21 @@ def build_new_job(
     opts: JobOptions,
     job_id: str,
     has_children: bool = False,
+    deduplicable: bool = False,
 ) -> NewJob:
-    """A ``NewJob`` with the initial state the core picks for it."""
+    """A ``NewJob`` with the initial state the core picks for it. ``deduplicable``: the
+    caller adds it through ``add_deduplicated`` (``Queue.add``); elsewhere an
+    ``opts.deduplication`` is refused."""
+    if opts.deduplication is not None and not deduplicable:
+        raise ValueError(
+            f"opts.deduplication of job {name!r}: deduplication applies to Queue.add only, "
+            "not to add_bulk, flows or job schedulers"
+        )
+    if opts.deduplication is not None and opts.parent is not None:
+        raise ValueError(
+            f"opts.deduplication of job {name!r}: a deduplicated job has no parent; "
+            "drop opts.parent or opts.deduplication"
+        )
     if has_children:
         state = JobState.WAITING_CHILDREN
     elif opts.delay > 0:
@@ -197,7 +217,9 @@ class Queue:
 
     # ------------------------------------------------------------------ adding
 
-    def _prepare(self, name: str, data: Any, opts: OptionsLike | None) -> tuple[NewJob, JobOptions]:
+    def _prepare(
+        self, name: str, data: Any, opts: OptionsLike | None, *, single: bool = False
+    ) -> tuple[NewJob, JobOptions]:
         check_name(name, "job name", MAX_JOB_NAME_BYTES)
         options = resolve_options(opts, self._defaults)
         text = codec.dumps(data, what=lambda: f"data of job {name!r} in queue {self.name!r}")
@@ -207,15 +229,32 @@ class Queue:
             data=text,
             opts=options,
             job_id=options.job_id or new_id(),
+            deduplicable=single,
         )
         return new, options
 
     async def add(self, name: str, data: Any = None, opts: OptionsLike | None = None) -> Job:
         """Add one job. With an ``opts.job_id`` that already exists in this queue,
-        nothing is written and the existing job is returned."""
-        new, options = self._prepare(name, data, opts)
+        nothing is written and the existing job is returned. With
+        ``opts.deduplication`` whose id a live job holds, nothing is written and that
+        job is returned (see ``Deduplication``)."""
+        new, options = self._prepare(name, data, opts, single=True)
         await adopt(self.store, new, options)
         now = self._clock()
+        if (dedup := options.deduplication) is not None:
+            key = DeduplicationKey(dedup.id, dedup.ttl, dedup.extend, dedup.replace)
+            with sending(self.name, [new]):
+                added = await self.store.add_deduplicated(new, key, now)
+            if added.written:
+                return Job(self.store, record_of(new, now), clock=self._clock)
+            holder = await self.get_job(added.job_id)
+            if holder is None:
+                # Finished and removed between the two calls: report what happened.
+                raise DuplicateJobError(
+                    f"job {new.id!r} was deduplicated by job {added.job_id!r} "
+                    f"(deduplication id {dedup.id!r}), which has since been removed"
+                )
+            return holder
         with sending(self.name, [new]):
             (written,) = await self.store.add_jobs([[new]], now)
         if not written:
@@ -384,6 +423,25 @@ class Queue:
         return await self.store.promote_jobs(self.name, self._clock())
 
     # ------------------------------------------------------------------ schedulers
+
+    # ------------------------------------------------------------------ flow control
+
+    async def set_global_concurrency(self, concurrency: int) -> None:
+        """At most ``concurrency`` jobs of this queue are active at once, across every
+        worker and process (enforced by the store when jobs are taken)."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        await self.store.set_global_concurrency(self.name, concurrency)
+
+    async def get_global_concurrency(self) -> int | None:
+        """The queue's global concurrency, or ``None`` if it has none."""
+        return await self.store.get_global_concurrency(self.name)
+
+    async def remove_global_concurrency(self) -> None:
+        """Remove the queue's global concurrency: workers' own concurrency alone applies."""
+        await self.store.set_global_concurrency(self.name, None)
 
     async def upsert_job_scheduler(
         self,

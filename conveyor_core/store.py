@@ -189,6 +189,27 @@ releases it, or it is recovered as stalled, it goes through FINAL FAILURE with r
 and publishes ``stalled``), whatever attempts or stalls remain; the call reports the item
 as applied. The request ends when the job leaves ``active``.
 
+DEDUPLICATION: a queue holds deduplication entries, one per deduplication id: the id
+of the job that took it and ``expires_at`` (``None`` without a ttl). An entry is *live*
+at ``now`` while its job exists and, without ``expires_at``, is not ``completed`` or
+``failed``; with ``expires_at``, while ``now < expires_at`` (whatever the job does). So
+an id is freed when its job finishes or is deleted (no ttl), or when the ttl passes.
+:meth:`StoreInterface.add_deduplicated` of a job ``N`` with deduplication
+``(id, ttl, extend, replace)``, in one atomic step:
+
+1. If the entry of ``id`` is live, with job ``J``: nothing new is written. If
+   ``replace`` and ``J`` is ``delayed``, ``J.data`` becomes ``N.data`` and its delay
+   starts again: ``run_at = now + N.delay`` (event ``delayed`` with ``{"run_at"}``). If
+   ``extend`` (and ``ttl``), ``expires_at = now + ttl``. Event ``deduplicated`` on ``J``
+   with ``{"deduplication_id": id, "deduplicated_job_id": N.id}``. Returns ``J.id``, not
+   written.
+2. Otherwise ``N`` is added as one group of :meth:`StoreInterface.add_jobs` (an existing
+   ``N.id`` writes nothing and returns ``N.id``, not written, leaving the entry as it
+   was); if written, the entry becomes ``(N.id, now + ttl or None)``. Returns ``N.id``.
+
+Two concurrent adds of one deduplication id write exactly one job. ``obliterate`` drops
+the queue's entries.
+
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
 most recently finished jobs of its queue in that state; delete older ones). Deleting a
@@ -353,6 +374,27 @@ DEPENDENCY_STATUSES: tuple[DependencyStatus, ...] = ("pending", "processed", "fa
 
 
 @dataclass(slots=True, frozen=True)
+class DeduplicationKey:
+    """How :meth:`StoreInterface.add_deduplicated` deduplicates a job (DEDUPLICATION)."""
+
+    id: str
+    ttl: float | None = None
+    """Seconds the id stays held from the add; ``None``: until the job finishes."""
+    extend: bool = False
+    replace: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class DeduplicatedAdd:
+    """What :meth:`StoreInterface.add_deduplicated` did."""
+
+    job_id: str
+    """The job that holds the deduplication id: the new one, or the live one."""
+    written: bool
+    """Whether the new job was written."""
+
+
+@dataclass(slots=True, frozen=True)
 class Completion:
     """A successful attempt, for :meth:`StoreInterface.complete_jobs`."""
 
@@ -395,6 +437,9 @@ class TakeResult:
     when to look again; ``None`` if there is none."""
     rate_limited_until: float | None = None
     """Set when the queue's rate limit stopped the take: no job starts before then."""
+    concurrency_limited: bool = False
+    """Set when the queue's global concurrency stopped the take: as many jobs as it
+    allows are active; one must finish before another starts."""
 
 
 @dataclass(slots=True)
@@ -616,6 +661,13 @@ class StoreInterface(Protocol):
         """
         ...
 
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        """Add one standalone job (no parent, no children) under a deduplication id:
+        DEDUPLICATION, in one atomic step, across every process using the store."""
+        ...
+
     # ------------------------------------------------------------------ working
 
     async def take_jobs(
@@ -638,6 +690,18 @@ class StoreInterface(Protocol):
         ``rate_limit = (max, duration)``: at most ``max`` jobs of this queue start in any
         window of ``duration`` seconds, counted across all callers; when the window is
         full, returns no job and ``rate_limited_until``.
+
+        GLOBAL CONCURRENCY: with a global concurrency ``n`` set on the queue (see
+        :meth:`set_global_concurrency`), at most ``n - active`` jobs are taken, where
+        ``active`` counts the queue's active jobs of every caller; when that is zero or
+        less, returns no job and ``concurrency_limited`` (checked before the rate limit,
+        so a full queue spends nothing of the rate window). Concurrent takes through
+        any number of store objects and processes never leave more than ``n`` active.
+
+        MANUAL RATE LIMIT: while ``now`` is before the queue's ``limited_until`` (see
+        :meth:`rate_limit_queue`), returns no job and ``rate_limited_until =
+        limited_until``; checked after due delayed jobs are promoted and before the
+        global concurrency and the rate limit.
         """
         ...
 
@@ -964,6 +1028,25 @@ class StoreInterface(Protocol):
         written for that queue and kind, and drops older ones in time, so what it keeps
         stays bounded; ``obliterate`` deletes them.
         """
+        ...
+
+    # ------------------------------------------------------------------ flow control
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        """Set the queue's global concurrency (an ``int`` of at least 1, checked by the
+        core), or remove it with ``None``. It stays until removed or the queue is
+        obliterated. Idle workers of the queue may be woken."""
+        ...
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        """The queue's global concurrency, or ``None``."""
+        ...
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        """MANUAL RATE LIMIT: no job of the queue is taken before ``until``, by any
+        caller. A later ``until`` than the queue holds replaces it; an earlier one
+        changes nothing. (A handler's ``RateLimitedError``: the worker calls this, then
+        hands its job back with :meth:`release_jobs`.)"""
         ...
 
     # ------------------------------------------------------------------ schedulers

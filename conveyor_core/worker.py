@@ -26,6 +26,7 @@ from .clock import Clock, seconds, system_clock
 from .errors import (
     JobCancelledError,
     LockLostError,
+    RateLimitedError,
     StoreClosedError,
     StoreUnavailableError,
     UnrecoverableError,
@@ -57,6 +58,10 @@ logger = logging.getLogger("conveyor.worker")
 
 Handler = Callable[[Job], Any]
 """``async def handle(job) -> result`` or a plain ``def`` (run in a thread)."""
+
+CONCURRENCY_RECHECK = 0.05
+"""Seconds a worker held back by its queue's global concurrency waits before it looks
+again, unless one of its own jobs finishes first."""
 
 BackoffStrategy = Callable[[int, BaseException, Job], float]
 """``strategy(attempts_made, error, job) -> seconds`` before the next try;
@@ -142,7 +147,7 @@ class _Outcome:
     """A finished attempt waiting to be sent to the store."""
 
     running: _Running
-    item: Completion | Failure
+    item: Completion | Failure | Release
     value: Any
     """The handler's return value, or the exception it raised."""
 
@@ -226,6 +231,9 @@ class Worker:
         self._outcomes: list[_Outcome] = []
         self._sending = 0
         """How many outcomes the finisher's current store call carries."""
+        self._held_by_concurrency = False
+        """Whether a take met the queue's global concurrency (then the worker records
+        its finished jobs before it takes again)."""
         self._started = False
         self._closing = False
         self._finisher_closing = False
@@ -509,6 +517,12 @@ class Worker:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
                 continue
+            if self._held_by_concurrency and backlog:
+                # The queue has a global concurrency, and the store counts finished jobs
+                # as active until their outcomes are recorded: let the finisher record
+                # them (it ends this wait) rather than ask for room not there yet.
+                await self._wait_for_work(CONCURRENCY_RECHECK, sleep=True)
+                continue
             now = self._clock()
             if now >= self._schedules_at:
                 await self._fire_schedules(now)
@@ -532,6 +546,8 @@ class Worker:
                 await anyio.sleep(min(0.05 * 2**errors_in_row, self.drain_delay, 5.0))
                 continue
             errors_in_row = 0
+            if result.concurrency_limited:
+                self._held_by_concurrency = True
             if result.jobs:
                 announced_drained = False
                 for record in result.jobs:
@@ -542,16 +558,22 @@ class Worker:
                     self._queued.append(running)
                 self._work_ready.set()
                 continue
-            if not announced_drained and result.rate_limited_until is None:
+            held = result.rate_limited_until is not None or result.concurrency_limited
+            if not announced_drained and not held:
                 announced_drained = True
                 await self._emit("drained")
             timeout = self.drain_delay
             for at in (result.next_run_at, result.rate_limited_until):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - now))
+            if result.concurrency_limited:
+                # Room comes back when an active job finishes: this worker's own end the
+                # wait as soon as they are recorded; other workers' are seen by looking
+                # again shortly.
+                timeout = min(timeout, CONCURRENCY_RECHECK)
             # An idle worker wakes up in time for the next tick of a job scheduler.
             timeout = min(timeout, max(0.0, self._schedules_at - now))
-            await self._wait_for_work(timeout, sleep=result.rate_limited_until is not None)
+            await self._wait_for_work(timeout, sleep=held)
 
     async def _fire_schedules(self, now: float) -> None:
         """Fire the due ticks of the queue's job schedulers; look again at the next tick,
@@ -612,6 +634,8 @@ class Worker:
                 item = Failure(job.id, running.token, exc.reason, [], None)
                 span.failed(exc, retried=False)
                 outcome = _Outcome(running, item, exc)
+            except RateLimitedError as exc:
+                outcome = _Outcome(running, Release(job.id, running.token), exc)
             except WaitingForChildren as exc:
                 if job.token is not None:  # raised by hand, not by a park: a failed attempt
                     failure = await self._failure(running, exc)
@@ -761,14 +785,25 @@ class Worker:
         failures: list[Failure] = []
         completed: list[_Outcome] = []
         failed: list[_Outcome] = []
+        releases: list[Release] = []
+        held_until: float | None = None
+        now = self._clock()
         for outcome in outcomes:
             if isinstance(outcome.item, Completion):
                 completions.append(outcome.item)
                 completed.append(outcome)
+            elif isinstance(outcome.item, Release):
+                # A handler's RateLimitedError: the job goes back without an attempt.
+                releases.append(outcome.item)
+                delay = outcome.value.delay if isinstance(outcome.value, RateLimitedError) else 0
+                held_until = max(held_until or now, now + delay)
             else:
                 failures.append(outcome.item)
                 failed.append(outcome)
-        now = self._clock()
+        if held_until is not None:
+            # MANUAL RATE LIMIT first, so no worker takes the handed-back jobs at once.
+            await self._finish_call(self._rate_limit_queue, [held_until], now)
+            await self._finish_call(self.store.release_jobs, releases, now)
         if completions:
             applied = await self._finish_call(self.store.complete_jobs, completions, now)
             for outcome, ok in zip(completed, applied or (), strict=applied is not None):
@@ -777,6 +812,10 @@ class Worker:
             applied = await self._finish_call(self.store.fail_jobs, failures, now)
             for outcome, ok in zip(failed, applied or (), strict=applied is not None):
                 await self._failed(outcome, ok, now)
+
+    async def _rate_limit_queue(self, queue: str, until: Sequence[float], now: float) -> list[bool]:
+        await self.store.rate_limit_queue(queue, until[0])
+        return [True]
 
     async def _finish_call(
         self,

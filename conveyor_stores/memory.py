@@ -28,6 +28,8 @@ from conveyor_core.store import (
     ChildDependency,
     Completion,
     DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -75,6 +77,8 @@ class _QueueData:
     waiting_children: dict[str, None] = field(default_factory=dict)
     paused: bool = False
     window: tuple[float, int] | None = None
+    concurrency: int | None = None
+    limited_until: float | None = None
 
     def size(self) -> int:
         return (
@@ -154,6 +158,7 @@ class MemoryBackend:
         self.woken: set[str] = set()
         self.metrics_: dict[tuple[str, str], dict[int, int]] = {}
         self.schedulers_: dict[str, dict[str, SchedulerRecord]] = {}
+        self.dedup: dict[str, dict[str, tuple[str, float | None]]] = {}
 
     def _q(self, queue: str) -> _QueueData:
         data = self.queues_.get(queue)
@@ -396,6 +401,7 @@ class MemoryBackend:
 
     def forget_queue(self, queue: str) -> None:
         self.queues_.pop(queue, None)
+        self.dedup.pop(queue, None)
         self.metrics_.pop((queue, "completed"), None)
         self.metrics_.pop((queue, "failed"), None)
 
@@ -410,6 +416,26 @@ class MemoryBackend:
 
     def wake(self, queue: str) -> None:
         self.woken.add(queue)
+
+    def global_concurrency(self, queue: str) -> int | None:
+        return self._q(queue).concurrency
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self._q(queue).concurrency = concurrency
+
+    def limited_until(self, queue: str) -> float | None:
+        return self._q(queue).limited_until
+
+    def set_limited_until(self, queue: str, until: float) -> None:
+        self._q(queue).limited_until = until
+
+    def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
+        return self.dedup.get(queue, {}).get(dedup_id)
+
+    def put_deduplication(
+        self, queue: str, dedup_id: str, job_id: str, expires_at: float | None
+    ) -> None:
+        self.dedup.setdefault(queue, {})[dedup_id] = (job_id, expires_at)
 
     # ---------------------------------------------------------------- schedulers
 
@@ -627,6 +653,11 @@ class MemoryStore:
     async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
         return await self._call(self._engine.park_job, queue, job_id, token, now)
 
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        return await self._call(self._engine.add_deduplicated, new, dedup, now)
+
     async def take_jobs(
         self,
         queue: str,
@@ -802,6 +833,15 @@ class MemoryStore:
         self, queue: str, kind: MetricKind, start: int, end: int
     ) -> dict[int, int]:
         return await self._call(self._engine.get_metrics, queue, kind, start, end)
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self._run(self._engine.set_global_concurrency, queue, concurrency)
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        return self._run(self._engine.get_global_concurrency, queue)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        self._run(self._engine.rate_limit_queue, queue, until)
 
     async def upsert_scheduler(
         self,

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 
 from conveyor_core.engine import Engine
 from conveyor_core.errors import DuplicateJobError
@@ -20,6 +21,8 @@ from conveyor_core.models import JobState
 from conveyor_core.queue import options_json
 from conveyor_core.store import (
     Completion,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     Failure,
@@ -369,3 +372,82 @@ class KeepsOnlyTheOptions(MemoryStore):
             ],
             now,
         )
+
+
+class DeduplicatesByReadThenWrite(MemoryStore):
+    """Defect: deduplication is a read, then a write, in two steps.
+
+    The store looks up the job holding the deduplication id, then adds the new job in a
+    separate call, so two adds of one id that interleave both find the id free and both
+    write a job.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[tuple[str, str], str] = {}
+
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        key = (new.queue, dedup.id)
+        holder = self._held.get(key)
+        live = None if holder is None else await self.get_job(new.queue, holder)
+        await anyio.lowlevel.checkpoint()
+        if live is not None and not live.state.finished:
+            return DeduplicatedAdd(live.id, False)
+        (written,) = await self.add_jobs([[new]], now)
+        if written:
+            self._held[key] = new.id
+        return DeduplicatedAdd(new.id, written)
+
+
+class CapsEachTakeNotTheQueue(MemoryStore):
+    """Defect: the global concurrency caps each take, not the queue's active jobs.
+
+    Every call may take up to the limit, whatever is already active, so two workers (or
+    two takes of one worker) together run more jobs than the queue allows.
+    """
+
+    async def take_jobs(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        now: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> TakeResult:
+        cap = await self.get_global_concurrency(queue)
+        if cap is None:
+            return await super().take_jobs(
+                queue,
+                limit=limit,
+                token=token,
+                lock_until=lock_until,
+                now=now,
+                rate_limit=rate_limit,
+            )
+        await self.set_global_concurrency(queue, None)
+        try:
+            return await super().take_jobs(
+                queue,
+                limit=min(limit, cap),
+                token=token,
+                lock_until=lock_until,
+                now=now,
+                rate_limit=rate_limit,
+            )
+        finally:
+            await self.set_global_concurrency(queue, cap)
+
+
+class DropsTheManualRateLimit(MemoryStore):
+    """Defect: the queue's manual rate limit is accepted and forgotten.
+
+    A handler's ``RateLimitedError`` hands its job back, but the queue goes on taking
+    jobs at once, so the outside limit the handler hit is hammered again.
+    """
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        return None

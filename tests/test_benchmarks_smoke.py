@@ -156,3 +156,28 @@ def test_cancel_flow_cancels_a_flow_with_jobs_running_in_another_process(
         assert line["cancelled"] == 150  # every job of the flow, the running ones included
         assert 0 < line["cancel_call_s"] <= line["seconds"]
         assert isinstance(line["handlers_cancelled_s"], float)
+
+
+def test_flow_control_workloads_print_figures_beside_the_plain_ones() -> None:
+    lines = run_benchmarks(
+        "--store",
+        "memory://",
+        "--jobs",
+        "20",
+        "--workload",
+        "enqueue_seq",
+        "--workload",
+        "enqueue_dedup",
+        "--workload",
+        "process",
+        "--workload",
+        "process_limited",
+    )
+    assert [line["workload"] for line in lines] == [
+        "enqueue_seq",
+        "enqueue_dedup",
+        "process",
+        "process_limited",
+    ]
+    assert all(line["n"] == 20 for line in lines)
+    assert lines[3]["global_concurrency"] == 10

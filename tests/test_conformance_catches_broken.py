@@ -76,6 +76,19 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_step_job_map_reduce_runs_end_to_end",
     ),
     "ReleasesActiveParents": ("test_step_job_waiting_without_pending_children_returns_at_once",),
+    "DeduplicatesByReadThenWrite": (
+        "test_racing_adds_of_one_id_write_one_job",
+        "test_a_live_job_holds_its_id_until_it_finishes",
+    ),
+    "CapsEachTakeNotTheQueue": (
+        "test_a_take_stops_at_the_limit_until_a_job_finishes",
+        "test_workers_on_two_store_objects_keep_to_the_limit",
+        "test_racing_takes_never_pass_the_limit",
+    ),
+    "DropsTheManualRateLimit": (
+        "test_a_limited_queue_takes_nothing_until_then",
+        "test_rate_limited_error_hands_the_job_back_unattempted",
+    ),
     "PagesSkipTheChildAfterTheCursor": (
         "test_pages_walk_every_child_once_in_the_order_added",
         "test_a_page_deep_in_a_big_flow",

@@ -50,6 +50,11 @@ from .cancelling import CancellingTests  # noqa: E402
 from .capabilities import CapabilityTests  # noqa: E402
 from .dag import DagTests  # noqa: E402
 from .events import EventTests  # noqa: E402
+from .flow_control import (  # noqa: E402
+    DeduplicationTests,
+    GlobalConcurrencyTests,
+    ManualRateLimitTests,
+)
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
 from .inputs import InputTests  # noqa: E402
@@ -86,6 +91,9 @@ class StoreConformance(
     CancellingTests,
     StepJobTests,
     TraceContextTests,
+    DeduplicationTests,
+    GlobalConcurrencyTests,
+    ManualRateLimitTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

@@ -91,6 +91,7 @@ FUNCTIONS = (
     "cancel_job",
     "add_children",
     "park_job",
+    "add_deduplicated",
 )
 """The PL/pgSQL functions, one per file in ``sql/functions/``, in the order they are
 created (a ``LANGUAGE sql`` function must come after what it calls)."""
@@ -128,6 +129,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     # Step jobs change no table: the step installs the new and changed functions.
     (6, all_functions_sql()),
     (7, migration_sql("0007_dag") + all_functions_sql()),
+    (8, migration_sql("0008_flow_control") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

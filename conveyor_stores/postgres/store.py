@@ -40,6 +40,8 @@ from conveyor_core.store import (
     ChildDependency,
     Completion,
     DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -383,6 +385,32 @@ class _Operations:
             )
         return bool(parked)
 
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        if new.parent_id is not None or new.state is JobState.WAITING_CHILDREN:
+            raise ValueError("add_deduplicated adds one standalone job")
+        row = await self._fetchrow(
+            "add_deduplicated",
+            dedup.id,
+            dedup.ttl,
+            dedup.extend,
+            dedup.replace,
+            new.id,
+            new.queue,
+            new.name,
+            new.data,
+            new.opts,
+            new.state.value,
+            new.priority,
+            new.lifo,
+            new.delay,
+            new.keep_completed,
+            new.keep_failed,
+            now,
+        )
+        return DeduplicatedAdd(row[0], bool(row[1]))
+
     async def _duplicate_error(
         self, groups: Sequence[Sequence[NewJob]], exc: asyncpg.PostgresError
     ) -> DuplicateJobError:
@@ -464,7 +492,7 @@ class _Operations:
         row = await self._fetchrow(
             "take_jobs", queue, min(limit, _INT4_MAX), token, lock_until, now, most, duration
         )
-        return TakeResult([_record(r) for r in row[0]], row[1], row[2])
+        return TakeResult([_record(r) for r in row[0]], row[1], row[2], bool(row[3]))
 
     async def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
@@ -657,6 +685,18 @@ class _Operations:
             raise InvalidJobStateError(
                 f"queue {queue!r} has active jobs; pass force=True to obliterate it anyway"
             )
+
+    # ------------------------------------------------------------------ flow control
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        await self._fetchval("set_global_concurrency", queue, concurrency, repeatable=True)
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        value = await self._fetchval("get_global_concurrency", queue, repeatable=True)
+        return None if value is None else int(value)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        await self._fetchval("rate_limit_queue", queue, until, repeatable=True)
 
     # ------------------------------------------------------------------ schedulers
 
@@ -952,6 +992,9 @@ def _statements(schema: str) -> dict[str, str]:
         "get_parent_links": f"SELECT l.pq, l.pid, l.policy FROM {s}.jobs j "
         f"LEFT JOIN LATERAL {s}._links(j.queue, j.id) l ON true "
         "WHERE j.queue = $1::text AND j.id = $2::text",
+        "add_deduplicated": f"SELECT * FROM {s}.add_deduplicated($1::text, $2::float8, "
+        "$3::bool, $4::bool, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text, "
+        "$11::int, $12::bool, $13::float8, $14::int8, $15::int8, $16::float8)",
         "add_one": f"WITH ins AS (INSERT INTO {s}.jobs (id, queue, name, data, opts, state, "
         "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key) "
         "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, "
@@ -960,7 +1003,8 @@ def _statements(schema: str) -> dict[str, str]:
         f"ELSE nextval('{s}.order_seq') END) "
         "ON CONFLICT (queue, id) DO NOTHING RETURNING 1) "
         "SELECT count(pg_notify($14::text, $15::text)) FROM ins",
-        "take_jobs": f"SELECT taken, next_run_at, rate_limited_until FROM {s}.take_jobs("
+        "take_jobs": f"SELECT taken, next_run_at, rate_limited_until, concurrency_limited "
+        f"FROM {s}.take_jobs("
         "$1::text, $2::int, $3::text, $4::float8, $5::float8, $6::int, $7::float8)",
         "extend_locks": f"SELECT {s}.extend_locks($1::text, $2::text[], $3::text[], $4::float8)",
         "complete_jobs": f"SELECT {s}.complete_jobs($1::text, $2::text[], $3::text[], "
@@ -1049,6 +1093,13 @@ def _statements(schema: str) -> dict[str, str]:
         "add_children": f"SELECT {s}.add_children($1::text, $2::text, $3::text, $4::text, "
         "$5::float8)",
         "park_job": f"SELECT {s}.park_job($1::text, $2::text, $3::text, $4::float8)",
+        "set_global_concurrency": f"INSERT INTO {s}.queues (queue, concurrency) "
+        "VALUES ($1::text, $2::int) ON CONFLICT (queue) DO UPDATE "
+        "SET concurrency = excluded.concurrency",
+        "rate_limit_queue": f"INSERT INTO {s}.queues AS t (queue, limited_until) "
+        "VALUES ($1::text, $2::float8) ON CONFLICT (queue) DO UPDATE "
+        "SET limited_until = greatest(t.limited_until, excluded.limited_until)",
+        "get_global_concurrency": f"SELECT concurrency FROM {s}.queues WHERE queue = $1::text",
         "list_queues": "SELECT ARRAY(WITH RECURSIVE qs(q) AS ("
         f"(SELECT queue FROM {s}.jobs ORDER BY queue LIMIT 1) UNION ALL "
         f"SELECT (SELECT queue FROM {s}.jobs WHERE queue > qs.q ORDER BY queue LIMIT 1) "

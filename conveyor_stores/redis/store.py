@@ -55,6 +55,8 @@ from conveyor_core.store import (
     ChildDependency,
     Completion,
     DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -100,6 +102,7 @@ _SCRIPTS = (
     "cancel",
     "add_children",
     "park_job",
+    "add_deduplicated",
 )
 OFFLOAD_JOBS = 256
 """An add of this many jobs or more is packed on a worker thread."""
@@ -181,8 +184,8 @@ def _load_scripts() -> dict[str, str]:
     bodies = {name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
     # A tick's jobs are written by add_jobs' own body, run inside the fire's
     # compare-and-set: one rule for adding, in one place.
-    bodies["fire_scheduler"] = bodies["fire_scheduler"].replace("@ADD_JOBS", bodies["add_jobs"])
-    bodies["add_children"] = bodies["add_children"].replace("@ADD_JOBS", bodies["add_jobs"])
+    for name in ("fire_scheduler", "add_children", "add_deduplicated"):
+        bodies[name] = bodies[name].replace("@ADD_JOBS", bodies["add_jobs"])
     return {name: _link(common, body) for name, body in bodies.items()}
 
 
@@ -931,6 +934,23 @@ class RedisStore:
             )
         return bool(parked == 1)
 
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        if new.parent_id is not None or new.state is JobState.WAITING_CHILDREN:
+            raise ValueError("add_deduplicated adds one standalone job")
+        args: list[Any] = [1, *self._add_arguments([new])]
+        args += [
+            dedup.id,
+            "" if dedup.ttl is None else repr(float(dedup.ttl)),
+            "1" if dedup.extend else "0",
+            "1" if dedup.replace else "0",
+            new.id,
+            float(new.delay),
+        ]
+        job_id, written = await self._run("add_deduplicated", self._base(new.queue), now, *args)
+        return DeduplicatedAdd(job_id, written == 1)
+
     def _add_arguments(
         self, group: Sequence[NewJob], base: Callable[[str], str] | None = None
     ) -> list[Any]:
@@ -988,9 +1008,10 @@ class RedisStore:
         )
         next_run_at, limited_until = reply[0], reply[1]
         return TakeResult(
-            jobs=[_flat_record(queue, flat) for flat in reply[2:]],
+            jobs=[_flat_record(queue, flat) for flat in reply[3:]],
             next_run_at=None if next_run_at is None else float(next_run_at),
             rate_limited_until=None if limited_until is None else float(limited_until),
+            concurrency_limited=reply[2] == 1,
         )
 
     async def extend_locks(
@@ -1152,6 +1173,19 @@ class RedisStore:
 
     async def obliterate(self, queue: str, force: bool) -> None:
         await self._queue_op(queue, "obliterate", "1" if force else "0", queue)
+
+    # ---------------------------------------------------------------- flow control
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        value = "" if concurrency is None else str(concurrency)
+        await self._queue_op(queue, "concurrency", value)
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        value = await self._command("HGET", self._base(queue) + "meta", "conc", what="HGET")
+        return None if value is None else int(value)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        await self._queue_op(queue, "rate_limit", repr(float(until)))
 
     # ---------------------------------------------------------------- schedulers
 

@@ -318,6 +318,7 @@ class SQLiteBackend:
         self._events: list[tuple[str, str, str | None, str | None, float, float]] = []
         self._keys: dict[tuple[str, str, int, bool], int] = {}
         self._absent: set[Key] = set()
+        self._dedup: dict[Key, tuple[str, float | None] | None] = {}
         self._since_prune = 0
         self.woken: set[str] = set()
         self.emitted: set[str] = set()
@@ -328,6 +329,7 @@ class SQLiteBackend:
         """Write everything buffered; called just before ``COMMIT``."""
         self._flush()
         self._absent.clear()
+        self._dedup.clear()
         if self._events:
             self.conn.executemany(_EVENT_INSERT, self._events)
             self._since_prune += len(self._events)
@@ -346,6 +348,7 @@ class SQLiteBackend:
         self._events.clear()
         self._keys.clear()
         self._absent.clear()
+        self._dedup.clear()
         self.woken.clear()
         self.emitted.clear()
 
@@ -785,6 +788,66 @@ class SQLiteBackend:
             (queue, start, count),
         )
 
+    def global_concurrency(self, queue: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT concurrency FROM queues WHERE name = ?", (queue,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, concurrency) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency",
+            (queue, concurrency),
+        )
+
+    def limited_until(self, queue: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT limited_until FROM queues WHERE name = ?", (queue,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def set_limited_until(self, queue: str, until: float) -> None:
+        self.conn.execute(
+            "INSERT INTO queues (name, limited_until) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET limited_until = excluded.limited_until",
+            (queue, until),
+        )
+
+    def prefetch_deduplication(self, queue: str, dedup_id: str, job_id: str) -> None:
+        """Read a deduplication entry, and whether ``job_id`` names no job yet, in one
+        query, so that the add that follows needs neither read again. Valid until the
+        end of the transaction."""
+        row = self.conn.execute(
+            "SELECT d.job_id, d.expires_at, "
+            "EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND id = ?3) "
+            "FROM (SELECT 1) LEFT JOIN deduplication d ON d.queue = ?1 AND d.id = ?2",
+            (queue, dedup_id, job_id),
+        ).fetchone()
+        self._dedup[(queue, dedup_id)] = None if row[0] is None else (row[0], row[1])
+        if not row[2]:
+            self._absent.add((queue, job_id))
+
+    def get_deduplication(self, queue: str, dedup_id: str) -> tuple[str, float | None] | None:
+        key = (queue, dedup_id)
+        if key in self._dedup:
+            return self._dedup[key]
+        row = self.conn.execute(
+            "SELECT job_id, expires_at FROM deduplication WHERE queue = ? AND id = ?",
+            (queue, dedup_id),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put_deduplication(
+        self, queue: str, dedup_id: str, job_id: str, expires_at: float | None
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO deduplication (queue, id, job_id, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            (queue, dedup_id, job_id, expires_at),
+        )
+        self._dedup.pop((queue, dedup_id), None)
+
     # ---------------------------------------------------------------- schedulers
 
     def get_scheduler(self, queue: str, scheduler_id: str) -> SchedulerRecord | None:
@@ -833,6 +896,7 @@ class SQLiteBackend:
 
     def forget_queue(self, queue: str) -> None:
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
+        self.conn.execute("DELETE FROM deduplication WHERE queue = ?", (queue,))
         self.conn.execute("DELETE FROM metrics WHERE queue = ?", (queue,))
 
     # ---------------------------------------------------------------- operating

@@ -208,7 +208,23 @@ _V5 = (
     "ALTER TABLE jobs ADD COLUMN cancel_reason TEXT",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7)
+_V8 = (
+    # Flow control: deduplication entries (DEDUPLICATION of the store protocol), the
+    # queue's global concurrency and its manual rate limit.
+    """
+    CREATE TABLE deduplication (
+        queue TEXT NOT NULL,
+        id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (queue, id)
+    ) WITHOUT ROWID
+    """,
+    "ALTER TABLE queues ADD COLUMN concurrency INTEGER",
+    "ALTER TABLE queues ADD COLUMN limited_until REAL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7, _V8)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -118,6 +118,8 @@ from conveyor_core.store import (
     ChildDependency,
     Completion,
     DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
     DependencyPage,
     DependencyStatus,
     DueSchedulers,
@@ -755,6 +757,15 @@ class SQLiteStore:
     async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
         return await self._write(lambda s: s.engine.park_job(queue, job_id, token, now), small=True)
 
+    async def add_deduplicated(
+        self, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> DeduplicatedAdd:
+        def add(state: _State) -> DeduplicatedAdd:
+            state.backend.prefetch_deduplication(new.queue, dedup.id, new.id)
+            return state.engine.add_deduplicated(new, dedup, now)
+
+        return await self._write(add, small=True)
+
     async def take_jobs(
         self,
         queue: str,
@@ -1023,6 +1034,15 @@ class SQLiteStore:
 
     async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
         return await self._read(lambda s: s.engine.due_schedulers(queue, now, limit))
+
+    async def set_global_concurrency(self, queue: str, concurrency: int | None) -> None:
+        await self._write(lambda s: s.engine.set_global_concurrency(queue, concurrency))
+
+    async def get_global_concurrency(self, queue: str) -> int | None:
+        return await self._read(lambda s: s.engine.get_global_concurrency(queue), point=True)
+
+    async def rate_limit_queue(self, queue: str, until: float) -> None:
+        await self._write(lambda s: s.engine.rate_limit_queue(queue, until))
 
     async def fire_scheduler(
         self,

@@ -468,6 +468,9 @@ class Model:
         job = self._owned(queue, job_id, token)
         if job is None:
             raise LockLostError((queue, job_id))
+        if job.cancel_request is not None:
+            self.final_failure(job, job.cancel_request)
+            return True
         if not self.pending((queue, job_id)):
             return False
         job.lock_token = job.lock_until = None
@@ -694,12 +697,14 @@ class Model:
         if top.state.finished:
             return 0
         found: list[MJob] = []
+        seen = {(queue, job_id)}
         stack = [(queue, job_id)]
         while stack:
             key = stack.pop()
             for child_key in self.deps.get(key, {}):
                 child = self.jobs.get(child_key)
-                if child is not None:
+                if child is not None and child_key not in seen:
+                    seen.add(child_key)
                     if not child.state.finished:
                         found.append(child)
                     stack.append(child_key)
@@ -708,16 +713,18 @@ class Model:
             key = (job.queue, job.id)
             if key not in self.jobs or job.state.finished:
                 continue
-            if job is not top and job.parent is not None:
-                dep = self.deps.get(job.parent, {}).get(key)
-                if dep is not None and dep.status == "pending":
-                    self.deps[job.parent][key] = MDep("failed", None, reason)
+            if job is not top:
+                # Its parents inside the subtree are cancelled too: no policy for them.
+                for pkey, _ in self.parent_links(job):
+                    dep = self.deps.get(pkey, {}).get(key)
+                    if pkey in seen and dep is not None and dep.status == "pending":
+                        self.deps[pkey][key] = MDep("failed", None, reason)
             if job.state is ACTIVE:
                 if job.cancel_request is None:
                     job.cancel_request = reason
                     count += 1
             else:
-                self.final_failure(job, reason, apply_policy=job is top)
+                self.final_failure(job, reason)
                 count += 1
         return count
 

@@ -41,28 +41,31 @@ local data = cjson.encode({ reason = why })
 for k = #subtree, 1, -1 do
   local base, jid, key = subtree[k][1], subtree[k][2], subtree[k][3]
   local v = redis.call('HMGET', key, 'state', 'cx')
-  if k ~= 1 then
-    -- Its parents in the subtree are cancelled too (or finished): their dependencies
-    -- fail, no policy. Parents outside the subtree see its FINAL FAILURE below.
-    for _, l in ipairs(links(base, jid, key)) do
-      if seen[l[1] .. 'job:' .. l[2]] then
-        local d = dep_get(l[1], l[2], key)
-        if d and d.s == 'pending' then
-          dep_put(l[1], l[2], key, { q = d.q, i = d.i, b = d.b, s = 'failed', r = why })
+  -- A failure above (a shared job's other parent) may have finished or removed it.
+  if v[1] and v[1] ~= 'completed' and v[1] ~= 'failed' then
+    if k ~= 1 then
+      -- Its parents in the subtree are cancelled too (or finished): their dependencies
+      -- fail, no policy. Parents outside the subtree see its FINAL FAILURE below.
+      for _, l in ipairs(links(base, jid, key)) do
+        if seen[l[1] .. 'job:' .. l[2]] then
+          local d = dep_get(l[1], l[2], key)
+          if d and d.s == 'pending' then
+            dep_put(l[1], l[2], key, { q = d.q, i = d.i, b = d.b, s = 'failed', r = why })
+          end
         end
       end
     end
-  end
-  if v[1] == 'active' then
-    if not v[2] then
-      redis.call('HSET', key, 'cx', why)
+    if v[1] == 'active' then
+      if not v[2] then
+        redis.call('HSET', key, 'cx', why)
+        emit(base, 'cancelled', jid, data)
+        n = n + 1
+      end
+    else
       emit(base, 'cancelled', jid, data)
+      final_failure(base, jid, why, true)
       n = n + 1
     end
-  else
-    emit(base, 'cancelled', jid, data)
-    final_failure(base, jid, why, true)
-    n = n + 1
   end
 end
 return done(n)

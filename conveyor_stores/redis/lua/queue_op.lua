@@ -1,11 +1,28 @@
 -- Operations on a whole queue. ARGV[3] op, then op arguments.
 -- op: pause (queue name), resume, promote_all, retry_all (state), drain (include_delayed 1/0),
---     clean (state, older_than, limit or ''), obliterate (force 1/0, queue name).
+--     clean (state, older_than, limit or ''), obliterate (force 1/0, queue name),
+--     concurrency (n or ''), rate_limit (until).
 local op = ARGV[3]
 if op == 'pause' then
   redis.call('HSET', QB .. 'meta', 'paused', '1')
   redis.call('SADD', PB .. 'queues', ARGV[4])
   emit(QB, 'paused', nil)
+  return 1
+elseif op == 'concurrency' then
+  -- GLOBAL CONCURRENCY of the queue ('' removes it); idle workers look again.
+  if ARGV[4] == '' then
+    redis.call('HDEL', QB .. 'meta', 'conc')
+  else
+    redis.call('HSET', QB .. 'meta', 'conc', ARGV[4])
+  end
+  wake(QB)
+  return done(1)
+elseif op == 'rate_limit' then
+  -- MANUAL RATE LIMIT: a later time than the queue holds replaces it.
+  local held = redis.call('HGET', QB .. 'meta', 'lim')
+  if not held or tonumber(ARGV[4]) > tonumber(held) then
+    redis.call('HSET', QB .. 'meta', 'lim', ARGV[4])
+  end
   return 1
 elseif op == 'resume' then
   redis.call('HDEL', QB .. 'meta', 'paused')
@@ -91,7 +108,7 @@ elseif op == 'obliterate' then
   for _, sid in ipairs(redis.call('ZRANGE', QB .. 'scheds', 0, -1)) do
     redis.call('DEL', QB .. 'sched:' .. sid)
   end
-  redis.call('DEL', QB .. 'scheds', QB .. 'sched_next')
+  redis.call('DEL', QB .. 'scheds', QB .. 'sched_next', QB .. 'dedup')
   redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)

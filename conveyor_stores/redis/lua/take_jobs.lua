@@ -1,6 +1,6 @@
 -- take_jobs. ARGV[3] limit, ARGV[4] token, ARGV[5] lock_until, ARGV[6] rate max ('' none),
--- ARGV[7] rate duration. Returns {next_run_at, rate_limited_until, job, job, ...} where
--- each job is {id, field, value, ...}.
+-- ARGV[7] rate duration. Returns {next_run_at, rate_limited_until, concurrency_limited,
+-- job, job, ...} where each job is {id, field, value, ...}.
 local limit = tonumber(ARGV[3])
 local token, lock_until = ARGV[4], ARGV[5]
 
@@ -16,9 +16,22 @@ end
 
 if redis.call('HEXISTS', QB .. 'meta', 'paused') == 1 then
   redis.call('DEL', QB .. 'marker')
-  return done({ next_run(), false })
+  return done({ next_run(), false, false })
 end
-if limit <= 0 then return done({ next_run(), false }) end
+if limit <= 0 then return done({ next_run(), false, false }) end
+
+-- MANUAL RATE LIMIT: the queue's meta field 'lim': nothing is taken before it.
+local lim = redis.call('HGET', QB .. 'meta', 'lim')
+if lim and NOW < tonumber(lim) then return done({ next_run(), lim, false }) end
+
+-- GLOBAL CONCURRENCY: the queue's meta field 'conc'; the script runs alone, so the
+-- active count it reads is the one it leaves at most 'conc'.
+local conc = tonumber(redis.call('HGET', QB .. 'meta', 'conc') or '')
+if conc then
+  local room = conc - redis.call('ZCARD', QB .. 'active')
+  if room <= 0 then return done({ next_run(), false, 1 }) end
+  if room < limit then limit = room end
+end
 
 local wstart, wcount
 if ARGV[6] ~= '' then
@@ -30,12 +43,12 @@ if ARGV[6] ~= '' then
   end
   local room = most - wcount
   if room <= 0 then
-    return done({ next_run(), fmt(wstart + duration) })
+    return done({ next_run(), fmt(wstart + duration), false })
   end
   if room < limit then limit = room end
 end
 
-local out = { false, false }
+local out = { false, false, false }
 local popped = redis.call('ZPOPMIN', QB .. 'wait', limit)
 local taken = #popped / 2
 if taken > 0 then

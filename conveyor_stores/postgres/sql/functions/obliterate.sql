@@ -18,6 +18,7 @@ BEGIN
     DELETE FROM @S.queues WHERE queue = q;
     DELETE FROM @S.metrics WHERE queue = q;
     DELETE FROM @S.schedulers WHERE queue = q;
+    DELETE FROM @S.deduplication WHERE queue = q;
     PERFORM @S._publish(evs);
     RETURN true;
 END $$;

@@ -2,7 +2,7 @@ CREATE OR REPLACE FUNCTION @S.take_jobs(
     q text, lim integer, tok text, until double precision, now double precision,
     rl_max integer, rl_duration double precision,
     OUT taken @S.jobs[], OUT next_run_at double precision,
-    OUT rate_limited_until double precision)
+    OUT rate_limited_until double precision, OUT concurrency_limited boolean)
 LANGUAGE plpgsql
 @PLANNER AS $$
 DECLARE
@@ -11,15 +11,42 @@ DECLARE
     wstart double precision;
     wcount integer := 0;
     n integer;
+    cap integer;
 BEGIN
     PERFORM @S._worker_commit();
     evs := @S._promote_due(q, now, now);
-    SELECT paused, window_start, window_count INTO qrow FROM @S.queues WHERE queue = q;
-    IF (FOUND AND qrow.paused) OR lim <= 0 THEN
+    SELECT paused, window_start, window_count, concurrency, limited_until INTO qrow
+    FROM @S.queues WHERE queue = q;
+    cap := CASE WHEN FOUND THEN qrow.concurrency END;
+    IF coalesce(qrow.paused, false) OR lim <= 0 THEN
         PERFORM @S._publish(evs);
         SELECT min(run_at) INTO next_run_at FROM @S.jobs WHERE queue = q AND state = 'delayed';
         taken := '{}';
         RETURN;
+    END IF;
+    -- MANUAL RATE LIMIT: nothing is taken before limited_until.
+    IF now < qrow.limited_until THEN
+        PERFORM @S._publish(evs);
+        SELECT min(run_at) INTO next_run_at FROM @S.jobs WHERE queue = q AND state = 'delayed';
+        rate_limited_until := qrow.limited_until;
+        taken := '{}';
+        RETURN;
+    END IF;
+    -- GLOBAL CONCURRENCY: the queue's row lock makes concurrent takes count the active
+    -- jobs one after the other.
+    IF cap IS NOT NULL THEN
+        PERFORM 1 FROM @S.queues WHERE queue = q FOR UPDATE;
+        n := cap - (SELECT count(*) FROM @S.jobs
+                                 WHERE queue = q AND state = 'active');
+        IF n <= 0 THEN
+            PERFORM @S._publish(evs);
+            SELECT min(run_at) INTO next_run_at FROM @S.jobs
+            WHERE queue = q AND state = 'delayed';
+            concurrency_limited := true;
+            taken := '{}';
+            RETURN;
+        END IF;
+        lim := least(lim, n);
     END IF;
     IF rl_max IS NOT NULL THEN
         INSERT INTO @S.queues (queue) VALUES (q) ON CONFLICT (queue) DO NOTHING;

@@ -1,0 +1,360 @@
+"""Flow control: deduplication, global concurrency and manual rate limits, enforced by
+the store.
+
+Time is moved by hand where a rule depends on it: queues get a fake clock and jobs are
+taken and finished through the store's own transitions with an explicit ``now``. Races
+run through both store objects at once (two processes' worth, for a shared store).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents, RateLimitedError
+from conveyor_core.store import Completion, Failure, StoreInterface
+
+from ._support import Harness
+
+T0 = 1_800_000_000.0
+"""A fixed moment the tests move time from."""
+
+
+class _Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _queue(env: Harness, base: str, clock: _Clock, store: StoreInterface | None = None) -> Queue:
+    return Queue(env.name(base), store=env.store if store is None else store, clock=clock)
+
+
+async def _finish(queue: Queue, now: float) -> list[str]:
+    """Take every waiting job of ``queue`` and complete it at ``now``; their ids."""
+    taken = await queue.store.take_jobs(
+        queue.name, limit=1000, token="tok", lock_until=now + 60, now=now
+    )
+    await queue.store.complete_jobs(
+        queue.name, [Completion(job.id, "tok", "null") for job in taken.jobs], now
+    )
+    return [job.id for job in taken.jobs]
+
+
+def _dedup(dedup_id: str, **more: Any) -> dict[str, Any]:
+    return {"deduplication": {"id": dedup_id, **more}}
+
+
+class DeduplicationTests:
+    """DEDUPLICATION of the store protocol, through ``Queue.add``."""
+
+    async def test_a_live_job_holds_its_id_until_it_finishes(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "dedup", clock)
+        first = await queue.add("send", {"n": 1}, _dedup("mail-7"))
+        again = await queue.add("send", {"n": 2}, _dedup("mail-7"))
+        other = await queue.add("send", {"n": 3}, _dedup("mail-8"))
+        assert again.id == first.id
+        assert again.data == {"n": 1}
+        assert other.id != first.id
+        assert (await queue.get_job_counts())["waiting"] == 2
+        # Taken but not finished: still live.
+        taken = await queue.store.take_jobs(
+            queue.name, limit=1, token="tok", lock_until=T0 + 60, now=T0
+        )
+        assert [job.id for job in taken.jobs] == [first.id]
+        assert (await queue.add("send", {"n": 4}, _dedup("mail-7"))).id == first.id
+        await queue.store.complete_jobs(queue.name, [Completion(first.id, "tok", "null")], T0)
+        fresh = await queue.add("send", {"n": 5}, _dedup("mail-7"))
+        assert fresh.id != first.id
+        assert fresh.data == {"n": 5}
+        assert (await queue.get_job_counts())["waiting"] == 2
+
+    async def test_a_failed_or_removed_job_frees_its_id(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "dedup-free", clock)
+        doomed = await queue.add("a", None, _dedup("d"))
+        taken = await queue.store.take_jobs(
+            queue.name, limit=1, token="tok", lock_until=T0 + 60, now=T0
+        )
+        assert [job.id for job in taken.jobs] == [doomed.id]
+        await queue.store.fail_jobs(queue.name, [Failure(doomed.id, "tok", "broke")], T0)
+        second = await queue.add("a", None, _dedup("d"))
+        assert second.id != doomed.id
+        await second.remove()
+        third = await queue.add("a", None, _dedup("d"))
+        assert third.id not in (doomed.id, second.id)
+
+    async def test_with_a_ttl_the_id_is_held_until_it_passes(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "dedup-ttl", clock)
+        first = await queue.add("a", None, _dedup("t", ttl=10))
+        assert await _finish(queue, T0 + 1) == [first.id]
+        clock.now = T0 + 9.5
+        assert (await queue.add("a", None, _dedup("t", ttl=10))).id == first.id
+        clock.now = T0 + 10
+        second = await queue.add("a", None, _dedup("t", ttl=10))
+        assert second.id != first.id
+        assert (await queue.get_job_counts())["waiting"] == 1
+
+    async def test_extend_restarts_the_ttl(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "dedup-extend", clock)
+        first = await queue.add("a", None, _dedup("x", ttl=10, extend=True))
+        clock.now = T0 + 8
+        assert (await queue.add("a", None, _dedup("x", ttl=10, extend=True))).id == first.id
+        clock.now = T0 + 17
+        assert (await queue.add("a", None, _dedup("x", ttl=10))).id == first.id
+        clock.now = T0 + 27
+        assert (await queue.add("a", None, _dedup("x", ttl=10))).id != first.id
+
+    async def test_replace_swaps_the_data_of_the_delayed_job(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "debounce", clock)
+        opts = {**_dedup("search", ttl=30, replace=True, extend=True), "delay": 5}
+        first = await queue.add("search", {"q": "c"}, opts)
+        clock.now = T0 + 3
+        second = await queue.add("search", {"q": "co"}, opts)
+        assert second.id == first.id
+        job = await queue.get_job(first.id)
+        assert job is not None
+        assert job.data == {"q": "co"}
+        assert job.state is JobState.DELAYED
+        # The delay starts again from the last add: nothing is due at T0 + 5.
+        assert await _finish(queue, T0 + 5) == []
+        assert await _finish(queue, T0 + 8) == [first.id]
+        assert (await queue.get_job_counts())["completed"] == 1
+
+    async def test_replace_leaves_a_job_that_is_no_longer_delayed(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "debounce-late", clock)
+        opts = {**_dedup("s", ttl=30, replace=True), "delay": 5}
+        first = await queue.add("search", {"q": "a"}, opts)
+        taken = await queue.store.take_jobs(
+            queue.name, limit=1, token="tok", lock_until=T0 + 60, now=T0 + 6
+        )
+        assert [job.id for job in taken.jobs] == [first.id]
+        clock.now = T0 + 7
+        assert (await queue.add("search", {"q": "b"}, opts)).id == first.id
+        job = await queue.get_job(first.id)
+        assert job is not None
+        assert (job.data, job.state) == ({"q": "a"}, JobState.ACTIVE)
+
+    async def test_a_deduplicated_add_publishes_deduplicated(self, env: Harness) -> None:
+        queue = env.queue(env.name("dedup-events"))
+        seen: list[QueueEvent] = []
+        listener = QueueEvents(queue.name, store=env.event_store)
+        listener.on("*", seen.append)
+        async with listener:
+            first = await queue.add("a", None, _dedup("e"))
+            await queue.add("a", None, {"job_id": "dropped", **_dedup("e")})
+
+            async def arrived() -> bool:
+                return any(event.type == "deduplicated" for event in seen)
+
+            await env.wait_for(arrived, "the deduplicated event")
+        (event,) = [event for event in seen if event.type == "deduplicated"]
+        assert event.job_id == first.id
+        assert event.data == {"deduplication_id": "e", "deduplicated_job_id": "dropped"}
+        assert not [e for e in seen if e.job_id == "dropped"]
+        assert await queue.get_job("dropped") is None
+
+    async def test_an_existing_job_id_wins_over_a_free_deduplication_id(self, env: Harness) -> None:
+        queue = env.queue(env.name("dedup-jobid"))
+        plain = await queue.add("a", {"n": 1}, {"job_id": "fixed"})
+        same = await queue.add("a", {"n": 2}, {"job_id": "fixed", **_dedup("k")})
+        assert same.id == plain.id
+        assert same.data == {"n": 1}
+        # Nothing took the deduplication id: a later add under it is written.
+        later = await queue.add("a", {"n": 3}, _dedup("k"))
+        assert later.id != plain.id
+        assert (await queue.get_job_counts())["waiting"] == 2
+
+    async def test_racing_adds_of_one_id_write_one_job(self, env: Harness) -> None:
+        name = env.name("dedup-race")
+        queues = [Queue(name, store=env.store), Queue(name, store=env.second_store)]
+        got: list[Job] = []
+
+        async def add(index: int) -> None:
+            got.append(await queues[index % 2].add("a", {"i": index}, _dedup("race")))
+
+        async with anyio.create_task_group() as tg:
+            for index in range(20):
+                tg.start_soon(add, index)
+        assert len({job.id for job in got}) == 1
+        assert sum((await queues[0].get_job_counts()).values()) == 1
+
+    async def test_bad_deduplication_options_are_refused(self, env: Harness) -> None:
+        queue = env.queue(env.name("dedup-bad"))
+        with pytest.raises(ValueError, match="deduplication"):
+            await queue.add("a", None, _dedup(""))
+        with pytest.raises(ValueError, match="extend=True needs a ttl"):
+            await queue.add("a", None, _dedup("x", extend=True))
+        with pytest.raises(ValueError, match="replace=True needs a delay"):
+            await queue.add("a", None, _dedup("x", replace=True))
+        with pytest.raises(ValueError, match="ttl"):
+            await queue.add("a", None, _dedup("x", ttl=-1))
+        with pytest.raises(ValueError, match=r"Queue\.add only"):
+            await queue.add_bulk([{"name": "a", "opts": _dedup("x")}, {"name": "b"}])
+        assert sum((await queue.get_job_counts()).values()) == 0
+
+
+class GlobalConcurrencyTests:
+    """GLOBAL CONCURRENCY of the store protocol: the store never hands out more."""
+
+    async def test_set_get_and_remove(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-set"))
+        assert await queue.get_global_concurrency() is None
+        await queue.set_global_concurrency(4)
+        assert await queue.get_global_concurrency() == 4
+        other = Queue(queue.name, store=env.second_store)
+        assert await other.get_global_concurrency() == 4
+        await queue.remove_global_concurrency()
+        assert await other.get_global_concurrency() is None
+
+    async def test_a_take_stops_at_the_limit_until_a_job_finishes(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-take"))
+        await queue.add_bulk([{"name": "a"} for _ in range(10)])
+        await queue.set_global_concurrency(3)
+        store, name = queue.store, queue.name
+        first = await store.take_jobs(name, limit=10, token="t1", lock_until=T0 + 60, now=T0)
+        assert len(first.jobs) == 3
+        assert not first.concurrency_limited
+        full = await env.second_store.take_jobs(
+            name, limit=10, token="t2", lock_until=T0 + 60, now=T0
+        )
+        assert (full.jobs, full.concurrency_limited) == ([], True)
+        await store.complete_jobs(name, [Completion(first.jobs[0].id, "t1", "null")], T0)
+        again = await env.second_store.take_jobs(
+            name, limit=10, token="t2", lock_until=T0 + 60, now=T0
+        )
+        assert len(again.jobs) == 1
+        await queue.set_global_concurrency(5)
+        more = await store.take_jobs(name, limit=10, token="t3", lock_until=T0 + 60, now=T0)
+        assert len(more.jobs) == 2
+        await queue.remove_global_concurrency()
+        rest = await store.take_jobs(name, limit=10, token="t4", lock_until=T0 + 60, now=T0)
+        assert len(rest.jobs) == 4
+        assert (await queue.get_job_counts())["active"] == 9
+
+    async def test_racing_takes_never_pass_the_limit(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-race"))
+        await queue.add_bulk([{"name": "a"} for _ in range(40)])
+        await queue.set_global_concurrency(5)
+        taken: list[str] = []
+
+        async def take(index: int) -> None:
+            store = (env.store, env.second_store)[index % 2]
+            result = await store.take_jobs(
+                queue.name, limit=3, token=f"t{index}", lock_until=T0 + 60, now=T0
+            )
+            taken.extend(job.id for job in result.jobs)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(16):
+                tg.start_soon(take, index)
+        assert len(taken) == len(set(taken)) == 5
+        assert (await queue.get_job_counts())["active"] == 5
+
+    async def test_workers_on_two_store_objects_keep_to_the_limit(self, env: Harness) -> None:
+        name = env.name("conc-workers")
+        queue = env.queue(name)
+        await queue.set_global_concurrency(2)
+        await queue.add_bulk([{"name": "a", "data": i} for i in range(24)])
+        running = 0
+        most = 0
+
+        async def handle(job: Job) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await anyio.sleep(0.01)
+            running -= 1
+
+        async with (
+            env.workers({name: handle}, concurrency=4),
+            env.workers({name: handle}, store=env.second_store, concurrency=4),
+        ):
+            await env.wait_count(name, JobState.COMPLETED, 24)
+        assert most == 2
+
+    async def test_a_bad_concurrency_is_refused(self, env: Harness) -> None:
+        queue = env.queue(env.name("conc-bad"))
+        with pytest.raises(ValueError, match="at least 1"):
+            await queue.set_global_concurrency(0)
+        with pytest.raises(TypeError, match="must be an int"):
+            await queue.set_global_concurrency("3")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="must be an int"):
+            await queue.set_global_concurrency(True)
+        assert await queue.get_global_concurrency() is None
+
+
+class ManualRateLimitTests:
+    """MANUAL RATE LIMIT of the store protocol, and ``RateLimitedError`` in a handler."""
+
+    async def test_a_limited_queue_takes_nothing_until_then(self, env: Harness) -> None:
+        queue = env.queue(env.name("limited"))
+        start = time.time()
+        await queue.add_bulk([{"name": "a"}, {"name": "b"}])
+        delayed = await queue.add("later", None, {"delay": 1})
+        store, other, name = env.store, env.second_store, queue.name
+        await store.rate_limit_queue(name, start + 5)
+        held = await other.take_jobs(name, limit=5, token="t", lock_until=start + 60, now=start + 2)
+        assert held.jobs == []
+        assert held.rate_limited_until == start + 5
+        # Due delayed jobs still become waiting meanwhile.
+        assert await env.state(delayed) is JobState.WAITING
+        # An earlier limit never shortens a later one.
+        await other.rate_limit_queue(name, start + 3)
+        still = await store.take_jobs(
+            name, limit=5, token="t", lock_until=start + 60, now=start + 4
+        )
+        assert (still.jobs, still.rate_limited_until) == ([], start + 5)
+        free = await store.take_jobs(name, limit=5, token="t", lock_until=start + 60, now=start + 5)
+        assert len(free.jobs) == 3
+        assert free.rate_limited_until is None
+
+    async def test_rate_limited_error_hands_the_job_back_unattempted(self, env: Harness) -> None:
+        name = env.name("limited-worker")
+        queue = env.queue(name)
+        job = await queue.add("call-api", {"n": 1}, {"attempts": 1})
+        calls: list[str] = []
+
+        async def handle(job: Job) -> None:
+            calls.append(job.id)
+            raise RateLimitedError(600)
+
+        async with env.workers({name: handle}):
+
+            async def handed_back() -> bool:
+                return bool(calls) and await env.state(job) is JobState.WAITING
+
+            await env.wait_for(handed_back, "the job back in waiting")
+        current = await env.reread(job)
+        assert current is not None
+        assert (current.state, current.attempts_made, current.failed_reason) == (
+            JobState.WAITING,
+            0,
+            None,
+        )
+        assert calls == [job.id]
+        now = time.time()
+        later = await env.second_store.take_jobs(
+            name, limit=5, token="t", lock_until=now + 60, now=now + 60
+        )
+        assert later.jobs == []
+        assert later.rate_limited_until is not None
+        assert later.rate_limited_until >= now + 500
+
+    async def test_a_bad_delay_is_refused(self, env: Harness) -> None:
+        with pytest.raises(ValueError, match="delay must be a number of seconds"):
+            RateLimitedError(-1)
+        with pytest.raises(ValueError, match="delay must be a number of seconds"):
+            RateLimitedError("soon")  # type: ignore[arg-type]
+        assert RateLimitedError(timedelta(seconds=2)).delay == 2.0
