@@ -45,6 +45,7 @@ pytest.register_assert_rewrite(
 
 from ._support import Harness  # noqa: E402
 from .capabilities import CapabilityTests  # noqa: E402
+from .edges import EdgeTests  # noqa: E402
 from .events import EventTests  # noqa: E402
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
@@ -72,6 +73,7 @@ class StoreConformance(
     CapabilityTests,
     OperatingTests,
     TransitionTests,
+    EdgeTests,
     SchedulerTests,
     LargeFlowTests,
     DependencyCountTests,
