@@ -46,6 +46,8 @@ def _progress(outcome: runner.Outcome, done: int, total: int) -> None:
     mark = "." if outcome.status in runner.DETECTED else "S"
     end = "\n" if done % 60 == 0 or done == total else ""
     print(mark, end=end, file=sys.stderr, flush=True)
+    if outcome.status not in runner.DETECTED:
+        print(f"\n  {outcome.status}  {outcome.mutant.describe()}", file=sys.stderr, flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -69,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_invalid:
             for mutant, why in invalid:
                 print(f"invalid  {mutant.describe()}  ({why})")
-        print(f"{len(mutants)} mutants ({len(invalid)} more are not valid programs)")
+        print(f"{len(mutants)} mutants")
+        if invalid:
+            print(f"{len(invalid)} more are not valid programs (--list-invalid lists them)")
         return 0
     if invalid:
         print(f"{len(invalid)} mutants are not valid programs: not run", file=sys.stderr)

@@ -171,6 +171,8 @@ class Function:
     language: str
     body_start: int
     body_end: int
+    returns: str = ""
+    """The first word of the return type, lowercase (``trigger`` for a trigger)."""
 
 
 def functions(text: str) -> list[Function]:
@@ -193,13 +195,16 @@ def functions(text: str) -> list[Function]:
             language = ""
             if "LANGUAGE" in words:
                 language = statement[words.index("LANGUAGE") + 1].text.lower().strip("'\"")
+            returns = ""
+            if "RETURNS" in words:
+                returns = statement[words.index("RETURNS") + 1].text.lower()
             bodies = [t for t in statement if t.kind == "dollar"]
             if bodies:
                 body = bodies[0]
                 tag = _DOLLAR.match(body.text)
                 assert tag is not None
                 width = len(tag.group())
-                out.append(Function(name, language, body.start + width, body.end - width))
+                out.append(Function(name, language, body.start + width, body.end - width, returns))
         statement = []
     return out
 

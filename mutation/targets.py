@@ -245,14 +245,20 @@ def sql(store: str | None = None, root: Path = ROOT) -> Target:
 def _sql_callers(root: Path) -> dict[str, frozenset[str]]:
     """For each function: itself and every function that calls it, directly or not."""
     bodies: dict[str, str] = {}
+    triggers: set[str] = set()
     for path in sorted(root.glob(SQL_FUNCTIONS)):
         text = path.read_text()
         for function in functions(text):
             bodies[function.name] = text[function.body_start : function.body_end]
+            if function.returns == "trigger":
+                triggers.add(function.name)
     calls = {
         name: {other for other in bodies if re.search(rf"\b{other}\s*\(", body)}
         for name, body in bodies.items()
     }
+    # A trigger function runs whenever its table changes: as if every function called it.
+    for name in calls:
+        calls[name] |= triggers
     out: dict[str, frozenset[str]] = {}
     for name in bodies:
         found = {name}

@@ -345,3 +345,16 @@ def test_sql_and_lua_targets_mutate_every_file_of_their_folder() -> None:
     assert "conveyor_stores/redis/lua/common.lua" in lua_target.files()
     with pytest.raises(ValueError, match="postgres"):
         targets.sql("memory")
+
+
+def test_the_command_lists_sql_mutants_apart_from_the_invalid_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("pglast")
+    assert main(["sql", "--list", "--list-invalid", "--sample", "5", "--seed", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    listed = [line for line in out if line.startswith("conveyor_stores/postgres/sql/functions/")]
+    invalid = [line for line in out if line.startswith("invalid  ")]
+    assert len(listed) == 5 and out[-2] == "5 mutants"
+    assert invalid and out[-1].startswith(f"{len(invalid)} more are not valid programs")
+    assert main(["sql", "--store", "redis", "--list"]) == 2
