@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
+from typing import Protocol
 
 from .mutators import Mutant, Mutator, mutator_for
 
@@ -128,12 +129,30 @@ class Target:
     units: Units | None = None
     """How to tell which tests a mutant concerns when the mutated code is not Python run
     in the test process: by default the lines each test executes."""
+    service: Callable[[], Service] | None = None
+    """Makes a private server for one copy (e.g. a Redis server of its own, so that a
+    mutant script that never ends cannot block a shared one)."""
 
     def files(self) -> list[str]:
         """The mutated files: ``path``, or every file its glob pattern matches."""
         if not any(char in self.path for char in "*?["):
             return [self.path]
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(self.path))
+
+
+class Service(Protocol):
+    """A server the tests of one copy use, started for it and stopped after."""
+
+    def start(self) -> dict[str, str]:
+        """Start; returns the environment variables that point the tests at it."""
+        ...
+
+    def after_run(self) -> None:
+        """Called after each mutant's run: make the server usable again if the mutant
+        left it busy."""
+        ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -282,6 +301,8 @@ class _Workspace:
         self.changed: str | None = None
         self.running: subprocess.Popen[str] | None = None
         self.stopped = False
+        self.service = None if target.service is None else target.service()
+        self.service_env = {} if self.service is None else self.service.start()
 
     def stop(self) -> None:
         """Kill the test run in progress, if any, and refuse further runs."""
@@ -290,11 +311,14 @@ class _Workspace:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        if self.service is not None:
+            self.service.stop()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(self.dir)
         env.pop("PYTHONSTARTUP", None)
+        env.update(self.service_env)
         return env
 
     def write(self, path: str, text: str) -> None:
@@ -425,12 +449,10 @@ def _unit_baseline(space: _Workspace, units: Units, timeout: float) -> UnitCover
     output_file = space.dir / "_mutation_units.json"
     env_extra = {"MUTATION_UNITS_OUTPUT": str(output_file)}
     started = time.monotonic()
-    code, output = space.pytest(
-        [], timeout, ["-p", "_mutation_trace", "--durations=0"], x=False, env=env_extra
-    )
+    code, output = space.pytest([], timeout, ["-p", "_mutation_trace"], x=False, env=env_extra)
     seconds = time.monotonic() - started
     if code != 0:
-        tail = "\n".join(output.splitlines()[-30:])
+        tail = "\n".join(output.splitlines()[-30:]) or "(it ran out of time)"
         raise BaselineError(f"the suite does not pass on the unmutated code:\n{tail}")
     data = json.loads(output_file.read_text())
     output_file.unlink()
@@ -453,7 +475,11 @@ def _judge(
         return Outcome(mutant, UNCOVERED)
     space.write(mutant.path, mutant.apply(space.originals[mutant.path]))
     started = time.monotonic()
-    code, output = space.pytest(tests, timeout)
+    try:
+        code, output = space.pytest(tests, timeout)
+    finally:
+        if space.service is not None:
+            space.service.after_run()
     seconds = time.monotonic() - started
     if code is None:
         return Outcome(mutant, TIMEOUT, len(tests), seconds)
@@ -496,7 +522,7 @@ def run(
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     with _workspaces(target, max(1, min(jobs, len(mutants)))) as spaces:
-        coverage = _baseline(spaces[0], timeout or 3600.0)
+        coverage = _baseline(spaces[0], 3600.0)
         limit = timeout or coverage.seconds * 3 + 30.0
         free: SimpleQueue[_Workspace] = SimpleQueue()
         for space in spaces:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import tomllib
 from collections.abc import Callable
 from functools import lru_cache
@@ -62,6 +67,11 @@ WAIT_SECONDS = 5.0
 """Each wait of the suite, shorter than its default: a mutant that breaks a flow makes
 tests wait for conditions that never come true, and the unmutated suite still passes
 with a wide margin on a busy machine."""
+
+
+SERVER_WAIT_SECONDS = 15.0
+"""The same for the PostgreSQL and Redis suites: their largest flows take seconds on a
+busy machine."""
 
 
 def conformance_suite(store: str, wait: float = WAIT_SECONDS) -> str:
@@ -232,7 +242,7 @@ def sql(store: str | None = None, root: Path = ROOT) -> Target:
         root=root,
         path=SQL_FUNCTIONS,
         packages=("conveyor_core", "conveyor_stores"),
-        suite_files=_server_suite(root, "postgres", WAIT_SECONDS),
+        suite_files=_server_suite(root, "postgres", SERVER_WAIT_SECONDS),
         mutator=SqlMutator(render),
         units=Units(
             _UNITS_PLUGIN.format(what="PostgreSQL functions", patch=_PG_PATCH),
@@ -271,6 +281,69 @@ def _sql_callers(root: Path) -> dict[str, frozenset[str]]:
     return out
 
 
+class PrivateRedis:
+    """A ``redis-server`` of one copy's own, on a free local port, with its data in a
+    temporary directory. A mutant script that never ends blocks only this server: after
+    each run a busy server gets ``SCRIPT KILL``, and is started again if that fails."""
+
+    def __init__(self, binary: str = "redis-server") -> None:
+        self.binary = binary
+        self.port = 0
+        self.dir = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> dict[str, str]:
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            self.dir = tempfile.mkdtemp(prefix="mutation-redis-")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        for _ in range(100):
+            if self._ask("PING") == "+PONG":
+                return {"CONVEYOR_TEST_REDIS_URL": f"redis://127.0.0.1:{self.port}/0"}
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.binary} did not start on port {self.port}")
+
+    def _ask(self, *words: str) -> str:
+        """One command's first reply line, or an empty string if the server does not
+        answer."""
+        command = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+                conn.sendall(command.encode())
+                return conn.recv(512).decode(errors="replace").split("\r\n")[0]
+        except OSError:
+            return ""
+
+    def after_run(self) -> None:
+        if not self._ask("PING").startswith("-BUSY"):
+            return
+        self._ask("SCRIPT", "KILL")
+        for _ in range(20):
+            if self._ask("PING") == "+PONG":
+                return
+            time.sleep(0.1)
+        self._terminate()
+        self.start()
+
+    def _terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        self._terminate()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def lua(store: str | None = None, root: Path = ROOT) -> Target:
     """The Redis scripts (``lua/*.lua``) judged by the conformance suite on Redis. A
     mutant runs the tests that called a script whose text, as sent to the server (with
@@ -306,13 +379,14 @@ def lua(store: str | None = None, root: Path = ROOT) -> Target:
         root=root,
         path=LUA_SCRIPTS,
         packages=("conveyor_core", "conveyor_stores"),
-        suite_files=_server_suite(root, "redis", WAIT_SECONDS),
+        suite_files=_server_suite(root, "redis", SERVER_WAIT_SECONDS),
         mutator=LuaMutator(check),
         units=Units(
             _UNITS_PLUGIN.format(what="Redis scripts", patch=_REDIS_PATCH),
             affected,
             "conveyor_stores.redis.store",
         ),
+        service=PrivateRedis,
     )
 
 

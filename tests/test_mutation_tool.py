@@ -358,3 +358,37 @@ def test_the_command_lists_sql_mutants_apart_from_the_invalid_ones(
     assert len(listed) == 5 and out[-2] == "5 mutants"
     assert invalid and out[-1].startswith(f"{len(invalid)} more are not valid programs")
     assert main(["sql", "--store", "redis", "--list"]) == 2
+
+
+def test_a_private_redis_left_busy_by_a_script_is_made_usable_again() -> None:
+    import shutil
+    import socket
+    import threading
+
+    from mutation.targets import PrivateRedis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server program")
+    server = PrivateRedis()
+    env = server.start()
+    try:
+        assert env["CONVEYOR_TEST_REDIS_URL"] == f"redis://127.0.0.1:{server.port}/0"
+
+        def loop_forever() -> None:
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                script = "while true do end"
+                conn.sendall(
+                    f"*3\r\n$4\r\nEVAL\r\n${len(script)}\r\n{script}\r\n$1\r\n0\r\n".encode()
+                )
+                conn.recv(512)
+
+        threading.Thread(target=loop_forever, daemon=True).start()
+        for _ in range(100):
+            if server._ask("PING").startswith("-BUSY"):
+                break
+            threading.Event().wait(0.1)
+        assert server._ask("PING").startswith("-BUSY")
+        server.after_run()
+        assert server._ask("PING") == "+PONG"
+    finally:
+        server.stop()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from conveyor_core import JobState
-from conveyor_core.store import Failure
+from conveyor_core import JobState, QueueEvent, QueueEvents
+from conveyor_core.store import Completion, Failure
 
 from ._support import Harness, Runs, nodes_by_name
 
@@ -16,6 +16,7 @@ DELAYED = JobState.DELAYED
 FAILED = JobState.FAILED
 COMPLETED = JobState.COMPLETED
 WAITING_CHILDREN = JobState.WAITING_CHILDREN
+ACTIVE = JobState.ACTIVE
 
 
 class EdgeTests:
@@ -113,3 +114,116 @@ class EdgeTests:
             if cursor is None:
                 break
         assert found == hits
+
+    async def test_one_add_of_many_jobs_keeps_their_order_whatever_their_ids(
+        self, env: Harness
+    ) -> None:
+        q = env.name("order")
+        queue = env.queue(q)
+        ids = ["zeta", "yak", "xenon", "walrus"]
+        fifo = await queue.add_bulk(
+            [{"name": "fifo", "data": None, "opts": {"job_id": i}} for i in ids]
+        )
+        lifo = await queue.add_bulk(
+            [
+                {"name": "lifo", "data": None, "opts": {"job_id": f"l-{i}", "lifo": True}}
+                for i in ids
+            ]
+        )
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=8, token="t", lock_until=now + 60, now=now)
+        expected = [job.id for job in reversed(lifo)] + [job.id for job in fifo]
+        assert [job.id for job in taken.jobs] == expected
+
+    async def test_adding_a_delayed_job_publishes_delayed_with_its_run_time(
+        self, env: Harness
+    ) -> None:
+        q = env.name("later")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            job = await env.queue(q).add("later", None, {"delay": 3600})
+            record = await env.store.get_job(q, job.id)
+            assert record is not None and record.run_at is not None
+
+            async def arrived() -> bool:
+                return any(e.type == "delayed" and e.job_id == job.id for e in seen)
+
+            await env.wait_for(arrived, "the delayed event of the added job")
+        delayed = [e for e in seen if e.type == "delayed" and e.job_id == job.id]
+        assert [e.data.get("run_at") for e in delayed] == [record.run_at]
+
+    async def test_clean_of_waiting_jobs_goes_by_creation_and_of_finished_by_finish(
+        self, env: Harness
+    ) -> None:
+        q = env.name("ages")
+        queue = env.queue(q)
+        waiting = [await queue.add(f"wait-{i}", None) for i in range(3)]
+        created = max(job.record.created_at for job in waiting)
+        assert await env.store.clean(q, WAITING, created - 3600, None) == []
+        removed = await env.store.clean(q, WAITING, created + 1, None)
+        assert sorted(removed) == sorted(job.id for job in waiting)
+        assert await env.total(q) == 0
+        # A job created long before it finished is cleaned by its finish time.
+        done = await queue.add("done", None)
+        broke = await queue.add("broke", None)
+        start = done.record.created_at
+        taken = await env.store.take_jobs(q, limit=2, token="t", lock_until=start + 7200, now=start)
+        assert len(taken.jobs) == 2
+        finished = start + 3600
+        assert await env.store.complete_jobs(q, [Completion(done.id, "t", "null")], finished)
+        assert await env.store.fail_jobs(q, [Failure(broke.id, "t", "broke")], finished)
+        for state in (COMPLETED, FAILED):
+            assert await env.store.clean(q, state, start + 1800, None) == []
+        assert await env.store.clean(q, COMPLETED, finished + 1, None) == [done.id]
+        assert await env.store.clean(q, FAILED, finished + 1, None) == [broke.id]
+
+    async def test_completions_in_calls_of_different_sizes_list_newest_first(
+        self, env: Harness
+    ) -> None:
+        q = env.name("batches")
+        queue = env.queue(q)
+        jobs = await queue.add_bulk([{"name": f"job-{i}", "data": None} for i in range(7)])
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=7, token="t", lock_until=now + 60, now=now)
+        order = [job.id for job in taken.jobs]
+        assert sorted(order) == sorted(job.id for job in jobs)
+        big, small = order[:6], order[6:]
+        await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in big], now)
+        await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in small], now)
+        listed = await queue.get_jobs(COMPLETED)
+        assert [job.id for job in listed] == [*reversed(small), *reversed(big)]
+
+    async def test_a_flow_of_five_thousand_children_is_added_whole(self, env: Harness) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        count = 5000
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": f"c{i:04d}", "queue_name": child_q, "data": None} for i in range(count)
+                ],
+            }
+        )
+        counts = await node.job.get_dependency_counts()
+        assert counts.unprocessed == count
+        assert await env.total(child_q) == count
+        page = await node.job.get_dependencies(limit=10)
+        assert page.unprocessed == [child.job.id for child in node.children[:10]]
+
+    async def test_schedulers_made_again_after_obliterate_are_listed_and_due(
+        self, env: Harness
+    ) -> None:
+        q = env.name("again")
+        queue = env.queue(q)
+        for sid in ("a", "b"):
+            await queue.upsert_job_scheduler(sid, every=60.0, template={"name": sid})
+        await queue.obliterate()
+        assert await queue.get_job_schedulers() == []
+        for sid in ("a", "b"):
+            await queue.upsert_job_scheduler(sid, every=60.0, template={"name": sid})
+        listed = await queue.get_job_schedulers()
+        assert [s.id for s in listed] == ["a", "b"]
+        due = await env.store.due_schedulers(q, time.time() + 3600, 10)
+        assert sorted(record.id for record in due.schedulers) == ["a", "b"]
