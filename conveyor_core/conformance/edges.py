@@ -227,3 +227,28 @@ class EdgeTests:
         assert [s.id for s in listed] == ["a", "b"]
         due = await env.store.due_schedulers(q, time.time() + 3600, 10)
         assert sorted(record.id for record in due.schedulers) == ["a", "b"]
+
+    async def test_removing_a_job_keeps_the_logs_and_children_of_the_others(
+        self, env: Harness
+    ) -> None:
+        q, child_q = env.name("jobs"), env.name("child")
+        queue = env.queue(q)
+        gone = await queue.add("gone", None, {"job_id": "gone"})
+        kept = await queue.add("kept", None)
+        await gone.log("gone-line")
+        await kept.log("kept-line")
+        first = await env.flow.add(
+            {"name": "first", "queue_name": q, "children": [{"name": "a", "queue_name": child_q}]}
+        )
+        second = await env.flow.add(
+            {"name": "second", "queue_name": q, "children": [{"name": "b", "queue_name": child_q}]}
+        )
+        await gone.remove()
+        assert await kept.get_logs() == ["kept-line"]
+        again = await queue.add("again", None, {"job_id": "gone"})
+        assert await again.get_logs() == [], "a new job with a removed job's id has no log"
+        await first.job.remove()
+        deps = await env.store.get_dependencies(q, second.job.id)
+        assert [dep.id for dep in deps] == [second.children[0].job.id]
+        counts = await second.job.get_dependency_counts()
+        assert counts.unprocessed == 1
