@@ -188,11 +188,11 @@ class EdgeTests:
         taken = await env.store.take_jobs(q, limit=7, token="t", lock_until=now + 60, now=now)
         order = [job.id for job in taken.jobs]
         assert sorted(order) == sorted(job.id for job in jobs)
-        big, small = order[:6], order[6:]
-        await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in big], now)
+        small, big = order[:1], order[1:]
         await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in small], now)
+        await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in big], now)
         listed = await queue.get_jobs(COMPLETED)
-        assert [job.id for job in listed] == [*reversed(small), *reversed(big)]
+        assert [job.id for job in listed] == [*reversed(big), *reversed(small)]
 
     async def test_a_flow_of_five_thousand_children_is_added_whole(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
@@ -252,3 +252,30 @@ class EdgeTests:
         assert [dep.id for dep in deps] == [second.children[0].job.id]
         counts = await second.job.get_dependency_counts()
         assert counts.unprocessed == 1
+
+    async def test_a_failed_parent_fails_its_unstarted_descendants_in_other_queues(
+        self, env: Harness
+    ) -> None:
+        top_q, mid_q, leaf_q = env.name("top"), env.name("mid"), env.name("leaf")
+        node = await env.flow.add(
+            {
+                "name": "top",
+                "queue_name": top_q,
+                "opts": {"fail_parent_on_child_failure": "fail"},
+                "children": [
+                    {"name": "bad", "queue_name": mid_q},
+                    {
+                        "name": "mid",
+                        "queue_name": mid_q,
+                        "children": [{"name": "leaf", "queue_name": leaf_q}],
+                    },
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        async with env.workers({mid_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["top"], FAILED)
+        for name in ("mid", "leaf"):
+            job = await env.reread(jobs[name])
+            assert job is not None and job.state is FAILED, name
+            assert job.failed_reason == "parent failed", name
