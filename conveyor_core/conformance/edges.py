@@ -279,3 +279,34 @@ class EdgeTests:
             job = await env.reread(jobs[name])
             assert job is not None and job.state is FAILED, name
             assert job.failed_reason == "parent failed", name
+
+    async def test_a_child_failed_with_its_parent_applies_its_failed_retention(
+        self, env: Harness
+    ) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        old = await env.queue(child_q).add("old", None)
+        now = time.time()
+        taken = await env.store.take_jobs(child_q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [old.id]
+        assert await env.store.fail_jobs(child_q, [Failure(old.id, "t", "old")], now)
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": "breaks", "queue_name": child_q},
+                    {
+                        "name": "never-runs",
+                        "queue_name": child_q,
+                        "opts": {"delay": 3600, "remove_on_fail": 1},
+                    },
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        async with env.workers({child_q: Runs().handler(fail={"breaks"})}):
+            await env.wait_state(jobs["parent"], FAILED)
+        failed = await env.queue(child_q).get_jobs(FAILED)
+        assert [job.id for job in failed] == [jobs["never-runs"].id], (
+            "keeping one failed job, the child failed with its parent keeps only itself"
+        )
