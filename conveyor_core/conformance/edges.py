@@ -310,3 +310,31 @@ class EdgeTests:
         assert [job.id for job in failed] == [jobs["never-runs"].id], (
             "keeping one failed job, the child failed with its parent keeps only itself"
         )
+
+    async def test_a_rate_limited_take_publishes_the_delayed_jobs_it_makes_waiting(
+        self, env: Harness
+    ) -> None:
+        q = env.name("limited")
+        queue = env.queue(q)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            first = await queue.add("first", None)
+            later = await queue.add("later", None, {"delay": 30})
+            now = time.time()
+            limit = (1, 3600.0)
+            taken = await env.store.take_jobs(
+                q, limit=5, token="t", lock_until=now + 60, now=now, rate_limit=limit
+            )
+            assert [job.id for job in taken.jobs] == [first.id]
+            due = now + 60
+            taken = await env.store.take_jobs(
+                q, limit=5, token="t", lock_until=due + 60, now=due, rate_limit=limit
+            )
+            assert taken.jobs == [] and taken.rate_limited_until is not None
+            assert await env.state(later) is WAITING
+
+            async def arrived() -> bool:
+                return any(e.type == "waiting" and e.job_id == later.id for e in seen)
+
+            await env.wait_for(arrived, "the waiting event of the promoted delayed job")
