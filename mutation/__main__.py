@@ -22,7 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("target", choices=sorted(targets.TARGETS), help="what to mutate")
     parser.add_argument(
-        "--store", default="memory", choices=targets.STORES, help="store the suite runs on"
+        "--store",
+        choices=targets.STORES,
+        help="store the suite runs on (engine: memory or sqlite, memory by default; "
+        "sql: postgres; lua: redis)",
     )
     parser.add_argument("--sample", type=int, metavar="N", help="judge a random N mutants")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample")
@@ -32,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="SECONDS", help="limit for one mutant's run"
     )
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument(
+        "--list-invalid", action="store_true", help="with --list: also the invalid ones"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the full report")
     return parser
 
@@ -40,6 +46,8 @@ def _progress(outcome: runner.Outcome, done: int, total: int) -> None:
     mark = "." if outcome.status in runner.DETECTED else "S"
     end = "\n" if done % 60 == 0 or done == total else ""
     print(mark, end=end, file=sys.stderr, flush=True)
+    if outcome.status not in runner.DETECTED:
+        print(f"\n  {outcome.status}  {outcome.mutant.describe()}", file=sys.stderr, flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -49,19 +57,26 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    target = targets.TARGETS[args.target](args.store)
     try:
-        mutants = runner.select(
-            runner.mutants_of(target), only=args.only, sample=args.sample, seed=args.seed
-        )
+        target = targets.TARGETS[args.target](args.store)
+        valid, invalid = runner.all_mutants(target)
+        mutants = runner.select(valid, only=args.only, sample=args.sample, seed=args.seed)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    store = args.store or {"sql": "postgres", "lua": "redis"}.get(args.target, "memory")
     if args.list:
         for mutant in mutants:
             print(mutant.describe())
+        if args.list_invalid:
+            for mutant, why in invalid:
+                print(f"invalid  {mutant.describe()}  ({why})")
         print(f"{len(mutants)} mutants")
+        if invalid:
+            print(f"{len(invalid)} more are not valid programs (--list-invalid lists them)")
         return 0
+    if invalid:
+        print(f"{len(invalid)} mutants are not valid programs: not run", file=sys.stderr)
     equivalent = targets.equivalent(args.target)
     try:
         report = runner.run(
@@ -77,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.json is not None:
         args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    print(f"\n{args.target} on the {args.store} store: {len(report.outcomes)} mutants")
+    print(f"\n{args.target} on the {store} store: {len(report.outcomes)} mutants")
     for outcome in report.open_survivors:
         note = " (no test runs this line)" if outcome.status == runner.UNCOVERED else ""
         print(f"  survived  {outcome.mutant.describe()}{note}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Protocol
@@ -282,11 +282,93 @@ def _in_expression(expr: ast.expr, scope: str) -> Iterator[_Change]:
                     yield from _in_expression(sub, scope)
 
 
+# ---------------------------------------------------------------- text changes
+
+
+@dataclass(frozen=True)
+class TextChange:
+    """One change found by a token-level mutator: ``text[start:end]`` becomes
+    ``replacement``."""
+
+    start: int
+    end: int
+    replacement: str
+    kind: str
+    scope: str
+
+
+Check = Callable[[str], "str | None"]
+"""Validates a whole mutated file: ``None`` if it is a valid program, else the problem."""
+
+
+def text_mutants(
+    text: str, path: str, changes: list[TextChange], check: Check
+) -> tuple[list[Mutant], list[tuple[Mutant, str]]]:
+    """Mutants of ``text`` from ``changes``, with stable ids: ``(valid, invalid)``, the
+    invalid ones with the reason ``check`` gave. A change to the same text is skipped."""
+    valid: list[Mutant] = []
+    invalid: list[tuple[Mutant, str]] = []
+    seen: Counter[tuple[str, str, str, str]] = Counter()
+    for change in sorted(changes, key=lambda c: (c.start, c.end, c.kind, c.replacement)):
+        original_text = text[change.start : change.end]
+        if original_text == change.replacement:
+            continue
+        original = _squeeze(original_text)
+        mutated = _squeeze(change.replacement) or "(nothing)"
+        key = (change.scope, change.kind, original, mutated)
+        nth = seen[key]
+        seen[key] += 1
+        line = text.count("\n", 0, change.start) + 1
+        mutant = Mutant(
+            id=mutant_id(path, change.scope, change.kind, original, mutated, nth),
+            path=path,
+            line=line,
+            end_line=line + original_text.count("\n"),
+            scope=change.scope,
+            kind=change.kind,
+            original=original,
+            mutated=mutated,
+            start=change.start,
+            end=change.end,
+            replacement=change.replacement,
+        )
+        problem = check(mutant.apply(text))
+        if problem is None:
+            valid.append(mutant)
+        else:
+            invalid.append((mutant, problem))
+    return valid, invalid
+
+
+def _squeeze(text: str) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= 100 else one[:97] + "..."
+
+
+STATE_SWAPS = {
+    "waiting": "delayed",
+    "delayed": "waiting",
+    "active": "waiting",
+    "completed": "failed",
+    "failed": "completed",
+    "waiting-children": "waiting",
+    "fail": "ignore",
+    "ignore": "fail",
+    "remove": "drop",
+    "drop": "remove",
+    "continue": "fail",
+}
+"""A job state or parent policy named in a string literal, and what it becomes in a
+``state`` mutant."""
+
+
 MUTATORS: dict[str, Mutator] = {".py": PythonMutator()}
-"""Mutators by file suffix. A mutator for ``.sql`` or ``.lua`` text registers here."""
+"""Mutators by file suffix; :mod:`mutation.sql` and :mod:`mutation.lua` add theirs."""
 
 
 def mutator_for(path: str) -> Mutator:
+    from . import lua, sql  # noqa: F401  (they register their mutators)
+
     suffix = PurePath(path).suffix
     try:
         return MUTATORS[suffix]

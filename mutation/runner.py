@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
+from typing import Protocol
 
 from .mutators import Mutant, Mutator, mutator_for
 
@@ -125,6 +126,50 @@ class Target:
     mutator: Mutator | None = None
     """The mutator for ``path``; by default the one registered for its suffix. SQL or Lua
     kept inside a Python module (``conveyor_stores/postgres/schema.py``) names its own."""
+    units: Units | None = None
+    """How to tell which tests a mutant concerns when the mutated code is not Python run
+    in the test process: by default the lines each test executes."""
+    service: Callable[[], Service] | None = None
+    """Makes a private server for one copy (e.g. a Redis server of its own, so that a
+    mutant script that never ends cannot block a shared one)."""
+
+    def files(self) -> list[str]:
+        """The mutated files: ``path``, or every file its glob pattern matches."""
+        if not any(char in self.path for char in "*?["):
+            return [self.path]
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(self.path))
+
+
+class Service(Protocol):
+    """A server the tests of one copy use, started for it and stopped after."""
+
+    def start(self) -> dict[str, str]:
+        """Start; returns the environment variables that point the tests at it."""
+        ...
+
+    def after_run(self) -> None:
+        """Called after each mutant's run: make the server usable again if the mutant
+        left it busy."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Units:
+    """Which tests concern a mutant, by named units (PostgreSQL functions, Lua scripts).
+
+    ``plugin`` is the source of a pytest plugin run in the unmutated run: it writes, to
+    the file named by ``$MUTATION_UNITS_OUTPUT``, ``{"units": {test id: [unit, ...]},
+    "modules": {module: file}}``, the units each test called. ``affected`` names the
+    units a mutant changes, directly or through what they call or include. A mutant then
+    runs the tests that called one of them.
+    """
+
+    plugin: str
+    affected: Callable[[Mutant], frozenset[str]]
+    module: str
+    """A module the suite must import from the private copy (checked by the baseline)."""
 
 
 @dataclass
@@ -197,10 +242,24 @@ class Report:
         }
 
 
+INVALID = "invalid"
+
+
 def mutants_of(target: Target) -> list[Mutant]:
-    text = (target.root / target.path).read_text()
-    mutator = target.mutator or mutator_for(target.path)
-    return mutator.mutants(text, target.path)
+    """The valid mutants of every file of the target, in file order."""
+    return all_mutants(target)[0]
+
+
+def all_mutants(target: Target) -> tuple[list[Mutant], list[tuple[Mutant, str]]]:
+    """``(valid, invalid)``: the invalid ones (not a valid program) with the reason."""
+    valid: list[Mutant] = []
+    invalid: list[tuple[Mutant, str]] = []
+    for path in target.files():
+        text = (target.root / path).read_text()
+        mutator = target.mutator or mutator_for(path)
+        valid.extend(mutator.mutants(text, path))
+        invalid.extend(getattr(mutator, "invalid", []))
+    return valid, invalid
 
 
 def select(
@@ -235,11 +294,15 @@ class _Workspace:
             shutil.copytree(target.root / package, self.dir / package, ignore=ignore)
         for name, content in target.suite_files.items():
             (self.dir / name).write_text(content)
-        (self.dir / "_mutation_trace.py").write_text(_TRACE_PLUGIN)
-        self.file = self.dir / target.path
-        self.original = (target.root / target.path).read_text()
+        (self.dir / "_mutation_trace.py").write_text(
+            _TRACE_PLUGIN if target.units is None else target.units.plugin
+        )
+        self.originals = {path: (target.root / path).read_text() for path in target.files()}
+        self.changed: str | None = None
         self.running: subprocess.Popen[str] | None = None
         self.stopped = False
+        self.service = None if target.service is None else target.service()
+        self.service_env = {} if self.service is None else self.service.start()
 
     def stop(self) -> None:
         """Kill the test run in progress, if any, and refuse further runs."""
@@ -248,18 +311,30 @@ class _Workspace:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        if self.service is not None:
+            self.service.stop()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(self.dir)
         env.pop("PYTHONSTARTUP", None)
+        env.update(self.service_env)
         return env
 
-    def write(self, text: str) -> None:
-        """Put ``text`` in the target file; its compiled form is deleted, so the next
-        import compiles this text (other modules keep their compiled cache)."""
-        self.file.write_text(text)
-        Path(importlib.util.cache_from_source(str(self.file))).unlink(missing_ok=True)
+    def write(self, path: str, text: str) -> None:
+        """Put ``text`` in the copy of ``path`` (the file last changed is put back first);
+        its compiled form is deleted, so the next import compiles this text (other
+        modules keep their compiled cache)."""
+        if self.changed is not None and self.changed != path:
+            self._put(self.changed, self.originals[self.changed])
+        self._put(path, text)
+        self.changed = path
+
+    def _put(self, path: str, text: str) -> None:
+        file = self.dir / path
+        file.write_text(text)
+        if file.suffix == ".py":
+            Path(importlib.util.cache_from_source(str(file))).unlink(missing_ok=True)
 
     def pytest(
         self,
@@ -328,11 +403,26 @@ class Coverage:
         return [t for t in self.order if span & self.lines.get(t, set())]
 
 
-def _baseline(space: _Workspace, timeout: float) -> Coverage:
-    space.write(space.original)
+@dataclass(frozen=True)
+class UnitCoverage:
+    order: list[str]
+    units: dict[str, set[str]]
+    affected: Callable[[Mutant], frozenset[str]]
+    seconds: float
+
+    def tests_for(self, mutant: Mutant) -> list[str]:
+        changed = self.affected(mutant)
+        return [t for t in self.order if changed & self.units.get(t, set())]
+
+
+def _baseline(space: _Workspace, timeout: float) -> Coverage | UnitCoverage:
+    if space.target.units is not None:
+        return _unit_baseline(space, space.target.units, timeout)
+    path = space.target.path
+    space.write(path, space.originals[path])
     output_file = space.dir / "_mutation_trace.json"
     env_extra = {
-        "MUTATION_TRACE_TARGET": str(space.file),
+        "MUTATION_TRACE_TARGET": str(space.dir / path),
         "MUTATION_TRACE_OUTPUT": str(output_file),
     }
     started = time.monotonic()
@@ -345,7 +435,7 @@ def _baseline(space: _Workspace, timeout: float) -> Coverage:
     output_file.unlink()
     module_name = space.target.path.removesuffix(".py").replace("/", ".")
     loaded = data["modules"].get(module_name)
-    if loaded is None or Path(loaded).resolve() != space.file.resolve():
+    if loaded is None or Path(loaded).resolve() != (space.dir / path).resolve():
         raise BaselineError(
             f"the suite imported {module_name} from {loaded}, not from the private copy"
         )
@@ -355,13 +445,41 @@ def _baseline(space: _Workspace, timeout: float) -> Coverage:
     return Coverage(order, lines, lines.pop("", set()), seconds)
 
 
-def _judge(space: _Workspace, mutant: Mutant, coverage: Coverage, timeout: float) -> Outcome:
+def _unit_baseline(space: _Workspace, units: Units, timeout: float) -> UnitCoverage:
+    output_file = space.dir / "_mutation_units.json"
+    env_extra = {"MUTATION_UNITS_OUTPUT": str(output_file)}
+    started = time.monotonic()
+    code, output = space.pytest([], timeout, ["-p", "_mutation_trace"], x=False, env=env_extra)
+    seconds = time.monotonic() - started
+    if code != 0:
+        tail = "\n".join(output.splitlines()[-30:]) or "(it ran out of time)"
+        raise BaselineError(f"the suite does not pass on the unmutated code:\n{tail}")
+    data = json.loads(output_file.read_text())
+    output_file.unlink()
+    loaded = data["modules"].get(units.module)
+    if loaded is None or not Path(loaded).resolve().is_relative_to(space.dir.resolve()):
+        raise BaselineError(
+            f"the suite imported {units.module} from {loaded}, not from the private copy"
+        )
+    durations: dict[str, float] = data["seconds"]
+    order = sorted(data["order"], key=lambda test: durations.get(test, 0.0))
+    called = {test: set(names) for test, names in data["units"].items()}
+    return UnitCoverage(order, called, units.affected, seconds)
+
+
+def _judge(
+    space: _Workspace, mutant: Mutant, coverage: Coverage | UnitCoverage, timeout: float
+) -> Outcome:
     tests = coverage.tests_for(mutant)
     if not tests:
         return Outcome(mutant, UNCOVERED)
-    space.write(mutant.apply(space.original))
+    space.write(mutant.path, mutant.apply(space.originals[mutant.path]))
     started = time.monotonic()
-    code, output = space.pytest(tests, timeout)
+    try:
+        code, output = space.pytest(tests, timeout)
+    finally:
+        if space.service is not None:
+            space.service.after_run()
     seconds = time.monotonic() - started
     if code is None:
         return Outcome(mutant, TIMEOUT, len(tests), seconds)
@@ -404,7 +522,7 @@ def run(
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     with _workspaces(target, max(1, min(jobs, len(mutants)))) as spaces:
-        coverage = _baseline(spaces[0], timeout or 3600.0)
+        coverage = _baseline(spaces[0], 3600.0)
         limit = timeout or coverage.seconds * 3 + 30.0
         free: SimpleQueue[_Workspace] = SimpleQueue()
         for space in spaces:

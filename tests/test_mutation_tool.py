@@ -213,3 +213,182 @@ def test_the_command_lists_engine_mutants_and_refuses_unknown_ids(
     assert all(line.startswith("conveyor_core/engine.py:") for line in out[:-1])
     assert main(["engine", "--only", "zzzzzzzz"]) == 2
     assert "no mutant with id zzzzzzzz" in capsys.readouterr().err
+
+
+SQL_SOURCE = textwrap.dedent(
+    """
+    -- A comment with a < and an AND, left alone.
+    CREATE OR REPLACE FUNCTION @S.bump(q text, n integer) RETURNS text LANGUAGE plpgsql AS $$
+    DECLARE
+        s text := 'waiting';
+    BEGIN
+        IF n >= 2 AND q IS NOT NULL THEN
+            UPDATE @S.jobs SET state = 'delayed' WHERE queue = q AND attempts BETWEEN 1 AND n;
+            s := 'x<y';
+        END IF;
+        RETURN s;
+    END $$;
+    """
+)
+
+
+def test_sql_mutator_changes_only_function_bodies_and_every_mutant_parses() -> None:
+    pglast = pytest.importorskip("pglast")
+    from mutation.sql import SqlMutator, default_render
+
+    mutator = SqlMutator()
+    mutants = mutator.mutants(SQL_SOURCE, "fns/bump.sql")
+    changes = {(m.kind, m.original, m.mutated) for m in mutants}
+    assert {
+        ("compare", ">=", ">"),
+        ("compare", ">=", "<"),
+        ("boolop", "AND", "OR"),
+        ("compare", "IS NOT", "IS"),
+        ("constant", "2", "3"),
+        ("constant", "2", "1"),
+        ("state", "'waiting'", "'delayed'"),
+        ("state", "'delayed'", "'waiting'"),
+        ("drop", "RETURN s;", "NULL;"),
+        ("drop", "s := 'x<y';", "NULL;"),
+    } <= changes
+    dropped_if = [m for m in mutants if m.kind == "drop" and m.original.startswith("IF n >= 2")]
+    assert len(dropped_if) == 1
+    assert SQL_SOURCE[dropped_if[0].start : dropped_if[0].end].endswith("END IF;")
+    # Nothing outside the body, in strings or in comments; the BETWEEN's AND is kept, as
+    # is the declaration.
+    assert all(SQL_SOURCE.index("$$") < m.start < SQL_SOURCE.rindex("$$") for m in mutants)
+    assert not any("x<y" in m.original and m.kind != "drop" for m in mutants)
+    assert not any(m.original.startswith("s text") for m in mutants)
+    # The SET's `=` cannot become `<>`: that mutant does not parse and is set apart.
+    assert any(m.original == "=" and m.mutated == "<>" for m, _ in mutator.invalid)
+    for mutant in mutants:
+        pglast.parse_plpgsql(default_render(mutant.apply(SQL_SOURCE)))
+    ids = [m.id for m in mutants]
+    assert len(set(ids)) == len(ids)
+    again = SqlMutator().mutants("-- moved\n" + SQL_SOURCE, "fns/bump.sql")
+    assert [m.id for m in again] == ids
+
+
+LUA_SOURCE = textwrap.dedent(
+    """
+    -- a comment: if x < 1 then
+    local function bump(key, n)
+      local v = redis.call('HGET', key, 'state')
+      if v == 'waiting' and n > 0 then
+        redis.call('HSET', key, 'state',
+          'active')
+        n = n - 1
+      elseif not v then
+        return [[a < b]]
+      end
+      return n
+    end
+    return bump(KEYS[1], tonumber(ARGV[1]))
+    """
+)
+
+
+def test_lua_mutator_makes_each_kind_of_change_and_every_mutant_compiles() -> None:
+    pytest.importorskip("lupa")
+    from mutation.lua import LuaMutator, compile_error
+
+    mutants = LuaMutator().mutants(LUA_SOURCE, "lua/bump.lua")
+    changes = {(m.kind, m.original, m.mutated) for m in mutants}
+    assert {
+        ("compare", "==", "~="),
+        ("compare", ">", ">="),
+        ("compare", ">", "<="),
+        ("boolop", "and", "or"),
+        ("negate", "not", "(nothing)"),
+        ("arith", "-", "+"),
+        ("constant", "1", "2"),
+        ("constant", "0", "(-1)"),
+        ("state", "'waiting'", "'delayed'"),
+        ("state", "'active'", "'waiting'"),
+        ("drop", "n = n - 1", "(nothing)"),
+        ("drop", "redis.call('HSET', key, 'state', 'active')", "(nothing)"),
+    } <= changes
+    # The branch body of two statements is dropped as one; nothing in comments or in the
+    # long string changes; a unary minus is never turned into a plus.
+    assert any(
+        m.kind == "drop"
+        and m.original.startswith("redis.call('HSET'")
+        and m.original.endswith("n = n - 1")
+        for m in mutants
+    )
+    assert not any(m.line == 2 or ("a < b" in m.original and m.kind != "drop") for m in mutants)
+    assert not any(m.original.startswith(("local function", "end", "elseif")) for m in mutants)
+    for mutant in mutants:
+        assert compile_error(mutant.apply(LUA_SOURCE)) is None, mutant.describe()
+    assert compile_error("local x = = 1") is not None
+
+
+def test_lua_tokenizer_skips_strings_and_comments() -> None:
+    from mutation.lua import tokenize
+
+    text = 'local s = \'a -- b\' -- c < d\nlocal t = "x\\"y" --[[ e\n== f ]] + [==[ g ]==]'
+    assert [t.text for t in tokenize(text)] == [
+        "local", "s", "=", "'a -- b'", "local", "t", "=", '"x\\"y"', "+", "[==[ g ]==]",
+    ]  # fmt: skip
+
+
+def test_sql_and_lua_targets_mutate_every_file_of_their_folder() -> None:
+    from mutation import targets
+
+    sql_target = targets.sql()
+    lua_target = targets.lua()
+    sql_files = sql_target.files()
+    assert "conveyor_stores/postgres/sql/functions/take_jobs.sql" in sql_files
+    assert len(sql_files) == len(
+        list((targets.ROOT / "conveyor_stores/postgres/sql/functions").glob("*.sql"))
+    )
+    assert "conveyor_stores/redis/lua/common.lua" in lua_target.files()
+    with pytest.raises(ValueError, match="postgres"):
+        targets.sql("memory")
+
+
+def test_the_command_lists_sql_mutants_apart_from_the_invalid_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("pglast")
+    assert main(["sql", "--list", "--list-invalid", "--sample", "5", "--seed", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    listed = [line for line in out if line.startswith("conveyor_stores/postgres/sql/functions/")]
+    invalid = [line for line in out if line.startswith("invalid  ")]
+    assert len(listed) == 5 and out[-2] == "5 mutants"
+    assert invalid and out[-1].startswith(f"{len(invalid)} more are not valid programs")
+    assert main(["sql", "--store", "redis", "--list"]) == 2
+
+
+def test_a_private_redis_left_busy_by_a_script_is_made_usable_again() -> None:
+    import shutil
+    import socket
+    import threading
+
+    from mutation.targets import PrivateRedis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server program")
+    server = PrivateRedis()
+    env = server.start()
+    try:
+        assert env["CONVEYOR_TEST_REDIS_URL"] == f"redis://127.0.0.1:{server.port}/0"
+
+        def loop_forever() -> None:
+            with socket.create_connection(("127.0.0.1", server.port)) as conn:
+                script = "while true do end"
+                conn.sendall(
+                    f"*3\r\n$4\r\nEVAL\r\n${len(script)}\r\n{script}\r\n$1\r\n0\r\n".encode()
+                )
+                conn.recv(512)
+
+        threading.Thread(target=loop_forever, daemon=True).start()
+        for _ in range(100):
+            if server._ask("PING").startswith("-BUSY"):
+                break
+            threading.Event().wait(0.1)
+        assert server._ask("PING").startswith("-BUSY")
+        server.after_run()
+        assert server._ask("PING") == "+PONG"
+    finally:
+        server.stop()

@@ -49,6 +49,7 @@ from ._support import Harness  # noqa: E402
 from .cancelling import CancellingTests  # noqa: E402
 from .capabilities import CapabilityTests  # noqa: E402
 from .dag import DagTests  # noqa: E402
+from .edges import EdgeTests  # noqa: E402
 from .events import EventTests  # noqa: E402
 from .flow_control import (  # noqa: E402
     DeduplicationTests,
@@ -83,6 +84,7 @@ class StoreConformance(
     CapabilityTests,
     OperatingTests,
     TransitionTests,
+    EdgeTests,
     SchedulerTests,
     LargeFlowTests,
     DependencyCountTests,

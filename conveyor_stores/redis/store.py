@@ -21,7 +21,7 @@ import time
 import unicodedata
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -179,9 +179,17 @@ def _link(common: str, body: str) -> str:
 
 def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("lua")
-    common = folder.joinpath("common.lua").read_text(encoding="utf-8")
-    common = common.replace("@METRICS_MINUTES", str(METRICS_MINUTES))
-    bodies = {name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
+    names = ("common", *_SCRIPTS)
+    return assemble_scripts(
+        {name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in names}
+    )
+
+
+def assemble_scripts(files: Mapping[str, str]) -> dict[str, str]:
+    """The scripts sent to the server, by name, from the texts of the ``lua/`` files by
+    file stem (``common`` and one per script)."""
+    common = files["common"].replace("@METRICS_MINUTES", str(METRICS_MINUTES))
+    bodies = {name: files[name] for name in _SCRIPTS}
     # A tick's jobs are written by add_jobs' own body, run inside the fire's
     # compare-and-set: one rule for adding, in one place.
     for name in ("fire_scheduler", "add_children", "add_deduplicated"):

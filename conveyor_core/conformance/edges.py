@@ -1,0 +1,340 @@
+"""Edges of single transitions: a retried attempt's lock, removing children whose link
+to the parent is gone or resolved, obliterating a queue that holds another queue's
+children, and long scans."""
+
+from __future__ import annotations
+
+import time
+
+from conveyor_core import JobState, QueueEvent, QueueEvents
+from conveyor_core.store import Completion, Failure
+
+from ._support import Harness, Runs, nodes_by_name
+
+WAITING = JobState.WAITING
+DELAYED = JobState.DELAYED
+FAILED = JobState.FAILED
+COMPLETED = JobState.COMPLETED
+WAITING_CHILDREN = JobState.WAITING_CHILDREN
+ACTIVE = JobState.ACTIVE
+
+
+class EdgeTests:
+    """Transitions at their edges, each a behaviour a user can see."""
+
+    async def test_a_failed_attempt_that_is_retried_holds_no_lock(self, env: Harness) -> None:
+        q = env.name("retried")
+        soon = await env.queue(q).add("soon", None, {"attempts": 3})
+        later = await env.queue(q).add("later", None, {"attempts": 3})
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=2, token="first", lock_until=now + 60, now=now)
+        assert {job.id for job in taken.jobs} == {soon.id, later.id}
+        applied = await env.store.fail_jobs(
+            q,
+            [
+                Failure(soon.id, "first", "broke", retry_at=now),
+                Failure(later.id, "first", "broke", retry_at=now + 3600),
+            ],
+            now,
+        )
+        assert applied == [True, True]
+        for job, state in ((soon, WAITING), (later, DELAYED)):
+            record = await env.store.get_job(q, job.id)
+            assert record is not None and record.state is state
+            assert (record.lock_token, record.lock_until) == (None, None), job.name
+            assert (record.attempts_made, record.failed_reason) == (1, "broke")
+
+    async def test_children_removed_after_their_link_was_dropped_or_resolved(
+        self, env: Harness
+    ) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {
+                        "name": "dropped",
+                        "queue_name": child_q,
+                        "opts": {"remove_dependency_on_failure": True},
+                    },
+                    {"name": "kept", "queue_name": child_q},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        async with env.workers({child_q: Runs().handler(fail={"dropped"})}):
+            await env.wait_state(jobs["parent"], WAITING)
+        assert await env.state(jobs["dropped"]) is FAILED
+        # The failed child no longer counts for its parent: removing it changes nothing
+        # there.
+        await jobs["dropped"].remove()
+        assert await env.reread(jobs["dropped"]) is None
+        # A completed child's value stays with its parent after the child is removed.
+        await jobs["kept"].remove()
+        assert await env.reread(jobs["kept"]) is None
+        assert await env.state(jobs["parent"]) is WAITING
+        assert await jobs["parent"].get_children_values() == {jobs["kept"].id: {"done": "kept"}}
+
+    async def test_obliterating_a_queue_releases_parents_waiting_on_its_jobs(
+        self, env: Harness
+    ) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": "first", "queue_name": child_q},
+                    {"name": "second", "queue_name": child_q, "opts": {"delay": 3600}},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        assert await env.state(jobs["parent"]) is WAITING_CHILDREN
+        await env.queue(child_q).obliterate()
+        assert await env.total(child_q) == 0
+        assert await env.state(jobs["parent"]) is WAITING
+        assert await jobs["parent"].get_children_values() == {}
+
+    async def test_a_search_over_hundreds_of_jobs_finds_every_match(self, env: Harness) -> None:
+        q = env.name("many")
+        queue = env.queue(q)
+        added = await queue.add_bulk(
+            [{"name": "hit" if i % 3 else "miss", "data": {"i": i}} for i in range(250)]
+        )
+        newest_first = sorted(added, key=lambda job: (job.record.created_at, job.id), reverse=True)
+        hits = [job.id for job in newest_first if job.name == "hit"]
+        found: list[str] = []
+        cursor: str | None = None
+        for _ in range(1000):
+            page = await queue.search_jobs(text="hit", limit=1000, cursor=cursor)
+            found += [job.id for job in page.jobs]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert found == hits
+
+    async def test_one_add_of_many_jobs_keeps_their_order_whatever_their_ids(
+        self, env: Harness
+    ) -> None:
+        q = env.name("order")
+        queue = env.queue(q)
+        ids = ["zeta", "yak", "xenon", "walrus"]
+        fifo = await queue.add_bulk(
+            [{"name": "fifo", "data": None, "opts": {"job_id": i}} for i in ids]
+        )
+        lifo = await queue.add_bulk(
+            [
+                {"name": "lifo", "data": None, "opts": {"job_id": f"l-{i}", "lifo": True}}
+                for i in ids
+            ]
+        )
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=8, token="t", lock_until=now + 60, now=now)
+        expected = [job.id for job in reversed(lifo)] + [job.id for job in fifo]
+        assert [job.id for job in taken.jobs] == expected
+
+    async def test_adding_a_delayed_job_publishes_delayed_with_its_run_time(
+        self, env: Harness
+    ) -> None:
+        q = env.name("later")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            job = await env.queue(q).add("later", None, {"delay": 3600})
+            record = await env.store.get_job(q, job.id)
+            assert record is not None and record.run_at is not None
+
+            async def arrived() -> bool:
+                return any(e.type == "delayed" and e.job_id == job.id for e in seen)
+
+            await env.wait_for(arrived, "the delayed event of the added job")
+        delayed = [e for e in seen if e.type == "delayed" and e.job_id == job.id]
+        assert [e.data.get("run_at") for e in delayed] == [record.run_at]
+
+    async def test_clean_of_waiting_jobs_goes_by_creation_and_of_finished_by_finish(
+        self, env: Harness
+    ) -> None:
+        q = env.name("ages")
+        queue = env.queue(q)
+        waiting = [await queue.add(f"wait-{i}", None) for i in range(3)]
+        created = max(job.record.created_at for job in waiting)
+        assert await env.store.clean(q, WAITING, created - 3600, None) == []
+        removed = await env.store.clean(q, WAITING, created + 1, None)
+        assert sorted(removed) == sorted(job.id for job in waiting)
+        assert await env.total(q) == 0
+        # A job created long before it finished is cleaned by its finish time.
+        done = await queue.add("done", None)
+        broke = await queue.add("broke", None)
+        start = done.record.created_at
+        taken = await env.store.take_jobs(q, limit=2, token="t", lock_until=start + 7200, now=start)
+        assert len(taken.jobs) == 2
+        finished = start + 3600
+        assert await env.store.complete_jobs(q, [Completion(done.id, "t", "null")], finished)
+        assert await env.store.fail_jobs(q, [Failure(broke.id, "t", "broke")], finished)
+        for state in (COMPLETED, FAILED):
+            assert await env.store.clean(q, state, start + 1800, None) == []
+        assert await env.store.clean(q, COMPLETED, finished + 1, None) == [done.id]
+        assert await env.store.clean(q, FAILED, finished + 1, None) == [broke.id]
+
+    async def test_completions_in_calls_of_different_sizes_list_newest_first(
+        self, env: Harness
+    ) -> None:
+        q = env.name("batches")
+        queue = env.queue(q)
+        jobs = await queue.add_bulk([{"name": f"job-{i}", "data": None} for i in range(7)])
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=7, token="t", lock_until=now + 60, now=now)
+        order = [job.id for job in taken.jobs]
+        assert sorted(order) == sorted(job.id for job in jobs)
+        small, big = order[:1], order[1:]
+        await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in small], now)
+        await env.store.complete_jobs(q, [Completion(i, "t", "null") for i in big], now)
+        listed = await queue.get_jobs(COMPLETED)
+        assert [job.id for job in listed] == [*reversed(big), *reversed(small)]
+
+    async def test_a_flow_of_five_thousand_children_is_added_whole(self, env: Harness) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        count = 5000
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": f"c{i:04d}", "queue_name": child_q, "data": None} for i in range(count)
+                ],
+            }
+        )
+        counts = await node.job.get_dependency_counts()
+        assert counts.unprocessed == count
+        assert await env.total(child_q) == count
+        page = await node.job.get_dependencies(limit=10)
+        assert page.unprocessed == [child.job.id for child in node.children[:10]]
+
+    async def test_schedulers_made_again_after_obliterate_are_listed_and_due(
+        self, env: Harness
+    ) -> None:
+        q = env.name("again")
+        queue = env.queue(q)
+        for sid in ("a", "b"):
+            await queue.upsert_job_scheduler(sid, every=60.0, template={"name": sid})
+        await queue.obliterate()
+        assert await queue.get_job_schedulers() == []
+        for sid in ("a", "b"):
+            await queue.upsert_job_scheduler(sid, every=60.0, template={"name": sid})
+        listed = await queue.get_job_schedulers()
+        assert [s.id for s in listed] == ["a", "b"]
+        due = await env.store.due_schedulers(q, time.time() + 3600, 10)
+        assert sorted(record.id for record in due.schedulers) == ["a", "b"]
+
+    async def test_removing_a_job_keeps_the_logs_and_children_of_the_others(
+        self, env: Harness
+    ) -> None:
+        q, child_q = env.name("jobs"), env.name("child")
+        queue = env.queue(q)
+        gone = await queue.add("gone", None, {"job_id": "gone"})
+        kept = await queue.add("kept", None)
+        await gone.log("gone-line")
+        await kept.log("kept-line")
+        first = await env.flow.add(
+            {"name": "first", "queue_name": q, "children": [{"name": "a", "queue_name": child_q}]}
+        )
+        second = await env.flow.add(
+            {"name": "second", "queue_name": q, "children": [{"name": "b", "queue_name": child_q}]}
+        )
+        await gone.remove()
+        assert await kept.get_logs() == ["kept-line"]
+        again = await queue.add("again", None, {"job_id": "gone"})
+        assert await again.get_logs() == [], "a new job with a removed job's id has no log"
+        await first.job.remove()
+        deps = await env.store.get_dependencies(q, second.job.id)
+        assert [dep.id for dep in deps] == [second.children[0].job.id]
+        counts = await second.job.get_dependency_counts()
+        assert counts.unprocessed == 1
+
+    async def test_a_failed_parent_fails_its_unstarted_descendants_in_other_queues(
+        self, env: Harness
+    ) -> None:
+        top_q, mid_q, leaf_q = env.name("top"), env.name("mid"), env.name("leaf")
+        node = await env.flow.add(
+            {
+                "name": "top",
+                "queue_name": top_q,
+                "opts": {"fail_parent_on_child_failure": "fail"},
+                "children": [
+                    {"name": "bad", "queue_name": mid_q},
+                    {
+                        "name": "mid",
+                        "queue_name": mid_q,
+                        "children": [{"name": "leaf", "queue_name": leaf_q}],
+                    },
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        async with env.workers({mid_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["top"], FAILED)
+        for name in ("mid", "leaf"):
+            job = await env.reread(jobs[name])
+            assert job is not None and job.state is FAILED, name
+            assert job.failed_reason == "parent failed", name
+
+    async def test_a_child_failed_with_its_parent_applies_its_failed_retention(
+        self, env: Harness
+    ) -> None:
+        parent_q, child_q = env.name("parent"), env.name("child")
+        old = await env.queue(child_q).add("old", None)
+        now = time.time()
+        taken = await env.store.take_jobs(child_q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [old.id]
+        assert await env.store.fail_jobs(child_q, [Failure(old.id, "t", "old")], now)
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": "breaks", "queue_name": child_q},
+                    {
+                        "name": "never-runs",
+                        "queue_name": child_q,
+                        "opts": {"delay": 3600, "remove_on_fail": 1},
+                    },
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        async with env.workers({child_q: Runs().handler(fail={"breaks"})}):
+            await env.wait_state(jobs["parent"], FAILED)
+        failed = await env.queue(child_q).get_jobs(FAILED)
+        assert [job.id for job in failed] == [jobs["never-runs"].id], (
+            "keeping one failed job, the child failed with its parent keeps only itself"
+        )
+
+    async def test_a_rate_limited_take_publishes_the_delayed_jobs_it_makes_waiting(
+        self, env: Harness
+    ) -> None:
+        q = env.name("limited")
+        queue = env.queue(q)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            first = await queue.add("first", None)
+            later = await queue.add("later", None, {"delay": 30})
+            now = time.time()
+            limit = (1, 3600.0)
+            taken = await env.store.take_jobs(
+                q, limit=5, token="t", lock_until=now + 60, now=now, rate_limit=limit
+            )
+            assert [job.id for job in taken.jobs] == [first.id]
+            due = now + 60
+            taken = await env.store.take_jobs(
+                q, limit=5, token="t", lock_until=due + 60, now=due, rate_limit=limit
+            )
+            assert taken.jobs == [] and taken.rate_limited_until is not None
+            assert await env.state(later) is WAITING
+
+            async def arrived() -> bool:
+                return any(e.type == "waiting" and e.job_id == later.id for e in seen)
+
+            await env.wait_for(arrived, "the waiting event of the promoted delayed job")
