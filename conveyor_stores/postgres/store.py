@@ -94,7 +94,9 @@ _INT8_MAX = 2**63 - 1
 _STATES = {state.value: state for state in JobState}
 _POLICIES = {policy.value: policy for policy in ParentPolicy}
 
-_WAKE_TYPES = frozenset({"waiting", "resumed"})
+_WAKE_TYPES = frozenset({"waiting", "resumed", "delayed"})
+"""Events after which an idle worker of the queue takes again (WAIT FOR WORK: a delayed
+job may be due sooner than the worker's timeout, and change_delay counts too)."""
 
 _DEADLOCK_RETRIES = 8
 
