@@ -1011,12 +1011,12 @@ class Engine:
         for link in self._links(job):
             pq, pid = link.queue, link.id
             parent = self.b.get(pq, pid)
-            if parent is None or parent.state not in UNSTARTED:
+            if parent is None or (parent.state not in UNSTARTED and parent.state is not ACTIVE):
                 continue
             dep = self.b.get_dependency(pq, pid, job.queue, job.id)
             if dep is None or dep.status != "pending":
                 self.b.put_dependency(pq, pid, ChildDependency(job.queue, job.id, "pending"))
-            if parent.state is not WAITING_CHILDREN:
+            if parent.state is WAITING or parent.state is DELAYED:
                 prior = parent.state
                 parent.state = WAITING_CHILDREN
                 parent.run_at = None

@@ -828,10 +828,11 @@ class StoreInterface(Protocol):
         ``stalled_count`` reset, ``failed_reason`` and ``finished_at`` cleared).
 
         ``InvalidJobStateError`` unless it is ``failed``. For each of its parent links,
-        in order, whose parent exists and is in ``waiting-children``, ``waiting`` or
-        ``delayed``, the dependency is put back to ``pending`` (re-created if it was
-        dropped) and a ``waiting`` or ``delayed`` parent returns to ``waiting-children``
-        (event ``waiting-children``). Event ``waiting``.
+        in order, whose parent exists and is in ``waiting-children``, ``waiting``,
+        ``delayed`` or ``active`` (a step job still running, which keeps running), the
+        dependency is put back to ``pending`` (re-created if it was dropped) and a
+        ``waiting`` or ``delayed`` parent returns to ``waiting-children`` (event
+        ``waiting-children``). Event ``waiting``.
         """
         ...
 

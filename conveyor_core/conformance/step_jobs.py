@@ -434,6 +434,37 @@ class StepJobTests:
         assert done.state is COMPLETED, done.failed_reason
         assert seen == [([4], 1)]
 
+    async def test_step_job_retrying_a_failed_child_of_a_running_parent_puts_it_back(
+        self, env: Harness
+    ) -> None:
+        main, parts = env.name("retry-run"), env.name("retry-parts")
+        failing = {"left": 1}
+        seen: list[Any] = []
+
+        async def step(job: Job) -> Any:
+            if job.data.get("step") != "merge":
+                (node,) = await job.add_children([_part(parts, 3, continue_parent_on_failure=True)])
+                await env.wait_state(node.job, FAILED)
+                # Retried while this handler still runs: the parent waits for it again.
+                await node.job.retry()
+                await job.update_data({"step": "merge"})
+                await job.wait_for_children()
+            seen.append(await job.get_children_values())
+            return "merged"
+
+        async def part(job: Job) -> Any:
+            if failing["left"]:
+                failing["left"] -= 1
+                raise RuntimeError("first try broke")
+            return await _square(job)
+
+        job = await env.queue(main).add("step", {})
+        async with env.workers({main: step, parts: part}):
+            done = await env.wait_state(job, COMPLETED, FAILED)
+        assert done.state is COMPLETED, done.failed_reason
+        assert [sorted(values.values()) for values in seen] == [[9]]
+        assert done.attempts_made == 1
+
 
 async def _true(value: bool) -> bool:
     return value

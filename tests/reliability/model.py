@@ -669,13 +669,13 @@ class Model:
         key = (job.queue, job.id)
         for pkey, _ in self.parent_links(job):
             parent = self.jobs.get(pkey)
-            if parent is None or parent.state not in UNSTARTED:
+            if parent is None or (parent.state not in UNSTARTED and parent.state is not ACTIVE):
                 continue
             deps = self.deps.setdefault(pkey, {})
             if key not in deps:
                 self.recreated.add(pkey)
             deps[key] = MDep("pending")
-            if parent.state is not WAITING_CHILDREN:
+            if parent.state is WAITING or parent.state is DELAYED:
                 self._enter_waiting_children(parent)
 
     def failed_keys(self, queue: str) -> list[Key]:

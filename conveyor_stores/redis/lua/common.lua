@@ -423,13 +423,13 @@ local function retry_one(base, id, jk, old)
     local pbase, pid = l[1], l[2]
     local pjk = pbase .. 'job:' .. pid
     local pstate = redis.call('HGET', pjk, 'state')
-    if pstate and UNSTARTED[pstate] then
+    if pstate and (UNSTARTED[pstate] or pstate == 'active') then
       local d = dep_get(pbase, pid, jk)
       if not d or d.s ~= 'pending' then
         local q = redis.call('HGET', jk, 'q')
         dep_put(pbase, pid, jk, { q = q, i = id, b = base, s = 'pending' })
       end
-      if pstate ~= 'waiting-children' then
+      if pstate == 'waiting' or pstate == 'delayed' then
         move_to(pbase, pid, pjk, pstate, 'waiting-children')
         redis.call('HDEL', pjk, 'run')
         emit(pbase, 'waiting-children', pid)

@@ -10,10 +10,11 @@ BEGIN
         stacktrace = '{}', return_value = NULL, finished_at = NULL
     WHERE queue = q AND id = jid;
     evs := ARRAY[@S._to_waiting(q, jid, now)];
-    -- Each parent that has not started gets its dependency back.
+    -- Each parent that has not finished gets its dependency back (an active one, a step
+    -- job still running, keeps running).
     FOR l IN SELECT * FROM @S._links(q, jid) LOOP
         SELECT state INTO p FROM @S.jobs WHERE queue = l.pq AND id = l.pid FOR UPDATE;
-        CONTINUE WHEN NOT FOUND OR p.state NOT IN ('waiting', 'delayed', 'waiting-children');
+        CONTINUE WHEN NOT FOUND OR p.state NOT IN ('waiting', 'delayed', 'waiting-children', 'active');
         SELECT status INTO dstatus FROM @S.deps
         WHERE parent_queue = l.pq AND parent_id = l.pid
           AND child_queue = q AND child_id = jid FOR UPDATE;
@@ -29,7 +30,7 @@ BEGIN
         IF dstatus IS DISTINCT FROM 'pending' THEN
             UPDATE @S.jobs SET pending = pending + 1 WHERE queue = l.pq AND id = l.pid;
         END IF;
-        IF p.state <> 'waiting-children' THEN
+        IF p.state IN ('waiting', 'delayed') THEN
             UPDATE @S.jobs SET state = 'waiting-children', run_at = NULL,
                 order_key = nextval('@S.order_seq')
             WHERE queue = l.pq AND id = l.pid;
