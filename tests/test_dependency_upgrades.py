@@ -85,6 +85,10 @@ async def test_sqlite_migration_counts_existing_dependencies(sqlite_path: str) -
         conn.execute("DROP INDEX dependencies_order")
         for column in ("deps_processed", "deps_failed", "deps_ignored", "cancel_reason"):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        for table in ("parent_links", "deduplication"):
+            conn.execute(f"DROP TABLE {table}")
+        for column in ("concurrency", "limited_until"):
+            conn.execute(f"ALTER TABLE queues DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 3")
     finally:
         conn.close()
@@ -98,11 +102,13 @@ async def test_postgres_migration_counts_existing_dependencies(
 ) -> None:
     try:
         with monkeypatch.context() as patched:
-            # The functions of this version, installed with every step, read the column
-            # that migration 5 adds: the old schema gets it early (migration 5 is
-            # idempotent), and stays without the large-flow counters of migration 4.
+            # The functions of this version, installed with every step, read what
+            # migrations 5, 7 and 8 add: the old schema gets it early (those migrations
+            # are idempotent), and stays without the large-flow counters of migration 4.
             first, (version, second) = pg_schema_module.MIGRATIONS[:2]
-            early = second + pg_schema_module.migration_sql("0005_cancel")
+            later = ("0005_cancel", "0007_dag", "0008_flow_control")
+            early = "".join(pg_schema_module.migration_sql(name) for name in later)
+            early = second + early + pg_schema_module.all_functions_sql()
             patched.setattr(pg_schema_module, "MIGRATIONS", [first, (version, early)])
             async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as old:
                 await _write_flow(old)

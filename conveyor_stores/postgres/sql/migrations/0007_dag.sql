@@ -1,6 +1,6 @@
 -- DAGs: a job's parent links beyond its first parent (jobs.parent_id), in the order
 -- they were made, each with the policy of its edge.
-CREATE TABLE @S.parent_links (
+CREATE TABLE IF NOT EXISTS @S.parent_links (
     queue text NOT NULL,
     id text NOT NULL,
     seq bigint NOT NULL,
