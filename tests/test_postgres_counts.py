@@ -8,6 +8,7 @@ Each test gets its own schema, dropped afterwards from a separate connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -121,10 +122,8 @@ async def meddler(store: PostgresStore, conn: Any, schema: str, stop: asyncio.Ev
     while not stop.is_set():
         round_ += 1
         queue = QUEUES[round_ % 2]
-        try:
+        with contextlib.suppress(InvalidJobStateError, JobNotFoundError):
             await store.remove_job(queue, f"{queue}{rng.randrange(200)}")
-        except (InvalidJobStateError, JobNotFoundError):
-            pass
         if round_ % 3 == 0:
             await store.clean(queue, JobState.COMPLETED, NOW + 1e6, 5)
         if round_ % 4 == 0:
@@ -158,10 +157,8 @@ async def test_counts_stay_exact_under_concurrent_transitions(
             asyncio.create_task(worker(stores[i % 3], QUEUES[i % 2], i, stop)) for i in range(6)
         ]
         meddling = asyncio.create_task(meddler(stores[1], conn, pg_schema, stop))
-        adds = 0
-        for _ in range(20):
+        for adds in range(1, 21):
             await asyncio.sleep(0.2)
-            adds += 1
             await stores[2].add_jobs(jobs_for(QUEUES[adds % 2], f"late{adds}.", 10), NOW)
         stop.set()
         await asyncio.gather(*workers, meddling)

@@ -7,8 +7,9 @@ CHECK, REMOVE, RETENTION). Tables and indexes come from ``sql/migrations/``, in 
 
 The SQL text uses placeholders, filled in by :func:`render` from validated identifiers
 and constants only: ``@S`` (the quoted schema name), ``@CHANNEL`` (a string literal
-naming the NOTIFY channel), ``@STALLED``, ``@LIMIT``, ``@PIECE``, ``@PLANNER`` and
-``@METRICS_MINUTES``, ``@SEARCH_SCAN``, ``@FOLD_EVERY``. Queue names, ids and data are always bind parameters.
+naming the NOTIFY channel), ``@STALLED``, ``@LIMIT``, ``@PIECE``, ``@PLANNER``,
+``@METRICS_MINUTES``, ``@SEARCH_SCAN`` and ``@FOLD_EVERY``. Queue names, ids and data are
+always bind parameters.
 
 Events travel as JSON arrays ``[queue, type, job_id, data, timestamp]``, batched into as
 few notifications per transaction as the payload limit allows.
