@@ -5,40 +5,38 @@
 -- which keeps the delta table small while workers run and no one reads the counts.
 CREATE OR REPLACE FUNCTION @S._count_states() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    queues text[];
     q text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        WITH ins AS (
-            INSERT INTO @S.state_count_deltas (queue, state, n)
-            SELECT queue, state, count(*) FROM new_rows GROUP BY queue, state
-            RETURNING queue
-        )
-        SELECT array_agg(DISTINCT queue) INTO queues FROM ins;
+        INSERT INTO @S.state_count_deltas (queue, state, n)
+        SELECT queue, state, count(*) FROM new_rows GROUP BY queue, state;
+        IF FOUND AND nextval('@S.state_count_folds') % @FOLD_EVERY = 0 THEN
+            FOR q IN SELECT DISTINCT queue FROM new_rows LOOP
+                PERFORM @S._fold_counts(q);
+            END LOOP;
+        END IF;
     ELSIF TG_OP = 'DELETE' THEN
-        WITH ins AS (
-            INSERT INTO @S.state_count_deltas (queue, state, n)
-            SELECT queue, state, -count(*) FROM old_rows GROUP BY queue, state
-            RETURNING queue
-        )
-        SELECT array_agg(DISTINCT queue) INTO queues FROM ins;
+        INSERT INTO @S.state_count_deltas (queue, state, n)
+        SELECT queue, state, -count(*) FROM old_rows GROUP BY queue, state;
+        IF FOUND AND nextval('@S.state_count_folds') % @FOLD_EVERY = 0 THEN
+            FOR q IN SELECT DISTINCT queue FROM old_rows LOOP
+                PERFORM @S._fold_counts(q);
+            END LOOP;
+        END IF;
     ELSE
-        WITH ins AS (
-            INSERT INTO @S.state_count_deltas (queue, state, n)
-            SELECT queue, state, sum(n) FROM (
-                SELECT queue, state, 1 AS n FROM new_rows
-                UNION ALL
-                SELECT queue, state, -1 FROM old_rows
-            ) moved
-            GROUP BY queue, state HAVING sum(n) <> 0
-            RETURNING queue
-        )
-        SELECT array_agg(DISTINCT queue) INTO queues FROM ins;
-    END IF;
-    IF queues IS NOT NULL AND nextval('@S.state_count_folds') % @FOLD_EVERY = 0 THEN
-        FOREACH q IN ARRAY queues LOOP
-            PERFORM @S._fold_counts(q);
-        END LOOP;
+        -- Most updates (locks, progress, counters) move no job between states.
+        INSERT INTO @S.state_count_deltas (queue, state, n)
+        SELECT queue, state, sum(n) FROM (
+            SELECT queue, state, 1 AS n FROM new_rows
+            UNION ALL
+            SELECT queue, state, -1 FROM old_rows
+        ) moved
+        GROUP BY queue, state HAVING sum(n) <> 0;
+        IF FOUND AND nextval('@S.state_count_folds') % @FOLD_EVERY = 0 THEN
+            FOR q IN SELECT DISTINCT queue FROM new_rows LOOP
+                PERFORM @S._fold_counts(q);
+            END LOOP;
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
