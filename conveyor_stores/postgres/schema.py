@@ -51,6 +51,7 @@ FUNCTIONS = (
     "_count_finished",
     "_count_dependencies",
     "_fold_counts",
+    "_fold_due",
     "_count_states",
     "get_counts",
     "_delete",
