@@ -7,8 +7,9 @@ CHECK, REMOVE, RETENTION). Tables and indexes come from ``sql/migrations/``, in 
 
 The SQL text uses placeholders, filled in by :func:`render` from validated identifiers
 and constants only: ``@S`` (the quoted schema name), ``@CHANNEL`` (a string literal
-naming the NOTIFY channel), ``@STALLED``, ``@LIMIT``, ``@PIECE``, ``@PLANNER`` and
-``@METRICS_MINUTES``, ``@SEARCH_SCAN``. Queue names, ids and data are always bind parameters.
+naming the NOTIFY channel), ``@STALLED``, ``@LIMIT``, ``@PIECE``, ``@PLANNER``,
+``@METRICS_MINUTES``, ``@SEARCH_SCAN`` and ``@FOLD_EVERY``. Queue names, ids and data are
+always bind parameters.
 
 Events travel as JSON arrays ``[queue, type, job_id, data, timestamp]``, batched into as
 few notifications per transaction as the payload limit allows.
@@ -30,6 +31,11 @@ SEARCH_SCAN = 5000
 """Jobs a search walk looks at, at most, in one call: a page stays cheap on any queue; a
 sparse match takes more pages."""
 
+FOLD_EVERY = 64
+"""One statement in this many that changes job counts also folds its queues' count
+deltas into their base rows (``_fold_counts``): the delta table stays small while
+workers run, and a fold's cost is shared by this many transitions."""
+
 PLANNER = (
     "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"
 )
@@ -44,6 +50,10 @@ FUNCTIONS = (
     "_publish",
     "_count_finished",
     "_count_dependencies",
+    "_fold_counts",
+    "_fold_due",
+    "_count_states",
+    "get_counts",
     "_delete",
     "_links",
     "_still_needed",
@@ -130,6 +140,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (6, all_functions_sql()),
     (7, migration_sql("0007_dag") + all_functions_sql()),
     (8, migration_sql("0008_flow_control") + all_functions_sql()),
+    (9, all_functions_sql() + migration_sql("0009_state_counts")),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 
@@ -161,5 +172,6 @@ def render(sql: str, schema: str, channel: str, stalled_reason: str) -> str:
         .replace("@PLANNER", PLANNER)
         .replace("@METRICS_MINUTES", str(METRICS_MINUTES))
         .replace("@SEARCH_SCAN", str(SEARCH_SCAN))
+        .replace("@FOLD_EVERY", str(FOLD_EVERY))
         .replace("@S", quote_ident(schema))
     )

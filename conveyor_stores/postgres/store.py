@@ -783,7 +783,7 @@ class _Operations:
         if not _storable(queue):
             return counts
         for state, n in await self._fetch("get_counts", queue, repeatable=True):
-            counts[_STATES[state]] = n
+            counts[_STATES[state]] = int(n)
         return counts
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
@@ -1076,8 +1076,7 @@ def _statements(schema: str) -> dict[str, str]:
         "OFFSET $3::int8 LIMIT $4::int8",
         "existing_jobs": f"SELECT j.queue, j.id FROM {s}.jobs j "
         "JOIN unnest($1::text[], $2::text[]) AS x(q, i) ON j.queue = x.q AND j.id = x.i",
-        "get_counts": f"SELECT state, count(*)::int FROM {s}.jobs WHERE queue = $1::text "
-        "GROUP BY state",
+        "get_counts": f"SELECT state, n FROM {s}.get_counts($1::text)",
         "get_dependencies": "SELECT d.child_queue, d.child_id, d.status, d.value, d.reason "
         f"FROM {s}.jobs j LEFT JOIN {s}.deps d ON d.parent_queue = j.queue "
         "AND d.parent_id = j.id WHERE j.queue = $1::text AND j.id = $2::text ORDER BY d.pos",
