@@ -289,6 +289,14 @@ class JobOptions(BaseModel):
         return int(value)
 
 
+def _name_within_limits(cls: type[BaseModel], value: str, info: ValidationInfo) -> str:
+    """A flow node's ``name`` or ``queue_name`` within its byte limit, printable."""
+    limit = MAX_JOB_NAME_BYTES if info.field_name == "name" else MAX_QUEUE_NAME_BYTES
+    if (problem := text_problem(value, limit)) is not None:
+        raise ValueError(f"{info.field_name} {shown(value)} {problem}")
+    return value
+
+
 class FlowJob(BaseModel):
     """One node of a flow tree: a job and the children it waits for."""
 
@@ -300,13 +308,7 @@ class FlowJob(BaseModel):
     opts: JobOptions | None = None
     children: list[FlowJob] = Field(default_factory=list)
 
-    @field_validator("name", "queue_name")
-    @classmethod
-    def _within_limits(cls, value: str, info: ValidationInfo) -> str:
-        limit = MAX_JOB_NAME_BYTES if info.field_name == "name" else MAX_QUEUE_NAME_BYTES
-        if (problem := text_problem(value, limit)) is not None:
-            raise ValueError(f"{info.field_name} {shown(value)} {problem}")
-        return value
+    _within_limits = field_validator("name", "queue_name")(_name_within_limits)
 
 
 class DagJob(BaseModel):
@@ -326,13 +328,7 @@ class DagJob(BaseModel):
     opts: JobOptions | None = None
     depends_on: list[str] = Field(default_factory=list)
 
-    @field_validator("name", "queue_name")
-    @classmethod
-    def _within_limits(cls, value: str, info: ValidationInfo) -> str:
-        limit = MAX_JOB_NAME_BYTES if info.field_name == "name" else MAX_QUEUE_NAME_BYTES
-        if (problem := text_problem(value, limit)) is not None:
-            raise ValueError(f"{info.field_name} {shown(value)} {problem}")
-        return value
+    _within_limits = field_validator("name", "queue_name")(_name_within_limits)
 
 
 class QueueEvent(BaseModel):

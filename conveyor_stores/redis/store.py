@@ -197,6 +197,24 @@ def assemble_scripts(files: Mapping[str, str]) -> dict[str, str]:
     return {name: _link(common, body) for name, body in bodies.items()}
 
 
+def _job_fields(job: NewJob, base: Callable[[str], str]) -> tuple[Any, ...]:
+    """The fields of a new job that every adding script reads, in its order."""
+    return (
+        job.id,
+        base(job.queue),
+        job.queue,
+        job.name,
+        job.data,
+        job.opts,
+        _TEXT[job.state],
+        job.priority,
+        "1" if job.lifo else "0",
+        float(job.delay),
+        "" if job.keep_completed is None else job.keep_completed,
+        "" if job.keep_failed is None else job.keep_failed,
+    )
+
+
 def _opt_float(value: str | None) -> float | None:
     return None if value is None else float(value)
 
@@ -874,20 +892,7 @@ class RedisStore:
 
             args: list[Any] = [len(jobs)]
             for job in jobs:
-                args += (
-                    job.id,
-                    base(job.queue),
-                    job.queue,
-                    job.name,
-                    job.data,
-                    job.opts,
-                    _TEXT[job.state],
-                    job.priority,
-                    "1" if job.lifo else "0",
-                    float(job.delay),
-                    "" if job.keep_completed is None else job.keep_completed,
-                    "" if job.keep_failed is None else job.keep_failed,
-                )
+                args += _job_fields(job, base)
             args.append(len(edges))
             for edge in edges:
                 args += (
@@ -974,19 +979,8 @@ class RedisStore:
         args: list[Any] = [len(group)]
         for job in group:
             pq = job.parent_queue
+            args += _job_fields(job, base)
             args += (
-                job.id,
-                base(job.queue),
-                job.queue,
-                job.name,
-                job.data,
-                job.opts,
-                text[job.state],
-                job.priority,
-                "1" if job.lifo else "0",
-                float(job.delay),
-                "" if job.keep_completed is None else job.keep_completed,
-                "" if job.keep_failed is None else job.keep_failed,
                 job.parent_id or "",
                 pq or "",
                 base(pq) if pq is not None and job.parent_id is not None else "",
