@@ -43,10 +43,12 @@ from .store import (
     SearchPage,
     StallOutcome,
     TakeResult,
+    check_children_of,
     check_dependency_limit,
     child_failed_reason,
     decode_dependency_cursor,
     encode_dependency_cursor,
+    lock_not_held,
 )
 
 WAITING = JobState.WAITING
@@ -100,13 +102,6 @@ def split_due(upcoming: Sequence[SchedulerRecord], now: float, limit: int) -> Du
             return DueSchedulers(due, record.next_run_at)
         due.append(record)
     return DueSchedulers(due, None)
-
-
-def _not_held(queue: str, job_id: str, what: str) -> str:
-    return (
-        f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
-        f"only the worker running it can {what}"
-    )
 
 
 class Backend(Protocol):
@@ -531,17 +526,15 @@ class Engine:
     ) -> list[bool]:
         """ADD CHILDREN of the protocol: ``add_jobs`` under the parent's lock."""
         if self._owned(queue, job_id, token) is None:
-            raise LockLostError(_not_held(queue, job_id, "add children to it"))
-        for group in groups:
-            if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
-                raise ValueError(f"every group must be a child of job {job_id!r}")
+            raise LockLostError(lock_not_held(queue, job_id, "add children to it"))
+        check_children_of(queue, job_id, groups)
         return self.add_jobs(groups, now)
 
     def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
         """PARK of the protocol (``wait_for_children``)."""
         job = self._owned(queue, job_id, token)
         if job is None:
-            raise LockLostError(_not_held(queue, job_id, "wait for its children"))
+            raise LockLostError(lock_not_held(queue, job_id, "wait for its children"))
         if job.cancel_reason is not None:
             self._final_failure(job, job.cancel_reason, now)
             return True

@@ -543,6 +543,22 @@ def child_failed_reason(child_id: str, reason: str) -> str:
     return f"child {child_id} failed: {reason}"
 
 
+def lock_not_held(queue: str, job_id: str, what: str) -> str:
+    """The ``LockLostError`` message of a call only the job's running worker may make."""
+    return (
+        f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
+        f"only the worker running it can {what}"
+    )
+
+
+def check_children_of(queue: str, job_id: str, groups: Sequence[Sequence[NewJob]]) -> None:
+    """:meth:`StoreInterface.add_children`'s ``ValueError``: every group's first job must
+    name ``(queue, job_id)`` as its parent."""
+    for group in groups:
+        if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
+            raise ValueError(f"every group must be a child of job {job_id!r}")
+
+
 @runtime_checkable
 class EventSubscription(Protocol):
     """A live feed of one queue's events; iterate it, then ``aclose()`` it."""

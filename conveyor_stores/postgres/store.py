@@ -58,9 +58,11 @@ from conveyor_core.store import (
     StallOutcome,
     StoreCapabilities,
     TakeResult,
+    check_children_of,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
+    lock_not_held,
 )
 
 from . import schema as sql_schema
@@ -355,11 +357,10 @@ class _Operations:
         groups: Sequence[Sequence[NewJob]],
         now: float,
     ) -> list[bool]:
+        check_children_of(queue, job_id, groups)
         grps: list[int] = []
         jobs: list[NewJob] = []
         for number, group in enumerate(groups, 1):
-            if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
-                raise ValueError(f"every group must be a child of job {job_id!r}")
             for new in group:
                 grps.append(number)
                 jobs.append(new)
@@ -381,10 +382,7 @@ class _Operations:
     async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
         parked = await self._fetchval("park_job", queue, job_id, token, now)
         if parked < 0:
-            raise LockLostError(
-                f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
-                "only the worker running it can wait for its children"
-            )
+            raise LockLostError(lock_not_held(queue, job_id, "wait for its children"))
         return bool(parked)
 
     async def add_deduplicated(

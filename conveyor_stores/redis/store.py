@@ -73,9 +73,11 @@ from conveyor_core.store import (
     StallOutcome,
     StoreCapabilities,
     TakeResult,
+    check_children_of,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
+    lock_not_held,
 )
 
 from ._resp import PackedArgs, RespConnection, RespConnectionLost, RespError, pack_args
@@ -930,10 +932,9 @@ class RedisStore:
         groups: Sequence[Sequence[NewJob]],
         now: float,
     ) -> list[bool]:
+        check_children_of(queue, job_id, groups)
         args: list[Any] = [len(groups)]
         for group in groups:
-            if not group or (group[0].parent_queue, group[0].parent_id) != (queue, job_id):
-                raise ValueError(f"every group must be a child of job {job_id!r}")
             args += self._add_arguments(group)
         written = await self._run("add_children", self._base(queue), now, *args, job_id, token)
         return [flag == 1 for flag in written]
@@ -941,10 +942,7 @@ class RedisStore:
     async def park_job(self, queue: str, job_id: str, token: str, now: float) -> bool:
         parked = await self._run("park_job", self._base(queue), now, job_id, token)
         if parked < 0:
-            raise LockLostError(
-                f"job {job_id!r} in queue {queue!r} is not active with this lock token: "
-                "only the worker running it can wait for its children"
-            )
+            raise LockLostError(lock_not_held(queue, job_id, "wait for its children"))
         return bool(parked == 1)
 
     async def add_deduplicated(
