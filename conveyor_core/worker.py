@@ -39,7 +39,7 @@ from .payloads import data_type_of, validate
 from .queue import check_name
 from .schedulers import fire_due_schedulers
 from .store import Completion, Failure, Release, StoreInterface
-from .telemetry import processing
+from .telemetry import Processing, processing
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -150,6 +150,12 @@ class _Outcome:
     item: Completion | Failure | Release
     value: Any
     """The handler's return value, or the exception it raised."""
+
+
+def _cancelled(running: _Running, error: JobCancelledError, span: Processing) -> _Outcome:
+    """The outcome of an attempt whose job was cancelled: failed, never retried."""
+    span.failed(error, retried=False)
+    return _Outcome(running, Failure(running.job.id, running.token, error.reason, [], None), error)
 
 
 class Worker:
@@ -631,16 +637,12 @@ class Worker:
                 # Forced close or cancellation: the job is handed back in cleanup.
                 raise
             except JobCancelledError as exc:
-                item = Failure(job.id, running.token, exc.reason, [], None)
-                span.failed(exc, retried=False)
-                outcome = _Outcome(running, item, exc)
+                outcome = _cancelled(running, exc, span)
             except RateLimitedError as exc:
                 outcome = _Outcome(running, Release(job.id, running.token), exc)
             except WaitingForChildren as exc:
                 if job.token is not None:  # raised by hand, not by a park: a failed attempt
-                    failure = await self._failure(running, exc)
-                    span.failed(exc, retried=failure.retry_at is not None)
-                    outcome = _Outcome(running, failure, exc)
+                    outcome = await self._attempt_failed(running, exc, span)
                 else:
                     span.parked()
                     await self._parked(running)
@@ -650,13 +652,9 @@ class Worker:
                     # The handler turned its cancellation into an error: still cancelled.
                     cancelled = JobCancelledError(running.cancel_reason)
                     cancelled.__cause__ = exc
-                    item = Failure(job.id, running.token, running.cancel_reason, [], None)
-                    span.failed(cancelled, retried=False)
-                    outcome = _Outcome(running, item, cancelled)
+                    outcome = _cancelled(running, cancelled, span)
                 else:
-                    failure = await self._failure(running, exc)
-                    span.failed(exc, retried=failure.retry_at is not None)
-                    outcome = _Outcome(running, failure, exc)
+                    outcome = await self._attempt_failed(running, exc, span)
             else:
                 span.completed()
                 outcome = _Outcome(running, Completion(job.id, running.token, text), value)
@@ -666,6 +664,14 @@ class Worker:
         self._outcomes.append(outcome)
         self._finisher_wake.set()
         self._slot_freed.set()
+
+    async def _attempt_failed(
+        self, running: _Running, error: Exception, span: Processing
+    ) -> _Outcome:
+        """The outcome of an attempt whose handler raised ``error``."""
+        failure = await self._failure(running, error)
+        span.failed(error, retried=failure.retry_at is not None)
+        return _Outcome(running, failure, error)
 
     async def _parked(self, running: _Running) -> None:
         """The handler parked its job (``wait_for_children``): nothing to record, the
