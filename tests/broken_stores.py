@@ -338,6 +338,29 @@ class ParkCountsAnAttempt(MemoryStore):
         self._engine = _AttemptCountingEngine(self._backend)
 
 
+class _RetrySkippingRunningParents(Engine):
+    def _retry(self, job: JobRecord, now: float) -> None:
+        kept = {}
+        for link in self._links(job):
+            parent = self.b.get(link.queue, link.id)
+            if parent is not None and parent.state is JobState.ACTIVE:
+                kept[link] = self.b.get_dependency(link.queue, link.id, job.queue, job.id)
+        super()._retry(job, now)
+        for link, dep in kept.items():
+            if dep is not None:
+                self.b.put_dependency(link.queue, link.id, dep)
+
+
+class RetryForgetsRunningParents(MemoryStore):
+    """Defect: retrying a failed child puts its dependency back only in parents that have
+    not started, so a step job still running when its child is retried no longer waits
+    for that child, and reduces without its value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine = _RetrySkippingRunningParents(self._backend)
+
+
 class ReleasesActiveParents(MemoryStore):
     """Defect: a child's completion releases its parent even while the parent is still
     ``active`` (a step job whose handler runs), so the running job is handed back to

@@ -76,6 +76,9 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_step_job_map_reduce_runs_end_to_end",
     ),
     "ReleasesActiveParents": ("test_step_job_waiting_without_pending_children_returns_at_once",),
+    "RetryForgetsRunningParents": (
+        "test_step_job_retrying_a_failed_child_of_a_running_parent_puts_it_back",
+    ),
     "DeduplicatesByReadThenWrite": (
         "test_racing_adds_of_one_id_write_one_job",
         "test_a_live_job_holds_its_id_until_it_finishes",
