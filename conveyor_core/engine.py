@@ -1284,7 +1284,7 @@ class Engine:
         return [replace(record) for record in self.b.schedulers(queue)]
 
     def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
-        upcoming = self.b.schedulers_by_next_run(queue, max(limit, 0) + 1)
+        upcoming = self.b.schedulers_by_next_run(queue, limit + 1)
         return split_due([replace(record) for record in upcoming], now, limit)
 
     def fire_scheduler(

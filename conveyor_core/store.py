@@ -1098,9 +1098,9 @@ class StoreInterface(Protocol):
         ...
 
     async def due_schedulers(self, queue: str, now: float, limit: int) -> DueSchedulers:
-        """Up to ``limit`` schedulers of the queue whose ``next_run_at <= now``, earliest
-        first (then by id), and the earliest ``next_run_at`` of the others. Exhausted
-        schedulers (``next_run_at`` ``None``) are never returned. Reads only."""
+        """Up to ``limit`` (at least 1) schedulers of the queue whose ``next_run_at <=
+        now``, earliest first (then by id), and the earliest ``next_run_at`` of the others.
+        Exhausted schedulers (``next_run_at`` ``None``) are never returned. Reads only."""
         ...
 
     async def fire_scheduler(
