@@ -210,6 +210,33 @@ an id is freed when its job finishes or is deleted (no ttl), or when the ttl pas
 Two concurrent adds of one deduplication id write exactly one job. ``obliterate`` drops
 the queue's entries.
 
+GROUPS: a job may belong to a group (``group_id``: a non-empty string given when it is
+added, never changed). A queue's waiting jobs form *lanes*: one per group that has a
+waiting job, and the queue's own lane of its waiting jobs without a group. The queue
+keeps, per group, a ``served`` number (0 until the group is first served) and a rate
+window; the queue's own lane has a ``served`` number too. The queue's *group limits*
+(:meth:`StoreInterface.set_group_limits`) hold for each group apart: ``concurrency``
+(at most that many active jobs of the group) and ``rate_limit = (max, duration)`` (at
+most ``max`` jobs of the group start in any window of ``duration`` seconds; a window
+starts at the first take of the group after the previous window ended).
+
+TAKE BY LANES: while the queue has a waiting job with a group, :meth:`take_jobs` takes
+(after its checks of pause, manual rate limit, global concurrency and ``rate_limit``,
+which bound ``limit`` as for a plain take) one job at a time, each from the lane served
+least recently among the lanes that can give a job: lanes ordered by ``served``, then by
+group id in code point order, the queue's own lane counting as the empty id (so it comes
+first among equals). A lane's job is its first waiting job by priority, then entry order
+(as a plain take). Each job taken sets its lane's ``served`` to a number greater than
+every ``served`` number of the queue, so that lane goes last. A group's lane cannot give
+a job while the group has ``concurrency`` or more active jobs, or while its rate window
+is full; the queue's own lane has no group limits. The take ends at ``limit`` jobs, or
+when no lane can give one, and returns the jobs in the order taken. When it takes none
+but a group with a waiting job was held back by its limits: ``concurrency_limited`` if
+one was held back by its concurrency, and ``rate_limited_until`` the earliest end of the
+full windows that held one back. While no waiting job has a group, a take is a plain
+take and changes no ``served`` number. ``obliterate`` drops the queue's group limits and
+lanes.
+
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
 most recently finished jobs of its queue in that state; delete older ones). Deleting a
@@ -254,6 +281,8 @@ class NewJob:
     parent_queue: str | None = None
     parent_policy: ParentPolicy | None = None
     """What this job's final failure does to its parent; ``None`` without a parent."""
+    group_id: str | None = None
+    """The job's group (``opts.group_id``; see GROUPS), or ``None``."""
 
 
 @dataclass(slots=True)
@@ -292,6 +321,8 @@ class JobRecord:
     lock_until: float | None = None
     cancel_reason: str | None = None
     """While ``active``: the reason of its CANCEL REQUEST, if it has one."""
+    group_id: str | None = None
+    """The job's group (see GROUPS), or ``None``."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -427,6 +458,15 @@ class Release:
     token: str
 
 
+@dataclass(slots=True, frozen=True)
+class GroupLimits:
+    """A queue's group limits (see GROUPS)."""
+
+    concurrency: int | None = None
+    rate_limit: tuple[int, float] | None = None
+    """``(max, duration)``: at most ``max`` jobs of a group start in ``duration`` seconds."""
+
+
 @dataclass(slots=True)
 class TakeResult:
     """What :meth:`StoreInterface.take_jobs` hands a worker."""
@@ -438,8 +478,9 @@ class TakeResult:
     rate_limited_until: float | None = None
     """Set when the queue's rate limit stopped the take: no job starts before then."""
     concurrency_limited: bool = False
-    """Set when the queue's global concurrency stopped the take: as many jobs as it
-    allows are active; one must finish before another starts."""
+    """Set when the queue's global concurrency stopped the take, or when a take by lanes
+    took nothing and a group's concurrency held one back: as many jobs as it allows are
+    active; one must finish before another starts."""
 
 
 @dataclass(slots=True)
@@ -718,6 +759,10 @@ class StoreInterface(Protocol):
         :meth:`rate_limit_queue`), returns no job and ``rate_limited_until =
         limited_until``; checked after due delayed jobs are promoted and before the
         global concurrency and the rate limit.
+
+        While the queue has a waiting job with a group, the jobs are chosen by TAKE BY
+        LANES (see GROUPS), which may also set ``concurrency_limited`` or
+        ``rate_limited_until`` for the groups' own limits.
         """
         ...
 
@@ -1057,6 +1102,24 @@ class StoreInterface(Protocol):
 
     async def get_global_concurrency(self, queue: str) -> int | None:
         """The queue's global concurrency, or ``None``."""
+        ...
+
+    async def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        """Set the queue's group limits (see GROUPS): ``concurrency`` (an ``int`` of at
+        least 1) and ``rate_limit = (max, duration)`` (``max`` at least 1, ``duration``
+        above 0), both checked by the core; ``None`` lifts that limit. They stay until
+        changed or the queue is obliterated. Idle workers of the queue may be woken."""
+        ...
+
+    async def get_group_limits(self, queue: str) -> GroupLimits:
+        """The queue's group limits; both ``None`` when none is set."""
+        ...
+
+    async def get_group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        """For each group with at least one job in the queue, how many of its jobs are in
+        each state; every state is present. Jobs without a group are not counted."""
         ...
 
     async def rate_limit_queue(self, queue: str, until: float) -> None:
