@@ -67,8 +67,10 @@ FUNCTIONS = (
     "_final_failure",
     "_promote_due",
     "_worker_commit",
+    "_group_waiting",
     "add_jobs",
     "add_jobs_batch",
+    "_take_by_lanes",
     "take_jobs",
     "extend_locks",
     "complete_jobs",
@@ -141,6 +143,10 @@ MIGRATIONS: list[tuple[int, str]] = [
     (7, migration_sql("0007_dag") + all_functions_sql()),
     (8, migration_sql("0008_flow_control") + all_functions_sql()),
     (9, all_functions_sql() + migration_sql("0009_state_counts")),
+    (
+        10,
+        migration_sql("0010_groups") + all_functions_sql() + migration_sql("0010_groups_triggers"),
+    ),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

@@ -48,6 +48,7 @@ from conveyor_core.store import (
     EventRecord,
     EventSubscription,
     Failure,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -84,7 +85,7 @@ _JOB_COLUMNS = (
     "id, queue, name, data, opts, state, priority, lifo, delay, attempts_made, "
     "stalled_count, progress, return_value, failed_reason, stacktrace, created_at, "
     "processed_at, finished_at, run_at, keep_completed, keep_failed, parent_id, "
-    "parent_queue, parent_policy, lock_token, lock_until, cancel_reason"
+    "parent_queue, parent_policy, lock_token, lock_until, cancel_reason, group_id"
 )
 
 _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
@@ -177,6 +178,7 @@ def _record(r: Any) -> JobRecord:
         r[24],
         r[25],
         r.get("cancel_reason"),
+        r.get("group_id"),
     )
 
 
@@ -328,7 +330,7 @@ class _Operations:
         return list(result)
 
     async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
-        columns = _job_columns(jobs)[:11]
+        columns = [*_job_columns(jobs)[:11], [j.group_id for j in jobs]]
         edge_columns = [
             [e.parent_queue for e in edges],
             [e.parent_id for e in edges],
@@ -407,6 +409,7 @@ class _Operations:
             new.delay,
             new.keep_completed,
             new.keep_failed,
+            new.group_id,
             now,
         )
         return DeduplicatedAdd(row[0], bool(row[1]))
@@ -470,6 +473,7 @@ class _Operations:
             new.keep_failed,
             self._channel,
             payload,
+            new.group_id,
         )
         return bool(inserted)
 
@@ -697,6 +701,41 @@ class _Operations:
 
     async def rate_limit_queue(self, queue: str, until: float) -> None:
         await self._fetchval("rate_limit_queue", queue, until, repeatable=True)
+
+    async def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        most, duration = rate_limit if rate_limit is not None else (None, None)
+        if most is not None:
+            most = min(most, _INT4_MAX)
+        if concurrency is not None:
+            concurrency = min(concurrency, _INT4_MAX)
+        await self._fetchval(
+            "set_group_limits", queue, concurrency, most, duration, repeatable=True
+        )
+
+    async def get_group_limits(self, queue: str) -> GroupLimits:
+        if not _storable(queue):
+            return GroupLimits()
+        row = await self._fetchrow("get_group_limits", queue, repeatable=True)
+        if row is None:
+            return GroupLimits()
+        concurrency, most, duration = row
+        return GroupLimits(
+            None if concurrency is None else int(concurrency),
+            None if most is None else (int(most), float(duration)),
+        )
+
+    async def get_group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        if not _storable(queue):
+            return {}
+        counts: dict[str, dict[JobState, int]] = {}
+        for group_id, state, n in await self._fetch("get_group_counts", queue, repeatable=True):
+            per_state = counts.get(group_id)
+            if per_state is None:
+                per_state = counts[group_id] = dict.fromkeys(JobState, 0)
+            per_state[_STATES[state]] = int(n)
+        return counts
 
     # ------------------------------------------------------------------ schedulers
 
@@ -971,6 +1010,7 @@ def _job_columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
         [j.parent_id for j in jobs],
         [j.parent_queue for j in jobs],
         [None if j.parent_policy is None else j.parent_policy.value for j in jobs],
+        [j.group_id for j in jobs],
     ]
 
 
@@ -983,24 +1023,26 @@ def _statements(schema: str) -> dict[str, str]:
     return {
         "add_jobs": f"SELECT {s}.add_jobs($1::int[], $2::text[], $3::text[], $4::text[], "
         "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
-        "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
+        "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::text[], "
+        "$17::float8)",
         "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
         "add_dag": f"SELECT {s}.add_dag($1::text[], $2::text[], $3::text[], $4::text[], "
         "$5::text[], $6::text[], $7::int[], $8::bool[], $9::float8[], $10::int8[], "
         "$11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], "
-        "$17::float8)",
+        "$17::text[], $18::float8)",
         "get_parent_links": f"SELECT l.pq, l.pid, l.policy FROM {s}.jobs j "
         f"LEFT JOIN LATERAL {s}._links(j.queue, j.id) l ON true "
         "WHERE j.queue = $1::text AND j.id = $2::text",
         "add_deduplicated": f"SELECT * FROM {s}.add_deduplicated($1::text, $2::float8, "
         "$3::bool, $4::bool, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text, "
-        "$11::int, $12::bool, $13::float8, $14::int8, $15::int8, $16::float8)",
+        "$11::int, $12::bool, $13::float8, $14::int8, $15::int8, $16::text, $17::float8)",
         "add_one": f"WITH ins AS (INSERT INTO {s}.jobs (id, queue, name, data, opts, state, "
-        "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key) "
+        "priority, lifo, delay, created_at, run_at, keep_completed, keep_failed, order_key, "
+        "group_id) "
         "VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int, "
         "$8::bool, $9::float8, $10::float8, $11::float8, $12::int8, $13::int8, "
         f"CASE WHEN $6::text = 'waiting' AND $8::bool THEN -nextval('{s}.order_seq') "
-        f"ELSE nextval('{s}.order_seq') END) "
+        f"ELSE nextval('{s}.order_seq') END, $16::text) "
         "ON CONFLICT (queue, id) DO NOTHING RETURNING 1) "
         "SELECT count(pg_notify($14::text, $15::text)) FROM ins",
         "take_jobs": f"SELECT taken, next_run_at, rate_limited_until, concurrency_limited "
@@ -1049,7 +1091,7 @@ def _statements(schema: str) -> dict[str, str]:
         "fire_scheduler": f"SELECT {s}.fire_scheduler($1::text, $2::text, $3::float8, "
         "$4::float8, $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
         "$10::text[], $11::int[], $12::bool[], $13::float8[], $14::int8[], $15::int8[], "
-        "$16::text[], $17::text[], $18::text[], $19::float8)",
+        "$16::text[], $17::text[], $18::text[], $19::text[], $20::float8)",
         "get_job": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text AND id = $2::text",
         "search_all": f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE queue = $1::text "
         f"AND {_BELOW} {_NEWEST_FIRST} LIMIT $4::int8",
@@ -1099,6 +1141,15 @@ def _statements(schema: str) -> dict[str, str]:
         "VALUES ($1::text, $2::float8) ON CONFLICT (queue) DO UPDATE "
         "SET limited_until = greatest(t.limited_until, excluded.limited_until)",
         "get_global_concurrency": f"SELECT concurrency FROM {s}.queues WHERE queue = $1::text",
+        "set_group_limits": f"INSERT INTO {s}.queues (queue, group_concurrency, group_rate_max, "
+        "group_rate_duration) VALUES ($1::text, $2::int, $3::int, $4::float8) "
+        "ON CONFLICT (queue) DO UPDATE SET group_concurrency = excluded.group_concurrency, "
+        "group_rate_max = excluded.group_rate_max, "
+        "group_rate_duration = excluded.group_rate_duration",
+        "get_group_limits": f"SELECT group_concurrency, group_rate_max, group_rate_duration "
+        f"FROM {s}.queues WHERE queue = $1::text",
+        "get_group_counts": f"SELECT group_id, state, count(*) FROM {s}.jobs "
+        "WHERE queue = $1::text AND group_id IS NOT NULL GROUP BY group_id, state",
         "list_queues": "SELECT ARRAY(WITH RECURSIVE qs(q) AS ("
         f"(SELECT queue FROM {s}.jobs ORDER BY queue LIMIT 1) UNION ALL "
         f"SELECT (SELECT queue FROM {s}.jobs WHERE queue > qs.q ORDER BY queue LIMIT 1) "
@@ -1290,7 +1341,7 @@ class PostgresStore(_Operations):
         sql = self._sql
         empty: list[Any] = []
         try:
-            await conn.fetchval(sql["add_jobs"], *([empty] * 15), 0.0)
+            await conn.fetchval(sql["add_jobs"], *([empty] * 16), 0.0)
             await conn.fetchrow(sql["take_jobs"], "", 1, "", 0.0, 0.0, None, None)
             await conn.fetchval(sql["complete_jobs"], "", empty, empty, empty, 0.0)
             await conn.fetchval(sql["extend_locks"], "", empty, empty, 0.0)

@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION @S.add_dag(
     ids text[], qs text[], names text[], datas text[], optss text[], states text[],
     prios integer[], lifos boolean[], delays double precision[], keep_cs bigint[],
-    keep_fs bigint[], epqs text[], epids text[], ecqs text[], ecids text[], epolicies text[],
+    keep_fs bigint[], gids text[], epqs text[], epids text[], ecqs text[], ecids text[], epolicies text[],
     now double precision)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -60,20 +60,20 @@ BEGIN
     WITH items AS (
         SELECT t.*, nextval('@S.order_seq') AS k FROM (
             SELECT * FROM unnest(ids, qs, names, datas, optss, states, prios, lifos, delays,
-                                 keep_cs, keep_fs)
+                                 keep_cs, keep_fs, gids)
                 WITH ORDINALITY AS u(id, queue, name, data, opts, state, priority, lifo, delay,
-                                     keep_c, keep_f, o)
+                                     keep_c, keep_f, gid, o)
             ORDER BY u.o
         ) t
     ), ins AS (
         INSERT INTO @S.jobs (id, queue, name, data, opts, state, priority, lifo, delay,
                              created_at, run_at, keep_completed, keep_failed, parent_id,
-                             parent_queue, parent_policy, order_key, pending)
+                             parent_queue, parent_policy, order_key, pending, group_id)
         SELECT i.id, i.queue, i.name, i.data, i.opts, i.state, i.priority, i.lifo, i.delay, now,
                CASE WHEN i.state = 'delayed' THEN now + i.delay END, i.keep_c, i.keep_f,
                f.pid, f.pq, f.policy,
                CASE WHEN i.state = 'waiting' AND i.lifo THEN -i.k ELSE i.k END,
-               coalesce(w.n, 0)
+               coalesce(w.n, 0), i.gid
         FROM items i
         LEFT JOIN (
             SELECT p.pq, p.pid, count(*) AS n FROM unnest(epqs, epids, ecqs, ecids, epolicies, enth, enew, edone, evalue)

@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION @S.add_deduplicated(
     did text, ttl double precision, ext boolean, repl boolean,
     jid text, q text, jname text, jdata text, jopts text, jstate text, prio integer,
-    jlifo boolean, jdelay double precision, keep_c bigint, keep_f bigint,
+    jlifo boolean, jdelay double precision, keep_c bigint, keep_f bigint, gid text,
     now double precision, OUT job_id text, OUT written boolean)
 LANGUAGE plpgsql
 @PLANNER AS $$
@@ -46,11 +46,11 @@ BEGIN
     END IF;
     -- As add_jobs of one standalone job: an existing id writes nothing.
     INSERT INTO @S.jobs (id, queue, name, data, opts, state, priority, lifo, delay,
-                         created_at, run_at, keep_completed, keep_failed, order_key)
+                         created_at, run_at, keep_completed, keep_failed, order_key, group_id)
     VALUES (jid, q, jname, jdata, jopts, jstate, prio, jlifo, jdelay, now,
             CASE WHEN jstate = 'delayed' THEN now + jdelay END, keep_c, keep_f,
             CASE WHEN jstate = 'waiting' AND jlifo THEN -nextval('@S.order_seq')
-                 ELSE nextval('@S.order_seq') END)
+                 ELSE nextval('@S.order_seq') END, gid)
     ON CONFLICT (queue, id) DO NOTHING;
     written := FOUND;
     job_id := jid;

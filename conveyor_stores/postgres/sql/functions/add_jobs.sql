@@ -2,7 +2,7 @@ CREATE OR REPLACE FUNCTION @S.add_jobs(
     grps integer[], ids text[], qs text[], names text[], datas text[], optss text[],
     states text[], prios integer[], lifos boolean[], delays double precision[],
     keep_cs bigint[], keep_fs bigint[], pids text[], pqs text[], policies text[],
-    now double precision)
+    gids text[], now double precision)
 RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
     evs jsonb[];
@@ -42,9 +42,9 @@ BEGIN
     WITH items AS (
         SELECT x.*, nextval('@S.order_seq') AS k FROM (
             SELECT * FROM unnest(grps, ids, qs, names, datas, optss, states, prios, lifos,
-                                 delays, keep_cs, keep_fs, pids, pqs, policies)
+                                 delays, keep_cs, keep_fs, pids, pqs, policies, gids)
                 WITH ORDINALITY AS t(g, id, queue, name, data, opts, state, priority, lifo,
-                                     delay, keep_c, keep_f, pid, pq, policy, o)
+                                     delay, keep_c, keep_f, pid, pq, policy, gid, o)
             WHERE NOT (t.g = ANY (skipped))
             ORDER BY t.o
         ) x
@@ -54,11 +54,11 @@ BEGIN
     ), ins AS (
         INSERT INTO @S.jobs (id, queue, name, data, opts, state, priority, lifo, delay,
                              created_at, run_at, keep_completed, keep_failed, parent_id,
-                             parent_queue, parent_policy, order_key, pending)
+                             parent_queue, parent_policy, order_key, pending, group_id)
         SELECT id, queue, name, data, opts, state, priority, lifo, delay, now,
                CASE WHEN state = 'delayed' THEN now + delay END, keep_c, keep_f, pid, pq,
                policy, CASE WHEN state = 'waiting' AND lifo THEN -k ELSE k END,
-               coalesce(children.n, 0)
+               coalesce(children.n, 0), gid
         FROM items LEFT JOIN children ON children.cpq = items.queue AND children.cpid = items.id
     ), dep AS (
         INSERT INTO @S.deps (parent_queue, parent_id, child_queue, child_id, pos, status)

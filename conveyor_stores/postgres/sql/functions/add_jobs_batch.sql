@@ -1,7 +1,7 @@
 -- add_jobs for a big batch sent as one JSON array of rows [group, id, queue, name, data,
 -- opts, state, priority, lifo, delay, keep_completed, keep_failed, parent_id,
--- parent_queue, parent_policy]: one text parameter is cheap for the client to send,
--- where fifteen arrays of thousands of values are not.
+-- parent_queue, parent_policy, group_id]: one text parameter is cheap for the client to send,
+-- where sixteen arrays of thousands of values are not.
 CREATE OR REPLACE FUNCTION @S.add_jobs_batch(batch text, now double precision)
 RETURNS boolean[] LANGUAGE sql AS $$
     SELECT @S.add_jobs(
@@ -12,6 +12,6 @@ RETURNS boolean[] LANGUAGE sql AS $$
         array_agg((r ->> 8)::boolean ORDER BY o), array_agg((r ->> 9)::double precision ORDER BY o),
         array_agg((r ->> 10)::bigint ORDER BY o), array_agg((r ->> 11)::bigint ORDER BY o),
         array_agg(r ->> 12 ORDER BY o), array_agg(r ->> 13 ORDER BY o),
-        array_agg(r ->> 14 ORDER BY o), now)
+        array_agg(r ->> 14 ORDER BY o), array_agg(r ->> 15 ORDER BY o), now)
     FROM jsonb_array_elements(batch::jsonb) WITH ORDINALITY AS x(r, o)
 $$;

@@ -7,7 +7,7 @@ CREATE OR REPLACE FUNCTION @S.fire_scheduler(
     ids text[], qs text[], names text[], datas text[], optss text[],
     states text[], prios integer[], lifos boolean[], delays double precision[],
     keep_cs bigint[], keep_fs bigint[], pids text[], pqs text[], policies text[],
-    now double precision)
+    gids text[], now double precision)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     n integer := coalesce(cardinality(ids), 0);
@@ -20,7 +20,8 @@ BEGIN
     END IF;
     IF n > 0 THEN
         PERFORM @S.add_jobs(array_fill(1, ARRAY[n]), ids, qs, names, datas, optss, states,
-                            prios, lifos, delays, keep_cs, keep_fs, pids, pqs, policies, now);
+                            prios, lifos, delays, keep_cs, keep_fs, pids, pqs, policies, gids,
+                            now);
     END IF;
     RETURN true;
 END $$;

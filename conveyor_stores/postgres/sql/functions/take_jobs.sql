@@ -12,6 +12,7 @@ DECLARE
     wcount integer := 0;
     n integer;
     cap integer;
+    lanes record;
 BEGIN
     PERFORM @S._worker_commit();
     evs := @S._promote_due(q, now, now);
@@ -67,22 +68,33 @@ BEGIN
         END IF;
         lim := least(lim, rl_max - wcount);
     END IF;
-    WITH picked AS (
-        SELECT id, nextval('@S.order_seq') AS k, priority, order_key FROM (
-            SELECT id, priority, order_key FROM @S.jobs
-            WHERE queue = q AND state = 'waiting'
-            ORDER BY priority, order_key LIMIT lim FOR UPDATE SKIP LOCKED
-        ) s
-    ), upd AS (
-        UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
-            processed_at = now, order_key = picked.k
-        FROM picked WHERE j.queue = q AND j.id = picked.id
-        RETURNING j AS r, picked.k
-    )
-    SELECT coalesce(array_agg(r ORDER BY k), '{}'),
-           array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY k)
-    INTO taken, evs
-    FROM upd;
+    -- TAKE BY LANES while a waiting job has a group; else a plain take.
+    IF EXISTS (SELECT 1 FROM @S.group_lanes WHERE queue = q AND waiting > 0) THEN
+        SELECT * INTO lanes FROM @S._take_by_lanes(q, lim, tok, until, now);
+        taken := lanes.taken;
+        evs := evs || lanes.evs;
+        IF cardinality(taken) = 0 THEN
+            concurrency_limited := lanes.concurrency_limited;
+            rate_limited_until := lanes.rate_limited_until;
+        END IF;
+    ELSE
+        WITH picked AS (
+            SELECT id, nextval('@S.order_seq') AS k, priority, order_key FROM (
+                SELECT id, priority, order_key FROM @S.jobs
+                WHERE queue = q AND state = 'waiting'
+                ORDER BY priority, order_key LIMIT lim FOR UPDATE SKIP LOCKED
+            ) s
+        ), upd AS (
+            UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
+                processed_at = now, order_key = picked.k
+            FROM picked WHERE j.queue = q AND j.id = picked.id
+            RETURNING j AS r, picked.k
+        )
+        SELECT coalesce(array_agg(r ORDER BY k), '{}'),
+               array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY k)
+        INTO taken, evs
+        FROM upd;
+    END IF;
     n := cardinality(taken);
     IF rl_max IS NOT NULL AND n > 0 THEN
         UPDATE @S.queues SET window_start = wstart, window_count = wcount + n WHERE queue = q;
