@@ -12,10 +12,7 @@ import pytest
 
 asyncpg = pytest.importorskip("asyncpg")
 
-from conveyor_core.models import (
-    JobState,
-    ParentPolicy,
-)
+from conveyor_core.models import JobState, ParentPolicy  # noqa: E402
 from conveyor_core.store import (  # noqa: E402
     Completion,
     DagEdge,
@@ -59,7 +56,8 @@ async def lane_counters_match(pg_dsn: str, schema: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
         wrong = await conn.fetch(
-            f'SELECT l.queue, l.group_id, l.waiting, count(j.id) AS n FROM "{schema}".group_lanes l '
+            "SELECT l.queue, l.group_id, l.waiting, count(j.id) AS n "
+            f'FROM "{schema}".group_lanes l '
             f'LEFT JOIN "{schema}".jobs j ON j.queue = l.queue AND j.group_id = l.group_id '
             "AND j.state = 'waiting' GROUP BY l.queue, l.group_id, l.waiting "
             "HAVING l.waiting <> count(j.id)"
