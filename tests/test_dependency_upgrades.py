@@ -103,10 +103,11 @@ async def test_postgres_migration_counts_existing_dependencies(
     try:
         with monkeypatch.context() as patched:
             # The functions of this version, installed with every step, read what
-            # migrations 5, 7 and 8 add: the old schema gets it early (those migrations
-            # are idempotent), and stays without the large-flow counters of migration 4.
+            # migrations 5, 7, 8 and 10 add: the old schema gets it early (those
+            # migrations are idempotent), and stays without the large-flow counters of
+            # migration 4.
             first, (version, second) = pg_schema_module.MIGRATIONS[:2]
-            later = ("0005_cancel", "0007_dag", "0008_flow_control")
+            later = ("0005_cancel", "0007_dag", "0008_flow_control", "0010_groups")
             early = "".join(pg_schema_module.migration_sql(name) for name in later)
             early = second + early + pg_schema_module.all_functions_sql()
             patched.setattr(pg_schema_module, "MIGRATIONS", [first, (version, early)])

@@ -14,6 +14,7 @@ asyncpg = pytest.importorskip("asyncpg")
 
 from conveyor_core.models import JobState, ParentPolicy  # noqa: E402
 from conveyor_core.store import (  # noqa: E402
+    STALLED_REASON,
     Completion,
     DagEdge,
     DeduplicationKey,
@@ -21,6 +22,8 @@ from conveyor_core.store import (  # noqa: E402
     NewJob,
 )
 from conveyor_stores.postgres import PostgresStore  # noqa: E402
+from conveyor_stores.postgres import schema as sql_schema  # noqa: E402
+from conveyor_stores.postgres.store import channel_for  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -274,3 +277,48 @@ async def test_retry_release_and_stall_bring_a_job_back_to_its_lane(
     await store.recover_stalled(Q, NOW + 1000, 5)
     await lane_counters_match(pg_dsn, store.schema)
     assert sorted(await take_ids(store, 5, NOW + 1000)) == ["g0", "g1"]
+
+
+async def test_migration_10_upgrades_a_database_and_runs_again_unchanged(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    quoted = sql_schema.quote_ident(pg_schema)
+
+    def rendered(text: str) -> str:
+        return sql_schema.render(text, pg_schema, channel_for(pg_schema), STALLED_REASON)
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"CREATE SCHEMA {quoted}")
+        await conn.execute(f"CREATE TABLE {quoted}.schema_version (version integer NOT NULL)")
+        for version, text in sql_schema.MIGRATIONS:
+            if version < 10:
+                await conn.execute(rendered(text))
+                await conn.execute(f"INSERT INTO {quoted}.schema_version VALUES ($1)", version)
+        await conn.execute(
+            f"INSERT INTO {quoted}.jobs (id, queue, name, data, opts, state, created_at, "
+            "order_key) SELECT 'old' || i, $1, 'n', '{}', '{}', 'waiting', 0, i "
+            "FROM generate_series(1, 3) i",
+            Q,
+        )
+        async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
+            await store.add_jobs([[job("g0", "g")], [job("g1", "g")], [job("h0", "h")]], NOW)
+            assert await take_ids(store, 2) == ["old1", "g0"]
+            # Migration 10 again (its own files, then every function): nothing changes.
+            again = [sql_schema.migration_sql("0010_groups"), sql_schema.all_functions_sql()]
+            again.append(sql_schema.migration_sql("0010_groups_triggers"))
+            await conn.execute(rendered("".join(again)))
+            await lane_counters_match(pg_dsn, pg_schema)
+            assert await take_ids(store, 5) == ["h0", "old2", "g1", "old3"]
+            await store.add_jobs([[job("h1", "h")]], NOW)
+            await lane_counters_match(pg_dsn, pg_schema)
+            triggers = await conn.fetchval(
+                "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = 'jobs' AND t.tgname LIKE 'jobs_group%'",
+                pg_schema,
+            )
+            assert triggers == 3
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+        await conn.close()
