@@ -25,13 +25,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from conveyor_core.engine import fold_ascii
+from conveyor_core.engine import Lane, fold_ascii
 from conveyor_core.models import MAX_PRIORITY, JobState, ParentPolicy
 from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     DependencyStatus,
     EventRecord,
+    GroupLimits,
     JobRecord,
     ParentLink,
     SchedulerRecord,
@@ -85,6 +86,7 @@ _FIELDS = (
     "lock_token",
     "lock_until",
     "cancel_reason",
+    "group_id",
     "state",
 )
 """Every column of a job but its key, in :func:`_fields` order; ``state`` comes last so
@@ -250,6 +252,7 @@ def _record(row: Any) -> JobRecord:
         row[23],
         row[24],
         row[25],
+        row[26],
     )
 
 
@@ -280,6 +283,7 @@ def _fields(job: JobRecord) -> tuple[Any, ...]:
         job.lock_token,
         job.lock_until,
         job.cancel_reason,
+        job.group_id,
         job.state.value,
     )
 
@@ -319,6 +323,9 @@ class SQLiteBackend:
         self._keys: dict[tuple[str, str, int, bool], int] = {}
         self._absent: set[Key] = set()
         self._dedup: dict[Key, tuple[str, float | None] | None] = {}
+        self._lane_waiting: dict[Key, int] = {}
+        self._lane_put: dict[Key, Lane] = {}
+        self._served: dict[str, int] = {}
         self._since_prune = 0
         self.woken: set[str] = set()
         self.emitted: set[str] = set()
@@ -328,6 +335,7 @@ class SQLiteBackend:
     def finish(self) -> None:
         """Write everything buffered; called just before ``COMMIT``."""
         self._flush()
+        self._flush_lanes()
         self._absent.clear()
         self._dedup.clear()
         if self._events:
@@ -349,6 +357,9 @@ class SQLiteBackend:
         self._keys.clear()
         self._absent.clear()
         self._dedup.clear()
+        self._lane_waiting.clear()
+        self._lane_put.clear()
+        self._served.clear()
         self.woken.clear()
         self.emitted.clear()
 
@@ -477,6 +488,8 @@ class SQLiteBackend:
     def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
         state = job.state
         moved = old_state is not state or requeue or state is DELAYED
+        if job.group_id is not None and (state is WAITING) is not (old_state is WAITING):
+            self._count_waiting(job.queue, job.group_id, 1 if state is WAITING else -1)
         if state is DELAYED:
             # A new or moved run time may be earlier than the one idle workers sleep
             # until; waking them makes them take again and learn the new ``next_run_at``.
@@ -494,14 +507,21 @@ class SQLiteBackend:
 
     def delete(self, queue: str, job_id: str) -> None:
         key = (queue, job_id)
-        if self._new.pop(key, None) is not None:
+        new = self._new.pop(key, None)
+        if new is not None and new.group_id is not None and new.state is WAITING:
+            self._count_waiting(queue, new.group_id, -1)
+        if new is not None:
             self._new_order.pop(key, None)
             self._new_deps.pop(key, None)
             self._new_links.pop(key, None)
             return
         self._flush()
         conn = self.conn
-        conn.execute("DELETE FROM jobs WHERE queue = ? AND id = ?", key)
+        gone = conn.execute(
+            "DELETE FROM jobs WHERE queue = ? AND id = ? RETURNING group_id, state", key
+        ).fetchone()
+        if gone is not None and gone[0] is not None and gone[1] == "waiting":
+            self._count_waiting(queue, gone[0], -1)
         conn.execute("DELETE FROM logs WHERE queue = ? AND id = ?", key)
         conn.execute("DELETE FROM dependencies WHERE parent_queue = ? AND parent_id = ?", key)
         conn.execute("DELETE FROM parent_links WHERE queue = ? AND id = ?", key)
@@ -514,6 +534,144 @@ class SQLiteBackend:
             (queue, limit),
         ).fetchall()
         return [_record(row) for row in rows]
+
+    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
+        self._flush()
+        if group is None:
+            row = self.conn.execute(
+                f"{_SELECT} INDEXED BY jobs_own_waiting WHERE queue = ? "
+                "AND state = 'waiting' AND group_id IS NULL ORDER BY order_key LIMIT 1",
+                (queue,),
+            ).fetchone()
+        else:
+            row = self.conn.execute(
+                f"{_SELECT} INDEXED BY jobs_group_waiting WHERE queue = ? AND group_id = ? "
+                "AND state = 'waiting' ORDER BY order_key LIMIT 1",
+                (queue, group),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def _flush_lanes(self) -> None:
+        """Write the lanes' counts, served numbers and windows, and the queues' last
+        served numbers, kept in memory while a transaction takes jobs."""
+        conn = self.conn
+        if self._lane_waiting:
+            conn.executemany(
+                "INSERT INTO lanes (queue, group_id, waiting) VALUES (?, ?, ?) "
+                "ON CONFLICT (queue, group_id) DO UPDATE SET waiting = waiting + excluded.waiting",
+                [(q, g, delta) for (q, g), delta in self._lane_waiting.items() if delta],
+            )
+            self._lane_waiting.clear()
+        if self._lane_put:
+            conn.executemany(
+                "INSERT INTO lanes (queue, group_id, served, window_start, window_count) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, group_id) DO UPDATE SET "
+                "served = excluded.served, window_start = excluded.window_start, "
+                "window_count = excluded.window_count",
+                [
+                    (q, g, lane.served, *(lane.window if lane.window else (None, 0)))
+                    for (q, g), lane in self._lane_put.items()
+                ],
+            )
+            self._lane_put.clear()
+        if self._served:
+            conn.executemany(
+                "INSERT INTO queues (name, served) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET served = excluded.served",
+                list(self._served.items()),
+            )
+            self._served.clear()
+
+    def has_grouped_waiting(self, queue: str) -> bool:
+        self._flush_lanes()
+        row = self.conn.execute(
+            "SELECT 1 FROM lanes INDEXED BY lanes_ready WHERE queue = ? AND waiting > 0 LIMIT 1",
+            (queue,),
+        ).fetchone()
+        return row is not None
+
+    def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
+        self._flush()
+        self._flush_lanes()
+        conn = self.conn
+        rows = conn.execute(
+            "SELECT group_id, served, window_start, window_count FROM lanes "
+            "INDEXED BY lanes_ready WHERE queue = ? AND waiting > 0 "
+            "ORDER BY served, group_id LIMIT ?",
+            (queue, limit),
+        ).fetchall()
+        own = conn.execute(
+            "SELECT coalesce((SELECT served FROM lanes WHERE queue = ?1 AND group_id = ''), 0) "
+            "FROM jobs INDEXED BY jobs_own_waiting "
+            "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL LIMIT 1",
+            (queue,),
+        ).fetchone()
+        if own is not None:
+            rows.append(("", own[0], None, 0))
+            rows.sort(key=lambda row: (row[1], row[0]))
+        return [
+            (str(g), Lane(int(served), None if start is None else (float(start), int(count))))
+            for g, served, start, count in rows[:limit]
+        ]
+
+    def put_lane(self, queue: str, group: str, lane: Lane) -> None:
+        self._lane_put[(queue, group)] = lane
+
+    def _count_waiting(self, queue: str, group: str, delta: int) -> None:
+        """A job of ``group`` entered (1) or left (-1) ``waiting``."""
+        key = (queue, group)
+        self._lane_waiting[key] = self._lane_waiting.get(key, 0) + delta
+
+    def next_served(self, queue: str) -> int:
+        served = self._served.get(queue)
+        if served is None:
+            row = self.conn.execute("SELECT served FROM queues WHERE name = ?", (queue,))
+            found = row.fetchone()
+            served = 0 if found is None else int(found[0])
+        self._served[queue] = served + 1
+        return served + 1
+
+    def count_group(self, queue: str, group: str, state: JobState) -> int:
+        self._flush()
+        row = self.conn.execute(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_group "
+            "WHERE queue = ? AND group_id = ? AND state = ?",
+            (queue, group, state.value),
+        ).fetchone()
+        return int(row[0])
+
+    def group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        self._flush()
+        counts: dict[str, dict[JobState, int]] = {}
+        for group, state, n in self.conn.execute(
+            "SELECT group_id, state, count(*) FROM jobs INDEXED BY jobs_group "
+            "WHERE queue = ? AND group_id IS NOT NULL GROUP BY group_id, state",
+            (queue,),
+        ):
+            counts.setdefault(group, {})[_STATES[state]] = int(n)
+        return counts
+
+    def group_limits(self, queue: str) -> GroupLimits:
+        row = self.conn.execute(
+            "SELECT group_concurrency, group_rate_max, group_rate_duration FROM queues "
+            "WHERE name = ?",
+            (queue,),
+        ).fetchone()
+        if row is None:
+            return GroupLimits()
+        rate = None if row[1] is None else (int(row[1]), float(row[2]))
+        return GroupLimits(None if row[0] is None else int(row[0]), rate)
+
+    def set_group_limits(self, queue: str, limits: GroupLimits) -> None:
+        most, duration = limits.rate_limit if limits.rate_limit is not None else (None, None)
+        self.conn.execute(
+            "INSERT INTO queues (name, group_concurrency, group_rate_max, group_rate_duration) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "group_concurrency = excluded.group_concurrency, "
+            "group_rate_max = excluded.group_rate_max, "
+            "group_rate_duration = excluded.group_rate_duration",
+            (queue, limits.concurrency, most, duration),
+        )
 
     def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
         self._flush()
@@ -895,9 +1053,11 @@ class SQLiteBackend:
         self.conn.execute("DELETE FROM schedulers WHERE queue = ?", (queue,))
 
     def forget_queue(self, queue: str) -> None:
+        self._flush_lanes()
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
         self.conn.execute("DELETE FROM deduplication WHERE queue = ?", (queue,))
         self.conn.execute("DELETE FROM metrics WHERE queue = ?", (queue,))
+        self.conn.execute("DELETE FROM lanes WHERE queue = ?", (queue,))
 
     # ---------------------------------------------------------------- operating
 
