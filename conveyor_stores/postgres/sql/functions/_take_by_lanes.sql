@@ -84,9 +84,12 @@ BEGIN
                 concurrency_limited := true;
                 CONTINUE;
             END IF;
-            wstart := cur.window_start;
-            wcount := cur.window_count;
+            -- Without a rate limit a lane keeps no window.
+            wstart := NULL;
+            wcount := 0;
             IF limits.group_rate_max IS NOT NULL THEN
+                wstart := cur.window_start;
+                wcount := cur.window_count;
                 IF wstart IS NULL OR now >= wstart + limits.group_rate_duration THEN
                     wstart := now;
                     wcount := 0;
@@ -107,7 +110,7 @@ BEGIN
             END IF;
             k := nextval('@S.order_seq');
             UPDATE @S.group_lanes SET served = k, window_start = wstart,
-                window_count = wcount + CASE WHEN limits.group_rate_max IS NULL THEN 0 ELSE 1 END
+                window_count = CASE WHEN wstart IS NULL THEN 0 ELSE wcount + 1 END
             WHERE queue = q AND group_id = lane.group_id;
         END IF;
         UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
