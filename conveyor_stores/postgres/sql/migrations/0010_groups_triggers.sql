@@ -1,20 +1,17 @@
--- GROUPS: a lane's count of waiting jobs follows every entry into and exit from waiting
--- of a job with a group (add, promotion, release, retry, stall recovery, take, remove,
--- clean, drain, obliterate). Row triggers whose WHEN never holds for a job without a
--- group: such jobs queue no trigger event.
+-- GROUPS: a lane's count of waiting jobs follows every statement that moves jobs with a
+-- group into or out of waiting (see _group_waiting).
 DROP TRIGGER IF EXISTS jobs_group_waiting_insert ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_insert AFTER INSERT ON @S.jobs
-    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state = 'waiting')
-    EXECUTE FUNCTION @S._group_waiting();
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION @S._group_waiting();
 DROP TRIGGER IF EXISTS jobs_group_waiting_update ON @S.jobs;
-CREATE TRIGGER jobs_group_waiting_update AFTER UPDATE OF state ON @S.jobs
-    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL
-                       AND (OLD.state = 'waiting') <> (NEW.state = 'waiting'))
-    EXECUTE FUNCTION @S._group_waiting();
+CREATE TRIGGER jobs_group_waiting_update AFTER UPDATE ON @S.jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION @S._group_waiting();
 DROP TRIGGER IF EXISTS jobs_group_waiting_delete ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_delete AFTER DELETE ON @S.jobs
-    FOR EACH ROW WHEN (OLD.group_id IS NOT NULL AND OLD.state = 'waiting')
-    EXECUTE FUNCTION @S._group_waiting();
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION @S._group_waiting();
 
 -- The counts of the jobs already there (the triggers above lock jobs against writes
 -- until this migration commits).
