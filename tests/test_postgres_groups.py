@@ -318,7 +318,20 @@ async def test_migration_10_upgrades_a_database_and_runs_again_unchanged(
                 "WHERE n.nspname = $1 AND c.relname = 'jobs' AND t.tgname LIKE 'jobs_group%'",
                 pg_schema,
             )
-            assert triggers == 3
+            assert triggers == 6
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
         await conn.close()
+
+
+async def test_bulk_moves_of_one_group_stay_linear(store: PostgresStore, pg_dsn: str) -> None:
+    # A lane's count is folded once per transaction, not written once per job.
+    size = 20_000
+    with anyio.fail_after(60):
+        await store.add_jobs([[job(f"b{i}", "big")] for i in range(size)], NOW)
+        await store.add_jobs([[job("o0")], [job("s0", "small")]], NOW)
+        await lane_counters_match(pg_dsn, store.schema)
+        assert await take_ids(store, 4) == ["o0", "b0", "s0", "b1"]
+        assert await store.drain(Q, False, NOW) == size - 2
+    await lane_counters_match(pg_dsn, store.schema)
+    assert (await store.get_group_counts(Q))["big"][JobState.WAITING] == 0

@@ -68,6 +68,8 @@ FUNCTIONS = (
     "_promote_due",
     "_worker_commit",
     "_group_waiting",
+    "_fold_lanes",
+    "_group_waiting_fold",
     "add_jobs",
     "add_jobs_batch",
     "_take_by_lanes",

@@ -1,35 +1,23 @@
--- GROUPS, as a statement trigger on jobs: every statement that moves jobs with a group
--- into or out of waiting (add, promotion, release, retry, stall recovery, take, remove,
--- clean, drain, obliterate) moves each of their lanes' count of waiting jobs once, by
--- what it changed, making a lane on its group's first waiting job. Once per statement
--- and lane, however many jobs (a row trigger would update one lane row once per job: a
--- bulk add to one group would walk all the row's earlier versions each time), and in
--- lane order, so statements moving several lanes lock them in one order.
+-- GROUPS, as a row trigger on jobs that fires only for a job with a group entering or
+-- leaving waiting (add, promotion, release, retry, stall recovery, take, remove, clean,
+-- drain, obliterate): notes the move in group_waiting_deltas, insert only, and marks the
+-- transaction as having moves to fold (see _fold_lanes, which the deferred trigger
+-- _group_waiting_fold runs at commit). Updating the lane's row here instead would
+-- make a bulk add to one group walk all the row's earlier versions for every job.
 CREATE OR REPLACE FUNCTION @S._group_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    mark text := ',' || '@S.group_lanes'::regclass::oid || ',';
+    pending text := coalesce(current_setting('conveyor.lanes_pending', true), '');
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO @S.group_lanes AS l (queue, group_id, waiting)
-        SELECT queue, group_id, count(*) FROM new_rows
-        WHERE group_id IS NOT NULL AND state = 'waiting'
-        GROUP BY queue, group_id ORDER BY queue, group_id
-        ON CONFLICT (queue, group_id) DO UPDATE SET waiting = l.waiting + excluded.waiting;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO @S.group_lanes AS l (queue, group_id, waiting)
-        SELECT queue, group_id, -count(*) FROM old_rows
-        WHERE group_id IS NOT NULL AND state = 'waiting'
-        GROUP BY queue, group_id ORDER BY queue, group_id
-        ON CONFLICT (queue, group_id) DO UPDATE SET waiting = l.waiting + excluded.waiting;
+    IF TG_OP <> 'DELETE' AND NEW.state = 'waiting' THEN
+        INSERT INTO @S.group_waiting_deltas (tx, queue, group_id, n)
+        VALUES (txid_current(), NEW.queue, NEW.group_id, 1);
     ELSE
-        INSERT INTO @S.group_lanes AS l (queue, group_id, waiting)
-        SELECT queue, group_id, sum(n) FROM (
-            SELECT queue, group_id, 1 AS n FROM new_rows
-            WHERE group_id IS NOT NULL AND state = 'waiting'
-            UNION ALL
-            SELECT queue, group_id, -1 FROM old_rows
-            WHERE group_id IS NOT NULL AND state = 'waiting'
-        ) moved
-        GROUP BY queue, group_id HAVING sum(n) <> 0 ORDER BY queue, group_id
-        ON CONFLICT (queue, group_id) DO UPDATE SET waiting = l.waiting + excluded.waiting;
+        INSERT INTO @S.group_waiting_deltas (tx, queue, group_id, n)
+        VALUES (txid_current(), OLD.queue, OLD.group_id, -1);
+    END IF;
+    IF strpos(pending, mark) = 0 THEN
+        PERFORM set_config('conveyor.lanes_pending', pending || mark, true);
     END IF;
     RETURN NULL;
 END $$;

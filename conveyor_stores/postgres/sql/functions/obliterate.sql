@@ -19,6 +19,7 @@ BEGIN
     DELETE FROM @S.metrics WHERE queue = q;
     DELETE FROM @S.schedulers WHERE queue = q;
     DELETE FROM @S.deduplication WHERE queue = q;
+    PERFORM @S._fold_lanes();
     DELETE FROM @S.group_lanes WHERE queue = q;
     PERFORM @S._publish(evs);
     RETURN true;

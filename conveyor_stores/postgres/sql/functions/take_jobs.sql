@@ -68,7 +68,9 @@ BEGIN
         END IF;
         lim := least(lim, rl_max - wcount);
     END IF;
-    -- TAKE BY LANES while a waiting job has a group; else a plain take.
+    -- TAKE BY LANES while a waiting job has a group (counted with what this transaction
+    -- moved, promotions included); else a plain take.
+    PERFORM @S._fold_lanes();
     IF EXISTS (SELECT 1 FROM @S.group_lanes WHERE queue = q AND waiting > 0) THEN
         SELECT * INTO lanes FROM @S._take_by_lanes(q, lim, tok, until, now);
         taken := lanes.taken;

@@ -13,7 +13,7 @@ CREATE INDEX IF NOT EXISTS jobs_group_state ON @S.jobs (queue, group_id, state)
 
 -- A queue's lanes, one per group that ever had a waiting job: when it was last served
 -- (0: never; else a number of order_seq, greater than every earlier one), how many of
--- its jobs are waiting (kept by the row triggers of 0010_groups_triggers) and its rate
+-- its jobs are waiting (kept by the triggers of 0010_groups_triggers) and its rate
 -- window.
 CREATE TABLE IF NOT EXISTS @S.group_lanes (
     queue text NOT NULL,
@@ -24,6 +24,17 @@ CREATE TABLE IF NOT EXISTS @S.group_lanes (
     window_count integer NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, group_id)
 );
+-- What this transaction's statements moved in and out of waiting, per lane, until it is
+-- folded into group_lanes (_fold_lanes): only ever written and emptied by one
+-- transaction, so no other sees its rows or waits on them.
+CREATE TABLE IF NOT EXISTS @S.group_waiting_deltas (
+    tx bigint NOT NULL,
+    queue text NOT NULL,
+    group_id text NOT NULL,
+    n integer NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000);
+CREATE INDEX IF NOT EXISTS group_waiting_deltas_tx ON @S.group_waiting_deltas (tx);
+
 -- The lanes that have a waiting job, least recently served first: a take finds the
 -- next lane without looking at the groups that have none.
 CREATE INDEX IF NOT EXISTS group_lanes_ready ON @S.group_lanes (queue, served, group_id COLLATE "C")

@@ -1,17 +1,37 @@
--- GROUPS: a lane's count of waiting jobs follows every statement that moves jobs with a
--- group into or out of waiting (see _group_waiting).
+-- GROUPS: a lane's count of waiting jobs follows every entry into and exit from waiting
+-- of a job with a group. Row triggers whose WHEN never holds for a job without a group,
+-- so such jobs queue no trigger event and cost nothing more: each move is noted
+-- (_group_waiting), and folded into the lanes at commit (_group_waiting_fold, deferred)
+-- or earlier by a take that reads them.
 DROP TRIGGER IF EXISTS jobs_group_waiting_insert ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_insert AFTER INSERT ON @S.jobs
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION @S._group_waiting();
+    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state = 'waiting')
+    EXECUTE FUNCTION @S._group_waiting();
 DROP TRIGGER IF EXISTS jobs_group_waiting_update ON @S.jobs;
-CREATE TRIGGER jobs_group_waiting_update AFTER UPDATE ON @S.jobs
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION @S._group_waiting();
+CREATE TRIGGER jobs_group_waiting_update AFTER UPDATE OF state ON @S.jobs
+    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL
+                       AND (OLD.state = 'waiting') <> (NEW.state = 'waiting'))
+    EXECUTE FUNCTION @S._group_waiting();
 DROP TRIGGER IF EXISTS jobs_group_waiting_delete ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_delete AFTER DELETE ON @S.jobs
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION @S._group_waiting();
+    FOR EACH ROW WHEN (OLD.group_id IS NOT NULL AND OLD.state = 'waiting')
+    EXECUTE FUNCTION @S._group_waiting();
+DROP TRIGGER IF EXISTS jobs_group_fold_insert ON @S.jobs;
+CREATE CONSTRAINT TRIGGER jobs_group_fold_insert AFTER INSERT ON @S.jobs
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state = 'waiting')
+    EXECUTE FUNCTION @S._group_waiting_fold();
+DROP TRIGGER IF EXISTS jobs_group_fold_update ON @S.jobs;
+CREATE CONSTRAINT TRIGGER jobs_group_fold_update AFTER UPDATE OF state ON @S.jobs
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL
+                       AND (OLD.state = 'waiting') <> (NEW.state = 'waiting'))
+    EXECUTE FUNCTION @S._group_waiting_fold();
+DROP TRIGGER IF EXISTS jobs_group_fold_delete ON @S.jobs;
+CREATE CONSTRAINT TRIGGER jobs_group_fold_delete AFTER DELETE ON @S.jobs
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (OLD.group_id IS NOT NULL AND OLD.state = 'waiting')
+    EXECUTE FUNCTION @S._group_waiting_fold();
 
 -- The counts of the jobs already there (the triggers above lock jobs against writes
 -- until this migration commits).
