@@ -318,7 +318,7 @@ async def test_migration_10_upgrades_a_database_and_runs_again_unchanged(
                 "WHERE n.nspname = $1 AND c.relname = 'jobs' AND t.tgname LIKE 'jobs_group%'",
                 pg_schema,
             )
-            assert triggers == 6
+            assert triggers == 3
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
         await conn.close()

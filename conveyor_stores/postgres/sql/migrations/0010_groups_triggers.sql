@@ -1,8 +1,8 @@
 -- GROUPS: a lane's count of waiting jobs follows every entry into and exit from waiting
 -- of a job with a group. Row triggers whose WHEN never holds for a job without a group,
 -- so such jobs queue no trigger event and cost nothing more: each move is noted
--- (_group_waiting), and folded into the lanes at commit (_group_waiting_fold, deferred)
--- or earlier by a take that reads them.
+-- (_group_waiting), and the notes are folded into the lanes at commit
+-- (_group_waiting_fold, deferred) or earlier by a take that reads them.
 DROP TRIGGER IF EXISTS jobs_group_waiting_insert ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_insert AFTER INSERT ON @S.jobs
     FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state = 'waiting')
@@ -16,22 +16,11 @@ DROP TRIGGER IF EXISTS jobs_group_waiting_delete ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_delete AFTER DELETE ON @S.jobs
     FOR EACH ROW WHEN (OLD.group_id IS NOT NULL AND OLD.state = 'waiting')
     EXECUTE FUNCTION @S._group_waiting();
-DROP TRIGGER IF EXISTS jobs_group_fold_insert ON @S.jobs;
-CREATE CONSTRAINT TRIGGER jobs_group_fold_insert AFTER INSERT ON @S.jobs
+-- The fold at commit hangs on the notes, not on jobs: jobs carry no deferred trigger.
+DROP TRIGGER IF EXISTS group_waiting_deltas_fold ON @S.group_waiting_deltas;
+CREATE CONSTRAINT TRIGGER group_waiting_deltas_fold AFTER INSERT ON @S.group_waiting_deltas
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state = 'waiting')
-    EXECUTE FUNCTION @S._group_waiting_fold();
-DROP TRIGGER IF EXISTS jobs_group_fold_update ON @S.jobs;
-CREATE CONSTRAINT TRIGGER jobs_group_fold_update AFTER UPDATE OF state ON @S.jobs
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL
-                       AND (OLD.state = 'waiting') <> (NEW.state = 'waiting'))
-    EXECUTE FUNCTION @S._group_waiting_fold();
-DROP TRIGGER IF EXISTS jobs_group_fold_delete ON @S.jobs;
-CREATE CONSTRAINT TRIGGER jobs_group_fold_delete AFTER DELETE ON @S.jobs
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (OLD.group_id IS NOT NULL AND OLD.state = 'waiting')
-    EXECUTE FUNCTION @S._group_waiting_fold();
+    FOR EACH ROW EXECUTE FUNCTION @S._group_waiting_fold();
 
 -- The counts of the jobs already there (the triggers above lock jobs against writes
 -- until this migration commits).
