@@ -335,3 +335,43 @@ async def test_bulk_moves_of_one_group_stay_linear(store: PostgresStore, pg_dsn:
         assert await store.drain(Q, False, NOW) == size - 2
     await lane_counters_match(pg_dsn, store.schema)
     assert (await store.get_group_counts(Q))["big"][JobState.WAITING] == 0
+
+
+async def test_workers_and_producers_racing_keep_limits_and_counters(
+    store: PostgresStore, pg_dsn: str
+) -> None:
+    await store.set_group_limits(Q, 2, None)
+    groups = ["a", "b", "c", None]
+    total = 240
+    done: list[str] = []
+    peak: dict[str, int] = {}
+    async with PostgresStore(pg_dsn, schema=store.schema, min_size=1, max_size=4) as other:
+
+        async def produce() -> None:
+            for i in range(0, total, 8):
+                batch = [[job(f"p{i + k}", groups[(i + k) % 4])] for k in range(8)]
+                await (store if i % 16 else other).add_jobs(batch, NOW)
+
+        async def work(s: PostgresStore, token: str) -> None:
+            idle = 0
+            while idle < 40:
+                taken = await s.take_jobs(Q, limit=3, token=token, lock_until=NOW + 60, now=NOW)
+                if not taken.jobs:
+                    idle += 1
+                    await anyio.sleep(0.01)
+                    continue
+                idle = 0
+                counts = await s.get_group_counts(Q)
+                for group, per in counts.items():
+                    peak[group] = max(peak.get(group, 0), per[JobState.ACTIVE])
+                await s.complete_jobs(Q, [Completion(j.id, token, "1") for j in taken.jobs], NOW)
+                done.extend(j.id for j in taken.jobs)
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                for n, s in enumerate((store, other, store, other)):
+                    tg.start_soon(work, s, f"w{n}")
+    assert sorted(done) == sorted(f"p{i}" for i in range(total))
+    assert peak and max(peak.values()) <= 2
+    await lane_counters_match(pg_dsn, store.schema)
