@@ -2,11 +2,13 @@
 -- from the lane served least recently (served, then group id in code point order, the
 -- queue's own lane counting as the empty id) among the lanes that can still give one.
 -- A group's lane row is locked before its limits are read, so concurrent takes count
--- its active jobs and fill its rate window one after the other. Only the first lane
--- lock of a take waits; a take that already holds one skips a lane another holds, so
--- two takes never wait on each other. Jobs come back in the order taken, with their
--- events; concurrency_limited and rate_limited_until say which group limits held a
--- lane back (the caller reports them only when nothing was taken).
+-- its active jobs and fill its rate window one after the other. A take waits for a
+-- lane only while it holds none; holding one, it skips a lane another take holds, so
+-- takes never wait on each other in a circle. The lanes' counts
+-- of waiting jobs do not see this take's own takes until commit: a lane emptied here
+-- may be picked again and then gives nothing. Jobs come back in the order taken, with
+-- their events; concurrency_limited and rate_limited_until say which group limits held
+-- a lane back (the caller reports them only when nothing was taken).
 CREATE OR REPLACE FUNCTION @S._take_by_lanes(
     q text, lim integer, tok text, until double precision, now double precision,
     OUT taken @S.jobs[], OUT evs jsonb[], OUT concurrency_limited boolean,
@@ -45,6 +47,8 @@ BEGIN
         WHERE l.queue = q AND l.waiting > 0 AND l.group_id <> ALL (held)
         ORDER BY l.served, l.group_id COLLATE "C" LIMIT 1;
         IF own_waiting > 0 AND (lane.group_id IS NULL OR own_served <= lane.served) THEN
+            -- No index of its own (it would cost every job without a group): the take
+            -- index, past the jobs with a group before the lane's first job.
             SELECT id INTO jid FROM @S.jobs
             WHERE queue = q AND state = 'waiting' AND group_id IS NULL
             ORDER BY priority, order_key LIMIT 1 FOR UPDATE SKIP LOCKED;
