@@ -375,3 +375,25 @@ async def test_workers_and_producers_racing_keep_limits_and_counters(
     assert sorted(done) == sorted(f"p{i}" for i in range(total))
     assert peak and max(peak.values()) <= 2
     await lane_counters_match(pg_dsn, store.schema)
+
+
+async def test_a_take_by_lanes_publishes_active_in_the_order_taken(store: PostgresStore) -> None:
+    sub = await store.subscribe(Q)
+    try:
+        await store.add_jobs([[job("d0", "a", state=JobState.DELAYED, delay=1.0)]], NOW)
+        await store.add_jobs([[job("b0", "b")], [job("a1", "a")], [job("o0")]], NOW)
+        assert await take_ids(store, 5, NOW + 1) == ["o0", "a1", "b0", "d0"]
+        seen: list[tuple[str, str | None]] = []
+        with anyio.fail_after(5):
+            while len(seen) < 13:
+                event = await sub.__anext__()
+                seen.append((event.type, event.job_id))
+    finally:
+        await sub.aclose()
+    assert seen[-5:] == [
+        ("waiting", "d0"),
+        ("active", "o0"),
+        ("active", "a1"),
+        ("active", "b0"),
+        ("active", "d0"),
+    ]
