@@ -69,8 +69,10 @@ BEGIN
         lim := least(lim, rl_max - wcount);
     END IF;
     -- TAKE BY LANES while a waiting job has a group (counted with what this transaction
-    -- moved, promotions included); else a plain take.
-    PERFORM @S._fold_lanes();
+    -- moved, promotions included: see _fold_lanes); else a plain take.
+    IF current_setting('conveyor.lanes_pending', true) <> '' THEN
+        PERFORM @S._fold_lanes();
+    END IF;
     IF EXISTS (SELECT 1 FROM @S.group_lanes WHERE queue = q AND waiting > 0) THEN
         SELECT * INTO lanes FROM @S._take_by_lanes(q, lim, tok, until, now);
         taken := lanes.taken;
