@@ -47,7 +47,7 @@ from .payloads import DataValidationError
 from .queue import Queue
 from .registry import open_store
 from .schedulers import JobScheduler
-from .store import StoreInterface
+from .store import GroupLimits, StoreInterface
 from .worker import Worker
 
 try:
@@ -67,6 +67,7 @@ __all__ = [
     "DuplicateJobError",
     "FlowJob",
     "FlowProducer",
+    "GroupLimits",
     "InvalidJobStateError",
     "Job",
     "JobCancelledError",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError, LockLostError
@@ -34,6 +34,7 @@ from .store import (
     DependencyStatus,
     DueSchedulers,
     Failure,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -104,6 +105,15 @@ def split_due(upcoming: Sequence[SchedulerRecord], now: float, limit: int) -> Du
     return DueSchedulers(due, None)
 
 
+@dataclass(slots=True, frozen=True)
+class Lane:
+    """What a queue keeps of one lane (see GROUPS): when it was last served, and its
+    group's rate window ``(start, jobs started)``."""
+
+    served: int = 0
+    window: tuple[float, int] | None = None
+
+
 class Backend(Protocol):
     """Record storage for :class:`Engine`. Synchronous; called inside one atomic unit.
 
@@ -134,6 +144,43 @@ class Backend(Protocol):
         """The first ``limit`` waiting jobs in order; the engine moves all of them out of
         ``waiting`` at once."""
         ...
+
+    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
+        """The first waiting job of one lane (see GROUPS) in take order: of ``group``, or
+        of the jobs without a group for ``None``."""
+        ...
+
+    def has_grouped_waiting(self, queue: str) -> bool:
+        """Whether a waiting job of the queue has a group. Cost: one index probe."""
+        ...
+
+    def waiting_groups(self, queue: str) -> list[str]:
+        """The groups that have a waiting job."""
+        ...
+
+    def lane(self, queue: str, group: str) -> Lane:
+        """A lane's ``served`` number and rate window (``""``: the queue's own lane);
+        a lane never written reads as ``Lane()``."""
+        ...
+
+    def put_lane(self, queue: str, group: str, lane: Lane) -> None: ...
+
+    def next_served(self, queue: str) -> int:
+        """A number greater than every ``served`` number handed out for the queue."""
+        ...
+
+    def count_group(self, queue: str, group: str, state: JobState) -> int:
+        """How many jobs of the group are in ``state``."""
+        ...
+
+    def group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        """Per group with at least one job: its jobs per state (states with none may be
+        missing)."""
+        ...
+
+    def group_limits(self, queue: str) -> GroupLimits: ...
+
+    def set_group_limits(self, queue: str, limits: GroupLimits) -> None: ...
 
     def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
         """Delayed jobs with ``run_at <= now``, earliest first."""
@@ -240,7 +287,7 @@ class Backend(Protocol):
 
     def forget_queue(self, queue: str) -> None:
         """Drop what the backend keeps about an emptied queue (paused flag, window,
-        deduplication entries)."""
+        deduplication entries, group limits and lanes)."""
         ...
 
     def global_concurrency(self, queue: str) -> int | None:
@@ -597,6 +644,7 @@ class Engine:
             parent_id=new.parent_id,
             parent_queue=new.parent_queue,
             parent_policy=policy,
+            group_id=new.group_id,
         )
         if new.parent_id is not None and new.parent_queue is not None:
             self.b.put_dependency(
@@ -649,19 +697,70 @@ class Engine:
             if room <= 0:
                 return TakeResult([], b.next_run_at(queue), window[0] + duration)
             limit = min(limit, room)
-        taken = b.first_waiting(queue, limit)
-        out: list[JobRecord] = []
-        for job in taken:
-            job.state = ACTIVE
-            job.lock_token = token
-            job.lock_until = lock_until
-            job.processed_at = now
-            b.save(job, WAITING)
-            b.emit("active", queue, job.id, None, now)
-            out.append(replace(job, stacktrace=list(job.stacktrace)))
+        if b.has_grouped_waiting(queue):
+            result = self._take_by_lanes(queue, limit, token, lock_until, now)
+            out = result.jobs
+        else:
+            out = [
+                self._start(job, token, lock_until, now) for job in b.first_waiting(queue, limit)
+            ]
+            result = TakeResult(out)
         if window is not None and out:
             b.set_rate_window(queue, window[0], window[1] + len(out))
-        return TakeResult(out, b.next_run_at(queue))
+        result.next_run_at = b.next_run_at(queue)
+        return result
+
+    def _start(self, job: JobRecord, token: str, lock_until: float, now: float) -> JobRecord:
+        job.state = ACTIVE
+        job.lock_token = token
+        job.lock_until = lock_until
+        job.processed_at = now
+        self.b.save(job, WAITING)
+        self.b.emit("active", job.queue, job.id, None, now)
+        return replace(job, stacktrace=list(job.stacktrace))
+
+    def _take_by_lanes(
+        self, queue: str, limit: int, token: str, lock_until: float, now: float
+    ) -> TakeResult:
+        """TAKE BY LANES (see GROUPS in the store protocol)."""
+        b = self.b
+        limits = b.group_limits(queue)
+        lanes = {group: b.lane(queue, group) for group in b.waiting_groups(queue)}
+        if b.first_waiting_in(queue, None) is not None:
+            lanes[""] = b.lane(queue, "")
+        out: list[JobRecord] = []
+        held_by_concurrency = False
+        held_until: float | None = None
+        while len(out) < limit and lanes:
+            group = min(lanes, key=lambda g: (lanes[g].served, g))
+            window = lanes[group].window if limits.rate_limit is not None else None
+            if group:
+                cap = limits.concurrency
+                if cap is not None and b.count_group(queue, group, ACTIVE) >= cap:
+                    held_by_concurrency = True
+                    del lanes[group]
+                    continue
+                if limits.rate_limit is not None:
+                    most, duration = limits.rate_limit
+                    if window is None or now >= window[0] + duration:
+                        window = (now, 0)
+                    if window[1] >= most:
+                        end = window[0] + duration
+                        held_until = end if held_until is None else min(held_until, end)
+                        del lanes[group]
+                        continue
+            job = b.first_waiting_in(queue, group or None)
+            if job is None:
+                del lanes[group]
+                continue
+            out.append(self._start(job, token, lock_until, now))
+            if window is not None:
+                window = (window[0], window[1] + 1)
+            lanes[group] = Lane(b.next_served(queue), window)
+            b.put_lane(queue, group, lanes[group])
+        if out:
+            return TakeResult(out)
+        return TakeResult(out, None, held_until, held_by_concurrency)
 
     def _owned(self, queue: str, job_id: str, token: str) -> JobRecord | None:
         job = self.b.get(queue, job_id)
@@ -1166,6 +1265,22 @@ class Engine:
 
     def get_global_concurrency(self, queue: str) -> int | None:
         return self.b.global_concurrency(queue)
+
+    def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        self.b.set_group_limits(queue, GroupLimits(concurrency, rate_limit))
+        self.b.wake(queue)
+
+    def get_group_limits(self, queue: str) -> GroupLimits:
+        return self.b.group_limits(queue)
+
+    def get_group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        return {
+            group: {state: counts.get(state, 0) for state in JobState}
+            for group, counts in self.b.group_counts(queue).items()
+            if any(counts.values())
+        }
 
     def rate_limit_queue(self, queue: str, until: float) -> None:
         held = self.b.limited_until(queue)

@@ -227,6 +227,9 @@ class JobOptions(BaseModel):
     ``active`` that this job (or flow) becomes a child of."""
     deduplication: Deduplication | None = None
     """Add nothing while a live job holds this deduplication id (see ``Deduplication``)."""
+    group_id: str | None = None
+    """The job's group: a queue takes the waiting jobs of its groups round-robin, and its
+    group limits (``Queue.set_group_limits``) hold for each group apart."""
 
     @field_validator("backoff", mode="before")
     @classmethod
@@ -245,6 +248,16 @@ class JobOptions(BaseModel):
                 raise ValueError("job_id must not be blank")
             if (problem := text_problem(value, MAX_JOB_ID_BYTES)) is not None:
                 raise ValueError(f"job_id {shown(value)} {problem}")
+        return value
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_id_printable(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip():
+                raise ValueError("group_id must not be blank")
+            if (problem := text_problem(value, MAX_JOB_ID_BYTES)) is not None:
+                raise ValueError(f"group_id {shown(value)} {problem}")
         return value
 
     @model_validator(mode="after")

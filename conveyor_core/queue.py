@@ -18,6 +18,7 @@ from .models import (
     JobOptions,
     JobState,
     ParentPolicy,
+    RateLimit,
     shown,
     text_problem,
 )
@@ -25,6 +26,7 @@ from .pacing import Pacer
 from .store import (
     METRICS_MINUTES,
     DeduplicationKey,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -139,6 +141,7 @@ def build_new_job(
         delay=opts.delay,
         keep_completed=opts.keep_count("complete"),
         keep_failed=opts.keep_count("fail"),
+        group_id=opts.group_id,
     )
 
 
@@ -442,6 +445,45 @@ class Queue:
     async def remove_global_concurrency(self) -> None:
         """Remove the queue's global concurrency: workers' own concurrency alone applies."""
         await self.store.set_global_concurrency(self.name, None)
+
+    async def set_group_limits(
+        self,
+        concurrency: int | None = None,
+        rate_limit: RateLimit | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Limits that hold for each group of this queue apart (``opts.group_id``): at
+        most ``concurrency`` active jobs per group, and at most ``rate_limit.max`` jobs
+        of a group started per ``rate_limit.duration`` seconds, across every worker and
+        process. ``None`` lifts a limit; calling it with neither lifts both."""
+        if concurrency is not None:
+            if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+                raise TypeError(
+                    f"group concurrency must be an int, got {type(concurrency).__name__}"
+                )
+            if concurrency < 1:
+                raise ValueError(f"group concurrency must be at least 1, got {concurrency!r}")
+        limit = (
+            None
+            if rate_limit is None
+            else rate_limit
+            if isinstance(rate_limit, RateLimit)
+            else RateLimit.model_validate(rate_limit)
+        )
+        await self.store.set_group_limits(
+            self.name, concurrency, None if limit is None else (limit.max, limit.duration)
+        )
+
+    async def get_group_limits(self) -> GroupLimits:
+        """The queue's group limits (both ``None`` when it has none)."""
+        return await self.store.get_group_limits(self.name)
+
+    async def get_group_counts(self) -> dict[str, dict[str, int]]:
+        """For each group with jobs in this queue: how many are in each state."""
+        counts = await self.store.get_group_counts(self.name)
+        return {
+            group: {state.value: by_state.get(state, 0) for state in JobState}
+            for group, by_state in sorted(counts.items())
+        }
 
     async def upsert_job_scheduler(
         self,

@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from conveyor_core.engine import Engine, fold_ascii
+from conveyor_core.engine import Engine, Lane, fold_ascii
 from conveyor_core.errors import StoreClosedError
 from conveyor_core.models import JobState
 from conveyor_core.store import (
@@ -36,6 +36,7 @@ from conveyor_core.store import (
     EventRecord,
     EventSubscription,
     Failure,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -79,6 +80,14 @@ class _QueueData:
     window: tuple[float, int] | None = None
     concurrency: int | None = None
     limited_until: float | None = None
+    group_heaps: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    """The waiting jobs of each group, in take order (``waiting_heap`` holds the jobs
+    without a group); entries whose key no longer matches ``waiting`` are stale."""
+    group_waiting: dict[str, int] = field(default_factory=dict)
+    group_states: dict[str, dict[JobState, int]] = field(default_factory=dict)
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    served: int = 0
+    group_limits: GroupLimits = field(default_factory=GroupLimits)
 
     def size(self) -> int:
         return (
@@ -171,9 +180,20 @@ class MemoryBackend:
     def get(self, queue: str, job_id: str) -> JobRecord | None:
         return self.jobs.get((queue, job_id))
 
-    def _unindex(self, q: _QueueData, job_id: str, state: JobState) -> None:
+    def _unindex(self, q: _QueueData, job: JobRecord, state: JobState) -> None:
+        job_id, group = job.id, job.group_id
+        if group is not None:
+            by_state = q.group_states[group]
+            by_state[state] -= 1
+            if not any(by_state.values()):
+                del q.group_states[group]
         if state is WAITING:
-            q.waiting.pop(job_id, None)
+            if q.waiting.pop(job_id, None) is not None and group is not None:
+                left = q.group_waiting[group] - 1
+                if left:
+                    q.group_waiting[group] = left
+                else:
+                    del q.group_waiting[group]
         elif state is DELAYED:
             q.delayed.pop(job_id, None)
         elif state is ACTIVE:
@@ -186,12 +206,19 @@ class MemoryBackend:
             q.waiting_children.pop(job_id, None)
 
     def _index(self, q: _QueueData, job: JobRecord) -> None:
-        state = job.state
+        state, group = job.state, job.group_id
+        if group is not None:
+            by_state = q.group_states.setdefault(group, dict.fromkeys(JobState, 0))
+            by_state[state] += 1
         if state is WAITING:
             self.order += 1
             key = (job.priority, -self.order if job.lifo else self.order)
             q.waiting[job.id] = key
-            heapq.heappush(q.waiting_heap, (key[0], key[1], job.id))
+            if group is None:
+                heapq.heappush(q.waiting_heap, (key[0], key[1], job.id))
+            else:
+                heapq.heappush(q.group_heaps.setdefault(group, []), (key[0], key[1], job.id))
+                q.group_waiting[group] = q.group_waiting.get(group, 0) + 1
         elif state is DELAYED:
             run_at = job.run_at if job.run_at is not None else 0.0
             q.delayed[job.id] = run_at
@@ -216,13 +243,13 @@ class MemoryBackend:
             if job.state is ACTIVE:
                 q.active[job.id] = job
             return
-        self._unindex(q, job.id, old_state)
+        self._unindex(q, job, old_state)
         self._index(q, job)
 
     def delete(self, queue: str, job_id: str) -> None:
         job = self.jobs.pop((queue, job_id), None)
         if job is not None:
-            self._unindex(self._q(queue), job_id, job.state)
+            self._unindex(self._q(queue), job, job.state)
         key = (queue, job_id)
         self.logs.pop(key, None)
         self.deps.pop(key, None)
@@ -237,9 +264,54 @@ class MemoryBackend:
             if waiting.get(job_id) == (priority, order):
                 out.append(self.jobs[(queue, job_id)])
         if len(heap) > 2 * len(waiting) + 64:
-            q.waiting_heap = [(p, o, i) for i, (p, o) in waiting.items()]
+            q.waiting_heap = [e for e in heap if waiting.get(e[2]) == (e[0], e[1])]
             heapq.heapify(q.waiting_heap)
         return out
+
+    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
+        q = self._q(queue)
+        heap = q.waiting_heap if group is None else q.group_heaps.get(group)
+        if heap is None:
+            return None
+        waiting = q.waiting
+        while heap and waiting.get(heap[0][2]) != heap[0][:2]:
+            heapq.heappop(heap)
+        if group is not None and len(heap) > 2 * q.group_waiting.get(group, 0) + 64:
+            heap[:] = [e for e in heap if waiting.get(e[2]) == (e[0], e[1])]
+            heapq.heapify(heap)
+        if group is not None and not heap:
+            del q.group_heaps[group]
+            return None
+        return self.jobs[(queue, heap[0][2])] if heap else None
+
+    def has_grouped_waiting(self, queue: str) -> bool:
+        return bool(self._q(queue).group_waiting)
+
+    def waiting_groups(self, queue: str) -> list[str]:
+        return list(self._q(queue).group_waiting)
+
+    def lane(self, queue: str, group: str) -> Lane:
+        return self._q(queue).lanes.get(group) or Lane()
+
+    def put_lane(self, queue: str, group: str, lane: Lane) -> None:
+        self._q(queue).lanes[group] = lane
+
+    def next_served(self, queue: str) -> int:
+        q = self._q(queue)
+        q.served += 1
+        return q.served
+
+    def count_group(self, queue: str, group: str, state: JobState) -> int:
+        return self._q(queue).group_states.get(group, {}).get(state, 0)
+
+    def group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        return {group: dict(counts) for group, counts in self._q(queue).group_states.items()}
+
+    def group_limits(self, queue: str) -> GroupLimits:
+        return self._q(queue).group_limits
+
+    def set_group_limits(self, queue: str, limits: GroupLimits) -> None:
+        self._q(queue).group_limits = limits
 
     def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
         q = self._q(queue)
@@ -839,6 +911,17 @@ class MemoryStore:
 
     async def get_global_concurrency(self, queue: str) -> int | None:
         return self._run(self._engine.get_global_concurrency, queue)
+
+    async def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        self._run(self._engine.set_group_limits, queue, concurrency, rate_limit)
+
+    async def get_group_limits(self, queue: str) -> GroupLimits:
+        return self._run(self._engine.get_group_limits, queue)
+
+    async def get_group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        return self._run(self._engine.get_group_counts, queue)
 
     async def rate_limit_queue(self, queue: str, until: float) -> None:
         self._run(self._engine.rate_limit_queue, queue, until)

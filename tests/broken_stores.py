@@ -26,6 +26,7 @@ from conveyor_core.store import (
     DependencyPage,
     DependencyStatus,
     Failure,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -474,3 +475,56 @@ class DropsTheManualRateLimit(MemoryStore):
 
     async def rate_limit_queue(self, queue: str, until: float) -> None:
         return None
+
+
+class ForgetsJobGroups(MemoryStore):
+    """Defect: the store writes a new job without its group (a field added to the
+    protocol and missed in the add path), so every job waits in the queue's own lane:
+    taken in arrival order, one tenant's backlog ahead of everyone else's jobs."""
+
+    async def add_jobs(self, groups: Sequence[Sequence[NewJob]], now: float) -> list[bool]:
+        return await super().add_jobs(
+            [[dataclasses.replace(new, group_id=None) for new in group] for group in groups], now
+        )
+
+
+class _ServesLanesByName(Engine):
+    def _take_by_lanes(
+        self, queue: str, limit: int, token: str, lock_until: float, now: float
+    ) -> TakeResult:
+        # The defect: a lane's served number is never kept, so lanes are always
+        # served by group id, and the first group takes every turn it has jobs for.
+        put_lane = self.b.put_lane
+        self.b.put_lane = lambda queue, group, lane: None  # type: ignore[method-assign]
+        try:
+            return super()._take_by_lanes(queue, limit, token, lock_until, now)
+        finally:
+            self.b.put_lane = put_lane  # type: ignore[method-assign]
+
+
+class ServesLanesByName(MemoryStore):
+    """Defect: lanes are served by name instead of round-robin: within one take the
+    rotation works, but no take remembers which lane it served, so every take starts
+    again at the first group by name and a backlog there delays every other group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine = _ServesLanesByName(self._backend)
+
+
+class KeepsGroupLimitsOnlyForShow(MemoryStore):
+    """Defect: group limits are stored and read back, but the take never sees them, so
+    every group runs as many jobs at once as the workers can take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: dict[str, tuple[int | None, tuple[int, float] | None]] = {}
+
+    async def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        self._shown[queue] = (concurrency, rate_limit)
+        await super().set_group_limits(queue, None, None)
+
+    async def get_group_limits(self, queue: str) -> GroupLimits:
+        return GroupLimits(*self._shown.get(queue, (None, None)))

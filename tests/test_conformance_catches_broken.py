@@ -92,6 +92,19 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_a_limited_queue_takes_nothing_until_then",
         "test_rate_limited_error_hands_the_job_back_unattempted",
     ),
+    "ForgetsJobGroups": (
+        "test_groups_are_taken_round_robin_whatever_their_backlog",
+        "test_group_counts_cover_each_group_in_every_state",
+    ),
+    "ServesLanesByName": (
+        "test_a_single_job_of_another_group_overtakes_a_backlog",
+        "test_the_rotation_goes_on_from_one_take_to_the_next",
+    ),
+    "KeepsGroupLimitsOnlyForShow": (
+        "test_a_group_concurrency_holds_each_group_apart",
+        "test_workers_on_two_store_objects_keep_each_group_to_its_limit",
+        "test_a_group_rate_limit_holds_each_group_apart",
+    ),
     "PagesSkipTheChildAfterTheCursor": (
         "test_pages_walk_every_child_once_in_the_order_added",
         "test_a_page_deep_in_a_big_flow",

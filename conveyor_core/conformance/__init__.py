@@ -34,6 +34,7 @@ pytest.register_assert_rewrite(
     "conveyor_core.conformance.events",
     "conveyor_core.conformance.flow_policies",
     "conveyor_core.conformance.flow_structure",
+    "conveyor_core.conformance.groups",
     "conveyor_core.conformance.inputs",
     "conveyor_core.conformance.large_flows",
     "conveyor_core.conformance.operating",
@@ -58,6 +59,7 @@ from .flow_control import (  # noqa: E402
 )
 from .flow_policies import FlowPolicyTests  # noqa: E402
 from .flow_structure import FlowStructureTests  # noqa: E402
+from .groups import GroupTests  # noqa: E402
 from .inputs import InputTests  # noqa: E402
 from .large_flows import DependencyCountTests, LargeFlowTests, LeavingFlowTests  # noqa: E402
 from .operating import OperatingTests  # noqa: E402
@@ -96,6 +98,7 @@ class StoreConformance(
     DeduplicationTests,
     GlobalConcurrencyTests,
     ManualRateLimitTests,
+    GroupTests,
 ):
     """Every behaviour a Conveyor store must show. Subclass it in a test module.
 

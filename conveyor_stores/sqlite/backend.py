@@ -25,13 +25,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from conveyor_core.engine import fold_ascii
+from conveyor_core.engine import Lane, fold_ascii
 from conveyor_core.models import MAX_PRIORITY, JobState, ParentPolicy
 from conveyor_core.store import (
     METRICS_MINUTES,
     ChildDependency,
     DependencyStatus,
     EventRecord,
+    GroupLimits,
     JobRecord,
     ParentLink,
     SchedulerRecord,
@@ -85,6 +86,7 @@ _FIELDS = (
     "lock_token",
     "lock_until",
     "cancel_reason",
+    "group_id",
     "state",
 )
 """Every column of a job but its key, in :func:`_fields` order; ``state`` comes last so
@@ -250,6 +252,7 @@ def _record(row: Any) -> JobRecord:
         row[23],
         row[24],
         row[25],
+        row[26],
     )
 
 
@@ -280,6 +283,7 @@ def _fields(job: JobRecord) -> tuple[Any, ...]:
         job.lock_token,
         job.lock_until,
         job.cancel_reason,
+        job.group_id,
         job.state.value,
     )
 
@@ -514,6 +518,111 @@ class SQLiteBackend:
             (queue, limit),
         ).fetchall()
         return [_record(row) for row in rows]
+
+    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
+        self._flush()
+        if group is None:
+            row = self.conn.execute(
+                f"{_SELECT} INDEXED BY jobs_own_waiting WHERE queue = ? "
+                "AND state = 'waiting' AND group_id IS NULL ORDER BY order_key LIMIT 1",
+                (queue,),
+            ).fetchone()
+        else:
+            row = self.conn.execute(
+                f"{_SELECT} INDEXED BY jobs_group_waiting WHERE queue = ? AND group_id = ? "
+                "AND state = 'waiting' ORDER BY order_key LIMIT 1",
+                (queue, group),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def _next_waiting_group(self, queue: str, after: str | None) -> str | None:
+        row = self.conn.execute(
+            "SELECT min(group_id) FROM jobs INDEXED BY jobs_group_waiting WHERE queue = ? "
+            "AND state = 'waiting' AND group_id IS NOT NULL AND group_id > ?",
+            (queue, "" if after is None else after),
+        ).fetchone()
+        return None if row[0] is None else str(row[0])
+
+    def has_grouped_waiting(self, queue: str) -> bool:
+        self._flush()
+        return self._next_waiting_group(queue, None) is not None
+
+    def waiting_groups(self, queue: str) -> list[str]:
+        # One seek per group (a skip-scan of the index), whatever each group's backlog.
+        self._flush()
+        groups: list[str] = []
+        group = self._next_waiting_group(queue, None)
+        while group is not None:
+            groups.append(group)
+            group = self._next_waiting_group(queue, group)
+        return groups
+
+    def lane(self, queue: str, group: str) -> Lane:
+        row = self.conn.execute(
+            "SELECT served, window_start, window_count FROM lanes WHERE queue = ? AND group_id = ?",
+            (queue, group),
+        ).fetchone()
+        if row is None:
+            return Lane()
+        return Lane(int(row[0]), None if row[1] is None else (float(row[1]), int(row[2])))
+
+    def put_lane(self, queue: str, group: str, lane: Lane) -> None:
+        start, count = lane.window if lane.window is not None else (None, 0)
+        self.conn.execute(
+            "INSERT OR REPLACE INTO lanes (queue, group_id, served, window_start, window_count) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (queue, group, lane.served, start, count),
+        )
+
+    def next_served(self, queue: str) -> int:
+        row = self.conn.execute(
+            "INSERT INTO queues (name, served) VALUES (?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET served = served + 1 RETURNING served",
+            (queue,),
+        ).fetchone()
+        return int(row[0])
+
+    def count_group(self, queue: str, group: str, state: JobState) -> int:
+        self._flush()
+        row = self.conn.execute(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_group "
+            "WHERE queue = ? AND group_id = ? AND state = ?",
+            (queue, group, state.value),
+        ).fetchone()
+        return int(row[0])
+
+    def group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        self._flush()
+        counts: dict[str, dict[JobState, int]] = {}
+        for group, state, n in self.conn.execute(
+            "SELECT group_id, state, count(*) FROM jobs INDEXED BY jobs_group "
+            "WHERE queue = ? AND group_id IS NOT NULL GROUP BY group_id, state",
+            (queue,),
+        ):
+            counts.setdefault(group, {})[_STATES[state]] = int(n)
+        return counts
+
+    def group_limits(self, queue: str) -> GroupLimits:
+        row = self.conn.execute(
+            "SELECT group_concurrency, group_rate_max, group_rate_duration FROM queues "
+            "WHERE name = ?",
+            (queue,),
+        ).fetchone()
+        if row is None:
+            return GroupLimits()
+        rate = None if row[1] is None else (int(row[1]), float(row[2]))
+        return GroupLimits(None if row[0] is None else int(row[0]), rate)
+
+    def set_group_limits(self, queue: str, limits: GroupLimits) -> None:
+        most, duration = limits.rate_limit if limits.rate_limit is not None else (None, None)
+        self.conn.execute(
+            "INSERT INTO queues (name, group_concurrency, group_rate_max, group_rate_duration) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "group_concurrency = excluded.group_concurrency, "
+            "group_rate_max = excluded.group_rate_max, "
+            "group_rate_duration = excluded.group_rate_duration",
+            (queue, limits.concurrency, most, duration),
+        )
 
     def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
         self._flush()
@@ -898,6 +1007,7 @@ class SQLiteBackend:
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
         self.conn.execute("DELETE FROM deduplication WHERE queue = ?", (queue,))
         self.conn.execute("DELETE FROM metrics WHERE queue = ?", (queue,))
+        self.conn.execute("DELETE FROM lanes WHERE queue = ?", (queue,))
 
     # ---------------------------------------------------------------- operating
 

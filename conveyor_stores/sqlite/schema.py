@@ -224,7 +224,34 @@ _V8 = (
     "ALTER TABLE queues ADD COLUMN limited_until REAL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7, _V8)
+_V9 = (
+    # GROUPS: a job's group; a group's waiting jobs in take order, and the jobs without a
+    # group in take order (the queue's own lane), each found without walking the other
+    # lanes; a group's jobs per state; the lanes' served numbers and rate windows; the
+    # queue's group limits and its last served number.
+    "ALTER TABLE jobs ADD COLUMN group_id TEXT",
+    "CREATE INDEX jobs_group_waiting ON jobs (queue, group_id, order_key) "
+    "WHERE state = 'waiting' AND group_id IS NOT NULL",
+    "CREATE INDEX jobs_own_waiting ON jobs (queue, order_key) "
+    "WHERE state = 'waiting' AND group_id IS NULL",
+    "CREATE INDEX jobs_group ON jobs (queue, group_id, state) WHERE group_id IS NOT NULL",
+    """
+    CREATE TABLE lanes (
+        queue TEXT NOT NULL,
+        group_id TEXT NOT NULL,
+        served INTEGER NOT NULL,
+        window_start REAL,
+        window_count INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (queue, group_id)
+    ) WITHOUT ROWID
+    """,
+    "ALTER TABLE queues ADD COLUMN group_concurrency INTEGER",
+    "ALTER TABLE queues ADD COLUMN group_rate_max INTEGER",
+    "ALTER TABLE queues ADD COLUMN group_rate_duration REAL",
+    "ALTER TABLE queues ADD COLUMN served INTEGER NOT NULL DEFAULT 0",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7, _V8, _V9)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

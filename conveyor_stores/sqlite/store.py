@@ -126,6 +126,7 @@ from conveyor_core.store import (
     EventRecord,
     EventSubscription,
     Failure,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -1040,6 +1041,17 @@ class SQLiteStore:
 
     async def get_global_concurrency(self, queue: str) -> int | None:
         return await self._read(lambda s: s.engine.get_global_concurrency(queue), point=True)
+
+    async def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        await self._write(lambda s: s.engine.set_group_limits(queue, concurrency, rate_limit))
+
+    async def get_group_limits(self, queue: str) -> GroupLimits:
+        return await self._read(lambda s: s.engine.get_group_limits(queue), point=True)
+
+    async def get_group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        return await self._read(lambda s: s.engine.get_group_counts(queue))
 
     async def rate_limit_queue(self, queue: str, until: float) -> None:
         await self._write(lambda s: s.engine.rate_limit_queue(queue, until))

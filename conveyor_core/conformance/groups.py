@@ -1,0 +1,349 @@
+"""Groups: lanes taken round-robin, and limits that hold for each group apart (GROUPS and
+TAKE BY LANES of the store protocol).
+
+Jobs are taken through the store's own ``take_jobs`` with an explicit ``now`` where the
+order or a time window is the point, and by real workers on both store objects where the
+point is a limit held across processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from conveyor_core import Job, JobState, Queue
+from conveyor_core.store import Completion, Failure, GroupLimits, StoreInterface
+
+from ._support import Harness
+
+T0 = 1_800_000_000.0
+"""A fixed moment the tests move time from."""
+
+
+def _in(group: str, **more: Any) -> dict[str, Any]:
+    return {"group_id": group, **more}
+
+
+async def _add(queue: Queue, group: str | None, count: int, **opts: Any) -> list[str]:
+    """Add ``count`` jobs of ``group`` (``None``: without a group) named after it."""
+    jobs = []
+    for index in range(count):
+        options = dict(opts) if group is None else _in(group, **opts)
+        jobs.append(await queue.add(group or "own", {"n": index}, options))
+    return [job.id for job in jobs]
+
+
+async def _take(
+    queue: Queue, limit: int, *, now: float = T0, store: StoreInterface | None = None
+) -> list[tuple[str, int]]:
+    """Take up to ``limit`` jobs: ``(name, data["n"])`` of each, in the order handed out."""
+    result = await (store or queue.store).take_jobs(
+        queue.name, limit=limit, token="tok", lock_until=now + 600, now=now
+    )
+    return [(job.name, _n(job.data)) for job in result.jobs]
+
+
+def _n(data: str) -> int:
+    value = json.loads(data)
+    assert isinstance(value, dict)
+    return int(value["n"])
+
+
+async def _complete(queue: Queue, ids: Sequence[str], now: float = T0) -> None:
+    applied = await queue.store.complete_jobs(
+        queue.name, [Completion(job_id, "tok", "null") for job_id in ids], now
+    )
+    assert all(applied)
+
+
+class GroupTests:
+    """GROUPS and TAKE BY LANES of the store protocol."""
+
+    async def test_groups_are_taken_round_robin_whatever_their_backlog(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-rr"))
+        await _add(queue, "tenant-a", 6)
+        await _add(queue, "tenant-b", 2)
+        await _add(queue, "tenant-c", 1)
+        assert await _take(queue, 9) == [
+            ("tenant-a", 0),
+            ("tenant-b", 0),
+            ("tenant-c", 0),
+            ("tenant-a", 1),
+            ("tenant-b", 1),
+            ("tenant-a", 2),
+            ("tenant-a", 3),
+            ("tenant-a", 4),
+            ("tenant-a", 5),
+        ]
+
+    async def test_the_rotation_goes_on_from_one_take_to_the_next(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-turns"))
+        await _add(queue, "a", 3)
+        await _add(queue, "b", 3)
+        await _add(queue, "c", 3)
+        turns = [
+            await _take(queue, 2, store=(env.store, env.second_store)[i % 2]) for i in range(4)
+        ]
+        assert turns == [
+            [("a", 0), ("b", 0)],
+            [("c", 0), ("a", 1)],
+            [("b", 1), ("c", 1)],
+            [("a", 2), ("b", 2)],
+        ]
+        # A group that empties and comes back joins the end of the rotation.
+        await _add(queue, "a", 1)
+        assert await _take(queue, 3) == [("c", 2), ("a", 0)]
+
+    async def test_a_single_job_of_another_group_overtakes_a_backlog(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-backlog"))
+        await queue.add_bulk(
+            [{"name": "bulk", "data": {"n": i}, "opts": _in("big")} for i in range(2000)]
+        )
+        assert await _take(queue, 3) == [("bulk", 0), ("bulk", 1), ("bulk", 2)]
+        await _add(queue, "small", 1)
+        # The lane served least recently goes first: the newcomer, at once.
+        assert await _take(queue, 1) == [("small", 0)]
+        assert await _take(queue, 1) == [("bulk", 3)]
+
+    async def test_jobs_without_a_group_are_one_lane_of_the_rotation(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-own"))
+        await _add(queue, None, 3)
+        await _add(queue, "g", 3)
+        assert await _take(queue, 6) == [
+            ("own", 0),
+            ("g", 0),
+            ("own", 1),
+            ("g", 1),
+            ("own", 2),
+            ("g", 2),
+        ]
+
+    async def test_a_lane_keeps_priority_then_entry_order(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-order"))
+        await _add(queue, "g", 2)
+        await queue.add("g", {"n": 7}, _in("g", priority=1, lifo=True))
+        await queue.add("g", {"n": 8}, _in("g", lifo=True))
+        await _add(queue, "h", 1)
+        assert await _take(queue, 5) == [("g", 8), ("h", 0), ("g", 0), ("g", 1), ("g", 7)]
+
+    async def test_delayed_retried_and_released_jobs_return_to_their_lane(
+        self, env: Harness
+    ) -> None:
+        name = env.name("groups-return")
+        queue = Queue(name, store=env.store, clock=lambda: T0)
+        (delayed,) = await _add(queue, "a", 1, delay=5)
+        (flaky,) = await _add(queue, "b", 1, attempts=2)
+        taken = await _take(queue, 5)
+        assert taken == [("b", 0)]
+        store = queue.store
+        await store.fail_jobs(name, [Failure(flaky, "tok", "boom", [], T0 + 1)], T0)
+        assert (await store.get_job(name, flaky)).group_id == "b"  # type: ignore[union-attr]
+        assert await _take(queue, 5, now=T0 + 2) == [("b", 0)]
+        # The delayed job is promoted by the take and taken from its lane.
+        await _add(queue, "b", 1)
+        assert await _take(queue, 5, now=T0 + 6) == [("a", 0), ("b", 0)]
+        counts = await queue.get_group_counts()
+        assert counts["a"]["active"] == 1 and counts["b"]["active"] == 2
+        assert (await store.get_job(name, delayed)).group_id == "a"  # type: ignore[union-attr]
+
+    async def test_a_removed_or_reprioritised_job_leaves_or_moves_in_its_lane(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("groups-edit"))
+        first, _, third = await _add(queue, "a", 3)
+        removed, moved = await queue.get_job(first), await queue.get_job(third)
+        assert removed is not None and moved is not None
+        await removed.remove()
+        await moved.change_priority(0, lifo=True)
+        assert await _take(queue, 5) == [("a", 2), ("a", 1)]
+        await _add(queue, "a", 1)
+        await queue.drain()
+        assert await _take(queue, 5) == []
+        assert (await queue.get_group_counts())["a"]["waiting"] == 0
+
+    async def test_a_group_concurrency_holds_each_group_apart(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-conc"))
+        await queue.set_group_limits(concurrency=2)
+        a = await _add(queue, "a", 4)
+        await _add(queue, "b", 4)
+        await _add(queue, None, 3)
+        assert await _take(queue, 20) == [
+            ("own", 0),
+            ("a", 0),
+            ("b", 0),
+            ("own", 1),
+            ("a", 1),
+            ("b", 1),
+            ("own", 2),
+        ]
+        held = await env.second_store.take_jobs(
+            queue.name, limit=5, token="t2", lock_until=T0 + 60, now=T0
+        )
+        assert (held.jobs, held.concurrency_limited) == ([], True)
+        await _complete(queue, a[:1])
+        assert await _take(queue, 5, store=env.second_store) == [("a", 2)]
+        await queue.set_group_limits(concurrency=3)
+        assert await _take(queue, 5) == [("b", 2), ("a", 3)]
+        await queue.set_group_limits()
+        assert await _take(queue, 5) == [("b", 3)]
+
+    async def test_racing_takes_never_pass_a_group_concurrency(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-race"))
+        await queue.set_group_limits(concurrency=2)
+        for group in ("a", "b", "c"):
+            await queue.add_bulk([{"name": group, "opts": _in(group)} for _ in range(10)])
+        taken: list[str] = []
+
+        async def take(index: int) -> None:
+            store = (env.store, env.second_store)[index % 2]
+            result = await store.take_jobs(
+                queue.name, limit=3, token=f"t{index}", lock_until=T0 + 60, now=T0
+            )
+            taken.extend(job.id for job in result.jobs)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(12):
+                tg.start_soon(take, index)
+        assert len(taken) == len(set(taken)) == 6
+        counts = await queue.get_group_counts()
+        assert {group: counts[group]["active"] for group in counts} == {"a": 2, "b": 2, "c": 2}
+
+    async def test_workers_on_two_store_objects_keep_each_group_to_its_limit(
+        self, env: Harness
+    ) -> None:
+        name = env.name("groups-workers")
+        queue = env.queue(name)
+        await queue.set_group_limits(concurrency=1)
+        for group in ("a", "b"):
+            await queue.add_bulk(
+                [{"name": "work", "data": i, "opts": _in(group)} for i in range(12)]
+            )
+        running: dict[str, int] = {"a": 0, "b": 0}
+        most: dict[str, int] = {"a": 0, "b": 0}
+
+        async def handle(job: Job) -> None:
+            group = job.opts.group_id
+            assert group is not None
+            running[group] += 1
+            most[group] = max(most[group], running[group])
+            await anyio.sleep(0.01)
+            running[group] -= 1
+
+        async with (
+            env.workers({name: handle}, concurrency=4),
+            env.workers({name: handle}, store=env.second_store, concurrency=4),
+        ):
+            await env.wait_count(name, JobState.COMPLETED, 24)
+        assert most == {"a": 1, "b": 1}
+
+    async def test_a_group_rate_limit_holds_each_group_apart(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-rate"))
+        await queue.set_group_limits(rate_limit={"max": 2, "duration": 10})
+        await _add(queue, "a", 5)
+        await _add(queue, "b", 1)
+        assert await _take(queue, 10) == [("a", 0), ("b", 0), ("a", 1)]
+        result = await queue.store.take_jobs(
+            queue.name, limit=10, token="tok", lock_until=T0 + 60, now=T0 + 4
+        )
+        assert (result.jobs, result.rate_limited_until) == ([], T0 + 10)
+        await _add(queue, "b", 1)
+        # b started one job in its window: it has room for one more.
+        assert await _take(queue, 10, now=T0 + 5) == [("b", 0)]
+        assert await _take(queue, 10, now=T0 + 10) == [("a", 2), ("a", 3)]
+
+    async def test_the_queue_limits_bound_a_take_by_lanes(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-global"))
+        await _add(queue, "a", 3)
+        await _add(queue, "b", 3)
+        await queue.set_global_concurrency(3)
+        assert await _take(queue, 10) == [("a", 0), ("b", 0), ("a", 1)]
+        await queue.remove_global_concurrency()
+        await queue.pause()
+        assert await _take(queue, 10) == []
+        await queue.resume()
+        assert await _take(queue, 10) == [("b", 1), ("a", 2), ("b", 2)]
+
+    async def test_group_counts_cover_each_group_in_every_state(self, env: Harness) -> None:
+        queue = Queue(env.name("groups-counts"), store=env.store, clock=lambda: T0)
+        a = await _add(queue, "a", 3)
+        await _add(queue, "b", 1, delay=60)
+        await _add(queue, None, 2)
+        assert await queue.get_group_counts() == {
+            "a": {**_zero(), "waiting": 3},
+            "b": {**_zero(), "delayed": 1},
+        }
+        await _take(queue, 2)
+        await _complete(queue, [a[0]])
+        counts = await queue.get_group_counts()
+        assert counts["a"] == {**_zero(), "waiting": 2, "completed": 1}
+        other = Queue(queue.name, store=env.second_store)
+        assert await other.get_group_counts() == counts
+        assert (await queue.get_job_counts())["active"] == 1  # the own lane's job
+
+    async def test_limits_are_read_back_and_bad_ones_refused(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-limits"))
+        assert await queue.get_group_limits() == GroupLimits()
+        await queue.set_group_limits(concurrency=3, rate_limit={"max": 5, "duration": 2.5})
+        other = Queue(queue.name, store=env.second_store)
+        assert await other.get_group_limits() == GroupLimits(3, (5, 2.5))
+        for bad in (
+            {"concurrency": 0},
+            {"concurrency": True},
+            {"rate_limit": {"max": 0, "duration": 1}},
+            {"rate_limit": {"max": 1, "duration": 0}},
+            {"rate_limit": {"max": 1}},
+        ):
+            with pytest.raises((ValueError, TypeError)):
+                await queue.set_group_limits(**bad)
+        assert await queue.get_group_limits() == GroupLimits(3, (5, 2.5))
+        await queue.set_group_limits(concurrency=1)
+        assert await other.get_group_limits() == GroupLimits(1, None)
+
+    async def test_a_blank_group_id_is_refused_and_nothing_written(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-bad"))
+        for bad in ("", "   ", "a\x00b", 7):
+            with pytest.raises(ValueError, match="group_id"):
+                await queue.add("x", None, {"group_id": bad})
+        assert await queue.get_job_counts() == _zero()
+        assert await queue.get_group_counts() == {}
+
+    async def test_obliterate_drops_the_limits_and_the_rotation(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-gone"))
+        await queue.set_group_limits(concurrency=1)
+        await _add(queue, "a", 2)
+        await _add(queue, "b", 2)
+        assert await _take(queue, 1) == [("a", 0)]
+        await queue.obliterate(force=True)
+        assert await queue.get_group_limits() == GroupLimits()
+        assert await queue.get_group_counts() == {}
+        # A fresh start: no limit, and no lane remembers being served.
+        await _add(queue, "b", 1)
+        await _add(queue, "a", 2)
+        assert await _take(queue, 3) == [("a", 0), ("b", 0), ("a", 1)]
+
+    async def test_a_flows_children_keep_their_groups(self, env: Harness) -> None:
+        name = env.name("groups-flow")
+        await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": name,
+                "children": [
+                    {"name": "a", "queue_name": name, "data": {"n": 0}, "opts": _in("a")},
+                    {"name": "a", "queue_name": name, "data": {"n": 1}, "opts": _in("a")},
+                    {"name": "b", "queue_name": name, "data": {"n": 0}, "opts": _in("b")},
+                ],
+            }
+        )
+        queue = env.queue(name)
+        assert await _take(queue, 1) == [("a", 0)]
+        assert await _take(queue, 1) == [("b", 0)]
+        counts = await queue.get_group_counts()
+        assert counts["a"]["waiting"] == 1 and counts["b"]["active"] == 1
+
+
+def _zero() -> dict[str, int]:
+    return {state.value: 0 for state in JobState}
