@@ -121,7 +121,12 @@ else
         redis.call('ZREM', QB .. 'gwait', m)
         group_count(QB, g, 'waiting', -1)
         group_count(QB, g, 'active', 1)
-        if gstart then redis.call('HSET', QB .. 'gwin', g, fmt(gstart) .. ' ' .. (gcount + 1)) end
+        -- Served without a rate limit, a group keeps no window (as the reference engine).
+        if gstart then
+          redis.call('HSET', QB .. 'gwin', g, fmt(gstart) .. ' ' .. (gcount + 1))
+        elseif not grmax then
+          redis.call('HDEL', QB .. 'gwin', g)
+        end
       else
         held = held + 1
       end
