@@ -354,3 +354,27 @@ async def test_dedup_dag_and_scheduler_adds_keep_the_group(store: RedisStore) ->
         job = await store.get_job(Q, job_id)
         assert job is not None and job.group_id == group
     assert await take_all(store, now=NOW + 2) == ["x", "y", "w", "z"]
+
+
+async def test_retention_and_stalls_keep_the_group_counts(store: RedisStore) -> None:
+    gone = NewJob(
+        id="k0",
+        queue=Q,
+        name="n",
+        data="{}",
+        opts="{}",
+        state=JobState.WAITING,
+        keep_completed=0,
+        group_id="A",
+    )
+    await add(store, gone, new("k1", "A"))
+    assert ids(await take(store, 2)) == ["k0", "k1"]
+    await complete(store, ["k0"])
+    assert await store.get_group_counts(Q) == {"A": counts(active=1)}
+    # Stalled more often than allowed: fails, and leaves its group's active count.
+    outcome = await store.recover_stalled(Q, NOW + 60, 0)
+    assert [(o.id, o.failed) for o in outcome] == [("k1", True)]
+    assert await store.get_group_counts(Q) == {"A": counts(failed=1)}
+    await store.set_group_limits(Q, 1, None)
+    await add(store, new("k2", "A"))
+    assert ids(await take(store)) == ["k2"]
