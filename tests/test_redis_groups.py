@@ -378,3 +378,44 @@ async def test_retention_and_stalls_keep_the_group_counts(store: RedisStore) -> 
     await store.set_group_limits(Q, 1, None)
     await add(store, new("k2", "A"))
     assert ids(await take(store)) == ["k2"]
+
+
+async def test_a_held_group_comes_back_when_its_limit_may_let_it_go(store: RedisStore) -> None:
+    await store.set_group_limits(Q, 1, None)
+    await add(store, *(new(f"a{i}", "A") for i in range(6)))
+    assert ids(await take(store, 3)) == ["a0"]
+    assert (await take(store)).concurrency_limited
+    # Each way an active job leaves lets the group go again.
+    await store.fail_jobs(Q, [Failure("a0", "t", "x", retry_at=NOW + 100)], NOW)
+    assert ids(await take(store, 3)) == ["a1"]
+    await store.release_jobs(Q, [Release("a1", "t")], NOW)
+    assert ids(await take(store, 3)) == ["a2"]
+    await store.fail_jobs(Q, [Failure("a2", "t", "x")], NOW)
+    assert ids(await take(store, 3)) == ["a3"]
+    assert [o.id for o in await store.recover_stalled(Q, NOW + 60, 5)] == ["a3"]
+    # Released and stalled jobs entered waiting again: behind a4 and a5.
+    assert ids(await take(store, 3)) == ["a4"]
+    # A held group that loses its waiting jobs and gets new ones is a lane again.
+    for job_id in ("a5", "a1", "a3"):
+        assert await store.remove_job(Q, job_id)
+    await add(store, new("a6", "A"), new("b0", "B"))
+    held = await take(store, 3)
+    assert ids(held) == ["b0"]
+    await complete(store, ["a4", "b0"])
+    assert ids(await take(store, 3)) == ["a6"]
+
+
+async def test_many_held_groups_are_stepped_over_once(
+    store: RedisStore, redis_url: str, redis_prefix: str
+) -> None:
+    await store.set_group_limits(Q, 1, None)
+    await store.add_jobs([[new(f"g{i}-{k}", f"g{i}")] for i in range(300) for k in range(2)], NOW)
+    assert len(ids(await take(store, 300))) == 300
+    held = await take(store, 10)
+    assert held.jobs == [] and held.concurrency_limited
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        base = f"{redis_prefix}:{{{Q}}}:"
+        assert await client.zcard(base + "gready") == 0
+        assert await client.scard(base + "gmax") == 300
+    await complete(store, ["g7-0"])
+    assert ids(await take(store, 10)) == ["g7-1"]

@@ -69,10 +69,12 @@ local function seq() return redis.call('INCR', PB .. 'seq') end
 --   <base>gn:<g>  hash: how many of its jobs are in each state, and 'n' in all;
 --                 deleted when the group has no job left
 -- Per queue: <base>gwait every waiting job of a group (for listing and counting);
--- <base>gready the groups with a waiting job, score = served number; <base>groups the
--- groups with a job; <base>gsrv group -> served number; <base>gwin group -> its rate
--- window ('<start> <count>'); in <base>meta: 'gsn' the last served number given, 'osrv'
--- the own lane's served number, 'gconc', 'grmax' and 'grdur' the group limits.
+-- <base>groups the groups with a job; <base>gsrv group -> served number; <base>gwin
+-- group -> its rate window ('<start> <count>'); in <base>meta: 'gsn' the last served
+-- number given, 'osrv' the own lane's served number, 'gconc', 'grmax' and 'grdur' the
+-- group limits. A group with a waiting job is in exactly one of: <base>gready (score =
+-- served number), <base>gmax (held back by its concurrency, until one of its active
+-- jobs leaves) or <base>glim (held back by its full rate window, score = its end).
 local function group_count(base, g, state, d)
   local gk = base .. 'gn:' .. g
   redis.call('HINCRBY', gk, state, d)
@@ -82,6 +84,9 @@ local function group_count(base, g, state, d)
     redis.call('SREM', base .. 'groups', g)
   elseif n == d then
     redis.call('SADD', base .. 'groups', g)
+  end
+  if d < 0 and state == 'active' and redis.call('SREM', base .. 'gmax', g) == 1 then
+    redis.call('ZADD', base .. 'gready', redis.call('HGET', base .. 'gsrv', g) or 0, g)
   end
 end
 
@@ -108,7 +113,11 @@ local function wait_remove(base, g, m)
   local gw = base .. 'gw:' .. g
   redis.call('ZREM', gw, m)
   redis.call('ZREM', base .. 'gwait', m)
-  if redis.call('EXISTS', gw) == 0 then redis.call('ZREM', base .. 'gready', g) end
+  if redis.call('EXISTS', gw) == 0 then
+    redis.call('ZREM', base .. 'gready', g)
+    redis.call('SREM', base .. 'gmax', g)
+    redis.call('ZREM', base .. 'glim', g)
+  end
 end
 
 -- Take a job out of the index of its current state (and its group's count of it);

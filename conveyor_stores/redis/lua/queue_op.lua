@@ -31,6 +31,13 @@ elseif op == 'group_limits' then
   else
     redis.call('HSET', meta, 'grmax', ARGV[5], 'grdur', ARGV[6])
   end
+  -- Groups held back by the old limits are looked at again by the next take.
+  local held = redis.call('SMEMBERS', QB .. 'gmax')
+  for _, g in ipairs(redis.call('ZRANGE', QB .. 'glim', 0, -1)) do held[#held + 1] = g end
+  for _, g in ipairs(held) do
+    redis.call('ZADD', QB .. 'gready', redis.call('HGET', QB .. 'gsrv', g) or 0, g)
+  end
+  redis.call('DEL', QB .. 'gmax', QB .. 'glim')
   wake(QB)
   return done(1)
 elseif op == 'group_counts' then
@@ -128,10 +135,12 @@ elseif op == 'obliterate' then
   for _, g in ipairs(redis.call('SMEMBERS', QB .. 'groups')) do
     redis.call('DEL', QB .. 'gn:' .. g, QB .. 'gw:' .. g)
   end
-  for _, g in ipairs(redis.call('ZRANGE', QB .. 'gready', 0, -1)) do
-    redis.call('DEL', QB .. 'gw:' .. g)
-  end
-  redis.call('DEL', QB .. 'groups', QB .. 'gready', QB .. 'gwait', QB .. 'gsrv', QB .. 'gwin')
+  local lanes = redis.call('ZRANGE', QB .. 'gready', 0, -1)
+  for _, g in ipairs(redis.call('ZRANGE', QB .. 'glim', 0, -1)) do lanes[#lanes + 1] = g end
+  for _, g in ipairs(redis.call('SMEMBERS', QB .. 'gmax')) do lanes[#lanes + 1] = g end
+  for _, g in ipairs(lanes) do redis.call('DEL', QB .. 'gw:' .. g) end
+  redis.call('DEL', QB .. 'groups', QB .. 'gready', QB .. 'gmax', QB .. 'glim', QB .. 'gwait',
+    QB .. 'gsrv', QB .. 'gwin')
   redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)

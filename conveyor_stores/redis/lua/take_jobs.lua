@@ -62,8 +62,8 @@ local function activate(id, order)
 end
 
 local taken = 0
-if redis.call('EXISTS', QB .. 'gready') == 0 then
-  -- No group has a waiting job: a plain take of the queue's own waiting jobs.
+if redis.call('EXISTS', QB .. 'gwait') == 0 then
+  -- No waiting job has a group: a plain take of the queue's own waiting jobs.
   local popped = redis.call('ZPOPMIN', QB .. 'wait', limit)
   taken = #popped / 2
   if taken > 0 then
@@ -77,31 +77,38 @@ if redis.call('EXISTS', QB .. 'gready') == 0 then
   if redis.call('EXISTS', QB .. 'wait') == 0 then redis.call('DEL', QB .. 'marker') end
 else
   -- TAKE BY LANES. Lanes are ordered by served number, then group id; the own lane
-  -- counts as the empty id. A group held back by its limits keeps its place, so the
-  -- held-back groups are always the first 'held' members of gready.
+  -- counts as the empty id. A group held back by its limits leaves gready for gmax or
+  -- glim (see GROUPS in common.lua) until its limit may let it go: a take steps over
+  -- each held group once, not on every take.
   local meta = QB .. 'meta'
   local lv = redis.call('HMGET', meta, 'gconc', 'grmax', 'grdur', 'osrv')
   local gconc, grmax, grdur = tonumber(lv[1] or ''), tonumber(lv[2] or ''), tonumber(lv[3] or '')
   local osrv = tonumber(lv[4] or '0')
-  local held, by_conc, until_ = 0, false, nil
+  -- Groups whose full window has ended are ready again.
+  for _, g in ipairs(redis.call('ZRANGEBYSCORE', QB .. 'glim', '-inf', NOW_S)) do
+    redis.call('ZREM', QB .. 'glim', g)
+    redis.call('ZADD', QB .. 'gready', redis.call('HGET', QB .. 'gsrv', g) or 0, g)
+  end
   local stuck = false
   while taken < limit do
-    local first = redis.call('ZRANGE', QB .. 'gready', held, held, 'WITHSCORES')
+    local first = redis.call('ZRANGE', QB .. 'gready', 0, 0, 'WITHSCORES')
     local g, m = nil, nil
     if redis.call('EXISTS', QB .. 'wait') == 1
         and (not first[1] or osrv <= tonumber(first[2])) then
       m = redis.call('ZPOPMIN', QB .. 'wait')[1]
     elseif first[1] then
       g = first[1]
-      local room = true
+      local held = false
       if gconc then
         local active = tonumber(redis.call('HGET', QB .. 'gn:' .. g, 'active') or '0')
         if active >= gconc then
-          room, by_conc = false, true
+          held = true
+          redis.call('ZREM', QB .. 'gready', g)
+          redis.call('SADD', QB .. 'gmax', g)
         end
       end
       local gstart, gcount
-      if room and grmax then
+      if not held and grmax then
         local w = redis.call('HGET', QB .. 'gwin', g)
         if w then
           local a, b = string.match(w, '^(%S+) (%S+)$')
@@ -111,12 +118,12 @@ else
           gstart, gcount = NOW, 0
         end
         if gcount >= grmax then
-          room = false
-          local ends = gstart + grdur
-          if not until_ or ends < until_ then until_ = ends end
+          held = true
+          redis.call('ZREM', QB .. 'gready', g)
+          redis.call('ZADD', QB .. 'glim', fmt(gstart + grdur), g)
         end
       end
-      if room then
+      if not held then
         m = redis.call('ZPOPMIN', QB .. 'gw:' .. g)[1]
         redis.call('ZREM', QB .. 'gwait', m)
         group_count(QB, g, 'waiting', -1)
@@ -127,8 +134,6 @@ else
         elseif not grmax then
           redis.call('HDEL', QB .. 'gwin', g)
         end
-      else
-        held = held + 1
       end
     else
       stuck = true
@@ -153,8 +158,10 @@ else
     end
   end
   if taken == 0 then
-    if by_conc then out[3] = 1 end
-    if until_ then out[2] = fmt(until_) end
+    -- Every group still held back held this take back.
+    if redis.call('EXISTS', QB .. 'gmax') == 1 then out[3] = 1 end
+    local ends = redis.call('ZRANGE', QB .. 'glim', 0, 0, 'WITHSCORES')
+    if ends[2] then out[2] = ends[2] end
   end
   if stuck or (redis.call('EXISTS', QB .. 'wait') == 0
       and redis.call('EXISTS', QB .. 'gready') == 0) then
