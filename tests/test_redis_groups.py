@@ -419,3 +419,25 @@ async def test_many_held_groups_are_stepped_over_once(
         assert await client.scard(base + "gmax") == 300
     await complete(store, ["g7-0"])
     assert ids(await take(store, 10)) == ["g7-1"]
+
+
+async def test_a_group_let_go_keeps_its_place_in_the_rotation(store: RedisStore) -> None:
+    await store.set_group_limits(Q, 1, None)
+    await add(store, new("b0", "B"), new("b1", "B"), new("c0", "C"), new("c1", "C"))
+    assert ids(await take(store, 2)) == ["b0", "c0"]
+    await add(store, new("a0", "A"), new("a1", "A"))
+    assert ids(await take(store, 5)) == ["a0"]
+    assert (await take(store, 5)).concurrency_limited
+    await complete(store, ["a0", "b0", "c0"])
+    # Served last, A goes last, whatever order the groups were let go in.
+    assert ids(await take(store, 5)) == ["b1", "c1", "a1"]
+
+
+async def test_a_group_without_waiting_jobs_is_no_lane(store: RedisStore) -> None:
+    await store.set_group_limits(Q, 1, None)
+    await add(store, new("a0", "A"), new("b0", "B"), new("b1", "B"))
+    assert ids(await take(store, 5)) == ["a0", "b0"]
+    await complete(store, ["a0"])
+    await complete(store, ["b0"])
+    assert ids(await take(store, 5)) == ["b1"]
+    assert (await take(store, 5)).jobs == []
