@@ -24,6 +24,8 @@ from .pickup import measure
 
 CONCURRENCY = 10
 """Worker concurrency, as in the peer scripts."""
+GROUPS = 100
+"""Groups of the ``process_groups`` workload."""
 
 BULK_CHUNK = 1000
 """Jobs per ``add_bulk`` call when filling a queue before a timed run."""
@@ -80,11 +82,17 @@ async def _cleanup(store: StoreInterface, *names: str) -> None:
         await queue.close()
 
 
-async def _fill(queue: Queue, n: int) -> None:
-    """Add ``n`` no-op jobs quickly (untimed)."""
+async def _fill(queue: Queue, n: int, groups: int | None = None) -> None:
+    """Add ``n`` no-op jobs quickly (untimed); with ``groups``, job ``i`` belongs to
+    group ``i % groups``."""
     for start in range(0, n, BULK_CHUNK):
         await queue.add_bulk(
-            [{"name": "noop", "data": {"i": i}} for i in range(start, min(n, start + BULK_CHUNK))]
+            [
+                {"name": "noop", "data": {"i": i}}
+                if groups is None
+                else {"name": "noop", "data": {"i": i}, "opts": {"group_id": f"g{i % groups}"}}
+                for i in range(start, min(n, start + BULK_CHUNK))
+            ]
         )
 
 
@@ -125,14 +133,25 @@ async def process_limited(store: StoreInterface, params: Params) -> list[Figure]
     return await _process(store, params, "process_limited", global_concurrency=CONCURRENCY)
 
 
+async def process_groups(store: StoreInterface, params: Params) -> list[Figure]:
+    """``process`` with the N jobs spread over 100 groups: every take serves the groups
+    round-robin (TAKE BY LANES)."""
+    return await _process(store, params, "process_groups", groups=GROUPS)
+
+
 async def _process(
-    store: StoreInterface, params: Params, workload: str, *, global_concurrency: int | None = None
+    store: StoreInterface,
+    params: Params,
+    workload: str,
+    *,
+    global_concurrency: int | None = None,
+    groups: int | None = None,
 ) -> list[Figure]:
     n = params.jobs
     queue = Queue(fresh_name(workload.replace("_", "-")), store=store)
     if global_concurrency is not None:
         await queue.set_global_concurrency(global_concurrency)
-    await _fill(queue, n)
+    await _fill(queue, n, groups)
     done = anyio.Event()
     handled = 0
 
@@ -156,6 +175,8 @@ async def _process(
     extra: dict[str, Any] = {"concurrency": CONCURRENCY}
     if global_concurrency is not None:
         extra["global_concurrency"] = global_concurrency
+    if groups is not None:
+        extra["groups"] = groups
     return [Figure(workload, elapsed, n, {"n": n}, extra, stats)]
 
 
@@ -344,6 +365,7 @@ WORKLOADS: dict[str, Workload] = {
     "process": process,
     "enqueue_dedup": enqueue_dedup,
     "process_limited": process_limited,
+    "process_groups": process_groups,
     "flow_add": flow_add,
     "flow_run": flow_run,
     "flow_big": flow_big,

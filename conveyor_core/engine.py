@@ -154,13 +154,11 @@ class Backend(Protocol):
         """Whether a waiting job of the queue has a group. Cost: one index probe."""
         ...
 
-    def waiting_groups(self, queue: str) -> list[str]:
-        """The groups that have a waiting job."""
-        ...
-
-    def lane(self, queue: str, group: str) -> Lane:
-        """A lane's ``served`` number and rate window (``""``: the queue's own lane);
-        a lane never written reads as ``Lane()``."""
+    def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
+        """The first ``limit`` lanes that have a waiting job, by ``served`` then group id
+        (``""``: the queue's own lane), each with its ``served`` number and rate window;
+        a lane never written reads as ``Lane()``. Cost: the lanes returned, not the
+        queue's groups."""
         ...
 
     def put_lane(self, queue: str, group: str, lane: Lane) -> None: ...
@@ -725,39 +723,45 @@ class Engine:
         """TAKE BY LANES (see GROUPS in the store protocol)."""
         b = self.b
         limits = b.group_limits(queue)
-        lanes = {group: b.lane(queue, group) for group in b.waiting_groups(queue)}
-        if b.first_waiting_in(queue, None) is not None:
-            lanes[""] = b.lane(queue, "")
+        cap, rate = limits.concurrency, limits.rate_limit
         out: list[JobRecord] = []
+        held: set[str] = set()
         held_by_concurrency = False
         held_until: float | None = None
-        while len(out) < limit and lanes:
-            group = min(lanes, key=lambda g: (lanes[g].served, g))
-            window = lanes[group].window if limits.rate_limit is not None else None
-            if group:
-                cap = limits.concurrency
-                if cap is not None and b.count_group(queue, group, ACTIVE) >= cap:
+        while len(out) < limit:
+            need = limit - len(out)
+            lanes = [
+                (group, lane)
+                for group, lane in b.ready_lanes(queue, need + len(held))
+                if group not in held
+            ]
+            if not lanes:
+                break
+            # Lanes in the order they were served: each one served now goes last, so
+            # the next least recently served is the next of the list.
+            for group, lane in lanes[:need]:
+                window = lane.window if group and rate is not None else None
+                if group and cap is not None and b.count_group(queue, group, ACTIVE) >= cap:
                     held_by_concurrency = True
-                    del lanes[group]
+                    held.add(group)
                     continue
-                if limits.rate_limit is not None:
-                    most, duration = limits.rate_limit
+                if group and rate is not None:
+                    most, duration = rate
                     if window is None or now >= window[0] + duration:
                         window = (now, 0)
                     if window[1] >= most:
                         end = window[0] + duration
                         held_until = end if held_until is None else min(held_until, end)
-                        del lanes[group]
+                        held.add(group)
                         continue
-            job = b.first_waiting_in(queue, group or None)
-            if job is None:
-                del lanes[group]
-                continue
-            out.append(self._start(job, token, lock_until, now))
-            if window is not None:
-                window = (window[0], window[1] + 1)
-            lanes[group] = Lane(b.next_served(queue), window)
-            b.put_lane(queue, group, lanes[group])
+                job = b.first_waiting_in(queue, group or None)
+                if job is None:
+                    held.add(group)
+                    continue
+                out.append(self._start(job, token, lock_until, now))
+                if window is not None:
+                    window = (window[0], window[1] + 1)
+                b.put_lane(queue, group, Lane(b.next_served(queue), window))
         if out:
             return TakeResult(out)
         return TakeResult(out, None, held_until, held_by_concurrency)

@@ -287,11 +287,13 @@ class MemoryBackend:
     def has_grouped_waiting(self, queue: str) -> bool:
         return bool(self._q(queue).group_waiting)
 
-    def waiting_groups(self, queue: str) -> list[str]:
-        return list(self._q(queue).group_waiting)
-
-    def lane(self, queue: str, group: str) -> Lane:
-        return self._q(queue).lanes.get(group) or Lane()
+    def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
+        q = self._q(queue)
+        lanes = q.lanes
+        ready = [(lanes[g].served if g in lanes else 0, g) for g in q.group_waiting]
+        if self.first_waiting_in(queue, None) is not None:
+            ready.append((lanes[""].served if "" in lanes else 0, ""))
+        return [(g, lanes.get(g) or Lane()) for _, g in heapq.nsmallest(limit, ready)]
 
     def put_lane(self, queue: str, group: str, lane: Lane) -> None:
         self._q(queue).lanes[group] = lane

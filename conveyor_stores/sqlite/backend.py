@@ -323,6 +323,9 @@ class SQLiteBackend:
         self._keys: dict[tuple[str, str, int, bool], int] = {}
         self._absent: set[Key] = set()
         self._dedup: dict[Key, tuple[str, float | None] | None] = {}
+        self._lane_waiting: dict[Key, int] = {}
+        self._lane_put: dict[Key, Lane] = {}
+        self._served: dict[str, int] = {}
         self._since_prune = 0
         self.woken: set[str] = set()
         self.emitted: set[str] = set()
@@ -332,6 +335,7 @@ class SQLiteBackend:
     def finish(self) -> None:
         """Write everything buffered; called just before ``COMMIT``."""
         self._flush()
+        self._flush_lanes()
         self._absent.clear()
         self._dedup.clear()
         if self._events:
@@ -353,6 +357,9 @@ class SQLiteBackend:
         self._keys.clear()
         self._absent.clear()
         self._dedup.clear()
+        self._lane_waiting.clear()
+        self._lane_put.clear()
+        self._served.clear()
         self.woken.clear()
         self.emitted.clear()
 
@@ -481,6 +488,8 @@ class SQLiteBackend:
     def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
         state = job.state
         moved = old_state is not state or requeue or state is DELAYED
+        if job.group_id is not None and (state is WAITING) is not (old_state is WAITING):
+            self._count_waiting(job.queue, job.group_id, 1 if state is WAITING else -1)
         if state is DELAYED:
             # A new or moved run time may be earlier than the one idle workers sleep
             # until; waking them makes them take again and learn the new ``next_run_at``.
@@ -498,14 +507,21 @@ class SQLiteBackend:
 
     def delete(self, queue: str, job_id: str) -> None:
         key = (queue, job_id)
-        if self._new.pop(key, None) is not None:
+        new = self._new.pop(key, None)
+        if new is not None and new.group_id is not None and new.state is WAITING:
+            self._count_waiting(queue, new.group_id, -1)
+        if new is not None:
             self._new_order.pop(key, None)
             self._new_deps.pop(key, None)
             self._new_links.pop(key, None)
             return
         self._flush()
         conn = self.conn
-        conn.execute("DELETE FROM jobs WHERE queue = ? AND id = ?", key)
+        gone = conn.execute(
+            "DELETE FROM jobs WHERE queue = ? AND id = ? RETURNING group_id, state", key
+        ).fetchone()
+        if gone is not None and gone[0] is not None and gone[1] == "waiting":
+            self._count_waiting(queue, gone[0], -1)
         conn.execute("DELETE FROM logs WHERE queue = ? AND id = ?", key)
         conn.execute("DELETE FROM dependencies WHERE parent_queue = ? AND parent_id = ?", key)
         conn.execute("DELETE FROM parent_links WHERE queue = ? AND id = ?", key)
@@ -535,52 +551,85 @@ class SQLiteBackend:
             ).fetchone()
         return None if row is None else _record(row)
 
-    def _next_waiting_group(self, queue: str, after: str | None) -> str | None:
-        row = self.conn.execute(
-            "SELECT min(group_id) FROM jobs INDEXED BY jobs_group_waiting WHERE queue = ? "
-            "AND state = 'waiting' AND group_id IS NOT NULL AND group_id > ?",
-            (queue, "" if after is None else after),
-        ).fetchone()
-        return None if row[0] is None else str(row[0])
+    def _flush_lanes(self) -> None:
+        """Write the lanes' counts, served numbers and windows, and the queues' last
+        served numbers, kept in memory while a transaction takes jobs."""
+        conn = self.conn
+        if self._lane_waiting:
+            conn.executemany(
+                "INSERT INTO lanes (queue, group_id, waiting) VALUES (?, ?, ?) "
+                "ON CONFLICT (queue, group_id) DO UPDATE SET waiting = waiting + excluded.waiting",
+                [(q, g, delta) for (q, g), delta in self._lane_waiting.items() if delta],
+            )
+            self._lane_waiting.clear()
+        if self._lane_put:
+            conn.executemany(
+                "INSERT INTO lanes (queue, group_id, served, window_start, window_count) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, group_id) DO UPDATE SET "
+                "served = excluded.served, window_start = excluded.window_start, "
+                "window_count = excluded.window_count",
+                [
+                    (q, g, lane.served, *(lane.window if lane.window else (None, 0)))
+                    for (q, g), lane in self._lane_put.items()
+                ],
+            )
+            self._lane_put.clear()
+        if self._served:
+            conn.executemany(
+                "INSERT INTO queues (name, served) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET served = excluded.served",
+                list(self._served.items()),
+            )
+            self._served.clear()
 
     def has_grouped_waiting(self, queue: str) -> bool:
-        self._flush()
-        return self._next_waiting_group(queue, None) is not None
-
-    def waiting_groups(self, queue: str) -> list[str]:
-        # One seek per group (a skip-scan of the index), whatever each group's backlog.
-        self._flush()
-        groups: list[str] = []
-        group = self._next_waiting_group(queue, None)
-        while group is not None:
-            groups.append(group)
-            group = self._next_waiting_group(queue, group)
-        return groups
-
-    def lane(self, queue: str, group: str) -> Lane:
+        self._flush_lanes()
         row = self.conn.execute(
-            "SELECT served, window_start, window_count FROM lanes WHERE queue = ? AND group_id = ?",
-            (queue, group),
-        ).fetchone()
-        if row is None:
-            return Lane()
-        return Lane(int(row[0]), None if row[1] is None else (float(row[1]), int(row[2])))
-
-    def put_lane(self, queue: str, group: str, lane: Lane) -> None:
-        start, count = lane.window if lane.window is not None else (None, 0)
-        self.conn.execute(
-            "INSERT OR REPLACE INTO lanes (queue, group_id, served, window_start, window_count) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (queue, group, lane.served, start, count),
-        )
-
-    def next_served(self, queue: str) -> int:
-        row = self.conn.execute(
-            "INSERT INTO queues (name, served) VALUES (?, 1) "
-            "ON CONFLICT (name) DO UPDATE SET served = served + 1 RETURNING served",
+            "SELECT 1 FROM lanes INDEXED BY lanes_ready WHERE queue = ? AND waiting > 0 LIMIT 1",
             (queue,),
         ).fetchone()
-        return int(row[0])
+        return row is not None
+
+    def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
+        self._flush()
+        self._flush_lanes()
+        conn = self.conn
+        rows = conn.execute(
+            "SELECT group_id, served, window_start, window_count FROM lanes "
+            "INDEXED BY lanes_ready WHERE queue = ? AND waiting > 0 "
+            "ORDER BY served, group_id LIMIT ?",
+            (queue, limit),
+        ).fetchall()
+        own = conn.execute(
+            "SELECT coalesce((SELECT served FROM lanes WHERE queue = ?1 AND group_id = ''), 0) "
+            "FROM jobs INDEXED BY jobs_own_waiting "
+            "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL LIMIT 1",
+            (queue,),
+        ).fetchone()
+        if own is not None:
+            rows.append(("", own[0], None, 0))
+            rows.sort(key=lambda row: (row[1], row[0]))
+        return [
+            (str(g), Lane(int(served), None if start is None else (float(start), int(count))))
+            for g, served, start, count in rows[:limit]
+        ]
+
+    def put_lane(self, queue: str, group: str, lane: Lane) -> None:
+        self._lane_put[(queue, group)] = lane
+
+    def _count_waiting(self, queue: str, group: str, delta: int) -> None:
+        """A job of ``group`` entered (1) or left (-1) ``waiting``."""
+        key = (queue, group)
+        self._lane_waiting[key] = self._lane_waiting.get(key, 0) + delta
+
+    def next_served(self, queue: str) -> int:
+        served = self._served.get(queue)
+        if served is None:
+            row = self.conn.execute("SELECT served FROM queues WHERE name = ?", (queue,))
+            found = row.fetchone()
+            served = 0 if found is None else int(found[0])
+        self._served[queue] = served + 1
+        return served + 1
 
     def count_group(self, queue: str, group: str, state: JobState) -> int:
         self._flush()
@@ -1004,6 +1053,7 @@ class SQLiteBackend:
         self.conn.execute("DELETE FROM schedulers WHERE queue = ?", (queue,))
 
     def forget_queue(self, queue: str) -> None:
+        self._flush_lanes()
         self.conn.execute("DELETE FROM queues WHERE name = ?", (queue,))
         self.conn.execute("DELETE FROM deduplication WHERE queue = ?", (queue,))
         self.conn.execute("DELETE FROM metrics WHERE queue = ?", (queue,))

@@ -227,7 +227,8 @@ _V8 = (
 _V9 = (
     # GROUPS: a job's group; a group's waiting jobs in take order, and the jobs without a
     # group in take order (the queue's own lane), each found without walking the other
-    # lanes; a group's jobs per state; the lanes' served numbers and rate windows; the
+    # lanes; a group's jobs per state; the lanes' served numbers, rate windows and
+    # waiting jobs (kept by the backend as grouped jobs enter and leave waiting); the
     # queue's group limits and its last served number.
     "ALTER TABLE jobs ADD COLUMN group_id TEXT",
     "CREATE INDEX jobs_group_waiting ON jobs (queue, group_id, order_key) "
@@ -239,12 +240,16 @@ _V9 = (
     CREATE TABLE lanes (
         queue TEXT NOT NULL,
         group_id TEXT NOT NULL,
-        served INTEGER NOT NULL,
+        served INTEGER NOT NULL DEFAULT 0,
         window_start REAL,
         window_count INTEGER NOT NULL DEFAULT 0,
+        waiting INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (queue, group_id)
     ) WITHOUT ROWID
     """,
+    # The lanes in the order a take serves them; the queue's own lane ("") keeps no
+    # count, it is found through jobs_own_waiting.
+    "CREATE INDEX lanes_ready ON lanes (queue, served, group_id) WHERE waiting > 0",
     "ALTER TABLE queues ADD COLUMN group_concurrency INTEGER",
     "ALTER TABLE queues ADD COLUMN group_rate_max INTEGER",
     "ALTER TABLE queues ADD COLUMN group_rate_duration REAL",

@@ -141,7 +141,8 @@ elseif op == 'obliterate' then
   for _, g in ipairs(lanes) do redis.call('DEL', QB .. 'gw:' .. g) end
   redis.call('DEL', QB .. 'groups', QB .. 'gready', QB .. 'gmax', QB .. 'glim', QB .. 'gwait',
     QB .. 'gsrv', QB .. 'gwin')
-  redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
+  redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed',
+    QB .. 'mm:completed', QB .. 'mm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)
 end
