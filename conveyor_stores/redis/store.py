@@ -63,6 +63,7 @@ from conveyor_core.store import (
     EventRecord,
     EventSubscription,
     Failure,
+    GroupLimits,
     JobRecord,
     MetricKind,
     NewJob,
@@ -214,6 +215,7 @@ def _job_fields(job: NewJob, base: Callable[[str], str]) -> tuple[Any, ...]:
         float(job.delay),
         "" if job.keep_completed is None else job.keep_completed,
         "" if job.keep_failed is None else job.keep_failed,
+        job.group_id or "",
     )
 
 
@@ -257,6 +259,7 @@ def _record(queue: str, job_id: str, h: dict[str, str]) -> JobRecord:
         lock_token=h.get("tok") or None,
         lock_until=_opt_float(h.get("lu") or None),
         cancel_reason=h.get("cx"),
+        group_id=h.get("grp"),
     )
 
 
@@ -965,7 +968,7 @@ class RedisStore:
     def _add_arguments(
         self, group: Sequence[NewJob], base: Callable[[str], str] | None = None
     ) -> list[Any]:
-        """One group's arguments of the add_jobs script: its size, then 16 per job.
+        """One group's arguments of the add_jobs script: its size, then 17 per job.
         ``base`` makes key bases (the default caches them: for the loop's thread only)."""
         if not group:
             raise ValueError("a group of jobs must not be empty")
@@ -1184,6 +1187,33 @@ class RedisStore:
         value = await self._command("HGET", self._base(queue) + "meta", "conc", what="HGET")
         return None if value is None else int(value)
 
+    async def set_group_limits(
+        self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
+    ) -> None:
+        most, duration = (
+            ("", "") if rate_limit is None else (rate_limit[0], repr(float(rate_limit[1])))
+        )
+        await self._queue_op(
+            queue, "group_limits", "" if concurrency is None else concurrency, most, duration
+        )
+
+    async def get_group_limits(self, queue: str) -> GroupLimits:
+        conc, most, duration = await self._command(
+            "HMGET", self._base(queue) + "meta", "gconc", "grmax", "grdur", what="HMGET"
+        )
+        return GroupLimits(
+            concurrency=None if conc is None else int(conc),
+            rate_limit=None if most is None else (int(most), float(duration)),
+        )
+
+    async def get_group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
+        reply = await self._queue_op(queue, "group_counts")
+        counts: dict[str, dict[JobState, int]] = {}
+        for k in range(0, len(reply), 2):
+            held = _pairs(reply[k + 1])
+            counts[reply[k]] = {state: int(held.get(state.value, 0)) for state in JobState}
+        return dict(sorted(counts.items()))
+
     async def rate_limit_queue(self, queue: str, until: float) -> None:
         await self._queue_op(queue, "rate_limit", repr(float(until)))
 
@@ -1252,11 +1282,35 @@ class RedisStore:
 
     async def _ids(self, queue: str, state: JobState, start: int, end: int) -> list[str]:
         key = self._base(queue) + _SET_OF_STATE[state]
+        if state is JobState.WAITING:
+            return await self._waiting_ids(queue, start, end)
         command = "ZREVRANGE" if state in _NEWEST_FIRST else "ZRANGE"
         ids: list[str] = await self._command(command, key, start, end)
-        if state is JobState.WAITING:
-            return [member[_WAIT_MEMBER_PREFIX:] for member in ids]
         return ids
+
+    async def _waiting_ids(self, queue: str, start: int, end: int) -> list[str]:
+        """Waiting ids from ``start`` to ``end`` of the queue's waiting order: its own
+        lane's set and the set of every group's waiting jobs, merged (members of both
+        order by priority, then by their unique order key)."""
+        base = self._base(queue)
+        if not await self._command("EXISTS", base + "gwait"):
+            members: list[str] = await self._command("ZRANGE", base + "wait", start, end)
+        else:
+            own, grouped = await self._commands(
+                [
+                    ("ZRANGE", base + "wait", 0, end, "WITHSCORES"),
+                    ("ZRANGE", base + "gwait", 0, end, "WITHSCORES"),
+                ]
+            )
+            scored = [
+                (float(pairs[k + 1]), pairs[k][:_WAIT_MEMBER_PREFIX], pairs[k])
+                for pairs in (own, grouped)
+                for k in range(0, len(pairs), 2)
+            ]
+            scored.sort()
+            members = [member for _, _, member in scored]
+            members = members[start:] if end == -1 else members[start : end + 1]
+        return [member[_WAIT_MEMBER_PREFIX:] for member in members]
 
     async def get_jobs(
         self, queue: str, states: Sequence[JobState], start: int, end: int | None
@@ -1295,8 +1349,13 @@ class RedisStore:
 
     async def get_counts(self, queue: str) -> dict[JobState, int]:
         base = self._base(queue)
-        sizes = await self._commands([("ZCARD", base + _SET_OF_STATE[state]) for state in JobState])
-        return {state: int(size) for state, size in zip(JobState, sizes, strict=True)}
+        sizes = await self._commands(
+            [("ZCARD", base + _SET_OF_STATE[state]) for state in JobState]
+            + [("ZCARD", base + "gwait")]
+        )
+        counts = {state: int(size) for state, size in zip(JobState, sizes, strict=False)}
+        counts[JobState.WAITING] += int(sizes[-1])
+        return counts
 
     async def get_dependencies(self, queue: str, job_id: str) -> list[ChildDependency]:
         base = self._base(queue)
@@ -1375,7 +1434,9 @@ class RedisStore:
         commands: list[tuple[Any, ...]] = []
         for name in names:
             base = self._base(name)
-            commands.append(("EXISTS", *(base + suffix for suffix in _SET_OF_STATE.values())))
+            commands.append(
+                ("EXISTS", base + "gwait", *(base + suffix for suffix in _SET_OF_STATE.values()))
+            )
             commands.append(("HEXISTS", base + "meta", "paused"))
         flags = await self._commands(commands)
         return [name for i, name in enumerate(names) if flags[2 * i] or flags[2 * i + 1]]

@@ -1,9 +1,9 @@
 -- add_dag: a DAG's new jobs and their dependencies, all or nothing (StoreInterface.add_dag).
--- ARGV[3] = number of jobs; per job 12 fields: id, base, queue, name, data, opts, state,
--- priority, lifo, delay, keep_completed, keep_failed ('' = none). Then the number of
+-- ARGV[3] = number of jobs; per job 13 fields: id, base, queue, name, data, opts, state,
+-- priority, lifo, delay, keep_completed, keep_failed, group_id ('' = none). Then the number of
 -- edges; per edge 7 fields: parent base, parent queue, parent id, child base, child queue,
 -- child id, policy. Everything is checked before anything is written.
-local F, E = 12, 7
+local F, E = 13, 7
 local njobs = tonumber(ARGV[3])
 local new = {}
 for k = 0, njobs - 1 do
@@ -45,6 +45,11 @@ for k = 0, njobs - 1 do
     'dv', 1, 'pend', 0, 'dpro', 0, 'dfai', 0, 'dign', 0 }
   if ARGV[p + 10] ~= '' then fields[#fields + 1] = 'kc'; fields[#fields + 1] = ARGV[p + 10] end
   if ARGV[p + 11] ~= '' then fields[#fields + 1] = 'kf'; fields[#fields + 1] = ARGV[p + 11] end
+  local g = nil
+  if ARGV[p + 12] ~= '' then
+    g = ARGV[p + 12]
+    fields[#fields + 1] = 'grp'; fields[#fields + 1] = g
+  end
   redis.call('HSET', jk, unpack(fields))
   redis.call('ZADD', base .. 'all', NOW_S, id)
   if not queues[queue] then
@@ -59,11 +64,11 @@ for k = 0, njobs - 1 do
   elseif state == 'delayed' then
     local run_s = fmt(NOW + tonumber(ARGV[p + 9]))
     redis.call('HSET', jk, 'run', run_s)
-    redis.call('ZADD', base .. 'delayed', run_s, id)
+    list_in(base, id, 'delayed', run_s, g)
     emit(base, 'delayed', id, '{"run_at":' .. run_s .. '}')
     wake(base)
   else
-    list_in(base, id, 'waiting-children')
+    list_in(base, id, 'waiting-children', nil, g)
     emit(base, 'waiting-children', id)
   end
 end

@@ -1,13 +1,13 @@
 -- add_jobs: validate every group first, then write; all or nothing.
--- ARGV[3] = number of groups; per group: job count, then per job 16 fields:
+-- ARGV[3] = number of groups; per group: job count, then per job 17 fields:
 -- id, base, queue, name, data, opts, state, priority, lifo, delay, keep_completed,
--- keep_failed, parent_id, parent_queue, parent_base, parent_policy ('' = none).
+-- keep_failed, group_id, parent_id, parent_queue, parent_base, parent_policy ('' = none).
 -- A flow lists parents before children and every parent is in the child's group, so a
 -- parent is new here: its dependency order and pending count are counted in Lua and
 -- written once (with 'dv': its order set and counters are kept from the start). Only a
 -- group's first job may name an existing parent (ADD TO AN EXISTING PARENT): it must be
 -- waiting-children or active, and its record is added through dep_put.
-local F = 16
+local F = 17
 local ngroups = tonumber(ARGV[3])
 local groups = {}
 local seen = {}
@@ -37,9 +37,9 @@ for g = 1, ngroups do
     if ARGV[pos + 6] == 'waiting' then waiting = waiting + 1 end
     pos = pos + F
   end
-  if not skip and ARGV[first + 12] ~= '' then
-    local pid, pq = ARGV[first + 12], ARGV[first + 13]
-    local pstate = redis.call('HGET', ARGV[first + 14] .. 'job:' .. pid, 'state')
+  if not skip and ARGV[first + 13] ~= '' then
+    local pid, pq = ARGV[first + 13], ARGV[first + 14]
+    local pstate = redis.call('HGET', ARGV[first + 15] .. 'job:' .. pid, 'state')
     if not pstate then
       return redis.error_reply('CONVEYOR_NO_PARENT ' .. cjson.encode({ pq, pid }))
     end
@@ -81,6 +81,11 @@ for g = 1, ngroups do
       if ARGV[p + 11] ~= '' then
         fields[nf + 1] = 'kf'; fields[nf + 2] = ARGV[p + 11]; nf = nf + 2
       end
+      local g = nil
+      if ARGV[p + 12] ~= '' then
+        g = ARGV[p + 12]
+        fields[nf + 1] = 'grp'; fields[nf + 2] = g; nf = nf + 2
+      end
       local member, run_s
       if state == 'waiting' then
         order = order + 1
@@ -94,24 +99,24 @@ for g = 1, ngroups do
         run_s = fmt(NOW + tonumber(ARGV[p + 9]))
         fields[nf + 1] = 'run'; fields[nf + 2] = run_s; nf = nf + 2
       end
-      local pid = ARGV[p + 12]
+      local pid = ARGV[p + 13]
       if pid ~= '' and j == 0 then
         fields[nf + 1] = 'pid'; fields[nf + 2] = pid
-        fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 13]
-        fields[nf + 5] = 'pb'; fields[nf + 6] = ARGV[p + 14]
+        fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 14]
+        fields[nf + 5] = 'pb'; fields[nf + 6] = ARGV[p + 15]
         nf = nf + 6
-        if ARGV[p + 15] ~= '' then
-          fields[nf + 1] = 'pol'; fields[nf + 2] = ARGV[p + 15]; nf = nf + 2
+        if ARGV[p + 16] ~= '' then
+          fields[nf + 1] = 'pol'; fields[nf + 2] = ARGV[p + 16]; nf = nf + 2
         end
-        dep_put(ARGV[p + 14], pid, jk, { q = queue, i = id, b = base, s = 'pending' })
+        dep_put(ARGV[p + 15], pid, jk, { q = queue, i = id, b = base, s = 'pending' })
       elseif pid ~= '' then
-        local pbase = ARGV[p + 14]
+        local pbase = ARGV[p + 15]
         fields[nf + 1] = 'pid'; fields[nf + 2] = pid
-        fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 13]
+        fields[nf + 3] = 'pq'; fields[nf + 4] = ARGV[p + 14]
         fields[nf + 5] = 'pb'; fields[nf + 6] = pbase
         nf = nf + 6
-        if ARGV[p + 15] ~= '' then
-          fields[nf + 1] = 'pol'; fields[nf + 2] = ARGV[p + 15]; nf = nf + 2
+        if ARGV[p + 16] ~= '' then
+          fields[nf + 1] = 'pol'; fields[nf + 2] = ARGV[p + 16]; nf = nf + 2
         end
         local pkey = pbase .. 'job:' .. pid
         local count = parents[pkey]
@@ -143,15 +148,16 @@ for g = 1, ngroups do
       end
       emit(base, 'added', id, cjson.encode({ name = ARGV[p + 3] }))
       if state == 'waiting' then
-        redis.call('ZADD', base .. 'wait', ARGV[p + 7], member)
+        wait_add(base, g, ARGV[p + 7], member)
+        if g then group_count(base, g, state, 1) end
         emit(base, 'waiting', id)
         wake(base)
       elseif state == 'delayed' then
-        redis.call('ZADD', base .. 'delayed', run_s, id)
+        list_in(base, id, 'delayed', run_s, g)
         emit(base, 'delayed', id, '{"run_at":' .. run_s .. '}')
         wake(base)
       else
-        list_in(base, id, 'waiting-children')
+        list_in(base, id, 'waiting-children', nil, g)
         emit(base, 'waiting-children', id)
       end
     end

@@ -63,25 +63,90 @@ end
 
 local function seq() return redis.call('INCR', PB .. 'seq') end
 
--- Take a job out of the index of its current state.
-local function unlist(base, id, jk, state)
-  if state == 'waiting' then
-    local m = redis.call('HGET', jk, 'wm')
-    if m then redis.call('ZREM', base .. 'wait', m) end
-  elseif state then
-    local s = SETS[state]
-    if s then redis.call('ZREM', base .. s, id) end
+-- GROUPS. A job of a group keeps the group's id in its hash field 'grp'. Per group g:
+--   <base>gw:<g>  its waiting jobs, scored as <base>wait (which holds only the waiting
+--                 jobs without a group: the queue's own lane)
+--   <base>gn:<g>  hash: how many of its jobs are in each state, and 'n' in all;
+--                 deleted when the group has no job left
+-- Per queue: <base>gwait every waiting job of a group (for listing and counting);
+-- <base>groups the groups with a job; <base>gsrv group -> served number; <base>gwin
+-- group -> its rate window ('<start> <count>'); in <base>meta: 'gsn' the last served
+-- number given, 'osrv' the own lane's served number, 'gconc', 'grmax' and 'grdur' the
+-- group limits. A group with a waiting job is in exactly one of: <base>gready (score =
+-- served number), <base>gmax (held back by its concurrency, until one of its active
+-- jobs leaves) or <base>glim (held back by its full rate window, score = its end).
+local function group_count(base, g, state, d)
+  local gk = base .. 'gn:' .. g
+  redis.call('HINCRBY', gk, state, d)
+  local n = redis.call('HINCRBY', gk, 'n', d)
+  if n <= 0 then
+    redis.call('DEL', gk)
+    redis.call('SREM', base .. 'groups', g)
+  elseif n == d then
+    redis.call('SADD', base .. 'groups', g)
+  end
+  if d < 0 and state == 'active' and redis.call('SREM', base .. 'gmax', g) == 1 then
+    redis.call('ZADD', base .. 'gready', redis.call('HGET', base .. 'gsrv', g) or 0, g)
   end
 end
 
+-- Put a member into its lane: the own lane, or its group's (the group becomes ready).
+local function wait_add(base, g, pri, m)
+  if not g then
+    redis.call('ZADD', base .. 'wait', pri, m)
+    return
+  end
+  local gw = base .. 'gw:' .. g
+  redis.call('ZADD', gw, pri, m)
+  redis.call('ZADD', base .. 'gwait', pri, m)
+  if redis.call('ZCARD', gw) == 1 then
+    redis.call('ZADD', base .. 'gready', redis.call('HGET', base .. 'gsrv', g) or 0, g)
+  end
+end
+
+-- Take a member out of its lane; a group left without waiting jobs is no longer ready.
+local function wait_remove(base, g, m)
+  if not g then
+    redis.call('ZREM', base .. 'wait', m)
+    return
+  end
+  local gw = base .. 'gw:' .. g
+  redis.call('ZREM', gw, m)
+  redis.call('ZREM', base .. 'gwait', m)
+  if redis.call('EXISTS', gw) == 0 then
+    redis.call('ZREM', base .. 'gready', g)
+    redis.call('SREM', base .. 'gmax', g)
+    redis.call('ZREM', base .. 'glim', g)
+  end
+end
+
+-- Take a job out of the index of its current state (and its group's count of it);
+-- returns the job's group, or nil.
+local function unlist(base, id, jk, state)
+  if state == 'waiting' then
+    local v = redis.call('HMGET', jk, 'wm', 'grp')
+    if v[1] then wait_remove(base, v[2], v[1]) end
+    if v[2] then group_count(base, v[2], state, -1) end
+    return v[2] or nil
+  elseif state then
+    local s = SETS[state]
+    if s then redis.call('ZREM', base .. s, id) end
+    local g = redis.call('HGET', jk, 'grp')
+    if g then group_count(base, g, state, -1) end
+    return g or nil
+  end
+  return nil
+end
+
 -- Put a job into a state's index (not waiting): delayed by run_at, others by entry order.
-local function list_in(base, id, state, score)
+local function list_in(base, id, state, score, g)
   redis.call('ZADD', base .. SETS[state], score or seq(), id)
+  if g then group_count(base, g, state, 1) end
 end
 
 -- A new place in waiting: priority, then the order key (fifo +n behind, lifo -n in front).
 local function place_waiting(base, id, jk)
-  local v = redis.call('HMGET', jk, 'pri', 'lifo')
+  local v = redis.call('HMGET', jk, 'pri', 'lifo', 'grp')
   local n = seq()
   local m
   if v[2] == '1' then
@@ -89,8 +154,33 @@ local function place_waiting(base, id, jk)
   else
     m = string.format('1%015d', n) .. id
   end
-  redis.call('ZADD', base .. 'wait', v[1] or 0, m)
+  wait_add(base, v[3] or nil, v[1] or 0, m)
+  if v[3] then group_count(base, v[3], 'waiting', 1) end
   redis.call('HSET', jk, 'wm', m)
+end
+
+-- The ids of every waiting job of the queue, in waiting order (both kinds of lanes).
+local function waiting_ids(base)
+  local own = redis.call('ZRANGE', base .. 'wait', 0, -1, 'WITHSCORES')
+  local grouped = redis.call('ZRANGE', base .. 'gwait', 0, -1, 'WITHSCORES')
+  local out = {}
+  local i, j = 1, 1
+  while i <= #own or j <= #grouped do
+    local pick_own = j > #grouped
+    if i <= #own and j <= #grouped then
+      local a, b = tonumber(own[i + 1]), tonumber(grouped[j + 1])
+      -- order keys are unique digit strings: compared as text they order exactly
+      pick_own = a < b or (a == b and string.sub(own[i], 1, 16) < string.sub(grouped[j], 1, 16))
+    end
+    if pick_own then
+      out[#out + 1] = string.sub(own[i], 17)
+      i = i + 2
+    else
+      out[#out + 1] = string.sub(grouped[j], 17)
+      j = j + 2
+    end
+  end
+  return out
 end
 
 local function enter_waiting(base, id, jk, old)
@@ -103,10 +193,10 @@ local function enter_waiting(base, id, jk, old)
 end
 
 local function enter_delayed(base, id, jk, old, run_s)
-  unlist(base, id, jk, old)
+  local g = unlist(base, id, jk, old)
   redis.call('HSET', jk, 'state', 'delayed', 'run', run_s)
   redis.call('HDEL', jk, 'wm')
-  redis.call('ZADD', base .. 'delayed', run_s, id)
+  list_in(base, id, 'delayed', run_s, g)
   emit(base, 'delayed', id, '{"run_at":' .. run_s .. '}')
   -- A spurious wake-up, so idle workers learn the new earliest run_at.
   wake(base)
@@ -115,10 +205,10 @@ end
 -- Move a job between two non-waiting states (no event). Like the reference engine, a
 -- failed job keeps the run_at it had while delayed.
 local function move_to(base, id, jk, old, state)
-  unlist(base, id, jk, old)
+  local g = unlist(base, id, jk, old)
   redis.call('HSET', jk, 'state', state)
   if old == 'waiting' then redis.call('HDEL', jk, 'wm') end
-  list_in(base, id, state)
+  list_in(base, id, state, nil, g)
 end
 
 local function delete_job(base, id, jk, state)

@@ -5,7 +5,7 @@ local order = redis.call('INCRBY', PB .. 'seq', (#ARGV - 2) / 3) - (#ARGV - 2) /
 for k = 3, #ARGV, 3 do
   local id, rv = ARGV[k], ARGV[k + 2]
   local jk = QB .. 'job:' .. id
-  local v = redis.call('HMGET', jk, 'state', 'tok', 'pid', 'pb', 'att', 'kc', 'cx')
+  local v = redis.call('HMGET', jk, 'state', 'tok', 'pid', 'pb', 'att', 'kc', 'cx', 'grp')
   order = order + 1
   if v[1] ~= 'active' or v[2] ~= ARGV[k + 1] then
     out[#out + 1] = 0
@@ -17,6 +17,10 @@ for k = 3, #ARGV, 3 do
   else
     redis.call('ZREM', QB .. 'active', id)
     redis.call('ZADD', QB .. 'completed', order, id)
+    if v[8] then
+      group_count(QB, v[8], 'active', -1)
+      group_count(QB, v[8], 'completed', 1)
+    end
     -- An empty token and lock stand for none (one call fewer than HDEL).
     redis.call('HSET', jk, 'state', 'completed', 'rv', rv, 'fat', NOW_S,
       'att', (tonumber(v[5]) or 0) + 1, 'tok', '', 'lu', '')

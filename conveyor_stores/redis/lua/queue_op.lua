@@ -1,7 +1,8 @@
 -- Operations on a whole queue. ARGV[3] op, then op arguments.
 -- op: pause (queue name), resume, promote_all, retry_all (state), drain (include_delayed 1/0),
 --     clean (state, older_than, limit or ''), obliterate (force 1/0, queue name),
---     concurrency (n or ''), rate_limit (until).
+--     concurrency (n or ''), rate_limit (until), group_limits (concurrency, rate max,
+--     rate duration; '' = none), group_counts.
 local op = ARGV[3]
 if op == 'pause' then
   redis.call('HSET', QB .. 'meta', 'paused', '1')
@@ -17,6 +18,36 @@ elseif op == 'concurrency' then
   end
   wake(QB)
   return done(1)
+elseif op == 'group_limits' then
+  -- The group limits (GROUPS) in the queue's meta; idle workers look again.
+  local meta = QB .. 'meta'
+  if ARGV[4] == '' then
+    redis.call('HDEL', meta, 'gconc')
+  else
+    redis.call('HSET', meta, 'gconc', ARGV[4])
+  end
+  if ARGV[5] == '' then
+    redis.call('HDEL', meta, 'grmax', 'grdur')
+  else
+    redis.call('HSET', meta, 'grmax', ARGV[5], 'grdur', ARGV[6])
+  end
+  -- Groups held back by the old limits are looked at again by the next take.
+  local held = redis.call('SMEMBERS', QB .. 'gmax')
+  for _, g in ipairs(redis.call('ZRANGE', QB .. 'glim', 0, -1)) do held[#held + 1] = g end
+  for _, g in ipairs(held) do
+    redis.call('ZADD', QB .. 'gready', redis.call('HGET', QB .. 'gsrv', g) or 0, g)
+  end
+  redis.call('DEL', QB .. 'gmax', QB .. 'glim')
+  wake(QB)
+  return done(1)
+elseif op == 'group_counts' then
+  -- {group, {state, count, ...}, ...} for every group with a job.
+  local out = {}
+  for _, g in ipairs(redis.call('SMEMBERS', QB .. 'groups')) do
+    out[#out + 1] = g
+    out[#out + 1] = redis.call('HGETALL', QB .. 'gn:' .. g)
+  end
+  return out
 elseif op == 'rate_limit' then
   -- MANUAL RATE LIMIT: a later time than the queue holds replaces it.
   local held = redis.call('HGET', QB .. 'meta', 'lim')
@@ -50,11 +81,7 @@ elseif op == 'drain' then
       end
     end
   end
-  local waiting = {}
-  for _, m in ipairs(redis.call('ZRANGE', QB .. 'wait', 0, -1)) do
-    waiting[#waiting + 1] = string.sub(m, 17)
-  end
-  remove_all(waiting)
+  remove_all(waiting_ids(QB))
   if ARGV[4] == '1' then remove_all(redis.call('ZRANGE', QB .. 'delayed', 0, -1)) end
   emit(QB, 'drained', nil, '{"count":' .. removed .. '}')
   return done(removed)
@@ -63,9 +90,7 @@ elseif op == 'clean' then
   local limit = tonumber(ARGV[6])
   local candidates = {}
   if state == 'waiting' then
-    for _, m in ipairs(redis.call('ZRANGE', QB .. 'wait', 0, -1)) do
-      candidates[#candidates + 1] = string.sub(m, 17)
-    end
+    candidates = waiting_ids(QB)
   else
     candidates = redis.call('ZRANGE', QB .. SETS[state], 0, -1)
   end
@@ -90,10 +115,7 @@ elseif op == 'obliterate' then
     return bad_state('queue ' .. cjson.encode(ARGV[5]) ..
       ' has active jobs; pass force=True to obliterate it anyway')
   end
-  local ids = {}
-  for _, m in ipairs(redis.call('ZRANGE', QB .. 'wait', 0, -1)) do
-    ids[#ids + 1] = string.sub(m, 17)
-  end
+  local ids = waiting_ids(QB)
   for _, s in ipairs({ 'delayed', 'active', 'completed', 'failed', 'children' }) do
     local list = redis.call('ZRANGE', QB .. s, 0, -1)
     if s == 'completed' or s == 'failed' then
@@ -109,6 +131,16 @@ elseif op == 'obliterate' then
     redis.call('DEL', QB .. 'sched:' .. sid)
   end
   redis.call('DEL', QB .. 'scheds', QB .. 'sched_next', QB .. 'dedup')
+  -- GROUPS: lanes, counts, served numbers and windows (limits go with the meta).
+  for _, g in ipairs(redis.call('SMEMBERS', QB .. 'groups')) do
+    redis.call('DEL', QB .. 'gn:' .. g, QB .. 'gw:' .. g)
+  end
+  local lanes = redis.call('ZRANGE', QB .. 'gready', 0, -1)
+  for _, g in ipairs(redis.call('ZRANGE', QB .. 'glim', 0, -1)) do lanes[#lanes + 1] = g end
+  for _, g in ipairs(redis.call('SMEMBERS', QB .. 'gmax')) do lanes[#lanes + 1] = g end
+  for _, g in ipairs(lanes) do redis.call('DEL', QB .. 'gw:' .. g) end
+  redis.call('DEL', QB .. 'groups', QB .. 'gready', QB .. 'gmax', QB .. 'glim', QB .. 'gwait',
+    QB .. 'gsrv', QB .. 'gwin')
   redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed',
     QB .. 'mm:completed', QB .. 'mm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])

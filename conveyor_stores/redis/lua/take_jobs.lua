@@ -48,27 +48,128 @@ if ARGV[6] ~= '' then
   if room < limit then limit = room end
 end
 
+-- A job leaves waiting for active: its lock, its place in the active set (order), its
+-- event, and its hash as the reply.
 local out = { false, false, false }
-local popped = redis.call('ZPOPMIN', QB .. 'wait', limit)
-local taken = #popped / 2
-if taken > 0 then
-  -- Active jobs are listed in the order they started: one block of order numbers.
-  local order = redis.call('INCRBY', PB .. 'seq', taken) - taken
-  for k = 1, #popped, 2 do
-    local id = string.sub(popped[k], 17)
-    local jk = QB .. 'job:' .. id
-    order = order + 1
-    redis.call('HSET', jk, 'state', 'active', 'tok', token, 'lu', lock_until, 'pat', NOW_S)
-    redis.call('ZADD', QB .. 'active', order, id)
-    emit(QB, 'active', id)
-    local job = redis.call('HGETALL', jk)
-    job[#job + 1] = id
-    out[#out + 1] = job
+local function activate(id, order)
+  local jk = QB .. 'job:' .. id
+  redis.call('HSET', jk, 'state', 'active', 'tok', token, 'lu', lock_until, 'pat', NOW_S)
+  redis.call('ZADD', QB .. 'active', order, id)
+  emit(QB, 'active', id)
+  local job = redis.call('HGETALL', jk)
+  job[#job + 1] = id
+  out[#out + 1] = job
+end
+
+local taken = 0
+if redis.call('EXISTS', QB .. 'gwait') == 0 then
+  -- No waiting job has a group: a plain take of the queue's own waiting jobs.
+  local popped = redis.call('ZPOPMIN', QB .. 'wait', limit)
+  taken = #popped / 2
+  if taken > 0 then
+    -- Active jobs are listed in the order they started: one block of order numbers.
+    local order = redis.call('INCRBY', PB .. 'seq', taken) - taken
+    for k = 1, #popped, 2 do
+      order = order + 1
+      activate(string.sub(popped[k], 17), order)
+    end
   end
-  if wstart then
-    redis.call('HSET', QB .. 'meta', 'rl_start', fmt(wstart), 'rl_count', wcount + taken)
+  if redis.call('EXISTS', QB .. 'wait') == 0 then redis.call('DEL', QB .. 'marker') end
+else
+  -- TAKE BY LANES. Lanes are ordered by served number, then group id; the own lane
+  -- counts as the empty id. A group held back by its limits leaves gready for gmax or
+  -- glim (see GROUPS in common.lua) until its limit may let it go: a take steps over
+  -- each held group once, not on every take.
+  local meta = QB .. 'meta'
+  local lv = redis.call('HMGET', meta, 'gconc', 'grmax', 'grdur', 'osrv')
+  local gconc, grmax, grdur = tonumber(lv[1] or ''), tonumber(lv[2] or ''), tonumber(lv[3] or '')
+  local osrv = tonumber(lv[4] or '0')
+  -- Groups whose full window has ended are ready again.
+  for _, g in ipairs(redis.call('ZRANGEBYSCORE', QB .. 'glim', '-inf', NOW_S)) do
+    redis.call('ZREM', QB .. 'glim', g)
+    redis.call('ZADD', QB .. 'gready', redis.call('HGET', QB .. 'gsrv', g) or 0, g)
+  end
+  local stuck = false
+  while taken < limit do
+    local first = redis.call('ZRANGE', QB .. 'gready', 0, 0, 'WITHSCORES')
+    local g, m = nil, nil
+    if redis.call('EXISTS', QB .. 'wait') == 1
+        and (not first[1] or osrv <= tonumber(first[2])) then
+      m = redis.call('ZPOPMIN', QB .. 'wait')[1]
+    elseif first[1] then
+      g = first[1]
+      local held = false
+      if gconc then
+        local active = tonumber(redis.call('HGET', QB .. 'gn:' .. g, 'active') or '0')
+        if active >= gconc then
+          held = true
+          redis.call('ZREM', QB .. 'gready', g)
+          redis.call('SADD', QB .. 'gmax', g)
+        end
+      end
+      local gstart, gcount
+      if not held and grmax then
+        local w = redis.call('HGET', QB .. 'gwin', g)
+        if w then
+          local a, b = string.match(w, '^(%S+) (%S+)$')
+          gstart, gcount = tonumber(a), tonumber(b)
+        end
+        if not gstart or NOW >= gstart + grdur then
+          gstart, gcount = NOW, 0
+        end
+        if gcount >= grmax then
+          held = true
+          redis.call('ZREM', QB .. 'gready', g)
+          redis.call('ZADD', QB .. 'glim', fmt(gstart + grdur), g)
+        end
+      end
+      if not held then
+        m = redis.call('ZPOPMIN', QB .. 'gw:' .. g)[1]
+        redis.call('ZREM', QB .. 'gwait', m)
+        group_count(QB, g, 'waiting', -1)
+        group_count(QB, g, 'active', 1)
+        -- Served without a rate limit, a group keeps no window (as the reference engine).
+        if gstart then
+          redis.call('HSET', QB .. 'gwin', g, fmt(gstart) .. ' ' .. (gcount + 1))
+        elseif not grmax then
+          redis.call('HDEL', QB .. 'gwin', g)
+        end
+      end
+    else
+      stuck = true
+      break
+    end
+    if m then
+      -- The lane served goes last: a served number above every other of the queue.
+      local n = redis.call('HINCRBY', meta, 'gsn', 1)
+      if g then
+        redis.call('HSET', QB .. 'gsrv', g, n)
+        if redis.call('EXISTS', QB .. 'gw:' .. g) == 1 then
+          redis.call('ZADD', QB .. 'gready', n, g)
+        else
+          redis.call('ZREM', QB .. 'gready', g)
+        end
+      else
+        osrv = n
+        redis.call('HSET', meta, 'osrv', n)
+      end
+      taken = taken + 1
+      activate(string.sub(m, 17), redis.call('INCR', PB .. 'seq'))
+    end
+  end
+  if taken == 0 then
+    -- Every group still held back held this take back.
+    if redis.call('EXISTS', QB .. 'gmax') == 1 then out[3] = 1 end
+    local ends = redis.call('ZRANGE', QB .. 'glim', 0, 0, 'WITHSCORES')
+    if ends[2] then out[2] = ends[2] end
+  end
+  if stuck or (redis.call('EXISTS', QB .. 'wait') == 0
+      and redis.call('EXISTS', QB .. 'gready') == 0) then
+    redis.call('DEL', QB .. 'marker')
   end
 end
-if redis.call('EXISTS', QB .. 'wait') == 0 then redis.call('DEL', QB .. 'marker') end
+if taken > 0 and wstart then
+  redis.call('HSET', QB .. 'meta', 'rl_start', fmt(wstart), 'rl_count', wcount + taken)
+end
 out[1] = next_run()
 return done(out)
