@@ -311,6 +311,28 @@ class EdgeTests:
             "keeping one failed job, the child failed with its parent keeps only itself"
         )
 
+    async def test_a_take_publishes_waiting_then_active_for_a_delayed_job_it_takes(
+        self, env: Harness
+    ) -> None:
+        q = env.name("promoted")
+        queue = env.queue(q)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            later = await queue.add("later", None, {"delay": 30})
+            due = time.time() + 60
+            taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=due + 60, now=due)
+            assert [job.id for job in taken.jobs] == [later.id]
+
+            def of_later() -> list[str]:
+                return [e.type for e in seen if e.job_id == later.id]
+
+            async def arrived() -> bool:
+                return "active" in of_later()
+
+            await env.wait_for(arrived, "the active event of the promoted job")
+        assert of_later() == ["added", "delayed", "waiting", "active"]
+
     async def test_a_rate_limited_take_publishes_the_delayed_jobs_it_makes_waiting(
         self, env: Harness
     ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from conveyor_core import Job, JobState, Queue
+from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents
 from conveyor_core.store import Completion, Failure, GroupLimits, StoreInterface
 
 from ._support import Harness
@@ -121,6 +121,22 @@ class GroupTests:
             ("own", 2),
             ("g", 2),
         ]
+
+    async def test_a_take_by_lanes_publishes_active_in_the_order_taken(self, env: Harness) -> None:
+        q = env.name("groups-events")
+        queue = env.queue(q)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("active", seen.append)
+            a = await _add(queue, "a", 2)
+            b = await _add(queue, "b", 1)
+            assert len(await _take(queue, 3)) == 3
+
+            async def arrived() -> bool:
+                return len(seen) == 3
+
+            await env.wait_for(arrived, "the active events of the take")
+        assert [event.job_id for event in seen] == [a[0], b[0], a[1]]
 
     async def test_a_lane_keeps_priority_then_entry_order(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-order"))

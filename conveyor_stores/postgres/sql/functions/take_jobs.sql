@@ -95,7 +95,7 @@ BEGIN
             RETURNING j AS r, picked.k
         )
         SELECT coalesce(array_agg(r ORDER BY k), '{}'),
-               array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY k)
+               evs || array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY k)
         INTO taken, evs
         FROM upd;
     END IF;
