@@ -65,6 +65,7 @@ FUNCTIONS = (
     "_remove",
     "_fail_unstarted_children",
     "_final_failure",
+    "_dedup_live",
     "_promote_due",
     "_worker_commit",
     "add_jobs",
@@ -141,6 +142,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     (7, migration_sql("0007_dag") + all_functions_sql()),
     (8, migration_sql("0008_flow_control") + all_functions_sql()),
     (9, all_functions_sql() + migration_sql("0009_state_counts")),
+    # DEDUPLICATED NODE changes no table: the step installs the new and changed functions.
+    (10, all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

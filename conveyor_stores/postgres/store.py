@@ -59,6 +59,7 @@ from conveyor_core.store import (
     StoreCapabilities,
     TakeResult,
     check_children_of,
+    check_dag_deduplication,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
@@ -327,7 +328,14 @@ class _Operations:
             raise mapped from exc
         return list(result)
 
-    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
+        check_dag_deduplication(jobs, edges, deduplication)
         columns = _job_columns(jobs)[:11]
         edge_columns = [
             [e.parent_queue for e in edges],
@@ -336,8 +344,15 @@ class _Operations:
             [e.child_id for e in edges],
             [e.policy.value for e in edges],
         ]
+        dedup_columns = [
+            [index for index, _ in deduplication],
+            [key.id for _, key in deduplication],
+            [key.ttl for _, key in deduplication],
+            [key.extend for _, key in deduplication],
+            [key.replace for _, key in deduplication],
+        ]
         try:
-            await self._fetchval("add_dag", *columns, *edge_columns, now)
+            row = await self._fetchrow("add_dag", *columns, *edge_columns, *dedup_columns, now)
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise await self._duplicate_error([jobs], exc) from exc
         except asyncpg.PostgresError as exc:
@@ -348,6 +363,9 @@ class _Operations:
             if exc.sqlstate == "CV409":
                 raise InvalidJobStateError(str(exc)) from exc
             raise
+        return [
+            DeduplicatedAdd(job_id, bool(ok)) for job_id, ok in zip(row[0], row[1], strict=True)
+        ]
 
     async def add_children(
         self,
@@ -985,10 +1003,11 @@ def _statements(schema: str) -> dict[str, str]:
         "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
         "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
         "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
-        "add_dag": f"SELECT {s}.add_dag($1::text[], $2::text[], $3::text[], $4::text[], "
-        "$5::text[], $6::text[], $7::int[], $8::bool[], $9::float8[], $10::int8[], "
-        "$11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], "
-        "$17::float8)",
+        "add_dag": f"SELECT * FROM {s}.add_dag($1::text[], $2::text[], $3::text[], "
+        "$4::text[], $5::text[], $6::text[], $7::int[], $8::bool[], $9::float8[], "
+        "$10::int8[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], "
+        "$16::text[], $17::int[], $18::text[], $19::float8[], $20::bool[], $21::bool[], "
+        "$22::float8)",
         "get_parent_links": f"SELECT l.pq, l.pid, l.policy FROM {s}.jobs j "
         f"LEFT JOIN LATERAL {s}._links(j.queue, j.id) l ON true "
         "WHERE j.queue = $1::text AND j.id = $2::text",
