@@ -322,6 +322,8 @@ class FlowDeduplicationTests:
                 {"id": "n", "name": "new-leaf", "queue_name": q, **_node_dedup("n-id")},
                 {"id": "a", "name": "a", "queue_name": q, "depends_on": ["s", "n"]},
                 {"id": "b", "name": "b", "queue_name": q, "depends_on": ["s"]},
+                # The node and its holder named directly: one edge, one dependency.
+                {"id": "c", "name": "c", "queue_name": q, "depends_on": ["s", f"{q}/{live.id}"]},
             ]
         )
         assert jobs["s"].id == live.id
@@ -331,8 +333,10 @@ class FlowDeduplicationTests:
         for parent in ("a", "b"):
             deps = await env.store.get_dependencies(q, jobs[parent].id)
             assert live.id in [d.id for d in deps]
+        (dep,) = await env.store.get_dependencies(q, jobs["c"].id)
+        assert (dep.id, dep.status) == (live.id, "pending")
         links = await env.store.get_parent_links(q, live.id)
-        assert [link.id for link in links] == [jobs["a"].id, jobs["b"].id]
+        assert [link.id for link in links] == [jobs["a"].id, jobs["b"].id, jobs["c"].id]
         await _complete(queue, live.id, "7", T0)
         b = await env.store.get_job(q, jobs["b"].id)
         a = await env.store.get_job(q, jobs["a"].id)

@@ -34,14 +34,18 @@ local kept, kept_edges, pairs_seen, child_id = {}, {}, {}, {}
 for k = 0, njobs - 1 do
   if not gone[k] then kept[#kept + 1] = k end
 end
+local any_held = next(holders) ~= nil
 for k = 0, nedges0 - 1 do
   local p = 4 + njobs * F + 1 + k * E
-  child_id[k] = holders[ARGV[p + 3] .. 'job:' .. ARGV[p + 5]] or ARGV[p + 5]
-  local pair = cjson.encode({ ARGV[p], ARGV[p + 2], ARGV[p + 3], child_id[k] })
-  if not pairs_seen[pair] then
+  child_id[k] = ARGV[p + 5]
+  local keep = true
+  if any_held then
+    child_id[k] = holders[ARGV[p + 3] .. 'job:' .. ARGV[p + 5]] or ARGV[p + 5]
+    local pair = cjson.encode({ ARGV[p], ARGV[p + 2], ARGV[p + 3], child_id[k] })
+    keep = not pairs_seen[pair]
     pairs_seen[pair] = true
-    kept_edges[#kept_edges + 1] = k
   end
+  if keep then kept_edges[#kept_edges + 1] = k end
 end
 
 local new = {}
