@@ -21,9 +21,8 @@ BEGIN
     END IF;
     SELECT j.id, j.state INTO live FROM @S.jobs j
     WHERE j.queue = q AND j.id = entry.job_id FOR UPDATE;
-    IF NOT FOUND OR NOT ((entry.expires_at IS NULL
-                          AND live.state NOT IN ('completed', 'failed'))
-                         OR now < entry.expires_at) THEN
+    IF NOT FOUND OR ((entry.expires_at IS NULL AND live.state NOT IN ('completed', 'failed'))
+                     OR now < entry.expires_at) IS NOT TRUE THEN
         RETURN;
     END IF;
     IF repl AND live.state = 'delayed' THEN
