@@ -215,6 +215,25 @@ def _leaf_only(name: str, queue: str) -> ValueError:
     )
 
 
+def _as_dag(
+    plans: Sequence[_Planned],
+) -> tuple[list[NewJob], list[DagEdge], list[tuple[int, DeduplicationKey]]]:
+    """Trees as one DAG for ``add_dag``: their jobs without parents, each child one edge
+    to its parent with its policy (in the order of the jobs, so each parent keeps its
+    children in order), and the deduplicated leaves by index into the jobs."""
+    jobs: list[NewJob] = []
+    edges: list[DagEdge] = []
+    entries: list[tuple[int, DeduplicationKey]] = []
+    for plan in plans:
+        entries.extend((len(jobs) + index, key) for index, key in plan.deduplication)
+        for new in plan.group:
+            if new.parent_id is not None and new.parent_queue is not None:
+                policy = new.parent_policy or ParentPolicy.FAIL
+                edges.append(DagEdge(new.parent_queue, new.parent_id, new.queue, new.id, policy))
+            jobs.append(replaced(new, parent_id=None, parent_queue=None, parent_policy=None))
+    return jobs, edges, entries
+
+
 def _link_root(plan: _Planned) -> None:
     """Copy the root's parent link (set after planning) into its returned job."""
     head, record = plan.group[0], plan.root.job.record
@@ -463,23 +482,13 @@ class FlowProducer:
         heads = [plan.group[0] for plan in plans]
         found = await _gather([partial(self.store.get_job, h.queue, h.id) for h in heads])
         writing = [plan for plan, record in zip(plans, found, strict=True) if record is None]
-        jobs: list[NewJob] = []
-        edges: list[DagEdge] = []
-        entries: list[tuple[int, DeduplicationKey]] = []
-        for plan in writing:
-            entries.extend((len(jobs) + index, key) for index, key in plan.deduplication)
-            for new in plan.group:
-                if new.parent_id is not None and new.parent_queue is not None:
-                    policy = new.parent_policy or ParentPolicy.FAIL
-                    edges.append(
-                        DagEdge(new.parent_queue, new.parent_id, new.queue, new.id, policy)
-                    )
-                jobs.append(replaced(new, parent_id=None, parent_queue=None, parent_policy=None))
-        results: list[DeduplicatedAdd] = []
-        if jobs:
+        by_index: dict[int, DeduplicatedAdd] = {}
+        if writing:
+            # The spans carry their trace contexts into the jobs' options: copy after.
             with sending_flows([plan.group for plan in writing]):
+                jobs, edges, entries = _as_dag(writing)
                 results = await self.store.add_dag(jobs, edges, now, entries)
-        by_index = dict(zip((index for index, _ in entries), results, strict=True))
+            by_index = dict(zip((index for index, _ in entries), results, strict=True))
         nodes: list[JobNode] = []
         offset = 0
         for plan, record in zip(plans, found, strict=True):
@@ -504,7 +513,8 @@ class FlowProducer:
             return
         placed: dict[int, JobNode] = {}
         parents: dict[int, JobNode] = {}
-        for index, node in enumerate(plan.root.walk()):
+        for index, node in enumerate(plan.root.walk()):  # parents first, as the group
+            assert node.job.id == plan.group[index].id
             placed[index] = node
             for child in node.children:
                 parents[id(child)] = node
