@@ -1153,9 +1153,9 @@ class StoreInterface(Protocol):
         ``failed`` (attempts used up, unrecoverable, stalled too often, or failed by the
         ``fail`` policy with "parent failed" or a child's failure); retried attempts are
         not counted. The counts are written inside those transitions, never by a separate
-        call. A store keeps every minute within ``METRICS_MINUTES`` of the newest minute
-        written for that queue and kind, and drops older ones in time, so what it keeps
-        stays bounded; ``obliterate`` deletes them.
+        call. When a minute is first written for a queue and kind, the minutes more than
+        ``METRICS_MINUTES`` before it are dropped, so what a store keeps stays bounded;
+        ``obliterate`` deletes them.
         """
         ...
 

@@ -82,12 +82,26 @@ async def test_sqlite_migration_counts_existing_dependencies(sqlite_path: str) -
     # none of the columns later steps add).
     conn = sqlite3.connect(sqlite_path, isolation_level=None)
     try:
-        conn.execute("DROP INDEX dependencies_order")
-        for column in ("deps_processed", "deps_failed", "deps_ignored", "cancel_reason"):
+        for index in ("dependencies_order", "jobs_group_waiting", "jobs_own_waiting", "jobs_group"):
+            conn.execute(f"DROP INDEX {index}")
+        for column in (
+            "deps_processed",
+            "deps_failed",
+            "deps_ignored",
+            "cancel_reason",
+            "group_id",
+        ):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
-        for table in ("parent_links", "deduplication"):
+        for table in ("parent_links", "deduplication", "lanes"):
             conn.execute(f"DROP TABLE {table}")
-        for column in ("concurrency", "limited_until"):
+        for column in (
+            "concurrency",
+            "limited_until",
+            "group_concurrency",
+            "group_rate_max",
+            "group_rate_duration",
+            "served",
+        ):
             conn.execute(f"ALTER TABLE queues DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 3")
     finally:

@@ -4,7 +4,9 @@ Two processes on one SQLite file, PostgreSQL schema or Redis prefix:
 
 * add the same deduplication id many times at once: exactly one job is written;
 * run workers (concurrency 4 each) on a queue with a global concurrency of 2: each
-  handler writes when it starts and ends, and no moment ever sees more than 2 running.
+  handler writes when it starts and ends, and no moment ever sees more than 2 running;
+* run them on jobs of three groups with a group concurrency of 1: no moment ever sees
+  two jobs of one group running.
 
 The processes run this very file as a script.
 """
@@ -77,9 +79,10 @@ async def _serve(location: dict[str, str], out: str, stop: str) -> None:
     with _open_log(out) as log:
 
         async def handle(job: Job) -> None:
-            log.write(f"{time.time()!r} +1\n")
+            group = job.opts.group_id or "-"
+            log.write(f"{time.time()!r} +1 {group}\n")
             await anyio.sleep(0.02)
-            log.write(f"{time.time()!r} -1\n")
+            log.write(f"{time.time()!r} -1 {group}\n")
 
         async with make_store(location) as store, Worker(QUEUE, handle, store=store, concurrency=4):
             _write(out + ".ready", "")
@@ -144,8 +147,11 @@ async def test_processes_adding_one_deduplication_id_write_one_job(
         await drop_location(location)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_worker_processes_keep_to_the_global_concurrency(kind: str, tmp_path: Path) -> None:
+async def _run_workers(
+    kind: str, tmp_path: Path, limit: Any, jobs: list[dict[str, Any]]
+) -> dict[str, int]:
+    """Two worker processes (concurrency 4 each) run ``jobs`` on a queue ``limit`` was
+    called on; the most handlers that ever ran at once, in all and per group."""
     skip_unless_available(kind)
     location = new_location(kind, str(tmp_path))
     stop = tmp_path / "stop"
@@ -153,7 +159,7 @@ async def test_worker_processes_keep_to_the_global_concurrency(kind: str, tmp_pa
     try:
         async with make_store(location) as store:
             queue = Queue(QUEUE, store=store)
-            await queue.set_global_concurrency(2)
+            await limit(queue)
             procs = [_spawn("serve", json.dumps(location), str(out), str(stop)) for out in outs]
             try:
 
@@ -161,32 +167,59 @@ async def test_worker_processes_keep_to_the_global_concurrency(kind: str, tmp_pa
                     return all(out.with_name(out.name + ".ready").exists() for out in outs)
 
                 await _until(ready, timeout=60)
-                await queue.add_bulk([{"name": "work", "data": i} for i in range(JOBS)])
+                await queue.add_bulk(jobs)
 
                 async def all_done() -> bool:
-                    return (await queue.get_job_counts())["completed"] == JOBS
+                    return (await queue.get_job_counts())["completed"] == len(jobs)
 
                 await _until(all_done, timeout=60)
             finally:
                 stop.touch()
                 codes = _join(procs)
             assert codes == [0, 0]
-            marks: list[tuple[float, int]] = []
+            marks: list[tuple[float, int, str]] = []
             for out in outs:
                 for line in out.read_text().splitlines():
-                    stamp, step = line.split()
-                    marks.append((float(stamp), int(step)))
-            # Ends sort before starts at the same instant: a handler ending and another
-            # starting in one tick of the clock did not overlap.
-            marks.sort()
-            running = most = 0
-            for _, step in marks:
-                running += step
-                most = max(most, running)
-            assert len(marks) == 2 * JOBS
-            assert most <= 2
+                    stamp, step, group = line.split()
+                    marks.append((float(stamp), int(step), group))
     finally:
         await drop_location(location)
+    assert len(marks) == 2 * len(jobs)
+    # Ends sort before starts at the same instant: a handler ending and another starting
+    # in one tick of the clock did not overlap.
+    marks.sort()
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    for _, step, group in marks:
+        for key in ("all", group):
+            running[key] = running.get(key, 0) + step
+            most[key] = max(most.get(key, 0), running[key])
+    return most
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_worker_processes_keep_to_the_global_concurrency(kind: str, tmp_path: Path) -> None:
+    async def limit(queue: Queue) -> None:
+        await queue.set_global_concurrency(2)
+
+    jobs = [{"name": "work", "data": i} for i in range(JOBS)]
+    most = await _run_workers(kind, tmp_path, limit, jobs)
+    assert most["all"] <= 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_worker_processes_keep_each_group_to_its_concurrency(
+    kind: str, tmp_path: Path
+) -> None:
+    async def limit(queue: Queue) -> None:
+        await queue.set_group_limits(concurrency=1)
+
+    groups = ("acme", "globex", "initech")
+    jobs = [{"name": "work", "data": i, "opts": {"group_id": groups[i % 3]}} for i in range(JOBS)]
+    most = await _run_workers(kind, tmp_path, limit, jobs)
+    assert {group: most[group] for group in groups} == dict.fromkeys(groups, 1)
+    # The three groups did run side by side: the limit is per group, not per queue.
+    assert most["all"] >= 2
 
 
 if __name__ == "__main__":

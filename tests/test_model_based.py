@@ -144,6 +144,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             delay=extra.pop("delay", 0.0),
             keep_completed=data.draw(st.sampled_from([None, None, 0, 2])),
             keep_failed=data.draw(st.sampled_from(keep_failed_choices)),
+            group_id=data.draw(st.sampled_from([None, None, "a", "b"])),
             **extra,
         )
 

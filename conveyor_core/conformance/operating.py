@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conveyor_core import Job, JobState, Queue
-from conveyor_core.store import Completion, Failure
+from conveyor_core.store import METRICS_MINUTES, Completion, Failure
 
 from ._support import Harness
 
@@ -163,6 +163,22 @@ class OperatingTests:
         assert await env.store.get_metrics(q, "completed", minute + 2, minute + 9) == {}
         other = env.name("quiet")
         assert await env.store.get_metrics(other, "completed", minute, minute + 1) == {}
+
+    async def test_metrics_keep_a_week_of_minutes_and_drop_older_ones(self, env: Harness) -> None:
+        # What a store keeps stays bounded: a minute written for the first time drops
+        # the minutes more than METRICS_MINUTES before it, and only those.
+        q = env.name("metrics-week")
+        await env.queue(q).add_bulk([{"name": "tick"} for _ in range(4)])
+        first = int(time.time() // 60) - METRICS_MINUTES - 10
+        ids = await _take_and(env, q, 4, first * 60.0)
+        week_later = first + 1 + METRICS_MINUTES
+        for job_id, minute in zip(ids, (first, first + 1, week_later, week_later), strict=True):
+            done = await env.store.complete_jobs(q, [Completion(job_id, "op", "1")], minute * 60.0)
+            assert done == [True]
+        assert await env.store.get_metrics(q, "completed", first, week_later) == {
+            first + 1: 1,
+            week_later: 2,
+        }
 
     async def test_metrics_count_every_job_that_enters_failed(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")

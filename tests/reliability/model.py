@@ -90,6 +90,7 @@ class MJob:
     finish_order: int = 0
     links: list[tuple[Key, ParentPolicy]] | None = None
     """Parent links beyond ``parent`` (a DAG's shared job), in order."""
+    group: str | None = None
 
 
 @dataclass
@@ -125,6 +126,9 @@ class Model:
         self.recreated: set[Key] = set()
         """Parents with a dependency re-created by a retry (its place is then open)."""
         self.paused: set[str] = set()
+        self.served: dict[tuple[str, str], int] = {}
+        """GROUPS: each lane's served number (``""``: a queue's own lane)."""
+        self.serve_no: dict[str, int] = {}
         self.ever_parent: set[Key] = set()
         self.parent_events: dict[Key, list[str]] = {}
         """For jobs that had children: their waiting/delayed/waiting-children events."""
@@ -443,6 +447,7 @@ class Model:
             parent=None if new.parent_id is None else (str(new.parent_queue), new.parent_id),
             policy=new.parent_policy,
             created_at=self.now,
+            group=new.group_id,
         )
         self.jobs[key] = job
         if job.parent is not None:
@@ -513,6 +518,8 @@ class Model:
         self.promote_due(queue)
         problems: list[str] = []
         order = [] if queue in self.paused else self.waiting_order(queue)
+        if any(job.group is not None for job in order):
+            return self._take_by_lanes(queue, order, taken, limit, token, lock_until)
         expect = order[:limit]
         got: list[MJob] = []
         for job_id in taken:
@@ -542,6 +549,48 @@ class Model:
             job.lock_until = lock_until
             job.processed_at = self.now
         return problems
+
+    def _take_by_lanes(
+        self,
+        queue: str,
+        order: list[MJob],
+        taken: Sequence[str],
+        limit: int,
+        token: str,
+        lock_until: float,
+    ) -> list[str]:
+        """TAKE BY LANES (no group limits): one job at a time from the lane served least
+        recently (then by group id, the own lane as ""); jobs of one lane in place order,
+        where jobs sharing a place may come in any order."""
+        lanes: dict[str, list[MJob]] = {}
+        for job in order:
+            lanes.setdefault(job.group or "", []).append(job)
+        expect: list[tuple[str, tuple[int, int]]] = []
+        while len(expect) < limit and any(lanes.values()):
+            lane = min(
+                (g for g, jobs in lanes.items() if jobs),
+                key=lambda g: (self.served.get((queue, g), 0), g),
+            )
+            job = lanes[lane].pop(0)
+            expect.append((lane, job.place or (0, 0)))
+            self.serve_no[queue] = self.serve_no.get(queue, 0) + 1
+            self.served[(queue, lane)] = self.serve_no[queue]
+        got: list[MJob] = []
+        for job_id in taken:
+            job = self.jobs.get((queue, job_id))
+            if job is None or job.state is not WAITING or job in got:
+                return [f"take returned {job_id!r}, which is not waiting (or twice)"]
+            got.append(job)
+        actual = [(job.group or "", job.place or (0, 0)) for job in got]
+        if actual != expect:
+            return [f"take by lanes returned {actual}, expected {expect}"]
+        for job in got:
+            job.state = ACTIVE
+            job.place = None
+            job.lock_token = token
+            job.lock_until = lock_until
+            job.processed_at = self.now
+        return []
 
     def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
@@ -832,6 +881,7 @@ def _compare_job(mine: MJob, got: JobRecord) -> list[str]:
         "parent_policy": mine.policy,
         "keep_completed": mine.keep_completed,
         "keep_failed": mine.keep_failed,
+        "group_id": mine.group,
     }
     if mine.state is COMPLETED:
         wanted["return_value"] = mine.return_value

@@ -128,19 +128,21 @@ local function delete_job(base, id, jk, state)
     base .. 'plinks:' .. id)
 end
 
--- Finished jobs per minute: hash "<base>m:<kind>", field = the minute of NOW. When the
--- hash outgrows the kept window by an hour, the minutes before the window are dropped.
+-- Finished jobs per minute: hash "<base>m:<kind>", field = the minute of NOW, and beside
+-- it sorted set "<base>mm:<kind>" of the same minutes (score = member = minute). A minute
+-- written for the first time drops the minutes more than METRICS_MINUTES before it.
 local METRICS_MINUTES = @METRICS_MINUTES
 local function count_finished(base, kind, n)
   local key = base .. 'm:' .. kind
   local minute = math.floor(NOW / 60)
   local field = string.format('%d', minute)
-  if redis.call('HINCRBY', key, field, n) == n
-      and redis.call('HLEN', key) > METRICS_MINUTES + 60 then
-    local oldest = minute - METRICS_MINUTES
-    for _, f in ipairs(redis.call('HKEYS', key)) do
-      if tonumber(f) < oldest then redis.call('HDEL', key, f) end
-    end
+  if redis.call('HINCRBY', key, field, n) == n then
+    local minutes = base .. 'mm:' .. kind
+    redis.call('ZADD', minutes, minute, field)
+    local oldest = '(' .. string.format('%d', minute - METRICS_MINUTES)
+    local old = redis.call('ZRANGEBYSCORE', minutes, '-inf', oldest)
+    for _, f in ipairs(old) do redis.call('HDEL', key, f) end
+    redis.call('ZREMRANGEBYSCORE', minutes, '-inf', oldest)
   end
 end
 

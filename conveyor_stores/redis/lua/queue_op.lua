@@ -109,7 +109,8 @@ elseif op == 'obliterate' then
     redis.call('DEL', QB .. 'sched:' .. sid)
   end
   redis.call('DEL', QB .. 'scheds', QB .. 'sched_next', QB .. 'dedup')
-  redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed')
+  redis.call('DEL', QB .. 'meta', QB .. 'marker', QB .. 'm:completed', QB .. 'm:failed',
+    QB .. 'mm:completed', QB .. 'mm:failed')
   redis.call('SREM', PB .. 'queues', ARGV[5])
   return done(1)
 end
