@@ -2,13 +2,13 @@
 -- ARGV[3] = number of jobs; per job 12 fields: id, base, queue, name, data, opts, state,
 -- priority, lifo, delay, keep_completed, keep_failed ('' = none). Then the number of
 -- edges; per edge 7 fields: parent base, parent queue, parent id, child base, child queue,
--- child id, policy. Then the number of deduplication entries; per entry 5 fields: index
--- of its job (from 0), deduplication id, ttl ('' = none), extend, replace ('1'/'0').
--- Everything is checked before anything is written. Returns per entry its holder's id
--- and 1 if that is its job, written, else 0 (flat).
+-- child id, policy. Everything is checked before anything is written.
 local F, E = 12, 7
 local njobs = tonumber(ARGV[3])
 
+-- After the edges: the number of deduplication entries; per entry 5 fields: index of
+-- its job (from 0), deduplication id, ttl ('' = none), extend, replace ('1'/'0').
+-- Returns per entry its holder's id and 1 if that is its job, written, else 0 (flat).
 -- DEDUPLICATED NODE, decided first (reads only): a live holder stands in for its node,
 -- which is left out; edges to the node take the holder as their child, and an edge that
 -- then repeats an earlier one is dropped.
