@@ -352,7 +352,7 @@ class _Operations:
             [key.replace for _, key in deduplication],
         ]
         try:
-            row = await self._fetchrow("add_dag", *columns, *edge_columns, *dedup_columns, now)
+            rows = await self._fetch("add_dag", *dedup_columns, *columns, *edge_columns, now)
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise await self._duplicate_error([jobs], exc) from exc
         except asyncpg.PostgresError as exc:
@@ -363,9 +363,7 @@ class _Operations:
             if exc.sqlstate == "CV409":
                 raise InvalidJobStateError(str(exc)) from exc
             raise
-        return [
-            DeduplicatedAdd(job_id, bool(ok)) for job_id, ok in zip(row[0], row[1], strict=True)
-        ]
+        return [DeduplicatedAdd(row[0], bool(row[1])) for row in rows]
 
     async def add_children(
         self,
@@ -1003,11 +1001,10 @@ def _statements(schema: str) -> dict[str, str]:
         "$5::text[], $6::text[], $7::text[], $8::int[], $9::bool[], $10::float8[], "
         "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::float8)",
         "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
-        "add_dag": f"SELECT * FROM {s}.add_dag($1::text[], $2::text[], $3::text[], "
-        "$4::text[], $5::text[], $6::text[], $7::int[], $8::bool[], $9::float8[], "
-        "$10::int8[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], "
-        "$16::text[], $17::int[], $18::text[], $19::float8[], $20::bool[], $21::bool[], "
-        "$22::float8)",
+        "add_dag": f"SELECT * FROM {s}.add_dag($1::int[], $2::text[], $3::float8[], "
+        "$4::bool[], $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], "
+        "$11::text[], $12::int[], $13::bool[], $14::float8[], $15::int8[], $16::int8[], "
+        "$17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::float8)",
         "get_parent_links": f"SELECT l.pq, l.pid, l.policy FROM {s}.jobs j "
         f"LEFT JOIN LATERAL {s}._links(j.queue, j.id) l ON true "
         "WHERE j.queue = $1::text AND j.id = $2::text",

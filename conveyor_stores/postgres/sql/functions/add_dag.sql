@@ -4,16 +4,18 @@
 -- that exists), CV404 (a missing existing child), CV409 (a failed existing child).
 -- DEDUPLICATED NODE comes first: per entry (dpos: 0-based index into the jobs), the
 -- entry is taken for its node, or a live holder (_dedup_live) stands in for the node:
--- the node is left out (gone) and its edges take the holder as their child. Returns per
--- entry the job holding its id and whether that is the node, written.
+-- the node is left out (gone) and its edges take the holder as their child. Returns a
+-- row per entry: the job holding its id and whether that is the node, written.
 CREATE OR REPLACE FUNCTION @S.add_dag(
+    dpos integer[], dids text[], dttls double precision[], dexts boolean[], dreps boolean[],
     ids text[], qs text[], names text[], datas text[], optss text[], states text[],
     prios integer[], lifos boolean[], delays double precision[], keep_cs bigint[],
     keep_fs bigint[], epqs text[], epids text[], ecqs text[], ecids text[], epolicies text[],
-    dpos integer[], dids text[], dttls double precision[], dexts boolean[], dreps boolean[],
-    now double precision, OUT dedup_ids text[], OUT dedup_written boolean[])
-LANGUAGE plpgsql AS $$
+    now double precision)
+RETURNS TABLE (dedup_job_id text, dedup_job_written boolean) LANGUAGE plpgsql AS $$
 DECLARE
+    dedup_ids text[] := '{}';
+    dedup_written boolean[] := '{}';
     gone integer[] := '{}';
     hqs text[] := '{}';
     hnodes text[] := '{}';
@@ -31,8 +33,6 @@ DECLARE
     edone boolean[];
     evalue text[];
 BEGIN
-    dedup_ids := '{}';
-    dedup_written := '{}';
     FOR n IN 1 .. coalesce(array_length(dpos, 1), 0) LOOP
         di := dpos[n] + 1;
         INSERT INTO @S.deduplication (queue, id, job_id, expires_at)
@@ -123,9 +123,8 @@ BEGIN
                                  keep_cs, keep_fs)
                 WITH ORDINALITY AS u(id, queue, name, data, opts, state, priority, lifo, delay,
                                      keep_c, keep_f, o)
-            WHERE u.o <> ALL (gone)
             ORDER BY u.o
-        ) t
+        ) t WHERE t.o <> ALL (gone)
     ), ins AS (
         INSERT INTO @S.jobs (id, queue, name, data, opts, state, priority, lifo, delay,
                              created_at, run_at, keep_completed, keep_failed, parent_id,
@@ -187,4 +186,5 @@ BEGIN
         evs := array_append(evs, e);
     END LOOP;
     PERFORM @S._publish(devs || evs);
+    RETURN QUERY SELECT * FROM unnest(dedup_ids, dedup_written);
 END $$;
