@@ -15,7 +15,7 @@ does no locking and no I/O of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -45,6 +45,7 @@ from .store import (
     StallOutcome,
     TakeResult,
     check_children_of,
+    check_dag_deduplication,
     check_dependency_limit,
     child_failed_reason,
     decode_dependency_cursor,
@@ -505,8 +506,30 @@ class Engine:
                     self._write_new(new, now)
         return written
 
-    def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+    def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
         b = self.b
+        check_dag_deduplication(jobs, edges, deduplication)
+        # DEDUPLICATED NODE, decided first: a live holder stands in for its node.
+        results: list[DeduplicatedAdd] = []
+        holders: dict[tuple[str, str], JobRecord] = {}
+        for index, dedup in deduplication:
+            node = jobs[index]
+            live = self._live_holder(node.queue, dedup.id, now)
+            if live is None:
+                results.append(DeduplicatedAdd(node.id, True))
+            else:
+                holders[(node.queue, node.id)] = live
+                results.append(DeduplicatedAdd(live.id, False))
+        nodes = jobs
+        if holders:
+            jobs = [new for new in jobs if (new.queue, new.id) not in holders]
+            edges = self._edges_to_holders(edges, holders)
         new_keys: set[tuple[str, str]] = set()
         for new in jobs:
             key = (new.queue, new.id)
@@ -532,6 +555,12 @@ class Engine:
                 )
         for new in jobs:
             self._write_new(new, now)
+        for (index, dedup), result in zip(deduplication, results, strict=True):
+            node = nodes[index]
+            if result.written:
+                self._take_deduplication(node, dedup, now)
+            else:
+                self._deduplicated(holders[(node.queue, node.id)], node, dedup, now)
         for edge in edges:
             child = b.get(edge.child_queue, edge.child_id)
             assert child is not None
@@ -544,6 +573,7 @@ class Engine:
         for new in jobs:
             if new.state is WAITING_CHILDREN:
                 self._release_check(new.queue, new.id, now)
+        return results
 
     def _check_existing_parent(self, group: Sequence[NewJob]) -> None:
         """ADD TO AN EXISTING PARENT: a group's first job may name a parent outside the
@@ -594,35 +624,73 @@ class Engine:
 
     def add_deduplicated(self, new: NewJob, dedup: DeduplicationKey, now: float) -> DeduplicatedAdd:
         """DEDUPLICATION of the protocol."""
-        b = self.b
-        entry = b.get_deduplication(new.queue, dedup.id)
-        live = None if entry is None else b.get(new.queue, entry[0])
-        if entry is not None and live is not None:
-            expires_at = entry[1]
-            if (expires_at is None and not live.state.finished) or (
-                expires_at is not None and now < expires_at
-            ):
-                if dedup.replace and live.state is DELAYED:
-                    live.data = new.data
-                    self._enter_delayed(live, DELAYED, now + new.delay, now)
-                if dedup.extend and dedup.ttl is not None:
-                    b.put_deduplication(new.queue, dedup.id, live.id, now + dedup.ttl)
-                b.emit(
-                    "deduplicated",
-                    new.queue,
-                    live.id,
-                    {"deduplication_id": dedup.id, "deduplicated_job_id": new.id},
-                    now,
-                )
-                return DeduplicatedAdd(live.id, False)
+        live = self._live_holder(new.queue, dedup.id, now)
+        if live is not None:
+            self._deduplicated(live, new, dedup, now)
+            return DeduplicatedAdd(live.id, False)
         # As add_jobs of one standalone job: an existing id writes nothing.
-        if b.get(new.queue, new.id) is not None:
+        if self.b.get(new.queue, new.id) is not None:
             return DeduplicatedAdd(new.id, False)
         self._write_new(new, now)
-        b.put_deduplication(
-            new.queue, dedup.id, new.id, None if dedup.ttl is None else now + dedup.ttl
-        )
+        self._take_deduplication(new, dedup, now)
         return DeduplicatedAdd(new.id, True)
+
+    def _live_holder(self, queue: str, dedup_id: str, now: float) -> JobRecord | None:
+        """The job of the entry of ``dedup_id`` while the entry is live (DEDUPLICATION)."""
+        entry = self.b.get_deduplication(queue, dedup_id)
+        if entry is None:
+            return None
+        live = self.b.get(queue, entry[0])
+        if live is None:
+            return None
+        expires_at = entry[1]
+        if expires_at is None:
+            return None if live.state.finished else live
+        return live if now < expires_at else None
+
+    def _deduplicated(
+        self, live: JobRecord, new: NewJob, dedup: DeduplicationKey, now: float
+    ) -> None:
+        """DEDUPLICATION step 1: ``new`` is not written; ``replace``/``extend`` act on
+        the live job, which gets the event ``deduplicated``."""
+        if dedup.replace and live.state is DELAYED:
+            live.data = new.data
+            self._enter_delayed(live, DELAYED, now + new.delay, now)
+        if dedup.extend and dedup.ttl is not None:
+            self.b.put_deduplication(new.queue, dedup.id, live.id, now + dedup.ttl)
+        self.b.emit(
+            "deduplicated",
+            new.queue,
+            live.id,
+            {"deduplication_id": dedup.id, "deduplicated_job_id": new.id},
+            now,
+        )
+
+    def _take_deduplication(self, new: NewJob, dedup: DeduplicationKey, now: float) -> None:
+        """The entry of ``dedup.id`` becomes ``new``'s, for its ttl."""
+        expires_at = None if dedup.ttl is None else now + dedup.ttl
+        self.b.put_deduplication(new.queue, dedup.id, new.id, expires_at)
+
+    @staticmethod
+    def _edges_to_holders(
+        edges: Sequence[DagEdge], holders: Mapping[tuple[str, str], JobRecord]
+    ) -> list[DagEdge]:
+        """DEDUPLICATED NODE: each edge to a deduplicated node goes to its live holder;
+        an edge repeating an earlier one's parent and child is dropped."""
+        out: list[DagEdge] = []
+        seen: set[tuple[str, str, str, str]] = set()
+        for edge in edges:
+            holder = holders.get((edge.child_queue, edge.child_id))
+            if holder is not None:
+                edge = DagEdge(
+                    edge.parent_queue, edge.parent_id, holder.queue, holder.id, edge.policy
+                )
+            pair = (edge.parent_queue, edge.parent_id, edge.child_queue, edge.child_id)
+            if pair in seen:
+                continue
+            seen.add(pair)
+            out.append(edge)
+        return out
 
     def _write_new(self, new: NewJob, now: float) -> None:
         policy = None if new.parent_policy is None else ParentPolicy(new.parent_policy)

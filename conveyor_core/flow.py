@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as replaced
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,7 +34,14 @@ from .queue import (
     record_of,
     resolve_options,
 )
-from .store import ChildDependency, DagEdge, NewJob, StoreInterface
+from .store import (
+    ChildDependency,
+    DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
+    NewJob,
+    StoreInterface,
+)
 from .telemetry import sending_flows
 
 __all__ = ["FlowProducer", "JobNode"]
@@ -81,6 +89,8 @@ class _Planned:
     root: JobNode
     depth: int
     root_opts: JobOptions
+    deduplication: list[tuple[int, DeduplicationKey]] = field(default_factory=list)
+    """``(index into group, key)`` of its deduplicated leaves (DEDUPLICATED NODE)."""
 
 
 def _dag_order(nodes: Sequence[DagJob], local: Mapping[str, DagJob]) -> list[DagJob]:
@@ -191,6 +201,39 @@ def _node_fields(raw: object) -> tuple[str, str, Any, Any, Sequence[object]]:
     raise TypeError(f"a flow node must be a FlowJob or a dict, got {type(raw).__name__}")
 
 
+def _key_of(opts: JobOptions) -> DeduplicationKey | None:
+    dedup = opts.deduplication
+    if dedup is None:
+        return None
+    return DeduplicationKey(dedup.id, dedup.ttl, dedup.extend, dedup.replace)
+
+
+def _leaf_only(name: str, queue: str) -> ValueError:
+    return ValueError(
+        f"opts.deduplication of job {name!r} of queue {queue!r}: only a leaf of a flow "
+        "(a node without children) can be deduplicated"
+    )
+
+
+def _as_dag(
+    plans: Sequence[_Planned],
+) -> tuple[list[NewJob], list[DagEdge], list[tuple[int, DeduplicationKey]]]:
+    """Trees as one DAG for ``add_dag``: their jobs without parents, each child one edge
+    to its parent with its policy (in the order of the jobs, so each parent keeps its
+    children in order), and the deduplicated leaves by index into the jobs."""
+    jobs: list[NewJob] = []
+    edges: list[DagEdge] = []
+    entries: list[tuple[int, DeduplicationKey]] = []
+    for plan in plans:
+        entries.extend((len(jobs) + index, key) for index, key in plan.deduplication)
+        for new in plan.group:
+            if new.parent_id is not None and new.parent_queue is not None:
+                policy = new.parent_policy or ParentPolicy.FAIL
+                edges.append(DagEdge(new.parent_queue, new.parent_id, new.queue, new.id, policy))
+            jobs.append(replaced(new, parent_id=None, parent_queue=None, parent_policy=None))
+    return jobs, edges, entries
+
+
 def _link_root(plan: _Planned) -> None:
     """Copy the root's parent link (set after planning) into its returned job."""
     head, record = plan.group[0], plan.root.job.record
@@ -234,12 +277,16 @@ class FlowProducer:
         queue_defaults: Mapping[str, dict[str, Any]],
         now: float,
         pacer: Pacer,
+        deduplicable: bool = False,
     ) -> _Planned:
         """Validate one tree and turn it into ``NewJob``s, parents before children.
 
-        A wide or deep tree takes a while: ``pacer`` lets other tasks run meanwhile.
+        ``deduplicable``: its leaves may carry ``opts.deduplication`` (``add``,
+        ``add_bulk``); elsewhere it is refused. A wide or deep tree takes a while:
+        ``pacer`` lets other tasks run meanwhile.
         """
         group: list[NewJob] = []
+        deduplication: list[tuple[int, DeduplicationKey]] = []
         seen: set[str] = set()
         root: JobNode | None = None
         root_opts = JobOptions()
@@ -264,6 +311,9 @@ class FlowProducer:
                 raise DuplicateJobError(f"job id {job_id!r} is used twice in one flow")
             seen.add(job_id)
             data = codec.dumps(node_data, what=partial(_data_of, name, queue))
+            key = _key_of(opts)
+            if key is not None and deduplicable and children:
+                raise _leaf_only(name, queue)
             new = build_new_job(
                 queue=queue,
                 name=name,
@@ -271,7 +321,10 @@ class FlowProducer:
                 opts=opts,
                 job_id=job_id,
                 has_children=bool(children),
+                deduplicable=deduplicable,
             )
+            if key is not None:
+                deduplication.append((len(group), key))
             if parent is not None and parent_opts is not None:
                 new.parent_id = parent.job.id
                 new.parent_queue = parent.job.queue_name
@@ -289,7 +342,7 @@ class FlowProducer:
             for child in reversed(children):
                 stack.append((child, node, opts, depth + 1))
         assert root is not None
-        return _Planned(group, root, max_depth, root_opts)
+        return _Planned(group, root, max_depth, root_opts, deduplication)
 
     def _queue_defaults(
         self, queues_options: Mapping[str, OptionsLike] | None
@@ -304,7 +357,9 @@ class FlowProducer:
         """Add one flow atomically; returns its tree of jobs.
 
         If the root's ``job_id`` already exists, nothing is written and the existing
-        flow is returned.
+        flow is returned. A leaf with ``opts.deduplication`` whose id a live job holds is
+        not added: that job becomes its parent's dependency and takes its place in the
+        returned tree (see ``add_bulk``).
         """
         return (await self.add_bulk([flow], queues_options))[0]
 
@@ -318,11 +373,29 @@ class FlowProducer:
         A root with ``opts.parent`` becomes a child of that existing job, which must be
         in ``waiting-children`` or ``active`` (``InvalidJobStateError`` otherwise,
         ``JobNotFoundError`` if it does not exist; nothing is written either way).
+
+        A leaf (a node without children) may carry ``opts.deduplication``: while a live
+        job holds its id (in the leaf's queue), the leaf is not added and that job becomes
+        its parent's dependency instead (its completion resolves every parent waiting for
+        it; a completed one resolves the parent at once), in the same atomic step; the
+        returned tree shows that job in the leaf's place. A free id is taken by the new
+        leaf. Such flows are written as one DAG (``add_dag``); their roots must not set
+        ``opts.parent``.
         """
         defaults = self._queue_defaults(queues_options)
         now = self._clock()
         pacer = Pacer()
-        plans = [await self._plan(tree, defaults, now, pacer) for tree in flows]
+        plans = [await self._plan(tree, defaults, now, pacer, True) for tree in flows]
+        if any(plan.deduplication for plan in plans):
+            for plan in plans:
+                if plan.root_opts.parent is not None:
+                    head = plan.group[0]
+                    raise ValueError(
+                        f"job {head.name!r} of queue {head.queue!r}: a flow with a "
+                        "deduplicated leaf is added on its own, without opts.parent on "
+                        "its root (in add_bulk, no root may set opts.parent then)"
+                    )
+            return await self._write_dag(plans, now, pacer)
         for plan in plans:
             await adopt(self.store, plan.group[0], plan.root_opts)
             _link_root(plan)
@@ -357,14 +430,9 @@ class FlowProducer:
 
         return await self._write(plans, now, pacer, call)
 
-    async def _write(
-        self,
-        plans: list[_Planned],
-        now: float,
-        pacer: Pacer,
-        call: Callable[[Sequence[Sequence[NewJob]], float], Awaitable[list[bool]]],
-    ) -> list[JobNode]:
-        """Write the planned trees in one store call; an existing root's flow is read."""
+    @staticmethod
+    async def _check_taken(plans: list[_Planned], pacer: Pacer) -> None:
+        """``DuplicateJobError`` for a ``(queue, id)`` used in two flows of one call."""
         taken: set[tuple[str, str]] = set()
         for plan in plans:
             for new in plan.group:
@@ -377,6 +445,16 @@ class FlowProducer:
                         "of one add_bulk call"
                     )
                 taken.add(key)
+
+    async def _write(
+        self,
+        plans: list[_Planned],
+        now: float,
+        pacer: Pacer,
+        call: Callable[[Sequence[Sequence[NewJob]], float], Awaitable[list[bool]]],
+    ) -> list[JobNode]:
+        """Write the planned trees in one store call; an existing root's flow is read."""
+        await self._check_taken(plans, pacer)
         if not plans:
             return []
         groups = [plan.group for plan in plans]
@@ -396,6 +474,62 @@ class FlowProducer:
             nodes.append(existing)
         return nodes
 
+    async def _write_dag(self, plans: list[_Planned], now: float, pacer: Pacer) -> list[JobNode]:
+        """Write planned trees with deduplicated leaves as one DAG (``add_dag``): each
+        child one edge to its parent with its policy. As a tree add, a flow whose root
+        exists already is not written and is returned as it is."""
+        await self._check_taken(plans, pacer)
+        heads = [plan.group[0] for plan in plans]
+        found = await _gather([partial(self.store.get_job, h.queue, h.id) for h in heads])
+        writing = [plan for plan, record in zip(plans, found, strict=True) if record is None]
+        by_index: dict[int, DeduplicatedAdd] = {}
+        if writing:
+            # The spans carry their trace contexts into the jobs' options: copy after.
+            with sending_flows([plan.group for plan in writing]):
+                jobs, edges, entries = _as_dag(writing)
+                results = await self.store.add_dag(jobs, edges, now, entries)
+            by_index = dict(zip((index for index, _ in entries), results, strict=True))
+        nodes: list[JobNode] = []
+        offset = 0
+        for plan, record in zip(plans, found, strict=True):
+            if record is not None:
+                existing = await self.get_flow(record.id, record.queue, depth=max(plan.depth, 10))
+                if existing is None:
+                    raise DuplicateJobError(
+                        f"job id {record.id!r} already exists in queue {record.queue!r}"
+                    )
+                nodes.append(existing)
+                continue
+            await self._show_holders(plan, offset, by_index)
+            offset += len(plan.group)
+            nodes.append(plan.root)
+        return nodes
+
+    async def _show_holders(
+        self, plan: _Planned, offset: int, results: Mapping[int, DeduplicatedAdd]
+    ) -> None:
+        """Put each live job that deduplicated a leaf of ``plan`` in the leaf's place."""
+        if not any(not results[offset + index].written for index, _ in plan.deduplication):
+            return
+        placed: dict[int, JobNode] = {}
+        parents: dict[int, JobNode] = {}
+        for index, node in enumerate(plan.root.walk()):  # parents first, as the group
+            assert node.job.id == plan.group[index].id
+            placed[index] = node
+            for child in node.children:
+                parents[id(child)] = node
+        for index, _ in plan.deduplication:
+            added = results[offset + index]
+            if added.written:
+                continue
+            node = placed[index]
+            record = await self.store.get_job(node.job.queue_name, added.job_id)
+            parent = parents.get(id(node))
+            if record is not None:
+                node.job = Job(self.store, record, clock=self._clock)
+            elif parent is not None:  # finished and removed since: nothing to show
+                parent.children.remove(node)
+
     async def add_dag(
         self,
         nodes: Sequence[DagLike],
@@ -410,6 +544,10 @@ class FlowProducer:
         is an error naming it, and nothing is written. Failure policies apply per edge:
         a node's own child flag wins, else each dependent's
         ``fail_parent_on_child_failure``.
+
+        A node without ``depends_on`` may carry ``opts.deduplication``: while a live job
+        holds its id (in the node's queue), the node is not added, its dependents depend
+        on that job instead, and the result maps the node's id to that job.
         """
         defaults = self._queue_defaults(queues_options)
         parsed = [_dag_node(node) for node in nodes]
@@ -435,6 +573,7 @@ class FlowProducer:
         jobs: dict[str, Job] = {}
         news: dict[str, NewJob] = {}
         keys: set[tuple[str, str]] = set()
+        deduplicated: dict[str, DeduplicationKey] = {}
         for node in order:
             if pacer.due():
                 await pacer.pause()
@@ -448,6 +587,12 @@ class FlowProducer:
                 )
             keys.add((node.queue_name, job_id))
             data = codec.dumps(node.data, what=partial(_data_of, node.name, node.queue_name))
+            key = _key_of(opts)
+            if key is not None and node.depends_on:
+                raise ValueError(
+                    f"opts.deduplication of job {node.id!r} of the DAG: only a node without "
+                    "depends_on can be deduplicated"
+                )
             new = build_new_job(
                 queue=node.queue_name,
                 name=node.name,
@@ -455,7 +600,10 @@ class FlowProducer:
                 opts=opts,
                 job_id=job_id,
                 has_children=bool(node.depends_on),
+                deduplicable=True,
             )
+            if key is not None:
+                deduplicated[node.id] = key
             options[node.id] = opts
             news[node.id] = new
         # An existing job's own child flag decides its edges too: read it first (the
@@ -484,8 +632,15 @@ class FlowProducer:
                     own = flags[(child_queue, child_id)]
                 edges.append(DagEdge(parent.queue, parent.id, child_queue, child_id, own or policy))
         ordered = [news[node.id] for node in order]
-        await self.store.add_dag(ordered, edges, now)
+        place = {node.id: index for index, node in enumerate(order)}
+        entries = [(place[node_id], key) for node_id, key in deduplicated.items()]
+        results = await self.store.add_dag(ordered, edges, now, entries)
         records = {node.id: record_of(news[node.id], now) for node in parsed}
+        for node_id, added in zip(deduplicated, results, strict=True):
+            if not added.written:
+                holder = await self.store.get_job(news[node_id].queue, added.job_id)
+                if holder is not None:
+                    records[node_id] = holder
         by_key = {(record.queue, record.id): record for record in records.values()}
         for edge in edges:  # the first dependent of each new job is its parent_id
             record = by_key.get((edge.child_queue, edge.child_id))

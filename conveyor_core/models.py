@@ -166,6 +166,10 @@ class Deduplication(BaseModel):
     restarts the ``ttl`` at each deduplicated add; ``replace`` (for a job added with a
     ``delay``) gives the still-delayed job the new add's data and restarts its delay
     (debounce).
+
+    It applies to ``Queue.add`` and to leaves of flows and DAGs (``FlowProducer``): a
+    leaf whose id a live job holds is not added; the live job becomes its parent's
+    dependency instead.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

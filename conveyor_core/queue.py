@@ -111,12 +111,14 @@ def build_new_job(
     deduplicable: bool = False,
 ) -> NewJob:
     """A ``NewJob`` with the initial state the core picks for it. ``deduplicable``: the
-    caller adds it through ``add_deduplicated`` (``Queue.add``); elsewhere an
+    caller adds it under its deduplication id (``Queue.add`` through
+    ``add_deduplicated``, a flow's or DAG's leaf through ``add_dag``); elsewhere an
     ``opts.deduplication`` is refused."""
     if opts.deduplication is not None and not deduplicable:
         raise ValueError(
-            f"opts.deduplication of job {name!r}: deduplication applies to Queue.add only, "
-            "not to add_bulk, flows or job schedulers"
+            f"opts.deduplication of job {name!r}: deduplication applies to Queue.add and "
+            "to leaves of FlowProducer flows and DAGs, not to Queue.add_bulk, "
+            "Job.add_children or job schedulers"
         )
     if opts.deduplication is not None and opts.parent is not None:
         raise ValueError(

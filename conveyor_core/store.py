@@ -210,6 +210,28 @@ an id is freed when its job finishes or is deleted (no ttl), or when the ttl pas
 Two concurrent adds of one deduplication id write exactly one job. ``obliterate`` drops
 the queue's entries.
 
+DEDUPLICATED NODE: :meth:`StoreInterface.add_dag` may carry deduplication entries
+``(index, key)``: the node ``N = jobs[index]``, a leaf (no edge has it as its parent),
+under the deduplication id ``key.id`` of ``N.queue`` (at most one entry per node and per
+``(queue, id)``: see :func:`check_dag_deduplication`). In the same atomic step as the
+rest of the DAG, for each entry in order, as DEDUPLICATION step 1 defines *live*:
+
+1. If the entry of ``key.id`` is live, with job ``J``: ``N`` is not written, and every
+   edge whose child is ``N`` gets ``J`` as its child instead (an edge that then repeats
+   an earlier edge's parent and child is dropped). So ``J`` gets a parent link with the
+   edge's policy and the parent a dependency on ``J``, as for any existing child of a
+   DAG: ``processed`` at once with ``J``'s value if ``J`` is ``completed`` (possible
+   under a ttl), refused with ``InvalidJobStateError`` (nothing written) if ``J`` has
+   ``failed``. ``replace`` and ``extend`` act on ``J`` as in DEDUPLICATION step 1, and
+   ``J`` gets the event ``deduplicated`` with ``{"deduplication_id": key.id,
+   "deduplicated_job_id": N.id}``. The entry's result is ``(J.id, written=False)``.
+2. Otherwise ``N`` is written as any job of the DAG (an existing ``N.id`` refuses the
+   call with ``DuplicateJobError``), and the entry becomes ``(N.id, now + ttl or
+   None)``. The result is ``(N.id, written=True)``.
+
+Two concurrent adds of one deduplication id (by ``add_dag`` or ``add_deduplicated``)
+write exactly one job.
+
 GROUPS: a job may belong to a group (``group_id``: a non-empty string given when it is
 added, never changed). A queue's waiting jobs form *lanes*: one per group that has a
 waiting job, and the queue's own lane of its waiting jobs without a group. The queue
@@ -600,6 +622,38 @@ def check_children_of(queue: str, job_id: str, groups: Sequence[Sequence[NewJob]
             raise ValueError(f"every group must be a child of job {job_id!r}")
 
 
+def check_dag_deduplication(
+    jobs: Sequence[NewJob],
+    edges: Sequence[DagEdge],
+    deduplication: Sequence[tuple[int, DeduplicationKey]],
+) -> None:
+    """:meth:`StoreInterface.add_dag`'s ``ValueError`` for its deduplication entries
+    (DEDUPLICATED NODE): each names a job of ``jobs`` by index, at most once, that is no
+    edge's parent, and no two entries hold one deduplication id of one queue."""
+    if not deduplication:
+        return
+    parents = {(edge.parent_queue, edge.parent_id) for edge in edges}
+    indexes: set[int] = set()
+    ids: set[tuple[str, str]] = set()
+    for index, key in deduplication:
+        if isinstance(index, bool) or not 0 <= index < len(jobs):
+            raise ValueError(f"deduplication entry names no job of the DAG: {index!r}")
+        node = jobs[index]
+        if index in indexes:
+            raise ValueError(f"job {node.id!r} has two deduplication entries")
+        if (node.queue, node.id) in parents:
+            raise ValueError(
+                f"job {node.id!r} of queue {node.queue!r} has children: only a leaf of a "
+                "DAG can be deduplicated"
+            )
+        if (node.queue, key.id) in ids:
+            raise ValueError(
+                f"deduplication id {key.id!r} of queue {node.queue!r} is used twice in one add"
+            )
+        indexes.add(index)
+        ids.add((node.queue, key.id))
+
+
 @runtime_checkable
 class EventSubscription(Protocol):
     """A live feed of one queue's events; iterate it, then ``aclose()`` it."""
@@ -672,9 +726,22 @@ class StoreInterface(Protocol):
         """
         ...
 
-    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
         """Write a DAG: the new ``jobs`` and their dependencies ``edges``, all or nothing,
         in one atomic step.
+
+        ``deduplication``: ``(index into jobs, key)`` of leaves added under a
+        deduplication id (DEDUPLICATED NODE, decided first, in order: a node a live job
+        deduplicates is not written and its edges take that job as their child, before
+        any check below). Returns one :class:`DeduplicatedAdd` per entry, in order
+        (an empty list without entries). ``ValueError`` (nothing written) for entries
+        :func:`check_dag_deduplication` refuses.
 
         ``jobs`` carry no parent (``parent_id`` ``None``); a job with edges as a parent
         comes in ``waiting-children``, the others ``waiting`` or ``delayed``. Each edge's

@@ -711,8 +711,14 @@ class MemoryStore:
         size = sum(len(group) for group in groups)
         return await self._add(size, self._engine.add_jobs, groups, now)
 
-    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
-        await self._add(len(jobs), self._engine.add_dag, jobs, edges, now)
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
+        return await self._add(len(jobs), self._engine.add_dag, jobs, edges, now, deduplication)
 
     async def add_children(
         self,

@@ -21,6 +21,7 @@ from conveyor_core.models import JobState
 from conveyor_core.queue import options_json
 from conveyor_core.store import (
     Completion,
+    DagEdge,
     DeduplicatedAdd,
     DeduplicationKey,
     DependencyPage,
@@ -423,6 +424,25 @@ class DeduplicatesByReadThenWrite(MemoryStore):
         if written:
             self._held[key] = new.id
         return DeduplicatedAdd(new.id, written)
+
+
+class WritesDeduplicatedNodes(MemoryStore):
+    """Defect: ``add_dag`` ignores its deduplication entries.
+
+    A flow's deduplicated leaf is written as a new job even while a live job holds its
+    id, so the flow's parent waits for a duplicate instead of the live job (and the id
+    is never taken by the new leaf either).
+    """
+
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
+        await super().add_dag(jobs, edges, now)
+        return [DeduplicatedAdd(jobs[index].id, True) for index, _ in deduplication]
 
 
 class CapsEachTakeNotTheQueue(MemoryStore):

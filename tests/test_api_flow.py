@@ -202,3 +202,97 @@ async def test_add_dag_returns_jobs_by_id_with_their_first_dependent(store: Memo
     stored = await Queue("q", store=store).get_job("s-1")
     assert stored is not None and stored.parent_id == jobs["one"].id
     assert [job.id for job in await shared.get_parents()] == [jobs["one"].id, jobs["two"].id]
+
+
+async def test_deduplicated_leaves_are_refused_where_no_leaf_is_added(store: MemoryStore) -> None:
+    """``opts.deduplication`` stays refused in ``Job.add_children`` and in a job
+    scheduler's flow; nothing is written."""
+    dedup = {"deduplication": {"id": "d"}}
+    queue = Queue("dedup-refused", store=store)
+    with pytest.raises(ValueError, match="deduplication"):
+        await queue.upsert_job_scheduler(
+            "f",
+            every=60,
+            flow={
+                "name": "p",
+                "queue_name": queue.name,
+                "children": [{"name": "c", "queue_name": "leaves", "opts": dedup}],
+            },
+        )
+    assert await queue.get_job_schedulers() == []
+    refused: list[str] = []
+
+    async def handle(job: Job) -> None:
+        try:
+            await job.add_children([{"name": "c", "queue_name": "leaves", "opts": dedup}])
+        except ValueError as exc:
+            refused.append(str(exc))
+
+    parent = await queue.add("parent")
+    async with Worker(queue.name, handle, store=store):
+        await parent.wait_until_finished(timeout=5)
+    assert len(refused) == 1 and "Job.add_children" in refused[0]
+    assert sum((await Queue("leaves", store=store).get_job_counts()).values()) == 0
+
+
+async def test_a_bulk_of_flows_with_a_deduplicated_leaf_keeps_existing_roots(
+    store: MemoryStore,
+) -> None:
+    """Flows written as one DAG (for a deduplicated leaf) still return an existing root's
+    flow as it is, and show the live job in the deduplicated leaf's place."""
+    flow = FlowProducer(store=store)
+    live = await Queue("leaves", store=store).add("c", None, {"deduplication": {"id": "d"}})
+    existing = await flow.add(report_flow())
+    leaf = {"name": "c", "queue_name": "leaves", "opts": {"deduplication": {"id": "d"}}}
+    nodes = await flow.add_bulk(
+        [report_flow(), {"name": "p", "queue_name": "reports", "children": [leaf]}]
+    )
+    assert nodes[0].job.id == existing.job.id
+    assert [child.job.id for child in nodes[0].children] == [
+        child.job.id for child in existing.children
+    ]
+    assert nodes[1].children[0].job.id == live.id
+    assert nodes[1].children[0].job.data is None
+    deps = await store.get_dependencies("reports", nodes[1].job.id)
+    assert [dep.id for dep in deps] == [live.id]
+
+
+async def test_a_dag_node_and_an_edge_to_its_holder_make_one_dependency(
+    store: MemoryStore,
+) -> None:
+    queue = Queue("dag-dedup", store=store)
+    live = await queue.add("shared", None, {"deduplication": {"id": "s"}})
+    opts = {"deduplication": {"id": "s"}}
+    jobs = await FlowProducer(store=store).add_dag(
+        [
+            {"id": "s", "name": "shared", "queue_name": queue.name, "opts": opts},
+            {
+                "id": "a",
+                "name": "a",
+                "queue_name": queue.name,
+                "depends_on": ["s", f"{queue.name}/{live.id}"],
+            },
+        ]
+    )
+    assert jobs["s"].id == live.id
+    deps = await store.get_dependencies(queue.name, jobs["a"].id)
+    assert [(dep.id, dep.status) for dep in deps] == [(live.id, "pending")]
+    assert [link.id for link in await store.get_parent_links(queue.name, live.id)] == [jobs["a"].id]
+    with pytest.raises(ValueError, match="used twice"):
+        await FlowProducer(store=store).add_dag(
+            [
+                {
+                    "id": "x",
+                    "name": "x",
+                    "queue_name": queue.name,
+                    "opts": {"deduplication": {"id": "t"}},
+                },
+                {
+                    "id": "y",
+                    "name": "y",
+                    "queue_name": queue.name,
+                    "opts": {"deduplication": {"id": "t"}},
+                },
+            ]
+        )
+    assert (await queue.get_job_counts())["waiting"] == 1

@@ -79,6 +79,10 @@ CATCHERS: dict[str, tuple[str, ...]] = {
     "RetryForgetsRunningParents": (
         "test_step_job_retrying_a_failed_child_of_a_running_parent_puts_it_back",
     ),
+    "WritesDeduplicatedNodes": (
+        "test_flow_dedup_leaf_of_a_live_job_becomes_a_dependency",
+        "test_flow_dedup_racing_flows_write_one_job",
+    ),
     "DeduplicatesByReadThenWrite": (
         "test_racing_adds_of_one_id_write_one_job",
         "test_a_live_job_holds_its_id_until_it_finishes",

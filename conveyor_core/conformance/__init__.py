@@ -54,6 +54,7 @@ from .edges import EdgeTests  # noqa: E402
 from .events import EventTests  # noqa: E402
 from .flow_control import (  # noqa: E402
     DeduplicationTests,
+    FlowDeduplicationTests,
     GlobalConcurrencyTests,
     ManualRateLimitTests,
 )
@@ -96,6 +97,7 @@ class StoreConformance(
     StepJobTests,
     TraceContextTests,
     DeduplicationTests,
+    FlowDeduplicationTests,
     GlobalConcurrencyTests,
     ManualRateLimitTests,
     GroupTests,

@@ -15,7 +15,17 @@ from typing import Any
 import anyio
 import pytest
 
-from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents, RateLimitedError
+from conveyor_core import (
+    FlowProducer,
+    InvalidJobStateError,
+    Job,
+    JobNode,
+    JobState,
+    Queue,
+    QueueEvent,
+    QueueEvents,
+    RateLimitedError,
+)
 from conveyor_core.store import Completion, Failure, StoreInterface
 
 from ._support import Harness
@@ -49,6 +59,11 @@ async def _finish(queue: Queue, now: float) -> list[str]:
 
 def _dedup(dedup_id: str, **more: Any) -> dict[str, Any]:
     return {"deduplication": {"id": dedup_id, **more}}
+
+
+def _node_dedup(dedup_id: str, **more: Any) -> dict[str, Any]:
+    """A flow node's ``opts`` with a deduplication id."""
+    return {"opts": _dedup(dedup_id, **more)}
 
 
 class DeduplicationTests:
@@ -200,9 +215,311 @@ class DeduplicationTests:
             await queue.add("a", None, _dedup("x", replace=True))
         with pytest.raises(ValueError, match="ttl"):
             await queue.add("a", None, _dedup("x", ttl=-1))
-        with pytest.raises(ValueError, match=r"Queue\.add only"):
+        with pytest.raises(ValueError, match=r"not to Queue\.add_bulk"):
             await queue.add_bulk([{"name": "a", "opts": _dedup("x")}, {"name": "b"}])
         assert sum((await queue.get_job_counts()).values()) == 0
+
+
+async def _complete(queue: Queue, job_id: str, value: str, now: float) -> None:
+    """Take the waiting jobs of ``queue`` at ``now`` and complete ``job_id`` with
+    ``value`` (JSON text); ``job_id`` must be among them."""
+    taken = await queue.store.take_jobs(
+        queue.name, limit=1000, token="tok", lock_until=now + 60, now=now
+    )
+    assert job_id in [job.id for job in taken.jobs]
+    await queue.store.complete_jobs(queue.name, [Completion(job_id, "tok", value)], now)
+
+
+class FlowDeduplicationTests:
+    """DEDUPLICATED NODE of the store protocol, through ``FlowProducer.add``,
+    ``add_bulk`` and ``add_dag``: a flow's leaf whose deduplication id a live job holds
+    is not added; the live job becomes its parent's dependency."""
+
+    async def test_flow_dedup_leaf_of_a_live_job_becomes_a_dependency(self, env: Harness) -> None:
+        clock = _Clock()
+        flow = FlowProducer(store=env.store, clock=clock)
+        leaves, parents = env.name("fd-leaves"), env.name("fd-parents")
+        first = await flow.add(
+            {
+                "name": "report",
+                "queue_name": parents,
+                "children": [{"name": "fetch", "queue_name": leaves, **_node_dedup("f-1")}],
+            }
+        )
+        live = first.children[0].job
+        assert live.state is JobState.WAITING
+        second = await flow.add(
+            {
+                "name": "summary",
+                "queue_name": parents,
+                "children": [
+                    {"name": "fetch", "queue_name": leaves, **_node_dedup("f-1")},
+                    {"name": "other", "queue_name": leaves},
+                ],
+            }
+        )
+        fetch, other = second.children
+        assert fetch.job.id == live.id
+        assert other.job.id != live.id
+        assert second.job.state is JobState.WAITING_CHILDREN
+        leaf_queue = Queue(leaves, store=env.store, clock=clock)
+        counts = await leaf_queue.get_job_counts()
+        assert counts["waiting"] == 2  # the live job and "other"; no second fetch
+        deps = await env.store.get_dependencies(parents, second.job.id)
+        assert [(d.id, d.status) for d in deps] == [(live.id, "pending"), (other.job.id, "pending")]
+        links = await env.store.get_parent_links(leaves, live.id)
+        assert [(link.id, link.policy.value) for link in links] == [
+            (first.job.id, "fail"),
+            (second.job.id, "fail"),
+        ]
+
+        # The live job's completion resolves both parents with its value.
+        taken = await env.store.take_jobs(leaves, limit=10, token="tok", lock_until=T0 + 60, now=T0)
+        assert sorted(job.id for job in taken.jobs) == sorted([live.id, other.job.id])
+        await env.store.complete_jobs(
+            leaves,
+            [Completion(live.id, "tok", '{"rows": 3}'), Completion(other.job.id, "tok", "1")],
+            T0,
+        )
+        for parent in (first.job.id, second.job.id):
+            record = await env.store.get_job(parents, parent)
+            assert record is not None and record.state is JobState.WAITING
+            values = {d.id: d.value for d in await env.store.get_dependencies(parents, parent)}
+            assert values[live.id] == '{"rows": 3}'
+
+    async def test_flow_dedup_leaf_with_a_free_id_takes_it(self, env: Harness) -> None:
+        clock = _Clock()
+        flow = FlowProducer(store=env.store, clock=clock)
+        leaves, parents = env.name("fd-free"), env.name("fd-free-p")
+        tree = await flow.add(
+            {
+                "name": "p",
+                "queue_name": parents,
+                "children": [{"name": "c", "queue_name": leaves, **_node_dedup("free")}],
+            }
+        )
+        child = tree.children[0].job
+        assert child.parent_id == tree.job.id
+        record = await env.store.get_job(leaves, child.id)
+        assert record is not None
+        assert (record.parent_id, record.state) == (tree.job.id, JobState.WAITING)
+        queue = Queue(leaves, store=env.store, clock=clock)
+        assert (await queue.add("c", None, _dedup("free"))).id == child.id
+        assert (await queue.get_job_counts())["waiting"] == 1
+        # A one-node flow that is itself a deduplicated leaf.
+        alone = await flow.add({"name": "c", "queue_name": leaves, **_node_dedup("free")})
+        assert alone.job.id == child.id
+        assert alone.children == []
+
+    async def test_flow_dedup_in_a_dag(self, env: Harness) -> None:
+        clock = _Clock()
+        q = env.name("fd-dag")
+        queue = Queue(q, store=env.store, clock=clock)
+        live = await queue.add("shared", {"v": 1}, _dedup("shared"))
+        jobs = await FlowProducer(store=env.store, clock=clock).add_dag(
+            [
+                {"id": "s", "name": "shared", "queue_name": q, **_node_dedup("shared")},
+                {"id": "n", "name": "new-leaf", "queue_name": q, **_node_dedup("n-id")},
+                {"id": "a", "name": "a", "queue_name": q, "depends_on": ["s", "n"]},
+                {"id": "b", "name": "b", "queue_name": q, "depends_on": ["s"]},
+                # The node and its holder named directly: one edge, one dependency.
+                {"id": "c", "name": "c", "queue_name": q, "depends_on": ["s", f"{q}/{live.id}"]},
+            ]
+        )
+        assert jobs["s"].id == live.id
+        assert jobs["n"].id != live.id
+        assert (await queue.add("x", None, _dedup("n-id"))).id == jobs["n"].id
+        assert (await queue.get_job_counts())["waiting"] == 2
+        for parent in ("a", "b"):
+            deps = await env.store.get_dependencies(q, jobs[parent].id)
+            assert live.id in [d.id for d in deps]
+        (dep,) = await env.store.get_dependencies(q, jobs["c"].id)
+        assert (dep.id, dep.status) == (live.id, "pending")
+        links = await env.store.get_parent_links(q, live.id)
+        assert [link.id for link in links] == [jobs["a"].id, jobs["b"].id, jobs["c"].id]
+        await _complete(queue, live.id, "7", T0)
+        b = await env.store.get_job(q, jobs["b"].id)
+        a = await env.store.get_job(q, jobs["a"].id)
+        assert b is not None and b.state is JobState.WAITING
+        assert a is not None and a.state is JobState.WAITING_CHILDREN
+
+    async def test_flow_dedup_ttl_extend_and_replace_on_a_node(self, env: Harness) -> None:
+        clock = _Clock()
+        flow = FlowProducer(store=env.store, clock=clock)
+        leaves, parents = env.name("fd-ttl"), env.name("fd-ttl-p")
+        queue = Queue(leaves, store=env.store, clock=clock)
+        opts = {**_dedup("deb", ttl=10, replace=True, extend=True), "delay": 5}
+        live = await queue.add("deb", {"q": "a"}, opts)
+
+        def tree(data: Any) -> dict[str, Any]:
+            leaf = {"name": "deb", "queue_name": leaves, "data": data, "opts": opts}
+            return {"name": "p", "queue_name": parents, "children": [leaf]}
+
+        clock.now = T0 + 8
+        first = await flow.add(tree({"q": "ab"}))
+        assert first.children[0].job.id == live.id
+        record = await env.store.get_job(leaves, live.id)
+        assert record is not None
+        # replace: the node's data, and its delay starts again.
+        assert (record.data, record.state, record.run_at) == (
+            '{"q":"ab"}',
+            JobState.DELAYED,
+            T0 + 13,
+        )
+        # extend: held until T0 + 18 now, not T0 + 10.
+        clock.now = T0 + 15
+        second = await flow.add(tree({"q": "abc"}))
+        assert second.children[0].job.id == live.id
+        clock.now = T0 + 26
+        third = await flow.add(tree({"q": "new"}))
+        assert third.children[0].job.id != live.id
+        assert (await queue.get_job_counts())["delayed"] == 2
+        # Without extend, a ttl lapses on time.
+        plain = {"deduplication": {"id": "plain", "ttl": 10}}
+        held = await queue.add("p", None, plain)
+        clock.now = T0 + 35
+        leaf = {"name": "p", "queue_name": leaves, "opts": plain}
+        assert (await flow.add({"name": "p", "queue_name": parents, "children": [leaf]})).children[
+            0
+        ].job.id == held.id
+        clock.now = T0 + 36
+        fresh = await flow.add({"name": "p", "queue_name": parents, "children": [leaf]})
+        assert fresh.children[0].job.id != held.id
+
+    async def test_flow_dedup_completed_holder_resolves_the_parent_at_once(
+        self, env: Harness
+    ) -> None:
+        clock = _Clock()
+        flow = FlowProducer(store=env.store, clock=clock)
+        leaves, parents = env.name("fd-done"), env.name("fd-done-p")
+        queue = Queue(leaves, store=env.store, clock=clock)
+        held = await queue.add("c", None, _dedup("done", ttl=60))
+        await _complete(queue, held.id, '"cached"', T0 + 1)
+        clock.now = T0 + 2
+        tree = await flow.add(
+            {
+                "name": "p",
+                "queue_name": parents,
+                "children": [{"name": "c", "queue_name": leaves, **_node_dedup("done", ttl=60)}],
+            }
+        )
+        assert tree.children[0].job.id == held.id
+        assert tree.children[0].job.state is JobState.COMPLETED
+        parent = await env.store.get_job(parents, tree.job.id)
+        assert parent is not None and parent.state is JobState.WAITING
+        (dep,) = await env.store.get_dependencies(parents, tree.job.id)
+        assert (dep.id, dep.status, dep.value) == (held.id, "processed", '"cached"')
+
+    async def test_flow_dedup_publishes_deduplicated(self, env: Harness) -> None:
+        leaves, parents = env.name("fd-events"), env.name("fd-events-p")
+        queue = env.queue(leaves)
+        seen: list[QueueEvent] = []
+        listener = QueueEvents(leaves, store=env.event_store)
+        listener.on("*", seen.append)
+        async with listener:
+            live = await queue.add("a", None, _dedup("ev"))
+            leaf = {
+                "name": "a",
+                "queue_name": leaves,
+                "opts": {"job_id": "dropped", **_dedup("ev")},
+            }
+            await env.flow.add({"name": "p", "queue_name": parents, "children": [leaf]})
+
+            async def arrived() -> bool:
+                return any(event.type == "deduplicated" for event in seen)
+
+            await env.wait_for(arrived, "the deduplicated event")
+        (event,) = [event for event in seen if event.type == "deduplicated"]
+        assert event.job_id == live.id
+        assert event.data == {"deduplication_id": "ev", "deduplicated_job_id": "dropped"}
+        assert not [e for e in seen if e.job_id == "dropped"]
+        assert await queue.get_job("dropped") is None
+
+    async def test_flow_dedup_racing_flows_write_one_job(self, env: Harness) -> None:
+        leaves, parents = env.name("fd-race"), env.name("fd-race-p")
+        producers = [FlowProducer(store=env.store), FlowProducer(store=env.second_store)]
+        roots: list[JobNode] = []
+
+        async def add(index: int) -> None:
+            leaf = {"name": "once", "queue_name": leaves, "data": index, **_node_dedup("one")}
+            tree = {"name": "p", "queue_name": parents, "children": [leaf]}
+            roots.append(await producers[index % 2].add(tree))
+
+        async with anyio.create_task_group() as tg:
+            for index in range(6):
+                tg.start_soon(add, index)
+        held = {root.children[0].job.id for root in roots}
+        assert len(held) == 1
+        (holder,) = held
+        queue = Queue(leaves, store=env.store)
+        assert sum((await queue.get_job_counts()).values()) == 1
+        links = await env.store.get_parent_links(leaves, holder)
+        assert sorted(link.id for link in links) == sorted(root.job.id for root in roots)
+        for root in roots:
+            deps = await env.store.get_dependencies(parents, root.job.id)
+            assert [(d.id, d.status) for d in deps] == [(holder, "pending")]
+
+    async def test_flow_dedup_refusals_write_nothing(self, env: Harness) -> None:
+        leaves, parents = env.name("fd-refuse"), env.name("fd-refuse-p")
+        queue = env.queue(leaves)
+        flow = env.flow
+        with pytest.raises(ValueError, match="only a leaf"):
+            await flow.add(
+                {
+                    "name": "p",
+                    "queue_name": parents,
+                    **_node_dedup("inner"),
+                    "children": [{"name": "c", "queue_name": leaves}],
+                }
+            )
+        with pytest.raises(ValueError, match="without depends_on"):
+            await flow.add_dag(
+                [
+                    {"id": "a", "name": "a", "queue_name": leaves},
+                    {
+                        "id": "b",
+                        "name": "b",
+                        "queue_name": parents,
+                        "depends_on": ["a"],
+                        **_node_dedup("b"),
+                    },
+                ]
+            )
+        parent = await env.queue(parents).add("holder", None, {"delay": 100})
+        ref = {"id": parent.id, "queue": parents}
+        with pytest.raises(ValueError, match=r"opts\.parent"):
+            await flow.add(
+                {"name": "c", "queue_name": leaves, "opts": {"parent": ref, **_dedup("x")}}
+            )
+        with pytest.raises(ValueError, match=r"opts\.parent"):
+            await flow.add(
+                {
+                    "name": "p",
+                    "queue_name": parents,
+                    "opts": {"parent": ref},
+                    "children": [{"name": "c", "queue_name": leaves, **_node_dedup("x")}],
+                }
+            )
+        with pytest.raises(ValueError, match="deduplication"):
+            await queue.add_bulk([{"name": "a", "opts": _dedup("bulk")}])
+        # A live holder that failed under its ttl is refused, nothing written.
+        clock = _Clock()
+        held = await Queue(leaves, store=env.store, clock=clock).add("h", None, _dedup("f", ttl=60))
+        taken = await env.store.take_jobs(leaves, limit=10, token="tok", lock_until=T0 + 60, now=T0)
+        assert held.id in [job.id for job in taken.jobs]
+        await env.store.fail_jobs(leaves, [Failure(held.id, "tok", "broke")], T0)
+        with pytest.raises(InvalidJobStateError):
+            await FlowProducer(store=env.store, clock=clock).add(
+                {
+                    "name": "p",
+                    "queue_name": parents,
+                    "children": [{"name": "h", "queue_name": leaves, **_node_dedup("f", ttl=60)}],
+                }
+            )
+        assert sum((await queue.get_job_counts()).values()) == 1
+        assert sum((await env.queue(parents).get_job_counts()).values()) == 1
+        assert (await queue.add("n", None, _dedup("x"))).id  # "x" was never taken
+        assert sum((await queue.get_job_counts()).values()) == 2
 
 
 class GlobalConcurrencyTests:

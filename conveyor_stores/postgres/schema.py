@@ -65,6 +65,7 @@ FUNCTIONS = (
     "_remove",
     "_fail_unstarted_children",
     "_final_failure",
+    "_dedup_live",
     "_promote_due",
     "_worker_commit",
     "_group_waiting",

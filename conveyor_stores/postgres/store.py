@@ -60,6 +60,7 @@ from conveyor_core.store import (
     StoreCapabilities,
     TakeResult,
     check_children_of,
+    check_dag_deduplication,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
@@ -329,7 +330,14 @@ class _Operations:
             raise mapped from exc
         return list(result)
 
-    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
+        check_dag_deduplication(jobs, edges, deduplication)
         columns = [*_job_columns(jobs)[:11], [j.group_id for j in jobs]]
         edge_columns = [
             [e.parent_queue for e in edges],
@@ -338,8 +346,15 @@ class _Operations:
             [e.child_id for e in edges],
             [e.policy.value for e in edges],
         ]
+        dedup_columns = [
+            [index for index, _ in deduplication],
+            [key.id for _, key in deduplication],
+            [key.ttl for _, key in deduplication],
+            [key.extend for _, key in deduplication],
+            [key.replace for _, key in deduplication],
+        ]
         try:
-            await self._fetchval("add_dag", *columns, *edge_columns, now)
+            rows = await self._fetch("add_dag", *dedup_columns, *columns, *edge_columns, now)
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise await self._duplicate_error([jobs], exc) from exc
         except asyncpg.PostgresError as exc:
@@ -350,6 +365,7 @@ class _Operations:
             if exc.sqlstate == "CV409":
                 raise InvalidJobStateError(str(exc)) from exc
             raise
+        return [DeduplicatedAdd(row[0], bool(row[1])) for row in rows]
 
     async def add_children(
         self,
@@ -1026,10 +1042,11 @@ def _statements(schema: str) -> dict[str, str]:
         "$11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::text[], "
         "$17::float8)",
         "add_jobs_batch": f"SELECT {s}.add_jobs_batch($1::text, $2::float8)",
-        "add_dag": f"SELECT {s}.add_dag($1::text[], $2::text[], $3::text[], $4::text[], "
-        "$5::text[], $6::text[], $7::int[], $8::bool[], $9::float8[], $10::int8[], "
-        "$11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], "
-        "$17::text[], $18::float8)",
+        "add_dag": f"SELECT * FROM {s}.add_dag($1::int[], $2::text[], $3::float8[], "
+        "$4::bool[], $5::bool[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], "
+        "$11::text[], $12::int[], $13::bool[], $14::float8[], $15::int8[], $16::int8[], "
+        "$17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], "
+        "$23::float8)",
         "get_parent_links": f"SELECT l.pq, l.pid, l.policy FROM {s}.jobs j "
         f"LEFT JOIN LATERAL {s}._links(j.queue, j.id) l ON true "
         "WHERE j.queue = $1::text AND j.id = $2::text",

@@ -75,6 +75,7 @@ from conveyor_core.store import (
     StoreCapabilities,
     TakeResult,
     check_children_of,
+    check_dag_deduplication,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
@@ -883,9 +884,16 @@ class RedisStore:
             written = await self._run("add_jobs", first_base, now, packed)
         return [flag == 1 for flag in written]
 
-    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
         if not jobs:
             raise ValueError("a DAG must hold at least one job")
+        check_dag_deduplication(jobs, edges, deduplication)
         for new in jobs:
             if new.state not in _NEW_STATES:
                 raise InvalidJobStateError(f"a new job cannot start in state {str(new.state)!r}")
@@ -909,12 +917,21 @@ class RedisStore:
                     edge.child_id,
                     _TEXT[edge.policy],
                 )
+            args.append(len(deduplication))
+            for index, key in deduplication:
+                args += (
+                    index,
+                    key.id,
+                    "" if key.ttl is None else repr(float(key.ttl)),
+                    "1" if key.extend else "0",
+                    "1" if key.replace else "0",
+                )
             return args
 
         first_base = self._base(jobs[0].queue)
         try:
             if len(jobs) < OFFLOAD_JOBS:
-                await self._run("add_dag", first_base, now, *arguments())
+                held = await self._run("add_dag", first_base, now, *arguments())
             else:
                 try:
                     packed = await anyio.to_thread.run_sync(lambda: pack_args(arguments()))
@@ -922,10 +939,11 @@ class RedisStore:
                     raise PayloadError(
                         f"Redis cannot store this text (it is not valid Unicode): {exc}"
                     ) from None
-                await self._run("add_dag", first_base, now, packed)
+                held = await self._run("add_dag", first_base, now, packed)
         except _JobMissing as exc:
             queue, job_id = json.loads(str(exc))
             raise JobNotFoundError(queue, job_id) from None
+        return [DeduplicatedAdd(held[n], held[n + 1] == 1) for n in range(0, len(held or ()), 2)]
 
     async def add_children(
         self,

@@ -732,12 +732,18 @@ class SQLiteStore:
 
         return await self._write(add, small=sum(map(len, groups)) <= _SMALL)
 
-    async def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge], now: float) -> None:
-        def add(state: _State) -> None:
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
+        def add(state: _State) -> list[DeduplicatedAdd]:
             state.backend.prefetch_absent([(job.queue, job.id) for job in jobs])
-            state.engine.add_dag(jobs, edges, now)
+            return state.engine.add_dag(jobs, edges, now, deduplication)
 
-        await self._write(add, small=len(jobs) <= _SMALL)
+        return await self._write(add, small=len(jobs) <= _SMALL)
 
     async def add_children(
         self,

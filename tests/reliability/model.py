@@ -393,7 +393,8 @@ class Model:
                     self._write(new)
         return written
 
-    def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge]) -> None:
+    def add_dag(self, jobs: Sequence[NewJob], edges: Sequence[DagEdge]) -> list[object]:
+        """``add_dag`` without deduplication entries: its result is an empty list."""
         new_keys: set[Key] = set()
         for new in jobs:
             key = (new.queue, new.id)
@@ -427,6 +428,7 @@ class Model:
         for new in jobs:
             if new.state is WAITING_CHILDREN:
                 self._release_check((new.queue, new.id))
+        return []
 
     def _write(self, new: NewJob) -> None:
         key = (new.queue, new.id)

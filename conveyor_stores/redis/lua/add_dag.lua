@@ -5,8 +5,51 @@
 -- child id, policy. Everything is checked before anything is written.
 local F, E = 13, 7
 local njobs = tonumber(ARGV[3])
-local new = {}
+
+-- After the edges: the number of deduplication entries; per entry 5 fields: index of
+-- its job (from 0), deduplication id, ttl ('' = none), extend, replace ('1'/'0').
+-- Returns per entry its holder's id and 1 if that is its job, written, else 0 (flat).
+-- DEDUPLICATED NODE, decided first (reads only): a live holder stands in for its node,
+-- which is left out; edges to the node take the holder as their child, and an edge that
+-- then repeats an earlier one is dropped.
+local nedges0 = tonumber(ARGV[4 + njobs * F])
+local dedup_at = 4 + njobs * F + 1 + nedges0 * E
+local ndedup = tonumber(ARGV[dedup_at] or '0')
+local holders, gone, result = {}, {}, {}
+for n = 0, ndedup - 1 do
+  local d = dedup_at + 1 + n * 5
+  local p = 4 + tonumber(ARGV[d]) * F
+  local hid, hstate = dedup_live(ARGV[p + 1], ARGV[d + 1])
+  if hid then
+    holders[ARGV[p + 1] .. 'job:' .. ARGV[p]] = hid
+    gone[tonumber(ARGV[d])] = { hid, hstate }
+    result[#result + 1] = hid
+    result[#result + 1] = 0
+  else
+    result[#result + 1] = ARGV[p]
+    result[#result + 1] = 1
+  end
+end
+local kept, kept_edges, pairs_seen, child_id = {}, {}, {}, {}
 for k = 0, njobs - 1 do
+  if not gone[k] then kept[#kept + 1] = k end
+end
+local any_held = next(holders) ~= nil
+for k = 0, nedges0 - 1 do
+  local p = 4 + njobs * F + 1 + k * E
+  child_id[k] = ARGV[p + 5]
+  local keep = true
+  if any_held then
+    child_id[k] = holders[ARGV[p + 3] .. 'job:' .. ARGV[p + 5]] or ARGV[p + 5]
+    local pair = cjson.encode({ ARGV[p], ARGV[p + 2], ARGV[p + 3], child_id[k] })
+    keep = not pairs_seen[pair]
+    pairs_seen[pair] = true
+  end
+  if keep then kept_edges[#kept_edges + 1] = k end
+end
+
+local new = {}
+for _, k in ipairs(kept) do
   local p = 4 + k * F
   local jk = ARGV[p + 1] .. 'job:' .. ARGV[p]
   if new[jk] then
@@ -21,21 +64,21 @@ for k = 0, njobs - 1 do
 end
 local first_edge = 4 + njobs * F + 1
 local nedges = tonumber(ARGV[first_edge - 1])
-for k = 0, nedges - 1 do
+for _, k in ipairs(kept_edges) do
   local p = first_edge + k * E
-  local ck = ARGV[p + 3] .. 'job:' .. ARGV[p + 5]
+  local ck = ARGV[p + 3] .. 'job:' .. child_id[k]
   if not new[ck] then
     local cs = redis.call('HGET', ck, 'state')
-    if not cs then return not_found(cjson.encode({ ARGV[p + 4], ARGV[p + 5] })) end
+    if not cs then return not_found(cjson.encode({ ARGV[p + 4], child_id[k] })) end
     if cs == 'failed' then
-      return bad_state('job ' .. cjson.encode(ARGV[p + 5]) .. ' of queue ' ..
+      return bad_state('job ' .. cjson.encode(child_id[k]) .. ' of queue ' ..
         cjson.encode(ARGV[p + 4]) .. ' has failed: retry it before a new job depends on it')
     end
   end
 end
 
 local queues = {}
-for k = 0, njobs - 1 do
+for _, k in ipairs(kept) do
   local p = 4 + k * F
   local id, base, queue, state = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 6]
   local jk = base .. 'job:' .. id
@@ -73,12 +116,26 @@ for k = 0, njobs - 1 do
   end
 end
 
+-- The deduplication entries, in order: taken by their new job, or held by a live job.
+for n = 0, ndedup - 1 do
+  local d = dedup_at + 1 + n * 5
+  local k = tonumber(ARGV[d])
+  local p = 4 + k * F
+  local held = gone[k]
+  if held then
+    dedup_hold(ARGV[p + 1], ARGV[d + 1], held[1], held[2], ARGV[d + 2], ARGV[d + 3],
+      ARGV[d + 4], ARGV[p + 4], tonumber(ARGV[p + 9]), ARGV[p])
+  else
+    dedup_take(ARGV[p + 1], ARGV[d + 1], ARGV[p], ARGV[d + 2])
+  end
+end
+
 -- Per edge: the child's parent link (its first parent, or a further one), then the
 -- parent's dependency record (processed at once for a completed child).
-for k = 0, nedges - 1 do
+for _, k in ipairs(kept_edges) do
   local p = first_edge + k * E
   local pbase, pq, pid = ARGV[p], ARGV[p + 1], ARGV[p + 2]
-  local cbase, cq, cid, policy = ARGV[p + 3], ARGV[p + 4], ARGV[p + 5], ARGV[p + 6]
+  local cbase, cq, cid, policy = ARGV[p + 3], ARGV[p + 4], child_id[k], ARGV[p + 6]
   local ck = cbase .. 'job:' .. cid
   local v = redis.call('HMGET', ck, 'pid', 'state', 'rv')
   if v[1] then
@@ -95,8 +152,8 @@ for k = 0, nedges - 1 do
 end
 
 -- RELEASE CHECK of the new jobs waiting for children, in the order given.
-for k = 0, njobs - 1 do
+for _, k in ipairs(kept) do
   local p = 4 + k * F
   if ARGV[p + 6] == 'waiting-children' then release_check(ARGV[p + 1], ARGV[p]) end
 end
-return done(1)
+return done(result)

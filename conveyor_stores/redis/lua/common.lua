@@ -530,5 +530,45 @@ local function retry_one(base, id, jk, old)
   end
 end
 
+-- DEDUPLICATION: a queue's entries live in the hash "<base>dedup": field = deduplication
+-- id, value = {"j": job id, "x": expires_at or ""}. The job holding `did` while its
+-- entry is live, and that job's state; nil when the id is free.
+local function dedup_live(base, did)
+  local raw = redis.call('HGET', base .. 'dedup', did)
+  if not raw then return nil end
+  local entry = cjson.decode(raw)
+  local state = redis.call('HGET', base .. 'job:' .. entry.j, 'state')
+  if not state then return nil end
+  if entry.x == '' then
+    if state == 'completed' or state == 'failed' then return nil end
+  elseif NOW >= tonumber(entry.x) then
+    return nil
+  end
+  return entry.j, state
+end
+
+-- DEDUPLICATION step 1 on the live job `id` (in `state`) holding `did`, for the job
+-- `new_id` not written (its `data` and `delay`): replace, extend, event deduplicated.
+local function dedup_hold(base, did, id, state, ttl_s, ext, repl, data, delay, new_id)
+  if repl == '1' and state == 'delayed' then
+    local jk = base .. 'job:' .. id
+    redis.call('HSET', jk, 'data', data)
+    enter_delayed(base, id, jk, 'delayed', fmt(NOW + delay))
+  end
+  if ext == '1' and ttl_s ~= '' then
+    redis.call('HSET', base .. 'dedup', did,
+      cjson.encode({ j = id, x = fmt(NOW + tonumber(ttl_s)) }))
+  end
+  emit(base, 'deduplicated', id,
+    cjson.encode({ deduplication_id = did, deduplicated_job_id = new_id }))
+end
+
+-- The entry of `did` becomes the job `id`'s, for the ttl `ttl_s` ('' = none).
+local function dedup_take(base, did, id, ttl_s)
+  local x = ''
+  if ttl_s ~= '' then x = fmt(NOW + tonumber(ttl_s)) end
+  redis.call('HSET', base .. 'dedup', did, cjson.encode({ j = id, x = x }))
+end
+
 local function not_found(id) return redis.error_reply('CONVEYOR_NOT_FOUND ' .. id) end
 local function bad_state(msg) return redis.error_reply('CONVEYOR_INVALID_STATE ' .. msg) end

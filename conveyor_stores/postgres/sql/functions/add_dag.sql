@@ -2,13 +2,28 @@
 -- child's parent link and the parent's dependency record, then RELEASE CHECK of the
 -- new jobs in waiting-children. Refusals raise before anything is written: CV410 (a job
 -- that exists), CV404 (a missing existing child), CV409 (a failed existing child).
+-- DEDUPLICATED NODE comes first: per entry (dpos: 0-based index into the jobs), the
+-- entry is taken for its node, or a live holder (_dedup_live) stands in for the node:
+-- the node is left out (gone) and its edges take the holder as their child. Returns a
+-- row per entry: the job holding its id and whether that is the node, written.
 CREATE OR REPLACE FUNCTION @S.add_dag(
+    dpos integer[], dids text[], dttls double precision[], dexts boolean[], dreps boolean[],
     ids text[], qs text[], names text[], datas text[], optss text[], states text[],
     prios integer[], lifos boolean[], delays double precision[], keep_cs bigint[],
     keep_fs bigint[], gids text[], epqs text[], epids text[], ecqs text[], ecids text[], epolicies text[],
     now double precision)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS TABLE (dedup_job_id text, dedup_job_written boolean) LANGUAGE plpgsql AS $$
 DECLARE
+    dedup_ids text[] := '{}';
+    dedup_written boolean[] := '{}';
+    gone integer[] := '{}';
+    hqs text[] := '{}';
+    hnodes text[] := '{}';
+    hids text[] := '{}';
+    devs jsonb[] := '{}';
+    held record;
+    dhid text;
+    di integer;
     evs jsonb[];
     r record;
     c record;
@@ -18,8 +33,53 @@ DECLARE
     edone boolean[];
     evalue text[];
 BEGIN
-    SELECT x.q, x.id INTO r FROM unnest(qs, ids) AS x(q, id)
-    JOIN @S.jobs j ON j.queue = x.q AND j.id = x.id LIMIT 1;
+    FOR n IN 1 .. coalesce(array_length(dpos, 1), 0) LOOP
+        di := dpos[n] + 1;
+        INSERT INTO @S.deduplication (queue, id, job_id, expires_at)
+        VALUES (qs[di], dids[n], ids[di], now + dttls[n])
+        ON CONFLICT (queue, id) DO NOTHING;
+        dhid := NULL;
+        IF NOT FOUND THEN
+            SELECT * INTO held FROM @S._dedup_live(qs[di], dids[n], dttls[n], dexts[n],
+                                                   dreps[n], ids[di], datas[di], delays[di], now);
+            dhid := held.live_id;
+            IF dhid IS NULL THEN
+                UPDATE @S.deduplication SET job_id = ids[di], expires_at = now + dttls[n]
+                WHERE queue = qs[di] AND id = dids[n];
+            ELSE
+                devs := devs || held.evs;
+            END IF;
+        END IF;
+        dedup_ids := dedup_ids || coalesce(dhid, ids[di]);
+        dedup_written := dedup_written || (dhid IS NULL);
+        IF dhid IS NOT NULL THEN
+            gone := gone || di;
+            hqs := hqs || qs[di];
+            hnodes := hnodes || ids[di];
+            hids := hids || dhid;
+        END IF;
+    END LOOP;
+    IF cardinality(gone) > 0 THEN
+        -- Edges to a left-out node go to its holder; a repeated edge is dropped.
+        SELECT coalesce(array_agg(y.pq ORDER BY y.o), '{}'),
+               coalesce(array_agg(y.pid ORDER BY y.o), '{}'),
+               coalesce(array_agg(y.cq ORDER BY y.o), '{}'),
+               coalesce(array_agg(y.cid ORDER BY y.o), '{}'),
+               coalesce(array_agg(y.policy ORDER BY y.o), '{}')
+        INTO epqs, epids, ecqs, ecids, epolicies
+        FROM (
+            SELECT DISTINCT ON (x.pq, x.pid, x.cq, coalesce(h.holder, x.cid))
+                   x.pq, x.pid, x.cq, coalesce(h.holder, x.cid) AS cid, x.policy, x.o
+            FROM unnest(epqs, epids, ecqs, ecids, epolicies)
+                WITH ORDINALITY AS x(pq, pid, cq, cid, policy, o)
+            LEFT JOIN unnest(hqs, hnodes, hids) AS h(q, node, holder)
+                ON h.q = x.cq AND h.node = x.cid
+            ORDER BY x.pq, x.pid, x.cq, coalesce(h.holder, x.cid), x.o
+        ) y;
+    END IF;
+
+    SELECT x.q, x.id INTO r FROM unnest(qs, ids) WITH ORDINALITY AS x(q, id, o)
+    JOIN @S.jobs j ON j.queue = x.q AND j.id = x.id WHERE x.o <> ALL (gone) LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'CV410',
             MESSAGE = format('job id %L already exists in queue %L', r.id, r.q);
@@ -64,7 +124,7 @@ BEGIN
                 WITH ORDINALITY AS u(id, queue, name, data, opts, state, priority, lifo, delay,
                                      keep_c, keep_f, gid, o)
             ORDER BY u.o
-        ) t
+        ) t WHERE t.o <> ALL (gone)
     ), ins AS (
         INSERT INTO @S.jobs (id, queue, name, data, opts, state, priority, lifo, delay,
                              created_at, run_at, keep_completed, keep_failed, parent_id,
@@ -125,5 +185,6 @@ BEGIN
         e := @S._release(r.q, r.id, r.delay, now);
         evs := array_append(evs, e);
     END LOOP;
-    PERFORM @S._publish(evs);
+    PERFORM @S._publish(devs || evs);
+    RETURN QUERY SELECT * FROM unnest(dedup_ids, dedup_written);
 END $$;

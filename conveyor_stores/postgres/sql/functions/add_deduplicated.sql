@@ -10,36 +10,18 @@ CREATE OR REPLACE FUNCTION @S.add_deduplicated(
 LANGUAGE plpgsql
 @PLANNER AS $$
 DECLARE
-    entry record;
-    live record;
+    held record;
     fresh boolean;
-    evs jsonb[] := '{}';
 BEGIN
     INSERT INTO @S.deduplication (queue, id, job_id, expires_at)
     VALUES (q, did, jid, now + ttl)
     ON CONFLICT (queue, id) DO NOTHING;
     fresh := FOUND;
     IF NOT fresh THEN
-        SELECT d.job_id, d.expires_at INTO entry FROM @S.deduplication d
-        WHERE d.queue = q AND d.id = did FOR UPDATE;
-        SELECT j.id, j.state INTO live FROM @S.jobs j
-        WHERE j.queue = q AND j.id = entry.job_id FOR UPDATE;
-        IF FOUND AND ((entry.expires_at IS NULL
-                       AND live.state NOT IN ('completed', 'failed'))
-                      OR now < entry.expires_at) THEN
-            IF repl AND live.state = 'delayed' THEN
-                UPDATE @S.jobs SET data = jdata WHERE queue = q AND id = live.id;
-                evs := evs || @S._to_delayed(q, live.id, now + jdelay, now);
-            END IF;
-            IF ext AND ttl IS NOT NULL THEN
-                UPDATE @S.deduplication SET expires_at = now + ttl
-                WHERE queue = q AND id = did;
-            END IF;
-            evs := evs || @S._ev(q, 'deduplicated', live.id,
-                                 jsonb_build_object('deduplication_id', did,
-                                                    'deduplicated_job_id', jid), now);
-            PERFORM @S._publish(evs);
-            job_id := live.id;
+        SELECT * INTO held FROM @S._dedup_live(q, did, ttl, ext, repl, jid, jdata, jdelay, now);
+        IF held.live_id IS NOT NULL THEN
+            PERFORM @S._publish(held.evs);
+            job_id := held.live_id;
             written := false;
             RETURN;
         END IF;
