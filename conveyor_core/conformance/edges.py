@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conveyor_core import JobState, QueueEvent, QueueEvents
-from conveyor_core.store import Completion, Failure
+from conveyor_core.errors import JobNotFoundError
+from conveyor_core.models import ParentPolicy
+from conveyor_core.store import Completion, DagEdge, Failure, NewJob
 
 from ._support import Harness, Runs, nodes_by_name
 
@@ -360,3 +364,41 @@ class EdgeTests:
                 return any(e.type == "waiting" and e.job_id == later.id for e in seen)
 
             await env.wait_for(arrived, "the waiting event of the promoted delayed job")
+
+    async def test_a_dag_edge_to_a_missing_job_writes_nothing(self, env: Harness) -> None:
+        # The core looks the existing job up first; the store must still refuse it, as
+        # when the job is removed between that look and the write.
+        q = env.name("dag-missing")
+        parent = NewJob(id="p", queue=q, name="p", data="null", opts="{}", state=WAITING_CHILDREN)
+        gone = DagEdge(q, "p", q, "removed-meanwhile", ParentPolicy.FAIL)
+        with pytest.raises(JobNotFoundError):
+            await env.store.add_dag([parent], [gone], time.time())
+        assert await env.store.get_job(q, "p") is None
+        assert sum((await env.store.get_counts(q)).values()) == 0
+
+    async def test_cancelling_a_parent_whose_completed_child_was_deleted(
+        self, env: Harness
+    ) -> None:
+        # The processed dependency stays on the parent after the child is deleted by its
+        # retention; a cancel walks past it and cancels the rest.
+        q = env.name("cancel-kept")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": q,
+                "children": [
+                    {"name": "quick", "queue_name": q, "opts": {"remove_on_complete": True}},
+                    {"name": "slow", "queue_name": q, "opts": {"delay": 3600}},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [jobs["quick"].id]
+        await env.store.complete_jobs(q, [Completion(jobs["quick"].id, "t", "1")], now)
+        assert await env.store.get_job(q, jobs["quick"].id) is None
+        count = await env.store.cancel_job(q, jobs["parent"].id, "cancelled", now)
+        assert count == 2
+        assert await env.state(jobs["slow"]) is FAILED
+        assert await env.state(jobs["parent"]) is FAILED
