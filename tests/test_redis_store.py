@@ -24,6 +24,7 @@ from conveyor_core.errors import (
 )
 from conveyor_core.models import JobState, ParentPolicy
 from conveyor_core.store import (
+    METRICS_MINUTES,
     Completion,
     EventRecord,
     EventSubscription,
@@ -295,6 +296,21 @@ async def test_retention_keeps_the_newest_and_the_parents_values(store: RedisSto
     assert [r.id for r in await store.get_jobs("q", [JobState.COMPLETED], 0, None)] == ["k2"]
     values = [d.value for d in await store.get_dependencies("parents", "p")]
     assert values == ['"v0"', '"v1"', '"v2"']
+
+
+async def test_metrics_keys_stay_bounded(store: RedisStore, raw: Any) -> None:
+    # The counts hash and the sorted set of its minutes lose the minutes that fall out of
+    # the kept week together: neither grows with the weeks a queue runs.
+    await store.add_jobs([[job(f"m{i}")] for i in range(4)], 1.0)
+    first = 28_000_000
+    week_later = first + 1 + METRICS_MINUTES
+    ids = await take(store, "q", first * 60.0, limit=4)
+    for job_id, minute in zip(ids, (first, first + 1, week_later, week_later + 1), strict=True):
+        await store.complete_jobs("q", [Completion(job_id, "tok", "1")], minute * 60.0)
+    base = queue_key_base(store.prefix, "q")
+    kept = [week_later, week_later + 1]
+    assert sorted(int(m) for m in await raw.hkeys(base + "m:completed")) == kept
+    assert [int(m) for m in await raw.zrange(base + "mm:completed", 0, -1)] == kept
 
 
 async def test_stream_is_capped(store: RedisStore, raw: Any, redis_url: str) -> None:
