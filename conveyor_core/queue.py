@@ -100,6 +100,14 @@ def options_json(opts: JobOptions) -> str:
     return opts.model_dump_json(exclude_defaults=True)
 
 
+def _check_concurrency(value: object, what: str) -> None:
+    """A concurrency limit is an ``int`` of at least 1 (``bool`` is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, got {value!r}")
+
+
 def build_new_job(
     *,
     queue: str,
@@ -434,10 +442,7 @@ class Queue:
     async def set_global_concurrency(self, concurrency: int) -> None:
         """At most ``concurrency`` jobs of this queue are active at once, across every
         worker and process (enforced by the store when jobs are taken)."""
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        _check_concurrency(concurrency, "concurrency")
         await self.store.set_global_concurrency(self.name, concurrency)
 
     async def get_global_concurrency(self) -> int | None:
@@ -458,12 +463,7 @@ class Queue:
         of a group started per ``rate_limit.duration`` seconds, across every worker and
         process. ``None`` lifts a limit; calling it with neither lifts both."""
         if concurrency is not None:
-            if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-                raise TypeError(
-                    f"group concurrency must be an int, got {type(concurrency).__name__}"
-                )
-            if concurrency < 1:
-                raise ValueError(f"group concurrency must be at least 1, got {concurrency!r}")
+            _check_concurrency(concurrency, "group concurrency")
         limit = (
             None
             if rate_limit is None
