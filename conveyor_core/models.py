@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -136,6 +137,11 @@ class RateLimit(BaseModel):
 
     max: int = Field(ge=1)
     duration: Seconds = Field(gt=0, le=MAX_SECONDS)
+
+
+def as_rate_limit(value: RateLimit | Mapping[str, Any] | None) -> RateLimit | None:
+    """A ``RateLimit`` from one or its fields (``{"max": ..., "duration": ...}``)."""
+    return None if value is None else RateLimit.model_validate(value)
 
 
 class ParentRef(BaseModel):

@@ -19,6 +19,7 @@ from .models import (
     JobState,
     ParentPolicy,
     RateLimit,
+    as_rate_limit,
     shown,
     text_problem,
 )
@@ -464,13 +465,7 @@ class Queue:
         process. ``None`` lifts a limit; calling it with neither lifts both."""
         if concurrency is not None:
             _check_concurrency(concurrency, "group concurrency")
-        limit = (
-            None
-            if rate_limit is None
-            else rate_limit
-            if isinstance(rate_limit, RateLimit)
-            else RateLimit.model_validate(rate_limit)
-        )
+        limit = as_rate_limit(rate_limit)
         await self.store.set_group_limits(
             self.name, concurrency, None if limit is None else (limit.max, limit.duration)
         )

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .ids import new_id
 from .job import Job
-from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit
+from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit, as_rate_limit
 from .payloads import data_type_of, validate
 from .queue import check_name
 from .schedulers import fire_due_schedulers
@@ -217,13 +217,7 @@ class Worker:
         if self.lock_duration <= 0 or self.stalled_interval <= 0:
             raise ValueError("lock_duration and stalled_interval must be positive")
         self.max_stalled_count = max_stalled_count
-        self.limiter: RateLimit | None = (
-            None
-            if limiter is None
-            else limiter
-            if isinstance(limiter, RateLimit)
-            else RateLimit.model_validate(limiter)
-        )
+        self.limiter: RateLimit | None = as_rate_limit(limiter)
         self.backoff_strategies: dict[str, BackoffStrategy] = dict(backoff_strategies or {})
         self.stacktrace_limit = stacktrace_limit
         self._clock = clock
