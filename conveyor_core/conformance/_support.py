@@ -233,3 +233,23 @@ async def final_states(harness: Harness, jobs: Mapping[str, Job]) -> dict[str, s
         state = await harness.state(job)
         states[name] = None if state is None else state.value
     return states
+
+
+async def racing_takes(
+    harness: Harness, queue: str, takes: int, limit: int, now: float
+) -> list[str]:
+    """``takes`` concurrent takes of up to ``limit`` jobs each, alternating between the
+    two store objects; the ids they handed out, in all."""
+    taken: list[str] = []
+
+    async def take(index: int) -> None:
+        store = (harness.store, harness.second_store)[index % 2]
+        result = await store.take_jobs(
+            queue, limit=limit, token=f"t{index}", lock_until=now + 60, now=now
+        )
+        taken.extend(job.id for job in result.jobs)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(takes):
+            tg.start_soon(take, index)
+    return taken

@@ -28,7 +28,7 @@ from conveyor_core import (
 )
 from conveyor_core.store import Completion, Failure, StoreInterface
 
-from ._support import Harness
+from ._support import Harness, racing_takes
 
 T0 = 1_800_000_000.0
 """A fixed moment the tests move time from."""
@@ -564,18 +564,7 @@ class GlobalConcurrencyTests:
         queue = env.queue(env.name("conc-race"))
         await queue.add_bulk([{"name": "a"} for _ in range(40)])
         await queue.set_global_concurrency(5)
-        taken: list[str] = []
-
-        async def take(index: int) -> None:
-            store = (env.store, env.second_store)[index % 2]
-            result = await store.take_jobs(
-                queue.name, limit=3, token=f"t{index}", lock_until=T0 + 60, now=T0
-            )
-            taken.extend(job.id for job in result.jobs)
-
-        async with anyio.create_task_group() as tg:
-            for index in range(16):
-                tg.start_soon(take, index)
+        taken = await racing_takes(env, queue.name, 16, 3, T0)
         assert len(taken) == len(set(taken)) == 5
         assert (await queue.get_job_counts())["active"] == 5
 

@@ -18,7 +18,7 @@ import pytest
 from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents
 from conveyor_core.store import Completion, Failure, GroupLimits, StoreInterface
 
-from ._support import Harness
+from ._support import Harness, racing_takes
 
 T0 = 1_800_000_000.0
 """A fixed moment the tests move time from."""
@@ -212,18 +212,7 @@ class GroupTests:
         await queue.set_group_limits(concurrency=2)
         for group in ("a", "b", "c"):
             await queue.add_bulk([{"name": group, "opts": _in(group)} for _ in range(10)])
-        taken: list[str] = []
-
-        async def take(index: int) -> None:
-            store = (env.store, env.second_store)[index % 2]
-            result = await store.take_jobs(
-                queue.name, limit=3, token=f"t{index}", lock_until=T0 + 60, now=T0
-            )
-            taken.extend(job.id for job in result.jobs)
-
-        async with anyio.create_task_group() as tg:
-            for index in range(12):
-                tg.start_soon(take, index)
+        taken = await racing_takes(env, queue.name, 12, 3, T0)
         assert len(taken) == len(set(taken)) == 6
         counts = await queue.get_group_counts()
         assert {group: counts[group]["active"] for group in counts} == {"a": 2, "b": 2, "c": 2}
