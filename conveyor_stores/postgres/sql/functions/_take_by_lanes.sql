@@ -4,9 +4,9 @@
 -- A group's lane row is locked before its limits are read, so concurrent takes count
 -- its active jobs and fill its rate window one after the other. A take waits for a
 -- lane only while it holds none; holding one, it skips a lane another take holds, so
--- takes never wait on each other in a circle. The lanes' counts
--- of waiting jobs do not see this take's own takes until commit: a lane emptied here
--- may be picked again and then gives nothing. Jobs come back in the order taken, with
+-- takes never wait on each other in a circle. A take counts each job it takes out of
+-- its lane's waiting jobs itself (the row triggers of 0010_groups_triggers leave takes
+-- out). Jobs come back in the order taken, with
 -- their events; concurrency_limited and rate_limited_until say which group limits held
 -- a lane back (the caller reports them only when nothing was taken).
 CREATE OR REPLACE FUNCTION @S._take_by_lanes(
@@ -27,6 +27,12 @@ DECLARE
     wcount integer;
     jid text;
     k bigint;
+    lane_ids text[];
+    quotas bigint[];
+    ids text[];
+    tids tid[];
+    gids text[];
+    ks bigint[];
 BEGIN
     taken := '{}';
     evs := '{}';
@@ -42,6 +48,82 @@ BEGIN
          - coalesce((SELECT sum(l.waiting) FROM @S.group_lanes l
                      WHERE l.queue = q AND l.waiting > 0), 0)
     INTO own_waiting;
+    IF limits.group_concurrency IS NULL AND limits.group_rate_max IS NULL THEN
+        -- Without group limits no lane needs its limits read under its lock, so the
+        -- take is made in one set, in the order the loop below would take: the first
+        -- lim lanes (in served order, passing over lanes another take holds) give
+        -- their first jobs, then their second ones, and so on, a lane with no job left
+        -- dropping out (how many each gives follows from the lanes' counts).
+        WITH lanes AS (
+            SELECT l.group_id, l.served, l.waiting FROM @S.group_lanes l
+            WHERE l.queue = q AND l.waiting > 0
+            ORDER BY l.served, l.group_id COLLATE "C" LIMIT lim
+            FOR UPDATE SKIP LOCKED
+        ), placed AS (
+            SELECT e.group_id, e.waiting,
+                   row_number() OVER (ORDER BY e.served, coalesce(e.group_id, '') COLLATE "C") p
+            FROM (SELECT group_id, served, waiting FROM lanes
+                  UNION ALL
+                  SELECT NULL, own_served, own_waiting WHERE own_waiting > 0) e
+        ), slots AS (
+            SELECT s.group_id, s.p FROM placed s, generate_series(1, least(s.waiting, lim)) r
+            ORDER BY r, s.p LIMIT lim
+        )
+        SELECT array_agg(c.group_id ORDER BY c.p), array_agg(c.n ORDER BY c.p)
+        INTO lane_ids, quotas
+        FROM (SELECT group_id, p, count(*) n FROM slots GROUP BY group_id, p) c;
+        SELECT array_agg(t.id ORDER BY t.r, t.p), array_agg(t.gid ORDER BY t.r, t.p),
+               array_agg(t.ctid)
+        INTO ids, gids, tids
+        FROM (
+            SELECT x.p, x.group_id gid, j.id, j.ctid,
+                   row_number() OVER (PARTITION BY x.p ORDER BY j.priority, j.order_key) r
+            FROM unnest(lane_ids, quotas) WITH ORDINALITY x(group_id, n, p)
+            CROSS JOIN LATERAL (
+                SELECT id, ctid, priority, order_key FROM @S.jobs
+                WHERE queue = q AND group_id = x.group_id AND state = 'waiting'
+                ORDER BY priority, order_key LIMIT x.n FOR UPDATE SKIP LOCKED) j
+            WHERE x.group_id IS NOT NULL
+            UNION ALL
+            SELECT x.p, NULL, j.id, j.ctid,
+                   row_number() OVER (ORDER BY j.priority, j.order_key) r
+            FROM unnest(lane_ids, quotas) WITH ORDINALITY x(group_id, n, p)
+            CROSS JOIN LATERAL (
+                SELECT id, ctid, priority, order_key FROM @S.jobs
+                WHERE queue = q AND state = 'waiting' AND group_id IS NULL
+                ORDER BY priority, order_key LIMIT x.n FOR UPDATE SKIP LOCKED) j
+            WHERE x.group_id IS NULL
+        ) t;
+        IF coalesce(cardinality(ids), 0) > 0 THEN
+            -- The jobs, locked above, are updated where they lie (their ctid): the
+            -- plan cannot stray through an index of the whole queue.
+            ks := ARRAY(SELECT v FROM (SELECT nextval('@S.order_seq') v
+                                       FROM generate_series(1, cardinality(ids))) s
+                        ORDER BY v);
+            WITH upd AS (
+                UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
+                    processed_at = now, order_key = ks[array_position(ids, j.id)]
+                WHERE j.ctid = ANY (tids)
+                RETURNING j AS r, j.order_key AS tk
+            )
+            SELECT array_agg(r ORDER BY tk), array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY tk)
+            INTO taken, evs
+            FROM upd;
+            UPDATE @S.group_lanes l SET served = t.tk, waiting = l.waiting - t.n,
+                window_start = NULL, window_count = 0
+            FROM (SELECT u.g, max(u.tk) tk, count(*) n FROM unnest(gids, ks) u(g, tk)
+                  WHERE u.g IS NOT NULL GROUP BY u.g) t
+            WHERE l.queue = q AND l.group_id = t.g;
+            k := (SELECT max(u.tk) FROM unnest(gids, ks) u(g, tk) WHERE u.g IS NULL);
+            IF k IS NOT NULL THEN
+                INSERT INTO @S.queues AS t (queue, served) VALUES (q, k)
+                ON CONFLICT (queue) DO UPDATE SET served = excluded.served;
+            END IF;
+            RETURN;
+        END IF;
+        -- Nothing at once (every lane held by other takes): one lane at a time, waiting
+        -- for the first.
+    END IF;
     WHILE cardinality(taken) < lim LOOP
         SELECT l.group_id, l.served INTO lane FROM @S.group_lanes l
         WHERE l.queue = q AND l.waiting > 0 AND l.group_id <> ALL (held)
@@ -113,7 +195,7 @@ BEGIN
                 CONTINUE;
             END IF;
             k := nextval('@S.order_seq');
-            UPDATE @S.group_lanes SET served = k, window_start = wstart,
+            UPDATE @S.group_lanes SET served = k, waiting = waiting - 1, window_start = wstart,
                 window_count = CASE WHEN wstart IS NULL THEN 0 ELSE wcount + 1 END
             WHERE queue = q AND group_id = lane.group_id;
         END IF;

@@ -69,7 +69,9 @@ BEGIN
         lim := least(lim, rl_max - wcount);
     END IF;
     -- TAKE BY LANES while a waiting job has a group (counted with what this transaction
-    -- moved, promotions included: see _fold_lanes); else a plain take.
+    -- moved, promotions included: see _fold_lanes); else a plain take, of jobs without a
+    -- group only (an add of grouped jobs committed since the lanes were read waits for
+    -- the next take, which serves it by lanes: only that take counts them out).
     IF current_setting('conveyor.lanes_pending', true) <> '' THEN
         PERFORM @S._fold_lanes();
     END IF;
@@ -85,7 +87,7 @@ BEGIN
         WITH picked AS (
             SELECT id, nextval('@S.order_seq') AS k, priority, order_key FROM (
                 SELECT id, priority, order_key FROM @S.jobs
-                WHERE queue = q AND state = 'waiting'
+                WHERE queue = q AND state = 'waiting' AND group_id IS NULL
                 ORDER BY priority, order_key LIMIT lim FOR UPDATE SKIP LOCKED
             ) s
         ), upd AS (

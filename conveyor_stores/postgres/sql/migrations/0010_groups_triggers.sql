@@ -1,15 +1,18 @@
 -- GROUPS: a lane's count of waiting jobs follows every entry into and exit from waiting
--- of a job with a group. Row triggers whose WHEN never holds for a job without a group,
--- so such jobs queue no trigger event and cost nothing more: each move is noted
--- (_group_waiting), and the notes are folded into the lanes at commit
--- (_group_waiting_fold, deferred) or earlier by a take that reads them.
+-- of a job with a group. A take counts the jobs it takes itself, in the update of the
+-- lane's row that marks it served (_take_by_lanes: a take is the only move into active,
+-- and only a take by lanes takes a job with a group). Every other move is noted by row
+-- triggers whose WHEN never holds for a job without a group, so such jobs queue no
+-- trigger event and cost nothing more (_group_waiting), and the notes are folded into
+-- the lanes at commit (_group_waiting_fold, deferred) or earlier by a take that reads
+-- them. Run again by migration 11 (which changed the update trigger), so idempotent.
 DROP TRIGGER IF EXISTS jobs_group_waiting_insert ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_insert AFTER INSERT ON @S.jobs
     FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state = 'waiting')
     EXECUTE FUNCTION @S._group_waiting();
 DROP TRIGGER IF EXISTS jobs_group_waiting_update ON @S.jobs;
 CREATE TRIGGER jobs_group_waiting_update AFTER UPDATE OF state ON @S.jobs
-    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL
+    FOR EACH ROW WHEN (NEW.group_id IS NOT NULL AND NEW.state <> 'active'
                        AND (OLD.state = 'waiting') <> (NEW.state = 'waiting'))
     EXECUTE FUNCTION @S._group_waiting();
 DROP TRIGGER IF EXISTS jobs_group_waiting_delete ON @S.jobs;
