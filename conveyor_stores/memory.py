@@ -86,6 +86,9 @@ class _QueueData:
     group_waiting: dict[str, int] = field(default_factory=dict)
     group_states: dict[str, dict[JobState, int]] = field(default_factory=dict)
     lanes: dict[str, Lane] = field(default_factory=dict)
+    ready: list[tuple[int, str]] = field(default_factory=list)
+    """The groups with a waiting job by when their lane was last served; an entry whose
+    group has none, or whose lane was served since, is stale."""
     served: int = 0
     group_limits: GroupLimits = field(default_factory=GroupLimits)
 
@@ -218,7 +221,11 @@ class MemoryBackend:
                 heapq.heappush(q.waiting_heap, (key[0], key[1], job.id))
             else:
                 heapq.heappush(q.group_heaps.setdefault(group, []), (key[0], key[1], job.id))
-                q.group_waiting[group] = q.group_waiting.get(group, 0) + 1
+                before = q.group_waiting.get(group, 0)
+                q.group_waiting[group] = before + 1
+                if not before:
+                    lane = q.lanes.get(group)
+                    heapq.heappush(q.ready, (lane.served if lane else 0, group))
         elif state is DELAYED:
             run_at = job.run_at if job.run_at is not None else 0.0
             q.delayed[job.id] = run_at
@@ -289,14 +296,27 @@ class MemoryBackend:
 
     def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
         q = self._q(queue)
-        lanes = q.lanes
-        ready = [(lanes[g].served if g in lanes else 0, g) for g in q.group_waiting]
+        lanes, heap, waiting = q.lanes, q.ready, q.group_waiting
+        ready: list[tuple[int, str]] = []
+        while heap and len(ready) < limit:
+            served, group = heapq.heappop(heap)
+            lane = lanes.get(group)
+            current = group in waiting and (lane.served if lane else 0) == served
+            if current and (not ready or ready[-1] != (served, group)):
+                ready.append((served, group))
+        for entry in ready:
+            heapq.heappush(heap, entry)
         if self.first_waiting_in(queue, None) is not None:
-            ready.append((lanes[""].served if "" in lanes else 0, ""))
-        return [(g, lanes.get(g) or Lane()) for _, g in heapq.nsmallest(limit, ready)]
+            own = lanes.get("")
+            ready.append((own.served if own else 0, ""))
+            ready.sort()
+        return [(g, lanes.get(g) or Lane()) for _, g in ready[:limit]]
 
     def put_lane(self, queue: str, group: str, lane: Lane) -> None:
-        self._q(queue).lanes[group] = lane
+        q = self._q(queue)
+        q.lanes[group] = lane
+        if group and group in q.group_waiting:
+            heapq.heappush(q.ready, (lane.served, group))
 
     def next_served(self, queue: str) -> int:
         q = self._q(queue)

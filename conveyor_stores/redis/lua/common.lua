@@ -90,6 +90,17 @@ local function group_count(base, g, state, d)
   end
 end
 
+-- A job of group g moves from one state to another: the group's total is unchanged, so
+-- it stays in 'groups'; a job leaving active may let a group held at its concurrency go.
+local function group_move(base, g, from, to)
+  local gk = base .. 'gn:' .. g
+  redis.call('HINCRBY', gk, from, -1)
+  redis.call('HINCRBY', gk, to, 1)
+  if from == 'active' and redis.call('SREM', base .. 'gmax', g) == 1 then
+    redis.call('ZADD', base .. 'gready', redis.call('HGET', base .. 'gsrv', g) or 0, g)
+  end
+end
+
 -- Put a member into its lane: the own lane, or its group's (the group becomes ready).
 local function wait_add(base, g, pri, m)
   if not g then

@@ -18,8 +18,7 @@ for k = 3, #ARGV, 3 do
     redis.call('ZREM', QB .. 'active', id)
     redis.call('ZADD', QB .. 'completed', order, id)
     if v[8] then
-      group_count(QB, v[8], 'active', -1)
-      group_count(QB, v[8], 'completed', 1)
+      group_move(QB, v[8], 'active', 'completed')
     end
     -- An empty token and lock stand for none (one call fewer than HDEL).
     redis.call('HSET', jk, 'state', 'completed', 'rv', rv, 'fat', NOW_S,

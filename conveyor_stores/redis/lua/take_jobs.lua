@@ -81,23 +81,33 @@ else
   -- glim (see GROUPS in common.lua) until its limit may let it go: a take steps over
   -- each held group once, not on every take.
   local meta = QB .. 'meta'
-  local lv = redis.call('HMGET', meta, 'gconc', 'grmax', 'grdur', 'osrv')
+  local lv = redis.call('HMGET', meta, 'gconc', 'grmax', 'grdur', 'osrv', 'gsn')
   local gconc, grmax, grdur = tonumber(lv[1] or ''), tonumber(lv[2] or ''), tonumber(lv[3] or '')
-  local osrv = tonumber(lv[4] or '0')
+  local osrv, gsn = tonumber(lv[4] or '0'), tonumber(lv[5] or '0')
   -- Groups whose full window has ended are ready again.
   for _, g in ipairs(redis.call('ZRANGEBYSCORE', QB .. 'glim', '-inf', NOW_S)) do
     redis.call('ZREM', QB .. 'glim', g)
     redis.call('ZADD', QB .. 'gready', redis.call('HGET', QB .. 'gsrv', g) or 0, g)
   end
+  -- Lanes are read from gready a batch at a time: within a take only this take changes
+  -- their order, and a lane it serves goes after all of them, so the next lane is the
+  -- next of the batch until the batch runs out.
+  local own = redis.call('ZCARD', QB .. 'wait')
+  local windows = grmax or redis.call('EXISTS', QB .. 'gwin') == 1
+  local batch, b = {}, 1
+  local picked = {}
   local stuck = false
   while taken < limit do
-    local first = redis.call('ZRANGE', QB .. 'gready', 0, 0, 'WITHSCORES')
-    local g, m = nil, nil
-    if redis.call('EXISTS', QB .. 'wait') == 1
-        and (not first[1] or osrv <= tonumber(first[2])) then
+    if b > #batch then
+      batch, b = redis.call('ZRANGE', QB .. 'gready', 0, limit - taken - 1, 'WITHSCORES'), 1
+    end
+    local g, m = batch[b], nil
+    if own > 0 and (not g or osrv <= tonumber(batch[b + 1])) then
+      g = nil
       m = redis.call('ZPOPMIN', QB .. 'wait')[1]
-    elseif first[1] then
-      g = first[1]
+      own = own - 1
+    elseif g then
+      b = b + 2
       local held = false
       if gconc then
         local active = tonumber(redis.call('HGET', QB .. 'gn:' .. g, 'active') or '0')
@@ -111,8 +121,8 @@ else
       if not held and grmax then
         local w = redis.call('HGET', QB .. 'gwin', g)
         if w then
-          local a, b = string.match(w, '^(%S+) (%S+)$')
-          gstart, gcount = tonumber(a), tonumber(b)
+          local a, c = string.match(w, '^(%S+) (%S+)$')
+          gstart, gcount = tonumber(a), tonumber(c)
         end
         if not gstart or NOW >= gstart + grdur then
           gstart, gcount = NOW, 0
@@ -126,12 +136,11 @@ else
       if not held then
         m = redis.call('ZPOPMIN', QB .. 'gw:' .. g)[1]
         redis.call('ZREM', QB .. 'gwait', m)
-        group_count(QB, g, 'waiting', -1)
-        group_count(QB, g, 'active', 1)
+        group_move(QB, g, 'waiting', 'active')
         -- Served without a rate limit, a group keeps no window (as the reference engine).
         if gstart then
           redis.call('HSET', QB .. 'gwin', g, fmt(gstart) .. ' ' .. (gcount + 1))
-        elseif not grmax then
+        elseif windows then
           redis.call('HDEL', QB .. 'gwin', g)
         end
       end
@@ -141,20 +150,26 @@ else
     end
     if m then
       -- The lane served goes last: a served number above every other of the queue.
-      local n = redis.call('HINCRBY', meta, 'gsn', 1)
+      gsn = gsn + 1
       if g then
-        redis.call('HSET', QB .. 'gsrv', g, n)
+        redis.call('HSET', QB .. 'gsrv', g, gsn)
         if redis.call('EXISTS', QB .. 'gw:' .. g) == 1 then
-          redis.call('ZADD', QB .. 'gready', n, g)
+          redis.call('ZADD', QB .. 'gready', gsn, g)
         else
           redis.call('ZREM', QB .. 'gready', g)
         end
       else
-        osrv = n
-        redis.call('HSET', meta, 'osrv', n)
+        osrv = gsn
       end
       taken = taken + 1
-      activate(string.sub(m, 17), redis.call('INCR', PB .. 'seq'))
+      picked[taken] = string.sub(m, 17)
+    end
+  end
+  if taken > 0 then
+    redis.call('HSET', meta, 'gsn', gsn, 'osrv', osrv)
+    local order = redis.call('INCRBY', PB .. 'seq', taken) - taken
+    for k = 1, taken do
+      activate(picked[k], order + k)
     end
   end
   if taken == 0 then
