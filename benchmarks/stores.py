@@ -164,3 +164,26 @@ async def _drop(url: str, scheme: str, name: str) -> None:
             await client.unlink(*batch)
     finally:
         await client.aclose()
+
+
+async def analyze(store: StoreInterface) -> None:
+    """Refresh the planner's statistics of a PostgreSQL store's job tables, as autovacuum
+    does on a busy database (elsewhere nothing). A run on a fresh schema would otherwise
+    be planned with the estimates of empty tables, which hide the plans that real
+    statistics choose."""
+    if not type(store).__module__.startswith("conveyor_stores.postgres"):
+        return  # (before any import of asyncpg, which only the postgres extra installs)
+    import asyncpg
+
+    from conveyor_stores.postgres import PostgresStore
+    from conveyor_stores.postgres.schema import quote_ident
+
+    assert isinstance(store, PostgresStore)
+
+    conn = await asyncpg.connect(store.dsn)
+    try:
+        schema = quote_ident(store.schema)
+        for table in ("jobs", "deps", "group_lanes", "state_counts"):
+            await conn.execute(f"ANALYZE {schema}.{table}")
+    finally:
+        await conn.close()

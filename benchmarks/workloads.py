@@ -21,6 +21,7 @@ from conveyor_stores.memory import MemoryStore
 
 from .lag import LagSamples, ticker
 from .pickup import measure
+from .stores import analyze
 
 CONCURRENCY = 10
 """Worker concurrency, as in the peer scripts."""
@@ -84,7 +85,7 @@ async def _cleanup(store: StoreInterface, *names: str) -> None:
 
 async def _fill(queue: Queue, n: int, groups: int | None = None) -> None:
     """Add ``n`` no-op jobs quickly (untimed); with ``groups``, job ``i`` belongs to
-    group ``i % groups``."""
+    group ``i % groups``. The store's statistics are refreshed after (:func:`analyze`)."""
     for start in range(0, n, BULK_CHUNK):
         await queue.add_bulk(
             [
@@ -94,6 +95,7 @@ async def _fill(queue: Queue, n: int, groups: int | None = None) -> None:
                 for i in range(start, min(n, start + BULK_CHUNK))
             ]
         )
+    await analyze(queue.store)
 
 
 async def enqueue_seq(store: StoreInterface, params: Params) -> list[Figure]:
