@@ -45,7 +45,7 @@ from .store import (
     StallOutcome,
     TakeResult,
     check_children_of,
-    check_dag_deduplication,
+    check_dag,
     check_dependency_limit,
     child_failed_reason,
     decode_dependency_cursor,
@@ -514,7 +514,7 @@ class Engine:
         deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
     ) -> list[DeduplicatedAdd]:
         b = self.b
-        check_dag_deduplication(jobs, edges, deduplication)
+        check_dag(jobs, edges, deduplication)
         # DEDUPLICATED NODE, decided first: a live holder stands in for its node.
         results: list[DeduplicatedAdd] = []
         holders: dict[tuple[str, str], JobRecord] = {}
@@ -541,8 +541,6 @@ class Engine:
                 raise DuplicateJobError(f"job id {new.id!r} already exists in queue {new.queue!r}")
             new_keys.add(key)
         for edge in edges:
-            if (edge.parent_queue, edge.parent_id) not in new_keys:
-                raise ValueError(f"the parent of a DAG edge must be a new job: {edge.parent_id!r}")
             if (edge.child_queue, edge.child_id) in new_keys:
                 continue
             existing = b.get(edge.child_queue, edge.child_id)

@@ -213,7 +213,7 @@ the queue's entries.
 DEDUPLICATED NODE: :meth:`StoreInterface.add_dag` may carry deduplication entries
 ``(index, key)``: the node ``N = jobs[index]``, a leaf (no edge has it as its parent),
 under the deduplication id ``key.id`` of ``N.queue`` (at most one entry per node and per
-``(queue, id)``: see :func:`check_dag_deduplication`). In the same atomic step as the
+``(queue, id)``: see :func:`check_dag`). In the same atomic step as the
 rest of the DAG, for each entry in order, as DEDUPLICATION step 1 defines *live*:
 
 1. If the entry of ``key.id`` is live, with job ``J``: ``N`` is not written, and every
@@ -240,7 +240,9 @@ window; the queue's own lane has a ``served`` number too. The queue's *group lim
 (:meth:`StoreInterface.set_group_limits`) hold for each group apart: ``concurrency``
 (at most that many active jobs of the group) and ``rate_limit = (max, duration)`` (at
 most ``max`` jobs of the group start in any window of ``duration`` seconds; a window
-starts at the first take of the group after the previous window ended).
+starts at the first take of the group after the previous window ended, and a group
+served while the queue has no rate limit keeps no window: a rate limit set later counts
+from the next take).
 
 TAKE BY LANES: while the queue has a waiting job with a group, :meth:`take_jobs` takes
 (after its checks of pause, manual rate limit, global concurrency and ``rate_limit``,
@@ -255,9 +257,9 @@ is full; the queue's own lane has no group limits. The take ends at ``limit`` jo
 when no lane can give one, and returns the jobs in the order taken. When it takes none
 but a group with a waiting job was held back by its limits: ``concurrency_limited`` if
 one was held back by its concurrency, and ``rate_limited_until`` the earliest end of the
-full windows that held one back. While no waiting job has a group, a take is a plain
-take and changes no ``served`` number. ``obliterate`` drops the queue's group limits and
-lanes.
+full windows that held one back (a take that takes a job sets neither for its groups).
+While no waiting job has a group, a take is a plain take and changes no ``served``
+number. ``obliterate`` drops the queue's group limits and lanes.
 
 RETENTION: ``keep_completed`` / ``keep_failed`` of a job are ``None`` (keep), ``0``
 (delete the job as soon as it finishes) or ``N`` (after it finishes, keep only the ``N``
@@ -622,17 +624,21 @@ def check_children_of(queue: str, job_id: str, groups: Sequence[Sequence[NewJob]
             raise ValueError(f"every group must be a child of job {job_id!r}")
 
 
-def check_dag_deduplication(
+def check_dag(
     jobs: Sequence[NewJob],
     edges: Sequence[DagEdge],
     deduplication: Sequence[tuple[int, DeduplicationKey]],
 ) -> None:
-    """:meth:`StoreInterface.add_dag`'s ``ValueError`` for its deduplication entries
-    (DEDUPLICATED NODE): each names a job of ``jobs`` by index, at most once, that is no
-    edge's parent, and no two entries hold one deduplication id of one queue."""
-    if not deduplication:
-        return
+    """:meth:`StoreInterface.add_dag`'s ``ValueError`` for a DAG whose shape is wrong,
+    whatever the store holds: an edge whose parent is not one of ``jobs``, or a
+    deduplication entry (DEDUPLICATED NODE) that does not name a job of ``jobs`` by
+    index, at most once, that is no edge's parent, with no two entries holding one
+    deduplication id of one queue."""
+    new = {(job.queue, job.id) for job in jobs}
     parents = {(edge.parent_queue, edge.parent_id) for edge in edges}
+    for edge in edges:
+        if (edge.parent_queue, edge.parent_id) not in new:
+            raise ValueError(f"the parent of a DAG edge must be a new job: {edge.parent_id!r}")
     indexes: set[int] = set()
     ids: set[tuple[str, str]] = set()
     for index, key in deduplication:
@@ -741,7 +747,7 @@ class StoreInterface(Protocol):
         deduplicates is not written and its edges take that job as their child, before
         any check below). Returns one :class:`DeduplicatedAdd` per entry, in order
         (an empty list without entries). ``ValueError`` (nothing written) for entries
-        :func:`check_dag_deduplication` refuses.
+        :func:`check_dag` refuses (an edge's parent not among ``jobs`` too).
 
         ``jobs`` carry no parent (``parent_id`` ``None``); a job with edges as a parent
         comes in ``waiting-children``, the others ``waiting`` or ``delayed``. Each edge's

@@ -9,9 +9,16 @@ import time
 import pytest
 
 from conveyor_core import JobState, QueueEvent, QueueEvents
-from conveyor_core.errors import JobNotFoundError
+from conveyor_core.errors import DuplicateJobError, JobNotFoundError
 from conveyor_core.models import ParentPolicy
-from conveyor_core.store import Completion, DagEdge, Failure, NewJob
+from conveyor_core.store import (
+    Completion,
+    DagEdge,
+    DeduplicatedAdd,
+    DeduplicationKey,
+    Failure,
+    NewJob,
+)
 
 from ._support import Harness, Runs, nodes_by_name
 
@@ -402,3 +409,99 @@ class EdgeTests:
         assert count == 2
         assert await env.state(jobs["slow"]) is FAILED
         assert await env.state(jobs["parent"]) is FAILED
+
+    async def test_a_made_up_search_cursor_is_refused(self, env: Harness) -> None:
+        q = env.name("cursor")
+        await env.queue(q).add("job", None)
+        for cursor in ("1700000000.5", "not a cursor", ""):
+            with pytest.raises(ValueError, match="not a search cursor"):
+                await env.store.search_jobs(
+                    q, text=None, name=None, states=None, limit=5, cursor=cursor
+                )
+
+    async def test_a_cancelled_job_that_is_retried_runs_again_unhindered(
+        self, env: Harness
+    ) -> None:
+        q = env.name("cancel-retry")
+        job = await env.queue(q).add("job", None)
+        now = time.time()
+        await env.store.take_jobs(q, limit=1, token="t1", lock_until=now + 60, now=now)
+        assert await env.store.cancel_job(q, job.id, "cancelled: stop", now) == 1
+        # The cancelled attempt ends: its completion is the job's final failure.
+        await env.store.complete_jobs(q, [Completion(job.id, "t1", "1")], now)
+        failed = await env.store.get_job(q, job.id)
+        assert failed is not None and failed.state is FAILED
+        assert (failed.failed_reason, failed.attempts_made) == ("cancelled: stop", 1)
+        await env.store.retry_job(q, job.id, now)
+        taken = await env.store.take_jobs(q, limit=1, token="t2", lock_until=now + 60, now=now)
+        assert [record.id for record in taken.jobs] == [job.id]
+        # No cancel request survives the retry: the new attempt runs and completes.
+        assert await env.store.cancel_requests(q, [job.id]) == {}
+        assert await env.store.complete_jobs(q, [Completion(job.id, "t2", "2")], now) == [True]
+        done = await env.store.get_job(q, job.id)
+        assert done is not None and (done.state, done.return_value) == (COMPLETED, "2")
+        # A retry starts the count of attempts again.
+        assert (done.attempts_made, done.lock_token, done.lock_until) == (1, None, None)
+
+    async def test_a_child_of_a_missing_parent_is_refused_and_nothing_written(
+        self, env: Harness
+    ) -> None:
+        q = env.name("orphan")
+        child = NewJob(
+            id="c",
+            queue=q,
+            name="c",
+            data="null",
+            opts="{}",
+            state=WAITING,
+            parent_id="gone",
+            parent_queue=q,
+            parent_policy=ParentPolicy.FAIL,
+        )
+        with pytest.raises(JobNotFoundError):
+            await env.store.add_jobs([[child]], time.time())
+        assert await env.store.get_job(q, "c") is None
+        assert sum((await env.store.get_counts(q)).values()) == 0
+
+    async def test_a_deduplicated_add_says_whether_it_wrote_the_job(self, env: Harness) -> None:
+        q = env.name("dedup-said")
+
+        def new(job_id: str) -> NewJob:
+            return NewJob(id=job_id, queue=q, name="n", data="null", opts="{}", state=WAITING)
+
+        now = time.time()
+        key = DeduplicationKey("once")
+        assert await env.store.add_deduplicated(new("first"), key, now) == DeduplicatedAdd(
+            "first", True
+        )
+        assert await env.store.add_deduplicated(new("second"), key, now) == DeduplicatedAdd(
+            "first", False
+        )
+        assert await env.store.get_job(q, "second") is None
+
+    async def test_a_malformed_dag_is_refused_and_nothing_written(self, env: Harness) -> None:
+        # The core checks a DAG before it sends it; the store must refuse one all the same.
+        q = env.name("dag-malformed")
+
+        def new(job_id: str, state: JobState = WAITING) -> NewJob:
+            return NewJob(id=job_id, queue=q, name=job_id, data="null", opts="{}", state=state)
+
+        def edge(parent: str, child: str) -> DagEdge:
+            return DagEdge(q, parent, q, child, ParentPolicy.FAIL)
+
+        now = time.time()
+        existing = await env.queue(q).add("existing", None)
+        parent = new("p", WAITING_CHILDREN)
+        with pytest.raises(DuplicateJobError):
+            await env.store.add_dag([parent, new("a"), new("a")], [edge("p", "a")], now)
+        with pytest.raises(ValueError, match="must be a new job"):
+            await env.store.add_dag([new("a")], [edge(existing.id, "a")], now)
+        with pytest.raises(ValueError, match="only a leaf"):
+            await env.store.add_dag(
+                [parent, new("a")], [edge("p", "a")], now, [(0, DeduplicationKey("d"))]
+            )
+        with pytest.raises(ValueError, match="names no job"):
+            await env.store.add_dag([new("a")], [], now, [(1, DeduplicationKey("d"))])
+        for job_id in ("p", "a"):
+            assert await env.store.get_job(q, job_id) is None
+        assert await env.store.get_counts(q) == {**dict.fromkeys(JobState, 0), WAITING: 1}

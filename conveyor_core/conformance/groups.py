@@ -255,6 +255,7 @@ class GroupTests:
             queue.name, limit=10, token="tok", lock_until=T0 + 60, now=T0 + 4
         )
         assert (result.jobs, result.rate_limited_until) == ([], T0 + 10)
+        assert not result.concurrency_limited
         await _add(queue, "b", 1)
         # b started one job in its window: it has room for one more.
         assert await _take(queue, 10, now=T0 + 5) == [("b", 0)]
@@ -271,6 +272,53 @@ class GroupTests:
         assert await _take(queue, 10) == []
         await queue.resume()
         assert await _take(queue, 10) == [("b", 1), ("a", 2), ("b", 2)]
+
+    async def test_a_workers_rate_limit_bounds_a_take_by_lanes(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-limiter"))
+        await _add(queue, "a", 2)
+        await _add(queue, "b", 2)
+
+        async def take(now: float) -> tuple[list[tuple[str, int]], float | None]:
+            result = await queue.store.take_jobs(
+                queue.name, limit=10, token="tok", lock_until=now + 60, now=now,
+                rate_limit=(3, 10.0),
+            )  # fmt: skip
+            return [(job.name, _n(job.data)) for job in result.jobs], result.rate_limited_until
+
+        assert (await take(T0))[0] == [("a", 0), ("b", 0), ("a", 1)]
+        assert await take(T0 + 1) == ([], T0 + 10)
+        assert (await take(T0 + 10))[0] == [("b", 1)]
+
+    async def test_a_lane_held_by_its_limit_does_not_shorten_a_take(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-held-first"))
+        await queue.set_group_limits(concurrency=1)
+        await _add(queue, "a", 2)
+        assert await _take(queue, 1) == [("a", 0)]
+        b = await _add(queue, "b", 2)
+        c = await _add(queue, "c", 2)
+        assert await _take(queue, 2) == [("b", 0), ("c", 0)]
+        await _complete(queue, [b[0], c[0]])
+        # a is the lane served least recently, still at its limit: the take passes over
+        # it and fills up from the others, and says nothing of a (it took jobs).
+        result = await queue.store.take_jobs(
+            queue.name, limit=2, token="tok", lock_until=T0 + 60, now=T0
+        )
+        assert [(job.name, _n(job.data)) for job in result.jobs] == [("b", 1), ("c", 1)]
+        assert (result.concurrency_limited, result.rate_limited_until) == (False, None)
+
+    async def test_a_rate_window_starts_afresh_after_the_limit_was_lifted(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("groups-window"))
+        await queue.set_group_limits(rate_limit={"max": 2, "duration": 10})
+        await _add(queue, "a", 6)
+        assert await _take(queue, 1) == [("a", 0)]
+        await queue.set_group_limits()
+        assert await _take(queue, 2, now=T0 + 1) == [("a", 1), ("a", 2)]
+        # Served without a rate limit, a keeps no window: the limit set again counts
+        # from its next take.
+        await queue.set_group_limits(rate_limit={"max": 2, "duration": 10})
+        assert await _take(queue, 5, now=T0 + 2) == [("a", 3), ("a", 4)]
 
     async def test_group_counts_cover_each_group_in_every_state(self, env: Harness) -> None:
         queue = Queue(env.name("groups-counts"), store=env.store, clock=lambda: T0)

@@ -60,7 +60,7 @@ from conveyor_core.store import (
     StoreCapabilities,
     TakeResult,
     check_children_of,
-    check_dag_deduplication,
+    check_dag,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
@@ -337,7 +337,7 @@ class _Operations:
         now: float,
         deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
     ) -> list[DeduplicatedAdd]:
-        check_dag_deduplication(jobs, edges, deduplication)
+        check_dag(jobs, edges, deduplication)
         columns = [*_job_columns(jobs)[:11], [j.group_id for j in jobs]]
         edge_columns = [
             [e.parent_queue for e in edges],

@@ -75,7 +75,7 @@ from conveyor_core.store import (
     StoreCapabilities,
     TakeResult,
     check_children_of,
-    check_dag_deduplication,
+    check_dag,
     check_dependency_limit,
     decode_dependency_cursor,
     encode_dependency_cursor,
@@ -893,7 +893,7 @@ class RedisStore:
     ) -> list[DeduplicatedAdd]:
         if not jobs:
             raise ValueError("a DAG must hold at least one job")
-        check_dag_deduplication(jobs, edges, deduplication)
+        check_dag(jobs, edges, deduplication)
         for new in jobs:
             if new.state not in _NEW_STATES:
                 raise InvalidJobStateError(f"a new job cannot start in state {str(new.state)!r}")
