@@ -384,3 +384,43 @@ class CancellingTests:
         for event in seen:
             if event.type == "cancelled":
                 assert event.data.get("reason") == "cancelled: bye"
+
+    async def test_a_completed_parent_keeps_its_record_of_a_retried_child(
+        self, env: Harness
+    ) -> None:
+        # A child failed under "ignore", its parent completed, and the child was retried:
+        # cancelling the flow's top cancels the child, and marks failed only the
+        # dependencies still pending; the completed parent's record stays as it was.
+        q = env.name("kept-record")
+        node = await env.flow.add(
+            {
+                "name": "top",
+                "queue_name": q,
+                "children": [
+                    {
+                        "name": "middle",
+                        "queue_name": q,
+                        "children": [
+                            {
+                                "name": "leaf",
+                                "queue_name": q,
+                                "opts": {"ignore_dependency_on_failure": True},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        now = time.time()
+        assert await _take(env, q, "t1") == [jobs["leaf"].id]
+        await env.store.fail_jobs(q, [Failure(jobs["leaf"].id, "t1", "broke")], now)
+        assert await _take(env, q, "t2") == [jobs["middle"].id]
+        await env.store.complete_jobs(q, [Completion(jobs["middle"].id, "t2", "1")], now)
+        await env.store.retry_job(q, jobs["leaf"].id, now)
+        assert await jobs["top"].cancel("stop") == 2
+        for name in ("top", "leaf"):
+            assert await env.state(jobs[name]) is FAILED, name
+        middle = await env.reread(jobs["middle"])
+        assert middle is not None and middle.state is COMPLETED
+        assert (await middle.get_dependencies()).ignored == {jobs["leaf"].id: "broke"}
