@@ -418,6 +418,9 @@ class CancellingTests:
         assert await _take(env, q, "t2") == [jobs["middle"].id]
         await env.store.complete_jobs(q, [Completion(jobs["middle"].id, "t2", "1")], now)
         await env.store.retry_job(q, jobs["leaf"].id, now)
+        # The completed middle job is not cancelled, nor is anything below it.
+        assert await jobs["middle"].cancel("stop") == 0
+        assert await env.state(jobs["leaf"]) is WAITING
         assert await jobs["top"].cancel("stop") == 2
         for name in ("top", "leaf"):
             assert await env.state(jobs[name]) is FAILED, name

@@ -8,6 +8,8 @@ sharing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
 
@@ -88,6 +90,38 @@ class CapabilityTests:
             "the store declares 'blocking_wakeup', but a wait for work was not woken "
             f"within {env.timeout:g}s of a job being added"
         )
+
+    async def test_an_idle_wait_wakes_for_delayed_jobs_changed_delays_and_a_resume(
+        self, env: Harness
+    ) -> None:
+        _require(env, "blocking_wakeup")
+        q = env.name("wake-more")
+        queue = env.queue(q)
+        later = await queue.add("later", None, {"delay": 3600})
+        await queue.pause()
+
+        async def wakes(action: Callable[[], Awaitable[object]], what: str) -> None:
+            woke = anyio.Event()
+
+            async def wait() -> None:
+                await env.second_store.wait_for_work(q, 3600.0)
+                woke.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.sleep(0.2)  # let the waiter settle into its wait
+                await action()
+                with anyio.move_on_after(env.timeout):
+                    await woke.wait()
+                tg.cancel_scope.cancel()
+            assert woke.is_set(), (
+                "the store declares 'blocking_wakeup', but a wait for work was not woken "
+                f"within {env.timeout:g}s of {what}"
+            )
+
+        await wakes(lambda: queue.add("soon", None, {"delay": 60}), "a delayed job being added")
+        await wakes(lambda: later.change_delay(30), "a delayed job's delay being changed")
+        await wakes(queue.resume, "the queue being resumed")
 
     async def test_an_idle_wait_returns_by_its_timeout(self, env: Harness) -> None:
         q = env.name("quiet")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from conveyor_core import DagError, DuplicateJobError, Job, JobState
+from conveyor_core import DagError, DuplicateJobError, Job, JobState, QueueEvent, QueueEvents
 from conveyor_core.errors import InvalidJobStateError, JobNotFoundError
 from conveyor_core.store import PARENT_FAILED_REASON, child_failed_reason
 
@@ -16,6 +16,10 @@ COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
 WAITING = JobState.WAITING
 WAITING_CHILDREN = JobState.WAITING_CHILDREN
+
+
+async def _arrived(seen: list[str], item: str) -> bool:
+    return item in seen
 
 
 def _value(job: Job) -> dict[str, Any]:
@@ -499,6 +503,39 @@ class DagTests:
         for name in ("p1", "p2"):
             dependent = await env.wait_state(jobs[name], WAITING)
             assert await dependent.get_children_values() == {}
+
+    async def test_dag_removing_a_diamond_removes_its_shared_job_once(self, env: Harness) -> None:
+        q = env.name("diamond-remove")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": q},
+                {"id": "left", "name": "left", "queue_name": q, "depends_on": ["shared"]},
+                {"id": "right", "name": "right", "queue_name": q, "depends_on": ["shared"]},
+                {"id": "sink", "name": "sink", "queue_name": q, "depends_on": ["left", "right"]},
+            ]
+        )
+        removed: list[str] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+
+            def note(event: QueueEvent) -> None:
+                if event.type == "removed" and event.job_id is not None:
+                    removed.append(event.job_id)
+                elif event.type == "added":
+                    removed.append("marker")
+
+            listener.on("removed", note)
+            listener.on("added", note)
+            await jobs["sink"].remove()
+            await env.queue(q).add("marker", None)
+            await env.wait_for(lambda: _arrived(removed, "marker"), "the events of the removal")
+        # Events come in order: every event of the removal came before the marker's.
+        assert sorted(removed[: removed.index("marker")]) == sorted(
+            jobs[name].id for name in ("shared", "left", "right", "sink")
+        )
+        assert await env.queue(q).get_job_counts() == {
+            **dict.fromkeys([state.value for state in JobState], 0),
+            "waiting": 1,
+        }
 
 
 async def _gone(env: Harness, job: Job) -> bool:

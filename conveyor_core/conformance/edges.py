@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conveyor_core import JobState, QueueEvent, QueueEvents
-from conveyor_core.errors import DuplicateJobError, JobNotFoundError
+from conveyor_core.errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError
 from conveyor_core.models import ParentPolicy
 from conveyor_core.store import (
     Completion,
@@ -427,6 +427,9 @@ class EdgeTests:
         now = time.time()
         await env.store.take_jobs(q, limit=1, token="t1", lock_until=now + 60, now=now)
         assert await env.store.cancel_job(q, job.id, "cancelled: stop", now) == 1
+        # Asked again while its attempt still runs: nothing more to cancel.
+        assert await env.store.cancel_job(q, job.id, "cancelled: again", now) == 0
+        assert await env.store.cancel_requests(q, [job.id]) == {job.id: "cancelled: stop"}
         # The cancelled attempt ends: its completion is the job's final failure.
         await env.store.complete_jobs(q, [Completion(job.id, "t1", "1")], now)
         failed = await env.store.get_job(q, job.id)
@@ -442,6 +445,9 @@ class EdgeTests:
         assert done is not None and (done.state, done.return_value) == (COMPLETED, "2")
         # A retry starts the count of attempts again.
         assert (done.attempts_made, done.lock_token, done.lock_until) == (1, None, None)
+        # A finished job is not cancelled.
+        assert await env.store.cancel_job(q, job.id, "cancelled: late", now) == 0
+        assert await env.state(job) is COMPLETED
 
     async def test_a_child_of_a_missing_parent_is_refused_and_nothing_written(
         self, env: Harness
@@ -505,3 +511,84 @@ class EdgeTests:
         for job_id in ("p", "a"):
             assert await env.store.get_job(q, job_id) is None
         assert await env.store.get_counts(q) == {**dict.fromkeys(JobState, 0), WAITING: 1}
+
+    async def test_an_active_job_cancelled_publishes_cancelled_once(self, env: Harness) -> None:
+        q = env.name("cancel-event")
+        seen: list[str] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("cancelled", lambda event: seen.append(event.job_id or ""))
+            listener.on("added", lambda event: seen.append("marker"))
+            job = await env.queue(q).add("job", None)
+            now = time.time()
+            await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+            await env.store.cancel_job(q, job.id, "cancelled: stop", now)
+            await env.store.cancel_job(q, job.id, "cancelled: again", now)
+            await env.queue(q).add("marker", None)
+
+            async def arrived() -> bool:
+                return seen.count("marker") == 2
+
+            await env.wait_for(arrived, "the cancel's events")
+        assert seen == ["marker", job.id, "marker"]
+
+    async def test_a_final_failure_holds_no_lock(self, env: Harness) -> None:
+        q = env.name("failed-for-good")
+        job = await env.queue(q).add("job", None)
+        now = time.time()
+        await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert await env.store.fail_jobs(q, [Failure(job.id, "t", "broke")], now) == [True]
+        record = await env.store.get_job(q, job.id)
+        assert record is not None and record.state is FAILED
+        assert (record.lock_token, record.lock_until) == (None, None)
+
+    async def test_retrying_jobs_that_have_not_finished_is_refused(self, env: Harness) -> None:
+        q = env.name("retry-unfinished")
+        job = await env.queue(q).add("job", None)
+        for state in (WAITING, ACTIVE, DELAYED):
+            with pytest.raises(InvalidJobStateError):
+                await env.store.retry_jobs(q, state, time.time())
+        assert await env.state(job) is WAITING
+
+    async def test_a_search_page_of_no_jobs_is_refused(self, env: Harness) -> None:
+        q = env.name("search-limit")
+        await env.queue(q).add("job", None)
+        for limit in (0, -1):
+            with pytest.raises(ValueError, match="limit"):
+                await env.store.search_jobs(
+                    q, text=None, name=None, states=None, limit=limit, cursor=None
+                )
+
+    async def test_removing_child_dependencies_clears_every_link_and_keeps_results(
+        self, env: Harness
+    ) -> None:
+        q = env.name("unlink")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "done", "name": "done", "queue_name": q},
+                {"id": "open", "name": "open", "queue_name": q},
+                {"id": "a", "name": "a", "queue_name": q, "depends_on": ["done", "open"]},
+                {"id": "b", "name": "b", "queue_name": q, "depends_on": ["open"]},
+            ]
+        )
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [record.id for record in taken.jobs] == [jobs["done"].id]
+        await env.store.complete_jobs(q, [Completion(jobs["done"].id, "t", "7")], now)
+        # A finished child's result stays with its parent.
+        assert await env.store.remove_child_dependency(q, jobs["done"].id, now)
+        assert (await jobs["a"].get_dependencies()).processed == {jobs["done"].id: 7}
+        # A child with two parents leaves both, and both are released.
+        assert await env.store.remove_child_dependency(q, jobs["open"].id, now)
+        record = await env.store.get_job(q, jobs["open"].id)
+        assert record is not None
+        assert (record.parent_id, record.parent_queue, record.parent_policy) == (None, None, None)
+        assert await env.store.get_parent_links(q, jobs["open"].id) == []
+        for name in ("a", "b"):
+            assert await env.state(jobs[name]) is WAITING, name
+        assert not await env.store.remove_child_dependency(q, jobs["open"].id, now)
+        # A new parent finds no trace of the old ones.
+        later = await env.flow.add_dag(
+            [{"id": "c", "name": "c", "queue_name": q, "depends_on": [f"{q}/{jobs['open'].id}"]}]
+        )
+        links = await env.store.get_parent_links(q, jobs["open"].id)
+        assert [(link.queue, link.id) for link in links] == [(q, later["c"].id)]
