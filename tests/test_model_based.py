@@ -293,8 +293,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                 policy = data.draw(st.sampled_from(POLICIES))
                 edges.append(DagEdge(job.queue, job.id, child_queue, child_id, policy))
         if data.draw(st.integers(0, 9)) == 0 and (existing := self._existing(data)):
-            jobs[-1].queue, jobs[-1].id = existing  # a job that exists: nothing is written
-            edges = [e for e in edges if (e.parent_queue, e.parent_id) != existing]
+            # The last job takes the key of a job that exists (nothing is written), as a
+            # leaf: its edges go, so the DAG's shape stays valid.
+            last = (jobs[-1].queue, jobs[-1].id)
+            jobs[-1].queue, jobs[-1].id = existing
+            edges = [e for e in edges if (e.parent_queue, e.parent_id) != last]
         self.same(
             f"add_dag {[(j.queue, j.id) for j in jobs]} {edges}",
             lambda s: s.add_dag(jobs, edges, self.now),
