@@ -24,6 +24,28 @@ def _require(env: Harness, capability: str) -> None:
         pytest.skip(f"the store does not declare the {capability!r} capability")
 
 
+async def _wakes(env: Harness, q: str, action: Callable[[], Awaitable[object]], what: str) -> None:
+    """A wait for work on the second store object ends within the harness's timeout of
+    ``action``."""
+    woke = anyio.Event()
+
+    async def wait() -> None:
+        await env.second_store.wait_for_work(q, 3600.0)
+        woke.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await anyio.sleep(0.2)  # let the waiter settle into its wait
+        await action()
+        with anyio.move_on_after(env.timeout):
+            await woke.wait()
+        tg.cancel_scope.cancel()
+    assert woke.is_set(), (
+        "the store declares 'blocking_wakeup', but a wait for work was not woken "
+        f"within {env.timeout:g}s of {what}"
+    )
+
+
 class CapabilityTests:
     """Every capability the store declares is true of it."""
 
@@ -73,23 +95,7 @@ class CapabilityTests:
     async def test_an_idle_wait_wakes_when_work_arrives(self, env: Harness) -> None:
         _require(env, "blocking_wakeup")
         q = env.name("wake")
-        woke = anyio.Event()
-
-        async def wait() -> None:
-            await env.second_store.wait_for_work(q, 3600.0)
-            woke.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
-            await anyio.sleep(0.2)  # let the waiter settle into its wait
-            await env.queue(q).add("wake-up")
-            with anyio.move_on_after(env.timeout):
-                await woke.wait()
-            tg.cancel_scope.cancel()
-        assert woke.is_set(), (
-            "the store declares 'blocking_wakeup', but a wait for work was not woken "
-            f"within {env.timeout:g}s of a job being added"
-        )
+        await _wakes(env, q, lambda: env.queue(q).add("wake-up"), "a job being added")
 
     async def test_an_idle_wait_wakes_for_delayed_jobs_changed_delays_and_a_resume(
         self, env: Harness
@@ -99,29 +105,10 @@ class CapabilityTests:
         queue = env.queue(q)
         later = await queue.add("later", None, {"delay": 3600})
         await queue.pause()
-
-        async def wakes(action: Callable[[], Awaitable[object]], what: str) -> None:
-            woke = anyio.Event()
-
-            async def wait() -> None:
-                await env.second_store.wait_for_work(q, 3600.0)
-                woke.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                await anyio.sleep(0.2)  # let the waiter settle into its wait
-                await action()
-                with anyio.move_on_after(env.timeout):
-                    await woke.wait()
-                tg.cancel_scope.cancel()
-            assert woke.is_set(), (
-                "the store declares 'blocking_wakeup', but a wait for work was not woken "
-                f"within {env.timeout:g}s of {what}"
-            )
-
-        await wakes(lambda: queue.add("soon", None, {"delay": 60}), "a delayed job being added")
-        await wakes(lambda: later.change_delay(30), "a delayed job's delay being changed")
-        await wakes(queue.resume, "the queue being resumed")
+        added = lambda: queue.add("soon", None, {"delay": 60})  # noqa: E731
+        await _wakes(env, q, added, "a delayed job being added")
+        await _wakes(env, q, lambda: later.change_delay(30), "a delayed job's delay being changed")
+        await _wakes(env, q, queue.resume, "the queue being resumed")
 
     async def test_an_idle_wait_returns_by_its_timeout(self, env: Harness) -> None:
         q = env.name("quiet")
