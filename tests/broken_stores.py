@@ -548,3 +548,20 @@ class KeepsGroupLimitsOnlyForShow(MemoryStore):
 
     async def get_group_limits(self, queue: str) -> GroupLimits:
         return GroupLimits(*self._shown.get(queue, (None, None)))
+
+
+class TrustsTheDagsShape(MemoryStore):
+    """Defect: the store trusts the core to have checked a DAG's shape, so an edge whose
+    parent is an existing job instead of a new one is not refused: the DAG is written
+    without it, and the caller never learns that a dependency it asked for is missing."""
+
+    async def add_dag(
+        self,
+        jobs: Sequence[NewJob],
+        edges: Sequence[DagEdge],
+        now: float,
+        deduplication: Sequence[tuple[int, DeduplicationKey]] = (),
+    ) -> list[DeduplicatedAdd]:
+        new = {(job.queue, job.id) for job in jobs}
+        kept = [edge for edge in edges if (edge.parent_queue, edge.parent_id) in new]
+        return await super().add_dag(jobs, kept, now, deduplication)
