@@ -32,7 +32,7 @@ from .dag import run_dag
 from .large_flow import run_large_flow
 from .schedule import run_schedule
 from .search import run_search
-from .stores import SHORTCUTS, VARIANTS, fresh_store, label, resolve
+from .stores import SHORTCUTS, VARIANTS, isolated_store_and_url, label, resolve
 from .tracing import CHOICES, use_tracing
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS, Figure, Params
 
@@ -186,9 +186,24 @@ async def run_benchmarks(
     cancel_jobs: int = 10_000,
     tracing: str = "off",
 ) -> None:
-    """Run every workload on every store, printing each figure as soon as it is known."""
+    """Run every workload on every store, printing each figure as soon as it is known.
+
+    The repeats of consecutive timed workloads (:data:`WORKLOADS`) take turns (all of
+    them once, then all again), each run on a store of its own (:func:`isolated_store`:
+    a schema, key prefix or SQLite file, dropped after), so a workload is neither
+    favoured by the machine's quieter moments nor slowed by what an earlier run left in
+    the database."""
     for url in stores:
-        for name in workloads:
+        block: list[str] = []
+        for name in [*workloads, None]:
+            if name is not None and name in WORKLOADS:
+                block.append(name)
+                continue
+            if block:
+                await _run_block(url, block, params, repeat, tracing)
+                block = []
+            if name is None:
+                continue
             if name == "schedule":
                 line = await run_schedule(url, label(url), *schedule)
                 print(json.dumps(line), flush=True)
@@ -214,12 +229,19 @@ async def run_benchmarks(
                 for line in await run_dashboard(url, label(url), params.search_jobs):
                     print(json.dumps(line), flush=True)
                 continue
-            runs: list[list[Figure]] = []
-            for _ in range(repeat):
-                async with fresh_store(url) as (store, store_url):
-                    runs.append(await WORKLOADS[name](store, replace(params, url=store_url)))
-            for line in _median(runs, label(url), repeat, tracing):
-                print(json.dumps(line), flush=True)
+
+
+async def _run_block(
+    url: str, names: Sequence[str], params: Params, repeat: int, tracing: str
+) -> None:
+    runs: dict[str, list[list[Figure]]] = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            async with isolated_store_and_url(url, name) as (store, store_url):
+                runs[name].append(await WORKLOADS[name](store, replace(params, url=store_url)))
+    for name in names:
+        for line in _median(runs[name], label(url), repeat, tracing):
+            print(json.dumps(line), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,6 +121,9 @@ async def isolated_store_and_url(
     url: str, kind: str, **options: Any
 ) -> AsyncIterator[tuple[StoreInterface, str]]:
     """:func:`isolated_store` and the URL that opens the same data (for other processes)."""
+    if url in VARIANTS:
+        base, variant_options = VARIANTS[url]
+        url, options = resolve(base), {**variant_options, **options}
     scheme = url.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres", "redis", "rediss"):
         async with fresh_store(url) as (store, store_url):

@@ -186,10 +186,15 @@ class MemoryBackend:
     def _unindex(self, q: _QueueData, job: JobRecord, state: JobState) -> None:
         job_id, group = job.id, job.group_id
         if group is not None:
+            # Only the states a group has jobs in are kept, and only groups with jobs.
             by_state = q.group_states[group]
-            by_state[state] -= 1
-            if not any(by_state.values()):
-                del q.group_states[group]
+            left = by_state[state] - 1
+            if left:
+                by_state[state] = left
+            else:
+                del by_state[state]
+                if not by_state:
+                    del q.group_states[group]
         if state is WAITING:
             if q.waiting.pop(job_id, None) is not None and group is not None:
                 left = q.group_waiting[group] - 1
@@ -211,8 +216,11 @@ class MemoryBackend:
     def _index(self, q: _QueueData, job: JobRecord) -> None:
         state, group = job.state, job.group_id
         if group is not None:
-            by_state = q.group_states.setdefault(group, dict.fromkeys(JobState, 0))
-            by_state[state] += 1
+            by_state = q.group_states.get(group)
+            if by_state is None:
+                q.group_states[group] = {state: 1}
+            else:
+                by_state[state] = by_state.get(state, 0) + 1
         if state is WAITING:
             self.order += 1
             key = (job.priority, -self.order if job.lifo else self.order)
@@ -281,15 +289,19 @@ class MemoryBackend:
         if heap is None:
             return None
         waiting = q.waiting
-        while heap and waiting.get(heap[0][2]) != heap[0][:2]:
+        while heap:
+            priority, order, job_id = heap[0]
+            if waiting.get(job_id) == (priority, order):
+                return self.jobs[(queue, job_id)]
             heapq.heappop(heap)
-        if group is not None and len(heap) > 2 * q.group_waiting.get(group, 0) + 64:
-            heap[:] = [e for e in heap if waiting.get(e[2]) == (e[0], e[1])]
-            heapq.heapify(heap)
-        if group is not None and not heap:
+            # Stale entries below the first (jobs that left the group's waiting jobs
+            # other than by a take) are dropped when they outnumber the live ones.
+            if group is not None and len(heap) > 2 * q.group_waiting.get(group, 0) + 64:
+                heap[:] = [e for e in heap if waiting.get(e[2]) == (e[0], e[1])]
+                heapq.heapify(heap)
+        if group is not None:
             del q.group_heaps[group]
-            return None
-        return self.jobs[(queue, heap[0][2])] if heap else None
+        return None
 
     def has_grouped_waiting(self, queue: str) -> bool:
         return bool(self._q(queue).group_waiting)
