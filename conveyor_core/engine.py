@@ -151,6 +151,12 @@ class Backend(Protocol):
         of the jobs without a group for ``None``."""
         ...
 
+    def first_waiting_each(
+        self, queue: str, groups: Sequence[str | None]
+    ) -> list[JobRecord | None]:
+        """:meth:`first_waiting_in` of each of several distinct lanes, in one look."""
+        ...
+
     def has_grouped_waiting(self, queue: str) -> bool:
         """Whether a waiting job of the queue has a group. Cost: one index probe."""
         ...
@@ -805,7 +811,9 @@ class Engine:
                 break
             # Lanes in the order they were served: each one served now goes last, so
             # the next least recently served is the next of the list.
-            for group, lane in lanes[:need]:
+            lanes = lanes[:need]
+            firsts = b.first_waiting_each(queue, [group or None for group, _ in lanes])
+            for (group, lane), job in zip(lanes, firsts, strict=True):
                 window = lane.window if group and rate is not None else None
                 if group and cap is not None and b.count_group(queue, group, ACTIVE) >= cap:
                     held_by_concurrency = True
@@ -820,7 +828,6 @@ class Engine:
                         held_until = end if held_until is None else min(held_until, end)
                         held.add(group)
                         continue
-                job = b.first_waiting_in(queue, group or None)
                 if job is None:
                     held.add(group)
                     continue

@@ -303,6 +303,11 @@ class MemoryBackend:
             del q.group_heaps[group]
         return None
 
+    def first_waiting_each(
+        self, queue: str, groups: Sequence[str | None]
+    ) -> list[JobRecord | None]:
+        return [self.first_waiting_in(queue, group) for group in groups]
+
     def has_grouped_waiting(self, queue: str) -> bool:
         return bool(self._q(queue).group_waiting)
 

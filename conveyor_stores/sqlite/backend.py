@@ -96,6 +96,7 @@ _COLUMNS = ", ".join(("id", "queue", *_FIELDS))
 _STATE_AT = 1 + len(_FIELDS)
 """Where ``state`` is in a row of ``_SELECT``: the last column."""
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_COLUMNS_OF_J = ", ".join(f"j.{name}" for name in _COLUMNS.split(", "))
 _GET = f"{_SELECT} WHERE queue = ? AND id = ?"
 _INSERT = (
     f"INSERT INTO jobs ({_COLUMNS}, order_key, pending, deps_processed, deps_failed, "
@@ -551,28 +552,67 @@ class SQLiteBackend:
             ).fetchone()
         return None if row is None else _record(row)
 
+    def first_waiting_each(
+        self, queue: str, groups: Sequence[str | None]
+    ) -> list[JobRecord | None]:
+        if len(groups) < 2:
+            return [self.first_waiting_in(queue, group) for group in groups]
+        self._flush()
+        # One statement for all the lanes: each lane's first job found through its own
+        # index, as first_waiting_in does (the own lane, as JSON null, through
+        # jobs_own_waiting).
+        rows = self.conn.execute(
+            f"SELECT g.key, {_COLUMNS_OF_J} FROM json_each(?2) g JOIN jobs j ON j.rowid = "
+            "CASE WHEN g.value IS NULL THEN (SELECT rowid FROM jobs INDEXED BY jobs_own_waiting "
+            "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL "
+            "ORDER BY order_key LIMIT 1) "
+            "ELSE (SELECT rowid FROM jobs INDEXED BY jobs_group_waiting WHERE queue = ?1 "
+            "AND group_id = g.value AND state = 'waiting' ORDER BY order_key LIMIT 1) END",
+            (queue, json.dumps(list(groups))),
+        ).fetchall()
+        found: list[JobRecord | None] = [None] * len(groups)
+        for row in rows:
+            found[row[0]] = _record(row[1:])
+        return found
+
     def _flush_lanes(self) -> None:
         """Write the lanes' counts, served numbers and windows, and the queues' last
         served numbers, kept in memory while a transaction takes jobs."""
         conn = self.conn
-        if self._lane_waiting:
-            conn.executemany(
-                "INSERT INTO lanes (queue, group_id, waiting) VALUES (?, ?, ?) "
-                "ON CONFLICT (queue, group_id) DO UPDATE SET waiting = waiting + excluded.waiting",
-                [(q, g, delta) for (q, g), delta in self._lane_waiting.items() if delta],
-            )
+        if self._lane_waiting or self._lane_put:
+            # One upsert per lane for both: its waiting count moves by the delta, and a
+            # lane served in this transaction (?4 not NULL) gets its new served number
+            # and window.
+            puts = self._lane_put
+            rows = [
+                (
+                    q,
+                    g,
+                    self._lane_waiting.get((q, g), 0),
+                    lane.served,
+                    *(lane.window if lane.window else (None, 0)),
+                )
+                for (q, g), lane in puts.items()
+            ]
+            rows += [
+                (q, g, delta, None, None, None)
+                for (q, g), delta in self._lane_waiting.items()
+                if delta and (q, g) not in puts
+            ]
+            if rows:
+                conn.executemany(
+                    "INSERT INTO lanes (queue, group_id, waiting, served, window_start, "
+                    "window_count) VALUES (?1, ?2, ?3, coalesce(?4, 0), ?5, coalesce(?6, 0)) "
+                    "ON CONFLICT (queue, group_id) DO UPDATE SET "
+                    "waiting = waiting + excluded.waiting, "
+                    "served = CASE WHEN ?4 IS NULL THEN served ELSE excluded.served END, "
+                    "window_start = CASE WHEN ?4 IS NULL THEN window_start "
+                    "ELSE excluded.window_start END, "
+                    "window_count = CASE WHEN ?4 IS NULL THEN window_count "
+                    "ELSE excluded.window_count END",
+                    rows,
+                )
             self._lane_waiting.clear()
-        if self._lane_put:
-            conn.executemany(
-                "INSERT INTO lanes (queue, group_id, served, window_start, window_count) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, group_id) DO UPDATE SET "
-                "served = excluded.served, window_start = excluded.window_start, "
-                "window_count = excluded.window_count",
-                [
-                    (q, g, lane.served, *(lane.window if lane.window else (None, 0)))
-                    for (q, g), lane in self._lane_put.items()
-                ],
-            )
             self._lane_put.clear()
         if self._served:
             conn.executemany(
