@@ -295,6 +295,10 @@ class TextChange:
     replacement: str
     kind: str
     scope: str
+    unread: bool = False
+    """A change known to be equivalent by construction (a value nothing reads): no
+    mutant is made, but it is counted for the ids of the same change after it, so
+    those ids do not move."""
 
 
 Check = Callable[[str], "str | None"]
@@ -318,6 +322,8 @@ def text_mutants(
         key = (change.scope, change.kind, original, mutated)
         nth = seen[key]
         seen[key] += 1
+        if change.unread:
+            continue
         line = text.count("\n", 0, change.start) + 1
         mutant = Mutant(
             id=mutant_id(path, change.scope, change.kind, original, mutated, nth),

@@ -13,7 +13,9 @@ removed), ``arith`` (``+``/``-``, ``*``/``/``), ``constant`` (an integer plus an
 one, ``TRUE``/``FALSE``), ``state`` (a state or parent policy named in a string literal
 replaced by another, see :data:`mutation.mutators.STATE_SWAPS`) and ``drop`` (a
 PL/pgSQL statement, or a whole ``IF``/loop, replaced by ``NULL;``; a statement of a
-``LANGUAGE sql`` body other than its last removed).
+``LANGUAGE sql`` body other than its last removed). A constant that is the whole select
+list of a ``PERFORM`` or of a ``SELECT`` directly inside ``EXISTS (`` is not changed:
+nothing reads it.
 """
 
 from __future__ import annotations
@@ -214,8 +216,8 @@ def _changes(text: str, function: Function) -> list[TextChange]:
     tokens = tokenize(text, function.body_start, function.body_end)
     changes: list[TextChange] = []
 
-    def change(start: int, end: int, replacement: str, kind: str) -> None:
-        changes.append(TextChange(start, end, replacement, kind, scope))
+    def change(start: int, end: int, replacement: str, kind: str, unread: bool = False) -> None:
+        changes.append(TextChange(start, end, replacement, kind, scope, unread))
 
     for index, token in enumerate(tokens):
         previous = tokens[index - 1] if index else None
@@ -244,11 +246,13 @@ def _changes(text: str, function: Function) -> list[TextChange]:
             if following is not None and following.upper not in ("NULL",):
                 change(token.start, following.start, "", "negate")
         elif word in ("TRUE", "FALSE"):
-            change(token.start, token.end, "FALSE" if word == "TRUE" else "TRUE", "constant")
+            other = "FALSE" if word == "TRUE" else "TRUE"
+            change(token.start, token.end, other, "constant", _unread(tokens, index))
         elif token.kind == "number" and token.text.isdigit():
-            value = int(token.text)
-            change(token.start, token.end, str(value + 1), "constant")
-            change(token.start, token.end, str(value - 1) if value else "(-1)", "constant")
+            value, unread = int(token.text), _unread(tokens, index)
+            change(token.start, token.end, str(value + 1), "constant", unread)
+            less = str(value - 1) if value else "(-1)"
+            change(token.start, token.end, less, "constant", unread)
         elif token.kind == "string":
             swapped = STATE_SWAPS.get(token.text[1:-1])
             if swapped is not None and token.text.startswith("'"):
@@ -258,6 +262,20 @@ def _changes(text: str, function: Function) -> list[TextChange]:
     elif function.language == "sql":
         changes.extend(_sql_drops(text, tokens, scope))
     return changes
+
+
+_ENDS_SELECT_LIST = {"FROM", ";", ")", "WHERE"}
+
+
+def _unread(tokens: list[Token], index: int) -> bool:
+    """Whether the constant at ``index`` is the whole select list of a ``PERFORM`` or of
+    a ``SELECT`` directly inside ``EXISTS (``: a value nothing reads (``PERFORM`` only
+    sets ``FOUND``, ``EXISTS`` only asks whether there is a row)."""
+    following = tokens[index + 1] if index + 1 < len(tokens) else None
+    if following is not None and (following.upper or following.text) not in _ENDS_SELECT_LIST:
+        return False
+    head = [token.upper or token.text for token in tokens[max(0, index - 3) : index]]
+    return head[-1:] == ["PERFORM"] or head[-3:] == ["EXISTS", "(", "SELECT"]
 
 
 def _in_between(tokens: list[Token], index: int) -> bool:

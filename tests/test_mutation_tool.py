@@ -226,6 +226,10 @@ SQL_SOURCE = textwrap.dedent(
             UPDATE @S.jobs SET state = 'delayed' WHERE queue = q AND attempts BETWEEN 1 AND n;
             s := 'x<y';
         END IF;
+        PERFORM 1 FROM @S.jobs WHERE queue = q FOR UPDATE;
+        IF FOUND AND EXISTS (SELECT 1 FROM @S.jobs WHERE queue = q AND attempts > 7) THEN
+            RETURN s;
+        END IF;
         RETURN s;
     END $$;
     """
@@ -261,6 +265,12 @@ def test_sql_mutator_changes_only_function_bodies_and_every_mutant_parses() -> N
     assert not any(m.original.startswith("s text") for m in mutants)
     # The SET's `=` cannot become `<>`: that mutant does not parse and is set apart.
     assert any(m.original == "=" and m.mutated == "<>" for m, _ in mutator.invalid)
+    # The select list of a PERFORM or of an EXISTS subquery is never read: its constant
+    # is not changed; the constants read are.
+    unread = [SQL_SOURCE.index("PERFORM 1") + 8, SQL_SOURCE.index("SELECT 1 FROM") + 7]
+    constants = {m.start for m in mutants if m.kind == "constant"}
+    assert SQL_SOURCE.index("> 7") + 2 in constants
+    assert not constants & set(unread)
     for mutant in mutants:
         pglast.parse_plpgsql(default_render(mutant.apply(SQL_SOURCE)))
     ids = [m.id for m in mutants]
