@@ -225,6 +225,7 @@ class DagTests:
             [
                 {"id": "shared", "name": "shared", "queue_name": idle},
                 {"id": "only-a", "name": "only-a", "queue_name": idle},
+                {"id": "only-b", "name": "only-b", "queue_name": idle},
                 {"id": "bad-a", "name": "bad-a", "queue_name": first_q},
                 {"id": "bad-b", "name": "bad-b", "queue_name": second_q},
                 {
@@ -233,7 +234,14 @@ class DagTests:
                     "queue_name": top,
                     "depends_on": ["bad-a", "shared", "only-a"],
                 },
-                {"id": "b", "name": "b", "queue_name": top, "depends_on": ["bad-b", "shared"]},
+                # A job of the shared job's queue fails first: that does not count as
+                # the shared job having failed already.
+                {
+                    "id": "b",
+                    "name": "b",
+                    "queue_name": top,
+                    "depends_on": ["bad-b", "only-b", "shared"],
+                },
             ]
         )
         async with env.workers({first_q: Runs().handler(fail={"bad-a"})}):
@@ -247,13 +255,14 @@ class DagTests:
         shared = await env.reread(jobs["shared"])
         assert shared is not None and shared.state is WAITING, "b still needs it"
         assert await env.state(jobs["b"]) is WAITING_CHILDREN
-        assert (await jobs["b"].get_dependency_counts()).unprocessed == 2
+        assert (await jobs["b"].get_dependency_counts()).unprocessed == 3
 
         async with env.workers({second_q: Runs().handler(fail={"bad-b"})}):
             await env.wait_state(jobs["b"], FAILED)
-        shared = await env.reread(jobs["shared"])
-        assert shared is not None and shared.state is FAILED
-        assert shared.failed_reason == PARENT_FAILED_REASON
+        for name in ("only-b", "shared"):
+            job = await env.reread(jobs[name])
+            assert job is not None and job.state is FAILED, name
+            assert job.failed_reason == PARENT_FAILED_REASON, name
 
     async def test_dag_a_job_whose_other_dependent_was_removed_fails_with_the_last_one(
         self, env: Harness
