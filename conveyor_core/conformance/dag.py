@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from conveyor_core import DagError, DuplicateJobError, Job, JobState, QueueEvent, QueueEvents
+from conveyor_core import (
+    DagError,
+    DependencyCounts,
+    DuplicateJobError,
+    Job,
+    JobState,
+    QueueEvent,
+    QueueEvents,
+)
 from conveyor_core.errors import InvalidJobStateError, JobNotFoundError
 from conveyor_core.store import PARENT_FAILED_REASON, child_failed_reason
 
@@ -122,6 +130,49 @@ class DagTests:
             await env.flow.add_dag([node("a"), node("b", "a", f"{queue}/no-such-job")])
         assert await env.total(queue) == 0
 
+    async def test_dag_jobs_read_back_as_added_and_their_queues_are_listed(
+        self, env: Harness
+    ) -> None:
+        leaves_q, sink_q = env.name("dag-leaves"), env.name("dag-sink")
+        jobs = await env.flow.add_dag(
+            [
+                {
+                    "id": "first",
+                    "name": "first",
+                    "queue_name": leaves_q,
+                    "data": {"n": 1},
+                    "opts": {"priority": 3, "attempts": 4},
+                },
+                {"id": "second", "name": "second", "queue_name": leaves_q, "data": [2]},
+                {
+                    "id": "sink",
+                    "name": "sink",
+                    "queue_name": sink_q,
+                    "data": "three",
+                    "depends_on": ["first", "second"],
+                },
+            ]
+        )
+        expected = {
+            "first": ({"n": 1}, 3, 4, WAITING),
+            "second": ([2], 0, 1, WAITING),
+            "sink": ("three", 0, 1, WAITING_CHILDREN),
+        }
+        for name, (data, priority, attempts, state) in expected.items():
+            job = await env.reread(jobs[name])
+            assert job is not None, name
+            assert (job.name, job.data, job.priority, job.opts.attempts, job.state) == (
+                name,
+                data,
+                priority,
+                attempts,
+                state,
+            )
+            assert (job.attempts_made, job.stalled_count) == (0, 0), name
+        assert await jobs["sink"].get_dependency_counts() == DependencyCounts(unprocessed=2)
+        assert await jobs["first"].get_dependency_counts() == DependencyCounts()
+        assert {leaves_q, sink_q} <= set(await env.store.list_queues())
+
     async def test_dag_is_written_all_or_nothing(self, env: Harness) -> None:
         queue, other = env.name("atomic"), env.name("atomic-other")
         taken = await env.queue(other).add("taken", None, {"job_id": "taken-id"})
@@ -163,19 +214,20 @@ class DagTests:
             }
         )
         later = tree.children[0].job
+        # The job resolved at once is not the DAG's first.
         jobs = await env.flow.add_dag(
             [
-                {
-                    "id": "on-done",
-                    "name": "on-done",
-                    "queue_name": new_q,
-                    "depends_on": [f"{old_q}/{done.id}"],
-                },
                 {
                     "id": "on-both",
                     "name": "on-both",
                     "queue_name": new_q,
                     "depends_on": [f"{old_q}/{done.id}", f"{old_q}/{later.id}"],
+                },
+                {
+                    "id": "on-done",
+                    "name": "on-done",
+                    "queue_name": new_q,
+                    "depends_on": [f"{old_q}/{done.id}"],
                 },
             ]
         )

@@ -359,6 +359,10 @@ class GroupTests:
         assert await queue.get_group_limits() == GroupLimits(3, (5, 2.5))
         await queue.set_group_limits(concurrency=1)
         assert await other.get_group_limits() == GroupLimits(1, None)
+        await queue.set_group_limits(rate_limit={"max": 2, "duration": 1})
+        assert await other.get_group_limits() == GroupLimits(None, (2, 1.0))
+        await queue.set_group_limits()
+        assert await other.get_group_limits() == GroupLimits()
 
     async def test_a_blank_group_id_is_refused_and_nothing_written(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-bad"))

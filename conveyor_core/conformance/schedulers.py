@@ -195,6 +195,21 @@ class SchedulerTests:
         (scheduler,) = await queue.get_job_schedulers()
         assert (scheduler.iterations, scheduler.next_run_at) == (2, None)
 
+    async def test_a_limit_lowered_to_the_ticks_made_ends_the_schedule_without_a_job(
+        self, env: Harness
+    ) -> None:
+        clock = _Clock()
+        queue = _queue(env, "lowered", clock)
+        await queue.upsert_job_scheduler("l", every=10.0, template={"name": "l"}, limit=5)
+        for step in range(2):
+            await _fire(queue, T0 + 10 * step)
+        lowered = await queue.upsert_job_scheduler("l", every=20.0, template={"name": "l"}, limit=2)
+        assert lowered.iterations == 2
+        await _fire(queue, T0 + 1000)
+        assert len(await _ids(queue)) == 2
+        (scheduler,) = await queue.get_job_schedulers()
+        assert (scheduler.iterations, scheduler.next_run_at) == (2, None)
+
     async def test_start_date_delays_and_end_date_stops(self, env: Harness) -> None:
         clock = _Clock()
         queue = _queue(env, "window", clock)
