@@ -546,7 +546,7 @@ class SQLiteBackend:
             ).fetchone()
         else:
             row = self.conn.execute(
-                f"{_SELECT} INDEXED BY jobs_group_waiting WHERE queue = ? AND group_id = ? "
+                f"{_SELECT} INDEXED BY jobs_group WHERE queue = ? AND group_id = ? "
                 "AND state = 'waiting' ORDER BY order_key LIMIT 1",
                 (queue, group),
             ).fetchone()
@@ -566,7 +566,7 @@ class SQLiteBackend:
             "CASE WHEN g.value IS NULL THEN (SELECT rowid FROM jobs INDEXED BY jobs_own_waiting "
             "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL "
             "ORDER BY order_key LIMIT 1) "
-            "ELSE (SELECT rowid FROM jobs INDEXED BY jobs_group_waiting WHERE queue = ?1 "
+            "ELSE (SELECT rowid FROM jobs INDEXED BY jobs_group WHERE queue = ?1 "
             "AND group_id = g.value AND state = 'waiting' ORDER BY order_key LIMIT 1) END",
             (queue, json.dumps(list(groups))),
         ).fetchall()

@@ -256,7 +256,17 @@ _V9 = (
     "ALTER TABLE queues ADD COLUMN served INTEGER NOT NULL DEFAULT 0",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7, _V8, _V9)
+_V10 = (
+    # GROUPS: one index of a group's jobs per state in order serves a lane's first
+    # waiting job, a group's active jobs and its counts; a take or a completion moves
+    # a job within its group's entries (one page), where two indexes took two.
+    "DROP INDEX jobs_group_waiting",
+    "DROP INDEX jobs_group",
+    "CREATE INDEX jobs_group ON jobs (queue, group_id, state, order_key) "
+    "WHERE group_id IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7, _V8, _V9, _V10)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
