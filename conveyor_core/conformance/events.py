@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from conveyor_core import Job, QueueEvent, QueueEvents
 
@@ -101,3 +102,51 @@ class EventTests:
         types = [e.type for e in seen if e.job_id == node.job.id]
         assert types[:2] == ["added", "waiting-children"], types
         assert types.index("waiting") < types.index("active") < types.index("completed")
+
+    async def test_each_job_of_a_large_dag_is_added_before_its_first_state(
+        self, env: Harness
+    ) -> None:
+        q = env.name("dag-events")
+        seen: list[QueueEvent] = []
+        nodes: list[dict[str, Any]] = [
+            {
+                "id": f"leaf-{n}",
+                "name": "leaf",
+                "queue_name": q,
+                "opts": {"delay": 600.0} if n % 3 == 0 else {},
+            }
+            for n in range(300)
+        ]
+        nodes += [
+            {
+                "id": f"sink-{n}",
+                "name": "sink",
+                "queue_name": q,
+                "depends_on": [f"leaf-{2 * n}", f"leaf-{2 * n + 1}"],
+            }
+            for n in range(150)
+        ]
+        async with QueueEvents(q, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            jobs = await env.flow.add_dag(nodes)
+            marker = await env.queue(q).add("marker", None)
+            await _wait_seen(
+                env,
+                seen,
+                lambda e: e.type == "added" and e.job_id == marker.id,
+                "the marker's added event",
+            )
+        types: dict[str, list[str]] = {}
+        for event in seen:
+            if event.job_id is not None:
+                types.setdefault(event.job_id, []).append(event.type)
+        for node in nodes:
+            first = (
+                "waiting-children"
+                if "depends_on" in node
+                else "delayed"
+                if node["opts"]
+                else "waiting"
+            )
+            job = jobs[node["id"]]
+            assert types.get(job.id, [])[:2] == ["added", first], (node["id"], types.get(job.id))
