@@ -427,3 +427,58 @@ class CancellingTests:
         middle = await env.reread(jobs["middle"])
         assert middle is not None and middle.state is COMPLETED
         assert (await middle.get_dependencies()).ignored == {jobs["leaf"].id: "broke"}
+
+    async def test_a_subtree_job_failed_by_an_outside_parent_is_not_cancelled_again(
+        self, env: Harness
+    ) -> None:
+        # "early" (a dependency of "top") completed after its other dependency failed
+        # under the continue policy, so only "outside" (not below "top") still needs
+        # "shared". Cancelling "top" cancels "leaf" first; its failure fails "outside"
+        # (the fail policy), whose failure fails "shared" as no longer needed, before
+        # the cancel walk reaches it: "shared" keeps that failure and is not counted.
+        q, qx, qc = env.name("walk"), env.name("walk-x"), env.name("walk-c")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "leaf", "name": "leaf", "queue_name": q},
+                {"id": "shared", "name": "shared", "queue_name": q},
+                {
+                    "id": "broken",
+                    "name": "broken",
+                    "queue_name": qx,
+                    "opts": {"continue_parent_on_failure": True},
+                },
+                {"id": "middle", "name": "middle", "queue_name": q, "depends_on": ["leaf"]},
+                {
+                    "id": "early",
+                    "name": "early",
+                    "queue_name": qc,
+                    "depends_on": ["shared", "broken"],
+                },
+                {"id": "top", "name": "top", "queue_name": q, "depends_on": ["middle", "early"]},
+                {
+                    "id": "outside",
+                    "name": "outside",
+                    "queue_name": q,
+                    "depends_on": ["leaf", "shared"],
+                },
+            ]
+        )
+        now = time.time()
+        assert await _take(env, qx, "x") == [jobs["broken"].id]
+        await env.store.fail_jobs(qx, [Failure(jobs["broken"].id, "x", "broke")], now)
+        assert await _take(env, qc, "c") == [jobs["early"].id]
+        await env.store.complete_jobs(qc, [Completion(jobs["early"].id, "c", "1")], now)
+        assert await env.state(jobs["shared"]) is WAITING
+
+        assert await jobs["top"].cancel("stop") == 3
+        reason = "cancelled: stop"
+        for name in ("top", "middle", "leaf"):
+            now_job = await env.reread(jobs[name])
+            assert now_job is not None and now_job.state is FAILED, name
+            assert now_job.failed_reason == reason, name
+        outside = await env.reread(jobs["outside"])
+        assert outside is not None and outside.state is FAILED
+        assert outside.failed_reason == child_failed_reason(jobs["leaf"].id, reason)
+        shared = await env.reread(jobs["shared"])
+        assert shared is not None and shared.state is FAILED
+        assert shared.failed_reason == PARENT_FAILED_REASON
