@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -249,6 +250,7 @@ def sql(store: str | None = None, root: Path = ROOT) -> Target:
             affected,
             "conveyor_stores.postgres.store",
         ),
+        service=StatementLimit,
     )
 
 
@@ -279,6 +281,33 @@ def _sql_callers(root: Path) -> dict[str, frozenset[str]]:
             found |= more
         out[name] = frozenset(found)
     return out
+
+
+STATEMENT_SECONDS = 120
+"""The limit on one statement of the SQL target's test runs."""
+
+
+class StatementLimit:
+    """The shared PostgreSQL server, each statement of one copy's tests limited to
+    :data:`STATEMENT_SECONDS` (``statement_timeout``, a setting of the DSN). A mutant
+    function that loops forever then fails its test; without the limit it would run on in
+    its server process after the test's process is killed at the run's timeout."""
+
+    def __init__(self, seconds: float = STATEMENT_SECONDS) -> None:
+        self.seconds = seconds
+
+    def start(self) -> dict[str, str]:
+        # The default is the one of tests/conftest.py.
+        dsn = os.environ.get("CONVEYOR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+        separator = "&" if "?" in dsn else "?"
+        limit = f"statement_timeout={round(self.seconds * 1000)}"
+        return {"CONVEYOR_TEST_PG_DSN": dsn + separator + limit}
+
+    def after_run(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 class PrivateRedis:

@@ -357,6 +357,19 @@ def test_sql_and_lua_targets_mutate_every_file_of_their_folder() -> None:
         targets.sql("memory")
 
 
+def test_sql_runs_limit_each_statement_of_the_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mutation import targets
+
+    service = targets.sql().service
+    assert service is not None
+    monkeypatch.setenv("CONVEYOR_TEST_PG_DSN", "postgresql://u@h:1/d?sslmode=disable")
+    assert service().start() == {
+        "CONVEYOR_TEST_PG_DSN": "postgresql://u@h:1/d?sslmode=disable&statement_timeout=120000"
+    }
+    monkeypatch.delenv("CONVEYOR_TEST_PG_DSN")
+    assert service().start()["CONVEYOR_TEST_PG_DSN"].endswith("/test?statement_timeout=120000")
+
+
 def test_the_command_lists_sql_mutants_apart_from_the_invalid_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
