@@ -57,20 +57,25 @@ class QueueManagementTests:
                 "children": [
                     {"name": "done", "queue_name": child_q},
                     {
+                        # As many children done as pending: it still has children.
                         "name": "pending",
                         "queue_name": idle_q,
-                        "children": [{"name": "pending-leaf", "queue_name": idle_q}],
+                        "children": [
+                            {"name": "done-leaf", "queue_name": child_q},
+                            {"name": "pending-leaf", "queue_name": idle_q},
+                        ],
                     },
                 ],
             }
         )
         jobs = nodes_by_name(node)
         async with env.workers({child_q: Runs().handler()}):
-            await env.wait_state(jobs["done"], COMPLETED)
+            await env.wait_finished(jobs["done"], jobs["done-leaf"])
         await jobs["parent"].remove()
         for name in ("parent", "pending", "pending-leaf"):
             assert await env.reread(jobs[name]) is None, f"{name} should be removed"
-        assert await env.state(jobs["done"]) is COMPLETED, "finished descendants are kept"
+        for name in ("done", "done-leaf"):
+            assert await env.state(jobs[name]) is COMPLETED, "finished descendants are kept"
         assert await env.total(q) == 0 and await env.total(idle_q) == 0
 
         busy = await queue.add("busy", None)
