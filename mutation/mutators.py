@@ -126,6 +126,22 @@ class PythonMutator:
             line = lines[lineno - 1]
             return starts[lineno - 1] + len(line.encode()[:col].decode())
 
+        # Each mutant is checked (is it a program? does it change the tree?) by parsing
+        # the innermost function around it, not the whole file: the rest of the file is
+        # the same text either way.
+        functions = sorted(
+            (offset(f.lineno, 0), offset(f.end_lineno, f.end_col_offset), f.col_offset > 0)
+            for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            and f.end_lineno is not None
+            and f.end_col_offset is not None
+        )
+        dumps: dict[int, str] = {}
+
+        def parsed(source: str, indented: bool) -> str:
+            # An indented function parses as the body of a block.
+            return ast.dump(ast.parse(f"if True:\n{source}" if indented else source))
+
         out: list[Mutant] = []
         seen: Counter[tuple[str, str, str, str]] = Counter()
         for change in _changes(tree):
@@ -145,12 +161,22 @@ class PythonMutator:
             else:
                 mutated = ast.unparse(change.new)
                 replacement = f"({mutated})"
-            new_text = text[:start] + replacement + text[end:]
+            around = [
+                (index, f) for index, f in enumerate(functions) if f[0] <= start and end <= f[1]
+            ]
+            if around:
+                index, (f_start, f_end, indented) = max(around, key=lambda x: x[1][0])
+                if index not in dumps:
+                    dumps[index] = parsed(text[f_start:f_end], indented)
+                before = dumps[index]
+                source = text[f_start:start] + replacement + text[end:f_end]
+            else:
+                indented, before, source = False, baseline, text[:start] + replacement + text[end:]
             try:
-                new_tree = ast.parse(new_text)
+                after = parsed(source, indented)
             except SyntaxError:
                 continue
-            if ast.dump(new_tree) == baseline:
+            if after == before:
                 continue
             key = (change.scope, change.kind, original, mutated)
             nth = seen[key]
