@@ -313,17 +313,24 @@ class FlowDeduplicationTests:
 
     async def test_flow_dedup_in_a_dag(self, env: Harness) -> None:
         clock = _Clock()
-        q = env.name("fd-dag")
+        q, other_q = env.name("fd-dag"), env.name("fd-dag-other")
         queue = Queue(q, store=env.store, clock=clock)
         live = await queue.add("shared", {"v": 1}, _dedup("shared"))
         jobs = await FlowProducer(store=env.store, clock=clock).add_dag(
             [
                 {"id": "s", "name": "shared", "queue_name": q, **_node_dedup("shared")},
                 {"id": "n", "name": "new-leaf", "queue_name": q, **_node_dedup("n-id")},
+                {"id": "z", "name": "elsewhere", "queue_name": other_q},
                 {"id": "a", "name": "a", "queue_name": q, "depends_on": ["s", "n"]},
                 {"id": "b", "name": "b", "queue_name": q, "depends_on": ["s"]},
-                # The node and its holder named directly: one edge, one dependency.
-                {"id": "c", "name": "c", "queue_name": q, "depends_on": ["s", f"{q}/{live.id}"]},
+                # The node and its holder named directly, with a job of another queue
+                # between them: one edge, one dependency.
+                {
+                    "id": "c",
+                    "name": "c",
+                    "queue_name": q,
+                    "depends_on": ["s", "z", f"{q}/{live.id}"],
+                },
             ]
         )
         assert jobs["s"].id == live.id
@@ -333,8 +340,11 @@ class FlowDeduplicationTests:
         for parent in ("a", "b"):
             deps = await env.store.get_dependencies(q, jobs[parent].id)
             assert live.id in [d.id for d in deps]
-        (dep,) = await env.store.get_dependencies(q, jobs["c"].id)
-        assert (dep.id, dep.status) == (live.id, "pending")
+        deps = await env.store.get_dependencies(q, jobs["c"].id)
+        assert [(d.id, d.status) for d in deps] == [
+            (live.id, "pending"),
+            (jobs["z"].id, "pending"),
+        ]
         links = await env.store.get_parent_links(q, live.id)
         assert [link.id for link in links] == [jobs["a"].id, jobs["b"].id, jobs["c"].id]
         await _complete(queue, live.id, "7", T0)

@@ -3,6 +3,7 @@ publish, every job they keep or delete, and the errors they raise for a missing 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -467,8 +468,11 @@ class TransitionTests:
             [NewJob(id="same", queue=q, name=name, data="null", opts="{}", state=WAITING)]
             for name in ("first", "second")
         ]
-        with pytest.raises(DuplicateJobError):
+        with pytest.raises(DuplicateJobError, match=re.escape(q)):
             await env.store.add_jobs(twins, time.time())
+        # A DAG naming a job twice, refused with the queue named.
+        with pytest.raises(DuplicateJobError, match=re.escape(q)):
+            await env.store.add_dag([group[0] for group in twins], [], time.time())
         assert await env.total(q) == 0
 
     async def test_a_job_leaving_delayed_has_no_run_time(self, env: Harness) -> None:
