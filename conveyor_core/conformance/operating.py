@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import pytest
 
 from conveyor_core import Job, JobState, Queue
@@ -115,6 +116,29 @@ class OperatingTests:
         seen = [job.id for job in first.jobs] + rest
         assert len(seen) == len(set(seen)), "a job came back twice"
         assert set(seen) == {job.id for job in added}
+
+    async def test_search_continues_after_the_last_job_of_a_page_is_added_again(
+        self, env: Harness
+    ) -> None:
+        q = env.name("again")
+        queue = env.queue(q)
+        added = await queue.add_bulk([{"name": "early", "data": {"i": i}} for i in range(8)])
+        first = await queue.search_jobs(limit=4)
+        assert len(first.jobs) == 4 and first.next_cursor is not None
+        last = first.jobs[-1]
+        await last.remove()
+        await anyio.sleep(0.01)
+        # The same id again, newer than every job: it sorts before the page's end.
+        await queue.add("again", None, {"job_id": last.id})
+        rest = await _walk(queue, limit=4, cursor=first.next_cursor)
+        assert sorted(rest) == sorted({job.id for job in added} - {job.id for job in first.jobs})
+
+    async def test_search_goes_on_past_many_jobs_that_do_not_match(self, env: Harness) -> None:
+        q = env.name("sparse")
+        queue = env.queue(q)
+        needle = await queue.add("needle", None)
+        await queue.add_bulk([{"name": "hay", "data": None} for _ in range(6000)])
+        assert await _walk(queue, name="needle", limit=5) == [needle.id]
 
     async def test_search_of_an_unknown_queue_is_empty(self, env: Harness) -> None:
         page = await env.queue(env.name("nothing")).search_jobs(text="x")
