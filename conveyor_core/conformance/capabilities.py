@@ -8,13 +8,14 @@ sharing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
 
 from conveyor_core import Job, QueueEvent, QueueEvents
-from conveyor_core.store import StoreCapabilities
+from conveyor_core.store import Failure, StoreCapabilities
 
 from ._support import Harness
 
@@ -109,6 +110,23 @@ class CapabilityTests:
         await _wakes(env, q, added, "a delayed job being added")
         await _wakes(env, q, lambda: later.change_delay(30), "a delayed job's delay being changed")
         await _wakes(env, q, queue.resume, "the queue being resumed")
+
+    async def test_an_idle_wait_wakes_when_a_failed_attempt_waits_for_its_retry(
+        self, env: Harness
+    ) -> None:
+        _require(env, "blocking_wakeup")
+        q = env.name("wake-retry")
+        await env.queue(q).add("flaky", None, {"attempts": 2})
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+        (job,) = taken.jobs
+        failure = Failure(job.id, "t", "flaky broke", retry_at=now + 3600)
+        await _wakes(
+            env,
+            q,
+            lambda: env.store.fail_jobs(q, [failure], time.time()),
+            "a failed attempt entering delayed until its retry",
+        )
 
     async def test_an_idle_wait_returns_by_its_timeout(self, env: Harness) -> None:
         q = env.name("quiet")

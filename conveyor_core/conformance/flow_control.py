@@ -311,6 +311,27 @@ class FlowDeduplicationTests:
         assert alone.job.id == child.id
         assert alone.children == []
 
+    async def test_flow_dedup_leaf_takes_an_id_its_removed_holder_freed(self, env: Harness) -> None:
+        clock = _Clock()
+        leaves, parents = env.name("fd-freed"), env.name("fd-freed-p")
+        queue = Queue(leaves, store=env.store, clock=clock)
+        gone = await queue.add("gone", None, _dedup("freed"))
+        kept = await queue.add("kept", None, _dedup("kept"))
+        await gone.remove()
+        tree = await FlowProducer(store=env.store, clock=clock).add(
+            {
+                "name": "p",
+                "queue_name": parents,
+                "children": [{"name": "c", "queue_name": leaves, **_node_dedup("freed")}],
+            }
+        )
+        child = tree.children[0].job
+        assert child.id != gone.id
+        # The entry now names the new child; the queue's other entry is unchanged.
+        assert (await queue.add("again", None, _dedup("freed"))).id == child.id
+        assert (await queue.add("other", None, _dedup("kept"))).id == kept.id
+        assert (await queue.get_job_counts())["waiting"] == 2
+
     async def test_flow_dedup_in_a_dag(self, env: Harness) -> None:
         clock = _Clock()
         q, other_q = env.name("fd-dag"), env.name("fd-dag-other")
