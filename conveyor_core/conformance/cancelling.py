@@ -126,7 +126,16 @@ class CancellingTests:
                 },
             ]
         )
+        # A DAG of the same queue sharing a job of its own, which the cancel leaves.
+        other = await env.flow.add_dag(
+            [
+                {"id": "other-shared", "name": "other-shared", "queue_name": q},
+                {"id": "x", "name": "x", "queue_name": q, "depends_on": ["other-shared"]},
+                {"id": "y", "name": "y", "queue_name": q, "depends_on": ["other-shared"]},
+            ]
+        )
         assert await jobs["mine"].cancel("no longer needed") == 2
+        assert await env.state(other["other-shared"]) is WAITING
         reason = "cancelled: no longer needed"
         for name in ("mine", "shared"):
             now = await env.reread(jobs[name])

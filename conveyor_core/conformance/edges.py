@@ -188,6 +188,26 @@ class EdgeTests:
             assert await env.store.clean(q, state, start + 1800, None) == []
         assert await env.store.clean(q, COMPLETED, finished + 1, None) == [done.id]
         assert await env.store.clean(q, FAILED, finished + 1, None) == [broke.id]
+        # A clean of delayed jobs leaves the queue's jobs in other states.
+        later = await queue.add("later", None, {"delay": 3600})
+        stays = await queue.add("stays", None)
+        cutoff = later.record.created_at + 1
+        assert await env.store.clean(q, DELAYED, cutoff, None) == [later.id]
+        assert await env.state(stays) is WAITING
+
+    async def test_a_big_add_keeps_each_retention_of_its_jobs(self, env: Harness) -> None:
+        q = env.name("big-keep")
+        queue = env.queue(q)
+        opts = {"remove_on_fail": True, "remove_on_complete": 5}
+        await queue.add_bulk([{"name": "n", "data": i, "opts": opts} for i in range(300)])
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=2, token="t", lock_until=now + 60, now=now)
+        broke, done = taken.jobs
+        assert await env.store.fail_jobs(q, [Failure(broke.id, "t", "broke")], now) == [True]
+        assert await env.store.complete_jobs(q, [Completion(done.id, "t", "null")], now) == [True]
+        assert await env.store.get_job(q, broke.id) is None, "no failed job is kept"
+        kept = await env.store.get_job(q, done.id)
+        assert kept is not None and kept.state is COMPLETED, "five completed are kept"
 
     async def test_completions_in_calls_of_different_sizes_list_newest_first(
         self, env: Harness

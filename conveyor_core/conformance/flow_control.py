@@ -91,6 +91,27 @@ class DeduplicationTests:
         assert fresh.data == {"n": 5}
         assert (await queue.get_job_counts())["waiting"] == 2
 
+    async def test_a_deduplicated_lifo_job_is_taken_first(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "dedup-lifo", clock)
+        await queue.add_bulk([{"name": "plain", "data": i} for i in range(2)])
+        last = await queue.add("last", None, {**_dedup("lifo"), "lifo": True})
+        taken = await queue.store.take_jobs(
+            queue.name, limit=1, token="tok", lock_until=T0 + 60, now=T0
+        )
+        assert [job.id for job in taken.jobs] == [last.id]
+
+    async def test_obliterate_drops_the_queues_ids_and_no_other_queues(self, env: Harness) -> None:
+        clock = _Clock()
+        gone, other = _queue(env, "dedup-gone", clock), _queue(env, "dedup-other", clock)
+        old = await gone.add("a", None, _dedup("d", ttl=3600))
+        held = await other.add("b", None, _dedup("d"))
+        await gone.obliterate()
+        fresh = await gone.add("a", None, _dedup("d", ttl=3600))
+        assert fresh.id != old.id and await env.reread(fresh) is not None
+        assert (await other.add("b", None, _dedup("d"))).id == held.id
+        assert (await other.get_job_counts())["waiting"] == 1
+
     async def test_a_failed_or_removed_job_frees_its_id(self, env: Harness) -> None:
         clock = _Clock()
         queue = _queue(env, "dedup-free", clock)
