@@ -146,15 +146,12 @@ class Backend(Protocol):
         ``waiting`` at once."""
         ...
 
-    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
-        """The first waiting job of one lane (see GROUPS) in take order: of ``group``, or
-        of the jobs without a group for ``None``."""
-        ...
-
     def first_waiting_each(
         self, queue: str, groups: Sequence[str | None]
     ) -> list[JobRecord | None]:
-        """:meth:`first_waiting_in` of each of several distinct lanes, in one look."""
+        """The first waiting job, in take order, of each of several distinct lanes (see
+        GROUPS), in one look: of the group, or of the jobs without a group for ``None``;
+        ``None`` for a lane with no waiting job."""
         ...
 
     def has_grouped_waiting(self, queue: str) -> bool:

@@ -283,7 +283,7 @@ class MemoryBackend:
             heapq.heapify(q.waiting_heap)
         return out
 
-    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
+    def _first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
         q = self._q(queue)
         heap = q.waiting_heap if group is None else q.group_heaps.get(group)
         if heap is None:
@@ -306,7 +306,7 @@ class MemoryBackend:
     def first_waiting_each(
         self, queue: str, groups: Sequence[str | None]
     ) -> list[JobRecord | None]:
-        return [self.first_waiting_in(queue, group) for group in groups]
+        return [self._first_waiting_in(queue, group) for group in groups]
 
     def has_grouped_waiting(self, queue: str) -> bool:
         return bool(self._q(queue).group_waiting)
@@ -323,7 +323,7 @@ class MemoryBackend:
                 ready.append((served, group))
         for entry in ready:
             heapq.heappush(heap, entry)
-        if self.first_waiting_in(queue, None) is not None:
+        if self._first_waiting_in(queue, None) is not None:
             own = lanes.get("")
             ready.append((own.served if own else 0, ""))
             ready.sort()

@@ -536,31 +536,13 @@ class SQLiteBackend:
         ).fetchall()
         return [_record(row) for row in rows]
 
-    def first_waiting_in(self, queue: str, group: str | None) -> JobRecord | None:
-        self._flush()
-        if group is None:
-            row = self.conn.execute(
-                f"{_SELECT} INDEXED BY jobs_own_waiting WHERE queue = ? "
-                "AND state = 'waiting' AND group_id IS NULL ORDER BY order_key LIMIT 1",
-                (queue,),
-            ).fetchone()
-        else:
-            row = self.conn.execute(
-                f"{_SELECT} INDEXED BY jobs_group WHERE queue = ? AND group_id = ? "
-                "AND state = 'waiting' ORDER BY order_key LIMIT 1",
-                (queue, group),
-            ).fetchone()
-        return None if row is None else _record(row)
-
     def first_waiting_each(
         self, queue: str, groups: Sequence[str | None]
     ) -> list[JobRecord | None]:
-        if len(groups) < 2:
-            return [self.first_waiting_in(queue, group) for group in groups]
         self._flush()
-        # One statement for all the lanes: each lane's first job found through its own
-        # index, as first_waiting_in does (the own lane, as JSON null, through
-        # jobs_own_waiting).
+        # One statement for all the lanes, each lane's first job found through its own
+        # index: a group's through jobs_group, the own lane's (JSON null) through
+        # jobs_own_waiting.
         rows = self.conn.execute(
             f"SELECT g.key, {_COLUMNS_OF_J} FROM json_each(?2) g JOIN jobs j ON j.rowid = "
             "CASE WHEN g.value IS NULL THEN (SELECT rowid FROM jobs INDEXED BY jobs_own_waiting "
