@@ -18,6 +18,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -194,41 +195,48 @@ async def run_benchmarks(
     favoured by the machine's quieter moments nor slowed by what an earlier run left in
     the database."""
     for url in stores:
-        block: list[str] = []
-        for name in [*workloads, None]:
-            if name is not None and name in WORKLOADS:
-                block.append(name)
+        for timed, group in itertools.groupby(workloads, key=lambda name: name in WORKLOADS):
+            if timed:
+                await _run_block(url, list(group), params, repeat, tracing)
                 continue
-            if block:
-                await _run_block(url, block, params, repeat, tracing)
-                block = []
-            if name is None:
-                continue
-            if name == "schedule":
-                line = await run_schedule(url, label(url), *schedule)
-                print(json.dumps(line), flush=True)
-                continue
-            if name == "search":
-                async for line in run_search(url, label(url), params.search_jobs):
-                    print(json.dumps(line), flush=True)
-                continue
-            if name == "large_flow":
-                for line in await run_large_flow(url, label(url), large_children):
-                    print(json.dumps(line), flush=True)
-                continue
-            if name == "dag":
-                for line in await run_dag(url, label(url), dag_jobs):
-                    print(json.dumps(line), flush=True)
-                continue
-            if name == "cancel_flow":
-                print(json.dumps(await run_cancel_flow(url, label(url), cancel_jobs)), flush=True)
-                continue
-            if name == "dashboard":
-                from .dashboard import run_dashboard
+            for name in group:
+                await _run_other(url, name, params, schedule, large_children, dag_jobs, cancel_jobs)
 
-                for line in await run_dashboard(url, label(url), params.search_jobs):
-                    print(json.dumps(line), flush=True)
-                continue
+
+async def _run_other(
+    url: str,
+    name: str,
+    params: Params,
+    schedule: tuple[float, int],
+    large_children: tuple[int, ...],
+    dag_jobs: tuple[int, ...],
+    cancel_jobs: int,
+) -> None:
+    """A workload outside :data:`WORKLOADS`, which sets up its own stores."""
+    if name == "schedule":
+        line = await run_schedule(url, label(url), *schedule)
+        print(json.dumps(line), flush=True)
+        return
+    if name == "search":
+        async for line in run_search(url, label(url), params.search_jobs):
+            print(json.dumps(line), flush=True)
+        return
+    if name == "large_flow":
+        for line in await run_large_flow(url, label(url), large_children):
+            print(json.dumps(line), flush=True)
+        return
+    if name == "dag":
+        for line in await run_dag(url, label(url), dag_jobs):
+            print(json.dumps(line), flush=True)
+        return
+    if name == "cancel_flow":
+        print(json.dumps(await run_cancel_flow(url, label(url), cancel_jobs)), flush=True)
+        return
+    if name == "dashboard":
+        from .dashboard import run_dashboard
+
+        for line in await run_dashboard(url, label(url), params.search_jobs):
+            print(json.dumps(line), flush=True)
 
 
 async def _run_block(
