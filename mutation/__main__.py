@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import runner, targets
+from .ledger import Ledger
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         "--list-invalid", action="store_true", help="with --list: also the invalid ones"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the full report")
+    parser.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="PATH",
+        help="keep each outcome in this file as it comes and take the kills it holds "
+        "from it (a whole run made in parts; see mutation/ledger.py)",
+    )
     return parser
 
 
@@ -48,6 +58,21 @@ def _progress(outcome: runner.Outcome, done: int, total: int) -> None:
     print(mark, end=end, file=sys.stderr, flush=True)
     if outcome.status not in runner.DETECTED:
         print(f"\n  {outcome.status}  {outcome.mutant.describe()}", file=sys.stderr, flush=True)
+
+
+def _when() -> str:
+    """The date and the commit of the project, for the ledger's readers."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=targets.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"{datetime.date.today().isoformat()} {commit}"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -79,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(invalid)} mutants are not valid programs: not run", file=sys.stderr)
     equivalent = targets.equivalent(args.target)
     try:
+        ledger = None if args.ledger is None else Ledger(args.ledger, args.target)
         report = runner.run(
             target,
             mutants,
@@ -86,13 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             equivalent=equivalent,
             progress=_progress,
+            ledger=ledger,
+            judged=_when(),
         )
-    except runner.BaselineError as error:
+    except (runner.BaselineError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json is not None:
         args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     print(f"\n{args.target} on the {store} store: {len(report.outcomes)} mutants")
+    reused = sum(outcome.reused for outcome in report.outcomes)
+    if reused:
+        print(f"  {reused} killed ones taken from the ledger {args.ledger}")
     for outcome in report.open_survivors:
         note = " (no test runs this line)" if outcome.status == runner.UNCOVERED else ""
         print(f"  survived  {outcome.mutant.describe()}{note}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Protocol
 
+from .ledger import Entry, Ledger, digest
 from .mutators import Mutant, Mutator, mutator_for
 
 KILLED = "killed"
@@ -179,6 +180,8 @@ class Outcome:
     tests_run: int = 0
     seconds: float = 0.0
     detail: str = ""
+    reused: bool = False
+    """Taken from a ledger (see :mod:`mutation.ledger`), not run again."""
 
 
 @dataclass
@@ -236,6 +239,8 @@ class Report:
                     "equivalent": self.equivalent.get(o.mutant.id),
                     "tests_run": o.tests_run,
                     "seconds": round(o.seconds, 2),
+                    "detail": o.detail,
+                    "reused": o.reused,
                 }
                 for o in self.outcomes
             ],
@@ -467,12 +472,36 @@ def _unit_baseline(space: _Workspace, units: Units, timeout: float) -> UnitCover
     return UnitCoverage(order, called, units.affected, seconds)
 
 
+def _scope(mutant: Mutant) -> str:
+    return f"{mutant.path}:{mutant.scope}"
+
+
+def _failed_test(output: str) -> str:
+    """The node id of the first test pytest reports as failed, or ``""``."""
+    for line in output.splitlines():
+        if line.startswith("FAILED "):
+            return line.removeprefix("FAILED ").split(" - ", 1)[0].strip()
+    return ""
+
+
 def _judge(
-    space: _Workspace, mutant: Mutant, coverage: Coverage | UnitCoverage, timeout: float
+    space: _Workspace,
+    mutant: Mutant,
+    coverage: Coverage | UnitCoverage,
+    timeout: float,
+    first: Sequence[str] = (),
 ) -> Outcome:
+    """Run the tests that concern ``mutant``; those in ``first`` (that killed other
+    mutants of its scope) before the rest, as with ``-x`` the first failure ends it."""
     tests = coverage.tests_for(mutant)
     if not tests:
         return Outcome(mutant, UNCOVERED)
+    if first:
+        chosen = set(tests)
+        ahead = [test for test in first if test in chosen]
+        if ahead:
+            ahead_set = set(ahead)
+            tests = ahead + [test for test in tests if test not in ahead_set]
     space.write(mutant.path, mutant.apply(space.originals[mutant.path]))
     started = time.monotonic()
     try:
@@ -486,8 +515,7 @@ def _judge(
     if code == 0:
         return Outcome(mutant, SURVIVED, len(tests), seconds)
     if code == 1:
-        failed = [line for line in output.splitlines() if line.startswith("FAILED ")]
-        return Outcome(mutant, KILLED, len(tests), seconds, failed[0] if failed else "")
+        return Outcome(mutant, KILLED, len(tests), seconds, _failed_test(output))
     return Outcome(mutant, ERROR, len(tests), seconds, f"pytest exit code {code}")
 
 
@@ -512,18 +540,36 @@ def run(
     timeout: float | None = None,
     equivalent: dict[str, str] | None = None,
     progress: Callable[[Outcome, int, int], None] | None = None,
+    ledger: Ledger | None = None,
+    judged: str = "",
 ) -> Report:
     """Judge every mutant with the target's suite; the project tree is left untouched.
 
     ``timeout`` is the limit for one mutant's run (seconds); by default three times the
     unmutated run plus 30 seconds. A mutant that runs out of time counts as killed.
     Interrupted, it stops its test runs and deletes its copies before returning.
+
+    With a ``ledger``, a mutant whose kill it holds is not run again, and each mutant
+    judged is written to it at once (``judged`` says when, for people).
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     with _workspaces(target, max(1, min(jobs, len(mutants)))) as spaces:
         coverage = _baseline(spaces[0], 3600.0)
         limit = timeout or coverage.seconds * 3 + 30.0
+        digests = {path: digest(text) for path, text in spaces[0].originals.items()}
+        known = set(coverage.order)
+        reused: dict[str, Outcome] = {}
+        killers: dict[str, list[str]] = {}
+        if ledger is not None:
+            for mutant in mutants:
+                entry = ledger.reusable(mutant, digests[mutant.path], known)
+                if entry is not None:
+                    reused[mutant.id] = Outcome(
+                        mutant, entry.status, detail=entry.killed_by or "", reused=True
+                    )
+            killers = ledger.killers({m.id: _scope(m) for m in mutants})
+        to_run = [mutant for mutant in mutants if mutant.id not in reused]
         free: SimpleQueue[_Workspace] = SimpleQueue()
         for space in spaces:
             free.put(space)
@@ -533,19 +579,21 @@ def run(
         def judge(mutant: Mutant) -> Outcome:
             space = free.get()
             try:
-                outcome = _judge(space, mutant, coverage, limit)
+                outcome = _judge(space, mutant, coverage, limit, killers.get(_scope(mutant), ()))
             finally:
                 free.put(space)
             with lock:
+                if ledger is not None:
+                    ledger.record([_entry(outcome, digests[mutant.path], judged)])
                 done[0] += 1
                 if progress is not None:
-                    progress(outcome, done[0], len(mutants))
+                    progress(outcome, done[0], len(to_run))
             return outcome
 
         pool = ThreadPoolExecutor(max_workers=len(spaces))
         try:
-            futures = [pool.submit(judge, mutant) for mutant in mutants]
-            outcomes = [future.result() for future in futures]
+            futures = {mutant.id: pool.submit(judge, mutant) for mutant in to_run}
+            outcomes = [reused[m.id] if m.id in reused else futures[m.id].result() for m in mutants]
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             for space in spaces:
@@ -553,3 +601,14 @@ def run(
             raise
         pool.shutdown()
     return Report(target.name, outcomes, dict(equivalent or {}), coverage.seconds)
+
+
+def _entry(outcome: Outcome, file_digest: str, judged: str) -> Entry:
+    return Entry(
+        id=outcome.mutant.id,
+        path=outcome.mutant.path,
+        status=outcome.status,
+        file_digest=file_digest,
+        killed_by=(outcome.detail or None) if outcome.status == KILLED else None,
+        judged=judged,
+    )

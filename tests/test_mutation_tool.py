@@ -11,6 +11,7 @@ import pytest
 
 from mutation import PythonMutator, Target, run, select
 from mutation.__main__ import main
+from mutation.ledger import Ledger
 from mutation.runner import KILLED, SURVIVED, UNCOVERED
 from mutation.targets import equivalent
 
@@ -184,6 +185,49 @@ def test_a_weak_suite_lets_a_boundary_mutant_survive_and_a_strong_one_kills_it(
     listed = run(weak, [boundary.mutant], equivalent={boundary.mutant.id: "for the test"})
     assert listed.open_survivors == [] and len(listed.equivalent_survivors) == 1
     assert listed.score == 1.0
+
+
+@pytest.mark.slow
+def test_a_ledger_keeps_kills_across_runs_while_file_and_killing_test_stay(
+    tmp_path: Path,
+) -> None:
+    weak = _project(tmp_path, WEAK_SUITE)
+    wanted = {("score >= mark", "score > mark"), ("value < low", "value >= low")}
+    chosen = [
+        m for m in PythonMutator().mutants(SOURCE, weak.path) if (m.original, m.mutated) in wanted
+    ]
+    path = tmp_path / "ledger" / "clamp.jsonl"
+    first = run(weak, chosen, ledger=Ledger(path, "clamp"), judged="first")
+    status = {o.mutant.original: o.status for o in first.outcomes}
+    assert status == {"score >= mark": SURVIVED, "value < low": KILLED}
+    assert not any(o.reused for o in first.outcomes)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2, "each judged mutant is one line"
+
+    # Read back from the file: the kill is taken, the survivor is judged again.
+    again = run(weak, chosen, ledger=Ledger(path, "clamp"), judged="second")
+    by = {o.mutant.original: o for o in again.outcomes}
+    assert by["value < low"].reused and by["value < low"].status == KILLED
+    assert by["value < low"].tests_run == 0, "a kill from the ledger runs no test"
+    assert not by["score >= mark"].reused and by["score >= mark"].tests_run > 0
+
+    # The killing test renamed: the kill is no longer taken, the mutant runs again.
+    killer = Ledger(path, "clamp").entries[by["value < low"].mutant.id].killed_by
+    assert killer is not None and killer.startswith("test_clamp.py::test_")
+    name = killer.rsplit("::", 1)[1]
+    renamed = _project(tmp_path, WEAK_SUITE.replace(name, "test_renamed"))
+    third = run(renamed, chosen, ledger=Ledger(path, "clamp"), judged="third")
+    assert not any(o.reused for o in third.outcomes)
+    assert {o.mutant.original: o.status for o in third.outcomes} == status
+
+    # The file changed: no entry of it is taken, whatever test killed it.
+    (tmp_path / weak.path).write_text(SOURCE + "\n# an edit\n")
+    fourth = run(weak, chosen, ledger=Ledger(path, "clamp"), judged="fourth")
+    assert not any(o.reused for o in fourth.outcomes)
+
+    (tmp_path / "other.jsonl").write_text(path.read_text())
+    with pytest.raises(ValueError, match=r"other\.jsonl:1: not a ledger entry"):
+        Ledger(tmp_path / "other.jsonl", "engine")
 
 
 @pytest.mark.slow
