@@ -199,6 +199,16 @@ class Deduplication(BaseModel):
         return self
 
 
+CHILD_FAILURE_FLAGS = (
+    "fail_parent_on_failure",
+    "continue_parent_on_failure",
+    "ignore_dependency_on_failure",
+    "remove_dependency_on_failure",
+)
+"""The options of a child that say what its final failure does to its parent: at most
+one may be set."""
+
+
 class JobOptions(BaseModel):
     """Options of one job (``opts``). Unknown keys are an error."""
 
@@ -272,17 +282,15 @@ class JobOptions(BaseModel):
 
     @model_validator(mode="after")
     def _one_child_flag(self) -> JobOptions:
-        flags = [
-            name
-            for name in (
-                "fail_parent_on_failure",
-                "continue_parent_on_failure",
-                "ignore_dependency_on_failure",
-                "remove_dependency_on_failure",
-            )
-            if getattr(self, name)
-        ]
-        if len(flags) > 1:
+        # Run at every add with options: the sum is the quick test, the names are
+        # looked up only for the error.
+        if (
+            self.fail_parent_on_failure
+            + self.continue_parent_on_failure
+            + self.ignore_dependency_on_failure
+            + self.remove_dependency_on_failure
+        ) > 1:
+            flags = [name for name in CHILD_FAILURE_FLAGS if getattr(self, name)]
             raise ValueError(f"at most one child failure flag may be set, got {', '.join(flags)}")
         if self.deduplication is not None and self.deduplication.replace and self.delay <= 0:
             raise ValueError(

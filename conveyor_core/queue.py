@@ -13,6 +13,7 @@ from .errors import DuplicateJobError, JobNotFoundError
 from .ids import new_id
 from .job import Job, JobPage, parse_opts
 from .models import (
+    CHILD_FAILURE_FLAGS,
     MAX_JOB_NAME_BYTES,
     MAX_QUEUE_NAME_BYTES,
     JobOptions,
@@ -45,12 +46,7 @@ OptionsLike = JobOptions | Mapping[str, Any]
 StatesLike = JobState | str | Iterable[JobState | str]
 
 _DEFAULT_OPTS = JobOptions()
-_CHILD_FLAGS = (
-    "fail_parent_on_failure",
-    "continue_parent_on_failure",
-    "ignore_dependency_on_failure",
-    "remove_dependency_on_failure",
-)
+_OPTIONS_SERIALIZER = JobOptions.__pydantic_serializer__
 
 
 def check_name(value: object, what: str, max_bytes: int = MAX_QUEUE_NAME_BYTES) -> str:
@@ -87,8 +83,8 @@ def resolve_options(
         return JobOptions.model_validate(defaults)
     own = explicit_fields(opts)
     merged = dict(defaults)
-    if any(own.get(flag) for flag in _CHILD_FLAGS):
-        for flag in _CHILD_FLAGS:
+    if any(own.get(flag) for flag in CHILD_FAILURE_FLAGS):
+        for flag in CHILD_FAILURE_FLAGS:
             merged.pop(flag, None)
     merged.update(own)
     return JobOptions.model_validate(merged)
@@ -98,7 +94,8 @@ def options_json(opts: JobOptions) -> str:
     """The JSON text a store keeps for ``opts`` (only non-default fields)."""
     if opts is _DEFAULT_OPTS:
         return "{}"
-    return opts.model_dump_json(exclude_defaults=True)
+    # The model's serializer itself: model_dump_json adds a third of its cost around it.
+    return _OPTIONS_SERIALIZER.to_json(opts, exclude_defaults=True).decode()
 
 
 def _check_concurrency(value: object, what: str) -> None:
