@@ -854,6 +854,29 @@ class Engine:
                 kept.append(job_id)
         return kept
 
+    def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        """COMPLETE AND TAKE of the protocol: the completions first, then the take."""
+        applied = self.complete_jobs(queue, completions, now)
+        taken = self.take_jobs(
+            queue,
+            limit=limit,
+            token=token,
+            lock_until=lock_until,
+            now=now,
+            rate_limit=rate_limit,
+        )
+        return applied, taken
+
     def complete_jobs(
         self, queue: str, completions: Sequence[Completion], now: float
     ) -> list[bool]:

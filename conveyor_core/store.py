@@ -866,6 +866,30 @@ class StoreInterface(Protocol):
         """
         ...
 
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        """COMPLETE AND TAKE: :meth:`complete_jobs` of ``completions``, then
+        :meth:`take_jobs` with the other arguments, in that order; returns what each
+        returns.
+
+        The take sees every change of the completions: a job they completed no longer
+        counts against the queue's GLOBAL CONCURRENCY, and a parent they released to
+        ``waiting`` may be taken. A worker records its finished jobs and takes new ones
+        in one call this way. The two need not be one atomic step (another caller may
+        act between them), but a store that can run them in one round trip should: on a
+        queue held at its global concurrency, the worker's next take waits for it.
+        """
+        ...
+
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
         """Fail attempts of active jobs, each atomically; returns per item whether it applied.
 

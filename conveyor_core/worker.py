@@ -38,7 +38,7 @@ from .models import MAX_SECONDS, Backoff, JobOptions, JobState, RateLimit, as_ra
 from .payloads import data_type_of, validate
 from .queue import check_name
 from .schedulers import fire_due_schedulers
-from .store import Completion, Failure, Release, StoreInterface
+from .store import Completion, Failure, Release, StoreInterface, TakeResult
 from .telemetry import Processing, processing
 
 if TYPE_CHECKING:
@@ -233,7 +233,9 @@ class Worker:
         """How many outcomes the finisher's current store call carries."""
         self._held_by_concurrency = False
         """Whether a take met the queue's global concurrency (then the worker records
-        its finished jobs before it takes again)."""
+        its finished jobs before it takes again, in the same store call)."""
+        self._reserved = 0
+        """Slots promised to a take in flight (the fetch loop's or the finisher's)."""
         self._started = False
         self._closing = False
         self._finisher_closing = False
@@ -507,12 +509,8 @@ class Worker:
         announced_drained = False
         errors_in_row = 0
         while not self._closing:
-            # Back-pressure: handlers that finished faster than the store takes their
-            # outcomes hold their slots beyond a backlog of twice the concurrency, so a
-            # slow store is never handed thousands of outcomes at once (and a crash never
-            # re-runs thousands of already finished jobs).
+            free = self._free_slots()
             backlog = len(self._outcomes) + self._sending
-            free = self.concurrency - len(self._running) - max(0, backlog - 2 * self.concurrency)
             if free <= 0:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
@@ -527,6 +525,7 @@ class Worker:
             if now >= self._schedules_at:
                 await self._fire_schedules(now)
             token = new_id()
+            self._reserved += free
             try:
                 result = await self.store.take_jobs(
                     self.queue_name,
@@ -545,18 +544,11 @@ class Worker:
                 errors_in_row += 1
                 await anyio.sleep(min(0.05 * 2**errors_in_row, self.drain_delay, 5.0))
                 continue
+            finally:
+                self._reserved -= free
             errors_in_row = 0
-            if result.concurrency_limited:
-                self._held_by_concurrency = True
-            if result.jobs:
+            if self._accept(result, token):
                 announced_drained = False
-                for record in result.jobs:
-                    job = Job(self.store, record, clock=self._clock)
-                    job.token = token
-                    running = _Running(job, token)
-                    self._running[record.id] = running
-                    self._queued.append(running)
-                self._work_ready.set()
                 continue
             held = result.rate_limited_until is not None or result.concurrency_limited
             if not announced_drained and not held:
@@ -574,6 +566,34 @@ class Worker:
             # An idle worker wakes up in time for the next tick of a job scheduler.
             timeout = min(timeout, max(0.0, self._schedules_at - now))
             await self._wait_for_work(timeout, sleep=held)
+
+    def _free_slots(self) -> int:
+        """Slots a take may fill now. Back-pressure: handlers that finished faster than
+        the store takes their outcomes hold their slots beyond a backlog of twice the
+        concurrency, so a slow store is never handed thousands of outcomes at once (and
+        a crash never re-runs thousands of already finished jobs)."""
+        backlog = len(self._outcomes) + self._sending
+        return (
+            self.concurrency
+            - len(self._running)
+            - self._reserved
+            - max(0, backlog - 2 * self.concurrency)
+        )
+
+    def _accept(self, result: TakeResult, token: str) -> bool:
+        """Hand the jobs of a take to the slots; whether there were any."""
+        if result.concurrency_limited:
+            self._held_by_concurrency = True
+        if not result.jobs:
+            return False
+        for record in result.jobs:
+            job = Job(self.store, record, clock=self._clock)
+            job.token = token
+            running = _Running(job, token)
+            self._running[record.id] = running
+            self._queued.append(running)
+        self._work_ready.set()
+        return True
 
     async def _fire_schedules(self, now: float) -> None:
         """Fire the due ticks of the queue's job schedulers; look again at the next tick,
@@ -805,13 +825,45 @@ class Worker:
             await self._finish_call(self._rate_limit_queue, [held_until], now)
             await self._finish_call(self.store.release_jobs, releases, now)
         if completions:
-            applied = await self._finish_call(self.store.complete_jobs, completions, now)
+            applied = await self._complete(completions, now)
             for outcome, ok in zip(completed, applied or (), strict=applied is not None):
                 await self._completed(outcome, ok, now)
         if failures:
             applied = await self._finish_call(self.store.fail_jobs, failures, now)
             for outcome, ok in zip(failed, applied or (), strict=applied is not None):
                 await self._failed(outcome, ok, now)
+
+    async def _complete(self, completions: list[Completion], now: float) -> list[bool] | None:
+        """Record completions; on a queue held at its global concurrency, take the jobs
+        they make room for in the same store call (COMPLETE AND TAKE), since the fetch
+        loop waits for them to be recorded before it takes."""
+        free = self._free_slots()
+        if not self._held_by_concurrency or self._closing or self._fetch_done or free <= 0:
+            return await self._finish_call(self.store.complete_jobs, completions, now)
+        token = new_id()
+        self._reserved += free
+        try:
+            applied, result = await self.store.complete_and_take(
+                self.queue_name,
+                completions,
+                now,
+                limit=free,
+                token=token,
+                lock_until=now + self.lock_duration,
+                rate_limit=self._rate_limit,
+            )
+        except StoreClosedError as exc:
+            await self._emit_error(exc)
+            return None
+        except Exception as exc:
+            # Whether it applied is unknown: record the completions alone (a repeat of
+            # applied ones is refused and reported), and let the fetch loop take.
+            await self._emit_error(exc)
+            return await self._finish_call(self.store.complete_jobs, completions, now)
+        finally:
+            self._reserved -= free
+        self._accept(result, token)
+        return applied
 
     async def _rate_limit_queue(self, queue: str, until: Sequence[float], now: float) -> list[bool]:
         await self.store.rate_limit_queue(queue, until[0])

@@ -805,6 +805,28 @@ class MemoryStore:
     ) -> list[bool]:
         return await self._call(self._engine.complete_jobs, queue, completions, now)
 
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        return await self._call(
+            self._engine.complete_and_take,
+            queue,
+            completions,
+            now,
+            limit=limit,
+            token=token,
+            lock_until=lock_until,
+            rate_limit=rate_limit,
+        )
+
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
         return await self._call(self._engine.fail_jobs, queue, failures, now)
 

@@ -486,6 +486,36 @@ class CapsEachTakeNotTheQueue(MemoryStore):
             await self.set_global_concurrency(queue, cap)
 
 
+class TakesBeforeCompleting(MemoryStore):
+    """Defect: COMPLETE AND TAKE takes first and completes after.
+
+    Each call is right alone, but the take still counts the jobs being completed as
+    active: on a queue at its global concurrency the worker's combined call takes
+    nothing, and a parent the completions release waits for another take.
+    """
+
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        taken = await self.take_jobs(
+            queue,
+            limit=limit,
+            token=token,
+            lock_until=lock_until,
+            now=now,
+            rate_limit=rate_limit,
+        )
+        return await self.complete_jobs(queue, completions, now), taken
+
+
 class DropsTheManualRateLimit(MemoryStore):
     """Defect: the queue's manual rate limit is accepted and forgotten.
 

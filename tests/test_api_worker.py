@@ -424,3 +424,47 @@ async def test_worker_failure_inside_async_with_comes_out_as_itself() -> None:
         async with Worker("orphaned", lambda job: None, store=store, **FAST):
             await store.close()
             await anyio.sleep(30)  # the worker's failure ends the block
+
+
+class _CountsCombinedTakes(MemoryStore):
+    """A memory store that counts the jobs handed out by COMPLETE AND TAKE."""
+
+    combined = 0
+
+    async def complete_and_take(self, *args: Any, **kwargs: Any) -> Any:
+        applied, taken = await super().complete_and_take(*args, **kwargs)
+        self.combined += len(taken.jobs)
+        return applied, taken
+
+
+async def test_a_worker_at_the_global_concurrency_records_and_takes_in_one_call() -> None:
+    async with _CountsCombinedTakes() as store:
+        queue = Queue("held", store=store)
+        await queue.set_global_concurrency(3)
+        await queue.add_bulk([{"name": "n", "data": i} for i in range(30)])
+        running = most = 0
+        all_done = anyio.Event()
+
+        async def handle(job: Job) -> int:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await anyio.sleep(0.002)
+            running -= 1
+            return int(job.data)
+
+        worker = Worker("held", handle, store=store, concurrency=5, **FAST)
+        finished: list[str] = []
+
+        def note(job: Job, value: Any) -> None:
+            finished.append(job.id)
+            if len(finished) == 30:
+                all_done.set()
+
+        worker.on("completed", note)
+        async with worker:
+            with anyio.fail_after(10):
+                await all_done.wait()
+        assert most == 3, "the queue's limit holds with takes made by the finisher"
+        assert store.combined > 0, "finished jobs were recorded and new ones taken in one call"
+        assert (await queue.get_job_counts())["active"] == 0

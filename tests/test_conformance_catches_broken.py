@@ -92,6 +92,10 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_workers_on_two_store_objects_keep_to_the_limit",
         "test_racing_takes_never_pass_the_limit",
     ),
+    "TakesBeforeCompleting": (
+        "test_complete_and_take_takes_the_room_its_completions_make",
+        "test_complete_and_take_takes_the_parent_its_completion_released",
+    ),
     "DropsTheManualRateLimit": (
         "test_a_limited_queue_takes_nothing_until_then",
         "test_rate_limited_error_hands_the_job_back_unattempted",

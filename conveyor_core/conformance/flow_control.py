@@ -642,6 +642,74 @@ class GlobalConcurrencyTests:
             await env.wait_count(name, JobState.COMPLETED, 24)
         assert most == 2
 
+    async def test_complete_and_take_takes_the_room_its_completions_make(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("conc-cat"))
+        await queue.add_bulk([{"name": "a", "data": i} for i in range(6)])
+        await queue.set_global_concurrency(2)
+        store, name = queue.store, queue.name
+        first = await store.take_jobs(name, limit=10, token="t1", lock_until=T0 + 60, now=T0)
+        assert len(first.jobs) == 2
+        done = [Completion(job.id, "t1", f'"{job.id}"') for job in first.jobs]
+        applied, taken = await store.complete_and_take(
+            name,
+            [*done, Completion("no-such-job", "t1", "null")],
+            T0 + 1,
+            limit=10,
+            token="t2",
+            lock_until=T0 + 60,
+        )
+        assert applied == [True, True, False]
+        assert len(taken.jobs) == 2 and not taken.concurrency_limited
+        assert {job.id for job in taken.jobs}.isdisjoint(job.id for job in first.jobs)
+        assert all(job.lock_token == "t2" and job.processed_at == T0 + 1 for job in taken.jobs)
+        for job in first.jobs:
+            stored = await queue.get_job(job.id)
+            assert stored is not None and stored.state is JobState.COMPLETED
+            assert stored.return_value == job.id
+        # At the limit again: completions that are refused make no room.
+        applied, full = await store.complete_and_take(
+            name,
+            [Completion(first.jobs[0].id, "t1", "null")],
+            T0 + 2,
+            limit=10,
+            token="t3",
+            lock_until=T0 + 60,
+        )
+        assert applied == [False]
+        assert (full.jobs, full.concurrency_limited) == ([], True)
+        counts = await queue.get_job_counts()
+        assert (counts["completed"], counts["active"], counts["waiting"]) == (2, 2, 2)
+
+    async def test_complete_and_take_takes_the_parent_its_completion_released(
+        self, env: Harness
+    ) -> None:
+        name = env.name("conc-cat-flow")
+        tree = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": name,
+                "children": [{"name": "child", "queue_name": name}],
+            }
+        )
+        store = env.store
+        child = await store.take_jobs(name, limit=10, token="t1", lock_until=T0 + 60, now=T0)
+        assert [job.id for job in child.jobs] == [tree.children[0].job.id]
+        applied, taken = await store.complete_and_take(
+            name,
+            [Completion(child.jobs[0].id, "t1", "7")],
+            T0 + 1,
+            limit=10,
+            token="t2",
+            lock_until=T0 + 60,
+        )
+        assert applied == [True]
+        assert [job.id for job in taken.jobs] == [tree.job.id]
+        parent = await env.queue(name).get_job(tree.job.id)
+        assert parent is not None and parent.state is JobState.ACTIVE
+        assert await parent.get_children_values() == {child.jobs[0].id: 7}
+
     async def test_a_bad_concurrency_is_refused(self, env: Harness) -> None:
         queue = env.queue(env.name("conc-bad"))
         with pytest.raises(ValueError, match="at least 1"):

@@ -81,6 +81,7 @@ FUNCTIONS = (
     "take_jobs",
     "extend_locks",
     "complete_jobs",
+    "complete_and_take",
     "fail_jobs",
     "release_jobs",
     "recover_stalled",
@@ -157,6 +158,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     # A take counts the jobs it takes out of their lanes itself: the triggers and the
     # lanes' counts of 10 again, with a trigger that no longer notes takes.
     (11, all_functions_sql() + migration_sql("0010_groups_triggers")),
+    # COMPLETE AND TAKE: a new function, no table changes.
+    (12, all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

@@ -542,6 +542,37 @@ class _Operations:
             )
         )
 
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        most, duration = rate_limit if rate_limit is not None else (None, None)
+        if most is not None:
+            most = min(most, _INT4_MAX)
+        self._events_store()._note_take(queue)
+        row = await self._fetchrow(
+            "complete_and_take",
+            queue,
+            [c.id for c in completions],
+            [c.token for c in completions],
+            [c.return_value for c in completions],
+            min(limit, _INT4_MAX),
+            token,
+            lock_until,
+            now,
+            most,
+            duration,
+        )
+        taken = TakeResult([_record(r) for r in row[1]], row[2], row[3], bool(row[4]))
+        return list(row[0] or ()), taken
+
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
         if not failures:
             return []
@@ -1068,6 +1099,9 @@ def _statements(schema: str) -> dict[str, str]:
         "extend_locks": f"SELECT {s}.extend_locks($1::text, $2::text[], $3::text[], $4::float8)",
         "complete_jobs": f"SELECT {s}.complete_jobs($1::text, $2::text[], $3::text[], "
         "$4::text[], $5::float8)",
+        "complete_and_take": "SELECT applied, taken, next_run_at, rate_limited_until, "
+        f"concurrency_limited FROM {s}.complete_and_take($1::text, $2::text[], $3::text[], "
+        "$4::text[], $5::int, $6::text, $7::float8, $8::float8, $9::int, $10::float8)",
         "fail_jobs": f"SELECT {s}.fail_jobs($1::text, $2::text[], $3::text[], $4::text[], "
         "$5::jsonb, $6::float8[], $7::float8)",
         "release_jobs": f"SELECT {s}.release_jobs($1::text, $2::text[], $3::text[], $4::float8)",
@@ -1361,6 +1395,9 @@ class PostgresStore(_Operations):
             await conn.fetchval(sql["add_jobs"], *([empty] * 16), 0.0)
             await conn.fetchrow(sql["take_jobs"], "", 1, "", 0.0, 0.0, None, None)
             await conn.fetchval(sql["complete_jobs"], "", empty, empty, empty, 0.0)
+            await conn.fetchrow(
+                sql["complete_and_take"], "", empty, empty, empty, 1, "", 0.0, 0.0, None, None
+            )
             await conn.fetchval(sql["extend_locks"], "", empty, empty, 0.0)
             await conn.fetchval(sql["fail_jobs"], "", empty, empty, empty, "[]", empty, 0.0)
         except asyncpg.PostgresError as exc:  # a warm-up is never worth failing for

@@ -1057,6 +1057,30 @@ class RedisStore:
         applied = await self._run("complete_jobs", self._base(queue), now, *args)
         return [flag == 1 for flag in applied]
 
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        # Two scripts, one after the other: each is atomic, and a take of its own keeps
+        # the Lua of a take in one place.
+        applied = await self.complete_jobs(queue, completions, now)
+        taken = await self.take_jobs(
+            queue,
+            limit=limit,
+            token=token,
+            lock_until=lock_until,
+            now=now,
+            rate_limit=rate_limit,
+        )
+        return applied, taken
+
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
         if not failures:
             return []

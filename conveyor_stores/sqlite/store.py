@@ -817,6 +817,30 @@ class SQLiteStore:
             small=len(completions) <= _SMALL,
         )
 
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        return await self._write(
+            lambda s: s.engine.complete_and_take(
+                queue,
+                completions,
+                now,
+                limit=limit,
+                token=token,
+                lock_until=lock_until,
+                rate_limit=rate_limit,
+            ),
+            small=len(completions) <= _SMALL and limit <= _SMALL,
+        )
+
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
         return await self._write(
             lambda s: s.engine.fail_jobs(queue, failures, now), small=len(failures) <= _SMALL
