@@ -46,6 +46,9 @@ OptionsLike = JobOptions | Mapping[str, Any]
 StatesLike = JobState | str | Iterable[JobState | str]
 
 _DEFAULT_OPTS = JobOptions()
+# The model's own validator and serializer, called directly: at every add with options,
+# model_validate and model_dump_json add a fifth and a third to their cost.
+_validate_options = JobOptions.__pydantic_validator__.validate_python
 _OPTIONS_SERIALIZER = JobOptions.__pydantic_serializer__
 
 
@@ -78,7 +81,7 @@ def resolve_options(
     if not defaults:
         if opts is None:
             return _DEFAULT_OPTS
-        return opts if isinstance(opts, JobOptions) else JobOptions.model_validate(opts)
+        return opts if isinstance(opts, JobOptions) else _validate_options(opts)
     if opts is None:
         return JobOptions.model_validate(defaults)
     own = explicit_fields(opts)
@@ -94,7 +97,6 @@ def options_json(opts: JobOptions) -> str:
     """The JSON text a store keeps for ``opts`` (only non-default fields)."""
     if opts is _DEFAULT_OPTS:
         return "{}"
-    # The model's serializer itself: model_dump_json adds a third of its cost around it.
     return _OPTIONS_SERIALIZER.to_json(opts, exclude_defaults=True).decode()
 
 

@@ -428,7 +428,9 @@ def check_dependency_limit(limit: int) -> int:
 DEPENDENCY_STATUSES: tuple[DependencyStatus, ...] = ("pending", "processed", "failed", "ignored")
 
 
-@dataclass(slots=True, frozen=True)
+# Not frozen, as DeduplicatedAdd below: one of each is made at every deduplicated add,
+# and a frozen dataclass costs three times as much to make.
+@dataclass(slots=True)
 class DeduplicationKey:
     """How :meth:`StoreInterface.add_deduplicated` deduplicates a job (DEDUPLICATION)."""
 
@@ -439,7 +441,7 @@ class DeduplicationKey:
     replace: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class DeduplicatedAdd:
     """What :meth:`StoreInterface.add_deduplicated` did."""
 
