@@ -76,6 +76,47 @@ class EventTests:
         assert done.data.get("return_value") == {"ok": 1}
         assert good.id in called
 
+    async def test_a_huge_result_or_reason_still_publishes_its_event(self, env: Harness) -> None:
+        # A store may leave a bulky field out of an event (and say "truncated"), but the
+        # event itself, its job and its other fields always arrive.
+        q = env.name("huge-events")
+        seen: list[QueueEvent] = []
+        listener = QueueEvents(q, store=env.event_store)
+        listener.on("*", seen.append)
+        huge = "x" * 20_000
+
+        async def handle(job: Job) -> str:
+            if job.name == "bad":
+                raise RuntimeError(huge)
+            return huge
+
+        async with listener:
+            queue = env.queue(q)
+            good = await queue.add("good", None)
+            bad = await queue.add("bad", None)
+            async with env.workers({q: handle}):
+                done = await _wait_seen(
+                    env,
+                    seen,
+                    lambda e: e.type == "completed" and e.job_id == good.id,
+                    "the completed event of the huge result",
+                )
+                failed = await _wait_seen(
+                    env,
+                    seen,
+                    lambda e: e.type == "failed" and e.job_id == bad.id,
+                    "the failed event of the huge reason",
+                )
+        assert done.queue_name == failed.queue_name == q
+        for event, field in ((done, "return_value"), (failed, "reason")):
+            if event.data.get("truncated") is True:
+                assert set(event.data) <= {field, "truncated"}, event.data
+            else:
+                assert field in event.data, event.data
+        assert done.data.get("return_value", huge) == huge
+        stored = await queue.get_job(good.id)
+        assert stored is not None and stored.return_value == huge
+
     async def test_listener_added_before_a_flow_sees_its_states(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
         seen: list[QueueEvent] = []

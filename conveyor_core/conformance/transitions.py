@@ -490,6 +490,36 @@ class TransitionTests:
         assert unchanged is not None and unchanged.state is WAITING
         assert unchanged.run_at is None
 
+    async def test_every_take_says_when_the_next_delayed_job_is_due(self, env: Harness) -> None:
+        q = env.name("next-run")
+        queue = env.queue(q)
+        store = env.store
+        now = time.time()
+
+        async def take(limit: int = 10) -> tuple[int, object]:
+            taken = await store.take_jobs(q, limit=limit, token="t", lock_until=now + 60, now=now)
+            return len(taken.jobs), taken.next_run_at
+
+        await env.queue(env.name("next-run-other")).add("elsewhere", None, {"delay": 60})
+        assert await take() == (0, None), "no delayed job (of this queue): nothing to wait for"
+        later = await env.reread(await queue.add("later", None, {"delay": 3600}))
+        sooner = await env.reread(await queue.add("sooner", None, {"delay": 600}))
+        assert later is not None and sooner is not None and sooner.run_at is not None
+        due = pytest.approx(sooner.run_at.timestamp(), abs=0.001)
+        await queue.add_bulk([{"name": "now"} for _ in range(4)])
+        assert await take(1) == (1, due), "a take of some of the waiting jobs"
+        assert await take() == (3, due), "a take of the last waiting jobs"
+        assert await take() == (0, due), "a take of nothing"
+        await queue.pause()
+        assert await take() == (0, due), "a paused queue"
+        await queue.resume()
+        await queue.add("now", None)
+        await queue.set_global_concurrency(4)
+        assert await take() == (0, due), "a queue at its global concurrency"
+        await queue.remove_global_concurrency()
+        await store.rate_limit_queue(q, now + 30)
+        assert await take() == (0, due), "a queue under a manual rate limit"
+
     async def test_remove_on_complete_deletes_only_the_job_itself(self, env: Harness) -> None:
         q = env.name("own")
         queue = env.queue(q)
