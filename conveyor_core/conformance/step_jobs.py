@@ -256,6 +256,20 @@ class StepJobTests:
             await env.store.park_job(main, job.id, tokens[0], time.time())
         await _nothing_added(env, job, parts)
         assert await env.state(job) is COMPLETED
+        # nor another token while the job is active under its own
+        held = await env.queue(main).add("held")
+        now = time.time()
+        taken = await env.store.take_jobs(
+            main, limit=1, token="holder", lock_until=now + 60, now=now
+        )
+        assert [record.id for record in taken.jobs] == [held.id]
+        child.parent_id = held.id
+        with pytest.raises(LockLostError):
+            await env.store.add_children(main, held.id, "intruder", [[child]], now)
+        with pytest.raises(LockLostError):
+            await env.store.park_job(main, held.id, "intruder", now)
+        await _nothing_added(env, held, parts)
+        assert await env.state(held) is ACTIVE
 
     async def test_step_job_opts_parent_onto_a_job_waiting_for_children(self, env: Harness) -> None:
         main, kids, late = env.name("adopt"), env.name("adopt-kids"), env.name("adopt-late")
