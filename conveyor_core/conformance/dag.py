@@ -236,6 +236,11 @@ class DagTests:
         assert await on_done.get_children_values() == {done.id: {"done": "done"}}
         on_both = await env.reread(jobs["on-both"])
         assert on_both is not None and on_both.state is WAITING_CHILDREN
+        # ... and is counted as processed from the start.
+        counts = await on_done.get_dependency_counts()
+        assert (counts.processed, counts.unprocessed, counts.total) == (1, 0, 1)
+        counts = await on_both.get_dependency_counts()
+        assert (counts.processed, counts.unprocessed, counts.total) == (1, 1, 2)
         parents = await later.get_parents()
         assert [parent.id for parent in parents] == [tree.job.id, jobs["on-both"].id]
         async with env.workers({old_q: Runs().handler()}):
@@ -244,6 +249,8 @@ class DagTests:
             done.id: {"done": "done"},
             later.id: {"done": "later"},
         }
+        counts = await on_both.get_dependency_counts()
+        assert (counts.processed, counts.unprocessed, counts.total) == (2, 0, 2)
         tree_parent = await env.wait_state(tree.job, WAITING)
         assert await tree_parent.get_children_values() == {later.id: {"done": "later"}}
         # A failed job is refused, a missing one too; nothing is written.
