@@ -9,16 +9,14 @@ DECLARE
     r record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- A dependency is written pending, or processed when its child has completed
+        -- already (add_dag): never failed or ignored.
         FOR r IN
-            SELECT parent_queue AS pq, parent_id AS pid,
-                   count(*) FILTER (WHERE status = 'processed')::integer AS p,
-                   count(*) FILTER (WHERE status = 'failed')::integer AS f,
-                   count(*) FILTER (WHERE status = 'ignored')::integer AS i
-            FROM new_rows WHERE status <> 'pending'
+            SELECT parent_queue AS pq, parent_id AS pid, count(*)::integer AS p
+            FROM new_rows WHERE status = 'processed'
             GROUP BY parent_queue, parent_id ORDER BY parent_queue, parent_id
         LOOP
-            UPDATE @S.jobs SET deps_processed = deps_processed + r.p,
-                deps_failed = deps_failed + r.f, deps_ignored = deps_ignored + r.i
+            UPDATE @S.jobs SET deps_processed = deps_processed + r.p
             WHERE queue = r.pq AND id = r.pid;
         END LOOP;
     ELSIF TG_OP = 'DELETE' THEN
