@@ -229,6 +229,12 @@ class DagTests:
                     "queue_name": new_q,
                     "depends_on": [f"{old_q}/{done.id}"],
                 },
+                {
+                    "id": "on-later",
+                    "name": "on-later",
+                    "queue_name": new_q,
+                    "depends_on": [f"{old_q}/{later.id}"],
+                },
             ]
         )
         # A completed job resolves at once, with its value.
@@ -241,8 +247,16 @@ class DagTests:
         assert (counts.processed, counts.unprocessed, counts.total) == (1, 0, 1)
         counts = await on_both.get_dependency_counts()
         assert (counts.processed, counts.unprocessed, counts.total) == (1, 1, 2)
+        on_later = await env.reread(jobs["on-later"])
+        assert on_later is not None
+        counts = await on_later.get_dependency_counts()
+        assert (counts.processed, counts.unprocessed, counts.total) == (0, 1, 1)
         parents = await later.get_parents()
-        assert [parent.id for parent in parents] == [tree.job.id, jobs["on-both"].id]
+        assert [parent.id for parent in parents] == [
+            tree.job.id,
+            jobs["on-both"].id,
+            jobs["on-later"].id,
+        ]
         async with env.workers({old_q: Runs().handler()}):
             on_both = await env.wait_state(jobs["on-both"], WAITING)
         assert await on_both.get_children_values() == {
@@ -269,7 +283,7 @@ class DagTests:
             await env.flow.add_dag(
                 [{"id": "y", "name": "y", "queue_name": new_q, "depends_on": [f"{old_q}/missing"]}]
             )
-        assert await env.total(new_q) == 2
+        assert await env.total(new_q) == 3
 
     async def test_dag_a_shared_job_fails_with_parent_failed_only_when_every_dependent_failed(
         self, env: Harness
