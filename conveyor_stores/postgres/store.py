@@ -148,6 +148,18 @@ def _never_sent(exc: BaseException) -> bool:
     )
 
 
+def _rate_args(rate_limit: tuple[int, float] | None) -> tuple[int | None, float | None]:
+    """A rate limit as SQL arguments: ``(max, duration)``, the max kept within int4."""
+    if rate_limit is None:
+        return None, None
+    return min(rate_limit[0], _INT4_MAX), rate_limit[1]
+
+
+def _take_result(row: Sequence[Any]) -> TakeResult:
+    """A take's ``(taken, next_run_at, rate_limited_until, concurrency_limited)``."""
+    return TakeResult([_record(r) for r in row[0]], row[1], row[2], bool(row[3]))
+
+
 def _record(r: Any) -> JobRecord:
     """A :class:`JobRecord` from a row of the job columns (or a ``jobs`` composite)."""
     policy = r[23]
@@ -505,14 +517,12 @@ class _Operations:
         now: float,
         rate_limit: tuple[int, float] | None = None,
     ) -> TakeResult:
-        most, duration = rate_limit if rate_limit is not None else (None, None)
-        if most is not None:
-            most = min(most, _INT4_MAX)
+        most, duration = _rate_args(rate_limit)
         self._events_store()._note_take(queue)
         row = await self._fetchrow(
             "take_jobs", queue, min(limit, _INT4_MAX), token, lock_until, now, most, duration
         )
-        return TakeResult([_record(r) for r in row[0]], row[1], row[2], bool(row[3]))
+        return _take_result(row)
 
     async def extend_locks(
         self, queue: str, locks: Sequence[tuple[str, str]], lock_until: float
@@ -553,9 +563,7 @@ class _Operations:
         lock_until: float,
         rate_limit: tuple[int, float] | None = None,
     ) -> tuple[list[bool], TakeResult]:
-        most, duration = rate_limit if rate_limit is not None else (None, None)
-        if most is not None:
-            most = min(most, _INT4_MAX)
+        most, duration = _rate_args(rate_limit)
         self._events_store()._note_take(queue)
         row = await self._fetchrow(
             "complete_and_take",
@@ -570,8 +578,7 @@ class _Operations:
             most,
             duration,
         )
-        taken = TakeResult([_record(r) for r in row[1]], row[2], row[3], bool(row[4]))
-        return list(row[0] or ()), taken
+        return list(row[0] or ()), _take_result(tuple(row)[1:])
 
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
         if not failures:
@@ -752,9 +759,7 @@ class _Operations:
     async def set_group_limits(
         self, queue: str, concurrency: int | None, rate_limit: tuple[int, float] | None
     ) -> None:
-        most, duration = rate_limit if rate_limit is not None else (None, None)
-        if most is not None:
-            most = min(most, _INT4_MAX)
+        most, duration = _rate_args(rate_limit)
         if concurrency is not None:
             concurrency = min(concurrency, _INT4_MAX)
         await self._fetchval(
