@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import runner, targets
-from .ledger import Ledger
+from .ledger import DETECTED, UNCOVERED, Ledger
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,10 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _progress(outcome: runner.Outcome, done: int, total: int) -> None:
-    mark = "." if outcome.status in runner.DETECTED else "S"
+    mark = "." if outcome.status in DETECTED else "S"
     end = "\n" if done % 60 == 0 or done == total else ""
     print(mark, end=end, file=sys.stderr, flush=True)
-    if outcome.status not in runner.DETECTED:
+    if outcome.status not in DETECTED:
         print(f"\n  {outcome.status}  {outcome.mutant.describe()}", file=sys.stderr, flush=True)
 
 
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reused:
         print(f"  {reused} killed ones taken from the ledger {args.ledger}")
     for outcome in report.open_survivors:
-        note = " (no test runs this line)" if outcome.status == runner.UNCOVERED else ""
+        note = " (no test runs this line)" if outcome.status == UNCOVERED else ""
         print(f"  survived  {outcome.mutant.describe()}{note}")
     for outcome in report.stale_equivalents:
         print(f"  listed as equivalent but killed  {outcome.mutant.describe()}")

@@ -28,7 +28,13 @@ from pathlib import Path
 
 from .mutators import Mutant
 
-DETECTED = ("killed", "timeout", "error")
+KILLED = "killed"
+TIMEOUT = "timeout"
+ERROR = "error"
+SURVIVED = "survived"
+UNCOVERED = "uncovered"
+DETECTED = (KILLED, TIMEOUT, ERROR)
+"""The statuses of a judged mutant (``mutation.runner`` names them to its callers)."""
 
 
 def digest(text: str) -> str:

@@ -32,15 +32,18 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Protocol
 
-from .ledger import Entry, Ledger, digest
+from .ledger import (
+    DETECTED,
+    ERROR,
+    KILLED,
+    SURVIVED,
+    TIMEOUT,
+    UNCOVERED,
+    Entry,
+    Ledger,
+    digest,
+)
 from .mutators import Mutant, Mutator, mutator_for
-
-KILLED = "killed"
-TIMEOUT = "timeout"
-ERROR = "error"
-SURVIVED = "survived"
-UNCOVERED = "uncovered"
-DETECTED = (KILLED, TIMEOUT, ERROR)
 
 _TRACE_PLUGIN = '''"""Record the lines of the mutation target that each test executes."""
 import json

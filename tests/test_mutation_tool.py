@@ -11,8 +11,7 @@ import pytest
 
 from mutation import PythonMutator, Target, run, select
 from mutation.__main__ import main
-from mutation.ledger import Ledger
-from mutation.runner import KILLED, SURVIVED, UNCOVERED
+from mutation.ledger import KILLED, SURVIVED, UNCOVERED, Ledger
 from mutation.targets import equivalent
 
 SOURCE = textwrap.dedent(
