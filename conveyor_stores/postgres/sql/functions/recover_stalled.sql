@@ -31,7 +31,6 @@ BEGIN
             evs := evs || @S._final_failure(q, r.id, cancelled, now);
             failed := array_append(failed, true);
         ELSIF cnt > max_stalled THEN
-            UPDATE @S.jobs SET failed_reason = @STALLED WHERE queue = q AND id = r.id;
             evs := evs || @S._final_failure(q, r.id, @STALLED, now);
             failed := array_append(failed, true);
         ELSE
