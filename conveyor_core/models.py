@@ -185,15 +185,11 @@ class Deduplication(BaseModel):
     extend: bool = False
     replace: bool = False
 
-    @field_validator("id")
-    @classmethod
-    def _id_printable(cls, value: str) -> str:
-        if (problem := text_problem(value, MAX_JOB_ID_BYTES)) is not None:
-            raise ValueError(f"deduplication id {shown(value)} {problem}")
-        return value
-
     @model_validator(mode="after")
-    def _extend_needs_ttl(self) -> Deduplication:
+    def _checked(self) -> Deduplication:
+        # One validator for both rules: it runs at every deduplicated add.
+        if (problem := text_problem(self.id, MAX_JOB_ID_BYTES)) is not None:
+            raise ValueError(f"deduplication id {shown(self.id)} {problem}")
         if self.extend and self.ttl is None:
             raise ValueError("deduplication extend=True needs a ttl to extend")
         return self
@@ -280,23 +276,32 @@ class JobOptions(BaseModel):
                 raise ValueError(f"group_id {shown(value)} {problem}")
         return value
 
-    @model_validator(mode="after")
-    def _one_child_flag(self) -> JobOptions:
-        # Run at every add with options: the sum is the quick test, the names are
-        # looked up only for the error.
-        if (
-            self.fail_parent_on_failure
-            + self.continue_parent_on_failure
-            + self.ignore_dependency_on_failure
-            + self.remove_dependency_on_failure
-        ) > 1:
-            flags = [name for name in CHILD_FAILURE_FLAGS if getattr(self, name)]
-            raise ValueError(f"at most one child failure flag may be set, got {', '.join(flags)}")
-        if self.deduplication is not None and self.deduplication.replace and self.delay <= 0:
+    # The rules across fields are field validators, not one model validator: they run
+    # only when their fields are given, where a model validator runs at every add with
+    # options. Fields are validated in order, so each sees the ones before it.
+    @field_validator(*CHILD_FAILURE_FLAGS)
+    @classmethod
+    def _one_child_flag(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            flags = [name for name in CHILD_FAILURE_FLAGS if info.data.get(name)]
+            if flags:
+                flags.append(str(info.field_name))
+                raise ValueError(
+                    f"at most one child failure flag may be set, got {', '.join(flags)}"
+                )
+        return value
+
+    @field_validator("deduplication")
+    @classmethod
+    def _replace_needs_delay(
+        cls, value: Deduplication | None, info: ValidationInfo
+    ) -> Deduplication | None:
+        delay = info.data.get("delay")  # missing if it was refused itself
+        if value is not None and value.replace and delay is not None and delay <= 0:
             raise ValueError(
                 "deduplication replace=True needs a delay: only a delayed job is replaced"
             )
-        return self
+        return value
 
     def child_policy(self) -> ParentPolicy | None:
         """The policy this job's own flags ask for as a child, if any."""

@@ -113,6 +113,28 @@ async def test_invalid_options_raise_validation_error_and_write_nothing(
     assert await counts(queue) == {}
 
 
+async def test_rules_across_options_name_the_fields_they_refuse(store: MemoryStore) -> None:
+    queue = Queue("q", store=store)
+    flags = {"continue_parent_on_failure": True, "remove_dependency_on_failure": True}
+    with pytest.raises(ValidationError, match="continue_parent_on_failure, remove_dependency"):
+        await queue.add("job", {}, flags)
+    with pytest.raises(ValidationError, match="replace=True needs a delay"):
+        await queue.add("job", {}, {"deduplication": {"id": "d", "replace": True}})
+    with pytest.raises(ValidationError, match="extend=True needs a ttl"):
+        await queue.add("job", {}, {"deduplication": {"id": "d", "extend": True}})
+    with pytest.raises(ValidationError, match="deduplication id 'a\\\\x00b' must not contain NUL"):
+        await queue.add("job", {}, {"deduplication": {"id": "a\x00b"}})
+    # A delay refused itself is the one error: the replace rule does not guess one.
+    with pytest.raises(ValidationError, match="1 validation error") as info:
+        await queue.add("job", {}, {"delay": -1, "deduplication": {"id": "d", "replace": True}})
+    assert [error["loc"] for error in info.value.errors()] == [("delay",)]
+    assert await counts(queue) == {}
+    debounced = await queue.add(
+        "job", {}, {"delay": 5, "deduplication": {"id": "d", "replace": True}}
+    )
+    assert debounced.opts.deduplication is not None and debounced.opts.deduplication.replace
+
+
 async def test_default_job_options_merge_under_own_options(store: MemoryStore) -> None:
     queue = Queue(
         "q",
