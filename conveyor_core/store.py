@@ -557,6 +557,12 @@ class StoreCapabilities:
     blocking_wakeup: bool = False
     """:meth:`StoreInterface.wait_for_work` returns as soon as work arrives, through any
     object of the same data, without waiting for a polling interval."""
+    concurrent_calls: bool = False
+    """Calls on one store object run at the same time (on a pool of connections). A
+    worker then takes while the store records its finished jobs, on another connection;
+    on a store that runs its calls one at a time (one thread, one connection) it records
+    them and takes in one call instead (:meth:`StoreInterface.complete_and_take`). A
+    hint for the worker, not a rule: the suite does not check it."""
     transactional_enqueue: bool = False
     """Jobs can be added inside the application's own database transaction, committing
     or rolling back with it (``PostgresStore.using(connection)``). The suite cannot
@@ -886,9 +892,15 @@ class StoreInterface(Protocol):
         The take sees every change of the completions: a job they completed no longer
         counts against the queue's GLOBAL CONCURRENCY, and a parent they released to
         ``waiting`` may be taken. A worker records its finished jobs and takes new ones
-        in one call this way. The two need not be one atomic step (another caller may
-        act between them), but a store that can run them in one round trip should: on a
-        queue held at its global concurrency, the worker's next take waits for it.
+        in one call this way, whenever it has completions to record and free slots. The
+        two need not be one atomic step (another caller may act between them), but a
+        store that can run them in one round trip should: while a worker has outcomes
+        to record, its next take waits for this call.
+
+        If it raises, the caller cannot tell whether the completions applied, so no
+        job it took may be left with the caller's token: a store that took jobs after
+        completions that failed hands them back (as :meth:`release_jobs` does) before
+        raising.
         """
         ...
 

@@ -232,8 +232,7 @@ class Worker:
         self._sending = 0
         """How many outcomes the finisher's current store call carries."""
         self._held_by_concurrency = False
-        """Whether a take met the queue's global concurrency (then the worker records
-        its finished jobs before it takes again, in the same store call)."""
+        """Whether a take met the queue's global concurrency."""
         self._reserved = 0
         """Slots promised to a take in flight (the fetch loop's or the finisher's)."""
         self._started = False
@@ -515,10 +514,12 @@ class Worker:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
                 continue
-            if self._held_by_concurrency and backlog:
-                # The queue has a global concurrency, and the store counts finished jobs
-                # as active until their outcomes are recorded: let the finisher record
-                # them (it ends this wait) rather than ask for room not there yet.
+            if backlog and self._finisher_takes():
+                # The finisher records these outcomes and takes the slots they free in
+                # the same store call (COMPLETE AND TAKE); it ends this wait. A take of
+                # its own now would be a second call for the same room, and on a queue
+                # with a global concurrency, which counts finished jobs as active until
+                # they are recorded, would ask for room not there yet.
                 await self._wait_for_work(CONCURRENCY_RECHECK, sleep=True)
                 continue
             now = self._clock()
@@ -579,6 +580,15 @@ class Worker:
             - self._reserved
             - max(0, backlog - 2 * self.concurrency)
         )
+
+    def _finisher_takes(self) -> bool:
+        """Whether the finisher takes the slots it frees (COMPLETE AND TAKE), and the
+        fetch loop waits for it while there are outcomes to record: on a store that runs
+        its calls one at a time, where one call does the work of two; and on a queue
+        held at its global concurrency, where the room a take needs comes from the
+        outcomes recorded. A store with concurrent calls otherwise takes on one
+        connection while it records on another."""
+        return self._held_by_concurrency or not self.store.capabilities.concurrent_calls
 
     def _accept(self, result: TakeResult, token: str) -> bool:
         """Hand the jobs of a take to the slots; whether there were any."""
@@ -834,11 +844,12 @@ class Worker:
                 await self._failed(outcome, ok, now)
 
     async def _complete(self, completions: list[Completion], now: float) -> list[bool] | None:
-        """Record completions; on a queue held at its global concurrency, take the jobs
-        they make room for in the same store call (COMPLETE AND TAKE), since the fetch
-        loop waits for them to be recorded before it takes."""
+        """Record completions; when the finisher takes (see :meth:`_finisher_takes`),
+        take jobs for the slots free now in the same store call (COMPLETE AND TAKE):
+        one call (one transaction, one round trip) where a completion and a take of
+        their own were two."""
         free = self._free_slots()
-        if not self._held_by_concurrency or self._closing or self._fetch_done or free <= 0:
+        if not self._finisher_takes() or self._closing or self._fetch_done or free <= 0:
             return await self._finish_call(self.store.complete_jobs, completions, now)
         token = new_id()
         self._reserved += free

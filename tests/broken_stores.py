@@ -98,7 +98,29 @@ class HandsJobsOutTwice(MemoryStore):
         return result
 
 
-class IgnoresLockTokens(MemoryStore):
+class _CompletesThroughCompleteJobs(MemoryStore):
+    """COMPLETE AND TAKE as two calls of this store, so a defect of ``complete_jobs``
+    reaches a worker's combined calls too."""
+
+    async def complete_and_take(
+        self,
+        queue: str,
+        completions: Sequence[Completion],
+        now: float,
+        *,
+        limit: int,
+        token: str,
+        lock_until: float,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> tuple[list[bool], TakeResult]:
+        applied = await self.complete_jobs(queue, completions, now)
+        taken = await self.take_jobs(
+            queue, limit=limit, token=token, lock_until=lock_until, now=now, rate_limit=rate_limit
+        )
+        return applied, taken
+
+
+class IgnoresLockTokens(_CompletesThroughCompleteJobs):
     """Defect: any token opens any lock.
 
     Every transition of an active job goes through with whatever token it carries, so a
@@ -363,7 +385,7 @@ class RetryForgetsRunningParents(MemoryStore):
         self._engine = _RetrySkippingRunningParents(self._backend)
 
 
-class ReleasesActiveParents(MemoryStore):
+class ReleasesActiveParents(_CompletesThroughCompleteJobs):
     """Defect: a child's completion releases its parent even while the parent is still
     ``active`` (a step job whose handler runs), so the running job is handed back to
     ``waiting`` under its handler and runs twice."""

@@ -372,17 +372,25 @@ async def test_failed_jobs_can_be_retried_and_cleaned(store: MemoryStore) -> Non
 
 
 class FlakyStore(MemoryStore):
-    """A memory store whose first ``complete_jobs`` call fails as a lost connection would."""
+    """A memory store whose first call recording completions (``complete_jobs`` or
+    ``complete_and_take``) fails as a lost connection would, changing nothing."""
 
     def __init__(self) -> None:
         super().__init__()
         self.failures_left = 1
 
-    async def complete_jobs(self, queue: str, completions: Any, now: float) -> list[bool]:
+    def _flake(self) -> None:
         if self.failures_left:
             self.failures_left -= 1
             raise ConnectionError("connection reset")
+
+    async def complete_jobs(self, queue: str, completions: Any, now: float) -> list[bool]:
+        self._flake()
         return await super().complete_jobs(queue, completions, now)
+
+    async def complete_and_take(self, *args: Any, **kwargs: Any) -> Any:
+        self._flake()
+        return await super().complete_and_take(*args, **kwargs)
 
 
 async def test_completion_is_sent_again_after_a_transient_store_error() -> None:
@@ -468,3 +476,20 @@ async def test_a_worker_at_the_global_concurrency_records_and_takes_in_one_call(
         assert most == 3, "the queue's limit holds with takes made by the finisher"
         assert store.combined > 0, "finished jobs were recorded and new ones taken in one call"
         assert (await queue.get_job_counts())["active"] == 0
+
+
+async def test_a_worker_records_its_finished_jobs_and_takes_more_in_one_call() -> None:
+    async with _CountsCombinedTakes() as store:
+        queue = Queue("plain", store=store)
+        jobs = await queue.add_bulk([{"name": "n", "data": i} for i in range(40)])
+
+        async def handle(job: Job) -> int:
+            await anyio.sleep(0.001)
+            return int(job.data)
+
+        async with Worker("plain", handle, store=store, concurrency=4, **FAST):
+            with anyio.fail_after(10):
+                results = [await job.wait_until_finished(timeout=10) for job in jobs]
+        assert results == list(range(40))
+        assert store.combined > 0, "finished jobs were recorded and new ones taken in one call"
+        assert (await queue.get_job_counts())["completed"] == 40

@@ -685,3 +685,39 @@ async def test_same_answers_as_the_reference_engine(store: RedisStore, seed: int
             ], queue
             await mem_sub.aclose()
             await redis_sub.aclose()
+
+
+class _CompletionsFail(RedisStore):
+    """A Redis store whose completions fail after they were sent (as a lost reply would
+    look), so the take sent with them in COMPLETE AND TAKE has run."""
+
+    async def complete_jobs(self, queue: str, completions: Any, now: float) -> list[bool]:
+        await anyio.sleep(0.05)  # the take, sent after, runs on the server meanwhile
+        raise ConnectionError("reply lost")
+
+
+async def test_complete_and_take_that_raises_leaves_no_job_under_the_callers_token(
+    redis_url: str, redis_prefix: str
+) -> None:
+    now = 1_000.0
+    try:
+        async with _CompletionsFail(redis_url, prefix=redis_prefix) as store:
+            await store.add_jobs([[job("a")], [job("b")], [job("c")]], now)
+            assert await take(store, "q", now, limit=1) == ["a"]
+            with pytest.raises(ConnectionError, match="reply lost"):
+                await store.complete_and_take(
+                    "q", [Completion("a", "tok", "1")], now, limit=2, token="t2",
+                    lock_until=now + 30,
+                )  # fmt: skip
+            # What the take got is back in waiting, with no attempt counted.
+            for job_id in ("b", "c"):
+                record = await store.get_job("q", job_id)
+                assert record is not None
+                assert (record.state, record.attempts_made, record.lock_token) == (
+                    WAITING,
+                    0,
+                    None,
+                )
+            assert await take(store, "q", now + 1) == ["b", "c"]
+    finally:
+        await _delete_prefix(redis_url, redis_prefix)

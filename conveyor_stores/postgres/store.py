@@ -264,7 +264,11 @@ class _Operations:
         raise NotImplementedError
 
     capabilities = StoreCapabilities(
-        shared=True, cross_process_events=True, blocking_wakeup=True, transactional_enqueue=True
+        shared=True,
+        cross_process_events=True,
+        blocking_wakeup=True,
+        concurrent_calls=True,
+        transactional_enqueue=True,
     )
 
     def _events_store(self) -> PostgresStore:

@@ -1068,17 +1068,30 @@ class RedisStore:
         lock_until: float,
         rate_limit: tuple[int, float] | None = None,
     ) -> tuple[list[bool], TakeResult]:
-        # Two scripts, one after the other: each is atomic, and a take of its own keeps
-        # the Lua of a take in one place.
-        applied = await self.complete_jobs(queue, completions, now)
-        taken = await self.take_jobs(
-            queue,
-            limit=limit,
-            token=token,
-            lock_until=lock_until,
-            now=now,
-            rate_limit=rate_limit,
+        # Two scripts, each atomic (a take of its own keeps the Lua of a take in one
+        # place), sent together: calls on the connection are written and answered in
+        # order, so the server runs the completions first, in one round trip for both.
+        completing = asyncio.ensure_future(self.complete_jobs(queue, completions, now))
+        taking = asyncio.ensure_future(
+            self.take_jobs(
+                queue,
+                limit=limit,
+                token=token,
+                lock_until=lock_until,
+                now=now,
+                rate_limit=rate_limit,
+            )
         )
+        applied, taken = await asyncio.gather(completing, taking, return_exceptions=True)
+        if isinstance(applied, BaseException):
+            if isinstance(taken, TakeResult) and taken.jobs:
+                # Nobody will run what the take got: hand it back, no attempt counted.
+                releases = [Release(job.id, token) for job in taken.jobs]
+                with contextlib.suppress(Exception):
+                    await self.release_jobs(queue, releases, now)
+            raise applied
+        if isinstance(taken, BaseException):
+            raise taken
         return applied, taken
 
     async def fail_jobs(self, queue: str, failures: Sequence[Failure], now: float) -> list[bool]:
