@@ -406,3 +406,69 @@ async def test_frozen_server_calls_end_in_bounded_time_and_close_returns() -> No
                 assert job.return_value == "1"
             other_job = await after.get_job("frozen", second)
             assert other_job is not None and other_job.state is JobState.ACTIVE
+
+
+async def _catalog(conn: Any, schema: str) -> set[tuple[str, ...]]:
+    """Every function, trigger, column and index of ``schema``, with the schema's name
+    and its notification channel written as placeholders."""
+    from conveyor_stores.postgres.store import channel_for
+
+    def plain(text: str) -> str:
+        return text.replace(channel_for(schema), "@CHANNEL").replace(schema, "@S")
+
+    rows: set[tuple[str, ...]] = set()
+    for r in await conn.fetch(
+        "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
+        schema,
+    ):
+        rows.add(("function", r[0], plain(r[1])))
+    for r in await conn.fetch(
+        "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
+        "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND NOT t.tgisinternal",
+        schema,
+    ):
+        rows.add(("trigger", r[0], plain(r[1])))
+    for r in await conn.fetch(
+        "SELECT table_name, column_name, data_type, coalesce(column_default, '') "
+        "FROM information_schema.columns WHERE table_schema = $1",
+        schema,
+    ):
+        rows.add(("column", *(plain(str(v)) for v in r)))
+    for r in await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1", schema
+    ):
+        rows.add(("index", r[0], plain(r[1])))
+    return rows
+
+
+async def test_a_new_schema_installs_the_functions_only_where_needed_and_ends_the_same(
+    pg_dsn: str,
+) -> None:
+    from conveyor_stores.postgres import schema as sql_schema
+    from conveyor_stores.postgres.store import STALLED_REASON, channel_for
+
+    planned, full = (f"conveyor_plan_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        # Every step's whole text, each function install included.
+        await conn.execute(f'CREATE SCHEMA "{full}"')
+        await conn.execute(f'CREATE TABLE "{full}".schema_version (version integer NOT NULL)')
+        for _, text in MIGRATIONS:
+            await conn.execute(sql_schema.render(text, full, channel_for(full), STALLED_REASON))
+        assert await migrate(conn, planned) == 0
+        installs = [
+            text.count(sql_schema.all_functions_sql())
+            for _, text in sql_schema.plan(list(MIGRATIONS))
+        ]
+        assert 1 <= sum(installs) < len(MIGRATIONS), "a new schema skips needless installs"
+        planned_catalog = await _catalog(conn, planned)
+        assert planned_catalog == await _catalog(conn, full)
+        assert sum(1 for row in planned_catalog if row[0] == "function") == len(
+            sql_schema.FUNCTIONS
+        )
+    finally:
+        for name in (planned, full):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()

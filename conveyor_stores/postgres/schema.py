@@ -165,6 +165,51 @@ MIGRATIONS: list[tuple[int, str]] = [
 
 LATEST = MIGRATIONS[-1][0]
 
+_DROP_FUNCTION = re.compile(r"DROP FUNCTION IF EXISTS @S\.\w+\([^)]*\)")
+_CALL = re.compile(r"@S\.(\w+)\s*\(")
+
+
+def _needs_functions(sql: str) -> bool:
+    """Whether a migration's text creates a trigger on a function or calls one of the
+    functions (naming one to drop an old signature is not a need)."""
+    if "EXECUTE FUNCTION" in sql:
+        return True
+    names = set(FUNCTIONS)
+    return any(name in names for name in _CALL.findall(_DROP_FUNCTION.sub("", sql)))
+
+
+def plan(steps: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The ``(version, sql)`` to run for ``steps`` (pending :data:`MIGRATIONS`, in
+    order), with the function installs no statement needs left out.
+
+    Each step installs every function (:func:`all_functions_sql`), always the same text,
+    so when several steps run, as for a new schema, an install is needed only where a
+    later statement creates a trigger on a function or calls one, and once at the end;
+    an install after which nothing dropped a function is not repeated. Every statement
+    that needs the functions sees the versions it would see with every install run."""
+    functions = all_functions_sql()
+    out: list[tuple[int, str]] = []
+    pending = False  # an install was skipped since the last one run
+    current = False  # the functions are installed and none was dropped since
+    for version, text in steps:
+        chunks: list[str] = []
+        for index, part in enumerate(text.split(functions)):
+            if index and not current:
+                pending = True
+            if not part.strip():
+                continue
+            if pending and _needs_functions(part):
+                chunks.append(functions)
+                pending, current = False, True
+            chunks.append(part)
+            if "DROP FUNCTION" in part:
+                current = False
+        out.append((version, "".join(chunks)))
+    if pending and out:
+        last, text = out[-1]
+        out[-1] = (last, text + functions)
+    return out
+
 
 def quote_ident(name: str) -> str:
     """``name`` validated against :data:`SCHEMA_NAME` and double-quoted for SQL."""

@@ -1663,10 +1663,11 @@ async def migrate(conn: Any, schema: str) -> int:
         )
         current = await conn.fetchval(f"SELECT max(version) FROM {quoted}.schema_version")
         before = int(current or 0)
-        for version, text in sql_schema.MIGRATIONS:
-            if version > before:
+        pending = [(version, text) for version, text in sql_schema.MIGRATIONS if version > before]
+        for version, text in sql_schema.plan(pending):
+            if text:
                 await conn.execute(sql_schema.render(text, schema, channel, STALLED_REASON))
-                await conn.execute(
-                    f"INSERT INTO {quoted}.schema_version (version) VALUES ($1)", version
-                )
+            await conn.execute(
+                f"INSERT INTO {quoted}.schema_version (version) VALUES ($1)", version
+            )
     return before
