@@ -160,6 +160,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (11, all_functions_sql() + migration_sql("0010_groups_triggers")),
     # COMPLETE AND TAKE: a new function, no table changes.
     (12, all_functions_sql()),
+    (13, migration_sql("0013_deps_deletes_uncounted") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one."""
 

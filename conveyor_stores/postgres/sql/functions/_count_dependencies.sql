@@ -3,6 +3,8 @@
 -- ran it. (``pending`` is moved by the transitions themselves: RELEASE CHECK reads it
 -- under the parent's row lock.) Parents are updated one at a time in key order, the
 -- order in which complete_jobs locks them, so two transactions never deadlock here.
+-- Deleting records moves no counter: a record is deleted while pending (a dropped or
+-- removed dependency; a retry makes a record pending again first) or with its parent.
 CREATE OR REPLACE FUNCTION @S._count_dependencies() RETURNS trigger LANGUAGE plpgsql
 @PLANNER AS $$
 DECLARE
@@ -19,20 +21,7 @@ BEGIN
             UPDATE @S.jobs SET deps_processed = deps_processed + r.p
             WHERE queue = r.pq AND id = r.pid;
         END LOOP;
-    ELSIF TG_OP = 'DELETE' THEN
-        FOR r IN
-            SELECT parent_queue AS pq, parent_id AS pid,
-                   count(*) FILTER (WHERE status = 'processed')::integer AS p,
-                   count(*) FILTER (WHERE status = 'failed')::integer AS f,
-                   count(*) FILTER (WHERE status = 'ignored')::integer AS i
-            FROM old_rows WHERE status <> 'pending'
-            GROUP BY parent_queue, parent_id ORDER BY parent_queue, parent_id
-        LOOP
-            UPDATE @S.jobs SET deps_processed = deps_processed - r.p,
-                deps_failed = deps_failed - r.f, deps_ignored = deps_ignored - r.i
-            WHERE queue = r.pq AND id = r.pid;
-        END LOOP;
-    ELSE
+    ELSIF TG_OP = 'UPDATE' THEN
         FOR r IN
             SELECT pq, pid, sum(p)::integer AS p, sum(f)::integer AS f, sum(i)::integer AS i
             FROM (
