@@ -389,6 +389,9 @@ class _Workspace:
             return None, ""
         finally:
             self.running = None
+        if self.stopped:
+            # Killed by stop(): its exit code says nothing of the mutant.
+            raise RuntimeError("the run was stopped")
         return proc.returncode, output
 
 
@@ -601,6 +604,8 @@ def run(
             pool.shutdown(wait=False, cancel_futures=True)
             for space in spaces:
                 space.stop()
+            # The runs in progress end at once; nothing is written after this returns.
+            pool.shutdown(wait=True)
             raise
         pool.shutdown()
     return Report(target.name, outcomes, dict(equivalent or {}), coverage.seconds)

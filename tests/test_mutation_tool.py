@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
+import signal
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -230,6 +234,39 @@ def test_a_ledger_keeps_kills_across_runs_while_file_and_killing_test_stay(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_stopped_run_writes_no_verdict_for_the_mutant_it_was_running(tmp_path: Path) -> None:
+    started = tmp_path / "started.txt"
+    slow = WEAK_SUITE + textwrap.dedent(
+        f"""
+
+        def test_slowly() -> None:
+            with open({str(started)!r}, "a") as out:
+                out.write("run\\n")
+            import time
+
+            time.sleep(5)
+            assert passes(51, 50)
+        """
+    )
+    target = _project(tmp_path, slow)
+    (boundary,) = [
+        m for m in PythonMutator().mutants(SOURCE, target.path) if m.mutated == "score > mark"
+    ]
+
+    def interrupt_in_the_mutants_run() -> None:
+        # The unmutated run writes the first line, the mutant's run the second.
+        while not started.exists() or len(started.read_text().splitlines()) < 2:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    path = tmp_path / "ledger.jsonl"
+    threading.Thread(target=interrupt_in_the_mutants_run, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run(target, [boundary], ledger=Ledger(path, "clamp"), timeout=120)
+    assert not path.exists() or boundary.id not in Ledger(path, "clamp").entries
+
+
 def test_a_suite_failing_without_mutants_is_refused(tmp_path: Path) -> None:
     broken = _project(tmp_path, WEAK_SUITE + "\n\ndef test_wrong() -> None:\n    assert False\n")
     mutants = PythonMutator().mutants(SOURCE, broken.path)[:1]
