@@ -204,9 +204,12 @@ class DependencyCountTests:
         # a child leaving its parent
         assert await jobs["leaving"].remove_child_dependency() is True
         assert await _counts_agree(parent) == DependencyCounts(processed=1, unprocessed=3)
+        # a completed child run again from scratch takes its result back: pending again
+        assert await env.queue(work).retry_jobs(COMPLETED) == 1
+        assert await _counts_agree(parent) == DependencyCounts(unprocessed=4)
         # obliterating the children's queue resolves their pending dependencies
         await env.queue(work).obliterate(force=True)
-        assert await _counts_agree(parent) == DependencyCounts(processed=1, unprocessed=1)
+        assert await _counts_agree(parent) == DependencyCounts(unprocessed=1)
         assert await env.state(parent) is WAITING_CHILDREN
 
     async def test_counts_follow_the_fail_and_continue_policies(self, env: Harness) -> None:
@@ -236,6 +239,10 @@ class DependencyCountTests:
         # continue: the failed child is recorded failed, the sibling still pending
         assert await _counts_agree(going_on.job) == DependencyCounts(failed=1, unprocessed=1)
         assert await env.state(going_on.job) is WAITING
+        # the failed child retried is pending again, and its parent waits for it
+        await jobs["bad2"].retry()
+        assert await _counts_agree(going_on.job) == DependencyCounts(unprocessed=2)
+        assert await env.state(going_on.job) is WAITING_CHILDREN
 
 
 class LeavingFlowTests:
