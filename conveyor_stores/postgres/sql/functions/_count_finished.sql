@@ -1,4 +1,3 @@
--- Deletes a job with its log and the dependency records it holds as a parent.
 -- Adds n finished jobs of kind k to the queue's count of the minute of now. Counts are
 -- spread over a few rows per minute (by server process), so concurrent transactions
 -- finishing jobs of one queue do not wait on one row; a new row also drops the minutes
