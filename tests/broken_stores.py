@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -103,21 +104,10 @@ class _CompletesThroughCompleteJobs(MemoryStore):
     reaches a worker's combined calls too."""
 
     async def complete_and_take(
-        self,
-        queue: str,
-        completions: Sequence[Completion],
-        now: float,
-        *,
-        limit: int,
-        token: str,
-        lock_until: float,
-        rate_limit: tuple[int, float] | None = None,
+        self, queue: str, completions: Sequence[Completion], now: float, **take: Any
     ) -> tuple[list[bool], TakeResult]:
         applied = await self.complete_jobs(queue, completions, now)
-        taken = await self.take_jobs(
-            queue, limit=limit, token=token, lock_until=lock_until, now=now, rate_limit=rate_limit
-        )
-        return applied, taken
+        return applied, await self.take_jobs(queue, now=now, **take)
 
 
 class IgnoresLockTokens(_CompletesThroughCompleteJobs):
@@ -517,24 +507,9 @@ class TakesBeforeCompleting(MemoryStore):
     """
 
     async def complete_and_take(
-        self,
-        queue: str,
-        completions: Sequence[Completion],
-        now: float,
-        *,
-        limit: int,
-        token: str,
-        lock_until: float,
-        rate_limit: tuple[int, float] | None = None,
+        self, queue: str, completions: Sequence[Completion], now: float, **take: Any
     ) -> tuple[list[bool], TakeResult]:
-        taken = await self.take_jobs(
-            queue,
-            limit=limit,
-            token=token,
-            lock_until=lock_until,
-            now=now,
-            rate_limit=rate_limit,
-        )
+        taken = await self.take_jobs(queue, now=now, **take)
         return await self.complete_jobs(queue, completions, now), taken
 
 
