@@ -18,7 +18,7 @@ from conveyor_core import (
     StoreUnavailableError,
     Worker,
 )
-from conveyor_core.store import EventRecord, EventSubscription, NewJob
+from conveyor_core.store import Completion, EventRecord, EventSubscription, Failure, NewJob
 from conveyor_stores import open_store
 from conveyor_stores.sqlite import SQLiteStore
 from conveyor_stores.sqlite.schema import SCHEMA_VERSION
@@ -102,6 +102,44 @@ async def test_schema_version_is_recorded_and_a_reopen_migrates_nothing(
     with sqlite3.connect(sqlite_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_file_written_before_lanes_counted_finished_jobs_keeps_its_group_counts(
+    sqlite_path: str,
+) -> None:
+    async with SQLiteStore(sqlite_path) as store:
+        queue = Queue("mail", store=store)
+        for group in ("a", "a", "b", "c"):
+            await queue.add("send", None, {"group_id": group})
+        now = time.time()
+        taken = await store.take_jobs("mail", limit=4, token="t", lock_until=now + 60, now=now)
+        ids = [job.id for job in taken.jobs]
+        assert len(ids) == 4
+        await store.complete_jobs("mail", [Completion(i, "t", "null") for i in ids[:2]], now)
+        await store.fail_jobs("mail", [Failure(ids[2], "t", "broke")], now)
+        expected = await queue.get_group_counts()
+    # Take the file back one schema version: the group index over every state, and
+    # lanes that count only waiting jobs.
+    with sqlite3.connect(sqlite_path, isolation_level=None) as conn:
+        conn.execute("DROP INDEX jobs_group")
+        conn.execute(
+            "CREATE INDEX jobs_group ON jobs (queue, group_id, state, order_key) "
+            "WHERE group_id IS NOT NULL"
+        )
+        conn.execute("ALTER TABLE lanes DROP COLUMN completed")
+        conn.execute("ALTER TABLE lanes DROP COLUMN failed")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    async with SQLiteStore(sqlite_path) as store:
+        assert store.migrations_applied == 1
+        queue = Queue("mail", store=store)
+        assert await queue.get_group_counts() == expected
+        assert sum(counts["completed"] for counts in expected.values()) == 2
+        assert sum(counts["failed"] for counts in expected.values()) == 1
+        # Counting goes on from there: the last active job completes.
+        await store.complete_jobs("mail", [Completion(ids[3], "t", "null")], now)
+        counts = await queue.get_group_counts()
+        assert sum(c["completed"] for c in counts.values()) == 3
+        assert sum(c["active"] for c in counts.values()) == 0
 
 
 async def test_a_file_from_a_newer_version_is_refused(sqlite_path: str) -> None:

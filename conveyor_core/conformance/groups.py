@@ -341,6 +341,35 @@ class GroupTests:
         assert await other.get_group_counts() == counts
         assert (await queue.get_job_counts())["active"] == 1  # the own lane's job
 
+    async def test_group_counts_follow_finished_jobs_retried_removed_and_cleaned(
+        self, env: Harness
+    ) -> None:
+        queue = Queue(env.name("groups-finished"), store=env.store, clock=lambda: T0)
+        a = await _add(queue, "a", 3)
+        b = await _add(queue, "b", 2)
+        assert len(await _take(queue, 5)) == 5
+        await _complete(queue, a)
+        assert await env.store.fail_jobs(
+            queue.name, [Failure(job_id, "tok", "broke") for job_id in b], T0
+        ) == [True, True]
+        assert await queue.get_group_counts() == {
+            "a": {**_zero(), "completed": 3},
+            "b": {**_zero(), "failed": 2},
+        }
+        # One failed job runs again: it leaves the failed count for waiting.
+        await (await queue.get_job(b[0])).retry()  # type: ignore[union-attr]
+        assert (await queue.get_group_counts())["b"] == {**_zero(), "waiting": 1, "failed": 1}
+        await (await queue.get_job(a[0])).remove()  # type: ignore[union-attr]
+        assert (await queue.get_group_counts())["a"] == {**_zero(), "completed": 2}
+        # A group whose last jobs are cleaned away is no longer listed.
+        await queue.clean(0, 10, JobState.COMPLETED)
+        other = Queue(queue.name, store=env.second_store)
+        assert await other.get_group_counts() == {"b": {**_zero(), "waiting": 1, "failed": 1}}
+        assert await _take(queue, 1) == [("b", 0)]
+        await _complete(queue, [b[0]])
+        await queue.clean(0, 10, JobState.FAILED)
+        assert await queue.get_group_counts() == {"b": {**_zero(), "completed": 1}}
+
     async def test_limits_are_read_back_and_bad_ones_refused(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-limits"))
         assert await queue.get_group_limits() == GroupLimits()

@@ -48,6 +48,13 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 Key = tuple[str, str]
 
 _STATES = {state.value: state for state in JobState}
+_LANE_COUNTED = (WAITING, COMPLETED, FAILED)
+_NO_DELTAS = (0, 0, 0)
+"""The states whose jobs a lane counts (``lanes.waiting``, ``completed``, ``failed``):
+waiting for the take, finished for the group counts, which the partial index
+``jobs_group`` leaves out so that finishing a job writes none of its group's pages."""
+_UNFINISHED = "state NOT IN ('completed', 'failed')"
+"""The condition of ``jobs_group``: a query that reads the index repeats it."""
 _LINK_INSERT = (
     "INSERT INTO parent_links (queue, id, seq, parent_queue, parent_id, policy) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -324,7 +331,9 @@ class SQLiteBackend:
         self._keys: dict[tuple[str, str, int, bool], int] = {}
         self._absent: set[Key] = set()
         self._dedup: dict[Key, tuple[str, float | None] | None] = {}
-        self._lane_waiting: dict[Key, int] = {}
+        self._lane_counts: dict[Key, list[int]] = {}
+        """Per lane, how many of its jobs entered (or, negative, left) each of
+        :data:`_LANE_COUNTED` in this transaction."""
         self._lane_put: dict[Key, Lane] = {}
         self._served: dict[str, int] = {}
         self._since_prune = 0
@@ -358,7 +367,7 @@ class SQLiteBackend:
         self._keys.clear()
         self._absent.clear()
         self._dedup.clear()
-        self._lane_waiting.clear()
+        self._lane_counts.clear()
         self._lane_put.clear()
         self._served.clear()
         self.woken.clear()
@@ -489,8 +498,8 @@ class SQLiteBackend:
     def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
         state = job.state
         moved = old_state is not state or requeue or state is DELAYED
-        if job.group_id is not None and (state is WAITING) is not (old_state is WAITING):
-            self._count_waiting(job.queue, job.group_id, 1 if state is WAITING else -1)
+        if job.group_id is not None and state is not old_state:
+            self._count_lane(job.queue, job.group_id, old_state, state)
         if state is DELAYED:
             # A new or moved run time may be earlier than the one idle workers sleep
             # until; waking them makes them take again and learn the new ``next_run_at``.
@@ -509,8 +518,8 @@ class SQLiteBackend:
     def delete(self, queue: str, job_id: str) -> None:
         key = (queue, job_id)
         new = self._new.pop(key, None)
-        if new is not None and new.group_id is not None and new.state is WAITING:
-            self._count_waiting(queue, new.group_id, -1)
+        if new is not None and new.group_id is not None:
+            self._count_lane(queue, new.group_id, new.state, None)
         if new is not None:
             self._new_order.pop(key, None)
             self._new_deps.pop(key, None)
@@ -521,8 +530,8 @@ class SQLiteBackend:
         gone = conn.execute(
             "DELETE FROM jobs WHERE queue = ? AND id = ? RETURNING group_id, state", key
         ).fetchone()
-        if gone is not None and gone[0] is not None and gone[1] == "waiting":
-            self._count_waiting(queue, gone[0], -1)
+        if gone is not None and gone[0] is not None:
+            self._count_lane(queue, gone[0], _STATES[gone[1]], None)
         conn.execute("DELETE FROM logs WHERE queue = ? AND id = ?", key)
         conn.execute("DELETE FROM dependencies WHERE parent_queue = ? AND parent_id = ?", key)
         conn.execute("DELETE FROM parent_links WHERE queue = ? AND id = ?", key)
@@ -549,7 +558,8 @@ class SQLiteBackend:
             "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL "
             "ORDER BY order_key LIMIT 1) "
             "ELSE (SELECT rowid FROM jobs INDEXED BY jobs_group WHERE queue = ?1 "
-            "AND group_id = g.value AND state = 'waiting' ORDER BY order_key LIMIT 1) END",
+            f"AND state = 'waiting' AND group_id = g.value AND {_UNFINISHED} "
+            "ORDER BY order_key LIMIT 1) END",
             (queue, json.dumps(list(groups))),
         ).fetchall()
         found: list[JobRecord | None] = [None] * len(groups)
@@ -561,41 +571,43 @@ class SQLiteBackend:
         """Write the lanes' counts, served numbers and windows, and the queues' last
         served numbers, kept in memory while a transaction takes jobs."""
         conn = self.conn
-        if self._lane_waiting or self._lane_put:
-            # One upsert per lane for both: its waiting count moves by the delta, and a
-            # lane served in this transaction (?4 not NULL) gets its new served number
-            # and window.
-            puts = self._lane_put
+        if self._lane_counts or self._lane_put:
+            # One upsert per lane for both: its counts move by the deltas, and a lane
+            # served in this transaction (?6 not NULL) gets its new served number and
+            # window.
+            counts, puts = self._lane_counts, self._lane_put
             rows = [
                 (
                     q,
                     g,
-                    self._lane_waiting.get((q, g), 0),
+                    *counts.get((q, g), _NO_DELTAS),
                     lane.served,
                     *(lane.window if lane.window else (None, 0)),
                 )
                 for (q, g), lane in puts.items()
             ]
             rows += [
-                (q, g, delta, None, None, None)
-                for (q, g), delta in self._lane_waiting.items()
-                if delta and (q, g) not in puts
+                (q, g, *deltas, None, None, None)
+                for (q, g), deltas in counts.items()
+                if any(deltas) and (q, g) not in puts
             ]
             if rows:
                 conn.executemany(
-                    "INSERT INTO lanes (queue, group_id, waiting, served, window_start, "
-                    "window_count) VALUES (?1, ?2, ?3, coalesce(?4, 0), ?5, coalesce(?6, 0)) "
-                    "ON CONFLICT (queue, group_id) DO UPDATE SET "
+                    "INSERT INTO lanes (queue, group_id, waiting, completed, failed, served, "
+                    "window_start, window_count) VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, 0), "
+                    "?7, coalesce(?8, 0)) ON CONFLICT (queue, group_id) DO UPDATE SET "
                     "waiting = waiting + excluded.waiting, "
-                    "served = CASE WHEN ?4 IS NULL THEN served ELSE excluded.served END, "
-                    "window_start = CASE WHEN ?4 IS NULL THEN window_start "
+                    "completed = completed + excluded.completed, "
+                    "failed = failed + excluded.failed, "
+                    "served = CASE WHEN ?6 IS NULL THEN served ELSE excluded.served END, "
+                    "window_start = CASE WHEN ?6 IS NULL THEN window_start "
                     "ELSE excluded.window_start END, "
-                    "window_count = CASE WHEN ?4 IS NULL THEN window_count "
+                    "window_count = CASE WHEN ?6 IS NULL THEN window_count "
                     "ELSE excluded.window_count END",
                     rows,
                 )
-            self._lane_waiting.clear()
-            self._lane_put.clear()
+            counts.clear()
+            puts.clear()
         if self._served:
             conn.executemany(
                 "INSERT INTO queues (name, served) VALUES (?, ?) "
@@ -639,10 +651,19 @@ class SQLiteBackend:
     def put_lane(self, queue: str, group: str, lane: Lane) -> None:
         self._lane_put[(queue, group)] = lane
 
-    def _count_waiting(self, queue: str, group: str, delta: int) -> None:
-        """A job of ``group`` entered (1) or left (-1) ``waiting``."""
-        key = (queue, group)
-        self._lane_waiting[key] = self._lane_waiting.get(key, 0) + delta
+    def _count_lane(
+        self, queue: str, group: str, old: JobState | None, new: JobState | None
+    ) -> None:
+        """A job of ``group`` went from ``old`` to ``new`` (``None``: it is new, or
+        deleted); the lane's counts of :data:`_LANE_COUNTED` follow."""
+        deltas = self._lane_counts.get((queue, group))
+        if deltas is None:
+            deltas = self._lane_counts[(queue, group)] = [0, 0, 0]
+        for i, counted in enumerate(_LANE_COUNTED):
+            if new is counted:
+                deltas[i] += 1
+            elif old is counted:
+                deltas[i] -= 1
 
     def next_served(self, queue: str) -> int:
         served = self._served.get(queue)
@@ -655,22 +676,39 @@ class SQLiteBackend:
 
     def count_group(self, queue: str, group: str, state: JobState) -> int:
         self._flush()
+        if state is COMPLETED or state is FAILED:
+            self._flush_lanes()
+            row = self.conn.execute(
+                "SELECT completed, failed FROM lanes WHERE queue = ? AND group_id = ?",
+                (queue, group),
+            ).fetchone()
+            return 0 if row is None else int(row[0 if state is COMPLETED else 1])
         row = self.conn.execute(
             "SELECT count(*) FROM jobs INDEXED BY jobs_group "
-            "WHERE queue = ? AND group_id = ? AND state = ?",
-            (queue, group, state.value),
+            f"WHERE queue = ? AND state = ? AND group_id = ? AND {_UNFINISHED}",
+            (queue, state.value, group),
         ).fetchone()
         return int(row[0])
 
     def group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
         self._flush()
+        self._flush_lanes()
+        conn = self.conn
         counts: dict[str, dict[JobState, int]] = {}
-        for group, state, n in self.conn.execute(
+        for group, state, n in conn.execute(
             "SELECT group_id, state, count(*) FROM jobs INDEXED BY jobs_group "
-            "WHERE queue = ? AND group_id IS NOT NULL GROUP BY group_id, state",
+            f"WHERE queue = ? AND group_id IS NOT NULL AND {_UNFINISHED} "
+            "GROUP BY state, group_id",
             (queue,),
         ):
             counts.setdefault(group, {})[_STATES[state]] = int(n)
+        for group, completed, failed in conn.execute(
+            "SELECT group_id, completed, failed FROM lanes "
+            "WHERE queue = ? AND (completed > 0 OR failed > 0)",
+            (queue,),
+        ):
+            finished = counts.setdefault(group, {})
+            finished[COMPLETED], finished[FAILED] = int(completed), int(failed)
         return counts
 
     def group_limits(self, queue: str) -> GroupLimits:

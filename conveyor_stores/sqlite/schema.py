@@ -266,7 +266,38 @@ _V10 = (
     "WHERE group_id IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V7, _V8, _V9, _V10)
+_V11 = (
+    # GROUPS: a group's finished jobs are counted in its lane, and jobs_group holds only
+    # its unfinished jobs, by state first: the jobs a take serves leave their groups'
+    # waiting entries for the one range of active entries, and finishing them writes
+    # that range alone, where it wrote each job's group again.
+    "DROP INDEX jobs_group",
+    "CREATE INDEX jobs_group ON jobs (queue, state, group_id, order_key) "
+    "WHERE group_id IS NOT NULL AND state NOT IN ('completed', 'failed')",
+    "ALTER TABLE lanes ADD COLUMN completed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE lanes ADD COLUMN failed INTEGER NOT NULL DEFAULT 0",
+    """
+    INSERT INTO lanes (queue, group_id, completed, failed)
+    SELECT queue, group_id, sum(state = 'completed'), sum(state = 'failed') FROM jobs
+    WHERE group_id IS NOT NULL AND state IN ('completed', 'failed')
+    GROUP BY queue, group_id
+    ON CONFLICT (queue, group_id) DO UPDATE SET
+        completed = excluded.completed, failed = excluded.failed
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1,
+    _V2,
+    _V3,
+    _V4,
+    _V5,
+    _V7,
+    _V8,
+    _V9,
+    _V10,
+    _V11,
+)
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
