@@ -656,14 +656,17 @@ class SQLiteBackend:
     ) -> None:
         """A job of ``group`` went from ``old`` to ``new`` (``None``: it is new, or
         deleted); the lane's counts of :data:`_LANE_COUNTED` follow."""
+        left = _LANE_COUNTED.index(old) if old in _LANE_COUNTED else -1
+        entered = _LANE_COUNTED.index(new) if new in _LANE_COUNTED else -1
+        if left == entered:
+            return
         deltas = self._lane_counts.get((queue, group))
         if deltas is None:
             deltas = self._lane_counts[(queue, group)] = [0, 0, 0]
-        for i, counted in enumerate(_LANE_COUNTED):
-            if new is counted:
-                deltas[i] += 1
-            elif old is counted:
-                deltas[i] -= 1
+        if left >= 0:
+            deltas[left] -= 1
+        if entered >= 0:
+            deltas[entered] += 1
 
     def next_served(self, queue: str) -> int:
         served = self._served.get(queue)
