@@ -14,6 +14,8 @@ mutant is taken from the ledger, not run again, only while both hold:
 
 A mutant that survived, or whose file or killing test changed, is judged again. So a
 suite that grows keeps its kills, and a survivor is always measured by today's suite.
+Survivors of the same file are judged again last, after the mutants the ledger has no
+verdict for: a run made in parts reaches new mutants first.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class Ledger:
         if entry.killed_by is not None and entry.killed_by not in tests:
             return None
         return entry
+
+    def survived(self, mutant: Mutant, file_digest: str) -> bool:
+        """Whether ``mutant`` survived its last judgement, made on this very file."""
+        entry = self.entries.get(mutant.id)
+        return entry is not None and entry.status == SURVIVED and entry.file_digest == file_digest
 
     def killers(self, scope_of: dict[str, str]) -> dict[str, list[str]]:
         """For each scope (``path`` and ``scope`` of a mutant), the tests that killed its

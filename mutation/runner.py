@@ -576,6 +576,10 @@ def run(
                     )
             killers = ledger.killers({m.id: _scope(m) for m in mutants})
         to_run = [mutant for mutant in mutants if mutant.id not in reused]
+        if ledger is not None:
+            # Survivors last (see mutation.ledger): they take the longest, and a run made
+            # in parts would otherwise spend each part on them again before going on.
+            to_run.sort(key=lambda mutant: ledger.survived(mutant, digests[mutant.path]))
         free: SimpleQueue[_Workspace] = SimpleQueue()
         for space in spaces:
             free.put(space)

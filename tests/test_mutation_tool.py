@@ -235,6 +235,26 @@ def test_a_ledger_keeps_kills_across_runs_while_file_and_killing_test_stay(
 
 @pytest.mark.slow
 @pytest.mark.slow
+def test_a_ledger_run_judges_new_mutants_before_its_survivors(tmp_path: Path) -> None:
+    weak = _project(tmp_path, WEAK_SUITE)
+    mutants = {(m.original, m.mutated): m for m in PythonMutator().mutants(SOURCE, weak.path)}
+    survivor = mutants[("score >= mark", "score > mark")]
+    path = tmp_path / "ledger.jsonl"
+    first = run(weak, [survivor], ledger=Ledger(path, "clamp"))
+    assert [o.status for o in first.outcomes] == [SURVIVED]
+    new = mutants[("value < low", "value >= low")]
+    order: list[str] = []
+    again = run(
+        weak,
+        [survivor, new],
+        ledger=Ledger(path, "clamp"),
+        progress=lambda outcome, done, total: order.append(outcome.mutant.id),
+    )
+    assert order == [new.id, survivor.id], "the mutant without a verdict goes first"
+    assert [o.mutant.id for o in again.outcomes] == [survivor.id, new.id], "report order kept"
+
+
+@pytest.mark.slow
 def test_a_stopped_run_writes_no_verdict_for_the_mutant_it_was_running(tmp_path: Path) -> None:
     started = tmp_path / "started.txt"
     slow = WEAK_SUITE + textwrap.dedent(
