@@ -81,7 +81,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Both stop a run cleanly, also one started in the background (where a shell leaves
+    # SIGINT ignored).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         target = targets.TARGETS[args.target](args.store)
         valid, invalid = runner.all_mutants(target)
