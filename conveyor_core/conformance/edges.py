@@ -269,7 +269,12 @@ class EdgeTests:
         await gone.log("gone-line")
         await kept.log("kept-line")
         first = await env.flow.add(
-            {"name": "first", "queue_name": q, "children": [{"name": "a", "queue_name": child_q}]}
+            {
+                "name": "first",
+                "queue_name": q,
+                "opts": {"job_id": "first"},
+                "children": [{"name": "a", "queue_name": child_q}],
+            }
         )
         second = await env.flow.add(
             {"name": "second", "queue_name": q, "children": [{"name": "b", "queue_name": child_q}]}
@@ -283,6 +288,18 @@ class EdgeTests:
         assert [dep.id for dep in deps] == [second.children[0].job.id]
         counts = await second.job.get_dependency_counts()
         assert counts.unprocessed == 1
+        # A new parent with the removed parent's id depends on its own children only.
+        reborn = await env.flow.add(
+            {
+                "name": "first",
+                "queue_name": q,
+                "opts": {"job_id": "first"},
+                "children": [{"name": "c", "queue_name": child_q}],
+            }
+        )
+        deps = await env.store.get_dependencies(q, "first")
+        assert [dep.id for dep in deps] == [reborn.children[0].job.id]
+        assert (await reborn.job.get_dependency_counts()).unprocessed == 1
 
     async def test_a_failed_parent_fails_its_unstarted_descendants_in_other_queues(
         self, env: Harness

@@ -143,8 +143,12 @@ class DeduplicationTests:
         clock = _Clock()
         queue = _queue(env, "dedup-extend", clock)
         first = await queue.add("a", None, _dedup("x", ttl=10, extend=True))
+        other = await queue.add("a", None, _dedup("y", ttl=10))
         clock.now = T0 + 8
         assert (await queue.add("a", None, _dedup("x", ttl=10, extend=True))).id == first.id
+        clock.now = T0 + 12
+        # Only the id added again was extended: the other one's ttl has passed.
+        assert (await queue.add("a", None, _dedup("y", ttl=10))).id != other.id
         clock.now = T0 + 17
         assert (await queue.add("a", None, _dedup("x", ttl=10))).id == first.id
         clock.now = T0 + 27
@@ -155,9 +159,12 @@ class DeduplicationTests:
         queue = _queue(env, "debounce", clock)
         opts = {**_dedup("search", ttl=30, replace=True, extend=True), "delay": 5}
         first = await queue.add("search", {"q": "c"}, opts)
+        bystander = await queue.add("other", {"q": "keep"}, {"delay": 3600})
         clock.now = T0 + 3
         second = await queue.add("search", {"q": "co"}, opts)
         assert second.id == first.id
+        # Only the deduplicated job takes the new data.
+        assert (await queue.get_job(bystander.id)).data == {"q": "keep"}  # type: ignore[union-attr]
         job = await queue.get_job(first.id)
         assert job is not None
         assert job.data == {"q": "co"}
