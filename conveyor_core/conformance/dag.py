@@ -576,7 +576,7 @@ class DagTests:
         queue = env.name("resolve")
         jobs = await env.flow.add_dag(
             [
-                {"id": "shared", "name": "shared", "queue_name": queue},
+                {"id": "shared", "name": "shared", "queue_name": queue, "opts": {"job_id": "s"}},
                 {"id": "p1", "name": "p1", "queue_name": queue, "depends_on": ["shared"]},
                 {"id": "p2", "name": "p2", "queue_name": queue, "depends_on": ["shared"]},
             ]
@@ -585,6 +585,9 @@ class DagTests:
         for name in ("p1", "p2"):
             dependent = await env.wait_state(jobs[name], WAITING)
             assert await dependent.get_children_values() == {}
+        # A new job with the removed one's id has no parent.
+        again = await env.queue(queue).add("shared", None, {"job_id": "s"})
+        assert await again.get_parents() == []
 
     async def test_dag_removing_a_diamond_removes_its_shared_job_once(self, env: Harness) -> None:
         q = env.name("diamond-remove")
