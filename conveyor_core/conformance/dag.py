@@ -337,6 +337,38 @@ class DagTests:
             assert job is not None and job.state is FAILED, name
             assert job.failed_reason == PARENT_FAILED_REASON, name
 
+    async def test_dag_a_shared_job_fails_with_its_last_dependent_whatever_other_queues_hold(
+        self, env: Harness
+    ) -> None:
+        top, bad_q, idle, other = (
+            env.name("top"),
+            env.name("bad"),
+            env.name("idle"),
+            env.name("other"),
+        )
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "bad", "name": "bad", "queue_name": bad_q},
+                # A job of another queue with the shared job's id, failed first in the
+                # same walk: it is not the shared job.
+                {"id": "twin", "name": "twin", "queue_name": other, "opts": {"job_id": "x"}},
+                {"id": "shared", "name": "shared", "queue_name": idle, "opts": {"job_id": "x"}},
+                {"id": "mid", "name": "mid", "queue_name": top, "depends_on": ["shared"]},
+                {
+                    "id": "root",
+                    "name": "root",
+                    "queue_name": top,
+                    "depends_on": ["bad", "twin", "mid", "shared"],
+                },
+            ]
+        )
+        async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["root"], FAILED)
+        for name in ("twin", "mid", "shared"):
+            job = await env.reread(jobs[name])
+            assert job is not None and job.state is FAILED, name
+            assert job.failed_reason == PARENT_FAILED_REASON, name
+
     async def test_dag_a_job_whose_other_dependent_was_removed_fails_with_the_last_one(
         self, env: Harness
     ) -> None:
