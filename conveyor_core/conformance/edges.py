@@ -321,8 +321,21 @@ class EdgeTests:
             }
         )
         jobs = nodes_by_name(node)
-        async with env.workers({mid_q: Runs().handler(fail={"bad"})}):
-            await env.wait_state(jobs["top"], FAILED)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(leaf_q, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            async with env.workers({mid_q: Runs().handler(fail={"bad"})}):
+                await env.wait_state(jobs["top"], FAILED)
+            # Each job failed with its parent publishes its failed event, with the reason.
+            leaf_id = jobs["leaf"].id
+
+            async def leaf_failed() -> bool:
+                return any(e.type == "failed" and e.job_id == leaf_id for e in seen)
+
+            await env.wait_for(leaf_failed, "the failed event of the leaf")
+        failed = next(e for e in seen if e.type == "failed" and e.job_id == leaf_id)
+        assert failed.data.get("reason") == "parent failed"
+        assert not any(e.type == "completed" for e in seen)
         for name in ("mid", "leaf"):
             job = await env.reread(jobs[name])
             assert job is not None and job.state is FAILED, name
