@@ -18,6 +18,7 @@ from conveyor_core.store import (
     DeduplicationKey,
     Failure,
     NewJob,
+    child_failed_reason,
 )
 
 from ._support import Harness, Runs, nodes_by_name
@@ -340,6 +341,32 @@ class EdgeTests:
             job = await env.reread(jobs[name])
             assert job is not None and job.state is FAILED, name
             assert job.failed_reason == "parent failed", name
+
+    async def test_a_failing_child_fails_its_parent_whatever_else_the_parents_queue_holds(
+        self, env: Harness
+    ) -> None:
+        top_q, child_q = env.name("top"), env.name("child")
+        # A finished job of the parent's queue, written before the flow.
+        done = await env.queue(top_q).add("done", None)
+        now = time.time()
+        taken = await env.store.take_jobs(top_q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [done.id]
+        assert await env.store.complete_jobs(top_q, [Completion(done.id, "t", "1")], now) == [True]
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": top_q,
+                "children": [{"name": "child", "queue_name": child_q}],
+            }
+        )
+        child_id = node.children[0].job.id
+        taken = await env.store.take_jobs(child_q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [child_id]
+        assert await env.store.fail_jobs(child_q, [Failure(child_id, "t", "broke")], now) == [True]
+        parent = await env.reread(node.job)
+        assert parent is not None and parent.state is FAILED
+        assert parent.failed_reason == child_failed_reason(child_id, "broke")
+        assert await env.state(done) is COMPLETED
 
     async def test_a_child_failed_with_its_parent_applies_its_failed_retention(
         self, env: Harness
