@@ -416,8 +416,20 @@ class DagTests:
                 },
             ]
         )
-        async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
-            await env.wait_state(jobs["bad"], FAILED)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(top, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
+                await env.wait_state(jobs["bad"], FAILED)
+            removing_id = jobs["removing"].id
+
+            async def removed() -> bool:
+                return any(e.type == "removed" and e.job_id == removing_id for e in seen)
+
+            await env.wait_for(removed, "the removed event of the removing dependent")
+        # Each dependent's outcome is published once, whatever the links after it do.
+        released = [e for e in seen if e.type == "waiting" and e.job_id == jobs["ignoring"].id]
+        assert len(released) == 1, seen
         ignoring = await env.wait_state(jobs["ignoring"], WAITING)
         assert list(await ignoring.get_ignored_children_failures()) == [jobs["bad"].id]
         failing = await env.wait_state(jobs["failing"], FAILED)

@@ -306,6 +306,34 @@ class FlowPolicyTests:
         assert await env.state(jobs["parent"]) is COMPLETED
         assert runs.order.count("parent") == 0 and runs.order.count("later") == 1
 
+    async def test_a_child_failing_after_its_released_parent_completed_leaves_it_completed(
+        self, env: Harness
+    ) -> None:
+        parent_q, child_q, later_q = env.name("parent"), env.name("child"), env.name("later")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {
+                        "name": "bad",
+                        "queue_name": child_q,
+                        "opts": {"continue_parent_on_failure": True},
+                    },
+                    {"name": "late", "queue_name": later_q},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        async with env.workers({child_q: Runs().handler(fail={"bad"}), parent_q: _report}):
+            await env.wait_state(jobs["parent"], COMPLETED)
+        # The other child fails by the "fail" policy, but its parent has finished.
+        async with env.workers({later_q: Runs().handler(fail={"late"})}):
+            await env.wait_state(jobs["late"], FAILED)
+        parent = await env.reread(jobs["parent"])
+        assert parent is not None and parent.state is COMPLETED
+        assert parent.failed_reason is None
+
     async def test_child_flag_overrides_parent_policy(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
         strict = nodes_by_name(
