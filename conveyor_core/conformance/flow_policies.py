@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from conveyor_core import Job, JobState
+from conveyor_core import Job, JobState, QueueEvent, QueueEvents
 from conveyor_core.store import PARENT_FAILED_REASON, child_failed_reason
 
 from ._support import Harness, Runs, nodes_by_name
@@ -333,6 +333,62 @@ class FlowPolicyTests:
         parent = await env.reread(jobs["parent"])
         assert parent is not None and parent.state is COMPLETED
         assert parent.failed_reason is None
+
+    async def test_a_released_parent_not_yet_run_fails_when_another_child_fails(
+        self, env: Harness
+    ) -> None:
+        # Released early by a "continue" child, a parent still waiting (or delayed) is
+        # failed by the next child that fails under "fail", publishes it, and its
+        # retention applies.
+        parent_q, child_q, later_q = env.name("parent"), env.name("child"), env.name("later")
+        flows: dict[str, dict[str, Job]] = {}
+        seen: list[QueueEvent] = []
+        async with QueueEvents(parent_q, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            for name, opts in (
+                ("waits", {}),
+                ("delayed", {"delay": 3600}),
+                ("gone", {"remove_on_fail": True}),
+            ):
+                node = await env.flow.add(
+                    {
+                        "name": name,
+                        "queue_name": parent_q,
+                        "opts": opts,
+                        "children": [
+                            {
+                                "name": "bad",
+                                "queue_name": child_q,
+                                "opts": {"continue_parent_on_failure": True},
+                            },
+                            {"name": "late", "queue_name": later_q},
+                        ],
+                    }
+                )
+                flows[name] = nodes_by_name(node)
+            async with env.workers({child_q: Runs().handler(fail={"bad"})}):
+                await env.wait_state(flows["waits"]["waits"], WAITING)
+                await env.wait_state(flows["delayed"]["delayed"], JobState.DELAYED)
+                await env.wait_state(flows["gone"]["gone"], WAITING)
+            async with env.workers({later_q: Runs().handler(fail={"late"})}):
+                for name in flows:
+                    await env.wait_state(flows[name]["late"], FAILED)
+            parent_ids = {flows[name][name].id for name in flows}
+
+            async def all_failed() -> bool:
+                return parent_ids <= {e.job_id for e in seen if e.type == "failed"}
+
+            await env.wait_for(all_failed, "a failed event for each parent")
+        for name in ("waits", "delayed"):
+            parent = await env.reread(flows[name][name])
+            assert parent is not None and parent.state is FAILED, name
+            assert parent.failed_reason is not None
+            assert parent.failed_reason.startswith(f"child {flows[name]['late'].id} failed")
+        assert await env.reread(flows["gone"]["gone"]) is None, "removed on failure"
+        for event in seen:
+            if event.type == "failed":
+                assert str(event.data.get("reason", "")).startswith("child "), event
+        assert not any(e.type == "completed" for e in seen)
 
     async def test_child_flag_overrides_parent_policy(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
