@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from conveyor_core import FlowProducer, Job, JobState, Queue, Worker
+from conveyor_core import FlowProducer, Job, JobState, Queue, QueueEvent, Worker
 from conveyor_core.store import StoreInterface
 
 Handler = Callable[[Job], Awaitable[Any]]
@@ -148,6 +148,20 @@ class Harness:
             if time.monotonic() >= deadline:
                 raise AssertionError(f"timed out after {limit:g}s waiting for {what}")
             await anyio.sleep(POLL_INTERVAL)
+
+    async def wait_seen(
+        self, seen: list[QueueEvent], wanted: Callable[[QueueEvent], bool], what: str
+    ) -> QueueEvent:
+        """Wait until an event of ``seen`` (a listener's list) is ``wanted``; returns the
+        first such event."""
+        found: list[QueueEvent] = []
+
+        async def arrived() -> bool:
+            found.extend(event for event in seen if wanted(event))
+            return bool(found)
+
+        await self.wait_for(arrived, what)
+        return found[0]
 
     async def wait_state(self, job: Job, *states: JobState, timeout: float | None = None) -> Job:
         """Wait until ``job`` is in one of ``states``; returns it re-read."""

@@ -421,12 +421,11 @@ class DagTests:
             listener.on("*", seen.append)
             async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
                 await env.wait_state(jobs["bad"], FAILED)
-            removing_id = jobs["removing"].id
-
-            async def removed() -> bool:
-                return any(e.type == "removed" and e.job_id == removing_id for e in seen)
-
-            await env.wait_for(removed, "the removed event of the removing dependent")
+            await env.wait_seen(
+                seen,
+                lambda e: e.type == "removed" and e.job_id == jobs["removing"].id,
+                "the removed event of the removing dependent",
+            )
         # Each dependent's outcome is published once, whatever the links after it do.
         released = [e for e in seen if e.type == "waiting" and e.job_id == jobs["ignoring"].id]
         assert len(released) == 1, seen

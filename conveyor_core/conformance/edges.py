@@ -328,13 +328,11 @@ class EdgeTests:
             async with env.workers({mid_q: Runs().handler(fail={"bad"})}):
                 await env.wait_state(jobs["top"], FAILED)
             # Each job failed with its parent publishes its failed event, with the reason.
-            leaf_id = jobs["leaf"].id
-
-            async def leaf_failed() -> bool:
-                return any(e.type == "failed" and e.job_id == leaf_id for e in seen)
-
-            await env.wait_for(leaf_failed, "the failed event of the leaf")
-        failed = next(e for e in seen if e.type == "failed" and e.job_id == leaf_id)
+            failed = await env.wait_seen(
+                seen,
+                lambda e: e.type == "failed" and e.job_id == jobs["leaf"].id,
+                "the failed event of the leaf",
+            )
         assert failed.data.get("reason") == "parent failed"
         assert not any(e.type == "completed" for e in seen)
         for name in ("mid", "leaf"):

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from conveyor_core import Job, QueueEvent, QueueEvents
 
 from ._support import Harness
-
-
-async def _wait_seen(
-    env: Harness, seen: list[QueueEvent], wanted: Callable[[QueueEvent], bool], what: str
-) -> QueueEvent:
-    found: list[QueueEvent] = []
-
-    async def arrived() -> bool:
-        found.extend(event for event in seen if wanted(event))
-        return bool(found)
-
-    await env.wait_for(arrived, what)
-    return found[0]
 
 
 class EventTests:
@@ -47,14 +33,12 @@ class EventTests:
             good = await queue.add("good", {"n": 1}, {"job_id": "watched"})
             bad = await queue.add("bad", None, {"job_id": "doomed"})
             async with env.workers({q: handle}):
-                done = await _wait_seen(
-                    env,
+                done = await env.wait_seen(
                     seen,
                     lambda e: e.type == "completed" and e.job_id == good.id,
                     "the completed event on the other store object",
                 )
-                await _wait_seen(
-                    env,
+                await env.wait_seen(
                     seen,
                     lambda e: e.type == "failed" and e.job_id == bad.id,
                     "the failed event on the other store object",
@@ -95,14 +79,12 @@ class EventTests:
             good = await queue.add("good", None)
             bad = await queue.add("bad", None)
             async with env.workers({q: handle}):
-                done = await _wait_seen(
-                    env,
+                done = await env.wait_seen(
                     seen,
                     lambda e: e.type == "completed" and e.job_id == good.id,
                     "the completed event of the huge result",
                 )
-                failed = await _wait_seen(
-                    env,
+                failed = await env.wait_seen(
                     seen,
                     lambda e: e.type == "failed" and e.job_id == bad.id,
                     "the failed event of the huge reason",
@@ -134,8 +116,7 @@ class EventTests:
                 return job.name
 
             async with env.workers({parent_q: handle, child_q: handle}):
-                await _wait_seen(
-                    env,
+                await env.wait_seen(
                     seen,
                     lambda e: e.type == "completed" and e.job_id == node.job.id,
                     "the parent's completed event",
@@ -171,8 +152,7 @@ class EventTests:
             listener.on("*", seen.append)
             jobs = await env.flow.add_dag(nodes)
             marker = await env.queue(q).add("marker", None)
-            await _wait_seen(
-                env,
+            await env.wait_seen(
                 seen,
                 lambda e: e.type == "added" and e.job_id == marker.id,
                 "the marker's added event",

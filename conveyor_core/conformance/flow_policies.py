@@ -20,6 +20,30 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 ACTIVE = JobState.ACTIVE
 
 
+async def _released_early(
+    env: Harness, parent_q: str, child_q: str, later_q: str, name: str = "parent", **opts: Any
+) -> dict[str, Job]:
+    """A flow whose parent ``name`` has a child "bad" in ``child_q`` that releases it at
+    once if it fails (``continue``) and a child "later" in ``later_q`` under the default
+    ``fail``; its jobs by name."""
+    node = await env.flow.add(
+        {
+            "name": name,
+            "queue_name": parent_q,
+            "opts": opts,
+            "children": [
+                {
+                    "name": "bad",
+                    "queue_name": child_q,
+                    "opts": {"continue_parent_on_failure": True},
+                },
+                {"name": "later", "queue_name": later_q},
+            ],
+        }
+    )
+    return nodes_by_name(node)
+
+
 async def _report(job: Job) -> dict[str, Any]:
     """What a parent saw of its children when it ran."""
     deps = await job.get_dependencies()
@@ -275,21 +299,7 @@ class FlowPolicyTests:
         self, env: Harness
     ) -> None:
         parent_q, child_q, later_q = env.name("parent"), env.name("child"), env.name("later")
-        node = await env.flow.add(
-            {
-                "name": "parent",
-                "queue_name": parent_q,
-                "children": [
-                    {
-                        "name": "bad",
-                        "queue_name": child_q,
-                        "opts": {"continue_parent_on_failure": True},
-                    },
-                    {"name": "later", "queue_name": later_q},
-                ],
-            }
-        )
-        jobs = nodes_by_name(node)
+        jobs = await _released_early(env, parent_q, child_q, later_q)
         runs = Runs()
         async with env.workers({child_q: runs.handler(fail={"bad"}), parent_q: _report}):
             parent = await env.wait_state(jobs["parent"], COMPLETED)
@@ -310,26 +320,12 @@ class FlowPolicyTests:
         self, env: Harness
     ) -> None:
         parent_q, child_q, later_q = env.name("parent"), env.name("child"), env.name("later")
-        node = await env.flow.add(
-            {
-                "name": "parent",
-                "queue_name": parent_q,
-                "children": [
-                    {
-                        "name": "bad",
-                        "queue_name": child_q,
-                        "opts": {"continue_parent_on_failure": True},
-                    },
-                    {"name": "late", "queue_name": later_q},
-                ],
-            }
-        )
-        jobs = nodes_by_name(node)
+        jobs = await _released_early(env, parent_q, child_q, later_q)
         async with env.workers({child_q: Runs().handler(fail={"bad"}), parent_q: _report}):
             await env.wait_state(jobs["parent"], COMPLETED)
         # The other child fails by the "fail" policy, but its parent has finished.
-        async with env.workers({later_q: Runs().handler(fail={"late"})}):
-            await env.wait_state(jobs["late"], FAILED)
+        async with env.workers({later_q: Runs().handler(fail={"later"})}):
+            await env.wait_state(jobs["later"], FAILED)
         parent = await env.reread(jobs["parent"])
         assert parent is not None and parent.state is COMPLETED
         assert parent.failed_reason is None
@@ -350,29 +346,14 @@ class FlowPolicyTests:
                 ("delayed", {"delay": 3600}),
                 ("gone", {"remove_on_fail": True}),
             ):
-                node = await env.flow.add(
-                    {
-                        "name": name,
-                        "queue_name": parent_q,
-                        "opts": opts,
-                        "children": [
-                            {
-                                "name": "bad",
-                                "queue_name": child_q,
-                                "opts": {"continue_parent_on_failure": True},
-                            },
-                            {"name": "late", "queue_name": later_q},
-                        ],
-                    }
-                )
-                flows[name] = nodes_by_name(node)
+                flows[name] = await _released_early(env, parent_q, child_q, later_q, name, **opts)
             async with env.workers({child_q: Runs().handler(fail={"bad"})}):
                 await env.wait_state(flows["waits"]["waits"], WAITING)
                 await env.wait_state(flows["delayed"]["delayed"], JobState.DELAYED)
                 await env.wait_state(flows["gone"]["gone"], WAITING)
-            async with env.workers({later_q: Runs().handler(fail={"late"})}):
+            async with env.workers({later_q: Runs().handler(fail={"later"})}):
                 for name in flows:
-                    await env.wait_state(flows[name]["late"], FAILED)
+                    await env.wait_state(flows[name]["later"], FAILED)
             parent_ids = {flows[name][name].id for name in flows}
 
             async def all_failed() -> bool:
@@ -383,7 +364,7 @@ class FlowPolicyTests:
             parent = await env.reread(flows[name][name])
             assert parent is not None and parent.state is FAILED, name
             assert parent.failed_reason is not None
-            assert parent.failed_reason.startswith(f"child {flows[name]['late'].id} failed")
+            assert parent.failed_reason.startswith(f"child {flows[name]['later'].id} failed")
         assert await env.reread(flows["gone"]["gone"]) is None, "removed on failure"
         for event in seen:
             if event.type == "failed":
