@@ -265,6 +265,25 @@ class CountsOneFinishPerCall(MemoryStore):
         self._backend.record_metric = once_per_call  # type: ignore[method-assign]
 
 
+class GroupCountsKeepRemovedJobs(MemoryStore):
+    """Defect: a finished job of a group that is removed stays in its group's counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        backend = self._backend
+        delete = backend.delete
+
+        def delete_but_count(queue: str, job_id: str) -> None:
+            job = backend.jobs.get((queue, job_id))
+            delete(queue, job_id)
+            finished = (JobState.COMPLETED, JobState.FAILED)
+            if job is not None and job.group_id is not None and job.state in finished:
+                counts = backend._q(queue).group_states.setdefault(job.group_id, {})
+                counts[job.state] = counts.get(job.state, 0) + 1
+
+        backend.delete = delete_but_count  # type: ignore[method-assign]
+
+
 class SearchDropsTheLastJobOfAPage(MemoryStore):
     """Defect: every page but the last leaves out its last job, though the cursor moves on
     past it, so a walk through the pages never sees those jobs."""

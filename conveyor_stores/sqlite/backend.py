@@ -49,10 +49,10 @@ Key = tuple[str, str]
 
 _STATES = {state.value: state for state in JobState}
 _LANE_COUNTED = (WAITING, COMPLETED, FAILED)
-_NO_DELTAS = (0, 0, 0)
 """The states whose jobs a lane counts (``lanes.waiting``, ``completed``, ``failed``):
 waiting for the take, finished for the group counts, which the partial index
 ``jobs_group`` leaves out so that finishing a job writes none of its group's pages."""
+_NO_DELTAS = (0, 0, 0)
 _UNFINISHED = "state NOT IN ('completed', 'failed')"
 """The condition of ``jobs_group``: a query that reads the index repeats it."""
 _LINK_INSERT = (
