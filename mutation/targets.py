@@ -217,6 +217,12 @@ def _server_suite(root: Path, store: str, wait: float) -> dict[str, str]:
     }
 
 
+SQL_STORE_TESTS = ("test_postgres_counts.py",)
+"""PostgreSQL's own tests that the SQL target runs beside the conformance suite: what the
+store keeps to itself (its per-state counts folded from deltas, whatever runs at once)
+has no conformance test, as no other store has it."""
+
+
 def _only(target: str, store: str | None, wanted: str) -> None:
     if store not in (None, wanted):
         raise ValueError(f"the {target} target runs on the {wanted} store, not {store!r}")
@@ -224,8 +230,8 @@ def _only(target: str, store: str | None, wanted: str) -> None:
 
 def sql(store: str | None = None, root: Path = ROOT) -> Target:
     """The PostgreSQL functions (``sql/functions/*.sql``) judged by the conformance suite
-    on PostgreSQL. A mutant runs the tests that called its function, or a function that
-    calls it (directly or not)."""
+    on PostgreSQL and the store's own tests of :data:`SQL_STORE_TESTS`. A mutant runs
+    the tests that called its function, or a function that calls it (directly or not)."""
     _only("sql", store, "postgres")
     from conveyor_stores.postgres import schema
 
@@ -243,7 +249,10 @@ def sql(store: str | None = None, root: Path = ROOT) -> Target:
         root=root,
         path=SQL_FUNCTIONS,
         packages=("conveyor_core", "conveyor_stores"),
-        suite_files=_server_suite(root, "postgres", SERVER_WAIT_SECONDS),
+        suite_files={
+            **_server_suite(root, "postgres", SERVER_WAIT_SECONDS),
+            **{name: (root / "tests" / name).read_text() for name in SQL_STORE_TESTS},
+        },
         mutator=SqlMutator(render),
         units=Units(
             _UNITS_PLUGIN.format(what="PostgreSQL functions", patch=_PG_PATCH),

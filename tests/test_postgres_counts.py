@@ -212,3 +212,58 @@ async def test_a_migrated_database_counts_the_jobs_it_already_held(
         await store.remove_job("q1", "j1")
         for queue in ("q0", "q1"):
             assert await store.get_counts(queue) == await table_counts(conn, pg_schema, queue)
+
+
+async def deltas_of(conn: Any, schema: str, queue: str) -> int:
+    return int(
+        await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}".state_count_deltas WHERE queue = $1', queue
+        )
+    )
+
+
+async def test_counts_read_in_a_repeatable_read_transaction_answer_from_its_snapshot(
+    pg_dsn: str, pg_schema: str, conn: Any
+) -> None:
+    """An application reading through ``using`` inside its own repeatable-read
+    transaction gets the counts of its snapshot, even after other connections have
+    folded the deltas that snapshot sees (a fold there would fail the read with a
+    serialization error)."""
+    async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
+        assert all(await store.add_jobs([[new_job(f"j{i}", "q")] for i in range(12)], NOW))
+        assert await deltas_of(conn, pg_schema, "q") > 0, "no deltas: the test proves nothing"
+        app = await asyncpg.connect(pg_dsn)
+        try:
+            async with app.transaction(isolation="repeatable_read"):
+                bound = store.using(app)
+                seen = await bound.get_jobs("q", [JobState.WAITING], 0, None)
+                taken = await store.take_jobs("q", limit=5, token="t", lock_until=NOW + 9, now=NOW)
+                await store.complete_jobs(
+                    "q", [Completion(j.id, "t", "1") for j in taken.jobs], NOW
+                )
+                assert (await store.get_counts("q"))[JobState.COMPLETED] == 5
+                assert await deltas_of(conn, pg_schema, "q") == 0
+                counts = await bound.get_counts("q")
+                assert counts[JobState.WAITING] == len(seen) == 12
+                assert counts[JobState.COMPLETED] == 0
+        finally:
+            await app.close()
+        assert await store.get_counts("q") == await table_counts(conn, pg_schema, "q")
+
+
+async def test_counts_read_in_a_read_only_transaction(
+    pg_dsn: str, pg_schema: str, conn: Any
+) -> None:
+    """Inside the application's read-only transaction the counts are read, not folded
+    (folding writes)."""
+    async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
+        assert all(await store.add_jobs([[new_job(f"j{i}", "q")] for i in range(12)], NOW))
+        assert await deltas_of(conn, pg_schema, "q") > 0, "no deltas: the test proves nothing"
+        app = await asyncpg.connect(pg_dsn)
+        try:
+            async with app.transaction(readonly=True):
+                counts = await store.using(app).get_counts("q")
+        finally:
+            await app.close()
+        assert counts == await table_counts(conn, pg_schema, "q")
+        assert counts[JobState.WAITING] == 12
