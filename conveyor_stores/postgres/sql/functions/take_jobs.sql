@@ -4,7 +4,11 @@ CREATE OR REPLACE FUNCTION @S.take_jobs(
     OUT taken @S.jobs[], OUT next_run_at double precision,
     OUT rate_limited_until double precision, OUT concurrency_limited boolean)
 LANGUAGE plpgsql
-@PLANNER AS $$
+-- Generic plans for everything a take runs: a statement with a LIMIT of a parameter
+-- (the take itself, the lanes) is priced lower with the limit known, so by default it
+-- is planned again at every call, which costs more than running it. Every state a take
+-- reads is a constant, so a generic plan finds the same partial indexes.
+@PLANNER SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     evs jsonb[];
     qrow record;
