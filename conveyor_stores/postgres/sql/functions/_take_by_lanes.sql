@@ -27,12 +27,6 @@ DECLARE
     wcount integer;
     jid text;
     k bigint;
-    lane_ids text[];
-    quotas bigint[];
-    ids text[];
-    tids tid[];
-    gids text[];
-    ks bigint[];
 BEGIN
     taken := '{}';
     evs := '{}';
@@ -68,53 +62,49 @@ BEGIN
         ), slots AS (
             SELECT s.group_id, s.p FROM placed s, generate_series(1, least(s.waiting, lim)) r
             ORDER BY r, s.p LIMIT lim
-        )
-        SELECT array_agg(c.group_id ORDER BY c.p), array_agg(c.n ORDER BY c.p)
-        INTO lane_ids, quotas
-        FROM (SELECT group_id, p, count(*) n FROM slots GROUP BY group_id, p) c;
-        SELECT array_agg(t.id ORDER BY t.r, t.p), array_agg(t.gid ORDER BY t.r, t.p),
-               array_agg(t.ctid)
-        INTO ids, gids, tids
-        FROM (
-            SELECT x.p, x.group_id gid, j.id, j.ctid,
+        ), quotas AS (
+            SELECT group_id, p, count(*) n FROM slots GROUP BY group_id, p
+        ), picked AS (
+            SELECT x.p, x.group_id gid, j.ctid,
                    row_number() OVER (PARTITION BY x.p ORDER BY j.priority, j.order_key) r
-            FROM unnest(lane_ids, quotas) WITH ORDINALITY x(group_id, n, p)
+            FROM quotas x
             CROSS JOIN LATERAL (
-                SELECT id, ctid, priority, order_key FROM @S.jobs
+                SELECT ctid, priority, order_key FROM @S.jobs
                 WHERE queue = q AND group_id = x.group_id AND state = 'waiting'
                 ORDER BY priority, order_key LIMIT x.n FOR UPDATE SKIP LOCKED) j
             WHERE x.group_id IS NOT NULL
             UNION ALL
-            SELECT x.p, NULL, j.id, j.ctid,
-                   row_number() OVER (ORDER BY j.priority, j.order_key) r
-            FROM unnest(lane_ids, quotas) WITH ORDINALITY x(group_id, n, p)
+            SELECT x.p, NULL, j.ctid, row_number() OVER (ORDER BY j.priority, j.order_key) r
+            FROM quotas x
             CROSS JOIN LATERAL (
-                SELECT id, ctid, priority, order_key FROM @S.jobs
+                SELECT ctid, priority, order_key FROM @S.jobs
                 WHERE queue = q AND state = 'waiting' AND group_id IS NULL
                 ORDER BY priority, order_key LIMIT x.n FOR UPDATE SKIP LOCKED) j
             WHERE x.group_id IS NULL
-        ) t;
-        IF coalesce(cardinality(ids), 0) > 0 THEN
+        ), keyed AS (
+            -- Order keys in take order: round by round, each in lane order.
+            SELECT s.gid, s.ctid, nextval('@S.order_seq') k
+            FROM (SELECT gid, ctid FROM picked ORDER BY r, p) s
+        ), served AS (
+            UPDATE @S.group_lanes l SET served = t.k, waiting = l.waiting - t.n,
+                window_start = NULL, window_count = 0
+            FROM (SELECT gid, max(keyed.k) k, count(*) n FROM keyed WHERE gid IS NOT NULL
+                  GROUP BY gid) t
+            WHERE l.queue = q AND l.group_id = t.gid
+        ), upd AS (
             -- The jobs, locked above, are updated where they lie (their ctid): the
             -- plan cannot stray through an index of the whole queue.
-            ks := ARRAY(SELECT v FROM (SELECT nextval('@S.order_seq') v
-                                       FROM generate_series(1, cardinality(ids))) s
-                        ORDER BY v);
-            WITH upd AS (
-                UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
-                    processed_at = now, order_key = ks[array_position(ids, j.id)]
-                WHERE j.ctid = ANY (tids)
-                RETURNING j AS r, j.order_key AS tk
-            )
-            SELECT array_agg(r ORDER BY tk), array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY tk)
-            INTO taken, evs
-            FROM upd;
-            UPDATE @S.group_lanes l SET served = t.tk, waiting = l.waiting - t.n,
-                window_start = NULL, window_count = 0
-            FROM (SELECT u.g, max(u.tk) tk, count(*) n FROM unnest(gids, ks) u(g, tk)
-                  WHERE u.g IS NOT NULL GROUP BY u.g) t
-            WHERE l.queue = q AND l.group_id = t.g;
-            k := (SELECT max(u.tk) FROM unnest(gids, ks) u(g, tk) WHERE u.g IS NULL);
+            UPDATE @S.jobs j SET state = 'active', lock_token = tok, lock_until = until,
+                processed_at = now, order_key = keyed.k
+            FROM keyed WHERE j.ctid = keyed.ctid
+            RETURNING j AS r, keyed.k tk, keyed.gid IS NULL own
+        )
+        SELECT coalesce(array_agg(r ORDER BY tk), '{}'),
+               coalesce(array_agg(@S._ev(q, 'active', (r).id, NULL, now) ORDER BY tk), '{}'),
+               max(tk) FILTER (WHERE own)
+        INTO taken, evs, k
+        FROM upd;
+        IF cardinality(taken) > 0 THEN
             IF k IS NOT NULL THEN
                 INSERT INTO @S.queues AS t (queue, served) VALUES (q, k)
                 ON CONFLICT (queue) DO UPDATE SET served = excluded.served;
