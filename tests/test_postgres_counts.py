@@ -267,3 +267,16 @@ async def test_counts_read_in_a_read_only_transaction(
             await app.close()
         assert counts == await table_counts(conn, pg_schema, "q")
         assert counts[JobState.WAITING] == 12
+
+
+async def test_count_deltas_stay_few_while_jobs_are_added_and_nobody_reads_the_counts(
+    pg_dsn: str, pg_schema: str, conn: Any
+) -> None:
+    """Writers fold the deltas now and then themselves (one statement in FOLD_EVERY):
+    a queue that is only ever written keeps a small delta table."""
+    adds = 5 * sql_schema.FOLD_EVERY
+    async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
+        for i in range(adds):
+            assert await store.add_jobs([[new_job(f"j{i}", "q")]], NOW) == [True]
+        assert await deltas_of(conn, pg_schema, "q") < sql_schema.FOLD_EVERY
+        assert await store.get_counts("q") == await table_counts(conn, pg_schema, "q")
