@@ -8,6 +8,11 @@ form each time, so no stale bytecode survives a rewrite).
 A first, unmutated run records which lines of the target each test executes. A mutant
 is then run only against the tests that execute one of its lines, in suite order, with
 ``-x``; a mutant whose lines no test executes survives without a run (``uncovered``).
+
+A target whose mutated files are read at run time, not imported (SQL, Lua), can keep one
+pytest process per copy for mutant after mutant (:attr:`Target.resident`): it collects
+the suite once and runs the tests it is sent, so a mutant killed by its first test costs
+that test, not a new interpreter, an import of the packages and a collection.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib.util
 import json
 import os
 import random
+import select as _select
 import shutil
 import signal
 import subprocess
@@ -30,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Protocol
+from typing import IO, Protocol
 
 from .ledger import (
     DETECTED,
@@ -113,6 +119,61 @@ def pytest_sessionfinish(session, exitstatus):
 '''
 
 
+_RESIDENT_PLUGIN = '''"""Run the tests the mutation tool sends, one mutant after another, here.
+
+Each request is one line of JSON on the file descriptor ``$MUTATION_RESIDENT_IN``
+(``{"tests": [node id, ...]}``, sent once the mutant is in the copy); the answer is one
+line on ``$MUTATION_RESIDENT_OUT``: the first test that failed, or null. The tests run in
+the order sent and stop at the first failure; every fixture is torn down after each
+request, so the next mutant starts from nothing, as in a new process.
+"""
+import importlib
+import json
+import os
+
+import pytest
+
+_failed = []
+
+
+def pytest_runtest_logreport(report):
+    if report.failed and not _failed:
+        _failed.append(report.nodeid)
+
+
+def _answer(out, **fields):
+    out.write(json.dumps(fields) + "\\n")
+    out.flush()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    reload = json.loads(os.environ["MUTATION_RESIDENT_RELOAD"])
+    items = {item.nodeid: item for item in session.items}
+    requests = os.fdopen(int(os.environ["MUTATION_RESIDENT_IN"]), "r")
+    out = os.fdopen(int(os.environ["MUTATION_RESIDENT_OUT"]), "w")
+    _answer(out, ready=len(items))
+    for line in requests:
+        tests = json.loads(line)["tests"]
+        unknown = [test for test in tests if test not in items]
+        if unknown:
+            _answer(out, error=f"unknown tests: {unknown[:3]}")
+            continue
+        for name in reload:
+            importlib.reload(importlib.import_module(name))
+        _failed.clear()
+        chosen = [items[test] for test in tests]
+        for index, item in enumerate(chosen):
+            following = chosen[index + 1] if index + 1 < len(chosen) else None
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=following)
+            if _failed:
+                break
+        session._setupstate.teardown_exact(None)
+        _answer(out, failed=_failed[0] if _failed else None)
+    return True
+'''
+
+
 @dataclass(frozen=True)
 class Target:
     """What to mutate and which suite judges the mutants."""
@@ -136,6 +197,11 @@ class Target:
     service: Callable[[], Service] | None = None
     """Makes a private server for one copy (e.g. a Redis server of its own, so that a
     mutant script that never ends cannot block a shared one)."""
+    resident: tuple[str, ...] | None = None
+    """Judge mutants in one long-lived pytest process per copy (see the module's
+    docstring), reloading these modules before each mutant (those that read the mutated
+    files when imported); ``None``: a fresh process per mutant, as a mutated Python
+    module needs."""
 
     def files(self) -> list[str]:
         """The mutated files: ``path``, or every file its glob pattern matches."""
@@ -305,6 +371,13 @@ class _Workspace:
         (self.dir / "_mutation_trace.py").write_text(
             _TRACE_PLUGIN if target.units is None else target.units.plugin
         )
+        if target.resident is not None:
+            (self.dir / "_mutation_resident.py").write_text(_RESIDENT_PLUGIN)
+        self._resident: subprocess.Popen[bytes] | None = None
+        self._requests: IO[str] | None = None
+        self._answers = -1
+        self._buffer = b""
+        self._served = 0
         self.originals = {path: (target.root / path).read_text() for path in target.files()}
         self.changed: str | None = None
         self.running: subprocess.Popen[str] | None = None
@@ -315,12 +388,16 @@ class _Workspace:
     def stop(self) -> None:
         """Kill the test run in progress, if any, and refuse further runs."""
         self.stopped = True
-        proc = self.running
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in (self.running, self._resident):
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         if self.service is not None:
             self.service.stop()
+
+    def close(self) -> None:
+        """Release what the resident process left (once no thread uses this copy)."""
+        self._end_resident()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -393,6 +470,128 @@ class _Workspace:
             # Killed by stop(): its exit code says nothing of the mutant.
             raise RuntimeError("the run was stopped")
         return proc.returncode, output
+
+    def resident(self, tests: Sequence[str], timeout: float) -> tuple[str, str] | None:
+        """Run ``tests`` in the copy's resident process (see :attr:`Target.resident`):
+        the status and the first failed test. ``None`` when the process could not
+        answer (it died or refused the request): the caller runs them in a new one."""
+        if self.stopped:
+            raise RuntimeError("the run was stopped")
+        try:
+            if self._resident is None or self._served >= RESIDENT_REQUESTS:
+                self._end_resident()
+                self._start_resident(timeout)
+            assert self._requests is not None
+            self._served += 1
+            self._requests.write(json.dumps({"tests": list(tests)}) + "\n")
+            self._requests.flush()
+            answer = self._answer(timeout)
+        except _ResidentTimeout:
+            self._end_resident()
+            return TIMEOUT, ""
+        except (_ResidentDied, OSError):
+            self._end_resident()
+            if self.stopped:
+                raise RuntimeError("the run was stopped") from None
+            return None
+        if "failed" not in answer:
+            self._end_resident()
+            return None
+        failed = answer["failed"]
+        return (KILLED, str(failed)) if failed else (SURVIVED, "")
+
+    def _start_resident(self, timeout: float) -> None:
+        requests_in, requests_out = os.pipe()
+        answers_in, answers_out = os.pipe()
+        suite = sorted(name for name in self.target.suite_files if name.startswith("test_"))
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--no-header",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:hypothesispytest",
+            "-p",
+            "_mutation_resident",
+            *self.target.pytest_args,
+            *suite,
+        ]
+        env = {
+            **self.env(),
+            "MUTATION_RESIDENT_IN": str(requests_in),
+            "MUTATION_RESIDENT_OUT": str(answers_out),
+            "MUTATION_RESIDENT_RELOAD": json.dumps(list(self.target.resident or ())),
+        }
+        try:
+            self._resident = subprocess.Popen(
+                command,
+                cwd=self.dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(requests_in, answers_out),
+                start_new_session=True,
+            )
+        finally:
+            os.close(requests_in)
+            os.close(answers_out)
+        self._requests = os.fdopen(requests_out, "w")
+        self._answers = answers_in
+        self._buffer = b""
+        self._served = 0
+        if "ready" not in self._answer(timeout):
+            raise _ResidentDied
+
+    def _answer(self, timeout: float) -> dict[str, object]:
+        """The resident process's next line of JSON."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _ResidentTimeout
+            readable, _, _ = _select.select([self._answers], [], [], left)
+            if readable:
+                chunk = os.read(self._answers, 65536)
+                if not chunk:
+                    raise _ResidentDied
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        answer = json.loads(line)
+        if not isinstance(answer, dict):
+            raise _ResidentDied
+        return answer
+
+    def _end_resident(self) -> None:
+        proc, self._resident = self._resident, None
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if self._requests is not None:
+            with contextlib.suppress(OSError):
+                self._requests.close()
+            self._requests = None
+        if self._answers >= 0:
+            os.close(self._answers)
+            self._answers = -1
+
+
+RESIDENT_REQUESTS = 200
+"""Mutants a resident process judges before a new one takes over (whatever a long
+process gathers, it never gathers for long)."""
+
+
+class _ResidentTimeout(Exception):
+    """The resident process did not answer in time."""
+
+
+class _ResidentDied(Exception):
+    """The resident process ended or answered something else than asked."""
 
 
 class BaselineError(RuntimeError):
@@ -511,18 +710,25 @@ def _judge(
     space.write(mutant.path, mutant.apply(space.originals[mutant.path]))
     started = time.monotonic()
     try:
-        code, output = space.pytest(tests, timeout)
+        verdict = None if space.target.resident is None else space.resident(tests, timeout)
+        if verdict is None:
+            verdict = _verdict(*space.pytest(tests, timeout))
     finally:
         if space.service is not None:
             space.service.after_run()
-    seconds = time.monotonic() - started
+    status, detail = verdict
+    return Outcome(mutant, status, len(tests), time.monotonic() - started, detail)
+
+
+def _verdict(code: int | None, output: str) -> tuple[str, str]:
+    """The status of a mutant, and its detail, from its pytest run's exit code."""
     if code is None:
-        return Outcome(mutant, TIMEOUT, len(tests), seconds)
+        return TIMEOUT, ""
     if code == 0:
-        return Outcome(mutant, SURVIVED, len(tests), seconds)
+        return SURVIVED, ""
     if code == 1:
-        return Outcome(mutant, KILLED, len(tests), seconds, _failed_test(output))
-    return Outcome(mutant, ERROR, len(tests), seconds, f"pytest exit code {code}")
+        return KILLED, _failed_test(output)
+    return ERROR, f"pytest exit code {code}"
 
 
 @contextmanager
@@ -535,6 +741,7 @@ def _workspaces(target: Target, count: int) -> Iterator[list[_Workspace]]:
     finally:
         for space in spaces:
             space.stop()
+            space.close()
         shutil.rmtree(parent, ignore_errors=True)
 
 

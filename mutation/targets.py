@@ -260,6 +260,8 @@ def sql(store: str | None = None, root: Path = ROOT) -> Target:
             "conveyor_stores.postgres.store",
         ),
         service=StatementLimit,
+        # The migrations (every function's text) are read when the module is imported.
+        resident=("conveyor_stores.postgres.schema",),
     )
 
 
@@ -425,6 +427,8 @@ def lua(store: str | None = None, root: Path = ROOT) -> Target:
             "conveyor_stores.redis.store",
         ),
         service=PrivateRedis,
+        # A store reads its scripts when it is made: nothing to reload.
+        resident=(),
     )
 
 

@@ -515,3 +515,143 @@ def test_a_private_redis_left_busy_by_a_script_is_made_usable_again() -> None:
         assert server._ask("PING") == "+PONG"
     finally:
         server.stop()
+
+
+LUA_SOURCE = textwrap.dedent(
+    """
+    return function(value, low, high)
+      local steps = 0
+      while steps < 3 do
+        steps = steps + 1
+      end
+      if value < low then
+        return low
+      end
+      if value > high then
+        return high
+      end
+      return value
+    end
+    """
+)
+
+LUA_PACKAGE = textwrap.dedent(
+    """
+    from pathlib import Path
+
+    import lupa
+
+    # Read once, when imported: a resident run reloads this module for each mutant.
+    SOURCE = Path(__file__).with_name("limits.lua").read_text()
+
+
+    def clamp(value: int, low: int, high: int) -> int:
+        return lupa.LuaRuntime().execute(SOURCE)(value, low, high)
+    """
+)
+
+LUA_SUITE = textwrap.dedent(
+    """
+    import os
+
+    import luakit
+
+    with open(os.environ["LUAKIT_STARTS"], "a") as starts:
+        starts.write(f"{os.getpid()}\\n")
+
+
+    def test_below_is_raised() -> None:
+        assert luakit.clamp(-5, 0, 10) == 0
+
+
+    def test_inside_is_kept() -> None:
+        assert luakit.clamp(5, 0, 10) == 5
+    """
+)
+
+LUA_UNITS = textwrap.dedent(
+    '''
+    """Every test calls the one script."""
+    import json
+    import os
+    import sys
+
+    import pytest
+
+    _order = []
+
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        _order.append(item.nodeid)
+        yield
+
+
+    def pytest_sessionfinish(session, exitstatus):
+        modules = {name: getattr(m, "__file__", None) for name, m in sys.modules.items()}
+        with open(os.environ["MUTATION_UNITS_OUTPUT"], "w") as out:
+            json.dump(
+                {"order": _order, "seconds": {}, "units": {t: ["limits"] for t in _order},
+                 "modules": modules},
+                out,
+            )
+    '''
+)
+
+
+def _lua_project(root: Path, resident: tuple[str, ...] | None) -> Target:
+    from mutation.lua import LuaMutator
+    from mutation.runner import Units
+
+    package = root / "luakit"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(LUA_PACKAGE)
+    (package / "limits.lua").write_text(LUA_SOURCE)
+    return Target(
+        name="luakit",
+        root=root,
+        path="luakit/limits.lua",
+        packages=("luakit",),
+        suite_files={"test_luakit.py": LUA_SUITE},
+        mutator=LuaMutator(),
+        units=Units(LUA_UNITS, lambda mutant: frozenset({"limits"}), "luakit"),
+        resident=resident,
+    )
+
+
+@pytest.mark.slow
+def test_a_resident_run_judges_as_new_processes_do_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("lupa")
+    from mutation.lua import LuaMutator
+    from mutation.runner import TIMEOUT
+
+    starts = tmp_path / "starts.txt"
+    monkeypatch.setenv("LUAKIT_STARTS", str(starts))
+    wanted = {
+        ("<", ">="): "value < low",  # killed by the first test
+        (">", ">="): "value > high",  # the same results: survives
+        ("+", "-"): "steps + 1",  # the loop never ends
+    }
+    fresh = _lua_project(tmp_path / "fresh", None)
+    found = {
+        wanted[(m.original, m.mutated)]: m
+        for m in LuaMutator().mutants(LUA_SOURCE, fresh.path)
+        if (m.original, m.mutated) in wanted
+        and wanted[(m.original, m.mutated)] in LUA_SOURCE.splitlines()[m.line - 1]
+    }
+    # The hanging mutant in the middle: the one after it needs a new resident process.
+    order = [found["value < low"], found["steps + 1"], found["value > high"]]
+    by_fresh = run(fresh, order, timeout=5)
+    fresh_starts = len(starts.read_text().splitlines())
+    starts.unlink()
+    resident = _lua_project(tmp_path / "resident", ("luakit",))
+    by_resident = run(resident, order, timeout=5)
+    resident_starts = len(starts.read_text().splitlines())
+    assert [o.status for o in by_fresh.outcomes] == [KILLED, TIMEOUT, SURVIVED]
+    assert [o.status for o in by_resident.outcomes] == [KILLED, TIMEOUT, SURVIVED]
+    killer = "test_luakit.py::test_below_is_raised"
+    assert by_resident.outcomes[0].detail == by_fresh.outcomes[0].detail == killer
+    assert fresh_starts == 1 + len(order), "the unmutated run, then one process per mutant"
+    assert resident_starts == 1 + 2, "the unmutated run, one process, one after the hang"
