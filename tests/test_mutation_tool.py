@@ -624,8 +624,8 @@ def test_a_resident_run_judges_as_new_processes_do_in_one_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("lupa")
+    from mutation.ledger import TIMEOUT
     from mutation.lua import LuaMutator
-    from mutation.runner import TIMEOUT
 
     starts = tmp_path / "starts.txt"
     monkeypatch.setenv("LUAKIT_STARTS", str(starts))
