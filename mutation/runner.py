@@ -357,6 +357,21 @@ def select(
     return chosen
 
 
+_PYTEST = (
+    sys.executable,
+    "-m",
+    "pytest",
+    "-q",
+    "--no-header",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:hypothesispytest",
+)
+"""How every test run of a mutant starts (no cache written into the copy; Hypothesis's
+plugin, which the suites here do not use, left out)."""
+
+
 class _Workspace:
     """A private copy of the target's packages and suite, reused mutant after mutant."""
 
@@ -432,15 +447,7 @@ class _Workspace:
     ) -> tuple[int | None, str]:
         """Run pytest on ``tests``; ``None`` as exit code means it timed out."""
         command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "--no-header",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:hypothesispytest",
+            *_PYTEST,
             *(["-x"] if x else []),
             *self.target.pytest_args,
             *extra,
@@ -505,15 +512,7 @@ class _Workspace:
         answers_in, answers_out = os.pipe()
         suite = sorted(name for name in self.target.suite_files if name.startswith("test_"))
         command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "--no-header",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:hypothesispytest",
+            *_PYTEST,
             "-p",
             "_mutation_resident",
             *self.target.pytest_args,
