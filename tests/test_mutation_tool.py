@@ -517,7 +517,7 @@ def test_a_private_redis_left_busy_by_a_script_is_made_usable_again() -> None:
         server.stop()
 
 
-LUA_SOURCE = textwrap.dedent(
+LIMITS_LUA = textwrap.dedent(
     """
     return function(value, low, high)
       local steps = 0
@@ -535,7 +535,7 @@ LUA_SOURCE = textwrap.dedent(
     """
 )
 
-LUA_PACKAGE = textwrap.dedent(
+LIMITS_PACKAGE = textwrap.dedent(
     """
     from pathlib import Path
 
@@ -550,7 +550,7 @@ LUA_PACKAGE = textwrap.dedent(
     """
 )
 
-LUA_SUITE = textwrap.dedent(
+LIMITS_SUITE = textwrap.dedent(
     """
     import os
 
@@ -569,7 +569,7 @@ LUA_SUITE = textwrap.dedent(
     """
 )
 
-LUA_UNITS = textwrap.dedent(
+LIMITS_UNITS = textwrap.dedent(
     '''
     """Every test calls the one script."""
     import json
@@ -605,16 +605,16 @@ def _lua_project(root: Path, resident: tuple[str, ...] | None) -> Target:
 
     package = root / "luakit"
     package.mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text(LUA_PACKAGE)
-    (package / "limits.lua").write_text(LUA_SOURCE)
+    (package / "__init__.py").write_text(LIMITS_PACKAGE)
+    (package / "limits.lua").write_text(LIMITS_LUA)
     return Target(
         name="luakit",
         root=root,
         path="luakit/limits.lua",
         packages=("luakit",),
-        suite_files={"test_luakit.py": LUA_SUITE},
+        suite_files={"test_luakit.py": LIMITS_SUITE},
         mutator=LuaMutator(),
-        units=Units(LUA_UNITS, lambda mutant: frozenset({"limits"}), "luakit"),
+        units=Units(LIMITS_UNITS, lambda mutant: frozenset({"limits"}), "luakit"),
         resident=resident,
     )
 
@@ -637,9 +637,9 @@ def test_a_resident_run_judges_as_new_processes_do_in_one_process(
     fresh = _lua_project(tmp_path / "fresh", None)
     found = {
         wanted[(m.original, m.mutated)]: m
-        for m in LuaMutator().mutants(LUA_SOURCE, fresh.path)
+        for m in LuaMutator().mutants(LIMITS_LUA, fresh.path)
         if (m.original, m.mutated) in wanted
-        and wanted[(m.original, m.mutated)] in LUA_SOURCE.splitlines()[m.line - 1]
+        and wanted[(m.original, m.mutated)] in LIMITS_LUA.splitlines()[m.line - 1]
     }
     # The hanging mutant in the middle: the one after it needs a new resident process.
     order = [found["value < low"], found["steps + 1"], found["value > high"]]
