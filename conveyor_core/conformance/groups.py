@@ -185,17 +185,21 @@ class GroupTests:
         assert await _take(queue, 5) == []
         assert (await queue.get_group_counts())["a"]["waiting"] == 0
 
-    async def test_a_lane_emptied_by_a_removal_gives_up_its_place_in_a_take(
+    async def test_a_lane_emptied_by_a_removal_or_a_cancel_gives_up_its_place_in_a_take(
         self, env: Harness
     ) -> None:
         queue = env.queue(env.name("groups-emptied"))
-        (only,) = await _add(queue, "a", 1)
-        await _add(queue, "b", 2)
-        removed = await queue.get_job(only)
-        assert removed is not None
+        (removed_id,) = await _add(queue, "a", 1)
+        (cancelled_id,) = await _add(queue, "b", 1)
+        await _add(queue, "c", 3)
+        removed = await queue.get_job(removed_id)
+        cancelled = await queue.get_job(cancelled_id)
+        assert removed is not None and cancelled is not None
         await removed.remove()
-        # Lane a comes first (never served, and "a" < "b") but has nothing left.
-        assert await _take(queue, 2) == [("b", 0), ("b", 1)]
+        assert await cancelled.cancel() == 1
+        # Lanes a and b come first (never served, and "a" < "b" < "c") but have nothing
+        # left: the take is c's alone.
+        assert await _take(queue, 3) == [("c", 0), ("c", 1), ("c", 2)]
 
     async def test_a_group_concurrency_holds_each_group_apart(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-conc"))
