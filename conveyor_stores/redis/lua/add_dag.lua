@@ -63,7 +63,6 @@ for _, k in ipairs(kept) do
   new[jk] = true
 end
 local first_edge = 4 + njobs * F + 1
-local nedges = tonumber(ARGV[first_edge - 1])
 for _, k in ipairs(kept_edges) do
   local p = first_edge + k * E
   local ck = ARGV[p + 3] .. 'job:' .. child_id[k]
