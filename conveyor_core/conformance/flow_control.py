@@ -402,6 +402,30 @@ class FlowDeduplicationTests:
         assert b is not None and b.state is JobState.WAITING
         assert a is not None and a.state is JobState.WAITING_CHILDREN
 
+    async def test_flow_dedup_in_a_dag_checks_every_node(self, env: Harness) -> None:
+        clock = _Clock()
+        q, other_q = env.name("fd-dag-many"), env.name("fd-dag-many-other")
+        queue = Queue(q, store=env.store, clock=clock)
+        one = await queue.add("one", None, _dedup("one"))
+        two = await queue.add("two", None, _dedup("two"))
+        jobs = await FlowProducer(store=env.store, clock=clock).add_dag(
+            [
+                {"id": "x", "name": "x", "queue_name": q, **_node_dedup("free")},
+                {"id": "o", "name": "one", "queue_name": q, **_node_dedup("one")},
+                {"id": "t", "name": "two", "queue_name": q, **_node_dedup("two")},
+                # One job id in two queues: two jobs, two dependencies.
+                {"id": "y", "name": "y", "queue_name": q, "opts": {"job_id": "same"}},
+                {"id": "z", "name": "z", "queue_name": other_q, "opts": {"job_id": "same"}},
+                {"id": "p", "name": "p", "queue_name": q, "depends_on": ["x", "o", "t", "y", "z"]},
+            ]
+        )
+        assert (jobs["o"].id, jobs["t"].id) == (one.id, two.id)
+        deps = await env.store.get_dependencies(q, jobs["p"].id)
+        assert sorted((d.queue, d.id) for d in deps) == sorted(
+            [(q, jobs["x"].id), (q, one.id), (q, two.id), (q, "same"), (other_q, "same")]
+        )
+        assert (await queue.get_job_counts())["waiting"] == 4
+
     async def test_flow_dedup_ttl_extend_and_replace_on_a_node(self, env: Harness) -> None:
         clock = _Clock()
         flow = FlowProducer(store=env.store, clock=clock)

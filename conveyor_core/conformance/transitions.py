@@ -468,10 +468,12 @@ class TransitionTests:
             [NewJob(id="same", queue=q, name=name, data="null", opts="{}", state=WAITING)]
             for name in ("first", "second")
         ]
-        with pytest.raises(DuplicateJobError, match=re.escape(q)):
+        # Refused with the job and its queue named (quoted as the store quotes them).
+        named = rf"same. appears twice for queue .{re.escape(q)}. in one add"
+        with pytest.raises(DuplicateJobError, match=named):
             await env.store.add_jobs(twins, time.time())
-        # A DAG naming a job twice, refused with the queue named.
-        with pytest.raises(DuplicateJobError, match=re.escape(q)):
+        # A DAG naming a job twice, refused the same way.
+        with pytest.raises(DuplicateJobError, match=named):
             await env.store.add_dag([group[0] for group in twins], [], time.time())
         assert await env.total(q) == 0
 
