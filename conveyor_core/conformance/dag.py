@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from conveyor_core import (
     QueueEvents,
 )
 from conveyor_core.errors import InvalidJobStateError, JobNotFoundError
-from conveyor_core.store import PARENT_FAILED_REASON, child_failed_reason
+from conveyor_core.store import PARENT_FAILED_REASON, Completion, Failure, child_failed_reason
 
 from ._support import Harness, Runs
 
@@ -174,6 +175,31 @@ class DagTests:
         assert await jobs["first"].get_dependency_counts() == DependencyCounts()
         assert {leaves_q, sink_q} <= set(await env.store.list_queues())
 
+    async def test_dag_jobs_keep_their_group_and_each_retention(self, env: Harness) -> None:
+        q = env.name("dag-keep")
+        opts = {"group_id": "g", "remove_on_complete": 1, "remove_on_fail": 2, "attempts": 1}
+        jobs = await env.flow.add_dag(
+            [{"id": f"n{i}", "name": f"n{i}", "queue_name": q, "opts": opts} for i in range(5)]
+        )
+        for job in jobs.values():
+            record = await env.store.get_job(q, job.id)
+            assert record is not None and record.group_id == "g"
+        assert (await env.queue(q).get_group_counts())["g"]["waiting"] == 5
+        later = await env.flow.add_dag(
+            [{"id": "l", "name": "l", "queue_name": q, "opts": {"lifo": True, "delay": 30}}]
+        )
+        record = await env.store.get_job(q, later["l"].id)
+        assert record is not None and (record.lifo, record.delay) == (True, 30)
+        assert record.group_id is None
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=now + 60, now=now)
+        assert len(taken.jobs) == 5
+        done, broke = taken.jobs[:2], taken.jobs[2:]
+        await env.store.complete_jobs(q, [Completion(j.id, "t", "1") for j in done], now)
+        await env.store.fail_jobs(q, [Failure(j.id, "t", "broke") for j in broke], now)
+        counts = await env.queue(q).get_job_counts()
+        assert (counts["completed"], counts["failed"]) == (1, 2)
+
     async def test_dag_is_written_all_or_nothing(self, env: Harness) -> None:
         queue, other = env.name("atomic"), env.name("atomic-other")
         taken = await env.queue(other).add("taken", None, {"job_id": "taken-id"})
@@ -270,7 +296,7 @@ class DagTests:
         tree_parent = await env.wait_state(tree.job, WAITING)
         assert await tree_parent.get_children_values() == {later.id: {"done": "later"}}
         # A failed job is refused, a missing one too; nothing is written.
-        with pytest.raises(InvalidJobStateError, match=broken.id):
+        with pytest.raises(InvalidJobStateError, match=rf"{broken.id}. of queue .{old_q}."):
             await env.flow.add_dag(
                 [
                     {
@@ -281,10 +307,11 @@ class DagTests:
                     }
                 ]
             )
-        with pytest.raises(JobNotFoundError):
+        with pytest.raises(JobNotFoundError) as missing:
             await env.flow.add_dag(
                 [{"id": "y", "name": "y", "queue_name": new_q, "depends_on": [f"{old_q}/missing"]}]
             )
+        assert (missing.value.queue, missing.value.job_id) == (old_q, "missing")
         assert await env.total(new_q) == 3
 
     async def test_dag_a_shared_job_fails_with_parent_failed_only_when_every_dependent_failed(
