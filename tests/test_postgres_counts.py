@@ -222,6 +222,12 @@ async def deltas_of(conn: Any, schema: str, queue: str) -> int:
     )
 
 
+async def add_twelve_unfolded(store: PostgresStore, conn: Any, schema: str) -> None:
+    """Twelve waiting jobs in queue ``q``, their counts still in deltas."""
+    assert all(await store.add_jobs([[new_job(f"j{i}", "q")] for i in range(12)], NOW))
+    assert await deltas_of(conn, schema, "q") > 0, "no deltas: the test proves nothing"
+
+
 async def test_counts_read_in_a_repeatable_read_transaction_answer_from_its_snapshot(
     pg_dsn: str, pg_schema: str, conn: Any
 ) -> None:
@@ -230,8 +236,7 @@ async def test_counts_read_in_a_repeatable_read_transaction_answer_from_its_snap
     folded the deltas that snapshot sees (a fold there would fail the read with a
     serialization error)."""
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
-        assert all(await store.add_jobs([[new_job(f"j{i}", "q")] for i in range(12)], NOW))
-        assert await deltas_of(conn, pg_schema, "q") > 0, "no deltas: the test proves nothing"
+        await add_twelve_unfolded(store, conn, pg_schema)
         app = await asyncpg.connect(pg_dsn)
         try:
             async with app.transaction(isolation="repeatable_read"):
@@ -257,8 +262,7 @@ async def test_counts_read_in_a_read_only_transaction(
     """Inside the application's read-only transaction the counts are read, not folded
     (folding writes)."""
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
-        assert all(await store.add_jobs([[new_job(f"j{i}", "q")] for i in range(12)], NOW))
-        assert await deltas_of(conn, pg_schema, "q") > 0, "no deltas: the test proves nothing"
+        await add_twelve_unfolded(store, conn, pg_schema)
         app = await asyncpg.connect(pg_dsn)
         try:
             async with app.transaction(readonly=True):
