@@ -17,6 +17,7 @@ few notifications per transaction as the payload limit allows.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 
@@ -161,10 +162,21 @@ MIGRATIONS: list[tuple[int, str]] = [
     # COMPLETE AND TAKE: a new function, no table changes.
     (12, all_functions_sql()),
     (13, migration_sql("0013_deps_deletes_uncounted") + all_functions_sql()),
+    # Function bodies changed (takes run generic plans; a take by lanes without group
+    # limits is one statement of take_jobs) and _take_by_lanes has a new signature.
+    (14, migration_sql("0014_take_by_lanes") + all_functions_sql()),
 ]
-"""``(version, sql)`` in order; a database at version ``v`` runs every later one."""
+"""``(version, sql)`` in order; a database at version ``v`` runs every later one.
+
+A schema at the latest version runs no step, so its functions are those of the step that
+brought it there: a change to any function's text needs a step of its own (at least
+``(N, all_functions_sql())``), and :data:`FUNCTIONS_DIGEST` records the text the latest
+step installs (a test compares them)."""
 
 LATEST = MIGRATIONS[-1][0]
+
+FUNCTIONS_DIGEST = "d0cfec7175058a1ebd0c4a553fb26d292b4f1f818d604b7b6296407ba2a02f7e"
+"""What :func:`functions_digest` gives for the functions the latest step installs."""
 
 _DROP_FUNCTION = re.compile(r"DROP FUNCTION IF EXISTS @S\.\w+\([^)]*\)")
 _CALL = re.compile(r"@S\.(\w+)\s*\(")
@@ -210,6 +222,13 @@ def plan(steps: list[tuple[int, str]]) -> list[tuple[int, str]]:
         last, text = out[-1]
         out[-1] = (last, text + functions)
     return out
+
+
+def functions_digest(stalled_reason: str) -> str:
+    """SHA-256 of every function's text, rendered as every schema gets it (but for the
+    schema's name and channel)."""
+    text = render(all_functions_sql(), "digest", "digest", stalled_reason)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def quote_ident(name: str) -> str:
