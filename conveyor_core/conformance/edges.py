@@ -447,14 +447,22 @@ class EdgeTests:
 
             await env.wait_for(arrived, "the waiting event of the promoted delayed job")
 
-    async def test_a_dag_edge_to_a_missing_job_writes_nothing(self, env: Harness) -> None:
-        # The core looks the existing job up first; the store must still refuse it, as
-        # when the job is removed between that look and the write.
-        q = env.name("dag-missing")
+    async def test_a_dag_edge_to_a_missing_or_failed_job_writes_nothing(self, env: Harness) -> None:
+        # The core looks existing jobs up first; the store must still refuse them, as
+        # when one is removed or fails between that look and the write. The error names
+        # the job and its queue, here another queue than the new job's.
+        q, other = env.name("dag-missing"), env.name("dag-missing-other")
+        broken = await env.queue(other).add("broken", None)
+        async with env.workers({other: Runs().handler(fail={"broken"})}):
+            await env.wait_finished(broken)
         parent = NewJob(id="p", queue=q, name="p", data="null", opts="{}", state=WAITING_CHILDREN)
-        gone = DagEdge(q, "p", q, "removed-meanwhile", ParentPolicy.FAIL)
-        with pytest.raises(JobNotFoundError):
+        gone = DagEdge(q, "p", other, "removed-meanwhile", ParentPolicy.FAIL)
+        with pytest.raises(JobNotFoundError) as missing:
             await env.store.add_dag([parent], [gone], time.time())
+        assert (missing.value.queue, missing.value.job_id) == (other, "removed-meanwhile")
+        failed = DagEdge(q, "p", other, broken.id, ParentPolicy.FAIL)
+        with pytest.raises(InvalidJobStateError, match=rf"{broken.id}. of queue .{other}."):
+            await env.store.add_dag([parent], [failed], time.time())
         assert await env.store.get_job(q, "p") is None
         assert sum((await env.store.get_counts(q)).values()) == 0
 

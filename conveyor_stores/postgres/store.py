@@ -377,7 +377,7 @@ class _Operations:
             if exc.sqlstate == "CV410":
                 raise DuplicateJobError(str(exc)) from exc
             if exc.sqlstate == "CV404":
-                raise JobNotFoundError(str(exc), str(exc.detail)) from exc
+                raise JobNotFoundError(str(exc.message), str(exc.detail)) from exc
             if exc.sqlstate == "CV409":
                 raise InvalidJobStateError(str(exc)) from exc
             raise
