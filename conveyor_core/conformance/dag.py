@@ -200,6 +200,26 @@ class DagTests:
         counts = await env.queue(q).get_job_counts()
         assert (counts["completed"], counts["failed"]) == (1, 2)
 
+    async def test_dag_jobs_keep_a_retention_given_alone(self, env: Harness) -> None:
+        # Jobs without a group, each with one retention and not the other.
+        q = env.name("dag-keep-one")
+        done = {"remove_on_complete": 1}
+        broke = {"remove_on_fail": 1, "attempts": 1}
+        jobs = await env.flow.add_dag(
+            [
+                {"id": name, "name": name, "queue_name": q, "opts": opts}
+                for name, opts in (("c0", done), ("c1", done), ("f0", broke), ("f1", broke))
+            ]
+        )
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=4, token="t", lock_until=now + 60, now=now)
+        assert sorted(j.id for j in taken.jobs) == sorted(j.id for j in jobs.values())
+        ids = {name: job.id for name, job in jobs.items()}
+        await env.store.complete_jobs(q, [Completion(ids[n], "t", "1") for n in ("c0", "c1")], now)
+        await env.store.fail_jobs(q, [Failure(ids[n], "t", "broke") for n in ("f0", "f1")], now)
+        counts = await env.queue(q).get_job_counts()
+        assert (counts["completed"], counts["failed"]) == (1, 1)
+
     async def test_dag_is_written_all_or_nothing(self, env: Harness) -> None:
         queue, other = env.name("atomic"), env.name("atomic-other")
         taken = await env.queue(other).add("taken", None, {"job_id": "taken-id"})
