@@ -174,6 +174,11 @@ class DagTests:
         assert await jobs["sink"].get_dependency_counts() == DependencyCounts(unprocessed=2)
         assert await jobs["first"].get_dependency_counts() == DependencyCounts()
         assert {leaves_q, sink_q} <= set(await env.store.list_queues())
+        # A search of their queues finds them.
+        page = await env.queue(leaves_q).search_jobs()
+        assert sorted(job.id for job in page.jobs) == sorted((jobs["first"].id, jobs["second"].id))
+        page = await env.queue(sink_q).search_jobs(text="sink")
+        assert [job.id for job in page.jobs] == [jobs["sink"].id]
 
     async def test_dag_jobs_keep_their_group_and_each_retention(self, env: Harness) -> None:
         q = env.name("dag-keep")
