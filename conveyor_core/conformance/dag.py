@@ -190,12 +190,14 @@ class DagTests:
             record = await env.store.get_job(q, job.id)
             assert record is not None and record.group_id == "g"
         assert (await env.queue(q).get_group_counts())["g"]["waiting"] == 5
+        before = time.time()
         later = await env.flow.add_dag(
             [{"id": "l", "name": "l", "queue_name": q, "opts": {"lifo": True, "delay": 30}}]
         )
         record = await env.store.get_job(q, later["l"].id)
         assert record is not None and (record.lifo, record.delay) == (True, 30)
         assert record.group_id is None
+        assert record.run_at is not None and before + 30 <= record.run_at <= time.time() + 30
         now = time.time()
         taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=now + 60, now=now)
         assert len(taken.jobs) == 5

@@ -171,3 +171,5 @@ class EventTests:
             )
             job = jobs[node["id"]]
             assert types.get(job.id, [])[:2] == ["added", first], (node["id"], types.get(job.id))
+        added = {e.job_id: e.data for e in seen if e.type == "added"}
+        assert all(added[jobs[node["id"]].id] == {"name": node["name"]} for node in nodes)
