@@ -111,6 +111,18 @@ class CapabilityTests:
         await _wakes(env, q, lambda: later.change_delay(30), "a delayed job's delay being changed")
         await _wakes(env, q, queue.resume, "the queue being resumed")
 
+    async def test_an_idle_wait_wakes_for_the_jobs_of_a_dag(self, env: Harness) -> None:
+        _require(env, "blocking_wakeup")
+        q = env.name("wake-dag")
+
+        def dag(name: str, opts: dict[str, object]) -> Callable[[], Awaitable[object]]:
+            return lambda: env.flow.add_dag(
+                [{"id": name, "name": name, "queue_name": q, "opts": opts}]
+            )
+
+        await _wakes(env, q, dag("soon", {"delay": 60}), "a delayed job of a DAG being added")
+        await _wakes(env, q, dag("now", {}), "a waiting job of a DAG being added")
+
     async def test_an_idle_wait_wakes_when_a_failed_attempt_waits_for_its_retry(
         self, env: Harness
     ) -> None:
