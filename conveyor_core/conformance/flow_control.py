@@ -469,6 +469,38 @@ class FlowDeduplicationTests:
         fresh = await flow.add({"name": "p", "queue_name": parents, "children": [leaf]})
         assert fresh.children[0].job.id != held.id
 
+    async def test_flow_dedup_extend_or_replace_alone_on_a_dag_node(self, env: Harness) -> None:
+        clock = _Clock()
+        flow = FlowProducer(store=env.store, clock=clock)
+        q = env.name("fd-dag-ttl")
+        queue = Queue(q, store=env.store, clock=clock)
+        debounce = {**_dedup("deb", ttl=10, replace=True), "delay": 5}
+        extended = _dedup("ext", ttl=10, extend=True)
+        debounced = await queue.add("deb", {"q": "a"}, debounce)
+        held = await queue.add("ext", None, extended)
+
+        async def node(name: str, data: Any, opts: dict[str, Any]) -> str:
+            jobs = await flow.add_dag(
+                [{"id": "n", "name": name, "queue_name": q, "data": data, "opts": opts}]
+            )
+            return jobs["n"].id
+
+        clock.now = T0 + 8
+        assert await node("deb", {"q": "ab"}, debounce) == debounced.id
+        assert await node("ext", None, extended) == held.id
+        record = await env.store.get_job(q, debounced.id)
+        assert record is not None
+        # replace without extend: the node's data, and its delay starts again ...
+        assert (record.data, record.state, record.run_at) == (
+            '{"q":"ab"}',
+            JobState.DELAYED,
+            T0 + 13,
+        )
+        clock.now = T0 + 15
+        # ... while its ttl lapses on time (T0 + 10); extend alone held "ext" to T0 + 18.
+        assert await node("deb", {"q": "new"}, debounce) != debounced.id
+        assert await node("ext", None, extended) == held.id
+
     async def test_flow_dedup_completed_holder_resolves_the_parent_at_once(
         self, env: Harness
     ) -> None:
