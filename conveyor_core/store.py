@@ -303,6 +303,7 @@ class NewJob:
     keep_failed: int | None = None
     parent_id: str | None = None
     parent_queue: str | None = None
+    """The parent's id and queue: both given, or neither (no parent)."""
     parent_policy: ParentPolicy | None = None
     """What this job's final failure does to its parent; ``None`` without a parent."""
     group_id: str | None = None

@@ -174,6 +174,33 @@ class DeduplicationTests:
         assert await _finish(queue, T0 + 8) == [first.id]
         assert (await queue.get_job_counts())["completed"] == 1
 
+    async def test_replace_without_extend_swaps_the_data_and_keeps_the_ttl(
+        self, env: Harness
+    ) -> None:
+        clock = _Clock()
+        queue = _queue(env, "debounce-only", clock)
+        opts = {**_dedup("s", ttl=10, replace=True), "delay": 5}
+        first = await queue.add("search", {"q": "a"}, opts)
+        clock.now = T0 + 3
+        assert (await queue.add("search", {"q": "b"}, opts)).id == first.id
+        job = await queue.get_job(first.id)
+        assert job is not None
+        assert (job.data, job.state) == ({"q": "b"}, JobState.DELAYED)
+        # The ttl was not extended: it lapses at T0 + 10.
+        clock.now = T0 + 11
+        assert (await queue.add("search", {"q": "c"}, opts)).id != first.id
+
+    async def test_a_deduplicated_job_with_a_parent_is_refused(self, env: Harness) -> None:
+        queue = env.queue(env.name("dedup-refused"))
+        child = {"name": "c", "queue_name": queue.name}
+        parent = await env.flow.add({"name": "p", "queue_name": queue.name, "children": [child]})
+        ref = {"id": parent.job.id, "queue": queue.name}
+        with pytest.raises(ValueError, match=r"opts\.parent or opts\.deduplication"):
+            await queue.add("child", None, {"parent": ref, **_dedup("d")})
+        assert await env.total(queue.name) == 2
+        first = await queue.add("child", None, _dedup("d"))
+        assert (await queue.add("child", None, _dedup("d"))).id == first.id
+
     async def test_replace_leaves_a_job_that_is_no_longer_delayed(self, env: Harness) -> None:
         clock = _Clock()
         queue = _queue(env, "debounce-late", clock)

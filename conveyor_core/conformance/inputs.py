@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import pytest
@@ -117,7 +118,8 @@ class InputTests:
             )
         message = str(caught.value)
         assert "taken-child-id" in message, message
-        assert child_q in message, message
+        # The queue by its name, quoted as the store quotes names.
+        assert re.search(rf"queue .{re.escape(child_q)}.", message), message
         assert await env.total(parent_q) == 0
         assert await env.total(child_q) == 1
 
