@@ -218,9 +218,11 @@ class DagTests:
                 for name, opts in (("c0", done), ("c1", done), ("f0", broke), ("f1", broke))
             ]
         )
+        assert await env.queue(q).get_group_counts() == {}
         now = time.time()
         taken = await env.store.take_jobs(q, limit=4, token="t", lock_until=now + 60, now=now)
         assert sorted(j.id for j in taken.jobs) == sorted(j.id for j in jobs.values())
+        assert all(job.group_id is None for job in taken.jobs)
         ids = {name: job.id for name, job in jobs.items()}
         await env.store.complete_jobs(q, [Completion(ids[n], "t", "1") for n in ("c0", "c1")], now)
         await env.store.fail_jobs(q, [Failure(ids[n], "t", "broke") for n in ("f0", "f1")], now)
