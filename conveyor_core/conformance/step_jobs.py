@@ -18,6 +18,7 @@ from conveyor_core import (
     QueueEvent,
     QueueEvents,
 )
+from conveyor_core.models import ParentPolicy
 from conveyor_core.queue import build_new_job, resolve_options
 from conveyor_core.store import Completion, child_failed_reason
 
@@ -280,6 +281,14 @@ class StepJobTests:
         ref = {"id": parent.id, "queue": main}
         extra = await env.queue(late).add("extra", {"n": 5}, {"parent": ref})
         assert extra.parent_id == parent.id and extra.parent_queue == main
+        # As the store keeps it: the parent and the policy the child's failure applies.
+        kept = await env.store.get_job(late, extra.id)
+        assert kept is not None
+        assert (kept.parent_id, kept.parent_queue, kept.parent_policy) == (
+            parent.id,
+            main,
+            ParentPolicy.FAIL,
+        )
         tree = await env.flow.add(
             {
                 "name": "sub",
