@@ -279,7 +279,7 @@ class StepJobTests:
         )
         parent = node.job
         ref = {"id": parent.id, "queue": main}
-        extra = await env.queue(late).add("extra", {"n": 5}, {"parent": ref})
+        extra = await env.queue(late).add("extra", {"n": 5}, {"parent": ref, "remove_on_fail": 3})
         assert extra.parent_id == parent.id and extra.parent_queue == main
         # As the store keeps it: the parent and the policy the child's failure applies.
         kept = await env.store.get_job(late, extra.id)
@@ -344,7 +344,7 @@ class StepJobTests:
         queue = env.queue(kids)
         for parent, state in ((waiting, "waiting"), (delayed, "delayed"), (done, "completed")):
             ref = {"id": parent.id, "queue": main}
-            with pytest.raises(InvalidJobStateError, match=state):
+            with pytest.raises(InvalidJobStateError, match=rf"queue .{main}. is {state}"):
                 await queue.add("child", opts={"parent": ref})
             with pytest.raises(InvalidJobStateError):
                 await queue.add_bulk([{"name": "free"}, {"name": "child", "opts": {"parent": ref}}])
@@ -359,8 +359,9 @@ class StepJobTests:
                 )
             await _nothing_added(env, parent, kids)
         missing = {"id": "no-such-job", "queue": main}
-        with pytest.raises(JobNotFoundError, match="no-such-job"):
+        with pytest.raises(JobNotFoundError) as caught:
             await queue.add("child", opts={"parent": missing})
+        assert (caught.value.queue, caught.value.job_id) == (main, "no-such-job")
         with pytest.raises(JobNotFoundError):
             await env.flow.add({"name": "root", "queue_name": kids, "opts": {"parent": missing}})
         assert await env.total(kids) == 0
