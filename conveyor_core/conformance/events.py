@@ -60,6 +60,18 @@ class EventTests:
         assert done.data.get("return_value") == {"ok": 1}
         assert good.id in called
 
+    async def test_each_event_arrives_once(self, env: Harness) -> None:
+        q = env.name("once")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            job = await env.queue(q).add("once", None)
+            marker = await env.queue(q).add("marker", None)
+            await env.wait_seen(
+                seen, lambda e: e.type == "added" and e.job_id == marker.id, "the marker's event"
+            )
+        assert [e.type for e in seen if e.job_id == job.id] == ["added", "waiting"]
+
     async def test_a_huge_result_or_reason_still_publishes_its_event(self, env: Harness) -> None:
         # A store may leave a bulky field out of an event (and say "truncated"), but the
         # event itself, its job and its other fields always arrive.
