@@ -65,12 +65,17 @@ class EventTests:
         seen: list[QueueEvent] = []
         async with QueueEvents(q, store=env.event_store) as listener:
             listener.on("*", seen.append)
-            job = await env.queue(q).add("once", None)
-            marker = await env.queue(q).add("marker", None)
+            queue = env.queue(q)
+            # One add of one job, and one of 25 whose 50 events take some 6 KB (a store
+            # may cut a big batch into several notifications).
+            jobs = [await queue.add("once", None)]
+            jobs += await queue.add_bulk([{"name": f"{n:02d}" * 20} for n in range(25)])
+            marker = await queue.add("marker", None)
             await env.wait_seen(
                 seen, lambda e: e.type == "added" and e.job_id == marker.id, "the marker's event"
             )
-        assert [e.type for e in seen if e.job_id == job.id] == ["added", "waiting"]
+        for job in jobs:
+            assert [e.type for e in seen if e.job_id == job.id] == ["added", "waiting"], job.name
 
     async def test_a_huge_result_or_reason_still_publishes_its_event(self, env: Harness) -> None:
         # A store may leave a bulky field out of an event (and say "truncated"), but the
