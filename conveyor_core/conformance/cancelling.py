@@ -334,6 +334,17 @@ class CancellingTests:
         root_deps = await root.get_dependencies()
         assert len(root_deps.failed) == 2 and root_deps.unprocessed == []
 
+    async def test_cancel_requests_answer_for_the_ids_asked_only(self, env: Harness) -> None:
+        # Ids are data: one that reads like a word of the store's own commands too.
+        q = env.name("requests-of")
+        queue = env.queue(q)
+        named = await queue.add("named", None, {"job_id": "requests"})
+        other = await queue.add("other", None)
+        assert sorted(await _take(env, q, "tok")) == sorted((named.id, other.id))
+        assert await named.cancel("halt") == 1
+        assert await env.store.cancel_requests(q, [other.id]) == {}
+        assert await env.store.cancel_requests(q, ["requests"]) == {"requests": "cancelled: halt"}
+
     async def test_a_cancel_request_wins_over_whatever_the_worker_reports(
         self, env: Harness
     ) -> None:
