@@ -334,6 +334,27 @@ class CancellingTests:
         root_deps = await root.get_dependencies()
         assert len(root_deps.failed) == 2 and root_deps.unprocessed == []
 
+    async def test_cancelling_a_failed_parent_leaves_its_running_child(self, env: Harness) -> None:
+        parent_q, q = env.name("failed-parent"), env.name("failed-parent-kids")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": "breaks", "queue_name": q},
+                    {"name": "runs", "queue_name": q},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        assert sorted(await _take(env, q, "tok")) == sorted((jobs["breaks"].id, jobs["runs"].id))
+        failure = Failure(jobs["breaks"].id, "tok", "broke")
+        assert await env.store.fail_jobs(q, [failure], time.time()) == [True]
+        await env.wait_state(jobs["parent"], FAILED)
+        # A finished job is not cancelled, nor is what still runs below it.
+        assert await env.flow.cancel(jobs["parent"].id, parent_q) == 0
+        assert await env.store.cancel_requests(q, [jobs["runs"].id]) == {}
+
     async def test_cancel_requests_answer_for_the_ids_asked_only(self, env: Harness) -> None:
         # Ids are data: one that reads like a word of the store's own commands too.
         q = env.name("requests-of")
