@@ -223,6 +223,12 @@ store keeps to itself (its per-state counts folded from deltas, whatever runs at
 has no conformance test, as no other store has it."""
 
 
+LUA_STORE_TESTS = ("test_redis_store.py",)
+"""The Redis store's own tests that the Lua target runs beside the conformance suite:
+what the store keeps to itself (its event stream capped at ``stream_max_len``, its keys
+under one hash tag, the metrics keys bounded) has no conformance test."""
+
+
 def _only(target: str, store: str | None, wanted: str) -> None:
     if store not in (None, wanted):
         raise ValueError(f"the {target} target runs on the {wanted} store, not {store!r}")
@@ -385,9 +391,10 @@ class PrivateRedis:
 
 
 def lua(store: str | None = None, root: Path = ROOT) -> Target:
-    """The Redis scripts (``lua/*.lua``) judged by the conformance suite on Redis. A
-    mutant runs the tests that called a script whose text, as sent to the server (with
-    the helpers of ``common.lua`` it uses), the mutant changes."""
+    """The Redis scripts (``lua/*.lua``) judged by the conformance suite on Redis and the
+    store's own tests of :data:`LUA_STORE_TESTS`. A mutant runs the tests that called a
+    script whose text, as sent to the server (with the helpers of ``common.lua`` it
+    uses), the mutant changes."""
     _only("lua", store, "redis")
     from conveyor_stores.redis.store import assemble_scripts
 
@@ -419,7 +426,10 @@ def lua(store: str | None = None, root: Path = ROOT) -> Target:
         root=root,
         path=LUA_SCRIPTS,
         packages=("conveyor_core", "conveyor_stores"),
-        suite_files=_server_suite(root, "redis", SERVER_WAIT_SECONDS),
+        suite_files={
+            **_server_suite(root, "redis", SERVER_WAIT_SECONDS),
+            **{name: (root / "tests" / name).read_text() for name in LUA_STORE_TESTS},
+        },
         mutator=LuaMutator(check),
         units=Units(
             _UNITS_PLUGIN.format(what="Redis scripts", patch=_REDIS_PATCH),

@@ -313,6 +313,21 @@ async def test_metrics_keys_stay_bounded(store: RedisStore, raw: Any) -> None:
     assert [int(m) for m in await raw.zrange(base + "mm:completed", 0, -1)] == kept
 
 
+async def test_wake_up_marks_stay_bounded(store: RedisStore, raw: Any) -> None:
+    # Each add pushes a mark for the workers blocked on the queue; with none blocked, the
+    # list keeps at most 64 marks, however many adds come, and each add still pushes one
+    # for every job it makes takeable (at most 16).
+    marker = queue_key_base(store.prefix, "q") + "marker"
+    await store.add_jobs([[job("one")]], 1.0)
+    assert await raw.llen(marker) == 1
+    await store.add_jobs([[job(f"m{i}")] for i in range(20)], 1.0)
+    assert await raw.llen(marker) == 17
+    for i in range(100):
+        await store.add_jobs([[job(f"n{i}")]], 1.0)
+        assert await raw.llen(marker) <= 64
+    assert await raw.llen(marker) == 64
+
+
 async def test_stream_is_capped(store: RedisStore, raw: Any, redis_url: str) -> None:
     async with RedisStore(redis_url, prefix=store.prefix, stream_max_len=10) as small:
         await small.add_jobs([[job(str(i))] for i in range(1_000)], 1.0)
