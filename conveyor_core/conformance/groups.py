@@ -122,6 +122,28 @@ class GroupTests:
             ("g", 2),
         ]
 
+    async def test_waiting_jobs_list_by_priority_and_entry_whatever_their_group(
+        self, env: Harness
+    ) -> None:
+        # A listing of waiting jobs follows priority, then lifo before fifo, then entry,
+        # across the lanes: the groups decide only which lane a take serves.
+        queue = env.queue(env.name("list-lanes"))
+        added = [
+            ("a", {}),
+            ("b", {"group_id": "g1"}),
+            ("c", {"priority": 2}),
+            ("d", {"group_id": "g2", "priority": 1}),
+            ("e", {"group_id": "g1"}),
+            ("f", {"lifo": True}),
+            ("g", {"group_id": "g2", "lifo": True}),
+            ("h", {"group_id": "g2", "priority": 2}),
+            ("i", {}),
+        ]
+        for name, opts in added:
+            await queue.add(name, None, opts)
+        listed = await queue.get_jobs("waiting")
+        assert [job.name for job in listed] == ["g", "f", "a", "b", "e", "i", "d", "c", "h"]
+
     async def test_a_take_by_lanes_publishes_active_in_the_order_taken(self, env: Harness) -> None:
         # With and without group limits: a store may take the lanes differently when it
         # has no group's limits to check.
