@@ -260,6 +260,40 @@ class EdgeTests:
         due = await env.store.due_schedulers(q, time.time() + 3600, 10)
         assert sorted(record.id for record in due.schedulers) == ["a", "b"]
 
+    async def test_removing_a_job_reaches_below_a_child_with_more_children_done_than_not(
+        self, env: Harness
+    ) -> None:
+        q = env.name("remove-below")
+        node = await env.flow.add(
+            {
+                "name": "root",
+                "queue_name": q,
+                "children": [
+                    {
+                        "name": "middle",
+                        "queue_name": q,
+                        "children": [
+                            {"name": "done-1", "queue_name": q},
+                            {"name": "done-2", "queue_name": q},
+                            {"name": "pending", "queue_name": q, "opts": {"delay": 3600}},
+                        ],
+                    }
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=now + 60, now=now)
+        assert sorted(j.id for j in taken.jobs) == sorted((jobs["done-1"].id, jobs["done-2"].id))
+        done = [Completion(j.id, "t", "1") for j in taken.jobs]
+        assert await env.store.complete_jobs(q, done, now) == [True, True]
+        await jobs["root"].remove()
+        # The unfinished jobs below are removed with it; the completed ones stay.
+        for name in ("root", "middle", "pending"):
+            assert await env.reread(jobs[name]) is None, name
+        for name in ("done-1", "done-2"):
+            assert await env.state(jobs[name]) is JobState.COMPLETED, name
+
     async def test_removing_a_job_keeps_the_logs_and_children_of_the_others(
         self, env: Harness
     ) -> None:
