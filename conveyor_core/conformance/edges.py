@@ -264,6 +264,7 @@ class EdgeTests:
         self, env: Harness
     ) -> None:
         q = env.name("remove-below")
+        ignored = {"ignore_dependency_on_failure": True}
         node = await env.flow.add(
             {
                 "name": "root",
@@ -273,8 +274,9 @@ class EdgeTests:
                         "name": "middle",
                         "queue_name": q,
                         "children": [
-                            {"name": "done-1", "queue_name": q},
-                            {"name": "done-2", "queue_name": q},
+                            {"name": "done", "queue_name": q},
+                            {"name": "broke-1", "queue_name": q, "opts": ignored},
+                            {"name": "broke-2", "queue_name": q, "opts": ignored},
                             {"name": "pending", "queue_name": q, "opts": {"delay": 3600}},
                         ],
                     }
@@ -284,15 +286,19 @@ class EdgeTests:
         jobs = nodes_by_name(node)
         now = time.time()
         taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=now + 60, now=now)
-        assert sorted(j.id for j in taken.jobs) == sorted((jobs["done-1"].id, jobs["done-2"].id))
-        done = [Completion(j.id, "t", "1") for j in taken.jobs]
-        assert await env.store.complete_jobs(q, done, now) == [True, True]
+        ids = {job.name: job.id for job in taken.jobs}
+        assert sorted(ids) == ["broke-1", "broke-2", "done"]
+        assert await env.store.complete_jobs(q, [Completion(ids["done"], "t", "1")], now) == [True]
+        broke = [Failure(ids[name], "t", "broke") for name in ("broke-1", "broke-2")]
+        assert await env.store.fail_jobs(q, broke, now) == [True, True]
+        counts = await jobs["middle"].get_dependency_counts()
+        assert (counts.processed, counts.ignored, counts.unprocessed) == (1, 2, 1)
         await jobs["root"].remove()
-        # The unfinished jobs below are removed with it; the completed ones stay.
+        # The unfinished jobs below are removed with it; the finished ones stay.
         for name in ("root", "middle", "pending"):
             assert await env.reread(jobs[name]) is None, name
-        for name in ("done-1", "done-2"):
-            assert await env.state(jobs[name]) is JobState.COMPLETED, name
+        for name in ("done", "broke-1", "broke-2"):
+            assert await env.reread(jobs[name]) is not None, name
 
     async def test_removing_a_job_keeps_the_logs_and_children_of_the_others(
         self, env: Harness
