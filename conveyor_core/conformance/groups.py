@@ -128,7 +128,7 @@ class GroupTests:
         # A listing of waiting jobs follows priority, then lifo before fifo, then entry,
         # across the lanes: the groups decide only which lane a take serves.
         queue = env.queue(env.name("list-lanes"))
-        added = [
+        added: list[tuple[str, dict[str, Any]]] = [
             ("a", {}),
             ("b", {"group_id": "g1"}),
             ("c", {"priority": 2}),
