@@ -21,7 +21,7 @@ import hashlib
 import re
 from importlib import resources
 
-from conveyor_core.store import METRICS_MINUTES
+from conveyor_core.store import METRICS_MINUTES, STALLED_REASON
 
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -224,10 +224,10 @@ def plan(steps: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return out
 
 
-def functions_digest(stalled_reason: str) -> str:
+def functions_digest() -> str:
     """SHA-256 of every function's text, rendered as every schema gets it (but for the
     schema's name and channel)."""
-    text = render(all_functions_sql(), "digest", "digest", stalled_reason)
+    text = render(all_functions_sql(), "digest", "digest", STALLED_REASON)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
