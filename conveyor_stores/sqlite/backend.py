@@ -23,6 +23,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, Literal
 
 from conveyor_core.engine import Lane, fold_ascii
@@ -109,12 +110,19 @@ _INSERT = (
     f"INSERT INTO jobs ({_COLUMNS}, order_key, pending, deps_processed, deps_failed, "
     f"deps_ignored) VALUES ({', '.join('?' * (len(_FIELDS) + 7))})"
 )
+_FIXED = frozenset(("name", "opts", "created_at", "group_id"))
+"""Columns written once, by the add: an update leaves them out, as SQLite rewrites the
+entries of every index over a column an ``UPDATE`` sets (``jobs_created``, the group
+indexes), whether or not its value changed."""
+_CHANGING = tuple(name for name in _FIELDS if name not in _FIXED)
+_changing = itemgetter(*(i for i, name in enumerate(_FIELDS) if name not in _FIXED))
+"""The values of :data:`_CHANGING` out of :func:`_fields`."""
 _UPDATE_SAME_STATE = (
-    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _FIELDS[:-1])} "
+    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _CHANGING[:-1])} "
     "WHERE queue = ? AND id = ?"
 )
 _UPDATE = (
-    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _FIELDS)}, order_key = ? "
+    f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _CHANGING)}, order_key = ? "
     "WHERE queue = ? AND id = ?"
 )
 
@@ -510,10 +518,11 @@ class SQLiteBackend:
             if moved:
                 self._new_order[key] = self._order_key(job)
             return
+        values = _changing(_fields(job))
         if moved:
-            self.conn.execute(_UPDATE, (*_fields(job), self._order_key(job), *key))
+            self.conn.execute(_UPDATE, (*values, self._order_key(job), *key))
         else:
-            self.conn.execute(_UPDATE_SAME_STATE, (*_fields(job)[:-1], *key))
+            self.conn.execute(_UPDATE_SAME_STATE, (*values[:-1], *key))
 
     def delete(self, queue: str, job_id: str) -> None:
         key = (queue, job_id)
