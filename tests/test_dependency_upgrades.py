@@ -82,7 +82,7 @@ async def test_sqlite_migration_counts_existing_dependencies(sqlite_path: str) -
     # none of the columns later steps add).
     conn = sqlite3.connect(sqlite_path, isolation_level=None)
     try:
-        for index in ("dependencies_order", "jobs_own_waiting", "jobs_group"):
+        for index in ("dependencies_order", "jobs_own_waiting", "jobs_group_waiting"):
             conn.execute(f"DROP INDEX {index}")
         for column in (
             "deps_processed",
@@ -90,6 +90,7 @@ async def test_sqlite_migration_counts_existing_dependencies(sqlite_path: str) -
             "deps_ignored",
             "cancel_reason",
             "group_id",
+            "queue_key",
         ):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         for table in ("parent_links", "deduplication", "lanes"):

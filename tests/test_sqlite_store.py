@@ -104,42 +104,48 @@ async def test_schema_version_is_recorded_and_a_reopen_migrates_nothing(
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_a_file_written_before_lanes_counted_finished_jobs_keeps_its_group_counts(
+async def test_a_file_written_before_lanes_counted_every_state_keeps_its_groups(
     sqlite_path: str,
 ) -> None:
     async with SQLiteStore(sqlite_path) as store:
         queue = Queue("mail", store=store)
+        await queue.set_group_limits(concurrency=1)
         for group in ("a", "a", "b", "c"):
             await queue.add("send", None, {"group_id": group})
+        await queue.add("later", None, {"group_id": "d", "delay": 600})
         now = time.time()
         taken = await store.take_jobs("mail", limit=4, token="t", lock_until=now + 60, now=now)
-        ids = [job.id for job in taken.jobs]
-        assert len(ids) == 4
-        await store.complete_jobs("mail", [Completion(i, "t", "null") for i in ids[:2]], now)
-        await store.fail_jobs("mail", [Failure(ids[2], "t", "broke")], now)
+        first_a, b, c = (job.id for job in taken.jobs)
+        await store.complete_jobs("mail", [Completion(b, "t", "null")], now)
+        await store.fail_jobs("mail", [Failure(c, "t", "broke")], now)
         expected = await queue.get_group_counts()
-    # Take the file back one schema version: the group index over every state, and
-    # lanes that count only waiting jobs.
+    assert expected["a"]["active"] == 1 and expected["a"]["waiting"] == 1
+    assert expected["d"]["delayed"] == 1
+    # Take the file back one schema version: the group index over every unfinished
+    # state, and lanes that count only waiting and finished jobs.
     with sqlite3.connect(sqlite_path, isolation_level=None) as conn:
-        conn.execute("DROP INDEX jobs_group")
+        conn.execute("DROP INDEX jobs_group_waiting")
         conn.execute(
-            "CREATE INDEX jobs_group ON jobs (queue, group_id, state, order_key) "
-            "WHERE group_id IS NOT NULL"
+            "CREATE INDEX jobs_group ON jobs (queue, state, group_id, order_key) "
+            "WHERE group_id IS NOT NULL AND state NOT IN ('completed', 'failed')"
         )
-        conn.execute("ALTER TABLE lanes DROP COLUMN completed")
-        conn.execute("ALTER TABLE lanes DROP COLUMN failed")
+        conn.execute("ALTER TABLE jobs DROP COLUMN queue_key")
+        for column in ("active", "delayed", "waiting_children"):
+            conn.execute(f"ALTER TABLE lanes DROP COLUMN {column}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
     async with SQLiteStore(sqlite_path) as store:
         assert store.migrations_applied == 1
         queue = Queue("mail", store=store)
         assert await queue.get_group_counts() == expected
-        assert sum(counts["completed"] for counts in expected.values()) == 2
-        assert sum(counts["failed"] for counts in expected.values()) == 1
-        # Counting goes on from there: the last active job completes.
-        await store.complete_jobs("mail", [Completion(ids[3], "t", "null")], now)
+        # The group's active job still holds its concurrency of one.
+        held = await store.take_jobs("mail", limit=4, token="u", lock_until=now + 60, now=now)
+        assert held.jobs == [] and held.concurrency_limited
+        await store.complete_jobs("mail", [Completion(first_a, "t", "null")], now)
+        again = await store.take_jobs("mail", limit=4, token="u", lock_until=now + 60, now=now)
+        assert [job.group_id for job in again.jobs] == ["a"]
         counts = await queue.get_group_counts()
-        assert sum(c["completed"] for c in counts.values()) == 3
-        assert sum(c["active"] for c in counts.values()) == 0
+        assert counts["a"]["completed"] == 1 and counts["a"]["active"] == 1
+        assert counts["a"]["waiting"] == 0
 
 
 async def test_a_file_from_a_newer_version_is_refused(sqlite_path: str) -> None:

@@ -39,6 +39,8 @@ from conveyor_core.store import (
     SchedulerRecord,
 )
 
+from .schema import queue_key
+
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED
 ACTIVE = JobState.ACTIVE
@@ -49,13 +51,36 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 Key = tuple[str, str]
 
 _STATES = {state.value: state for state in JobState}
-_LANE_COUNTED = (WAITING, COMPLETED, FAILED)
-"""The states whose jobs a lane counts (``lanes.waiting``, ``completed``, ``failed``):
-waiting for the take, finished for the group counts, which the partial index
-``jobs_group`` leaves out so that finishing a job writes none of its group's pages."""
-_NO_DELTAS = (0, 0, 0)
-_UNFINISHED = "state NOT IN ('completed', 'failed')"
-"""The condition of ``jobs_group``: a query that reads the index repeats it."""
+_LANE_COUNTED = (WAITING, COMPLETED, FAILED, ACTIVE, DELAYED, WAITING_CHILDREN)
+"""The states of a lane's counts, in the order of :data:`_LANE_COLUMNS`: a lane counts its
+group's jobs in every state, so that the take, the group concurrency and the group
+counts read one row, and only waiting jobs need an index (``jobs_group_waiting``)."""
+_LANE_COLUMNS = ("waiting", "completed", "failed", "active", "delayed", "waiting_children")
+_LANE_INDEX: dict[JobState | None, int] = {state: i for i, state in enumerate(_LANE_COUNTED)}
+_NO_DELTAS = (0,) * len(_LANE_COUNTED)
+_LANE_MOVES = ", ".join(f"{name} = {name} + ?{i}" for i, name in enumerate(_LANE_COLUMNS, 3))
+_LANE_COUNT = f"UPDATE lanes SET {_LANE_MOVES} WHERE queue = ?1 AND group_id = ?2"
+"""A lane's counts move by the deltas ``?3…``."""
+_LANE_SERVE = (
+    # The deltas follow the served number and the window: ?6… rather than ?3….
+    f"UPDATE lanes SET served = ?3, window_start = ?4, window_count = ?5, "
+    f"{', '.join(f'{name} = {name} + ?{i}' for i, name in enumerate(_LANE_COLUMNS, 6))} "
+    "WHERE queue = ?1 AND group_id = ?2"
+)
+"""A lane served in this transaction: its served number and window, and its counts."""
+_LANE_NEW_COUNT = (
+    f"INSERT INTO lanes (queue, group_id, {', '.join(_LANE_COLUMNS)}) "
+    f"VALUES (?1, ?2, {', '.join(f'?{i}' for i in range(3, 3 + len(_LANE_COLUMNS)))}) "
+    "ON CONFLICT DO NOTHING"
+)
+_LANE_NEW_SERVE = (
+    f"INSERT INTO lanes (queue, group_id, served, window_start, window_count, "
+    f"{', '.join(_LANE_COLUMNS)}) "
+    f"VALUES ({', '.join(f'?{i}' for i in range(1, 6 + len(_LANE_COLUMNS)))}) "
+    "ON CONFLICT DO NOTHING"
+)
+"""A lane's first row, with what its update found no row for; a lane that has one is
+left as the update wrote it."""
 _LINK_INSERT = (
     "INSERT INTO parent_links (queue, id, seq, parent_queue, parent_id, policy) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -107,8 +132,8 @@ _SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _COLUMNS_OF_J = ", ".join(f"j.{name}" for name in _COLUMNS.split(", "))
 _GET = f"{_SELECT} WHERE queue = ? AND id = ?"
 _INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}, order_key, pending, deps_processed, deps_failed, "
-    f"deps_ignored) VALUES ({', '.join('?' * (len(_FIELDS) + 7))})"
+    f"INSERT INTO jobs ({_COLUMNS}, queue_key, order_key, pending, deps_processed, "
+    f"deps_failed, deps_ignored) VALUES ({', '.join('?' * (len(_FIELDS) + 8))})"
 )
 _FIXED = frozenset(("name", "opts", "created_at", "group_id"))
 """Columns written once, by the add: an update leaves them out, as SQLite rewrites the
@@ -400,7 +425,16 @@ class SQLiteBackend:
             if deps:
                 for dep in deps.values():
                     counts[dep.status] += 1
-            rows.append((job.id, job.queue, *_fields(job), order.get(key, 0), *counts.values()))
+            rows.append(
+                (
+                    job.id,
+                    job.queue,
+                    *_fields(job),
+                    None if job.group_id is None else queue_key(job.queue),
+                    order.get(key, 0),
+                    *counts.values(),
+                )
+            )
         self.conn.executemany(_INSERT, rows)
         if new_deps:
             self.conn.executemany(
@@ -559,74 +593,64 @@ class SQLiteBackend:
     ) -> list[JobRecord | None]:
         self._flush()
         # One statement for all the lanes, each lane's first job found through its own
-        # index: a group's through jobs_group, the own lane's (JSON null) through
+        # index: a group's through jobs_group_waiting, the own lane's (JSON null) through
         # jobs_own_waiting.
         rows = self.conn.execute(
             f"SELECT g.key, {_COLUMNS_OF_J} FROM json_each(?2) g JOIN jobs j ON j.rowid = "
             "CASE WHEN g.value IS NULL THEN (SELECT rowid FROM jobs INDEXED BY jobs_own_waiting "
             "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL "
             "ORDER BY order_key LIMIT 1) "
-            "ELSE (SELECT rowid FROM jobs INDEXED BY jobs_group WHERE queue = ?1 "
-            f"AND state = 'waiting' AND group_id = g.value AND {_UNFINISHED} "
+            "ELSE (SELECT rowid FROM jobs INDEXED BY jobs_group_waiting WHERE queue_key = ?3 "
+            "AND group_id = g.value AND state = 'waiting' AND queue = ?1 "
             "ORDER BY order_key LIMIT 1) END",
-            (queue, json.dumps(list(groups))),
+            (queue, json.dumps(list(groups)), queue_key(queue)),
         ).fetchall()
         found: list[JobRecord | None] = [None] * len(groups)
         for row in rows:
             found[row[0]] = _record(row[1:])
         return found
 
-    def _flush_lanes(self) -> None:
+    def _flush_lanes(self, *, for_take: bool = False) -> None:
         """Write the lanes' counts, served numbers and windows, and the queues' last
-        served numbers, kept in memory while a transaction takes jobs."""
-        conn = self.conn
-        if self._lane_counts or self._lane_put:
-            # One upsert per lane for both: its counts move by the deltas, and a lane
-            # served in this transaction (?6 not NULL) gets its new served number and
-            # window.
-            counts, puts = self._lane_counts, self._lane_put
-            rows = [
-                (
-                    q,
-                    g,
-                    *counts.get((q, g), _NO_DELTAS),
-                    lane.served,
-                    *(lane.window if lane.window else (None, 0)),
-                )
-                for (q, g), lane in puts.items()
-            ]
-            rows += [
-                (q, g, *deltas, None, None, None)
-                for (q, g), deltas in counts.items()
-                if any(deltas) and (q, g) not in puts
-            ]
-            if rows:
-                conn.executemany(
-                    "INSERT INTO lanes (queue, group_id, waiting, completed, failed, served, "
-                    "window_start, window_count) VALUES (?1, ?2, ?3, ?4, ?5, coalesce(?6, 0), "
-                    "?7, coalesce(?8, 0)) ON CONFLICT (queue, group_id) DO UPDATE SET "
-                    "waiting = waiting + excluded.waiting, "
-                    "completed = completed + excluded.completed, "
-                    "failed = failed + excluded.failed, "
-                    "served = CASE WHEN ?6 IS NULL THEN served ELSE excluded.served END, "
-                    "window_start = CASE WHEN ?6 IS NULL THEN window_start "
-                    "ELSE excluded.window_start END, "
-                    "window_count = CASE WHEN ?6 IS NULL THEN window_count "
-                    "ELSE excluded.window_count END",
-                    rows,
-                )
-            counts.clear()
+        served numbers, kept in memory while a transaction takes jobs.
+
+        ``for_take``: only what a take reads (the lanes served or whose waiting count
+        moved); the other lanes' counts wait for the next full flush, so that a lane
+        finishing jobs and then served is written once."""
+        counts, puts = self._lane_counts, self._lane_put
+        if puts:
+            self._write_lanes(
+                _LANE_SERVE,
+                _LANE_NEW_SERVE,
+                [
+                    (*key, lane.served, *(lane.window or (None, 0)), *counts.pop(key, _NO_DELTAS))
+                    for key, lane in puts.items()
+                ],
+            )
             puts.clear()
+        if counts:
+            moved = [key for key, deltas in counts.items() if deltas[0] or not for_take]
+            self._write_lanes(
+                _LANE_COUNT,
+                _LANE_NEW_COUNT,
+                [(*key, *deltas) for key in moved if any(deltas := counts.pop(key))],
+            )
         if self._served:
-            conn.executemany(
+            self.conn.executemany(
                 "INSERT INTO queues (name, served) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET served = excluded.served",
                 list(self._served.items()),
             )
             self._served.clear()
 
+    def _write_lanes(self, update: str, insert: str, rows: list[tuple[Any, ...]]) -> None:
+        """Update the lanes' rows; a lane with no row yet (its group's first job) gets
+        one with the same values, the lanes that have one being left as updated."""
+        if rows and self.conn.executemany(update, rows).rowcount < len(rows):
+            self.conn.executemany(insert, rows)
+
     def has_grouped_waiting(self, queue: str) -> bool:
-        self._flush_lanes()
+        self._flush_lanes(for_take=True)
         row = self.conn.execute(
             "SELECT 1 FROM lanes INDEXED BY lanes_ready WHERE queue = ? AND waiting > 0 LIMIT 1",
             (queue,),
@@ -635,7 +659,7 @@ class SQLiteBackend:
 
     def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
         self._flush()
-        self._flush_lanes()
+        self._flush_lanes(for_take=True)
         conn = self.conn
         rows = conn.execute(
             "SELECT group_id, served, window_start, window_count FROM lanes "
@@ -665,13 +689,10 @@ class SQLiteBackend:
     ) -> None:
         """A job of ``group`` went from ``old`` to ``new`` (``None``: it is new, or
         deleted); the lane's counts of :data:`_LANE_COUNTED` follow."""
-        left = _LANE_COUNTED.index(old) if old in _LANE_COUNTED else -1
-        entered = _LANE_COUNTED.index(new) if new in _LANE_COUNTED else -1
-        if left == entered:
-            return
+        left, entered = _LANE_INDEX.get(old, -1), _LANE_INDEX.get(new, -1)
         deltas = self._lane_counts.get((queue, group))
         if deltas is None:
-            deltas = self._lane_counts[(queue, group)] = [0, 0, 0]
+            deltas = self._lane_counts[(queue, group)] = [0] * len(_LANE_COUNTED)
         if left >= 0:
             deltas[left] -= 1
         if entered >= 0:
@@ -687,41 +708,27 @@ class SQLiteBackend:
         return served + 1
 
     def count_group(self, queue: str, group: str, state: JobState) -> int:
-        self._flush()
-        if state is COMPLETED or state is FAILED:
-            self._flush_lanes()
-            row = self.conn.execute(
-                "SELECT completed, failed FROM lanes WHERE queue = ? AND group_id = ?",
-                (queue, group),
-            ).fetchone()
-            return 0 if row is None else int(row[0 if state is COMPLETED else 1])
+        # The lane's row and what this transaction moved, unwritten yet. The column's
+        # name is one of our own constants, never user data.
+        at = _LANE_INDEX[state]
         row = self.conn.execute(
-            "SELECT count(*) FROM jobs INDEXED BY jobs_group "
-            f"WHERE queue = ? AND state = ? AND group_id = ? AND {_UNFINISHED}",
-            (queue, state.value, group),
+            f"SELECT {_LANE_COLUMNS[at]} FROM lanes WHERE queue = ? AND group_id = ?",
+            (queue, group),
         ).fetchone()
-        return int(row[0])
+        pending = self._lane_counts.get((queue, group), _NO_DELTAS)[at]
+        return (0 if row is None else int(row[0])) + pending
 
     def group_counts(self, queue: str) -> dict[str, dict[JobState, int]]:
         self._flush()
         self._flush_lanes()
-        conn = self.conn
-        counts: dict[str, dict[JobState, int]] = {}
-        for group, state, n in conn.execute(
-            "SELECT group_id, state, count(*) FROM jobs INDEXED BY jobs_group "
-            f"WHERE queue = ? AND group_id IS NOT NULL AND {_UNFINISHED} "
-            "GROUP BY state, group_id",
-            (queue,),
-        ):
-            counts.setdefault(group, {})[_STATES[state]] = int(n)
-        for group, completed, failed in conn.execute(
-            "SELECT group_id, completed, failed FROM lanes "
-            "WHERE queue = ? AND (completed > 0 OR failed > 0)",
-            (queue,),
-        ):
-            finished = counts.setdefault(group, {})
-            finished[COMPLETED], finished[FAILED] = int(completed), int(failed)
-        return counts
+        return {
+            str(row[0]): dict(zip(_LANE_COUNTED, map(int, row[1:]), strict=True))
+            for row in self.conn.execute(
+                f"SELECT group_id, {', '.join(_LANE_COLUMNS)} FROM lanes "
+                "WHERE queue = ? AND group_id != ''",
+                (queue,),
+            )
+        }
 
     def group_limits(self, queue: str) -> GroupLimits:
         row = self.conn.execute(

@@ -8,7 +8,9 @@ wait on the lock (``busy_timeout``) and then find nothing left to do.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+from functools import lru_cache
 
 _V1 = (
     # One row per job, stored in insertion order (the rowid), so the jobs a worker
@@ -286,6 +288,34 @@ _V11 = (
     """,
 )
 
+_V12 = (
+    # GROUPS: a lane counts its group's jobs in every state, so a group's active jobs
+    # (its concurrency) and its counts are read from one row, and only a group's
+    # waiting jobs are indexed, by group and take order (the lane's first job): taking
+    # or finishing a job writes its lane's row, which the take writes anyway, and no
+    # page of the active jobs' entries. The index leads with the queue's number
+    # (:func:`queue_key`), not its name: entries a third of the size put the first
+    # jobs of the lanes one take serves (neighbours in group order) on fewer pages.
+    "DROP INDEX jobs_group",
+    "ALTER TABLE jobs ADD COLUMN queue_key INTEGER",
+    "UPDATE jobs SET queue_key = conveyor_queue_key(queue) WHERE group_id IS NOT NULL",
+    "CREATE INDEX jobs_group_waiting ON jobs (queue_key, group_id, order_key) "
+    "WHERE state = 'waiting' AND group_id IS NOT NULL",
+    "ALTER TABLE lanes ADD COLUMN active INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE lanes ADD COLUMN delayed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE lanes ADD COLUMN waiting_children INTEGER NOT NULL DEFAULT 0",
+    """
+    INSERT INTO lanes (queue, group_id, active, delayed, waiting_children)
+    SELECT queue, group_id, sum(state = 'active'), sum(state = 'delayed'),
+        sum(state = 'waiting-children') FROM jobs
+    WHERE group_id IS NOT NULL AND state IN ('active', 'delayed', 'waiting-children')
+    GROUP BY queue, group_id
+    ON CONFLICT (queue, group_id) DO UPDATE SET
+        active = excluded.active, delayed = excluded.delayed,
+        waiting_children = excluded.waiting_children
+    """,
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     _V2,
@@ -297,10 +327,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V9,
     _V10,
     _V11,
+    _V12,
 )
 """Step ``i`` takes the schema from version ``i`` to ``i + 1``. Append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@lru_cache(maxsize=4096)
+def queue_key(queue: str) -> int:
+    """A 32-bit number for a queue's name (``jobs.queue_key`` of its grouped jobs). Two
+    names may share one: every query through ``jobs_group_waiting`` checks the name too,
+    so sharing costs a longer walk, never a wrong answer."""
+    digest = hashlib.blake2b(queue.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class SchemaTooNewError(RuntimeError):
@@ -312,6 +352,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 
     ``conn`` must be in autocommit mode (``isolation_level=None``).
     """
+    conn.create_function("conveyor_queue_key", 1, queue_key, deterministic=True)
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
