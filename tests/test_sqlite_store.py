@@ -21,7 +21,7 @@ from conveyor_core import (
 from conveyor_core.store import Completion, EventRecord, EventSubscription, Failure, NewJob
 from conveyor_stores import open_store
 from conveyor_stores.sqlite import SQLiteStore
-from conveyor_stores.sqlite.schema import SCHEMA_VERSION
+from conveyor_stores.sqlite.schema import SCHEMA_VERSION, queue_key
 
 pytestmark = pytest.mark.anyio
 
@@ -146,6 +146,22 @@ async def test_a_file_written_before_lanes_counted_every_state_keeps_its_groups(
         counts = await queue.get_group_counts()
         assert counts["a"]["completed"] == 1 and counts["a"]["active"] == 1
         assert counts["a"]["waiting"] == 0
+
+
+async def test_queues_sharing_a_number_keep_their_groups_apart(store: SQLiteStore) -> None:
+    # The grouped jobs' index leads with a 32-bit number of the queue's name; these two
+    # names share one, so their groups' waiting jobs sit side by side in it.
+    first, second = "q12301", "q27064"
+    assert queue_key(first) == queue_key(second)
+    for queue, ids in ((first, ["a1", "a2", "a3"]), (second, ["b1", "b2"])):
+        jobs = [new_job(i, queue=queue, group_id="g") for i in ids]
+        assert await store.add_jobs([jobs], time.time()) == [True]
+    now = time.time()
+    taken = await store.take_jobs(second, limit=5, token="t", lock_until=now + 60, now=now)
+    assert [(job.queue, job.id) for job in taken.jobs] == [(second, "b1"), (second, "b2")]
+    assert (await store.get_counts(first))[WAITING] == 3
+    taken = await store.take_jobs(first, limit=5, token="t", lock_until=now + 60, now=now)
+    assert [job.id for job in taken.jobs] == ["a1", "a2", "a3"]
 
 
 async def test_a_file_from_a_newer_version_is_refused(sqlite_path: str) -> None:
