@@ -21,6 +21,7 @@ from conveyor_core import (
 from conveyor_core.store import Completion, EventRecord, EventSubscription, Failure, NewJob
 from conveyor_stores import open_store
 from conveyor_stores.sqlite import SQLiteStore
+from conveyor_stores.sqlite import backend as sqlite_backend
 from conveyor_stores.sqlite.schema import SCHEMA_VERSION, queue_key
 
 pytestmark = pytest.mark.anyio
@@ -162,6 +163,47 @@ async def test_queues_sharing_a_number_keep_their_groups_apart(store: SQLiteStor
     assert (await store.get_counts(first))[WAITING] == 3
     taken = await store.take_jobs(first, limit=5, token="t", lock_until=now + 60, now=now)
     assert [job.id for job in taken.jobs] == ["a1", "a2", "a3"]
+
+
+def _event_ids(path: str) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM events ORDER BY id")]
+
+
+async def _add_one_by_one(store: SQLiteStore, ids: range) -> None:
+    for i in ids:  # two events each: "added" and "waiting"
+        await store.add_jobs([[new_job(f"j{i}")]], time.time())
+
+
+async def test_events_beyond_the_retention_are_pruned_once_old_enough(
+    sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "PRUNE_EVERY", 10)
+    async with SQLiteStore(sqlite_path, events_retention=4, events_min_age=3600) as store:
+        await _add_one_by_one(store, range(10))
+        # Every event is younger than the minimum age: all are kept.
+        assert len(_event_ids(sqlite_path)) == 20
+        # The first twelve grow old; the rest stay young.
+        with sqlite3.connect(sqlite_path) as conn:
+            conn.execute("UPDATE events SET written_at = 0 WHERE id <= 12")
+        await _add_one_by_one(store, range(10, 15))
+        # Pruned: the old events but the newest four; every young event is kept.
+        assert _event_ids(sqlite_path) == list(range(13, 31))
+        # A young event among old ones is kept, and so are the newest four.
+        with sqlite3.connect(sqlite_path) as conn:
+            conn.execute("UPDATE events SET written_at = 0 WHERE id <= 30 AND id != 14")
+        await _add_one_by_one(store, range(15, 20))
+        ids = _event_ids(sqlite_path)
+        assert ids[0] == 14 and ids[-4:] == [37, 38, 39, 40]
+    async with SQLiteStore(sqlite_path, events_retention=4, events_min_age=0) as store:
+        await _add_one_by_one(store, range(20, 25))
+        # Old enough at once: the newest four are kept.
+        assert _event_ids(sqlite_path) == list(range(47, 51))
+        sub = await store.subscribe("q")
+        await store.pause("q")
+        assert (await next_event(sub)).type == "paused"
+        assert _event_ids(sqlite_path) == list(range(47, 52))
+        await sub.aclose()
 
 
 async def test_a_file_from_a_newer_version_is_refused(sqlite_path: str) -> None:

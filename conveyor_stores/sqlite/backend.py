@@ -498,11 +498,23 @@ class SQLiteBackend:
         return key
 
     def _prune_events(self) -> None:
-        # Always keeps the newest row, so the next id is never one already handed out.
-        self.conn.execute(
-            "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ? AND written_at < ?",
-            (max(self.events_retention, 1), time.time() - self.events_min_age),
-        )
+        """Delete the events beyond the newest ``events_retention`` that are older than
+        ``events_min_age``: every event below the first one kept for its age.
+
+        Ids follow the order of writing, so the first young event is found by walking up
+        from the oldest through the events deleted: a prune reads what it deletes and one
+        row more, however many young events the table holds. It always keeps the newest
+        row, so the next id is never one already handed out."""
+        conn = self.conn
+        newest = conn.execute("SELECT max(id) FROM events").fetchone()[0]
+        if newest is None:
+            return
+        bound = int(newest) - max(self.events_retention, 1) + 1
+        young = conn.execute(
+            "SELECT id FROM events WHERE id < ? AND written_at >= ? ORDER BY id LIMIT 1",
+            (bound, time.time() - self.events_min_age),
+        ).fetchone()
+        conn.execute("DELETE FROM events WHERE id < ?", (bound if young is None else young[0],))
 
     # ---------------------------------------------------------------- records
 
