@@ -355,12 +355,13 @@ class MemoryBackend:
     def due_delayed(self, queue: str, now: float) -> list[JobRecord]:
         q = self._q(queue)
         heap, delayed = q.delayed_heap, q.delayed
-        due: list[JobRecord] = []
+        due: dict[str, JobRecord] = {}
         while heap and heap[0][0] <= now:
             run_at, job_id = heapq.heappop(heap)
+            # A job saved again while delayed has an entry per save: one is due.
             if delayed.get(job_id) == run_at:
-                due.append(self.jobs[(queue, job_id)])
-        return due
+                due[job_id] = self.jobs[(queue, job_id)]
+        return list(due.values())
 
     def next_run_at(self, queue: str) -> float | None:
         q = self._q(queue)

@@ -105,6 +105,27 @@ async def test_schema_version_is_recorded_and_a_reopen_migrates_nothing(
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def _back_one_version(path: str) -> None:
+    """Take the file back one schema version: the group index over every unfinished
+    state, lanes that count only waiting and finished jobs, and the queues' last served
+    numbers in their rows."""
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("DROP INDEX jobs_group_waiting")
+        conn.execute(
+            "CREATE INDEX jobs_group ON jobs (queue, state, group_id, order_key) "
+            "WHERE group_id IS NOT NULL AND state NOT IN ('completed', 'failed')"
+        )
+        conn.execute("ALTER TABLE jobs DROP COLUMN queue_key")
+        conn.execute(
+            "INSERT INTO queues (name, served) SELECT queue, last_served FROM lanes "
+            "WHERE group_id = '' ON CONFLICT (name) DO UPDATE SET served = excluded.served"
+        )
+        conn.execute("DELETE FROM lanes WHERE group_id = '' AND served = 0")
+        for column in ("active", "delayed", "waiting_children", "last_served"):
+            conn.execute(f"ALTER TABLE lanes DROP COLUMN {column}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+
+
 async def test_a_file_written_before_lanes_counted_every_state_keeps_its_groups(
     sqlite_path: str,
 ) -> None:
@@ -122,18 +143,7 @@ async def test_a_file_written_before_lanes_counted_every_state_keeps_its_groups(
         expected = await queue.get_group_counts()
     assert expected["a"]["active"] == 1 and expected["a"]["waiting"] == 1
     assert expected["d"]["delayed"] == 1
-    # Take the file back one schema version: the group index over every unfinished
-    # state, and lanes that count only waiting and finished jobs.
-    with sqlite3.connect(sqlite_path, isolation_level=None) as conn:
-        conn.execute("DROP INDEX jobs_group_waiting")
-        conn.execute(
-            "CREATE INDEX jobs_group ON jobs (queue, state, group_id, order_key) "
-            "WHERE group_id IS NOT NULL AND state NOT IN ('completed', 'failed')"
-        )
-        conn.execute("ALTER TABLE jobs DROP COLUMN queue_key")
-        for column in ("active", "delayed", "waiting_children"):
-            conn.execute(f"ALTER TABLE lanes DROP COLUMN {column}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    _back_one_version(sqlite_path)
     async with SQLiteStore(sqlite_path) as store:
         assert store.migrations_applied == 1
         queue = Queue("mail", store=store)
@@ -163,6 +173,30 @@ async def test_queues_sharing_a_number_keep_their_groups_apart(store: SQLiteStor
     assert (await store.get_counts(first))[WAITING] == 3
     taken = await store.take_jobs(first, limit=5, token="t", lock_until=now + 60, now=now)
     assert [job.id for job in taken.jobs] == ["a1", "a2", "a3"]
+
+
+async def test_a_file_written_before_the_last_served_number_moved_serves_in_turn(
+    sqlite_path: str,
+) -> None:
+    async with SQLiteStore(sqlite_path) as store:
+        queue = Queue("mail", store=store)
+        for group in ("a", "b", "c", "a", "c"):
+            await queue.add("send", None, {"group_id": group})
+        now = time.time()
+        taken = await store.take_jobs("mail", limit=3, token="t", lock_until=now + 60, now=now)
+        assert [job.group_id for job in taken.jobs] == ["a", "b", "c"]
+    _back_one_version(sqlite_path)
+    async with SQLiteStore(sqlite_path) as store:
+        assert store.migrations_applied == 1
+        queue = Queue("mail", store=store)
+        for _ in range(2):
+            await queue.add("send", None, {"group_id": "d"})
+        # The group never served goes first, and is then served after the groups served
+        # before the upgrade, as its served number follows theirs.
+        first = await store.take_jobs("mail", limit=1, token="u", lock_until=now + 60, now=now)
+        assert [job.group_id for job in first.jobs] == ["d"]
+        rest = await store.take_jobs("mail", limit=3, token="u", lock_until=now + 60, now=now)
+        assert [job.group_id for job in rest.jobs] == ["a", "c", "d"]
 
 
 def _event_ids(path: str) -> list[int]:

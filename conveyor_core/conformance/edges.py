@@ -635,6 +635,50 @@ class EdgeTests:
             assert await env.store.get_job(q, job_id) is None
         assert await env.store.get_counts(q) == {**dict.fromkeys(JobState, 0), WAITING: 1}
 
+    async def test_a_delayed_job_given_a_dependent_is_promoted_once(self, env: Harness) -> None:
+        # Becoming a DAG job's dependency rewrites the delayed job's record; when its time
+        # comes it enters waiting once, with one event, and its group counts it once.
+        q = env.name("dag-delayed-dependency")
+        now = time.time()
+        later = [
+            NewJob(
+                id=job_id,
+                queue=q,
+                name=job_id,
+                data="null",
+                opts="{}",
+                state=DELAYED,
+                delay=3.0,
+                group_id=group,
+            )
+            for job_id, group in (("later", None), ("later-a", "a"))
+        ]
+        assert await env.store.add_jobs([later], now) == [True]
+        seen: list[str] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("waiting", lambda event: seen.append(event.job_id or ""))
+            listener.on("paused", lambda event: seen.append("marker"))
+            parent = NewJob(
+                id="p", queue=q, name="p", data="null", opts="{}", state=WAITING_CHILDREN
+            )
+            edges = [DagEdge(q, "p", q, job.id, ParentPolicy.FAIL) for job in later]
+            await env.store.add_dag([parent], edges, now)
+            taken = await env.store.take_jobs(
+                q, limit=5, token="t", lock_until=now + 60, now=now + 5
+            )
+            assert sorted(job.id for job in taken.jobs) == ["later", "later-a"]
+            await env.store.pause(q)
+
+            async def arrived() -> bool:
+                return "marker" in seen
+
+            await env.wait_for(arrived, "the promotion's events")
+        assert sorted(seen) == ["later", "later-a", "marker"]
+        counts = await env.store.get_counts(q)
+        assert (counts[ACTIVE], counts[DELAYED], counts[WAITING]) == (2, 0, 0)
+        groups = await env.store.get_group_counts(q)
+        assert (groups["a"][ACTIVE], groups["a"][DELAYED]) == (1, 0)
+
     async def test_an_active_job_cancelled_publishes_cancelled_once(self, env: Harness) -> None:
         q = env.name("cancel-event")
         seen: list[str] = []

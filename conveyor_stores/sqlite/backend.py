@@ -624,7 +624,8 @@ class SQLiteBackend:
 
     def _flush_lanes(self, *, for_take: bool = False) -> None:
         """Write the lanes' counts, served numbers and windows, and the queues' last
-        served numbers, kept in memory while a transaction takes jobs.
+        served numbers (in their own lanes' rows), kept in memory while a transaction
+        takes jobs.
 
         ``for_take``: only what a take reads (the lanes served or whose waiting count
         moved); the other lanes' counts wait for the next full flush, so that a lane
@@ -649,8 +650,8 @@ class SQLiteBackend:
             )
         if self._served:
             self.conn.executemany(
-                "INSERT INTO queues (name, served) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET served = excluded.served",
+                "INSERT INTO lanes (queue, group_id, last_served) VALUES (?, '', ?) "
+                "ON CONFLICT (queue, group_id) DO UPDATE SET last_served = excluded.last_served",
                 list(self._served.items()),
             )
             self._served.clear()
@@ -679,14 +680,18 @@ class SQLiteBackend:
             "ORDER BY served, group_id LIMIT ?",
             (queue, limit),
         ).fetchall()
-        own = conn.execute(
-            "SELECT coalesce((SELECT served FROM lanes WHERE queue = ?1 AND group_id = ''), 0) "
-            "FROM jobs INDEXED BY jobs_own_waiting "
-            "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL LIMIT 1",
+        # The queue's own lane, if a job without a group waits, and the queue's last
+        # served number (kept in the own lane's row), which the lanes served next count on.
+        own_served, last_served, own_waiting = conn.execute(
+            "SELECT coalesce(l.served, 0), coalesce(l.last_served, 0), EXISTS (SELECT 1 FROM "
+            "jobs INDEXED BY jobs_own_waiting WHERE queue = ?1 AND state = 'waiting' "
+            "AND group_id IS NULL) FROM (SELECT 1) LEFT JOIN lanes l "
+            "ON l.queue = ?1 AND l.group_id = ''",
             (queue,),
         ).fetchone()
-        if own is not None:
-            rows.append(("", own[0], None, 0))
+        self._served.setdefault(queue, int(last_served))
+        if own_waiting:
+            rows.append(("", own_served, None, 0))
             rows.sort(key=lambda row: (row[1], row[0]))
         return [
             (str(g), Lane(int(served), None if start is None else (float(start), int(count))))
@@ -713,8 +718,9 @@ class SQLiteBackend:
     def next_served(self, queue: str) -> int:
         served = self._served.get(queue)
         if served is None:
-            row = self.conn.execute("SELECT served FROM queues WHERE name = ?", (queue,))
-            found = row.fetchone()
+            found = self.conn.execute(
+                "SELECT last_served FROM lanes WHERE queue = ? AND group_id = ''", (queue,)
+            ).fetchone()
             served = 0 if found is None else int(found[0])
         self._served[queue] = served + 1
         return served + 1

@@ -304,6 +304,14 @@ _V12 = (
     "ALTER TABLE lanes ADD COLUMN active INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE lanes ADD COLUMN delayed INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE lanes ADD COLUMN waiting_children INTEGER NOT NULL DEFAULT 0",
+    # The queue's last served number moves to its own lane's row (group ""), which a
+    # take reads anyway and whose page it mostly writes anyway.
+    "ALTER TABLE lanes ADD COLUMN last_served INTEGER NOT NULL DEFAULT 0",
+    """
+    INSERT INTO lanes (queue, group_id, last_served)
+    SELECT name, '', served FROM queues WHERE served > 0
+    ON CONFLICT (queue, group_id) DO UPDATE SET last_served = excluded.last_served
+    """,
     """
     INSERT INTO lanes (queue, group_id, active, delayed, waiting_children)
     SELECT queue, group_id, sum(state = 'active'), sum(state = 'delayed'),
