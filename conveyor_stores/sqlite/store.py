@@ -148,15 +148,15 @@ T = TypeVar("T")
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _EVENT_BATCH = 1000
 _SMALL = 4
+"""Transitions of at most this many jobs run inline when the connection is idle: they
+take less time than a round trip to the store's thread and back (a fraction of a
+millisecond), while a batch of ten takes about as long as a tick of a busy event loop."""
 WAL_CHECKPOINT_PAGES = 10_000
 """Pages the write-ahead log may hold before a commit copies them into the database
 (SQLite's default is 1,000). A checkpoint copies each page once however often the log
 holds it and syncs the file twice: a worker's transitions write the same few pages over
 and over, so a longer log makes far fewer, cheaper checkpoints (the log file then grows to
 about 40 MB)."""
-"""Transitions of at most this many jobs run inline when the connection is idle: they
-take less time than a round trip to the store's thread and back (a fraction of a
-millisecond), while a batch of ten takes about as long as a tick of a busy event loop."""
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
