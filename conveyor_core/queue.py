@@ -332,7 +332,14 @@ class Queue:
     async def get_jobs(
         self, states: StatesLike, start: int = 0, end: int | None = None
     ) -> list[Job]:
-        """Jobs in one or many states, from index ``start`` to ``end`` inclusive."""
+        """Jobs in one or many states, from index ``start`` to ``end`` inclusive; ``end``
+        ``None`` or ``-1`` lists to the last job."""
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be an int of at least 0, got {start!r}")
+        if end == -1 and not isinstance(end, bool):
+            end = None
+        elif end is not None and (isinstance(end, bool) or not isinstance(end, int) or end < 0):
+            raise ValueError(f"end must be None, -1 (the last job) or an index, got {end!r}")
         records = await self.store.get_jobs(self.name, normalize_states(states), start, end)
         return [Job(self.store, record, clock=self._clock) for record in records]
 

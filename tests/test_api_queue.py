@@ -181,6 +181,13 @@ async def test_get_jobs_by_state_in_order(store: MemoryStore) -> None:
     both = await queue.get_jobs([JobState.WAITING, "delayed"])
     assert [job.id for job in both] == [high.id, low.id, later.id]
     assert [job.id for job in await queue.get_jobs("waiting", 1, 1)] == [low.id]
+    # -1 lists to the last job, as None does; other negative indexes are refused.
+    assert [job.id for job in await queue.get_jobs("waiting", 0, -1)] == [high.id, low.id]
+    assert [job.id for job in await queue.get_jobs("waiting", 1, -1)] == [low.id]
+    with pytest.raises(ValueError, match="end must be None, -1"):
+        await queue.get_jobs("waiting", 0, -2)
+    with pytest.raises(ValueError, match="start must be an int of at least 0"):
+        await queue.get_jobs("waiting", -1)
 
 
 async def test_pause_resume_drain_and_obliterate(store: MemoryStore) -> None:
