@@ -217,6 +217,41 @@ class TransitionTests:
         deps = await parent.get_dependencies()
         assert deps.unprocessed == [jobs["flaky"].id] and deps.failed == {}
 
+    async def test_lifo_jobs_keep_their_order_whichever_way_they_entered_waiting(
+        self, env: Harness
+    ) -> None:
+        # Jobs added to waiting and jobs coming out of delayed, one after the other, all
+        # lifo: the last to enter waiting is taken first.
+        q = env.name("lifo-paths")
+        now = time.time()
+
+        def lifo(job_id: str, state: JobState, delay: float = 0.0) -> NewJob:
+            return NewJob(
+                id=job_id,
+                queue=q,
+                name=job_id,
+                data="null",
+                opts="{}",
+                state=state,
+                lifo=True,
+                delay=delay,
+            )
+
+        await env.store.pause(q)
+        later = [lifo("a-promoted", DELAYED, 1.0), lifo("c-promoted", DELAYED, 3.0)]
+        assert await env.store.add_jobs([[job] for job in later], now) == [True, True]
+
+        async def promote(at: float) -> None:
+            # A paused queue's take moves its due delayed jobs and starts none.
+            taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=at + 60, now=at)
+            assert taken.jobs == []
+
+        await promote(now + 2)
+        assert await env.store.add_jobs([[lifo("b-added", WAITING)]], now + 2) == [True]
+        await promote(now + 4)
+        waiting = await env.store.get_jobs(q, [WAITING], 0, None)
+        assert [job.id for job in waiting] == ["c-promoted", "b-added", "a-promoted"]
+
     async def test_change_priority_with_lifo_puts_the_job_first_of_its_priority(
         self, env: Harness
     ) -> None:
