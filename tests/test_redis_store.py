@@ -328,6 +328,22 @@ async def test_wake_up_marks_stay_bounded(store: RedisStore, raw: Any) -> None:
     assert await raw.llen(marker) == 64
 
 
+async def test_a_groups_counts_go_with_its_last_job(store: RedisStore, raw: Any) -> None:
+    # A group's per-state counts are a hash of their own, deleted when the group has no
+    # job left: one-off groups leave no count behind.
+    counts = queue_key_base(store.prefix, "q") + "gn:once"
+    first = job("a", group_id="once", keep_completed=0)
+    await store.add_jobs([[first], [job("b", group_id="once")]], 1.0)
+    assert await raw.hget(counts, "n") == "2"
+    assert await take(store, "q", 2.0, limit=1) == ["a"]
+    assert await store.remove_job("q", "b")
+    assert await raw.hget(counts, "n") == "1"
+    # Completed and, keeping no completed job, deleted: the group's last job.
+    assert await store.complete_jobs("q", [Completion("a", "tok", "1")], 3.0) == [True]
+    assert not await raw.exists(counts)
+    assert await store.get_group_counts("q") == {}
+
+
 async def test_stream_is_capped(store: RedisStore, raw: Any, redis_url: str) -> None:
     async with RedisStore(redis_url, prefix=store.prefix, stream_max_len=10) as small:
         await small.add_jobs([[job(str(i))] for i in range(1_000)], 1.0)
