@@ -16,7 +16,14 @@ import anyio
 import pytest
 
 from conveyor_core import Job, JobState, Queue, QueueEvent, QueueEvents
-from conveyor_core.store import Completion, Failure, GroupLimits, StoreInterface
+from conveyor_core.store import (
+    Completion,
+    Failure,
+    GroupLimits,
+    Release,
+    StoreInterface,
+    TakeResult,
+)
 
 from ._support import Harness, racing_takes
 
@@ -248,6 +255,59 @@ class GroupTests:
         assert await _take(queue, 5) == [("b", 2), ("a", 3)]
         await queue.set_group_limits()
         assert await _take(queue, 5) == [("b", 3)]
+
+    async def test_a_group_at_its_concurrency_goes_on_whichever_way_its_job_leaves(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("groups-leave"))
+        await queue.set_group_limits(concurrency=1)
+        ids = await _add(queue, "a", 5)
+
+        async def take() -> list[str]:
+            result = await env.store.take_jobs(
+                queue.name, limit=5, token="tok", lock_until=T0 + 600, now=T0
+            )
+            return [job.id for job in result.jobs]
+
+        assert await take() == ids[:1]
+        assert await take() == []
+        # Each way an active job leaves lets the group's next job start: a final
+        # failure, a retry at once, a retry later, a release.
+        await env.store.fail_jobs(queue.name, [Failure(ids[0], "tok", "broke")], T0)
+        assert await take() == ids[1:2]
+        assert await take() == []
+        retried = Failure(ids[1], "tok", "again", retry_at=T0)
+        await env.store.fail_jobs(queue.name, [retried], T0)
+        [third] = await take()
+        assert await take() == []
+        later = Failure(third, "tok", "later", retry_at=T0 + 3600)
+        await env.store.fail_jobs(queue.name, [later], T0)
+        [fourth] = await take()
+        assert await take() == []
+        await env.store.release_jobs(queue.name, [Release(fourth, "tok")], T0)
+        assert len(await take()) == 1
+
+    async def test_a_take_with_nothing_left_is_not_held_by_a_released_group(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("groups-released"))
+        await queue.set_group_limits(concurrency=1)
+        first, second = await _add(queue, "a", 2)
+
+        async def take() -> TakeResult:
+            return await env.store.take_jobs(
+                queue.name, limit=5, token="tok", lock_until=T0 + 600, now=T0
+            )
+
+        assert [job.id for job in (await take()).jobs] == [first]
+        held = await take()
+        assert (held.jobs, held.concurrency_limited) == ([], True)
+        await env.store.fail_jobs(queue.name, [Failure(first, "tok", "broke")], T0)
+        assert [job.id for job in (await take()).jobs] == [second]
+        await env.store.fail_jobs(queue.name, [Failure(second, "tok", "broke")], T0)
+        # Nothing waits and nothing is active: no group's concurrency holds the take.
+        empty = await take()
+        assert (empty.jobs, empty.concurrency_limited) == ([], False)
 
     async def test_racing_takes_never_pass_a_group_concurrency(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-race"))
