@@ -54,6 +54,12 @@ async def _take(
     return [(job.name, _n(job.data)) for job in result.jobs]
 
 
+async def _take_result(queue: Queue, now: float = T0) -> TakeResult:
+    return await queue.store.take_jobs(
+        queue.name, limit=5, token="tok", lock_until=now + 600, now=now
+    )
+
+
 def _n(data: str) -> int:
     value = json.loads(data)
     assert isinstance(value, dict)
@@ -308,6 +314,66 @@ class GroupTests:
         # Nothing waits and nothing is active: no group's concurrency holds the take.
         empty = await take()
         assert (empty.jobs, empty.concurrency_limited) == ([], False)
+
+    async def test_a_group_let_go_by_its_limit_keeps_its_turn(self, env: Harness) -> None:
+        # "b" is served first, "a" after; both are then held by their concurrency, and
+        # "a" is let go first: "b", served less recently, still goes first.
+        queue = env.queue(env.name("groups-turn-kept"))
+        await queue.set_group_limits(concurrency=1)
+        b = await _add(queue, "b", 2)
+        assert await _take(queue, 1) == [("b", 0)]
+        a = await _add(queue, "a", 2)
+        assert await _take(queue, 5) == [("a", 0)]
+        assert await _take(queue, 5) == []
+        await _complete(queue, a[:1])
+        await _complete(queue, b[:1])
+        assert await _take(queue, 1) == [("b", 1)]
+        assert await _take(queue, 1) == [("a", 1)]
+
+    async def test_a_group_emptied_while_held_no_longer_holds_a_take(self, env: Harness) -> None:
+        # Held by its rate window: "a" started at T0, "b" at T0 + 5.
+        queue = env.queue(env.name("groups-emptied-rate"))
+        await queue.set_group_limits(rate_limit={"max": 1, "duration": 60})
+        a = await _add(queue, "a", 2)
+        await _add(queue, "b", 2)
+        assert await _take(queue, 1) == [("a", 0)]
+        assert await _take(queue, 1, now=T0 + 5) == [("b", 0)]
+        held = await _take_result(queue, T0 + 10)
+        assert (held.jobs, held.rate_limited_until) == ([], T0 + 60)
+        assert await env.store.remove_job(queue.name, a[1])
+        # "a" has nothing left to wait for: only "b"'s window holds the take.
+        held = await _take_result(queue, T0 + 10)
+        assert (held.jobs, held.rate_limited_until) == ([], T0 + 65)
+        # Held by its concurrency ("a") and by its rate window ("b").
+        queue = env.queue(env.name("groups-emptied-conc"))
+        await queue.set_group_limits(concurrency=1, rate_limit={"max": 1, "duration": 60})
+        a = await _add(queue, "a", 2)
+        b = await _add(queue, "b", 2)
+        assert await _take(queue, 5) == [("a", 0), ("b", 0)]
+        await _complete(queue, b[:1])
+        held = await _take_result(queue, T0 + 10)
+        assert (held.jobs, held.concurrency_limited) == ([], True)
+        assert await env.store.remove_job(queue.name, a[1])
+        held = await _take_result(queue, T0 + 10)
+        assert (held.jobs, held.concurrency_limited, held.rate_limited_until) == (
+            [],
+            False,
+            T0 + 60,
+        )
+
+    async def test_a_waiting_grouped_job_removed_or_cancelled_leaves_its_lane(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("groups-gone"))
+        removed, cancelled, kept = await _add(queue, "a", 3)
+        assert await env.store.remove_job(queue.name, removed)
+        assert await env.store.cancel_job(queue.name, cancelled, "cancelled: no", T0) == 1
+        counts = await env.store.get_counts(queue.name)
+        assert (counts[JobState.WAITING], counts[JobState.FAILED]) == (1, 1)
+        assert [job.id for job in await queue.get_jobs("waiting")] == [kept]
+        groups = await queue.get_group_counts()
+        assert (groups["a"]["waiting"], groups["a"]["failed"]) == (1, 1)
+        assert await _take(queue, 5) == [("a", 2)]
 
     async def test_racing_takes_never_pass_a_group_concurrency(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-race"))
