@@ -344,6 +344,18 @@ async def test_a_groups_counts_go_with_its_last_job(store: RedisStore, raw: Any)
     assert await store.get_group_counts("q") == {}
 
 
+async def test_a_deleted_job_leaves_the_search_index(store: RedisStore, raw: Any) -> None:
+    # Every job is in the queue's index of all jobs by creation time, which search
+    # walks; a removed job, or one its retention deletes, leaves it.
+    index = queue_key_base(store.prefix, "q") + "all"
+    await store.add_jobs([[job("gone")], [job("done", keep_completed=0)], [job("kept")]], 1.0)
+    assert await raw.zcard(index) == 3
+    assert await store.remove_job("q", "gone")
+    assert await take(store, "q", 2.0, limit=1) == ["done"]
+    assert await store.complete_jobs("q", [Completion("done", "tok", "1")], 3.0) == [True]
+    assert await raw.zrange(index, 0, -1) == ["kept"]
+
+
 async def test_stream_is_capped(store: RedisStore, raw: Any, redis_url: str) -> None:
     async with RedisStore(redis_url, prefix=store.prefix, stream_max_len=10) as small:
         await small.add_jobs([[job(str(i))] for i in range(1_000)], 1.0)
