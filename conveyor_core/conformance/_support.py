@@ -17,7 +17,16 @@ from typing import Any
 import anyio
 
 from conveyor_core import FlowProducer, Job, JobState, Queue, QueueEvent, Worker
-from conveyor_core.store import StoreInterface
+from conveyor_core.store import NewJob, StoreInterface
+
+
+def bare_job(queue: str, job_id: str, state: JobState, **fields: Any) -> NewJob:
+    """A new job named after its id, without data, for a test that writes through the
+    store itself."""
+    return NewJob(
+        id=job_id, queue=queue, name=job_id, data="null", opts="{}", state=state, **fields
+    )
+
 
 Handler = Callable[[Job], Awaitable[Any]]
 

@@ -21,7 +21,7 @@ from conveyor_core.store import (
     child_failed_reason,
 )
 
-from ._support import Harness, Runs, nodes_by_name
+from ._support import Harness, Runs, bare_job, nodes_by_name
 
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED
@@ -641,16 +641,7 @@ class EdgeTests:
         q = env.name("dag-delayed-dependency")
         now = time.time()
         later = [
-            NewJob(
-                id=job_id,
-                queue=q,
-                name=job_id,
-                data="null",
-                opts="{}",
-                state=DELAYED,
-                delay=3.0,
-                group_id=group,
-            )
+            bare_job(q, job_id, DELAYED, delay=3.0, group_id=group)
             for job_id, group in (("later", None), ("later-a", "a"))
         ]
         assert await env.store.add_jobs([later], now) == [True]

@@ -27,7 +27,7 @@ from conveyor_core.store import (
     child_failed_reason,
 )
 
-from ._support import Harness, Runs, nodes_by_name
+from ._support import Harness, Runs, bare_job, nodes_by_name
 
 COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
@@ -226,16 +226,7 @@ class TransitionTests:
         now = time.time()
 
         def lifo(job_id: str, state: JobState, delay: float = 0.0) -> NewJob:
-            return NewJob(
-                id=job_id,
-                queue=q,
-                name=job_id,
-                data="null",
-                opts="{}",
-                state=state,
-                lifo=True,
-                delay=delay,
-            )
+            return bare_job(q, job_id, state, lifo=True, delay=delay)
 
         await env.store.pause(q)
         later = [lifo("a-promoted", DELAYED, 1.0), lifo("c-promoted", DELAYED, 3.0)]
