@@ -58,25 +58,32 @@ counts read one row, and only waiting jobs need an index (``jobs_group_waiting``
 _LANE_COLUMNS = ("waiting", "completed", "failed", "active", "delayed", "waiting_children")
 _LANE_INDEX: dict[JobState | None, int] = {state: i for i, state in enumerate(_LANE_COUNTED)}
 _NO_DELTAS = (0,) * len(_LANE_COUNTED)
-_LANE_MOVES = ", ".join(f"{name} = {name} + ?{i}" for i, name in enumerate(_LANE_COLUMNS, 3))
-_LANE_COUNT = f"UPDATE lanes SET {_LANE_MOVES} WHERE queue = ?1 AND group_id = ?2"
+_WAITING_AT = _LANE_INDEX[WAITING]
+
+
+def _lane_moves(first: int) -> str:
+    """``SET`` terms moving each lane count by a parameter, numbered from ``first``."""
+    return ", ".join(f"{name} = {name} + ?{i}" for i, name in enumerate(_LANE_COLUMNS, first))
+
+
+def _params(first: int, count: int) -> str:
+    return ", ".join(f"?{i}" for i in range(first, first + count))
+
+
+_LANE_COUNT = f"UPDATE lanes SET {_lane_moves(3)} WHERE queue = ?1 AND group_id = ?2"
 """A lane's counts move by the deltas ``?3…``."""
 _LANE_SERVE = (
-    # The deltas follow the served number and the window: ?6… rather than ?3….
-    f"UPDATE lanes SET served = ?3, window_start = ?4, window_count = ?5, "
-    f"{', '.join(f'{name} = {name} + ?{i}' for i, name in enumerate(_LANE_COLUMNS, 6))} "
+    f"UPDATE lanes SET served = ?3, window_start = ?4, window_count = ?5, {_lane_moves(6)} "
     "WHERE queue = ?1 AND group_id = ?2"
 )
 """A lane served in this transaction: its served number and window, and its counts."""
 _LANE_NEW_COUNT = (
     f"INSERT INTO lanes (queue, group_id, {', '.join(_LANE_COLUMNS)}) "
-    f"VALUES (?1, ?2, {', '.join(f'?{i}' for i in range(3, 3 + len(_LANE_COLUMNS)))}) "
-    "ON CONFLICT DO NOTHING"
+    f"VALUES (?1, ?2, {_params(3, len(_LANE_COLUMNS))}) ON CONFLICT DO NOTHING"
 )
 _LANE_NEW_SERVE = (
     f"INSERT INTO lanes (queue, group_id, served, window_start, window_count, "
-    f"{', '.join(_LANE_COLUMNS)}) "
-    f"VALUES ({', '.join(f'?{i}' for i in range(1, 6 + len(_LANE_COLUMNS)))}) "
+    f"{', '.join(_LANE_COLUMNS)}) VALUES ({_params(1, 5 + len(_LANE_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
 """A lane's first row, with what its update found no row for; a lane that has one is
@@ -642,7 +649,7 @@ class SQLiteBackend:
             )
             puts.clear()
         if counts:
-            moved = [key for key, deltas in counts.items() if deltas[0] or not for_take]
+            moved = [key for key, deltas in counts.items() if deltas[_WAITING_AT] or not for_take]
             self._write_lanes(
                 _LANE_COUNT,
                 _LANE_NEW_COUNT,
