@@ -72,6 +72,16 @@ def _params(first: int, count: int) -> str:
 
 _LANE_COUNT = f"UPDATE lanes SET {_lane_moves(3)} WHERE queue = ?1 AND group_id = ?2"
 """A lane's counts move by the deltas ``?3…``."""
+_LANE_COUNT_KEPT = (
+    "UPDATE lanes SET "
+    + ", ".join(
+        f"{name} = {name} + ?{i}"
+        for i, name in enumerate(_LANE_COLUMNS, 3)
+        if name != _LANE_COLUMNS[_WAITING_AT]
+    )
+    + " WHERE queue = ?1 AND group_id = ?2"
+)
+""":data:`_LANE_COUNT` of a lane whose waiting count does not move (its ``?3`` unread)."""
 _LANE_SERVE = (
     f"UPDATE lanes SET served = ?3, window_start = ?4, window_count = ?5, {_lane_moves(6)} "
     "WHERE queue = ?1 AND group_id = ?2"
@@ -649,12 +659,20 @@ class SQLiteBackend:
             )
             puts.clear()
         if counts:
-            moved = [key for key, deltas in counts.items() if deltas[_WAITING_AT] or not for_take]
-            self._write_lanes(
-                _LANE_COUNT,
-                _LANE_NEW_COUNT,
-                [(*key, *deltas) for key in moved if any(deltas := counts.pop(key))],
-            )
+            # A lane whose waiting count stays is written without it: SQLite rewrites
+            # the lane's lanes_ready entry for an update that sets ``waiting``.
+            waiting_moved: list[tuple[Any, ...]] = []
+            waiting_kept: list[tuple[Any, ...]] = []
+            for key in [
+                key for key, deltas in counts.items() if deltas[_WAITING_AT] or not for_take
+            ]:
+                deltas = counts.pop(key)
+                if deltas[_WAITING_AT]:
+                    waiting_moved.append((*key, *deltas))
+                elif any(deltas):
+                    waiting_kept.append((*key, *deltas))
+            self._write_lanes(_LANE_COUNT, _LANE_NEW_COUNT, waiting_moved)
+            self._write_lanes(_LANE_COUNT_KEPT, _LANE_NEW_COUNT, waiting_kept)
         if self._served:
             self.conn.executemany(
                 "INSERT INTO lanes (queue, group_id, last_served) VALUES (?, '', ?) "
@@ -712,15 +730,15 @@ class SQLiteBackend:
         self, queue: str, group: str, old: JobState | None, new: JobState | None
     ) -> None:
         """A job of ``group`` went from ``old`` to ``new`` (``None``: it is new, or
-        deleted); the lane's counts of :data:`_LANE_COUNTED` follow."""
-        left, entered = _LANE_INDEX.get(old, -1), _LANE_INDEX.get(new, -1)
-        deltas = self._lane_counts.get((queue, group))
+        deleted); the lane's counts of :data:`_LANE_COUNTED` (every state) follow."""
+        key = (queue, group)
+        deltas = self._lane_counts.get(key)
         if deltas is None:
-            deltas = self._lane_counts[(queue, group)] = [0] * len(_LANE_COUNTED)
-        if left >= 0:
-            deltas[left] -= 1
-        if entered >= 0:
-            deltas[entered] += 1
+            deltas = self._lane_counts[key] = [0] * len(_LANE_COUNTED)
+        if old is not None:
+            deltas[_LANE_INDEX[old]] -= 1
+        if new is not None:
+            deltas[_LANE_INDEX[new]] += 1
 
     def next_served(self, queue: str) -> int:
         served = self._served.get(queue)
