@@ -344,6 +344,47 @@ async def test_a_groups_counts_go_with_its_last_job(store: RedisStore, raw: Any)
     assert await store.get_group_counts("q") == {}
 
 
+async def test_a_parent_kept_before_its_dependency_index_gets_it_on_first_use(
+    store: RedisStore, raw: Any
+) -> None:
+    # A parent written before its records had an order and counters (no 'dv' mark on its
+    # hash) gets both built from its records the first time one is read or written.
+    base = queue_key_base(store.prefix, "q")
+    parent = job("p", state=WAITING_CHILDREN)
+    children = [
+        job(f"c{i}", parent_id="p", parent_queue="q", parent_policy=ParentPolicy.IGNORE)
+        for i in range(4)
+    ]
+    assert await store.add_jobs([[parent, *children]], 1.0) == [True]
+    assert await take(store, "q", 2.0, limit=2) == ["c0", "c1"]
+    assert await store.complete_jobs("q", [Completion("c0", "tok", "0")], 3.0) == [True]
+    assert await store.fail_jobs("q", [Failure("c1", "tok", "broke")], 3.0) == [True]
+
+    async def forget_the_index() -> None:
+        await raw.hdel(base + "job:p", "dv", "pend", "dpro", "dfai", "dign")
+        await raw.delete(base + "dord:p")
+
+    await forget_the_index()
+    counts = {"pending": 2, "processed": 1, "failed": 0, "ignored": 1}
+    assert await store.get_dependency_counts("q", "p") == counts
+    assert await raw.zrange(base + "dord:p", 0, -1) == [f"{base}job:c{i}" for i in range(4)]
+    await forget_the_index()
+    first = await store.get_dependency_page("q", "p", cursor=None, limit=3)
+    assert [record.id for record in first.dependencies] == ["c0", "c1", "c2"]
+    rest = await store.get_dependency_page("q", "p", cursor=first.next_cursor, limit=3)
+    assert [record.id for record in rest.dependencies] == ["c3"]
+    # Built once: a child finishing moves the counters from there.
+    await forget_the_index()
+    assert await take(store, "q", 4.0, limit=2) == ["c2", "c3"]
+    assert await store.complete_jobs("q", [Completion("c2", "tok", "2")], 5.0) == [True]
+    counts = {"pending": 1, "processed": 2, "failed": 0, "ignored": 1}
+    assert await store.get_dependency_counts("q", "p") == counts
+    assert await store.complete_jobs("q", [Completion("c3", "tok", "3")], 5.0) == [True]
+    released = await store.get_job("q", "p")
+    assert released is not None and released.state is WAITING
+    assert await store.get_dependency_counts("q", "p") == {**counts, "pending": 0, "processed": 3}
+
+
 async def test_a_deleted_job_leaves_the_search_index(store: RedisStore, raw: Any) -> None:
     # Every job is in the queue's index of all jobs by creation time, which search
     # walks; a removed job, or one its retention deletes, leaves it.

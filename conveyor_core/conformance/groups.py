@@ -534,6 +534,45 @@ class GroupTests:
         await queue.clean(0, 10, JobState.FAILED)
         assert await queue.get_group_counts() == {"b": {**_zero(), "completed": 1}}
 
+    async def test_clean_and_drain_walk_grouped_and_own_waiting_jobs_in_one_order(
+        self, env: Harness
+    ) -> None:
+        # Waiting jobs are cleaned in the order they are listed: by priority, then in
+        # the order they entered waiting (a lifo job first), whichever lane they are in.
+        queue = Queue(env.name("groups-clean"), store=env.store, clock=lambda: T0)
+        for name, opts in (
+            ("own1", {}),
+            ("a1", _in("a")),
+            ("own2", {"priority": 2}),
+            ("b1", _in("b", priority=1)),
+            ("a2", _in("a")),
+            ("own3", {}),
+            ("b2", _in("b", lifo=True)),
+            ("own4", {"lifo": True}),
+            ("a3", _in("a", priority=2)),
+        ):
+            await queue.add(name, {}, opts)
+        expected = ["own4", "b2", "own1", "a1", "a2", "own3", "b1", "own2", "a3"]
+        assert [job.name for job in await queue.get_jobs("waiting")] == expected
+
+        async def clean(limit: int | None) -> list[str]:
+            names = {job.id: job.name for job in await queue.get_jobs("waiting")}
+            removed = await env.store.clean(queue.name, JobState.WAITING, T0 + 1, limit)
+            return [names[job_id] for job_id in removed]
+
+        assert await clean(3) == expected[:3]
+        assert await clean(4) == expected[3:7]
+        assert [job.name for job in await queue.get_jobs("waiting")] == expected[7:]
+        assert await clean(None) == expected[7:]
+        assert await queue.get_group_counts() == {}
+        # A drain takes the last job of each kind of lane too.
+        await queue.add("own5", {}, {})
+        await queue.add("a4", {}, _in("a"))
+        await queue.add("own6", {}, {"priority": 3})
+        assert await queue.drain() == 3
+        assert (await queue.get_job_counts())["waiting"] == 0
+        assert await queue.get_group_counts() == {}
+
     async def test_limits_are_read_back_and_bad_ones_refused(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-limits"))
         assert await queue.get_group_limits() == GroupLimits()
