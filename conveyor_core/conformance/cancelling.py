@@ -394,6 +394,37 @@ class CancellingTests:
         counts = await env.counts(q)
         assert counts["failed"] == 4 and counts["completed"] == 0
 
+    async def test_a_cancel_requested_job_that_finishes_counts_its_attempt_and_its_parent_fails(
+        self, env: Harness
+    ) -> None:
+        for outcome in ("completes", "fails"):
+            jobs, queues = await _order_flow(env)
+            payment, q = jobs["payment"], queues["payment"]
+            # A first attempt fails and is retried; the second is running when the
+            # cancel request comes, and whatever its worker reports, it ends failed with
+            # that attempt counted.
+            assert await _take(env, q, "tok") == [payment.id]
+            now = time.time()
+            retry = Failure(payment.id, "tok", "boom", [], now)
+            assert await env.store.fail_jobs(q, [retry], now) == [True]
+            assert await _take(env, q, "tok2") == [payment.id]
+            assert await payment.cancel("halt") == 1
+            if outcome == "completes":
+                done = [Completion(payment.id, "tok2", "1")]
+                assert await env.store.complete_jobs(q, done, time.time()) == [True]
+            else:
+                again = Failure(payment.id, "tok2", "boom", [], time.time())
+                assert await env.store.fail_jobs(q, [again], time.time()) == [True]
+            ended = await env.reread(payment)
+            assert ended is not None and ended.state is FAILED, outcome
+            assert ended.failed_reason == "cancelled: halt", outcome
+            assert ended.attempts_made == 2, outcome
+            # Its parent applies its (default) fail policy, as to any child's final
+            # failure.
+            order = await env.reread(jobs["order"])
+            assert order is not None and order.state is FAILED, outcome
+            assert order.failed_reason == child_failed_reason(payment.id, "cancelled: halt")
+
     async def test_a_cancel_requested_job_that_stalls_ends_cancelled(self, env: Harness) -> None:
         q = env.name("stalls")
         job = await env.queue(q).add("lost", None, opts={"attempts": 5})

@@ -209,6 +209,22 @@ class OperatingTests:
             {first + 1: 1, week_later: 2},
         ]
 
+    async def test_a_call_that_finishes_no_job_writes_no_minute(self, env: Harness) -> None:
+        # Only a finished job writes its minute: a call whose jobs were all refused
+        # writes none, and so drops none of the minutes before it.
+        q = env.name("metrics-none")
+        await env.queue(q).add("tick", None)
+        first = int(time.time() // 60) - METRICS_MINUTES - 10
+        (job_id,) = await _take_and(env, q, 1, first * 60.0)
+        done = [Completion(job_id, "op", "1")]
+        assert await env.store.complete_jobs(q, done, first * 60.0) == [True]
+        week_later = (first + 1 + METRICS_MINUTES) * 60.0
+        assert await env.store.complete_jobs(q, done, week_later) == [False]
+        assert await env.store.fail_jobs(q, [Failure(job_id, "op", "late")], week_later) == [False]
+        last = first + 1 + METRICS_MINUTES
+        assert await env.store.get_metrics(q, "completed", first, last) == {first: 1}
+        assert await env.store.get_metrics(q, "failed", first, last) == {}
+
     async def test_metrics_count_every_job_that_enters_failed(self, env: Harness) -> None:
         parent_q, child_q = env.name("parent"), env.name("child")
         await env.flow.add(

@@ -21,6 +21,7 @@ from conveyor_core import (
 from conveyor_core.store import (
     PARENT_FAILED_REASON,
     STALLED_REASON,
+    Completion,
     Failure,
     NewJob,
     Release,
@@ -93,6 +94,36 @@ class TransitionTests:
         waited = (parent.run_at - child.finished_at).total_seconds()
         assert 3600 - 5 <= waited <= 3600 + 5, f"released with a delay of {waited}s"
         assert await env.queue(parent_q).get_jobs(WAITING) == []
+
+    async def test_finished_jobs_are_listed_newest_first_across_calls_of_any_size(
+        self, env: Harness
+    ) -> None:
+        # Calls of 3, 1, 8 and 1 jobs, each finishing its jobs in the reverse of the
+        # order they were added: the listing is the reverse of the order they finished.
+        sizes = (3, 1, 8, 1)
+        for state in (COMPLETED, FAILED):
+            q = env.name(f"newest-{state.value}")
+            queue = env.queue(q)
+            ids = [(await queue.add(f"j{i}", None)).id for i in range(sum(sizes))]
+            now = time.time()
+            taken = await env.store.take_jobs(
+                q, limit=len(ids), token="tok", lock_until=now + 600, now=now
+            )
+            assert len(taken.jobs) == len(ids)
+            finished: list[str] = []
+            start = 0
+            for size in sizes:
+                batch = ids[start : start + size][::-1]
+                start += size
+                if state is COMPLETED:
+                    done = [Completion(job_id, "tok", "null") for job_id in batch]
+                    assert await env.store.complete_jobs(q, done, now) == [True] * size
+                else:
+                    failed = [Failure(job_id, "tok", "boom") for job_id in batch]
+                    assert await env.store.fail_jobs(q, failed, now) == [True] * size
+                finished += batch
+            listed = await env.store.get_jobs(q, [state], 0, None)
+            assert [job.id for job in listed] == finished[::-1], state
 
     async def test_remove_on_complete_and_on_fail_keep_only_the_newest_jobs(
         self, env: Harness
