@@ -474,6 +474,18 @@ class GroupTests:
         assert [(job.name, _n(job.data)) for job in result.jobs] == [("b", 1), ("c", 1)]
         assert (result.concurrency_limited, result.rate_limited_until) == (False, None)
 
+    async def test_groups_held_by_their_rate_limit_are_taken_once_it_is_lifted(
+        self, env: Harness
+    ) -> None:
+        queue = env.queue(env.name("groups-lifted"))
+        await queue.set_group_limits(rate_limit={"max": 1, "duration": 10})
+        await _add(queue, "a", 3)
+        await _add(queue, "b", 3)
+        assert await _take(queue, 10) == [("a", 0), ("b", 0)]
+        assert await _take(queue, 10, now=T0 + 1) == []
+        await queue.set_group_limits()
+        assert await _take(queue, 10, now=T0 + 1) == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
     async def test_a_rate_window_starts_afresh_after_the_limit_was_lifted(
         self, env: Harness
     ) -> None:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conveyor_core import InvalidJobStateError, Job, JobNotFoundError, JobState
-from conveyor_core.store import Completion
+from conveyor_core.store import Completion, Failure
 
 from ._support import Harness, Runs, nodes_by_name
 
@@ -137,6 +137,45 @@ class QueueManagementTests:
         await queue.obliterate(force=True)
         assert await env.total(q) == 0
         assert not await queue.is_paused()
+        assert q not in await env.store.list_queues()
+
+    async def test_obliterate_deletes_the_jobs_of_every_state(self, env: Harness) -> None:
+        q = env.name("obliterate-all")
+        queue = env.queue(q)
+        jobs = [await queue.add(f"job-{i}", None) for i in range(4)]
+        delayed = await queue.add("delayed", None, {"delay": 3600})
+        parent = await env.flow.add(
+            {"name": "parent", "queue_name": q, "children": [{"name": "child", "queue_name": q}]}
+        )
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=3, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [job.id for job in jobs[:3]]
+        assert await env.store.complete_jobs(q, [Completion(jobs[0].id, "t", "1")], now) == [True]
+        assert await env.store.fail_jobs(q, [Failure(jobs[1].id, "t", "boom")], now) == [True]
+        counts = await env.counts(q)
+        assert {state: counts[state.value] for state in JobState} == {
+            JobState.WAITING: 2,
+            JobState.DELAYED: 1,
+            JobState.ACTIVE: 1,
+            JobState.COMPLETED: 1,
+            JobState.FAILED: 1,
+            JobState.WAITING_CHILDREN: 1,
+        }
+        with pytest.raises(InvalidJobStateError) as refused:
+            await queue.obliterate()
+        assert q in str(refused.value)
+        await queue.obliterate(force=True)
+        for job in [*jobs, delayed, parent.job, *(child.job for child in parent.children)]:
+            assert await env.store.get_job(q, job.id) is None, job.name
+        assert await env.total(q) == 0
+        assert q not in await env.store.list_queues()
+
+    async def test_a_paused_queue_is_listed_before_it_holds_a_job(self, env: Harness) -> None:
+        q = env.name("paused-empty")
+        queue = env.queue(q)
+        await queue.pause()
+        assert q in await env.store.list_queues()
+        await queue.resume()
         assert q not in await env.store.list_queues()
 
     async def test_promote_moves_delayed_jobs_to_waiting(self, env: Harness) -> None:
