@@ -385,6 +385,28 @@ async def test_a_parent_kept_before_its_dependency_index_gets_it_on_first_use(
     assert await store.get_dependency_counts("q", "p") == {**counts, "pending": 0, "processed": 3}
 
 
+async def test_obliterate_leaves_no_key_of_the_queue(store: RedisStore, raw: Any) -> None:
+    # Every key of a queue but its event stream goes with it, whatever state its jobs
+    # and groups were in: groups held by their limits, waiting, active, delayed and
+    # finished jobs.
+    base = queue_key_base(store.prefix, "q")
+    await store.set_group_limits("q", 1, (1, 60.0))
+    grouped = [job(f"{g}{i}", group_id=g) for g in ("a", "b", "c") for i in range(2)]
+    await store.add_jobs([[new] for new in grouped], 1.0)
+    await store.add_jobs(
+        [[job("plain")], [job("later", state=JobState.DELAYED, delay=3600.0)]], 1.0
+    )
+    assert len(await take(store, "q", 2.0)) == 4  # a0, b0, c0 and plain
+    assert await store.complete_jobs("q", [Completion("a0", "tok", "1")], 3.0) == [True]
+    await store.pause("q")
+    assert "q" in await store.list_queues()
+    await store.obliterate("q", True)
+    # The event stream stays (capped as ever): listeners read the removals from it.
+    assert [key async for key in raw.scan_iter(match=base + "*")] == [base + "events"]
+    assert not await raw.sismember(f"{store.prefix}:queues", "q")
+    assert "q" not in await store.list_queues()
+
+
 async def test_a_deleted_job_leaves_the_search_index(store: RedisStore, raw: Any) -> None:
     # Every job is in the queue's index of all jobs by creation time, which search
     # walks; a removed job, or one its retention deletes, leaves it.

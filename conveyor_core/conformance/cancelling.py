@@ -397,7 +397,7 @@ class CancellingTests:
     async def test_a_cancel_requested_job_that_finishes_counts_its_attempt_and_its_parent_fails(
         self, env: Harness
     ) -> None:
-        for outcome in ("completes", "fails"):
+        for outcome in ("completes", "fails", "stalls"):
             jobs, queues = await _order_flow(env)
             payment, q = jobs["payment"], queues["payment"]
             # A first attempt fails and is retried; the second is running when the
@@ -407,9 +407,13 @@ class CancellingTests:
             now = time.time()
             retry = Failure(payment.id, "tok", "boom", [], now)
             assert await env.store.fail_jobs(q, [retry], now) == [True]
-            assert await _take(env, q, "tok2") == [payment.id]
+            lock_for = -1.0 if outcome == "stalls" else 30.0
+            assert await _take(env, q, "tok2", lock_for=lock_for) == [payment.id]
             assert await payment.cancel("halt") == 1
-            if outcome == "completes":
+            if outcome == "stalls":
+                outcomes = await env.store.recover_stalled(q, time.time(), 10)
+                assert [(o.id, o.failed) for o in outcomes] == [(payment.id, True)]
+            elif outcome == "completes":
                 done = [Completion(payment.id, "tok2", "1")]
                 assert await env.store.complete_jobs(q, done, time.time()) == [True]
             else:
@@ -418,7 +422,8 @@ class CancellingTests:
             ended = await env.reread(payment)
             assert ended is not None and ended.state is FAILED, outcome
             assert ended.failed_reason == "cancelled: halt", outcome
-            assert ended.attempts_made == 2, outcome
+            # A stall is not an attempt the worker reported.
+            assert ended.attempts_made == (1 if outcome == "stalls" else 2), outcome
             # Its parent applies its (default) fail policy, as to any child's final
             # failure.
             order = await env.reread(jobs["order"])

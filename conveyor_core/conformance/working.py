@@ -72,6 +72,17 @@ class WorkingTests:
         counts = await env.counts(q)
         assert counts["completed"] == total and sum(counts.values()) == total
 
+    async def test_a_lock_is_expired_only_once_its_time_has_passed(self, env: Harness) -> None:
+        # Recovery takes the jobs whose lock_until is before now: one whose lock ends at
+        # this very moment is still held.
+        q = env.name("lock-edge")
+        job = await env.queue(q).add("held", None)
+        until = time.time() + 3600
+        await _take_one(env, q, "worker", lock_until=until)
+        assert await env.store.recover_stalled(q, until, 1) == []
+        outcomes = await env.store.recover_stalled(q, until + 0.5, 1)
+        assert [(o.id, o.failed) for o in outcomes] == [(job.id, False)]
+
     async def test_expired_lock_is_recovered_and_the_job_runs_again(self, env: Harness) -> None:
         parent_q, q = env.name("parent"), env.name("stall")
         node = await env.flow.add(
