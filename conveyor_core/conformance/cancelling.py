@@ -397,7 +397,7 @@ class CancellingTests:
     async def test_a_cancel_requested_job_that_finishes_counts_its_attempt_and_its_parent_fails(
         self, env: Harness
     ) -> None:
-        for outcome in ("completes", "fails", "stalls"):
+        for outcome in ("completes", "fails", "stalls", "is released"):
             jobs, queues = await _order_flow(env)
             payment, q = jobs["payment"], queues["payment"]
             # A first attempt fails and is retried; the second is running when the
@@ -413,6 +413,9 @@ class CancellingTests:
             if outcome == "stalls":
                 outcomes = await env.store.recover_stalled(q, time.time(), 10)
                 assert [(o.id, o.failed) for o in outcomes] == [(payment.id, True)]
+            elif outcome == "is released":
+                released = [Release(payment.id, "tok2")]
+                assert await env.store.release_jobs(q, released, time.time()) == [True]
             elif outcome == "completes":
                 done = [Completion(payment.id, "tok2", "1")]
                 assert await env.store.complete_jobs(q, done, time.time()) == [True]
@@ -422,8 +425,9 @@ class CancellingTests:
             ended = await env.reread(payment)
             assert ended is not None and ended.state is FAILED, outcome
             assert ended.failed_reason == "cancelled: halt", outcome
-            # A stall is not an attempt the worker reported.
-            assert ended.attempts_made == (1 if outcome == "stalls" else 2), outcome
+            # A stall or a release is not an attempt the worker reported.
+            counted = outcome in ("completes", "fails")
+            assert ended.attempts_made == (2 if counted else 1), outcome
             # Its parent applies its (default) fail policy, as to any child's final
             # failure.
             order = await env.reread(jobs["order"])

@@ -7,6 +7,7 @@ workers fire them. One test runs real workers to show they alone keep a schedule
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import anyio
@@ -250,6 +251,41 @@ class SchedulerTests:
         assert (job.name, job.data) == ("newer", [1])
         every = await queue.upsert_job_scheduler("r", every=30.0, template={"name": "e"})
         assert (every.cron, every.every, every.iterations) == (None, 30.0, 1)
+
+    async def test_the_same_interval_again_keeps_its_next_tick_and_takes_the_template(
+        self, env: Harness
+    ) -> None:
+        clock = _Clock()
+        queue = _queue(env, "same", clock)
+        await queue.upsert_job_scheduler("s", every=10.0, template={"name": "first"})
+        # An interval ticks first at once: T0, kept by the same interval upserted again
+        # 5 s later (where a new interval would tick at T0 + 5).
+        clock.now = T0 + 5
+        again = await queue.upsert_job_scheduler("s", every=10.0, template={"name": "second"})
+        assert again.next_run_at == datetime.fromtimestamp(T0, UTC)
+        (kept,) = await env.store.get_schedulers(queue.name)
+        assert (kept.next_run_at, json.loads(kept.template)["name"]) == (T0, "second")
+        await _fire(queue, T0 + 5)
+        job = await queue.get_job(tick_job_id("s", T0))
+        assert job is not None and job.name == "second"
+
+    async def test_a_schedule_ended_by_an_upsert_is_no_longer_due(self, env: Harness) -> None:
+        clock = _Clock()
+        queue = _queue(env, "ended", clock)
+        await queue.upsert_job_scheduler("a", every=10.0, template={"name": "a"})
+        await queue.upsert_job_scheduler(
+            "b",
+            every=10.0,
+            template={"name": "b"},
+            start_date=datetime.fromtimestamp(T0 + 20, UTC),
+        )
+        clock.now = T0 + 10
+        ended = await queue.upsert_job_scheduler(
+            "a", every=20.0, template={"name": "a"}, end_date=T0 + 5
+        )
+        assert ended.next_run_at is None
+        due = await env.store.due_schedulers(queue.name, T0 + 100, 1)
+        assert [record.id for record in due.schedulers] == ["b"]
 
     async def test_bad_schedules_are_refused_before_anything_is_written(self, env: Harness) -> None:
         queue = _queue(env, "bad", _Clock())
