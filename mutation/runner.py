@@ -186,7 +186,8 @@ class Target:
     packages: tuple[str, ...]
     """Top-level packages (directories under ``root``) copied for every run."""
     suite_files: dict[str, str]
-    """Files written next to the copied packages: test modules, ``conftest.py``..."""
+    """Files written next to the copied packages: test modules, ``conftest.py``... (a name
+    may hold a folder: ``reliability/stores.py``)."""
     pytest_args: tuple[str, ...] = ()
     mutator: Mutator | None = None
     """The mutator for ``path``; by default the one registered for its suffix. SQL or Lua
@@ -382,6 +383,7 @@ class _Workspace:
         for package in target.packages:
             shutil.copytree(target.root / package, self.dir / package, ignore=ignore)
         for name, content in target.suite_files.items():
+            (self.dir / name).parent.mkdir(parents=True, exist_ok=True)
             (self.dir / name).write_text(content)
         (self.dir / "_mutation_trace.py").write_text(
             _TRACE_PLUGIN if target.units is None else target.units.plugin

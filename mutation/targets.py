@@ -223,10 +223,14 @@ store keeps to itself (its per-state counts folded from deltas, whatever runs at
 has no conformance test, as no other store has it."""
 
 
-LUA_STORE_TESTS = ("test_redis_store.py",)
+LUA_STORE_TESTS = ("test_redis_store.py", "test_search_scan.py")
 """The Redis store's own tests that the Lua target runs beside the conformance suite:
 what the store keeps to itself (its event stream capped at ``stream_max_len``, its keys
-under one hash tag, the metrics keys bounded) has no conformance test."""
+under one hash tag, the metrics keys bounded, the bound on the jobs one search call
+looks at) has no conformance test."""
+
+LUA_SUPPORT = ("reliability/__init__.py", "reliability/stores.py")
+"""Modules of ``tests/`` that :data:`LUA_STORE_TESTS` import."""
 
 
 def _only(target: str, store: str | None, wanted: str) -> None:
@@ -428,7 +432,10 @@ def lua(store: str | None = None, root: Path = ROOT) -> Target:
         packages=("conveyor_core", "conveyor_stores"),
         suite_files={
             **_server_suite(root, "redis", SERVER_WAIT_SECONDS),
-            **{name: (root / "tests" / name).read_text() for name in LUA_STORE_TESTS},
+            **{
+                name: (root / "tests" / name).read_text()
+                for name in (*LUA_STORE_TESTS, *LUA_SUPPORT)
+            },
         },
         mutator=LuaMutator(check),
         units=Units(

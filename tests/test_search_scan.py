@@ -3,6 +3,7 @@ pages may come back short, yet a walk through every page finds every match once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -63,3 +64,29 @@ async def test_a_sparse_match_is_found_across_short_pages(store: StoreInterface)
                 break
         assert found == expected, filters
         assert pages >= 40 // 7, "each call looks at no more than its budget of jobs"
+
+
+@pytest.mark.parametrize("one_moment", [False, True], ids=["apart", "one-moment"])
+async def test_a_walk_of_short_pages_returns_each_job_once(
+    store: StoreInterface, one_moment: bool
+) -> None:
+    # Every job matches and a call runs out of its budget before its page is full:
+    # the next page starts right after the last job looked at, whether the jobs were
+    # created apart or at one moment (then ordered by id alone).
+    ticks = itertools.count(1_800_000_000)
+    queue = Queue(
+        "walk",
+        store=store,
+        clock=(lambda: 1_800_000_000.0) if one_moment else (lambda: float(next(ticks))),
+    )
+    added = [(await queue.add("job", {"i": i})).id for i in range(120)]
+    found: list[str] = []
+    cursor: str | None = None
+    for _ in range(100):
+        page = await queue.search_jobs(limit=10, cursor=cursor, states=[JobState.WAITING])
+        found += [job.id for job in page.jobs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    expected = sorted(added, reverse=True) if one_moment else added[::-1]
+    assert found == expected

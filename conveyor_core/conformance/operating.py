@@ -133,6 +133,54 @@ class OperatingTests:
         rest = await _walk(queue, limit=4, cursor=first.next_cursor)
         assert sorted(rest) == sorted({job.id for job in added} - {job.id for job in first.jobs})
 
+    async def test_search_resumes_among_jobs_of_one_moment_whose_ids_share_beginnings(
+        self, env: Harness
+    ) -> None:
+        # Jobs created at one moment list by id, descending by code point; a walk goes
+        # on after each page's last job is removed, whatever the ids have in common.
+        queue = Queue(env.name("one-moment"), store=env.store, clock=lambda: 1_800_000_000.0)
+        for job_id in ("a", "bz", "x", "xa", "xb"):
+            await queue.add("tie", None, {"job_id": job_id})
+        seen: list[str] = []
+        cursor: str | None = None
+        for _ in range(10):
+            page = await queue.search_jobs(limit=2, cursor=cursor)
+            seen += [job.id for job in page.jobs]
+            if page.jobs:
+                await page.jobs[-1].remove()
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == ["xb", "xa", "x", "bz", "a"]
+
+    async def test_a_long_search_page_holds_each_job_once(self, env: Harness) -> None:
+        queue = env.queue(env.name("long-page"))
+        await queue.add_bulk([{"name": "n", "data": {"i": i}} for i in range(160)])
+        everything = await _walk(queue, limit=500)
+        assert len(everything) == 160
+        page = await queue.search_jobs(limit=150)
+        assert [job.id for job in page.jobs] == everything[: len(page.jobs)]
+
+    async def test_search_text_has_no_pattern_characters(self, env: Harness) -> None:
+        queue = env.queue(env.name("literal"))
+        dotted = await queue.add("n", {"v": "a.c"})
+        percent = await queue.add("n", {"v": "50%d"})
+        await queue.add("n", {"v": "abc"})
+        await queue.add("n", {"v": "50xd"})
+        assert await _walk(queue, text="a.c", limit=10) == [dotted.id]
+        assert await _walk(queue, text="0%d", limit=10) == [percent.id]
+
+    async def test_search_goes_on_after_a_full_page_found_among_the_newest_jobs(
+        self, env: Harness
+    ) -> None:
+        q = env.name("full-page")
+        queue = env.queue(q)
+        oldest = await queue.add("needle", None)
+        await queue.add_bulk([{"name": "hay", "data": None} for _ in range(130)])
+        newer = [await queue.add("needle", None) for _ in range(2)]
+        expected = [newer[1].id, newer[0].id, oldest.id]
+        assert await _walk(queue, name="needle", limit=2) == expected
+
     async def test_search_goes_on_past_many_jobs_that_do_not_match(self, env: Harness) -> None:
         q = env.name("sparse")
         queue = env.queue(q)
