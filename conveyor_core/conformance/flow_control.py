@@ -689,6 +689,7 @@ class GlobalConcurrencyTests:
             name, limit=10, token="t2", lock_until=T0 + 60, now=T0
         )
         assert (full.jobs, full.concurrency_limited) == ([], True)
+        assert full.rate_limited_until is None
         await store.complete_jobs(name, [Completion(first.jobs[0].id, "t1", "null")], T0)
         again = await env.second_store.take_jobs(
             name, limit=10, token="t2", lock_until=T0 + 60, now=T0
@@ -824,6 +825,7 @@ class ManualRateLimitTests:
         held = await other.take_jobs(name, limit=5, token="t", lock_until=start + 60, now=start + 2)
         assert held.jobs == []
         assert held.rate_limited_until == start + 5
+        assert not held.concurrency_limited
         # Due delayed jobs still become waiting meanwhile.
         assert await env.state(delayed) is JobState.WAITING
         # An earlier limit never shortens a later one.
