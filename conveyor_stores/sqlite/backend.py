@@ -56,14 +56,17 @@ _LANE_COUNTED = (WAITING, COMPLETED, FAILED, ACTIVE, DELAYED, WAITING_CHILDREN)
 group's jobs in every state, so that the take, the group concurrency and the group
 counts read one row, and only waiting jobs need an index (``jobs_group_waiting``)."""
 _LANE_COLUMNS = ("waiting", "completed", "failed", "active", "delayed", "waiting_children")
-_LANE_INDEX: dict[JobState | None, int] = {state: i for i, state in enumerate(_LANE_COUNTED)}
+_LANE_INDEX: dict[JobState, int] = {state: i for i, state in enumerate(_LANE_COUNTED)}
 _NO_DELTAS = (0,) * len(_LANE_COUNTED)
 _WAITING_AT = _LANE_INDEX[WAITING]
 
 
-def _lane_moves(first: int) -> str:
-    """``SET`` terms moving each lane count by a parameter, numbered from ``first``."""
-    return ", ".join(f"{name} = {name} + ?{i}" for i, name in enumerate(_LANE_COLUMNS, first))
+def _lane_moves(first: int, *, but: str | None = None) -> str:
+    """``SET`` terms moving each lane count by a parameter, numbered from ``first``; the
+    count ``but`` is left out (its parameter keeps its number, unread)."""
+    return ", ".join(
+        f"{name} = {name} + ?{i}" for i, name in enumerate(_LANE_COLUMNS, first) if name != but
+    )
 
 
 def _params(first: int, count: int) -> str:
@@ -73,13 +76,8 @@ def _params(first: int, count: int) -> str:
 _LANE_COUNT = f"UPDATE lanes SET {_lane_moves(3)} WHERE queue = ?1 AND group_id = ?2"
 """A lane's counts move by the deltas ``?3…``."""
 _LANE_COUNT_KEPT = (
-    "UPDATE lanes SET "
-    + ", ".join(
-        f"{name} = {name} + ?{i}"
-        for i, name in enumerate(_LANE_COLUMNS, 3)
-        if name != _LANE_COLUMNS[_WAITING_AT]
-    )
-    + " WHERE queue = ?1 AND group_id = ?2"
+    f"UPDATE lanes SET {_lane_moves(3, but=_LANE_COLUMNS[_WAITING_AT])} "
+    "WHERE queue = ?1 AND group_id = ?2"
 )
 """:data:`_LANE_COUNT` of a lane whose waiting count does not move (its ``?3`` unread)."""
 _LANE_SERVE = (
@@ -663,14 +661,14 @@ class SQLiteBackend:
             # the lane's lanes_ready entry for an update that sets ``waiting``.
             waiting_moved: list[tuple[Any, ...]] = []
             waiting_kept: list[tuple[Any, ...]] = []
-            for key in [
-                key for key, deltas in counts.items() if deltas[_WAITING_AT] or not for_take
-            ]:
-                deltas = counts.pop(key)
+            for key, deltas in list(counts.items()):
                 if deltas[_WAITING_AT]:
                     waiting_moved.append((*key, *deltas))
+                elif for_take:
+                    continue  # written by the next full flush
                 elif any(deltas):
                     waiting_kept.append((*key, *deltas))
+                del counts[key]
             self._write_lanes(_LANE_COUNT, _LANE_NEW_COUNT, waiting_moved)
             self._write_lanes(_LANE_COUNT_KEPT, _LANE_NEW_COUNT, waiting_kept)
         if self._served:
