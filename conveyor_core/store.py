@@ -824,7 +824,9 @@ class StoreInterface(Protocol):
         First moves the queue's ``delayed`` jobs with ``run_at <= now`` to ``waiting``
         (event ``waiting``). Nothing is taken while the queue is paused. Each taken job
         gets ``lock_token = token``, ``lock_until``, ``processed_at = now`` and event
-        ``active``. Two concurrent takes never return the same job.
+        ``active``. Two concurrent takes never return the same job. A take with
+        ``limit`` 0 or less takes nothing and reports no limit (only ``next_run_at``), as
+        does a take of a paused queue; both still promote the due delayed jobs.
 
         ``rate_limit = (max, duration)``: at most ``max`` jobs of this queue start in any
         window of ``duration`` seconds, counted across all callers; when the window is

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -578,6 +579,49 @@ class TransitionTests:
         await queue.remove_global_concurrency()
         await store.rate_limit_queue(q, now + 30)
         assert await take() == (0, due), "a queue under a manual rate limit"
+
+    async def test_a_take_of_no_job_reports_no_limit(self, env: Harness) -> None:
+        q, held, grouped = env.name("zero"), env.name("zero-held"), env.name("zero-groups")
+        store = env.store
+        now = time.time()
+
+        async def take(name: str, limit: int, **kw: Any) -> tuple[int, object, object, bool]:
+            taken = await store.take_jobs(
+                name, limit=limit, token="t", lock_until=now + 60, now=now, **kw
+            )
+            hints = (taken.next_run_at, taken.rate_limited_until, taken.concurrency_limited)
+            return (len(taken.jobs), *hints)
+
+        none = (0, None, None, False)
+        queue = env.queue(q)
+        await queue.add_bulk([{"name": f"job-{i}"} for i in range(3)])
+        window = (1, 60.0)
+        assert await take(q, 1, rate_limit=window) == (1, None, None, False)
+        assert await take(q, 1, rate_limit=window) == (0, None, now + 60, False)
+        await queue.set_global_concurrency(1)
+        assert await take(q, 1, rate_limit=window) == (0, None, None, True)
+        # At its global concurrency with its rate window full: a take of nothing says
+        # neither.
+        assert await take(q, 0, rate_limit=window) == none
+        assert await take(q, -1, rate_limit=window) == none
+        await queue.remove_global_concurrency()
+        assert await take(q, 5, rate_limit=(3, 60.0)) == (2, None, None, False)
+
+        await env.queue(held).add("held", None)
+        await store.rate_limit_queue(held, now + 30)
+        assert await take(held, 1) == (0, None, now + 30, False)
+        assert await take(held, 0) == none, "under a manual rate limit"
+
+        lanes = env.queue(grouped)
+        await lanes.set_group_limits(concurrency=1)
+        await lanes.add_bulk([{"name": f"a-{i}", "opts": {"group_id": "a"}} for i in range(3)])
+        assert (await take(grouped, 5))[0] == 1
+        assert await take(grouped, 5) == (0, None, None, True)
+        assert await take(grouped, 0) == none, "a group at its concurrency"
+        await lanes.set_group_limits(rate_limit={"max": 1, "duration": 60})
+        assert (await take(grouped, 5))[0] == 1
+        assert await take(grouped, 5) == (0, None, now + 60, False)
+        assert await take(grouped, 0) == none, "a group at its rate limit"
 
     async def test_remove_on_complete_deletes_only_the_job_itself(self, env: Harness) -> None:
         q = env.name("own")
