@@ -179,13 +179,17 @@ class DeduplicationTests:
     ) -> None:
         clock = _Clock()
         queue = _queue(env, "debounce-only", clock)
-        opts = {**_dedup("s", ttl=10, replace=True), "delay": 5}
+        opts = {**_dedup("s", ttl=10, replace=True), "delay": 5, "group_id": "g"}
         first = await queue.add("search", {"q": "a"}, opts)
+        await queue.add("other", None, {"group_id": "g"})
         clock.now = T0 + 3
         assert (await queue.add("search", {"q": "b"}, opts)).id == first.id
         job = await queue.get_job(first.id)
         assert job is not None
         assert (job.data, job.state) == ({"q": "b"}, JobState.DELAYED)
+        # Still one delayed job of its group, beside the other one waiting.
+        group = (await queue.get_group_counts())["g"]
+        assert (group["delayed"], group["waiting"]) == (1, 1)
         # The ttl was not extended: it lapses at T0 + 10.
         clock.now = T0 + 11
         assert (await queue.add("search", {"q": "c"}, opts)).id != first.id

@@ -317,18 +317,24 @@ class GroupTests:
 
     async def test_a_group_let_go_by_its_limit_keeps_its_turn(self, env: Harness) -> None:
         # "b" is served first, "a" after; both are then held by their concurrency, and
-        # "a" is let go first: "b", served less recently, still goes first.
-        queue = env.queue(env.name("groups-turn-kept"))
-        await queue.set_group_limits(concurrency=1)
-        b = await _add(queue, "b", 2)
-        assert await _take(queue, 1) == [("b", 0)]
-        a = await _add(queue, "a", 2)
-        assert await _take(queue, 5) == [("a", 0)]
-        assert await _take(queue, 5) == []
-        await _complete(queue, a[:1])
-        await _complete(queue, b[:1])
-        assert await _take(queue, 1) == [("b", 1)]
-        assert await _take(queue, 1) == [("a", 1)]
+        # "a" is let go first (its job completes, or fails for good): "b", served less
+        # recently, still goes first.
+        for way in ("completes", "fails"):
+            queue = env.queue(env.name(f"groups-turn-kept-{way}"))
+            await queue.set_group_limits(concurrency=1)
+            b = await _add(queue, "b", 2)
+            assert await _take(queue, 1) == [("b", 0)]
+            a = await _add(queue, "a", 2)
+            assert await _take(queue, 5) == [("a", 0)]
+            assert await _take(queue, 5) == []
+            if way == "completes":
+                await _complete(queue, a[:1])
+            else:
+                failed = await env.store.fail_jobs(queue.name, [Failure(a[0], "tok", "x")], T0)
+                assert all(failed)
+            await _complete(queue, b[:1])
+            assert await _take(queue, 1) == [("b", 1)], way
+            assert await _take(queue, 1) == [("a", 1)], way
 
     async def test_a_group_emptied_while_held_no_longer_holds_a_take(self, env: Harness) -> None:
         # Held by its rate window: "a" started at T0, "b" at T0 + 5.

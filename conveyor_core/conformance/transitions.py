@@ -94,7 +94,11 @@ class TransitionTests:
         assert parent.run_at is not None and child.finished_at is not None
         waited = (parent.run_at - child.finished_at).total_seconds()
         assert 3600 - 5 <= waited <= 3600 + 5, f"released with a delay of {waited}s"
-        assert await env.queue(parent_q).get_jobs(WAITING) == []
+        parents = env.queue(parent_q)
+        assert await parents.get_jobs(WAITING) == []
+        assert await parents.get_jobs(WAITING_CHILDREN) == []
+        counts = await parents.get_job_counts()
+        assert (counts["delayed"], counts["waiting-children"]) == (2, 0)
 
     async def test_finished_jobs_are_listed_newest_first_across_calls_of_any_size(
         self, env: Harness
