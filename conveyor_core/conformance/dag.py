@@ -530,6 +530,43 @@ class DagTests:
         await jobs["keeper"].remove()
         assert await env.reread(jobs["shared"]) is None, "no job depends on it any more"
 
+    async def test_dag_a_finished_dependent_no_longer_keeps_a_shared_job_from_removal(
+        self, env: Harness
+    ) -> None:
+        # "early" starts when "going" fails (continue policy) and finishes, its
+        # dependency on "shared" still pending; removing "removed", the one other job
+        # that depends on "shared", removes "shared" too, whether "early" completed or failed.
+        for end in ("completed", "failed"):
+            bad_q, top, idle = env.name(f"bad-{end}"), env.name(f"top-{end}"), env.name("idle")
+            going = {"continue_parent_on_failure": True}
+            jobs = await env.flow.add_dag(
+                [
+                    {"id": "going", "name": "going", "queue_name": bad_q, "opts": going},
+                    {"id": "shared", "name": "shared", "queue_name": idle},
+                    {
+                        "id": "early",
+                        "name": "early",
+                        "queue_name": top,
+                        "depends_on": ["going", "shared"],
+                    },
+                    {
+                        "id": "removed",
+                        "name": "removed",
+                        "queue_name": top,
+                        "depends_on": ["shared"],
+                    },
+                ]
+            )
+            fail = {"going", "early"} if end == "failed" else {"going"}
+            async with env.workers(
+                {bad_q: Runs().handler(fail=fail), top: Runs().handler(fail=fail)}
+            ):
+                await env.wait_state(jobs["early"], JobState(end))
+            assert await env.state(jobs["shared"]) is WAITING, end
+            await jobs["removed"].remove()
+            assert await env.reread(jobs["shared"]) is None, f"its other dependent {end}"
+            assert await env.state(jobs["early"]) is JobState(end)
+
     async def test_dag_drop_and_continue_flags_apply_to_every_dependent(self, env: Harness) -> None:
         bad_q, top, idle = env.name("bad"), env.name("top"), env.name("idle")
         jobs = await env.flow.add_dag(
