@@ -94,22 +94,26 @@ class GroupTests:
         ]
 
     async def test_the_rotation_goes_on_from_one_take_to_the_next(self, env: Harness) -> None:
-        queue = env.queue(env.name("groups-turns"))
-        await _add(queue, "a", 3)
-        await _add(queue, "b", 3)
-        await _add(queue, "c", 3)
-        turns = [
-            await _take(queue, 2, store=(env.store, env.second_store)[i % 2]) for i in range(4)
-        ]
-        assert turns == [
-            [("a", 0), ("b", 0)],
-            [("c", 0), ("a", 1)],
-            [("b", 1), ("c", 1)],
-            [("a", 2), ("b", 2)],
-        ]
-        # A group that empties and comes back joins the end of the rotation.
-        await _add(queue, "a", 1)
-        assert await _take(queue, 3) == [("c", 2), ("a", 0)]
+        # With group limits (that hold nothing back here) or without.
+        for limited in (False, True):
+            queue = env.queue(env.name(f"groups-turns-{limited}"))
+            if limited:
+                await queue.set_group_limits(concurrency=10)
+            await _add(queue, "a", 3)
+            await _add(queue, "b", 3)
+            await _add(queue, "c", 3)
+            turns = [
+                await _take(queue, 2, store=(env.store, env.second_store)[i % 2]) for i in range(4)
+            ]
+            assert turns == [
+                [("a", 0), ("b", 0)],
+                [("c", 0), ("a", 1)],
+                [("b", 1), ("c", 1)],
+                [("a", 2), ("b", 2)],
+            ], f"limited: {limited}"
+            # A group that empties and comes back joins the end of the rotation.
+            await _add(queue, "a", 1)
+            assert await _take(queue, 3) == [("c", 2), ("a", 0)]
 
     async def test_a_single_job_of_another_group_overtakes_a_backlog(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-backlog"))
@@ -123,17 +127,20 @@ class GroupTests:
         assert await _take(queue, 1) == [("bulk", 3)]
 
     async def test_jobs_without_a_group_are_one_lane_of_the_rotation(self, env: Harness) -> None:
-        queue = env.queue(env.name("groups-own"))
-        await _add(queue, None, 3)
-        await _add(queue, "g", 3)
-        assert await _take(queue, 6) == [
-            ("own", 0),
-            ("g", 0),
-            ("own", 1),
-            ("g", 1),
-            ("own", 2),
-            ("g", 2),
-        ]
+        # With group limits or without, within a take and from one take to the next.
+        for limited in (False, True):
+            queue = env.queue(env.name(f"groups-own-{limited}"))
+            if limited:
+                await queue.set_group_limits(concurrency=10)
+            await _add(queue, None, 4)
+            await _add(queue, "g", 4)
+            assert await _take(queue, 4) == [("own", 0), ("g", 0), ("own", 1), ("g", 1)]
+            assert [await _take(queue, 1) for _ in range(4)] == [
+                [("own", 2)],
+                [("g", 2)],
+                [("own", 3)],
+                [("g", 3)],
+            ], f"limited: {limited}"
 
     async def test_waiting_jobs_list_by_priority_and_entry_whatever_their_group(
         self, env: Harness
@@ -388,6 +395,19 @@ class GroupTests:
             await queue.add_bulk([{"name": group, "opts": _in(group)} for _ in range(10)])
         taken = await racing_takes(env, queue.name, 12, 3, T0)
         assert len(taken) == len(set(taken)) == 6
+        counts = await queue.get_group_counts()
+        assert {group: counts[group]["active"] for group in counts} == {"a": 2, "b": 2, "c": 2}
+
+    async def test_racing_takes_hand_out_own_and_grouped_jobs_once(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-race-own"))
+        await queue.set_group_limits(concurrency=2)
+        own = await queue.add_bulk([{"name": "own"} for _ in range(10)])
+        for group in ("a", "b", "c"):
+            await queue.add_bulk([{"name": group, "opts": _in(group)} for _ in range(10)])
+        taken = await racing_takes(env, queue.name, 12, 3, T0)
+        taken += [job.id for job in (await _take_result(queue)).jobs]
+        assert len(taken) == len(set(taken)) == 16
+        assert {job.id for job in own} <= set(taken)
         counts = await queue.get_group_counts()
         assert {group: counts[group]["active"] for group in counts} == {"a": 2, "b": 2, "c": 2}
 
