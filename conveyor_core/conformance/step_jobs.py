@@ -272,6 +272,20 @@ class StepJobTests:
         await _nothing_added(env, held, parts)
         assert await env.state(held) is ACTIVE
 
+    async def test_step_job_park_says_whether_it_parked(self, env: Harness) -> None:
+        main, parts = env.name("park-says"), env.name("park-says-parts")
+        job = await env.queue(main).add("step", None, {"delay": 0.001})
+        now = time.time() + 1
+        taken = await env.store.take_jobs(main, limit=1, token="tok", lock_until=now + 60, now=now)
+        assert [record.id for record in taken.jobs] == [job.id]
+        assert await env.store.park_job(main, job.id, "tok", now) is False, "no pending child"
+        assert await env.state(job) is ACTIVE
+        await env.queue(parts).add("part", None, opts={"parent": {"id": job.id, "queue": main}})
+        assert await env.store.park_job(main, job.id, "tok", now) is True
+        parked = await env.reread(job)
+        assert parked is not None and parked.state is WAITING_CHILDREN
+        assert parked.record.delay == 0, "its delay is spent"
+
     async def test_step_job_opts_parent_onto_a_job_waiting_for_children(self, env: Harness) -> None:
         main, kids, late = env.name("adopt"), env.name("adopt-kids"), env.name("adopt-late")
         node = await env.flow.add(
