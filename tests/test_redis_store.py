@@ -383,6 +383,21 @@ async def test_a_parent_kept_before_its_dependency_index_gets_it_on_first_use(
     released = await store.get_job("q", "p")
     assert released is not None and released.state is WAITING
     assert await store.get_dependency_counts("q", "p") == {**counts, "pending": 0, "processed": 3}
+    # A child leaving its parent, and a park, read the counters too.
+    two = job("two", state=WAITING_CHILDREN)
+    kids = [job(f"k{i}", parent_id="two", parent_queue="q") for i in range(2)]
+    assert await store.add_jobs([[two, *kids]], 6.0) == [True]
+    await raw.hdel(base + "job:two", "dv", "pend", "dpro", "dfai", "dign")
+    assert await store.remove_child_dependency("q", "k0", 7.0) is True
+    still = await store.get_job("q", "two")
+    assert still is not None and still.state is WAITING_CHILDREN, "k1 is still pending"
+    assert await store.add_jobs([[job("step", queue="s")]], 8.0) == [True]
+    assert await take(store, "s", 9.0, limit=1) == ["step"]
+    part = job("part", parent_id="step", parent_queue="s")
+    assert await store.add_jobs([[part]], 9.0) == [True]
+    step_key = queue_key_base(store.prefix, "s") + "job:step"
+    await raw.hdel(step_key, "dv", "pend", "dpro", "dfai", "dign")
+    assert await store.park_job("s", "step", "tok", 10.0) is True
 
 
 async def test_obliterate_leaves_no_key_of_the_queue(store: RedisStore, raw: Any) -> None:
