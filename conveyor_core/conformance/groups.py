@@ -455,6 +455,37 @@ class GroupTests:
         assert await _take(queue, 10, now=T0 + 5) == [("b", 0)]
         assert await _take(queue, 10, now=T0 + 10) == [("a", 2), ("a", 3)]
 
+    async def test_a_group_let_go_by_its_rate_window_keeps_its_turn(self, env: Harness) -> None:
+        # "b" is served before "a"; both fill their windows, which end together: "b",
+        # served less recently, goes first again.
+        queue = env.queue(env.name("groups-window-turn"))
+        await queue.set_group_limits(rate_limit={"max": 2, "duration": 60})
+        await _add(queue, "b", 3)
+        assert await _take(queue, 1) == [("b", 0)]
+        await _add(queue, "a", 3)
+        assert await _take(queue, 5) == [("a", 0), ("b", 1), ("a", 1)]
+        assert await _take(queue, 5, now=T0 + 30) == []
+        assert await _take(queue, 1, now=T0 + 61) == [("b", 2)]
+        assert await _take(queue, 1, now=T0 + 61) == [("a", 2)]
+        # Both emptied: a later take finds nothing holding it, and a new group's job.
+        await _add(queue, "c", 1)
+        later = await queue.store.take_jobs(
+            queue.name, limit=5, token="tok", lock_until=T0 + 600, now=T0 + 200
+        )
+        assert [job.name for job in later.jobs] == ["c"]
+        assert (later.rate_limited_until, later.concurrency_limited) == (None, False)
+
+    async def test_the_own_lane_of_plain_takes_keeps_its_turn_when_groups_come(
+        self, env: Harness
+    ) -> None:
+        # Takes with no grouped job waiting serve no lane: the own lane has not been
+        # served when the first group comes, so it goes first (the empty id).
+        queue = env.queue(env.name("groups-after-plain"))
+        await _add(queue, None, 4)
+        assert await _take(queue, 2) == [("own", 0), ("own", 1)]
+        await _add(queue, "g", 2)
+        assert await _take(queue, 3) == [("own", 2), ("g", 0), ("own", 3)]
+
     async def test_the_queue_limits_bound_a_take_by_lanes(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-global"))
         await _add(queue, "a", 3)

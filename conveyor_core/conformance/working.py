@@ -235,6 +235,16 @@ class WorkingTests:
         assert record.lock_until is not None and record.lock_until < now + 600
 
         assert await store.extend_locks(q, [(job.id, "owner")], now + 120) == [job.id]
+        # One call extends each lock it names, with its own token, and no other.
+        others = [await env.queue(q).add(f"other-{i}", None) for i in range(3)]
+        taken = await store.take_jobs(q, limit=3, token="others", lock_until=now + 60, now=now)
+        assert [record.id for record in taken.jobs] == [other.id for other in others]
+        locks = [(job.id, "owner"), *((other.id, "others") for other in others)]
+        extended = await store.extend_locks(q, [*locks, (others[0].id, "owner")], now + 300)
+        assert sorted(extended) == sorted([job.id, *(other.id for other in others)])
+        for other in others:
+            held = await store.get_job(q, other.id)
+            assert held is not None and held.lock_until == now + 300
         assert await store.complete_jobs(q, [Completion(job.id, "owner", '"mine"')], now) == [True]
         done = await env.reread(added)
         assert done is not None and done.state is COMPLETED and done.return_value == "mine"
