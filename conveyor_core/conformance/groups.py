@@ -475,6 +475,16 @@ class GroupTests:
         assert [job.name for job in later.jobs] == ["c"]
         assert (later.rate_limited_until, later.concurrency_limited) == (None, False)
 
+    async def test_active_grouped_jobs_list_in_the_order_they_started(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-active-order"))
+        ids = await _add(queue, "g", 4) + await _add(queue, "h", 2)
+        assert len(await _take(queue, 4)) == 4
+        assert len(await _take(queue, 1)) == 1
+        assert len(await _take(queue, 1)) == 1
+        started = [ids[0], ids[4], ids[1], ids[5], ids[2], ids[3]]
+        listed = await queue.store.get_jobs(queue.name, [JobState.ACTIVE], 0, None)
+        assert [job.id for job in listed] == started
+
     async def test_the_own_lane_of_plain_takes_keeps_its_turn_when_groups_come(
         self, env: Harness
     ) -> None:

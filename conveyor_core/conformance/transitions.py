@@ -654,6 +654,24 @@ class TransitionTests:
             sizes.append(len(taken.jobs))
         assert sizes == [2, 1, 0], "three jobs per window, however they are taken"
 
+    async def test_a_rate_window_starts_with_the_first_job_it_counts(self, env: Harness) -> None:
+        # A take that finds no job starts no window; each kind of lane alike.
+        for group in (None, "g"):
+            q = env.name(f"window-start-{group}")
+            queue = env.queue(q)
+            t0 = time.time()
+
+            async def take(now: float, q: str = q) -> tuple[int, float | None]:
+                taken = await env.store.take_jobs(
+                    q, limit=5, token="t", lock_until=now + 600, now=now, rate_limit=(1, 60.0)
+                )
+                return len(taken.jobs), taken.rate_limited_until
+
+            assert await take(t0) == (0, None)
+            await queue.add_bulk([{"name": "job", "opts": {"group_id": group}} for _ in range(2)])
+            assert await take(t0 + 30) == (1, None)
+            assert await take(t0 + 40) == (0, t0 + 90), f"group: {group}"
+
 
 async def _true(value: bool) -> bool:
     return value
