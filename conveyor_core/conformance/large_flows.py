@@ -109,16 +109,24 @@ class LargeFlowTests:
 
     async def test_a_page_deep_in_a_big_flow(self, env: Harness) -> None:
         q = env.name("deep")
-        count = 1000
+        count = 1200
         node = await env.flow.add(_parent(q, [_child(f"c{i:04d}", q) for i in range(count)]))
         parent = node.job
         by_name = nodes_by_name(node)
+        ids = [by_name[f"c{i:04d}"].id for i in range(count)]
         cursor: str | None = None
         for _ in range(6):
             page = await parent.get_dependencies(cursor=cursor, limit=100)
             cursor = page.next_cursor
         page = await parent.get_dependencies(cursor=cursor, limit=100)
-        assert page.unprocessed == [by_name[f"c{i:04d}"].id for i in range(600, 700)]
+        assert page.unprocessed == ids[600:700]
+        # Pages of more than a thousand records, from the start and from a cursor.
+        big = await parent.get_dependencies(limit=1100)
+        assert big.unprocessed == ids[:1100] and big.next_cursor is not None
+        rest = await parent.get_dependencies(cursor=page.next_cursor, limit=count)
+        assert rest.unprocessed == ids[700:] and rest.next_cursor is None
+        whole = await parent.get_dependencies(limit=count)
+        assert whole.unprocessed == ids and whole.next_cursor is None
         counts = await parent.get_dependency_counts()
         assert counts == DependencyCounts(unprocessed=count)
         assert counts.total == count
