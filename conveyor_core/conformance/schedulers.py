@@ -390,6 +390,13 @@ class SchedulerTests:
             "c",
             "late",
         ]
+        # A fired scheduler takes its place by its new next tick.
+        assert await env.store.fire_scheduler(queue.name, "a", T0 + 10, T0 + 1010, [], T0 + 25)
+        due = await env.store.due_schedulers(queue.name, T0 + 100, 1)
+        assert ([r.id for r in due.schedulers], due.next_run_at) == (["b"], T0 + 30)
+        after = await env.store.due_schedulers(queue.name, T0 + 600, 10)
+        assert [r.id for r in after.schedulers] == ["b", "c", "late"]
+        assert after.next_run_at == T0 + 1010
 
     async def test_idle_workers_alone_keep_a_schedule_going(self, env: Harness) -> None:
         q = env.name("workers")
