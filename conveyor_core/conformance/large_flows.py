@@ -274,6 +274,9 @@ class LeavingFlowTests:
         deps = await parent.get_dependencies()
         assert deps.processed == {jobs["done"].id: {"v": "done"}}
         assert deps.unprocessed == []
+        page = await parent.get_dependencies(limit=5)
+        assert (page.processed, page.unprocessed) == (deps.processed, [])
+        assert page.next_cursor is None
         async with env.workers({idle: _value, q: _value}):
             await env.wait_finished(child)
             parent = (await env.wait_finished(parent))[0]
