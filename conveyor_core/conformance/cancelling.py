@@ -153,8 +153,11 @@ class CancellingTests:
             assert (await theirs.get_dependencies()).ignored == {jobs["shared"].id: reason}
 
     async def test_a_cancelled_step_job_that_parks_fails_as_cancelled(self, env: Harness) -> None:
-        q, parts = env.name("steps"), env.name("parts")
-        parent = await env.queue(q).add("step", None)
+        q, parts, tops = env.name("steps"), env.name("parts"), env.name("tops")
+        top = await env.flow.add(
+            {"name": "top", "queue_name": tops, "children": [{"name": "step", "queue_name": q}]}
+        )
+        parent = top.children[0].job
         assert await _take(env, q, "tok") == [parent.id]
         child = await env.queue(parts).add(
             "part", None, opts={"parent": {"id": parent.id, "queue": q}}
@@ -167,6 +170,8 @@ class CancellingTests:
         assert now.failed_reason == "cancelled: stop"
         assert now.attempts_made == 0
         assert await env.state(child) is FAILED
+        above = await env.reread(top.job)
+        assert above is not None and above.state is FAILED, "its own parent applies its policy"
 
     async def test_cancel_without_reason_and_of_a_single_job(self, env: Harness) -> None:
         q = env.name("single")
