@@ -132,14 +132,16 @@ class GroupTests:
             queue = env.queue(env.name(f"groups-own-{limited}"))
             if limited:
                 await queue.set_group_limits(concurrency=10)
-            await _add(queue, None, 4)
-            await _add(queue, "g", 4)
-            assert await _take(queue, 4) == [("own", 0), ("g", 0), ("own", 1), ("g", 1)]
-            assert [await _take(queue, 1) for _ in range(4)] == [
+            await _add(queue, None, 3)
+            await _add(queue, "g", 3)
+            await _add(queue, "h", 3)
+            assert await _take(queue, 4) == [("own", 0), ("g", 0), ("h", 0), ("own", 1)]
+            assert [await _take(queue, 1) for _ in range(5)] == [
+                [("g", 1)],
+                [("h", 1)],
                 [("own", 2)],
                 [("g", 2)],
-                [("own", 3)],
-                [("g", 3)],
+                [("h", 2)],
             ], f"limited: {limited}"
 
     async def test_waiting_jobs_list_by_priority_and_entry_whatever_their_group(
