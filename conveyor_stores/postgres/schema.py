@@ -164,6 +164,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     # Function bodies changed (takes run generic plans; a take by lanes without group
     # limits is one statement of take_jobs) and _take_by_lanes has a new signature.
     (14, migration_sql("0014_take_by_lanes") + all_functions_sql()),
+    # _remove_each dropped; change_delay wakes idle workers.
     (15, migration_sql("0015_drop_remove_each") + all_functions_sql()),
 ]
 """``(version, sql)`` in order; a database at version ``v`` runs every later one.
@@ -175,7 +176,7 @@ step installs (a test compares them)."""
 
 LATEST = MIGRATIONS[-1][0]
 
-FUNCTIONS_DIGEST = "4a16c3d760eebebab38789e6003077f724f45d19f9ae8e7a72760991c833b624"
+FUNCTIONS_DIGEST = "3720428d3acf8c0435f62b614ac7edef5e19616ac560c8e47e5a61a2a3cfb21b"
 """What :func:`functions_digest` gives for the functions the latest step installs."""
 
 _DROP_FUNCTION = re.compile(r"DROP FUNCTION IF EXISTS @S\.\w+\([^)]*\)")

@@ -98,7 +98,11 @@ _INT8_MAX = 2**63 - 1
 _STATES = {state.value: state for state in JobState}
 _POLICIES = {policy.value: policy for policy in ParentPolicy}
 
-_WAKE_TYPES = frozenset({"waiting", "resumed", "delayed"})
+_WAKE_ONLY = "wake"
+"""The kind of a notification that is no event: it only wakes idle workers (change_delay
+moves a delayed job's run_at without an event)."""
+
+_WAKE_TYPES = frozenset({"waiting", "resumed", "delayed", _WAKE_ONLY})
 """Events after which an idle worker of the queue takes again (WAIT FOR WORK: a delayed
 job may be due sooner than the worker's timeout, and change_delay counts too)."""
 
@@ -1525,7 +1529,7 @@ class PostgresStore(_Operations):
         waiters = self._waiters
         for queue, kind, job_id, data, ts in events:
             subs = subscriptions.get(queue)
-            if subs:
+            if subs and kind != _WAKE_ONLY:
                 record = EventRecord(kind, queue, job_id, data, ts)
                 for sub in subs:
                     sub.push(record)

@@ -8,6 +8,9 @@ BEGIN
     SELECT state INTO st FROM @S.jobs WHERE queue = q AND id = jid FOR UPDATE;
     IF st = 'delayed' THEN
         UPDATE @S.jobs SET run_at = at WHERE queue = q AND id = jid;
+        -- No event, but idle workers learn the new run_at (a notification that only
+        -- wakes them: see the store's _WAKE_ONLY).
+        PERFORM @S._publish(ARRAY[@S._ev(q, 'wake', jid, NULL, at)]);
     END IF;
     RETURN st;
 END $$;
