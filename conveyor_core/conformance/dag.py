@@ -255,6 +255,11 @@ class DagTests:
         assert await env.total(queue) == 0
         assert await env.total(other) == 1
         assert await env.reread(taken) is not None
+        # The same id in another queue is no clash: ids are unique per queue.
+        jobs = await env.flow.add_dag(
+            [{"id": "same", "name": "same", "queue_name": queue, "opts": {"job_id": "taken-id"}}]
+        )
+        assert jobs["same"].id == "taken-id" and await env.total(queue) == 1
 
     async def test_dag_dependencies_on_jobs_already_in_the_store(self, env: Harness) -> None:
         old_q, new_q, tree_q = env.name("old"), env.name("new"), env.name("tree")
