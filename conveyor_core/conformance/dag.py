@@ -261,6 +261,20 @@ class DagTests:
         )
         assert jobs["same"].id == "taken-id" and await env.total(queue) == 1
 
+    async def test_dag_a_lifo_node_is_taken_first(self, env: Harness) -> None:
+        q = env.name("dag-lifo")
+        await env.queue(q).add("before", None)
+        await env.flow.add_dag(
+            [
+                {"id": "fifo", "name": "fifo", "queue_name": q},
+                {"id": "lifo", "name": "lifo", "queue_name": q, "opts": {"lifo": True}},
+                {"id": "later", "name": "later", "queue_name": q, "opts": {"delay": 60}},
+            ]
+        )
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=5, token="t", lock_until=now + 60, now=now)
+        assert [job.name for job in taken.jobs] == ["lifo", "before", "fifo"]
+
     async def test_dag_dependencies_on_jobs_already_in_the_store(self, env: Harness) -> None:
         old_q, new_q, tree_q = env.name("old"), env.name("new"), env.name("tree")
         done = await env.queue(old_q).add("done", {"n": 1})
