@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from conveyor_core import Job, QueueEvent, QueueEvents
 
 from ._support import Harness
@@ -190,3 +192,12 @@ class EventTests:
             assert types.get(job.id, [])[:2] == ["added", first], (node["id"], types.get(job.id))
         added = {e.job_id: e.data for e in seen if e.type == "added"}
         assert all(added[jobs[node["id"]].id] == {"name": node["name"]} for node in nodes)
+        # A delayed job's event says when it runs; the other first states say nothing.
+        delayed = {e.job_id: e.data for e in seen if e.type == "delayed"}
+        for name in ("leaf-0", "leaf-3", "leaf-297"):
+            record = await env.reread(jobs[name])
+            assert record is not None and record.run_at is not None
+            due = pytest.approx(record.run_at.timestamp(), abs=0.001)
+            assert delayed[record.id] == {"run_at": due}, name
+        firsts = [e for e in seen if e.type in ("waiting", "waiting-children")]
+        assert firsts and all(e.data == {} for e in firsts)
