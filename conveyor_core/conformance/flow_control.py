@@ -123,9 +123,11 @@ class DeduplicationTests:
         await queue.store.fail_jobs(queue.name, [Failure(doomed.id, "tok", "broke")], T0)
         second = await queue.add("a", None, _dedup("d"))
         assert second.id != doomed.id
+        assert (await queue.add("a", None, _dedup("d"))).id == second.id, "second holds it now"
         await second.remove()
         third = await queue.add("a", None, _dedup("d"))
         assert third.id not in (doomed.id, second.id)
+        assert (await queue.add("a", None, _dedup("d"))).id == third.id
 
     async def test_with_a_ttl_the_id_is_held_until_it_passes(self, env: Harness) -> None:
         clock = _Clock()
@@ -228,16 +230,31 @@ class DeduplicationTests:
         async with listener:
             first = await queue.add("a", None, _dedup("e"))
             await queue.add("a", None, {"job_id": "dropped", **_dedup("e")})
+            later = await queue.add("b", None, {"delay": 600, **_dedup("f")})
 
             async def arrived() -> bool:
-                return any(event.type == "deduplicated" for event in seen)
+                return any(event.type == "deduplicated" for event in seen) and any(
+                    event.type == "delayed" for event in seen
+                )
 
-            await env.wait_for(arrived, "the deduplicated event")
+            await env.wait_for(arrived, "the deduplicated and delayed events")
         (event,) = [event for event in seen if event.type == "deduplicated"]
         assert event.job_id == first.id
         assert event.data == {"deduplication_id": "e", "deduplicated_job_id": "dropped"}
         assert not [e for e in seen if e.job_id == "dropped"]
         assert await queue.get_job("dropped") is None
+        # A written job's events are those of any add: added, then its state.
+        record = await env.reread(later)
+        assert record is not None and record.run_at is not None
+        assert [(e.type, e.data) for e in seen if e.job_id == later.id] == [
+            ("added", {"name": "b"}),
+            ("delayed", {"run_at": pytest.approx(record.run_at.timestamp(), abs=0.001)}),
+        ]
+        assert record.run_at.timestamp() == pytest.approx(record.created_at.timestamp() + 600)
+        assert [(e.type, e.data) for e in seen if e.job_id == first.id][:2] == [
+            ("added", {"name": "a"}),
+            ("waiting", {}),
+        ]
 
     async def test_an_existing_job_id_wins_over_a_free_deduplication_id(self, env: Harness) -> None:
         queue = env.queue(env.name("dedup-jobid"))
@@ -249,6 +266,11 @@ class DeduplicationTests:
         later = await queue.add("a", {"n": 3}, _dedup("k"))
         assert later.id != plain.id
         assert (await queue.get_job_counts())["waiting"] == 2
+        # ... and the ids other jobs hold stay theirs.
+        holder = await queue.add("a", None, _dedup("held"))
+        await queue.add("a", {"n": 4}, {"job_id": "fixed", **_dedup("other")})
+        assert (await queue.add("a", None, _dedup("held"))).id == holder.id
+        assert (await queue.add("a", None, _dedup("k"))).id == later.id
 
     async def test_racing_adds_of_one_id_write_one_job(self, env: Harness) -> None:
         name = env.name("dedup-race")
