@@ -140,6 +140,9 @@ class DeduplicationTests:
         second = await queue.add("a", None, _dedup("t", ttl=10))
         assert second.id != first.id
         assert (await queue.get_job_counts())["waiting"] == 1
+        # The new job holds the id for a ttl of its own.
+        clock.now = T0 + 19.5
+        assert (await queue.add("a", None, _dedup("t", ttl=10))).id == second.id
 
     async def test_extend_restarts_the_ttl(self, env: Harness) -> None:
         clock = _Clock()
