@@ -274,13 +274,18 @@ class StepJobTests:
 
     async def test_step_job_park_says_whether_it_parked(self, env: Harness) -> None:
         main, parts = env.name("park-says"), env.name("park-says-parts")
+        await env.queue(main).add("before", None, {"delay": 3600})
         job = await env.queue(main).add("step", None, {"delay": 0.001})
         now = time.time() + 1
         taken = await env.store.take_jobs(main, limit=1, token="tok", lock_until=now + 60, now=now)
         assert [record.id for record in taken.jobs] == [job.id]
         assert await env.store.park_job(main, job.id, "tok", now) is False, "no pending child"
         assert await env.state(job) is ACTIVE
-        await env.queue(parts).add("part", None, opts={"parent": {"id": job.id, "queue": main}})
+        child = build_new_job(
+            queue=parts, name="part", data="null", opts=resolve_options(None), job_id="part"
+        )
+        child.parent_id, child.parent_queue = job.id, main
+        assert await env.store.add_children(main, job.id, "tok", [[child]], now) == [True]
         assert await env.store.park_job(main, job.id, "tok", now) is True
         parked = await env.reread(job)
         assert parked is not None and parked.state is WAITING_CHILDREN
