@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from conveyor_core import Job, QueueEvent, QueueEvents
+from conveyor_core import Job, JobState, QueueEvent, QueueEvents
+from conveyor_core.store import Failure
 
 from ._support import Harness
 
@@ -144,6 +146,43 @@ class EventTests:
         assert types[:2] == ["added", "waiting-children"], types
         assert types.index("waiting") < types.index("active") < types.index("completed")
 
+    async def test_a_job_entering_delayed_publishes_delayed_with_its_run_at(
+        self, env: Harness
+    ) -> None:
+        # A failed attempt retried later, and a released parent with a delay.
+        q, kids = env.name("to-delayed"), env.name("to-delayed-kids")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            flaky = await env.queue(q).add("flaky", None)
+            now = time.time()
+            taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+            assert [job.id for job in taken.jobs] == [flaky.id]
+            retry = Failure(flaky.id, "t", "later", retry_at=now + 900)
+            assert await env.store.fail_jobs(q, [retry], now) == [True]
+            node = await env.flow.add(
+                {
+                    "name": "parent",
+                    "queue_name": q,
+                    "opts": {"delay": 600},
+                    "children": [{"name": "kid", "queue_name": kids}],
+                }
+            )
+            async with env.workers({kids: lambda job: _none()}):
+                await env.wait_state(node.job, JobState.DELAYED)
+            await env.wait_seen(
+                seen,
+                lambda e: e.type == "delayed" and e.job_id == node.job.id,
+                "the parent's delayed event",
+            )
+        parent = await env.reread(node.job)
+        assert parent is not None and parent.run_at is not None
+        delayed = [(e.job_id, e.data) for e in seen if e.type == "delayed"]
+        assert delayed == [
+            (flaky.id, {"run_at": pytest.approx(now + 900, abs=0.001)}),
+            (node.job.id, {"run_at": pytest.approx(parent.run_at.timestamp(), abs=0.001)}),
+        ]
+
     async def test_each_job_of_a_large_dag_is_added_before_its_first_state(
         self, env: Harness
     ) -> None:
@@ -201,3 +240,7 @@ class EventTests:
             assert delayed[record.id] == {"run_at": due}, name
         firsts = [e for e in seen if e.type in ("waiting", "waiting-children")]
         assert firsts and all(e.data == {} for e in firsts)
+
+
+async def _none() -> None:
+    return None

@@ -249,6 +249,7 @@ class DeduplicationTests:
         # A written job's events are those of any add: added, then its state.
         record = await env.reread(later)
         assert record is not None and record.run_at is not None
+        assert record.created_at is not None
         assert [(e.type, e.data) for e in seen if e.job_id == later.id] == [
             ("added", {"name": "b"}),
             ("delayed", {"run_at": pytest.approx(record.run_at.timestamp(), abs=0.001)}),
