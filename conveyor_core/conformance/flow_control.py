@@ -526,6 +526,23 @@ class FlowDeduplicationTests:
         fresh = await flow.add({"name": "p", "queue_name": parents, "children": [leaf]})
         assert fresh.children[0].job.id != held.id
 
+    async def test_flow_dedup_a_dag_node_holds_its_id_for_its_ttl(self, env: Harness) -> None:
+        clock = _Clock()
+        flow = FlowProducer(store=env.store, clock=clock)
+        leaves = env.name("fd-node-ttl")
+        queue = Queue(leaves, store=env.store, clock=clock)
+        node = {"id": "n", "name": "n", "queue_name": leaves, **_node_dedup("nt", ttl=10)}
+        first = (await flow.add_dag([node]))["n"]
+        assert await _finish(queue, T0 + 1) == [first.id]
+        clock.now = T0 + 9
+        assert (await queue.add("n", None, _dedup("nt", ttl=10))).id == first.id
+        # Lapsed: the next node takes the id, for a ttl of its own.
+        clock.now = T0 + 11
+        second = (await flow.add_dag([node]))["n"]
+        assert second.id != first.id
+        clock.now = T0 + 20
+        assert (await queue.add("n", None, _dedup("nt", ttl=10))).id == second.id
+
     async def test_flow_dedup_extend_or_replace_alone_on_a_dag_node(self, env: Harness) -> None:
         clock = _Clock()
         flow = FlowProducer(store=env.store, clock=clock)
