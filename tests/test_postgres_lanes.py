@@ -1,0 +1,140 @@
+"""PostgresStore's take by lanes while another transaction holds a lane's row: a take
+that holds a lane already steps over a lane held elsewhere instead of waiting for it (two
+takes never wait on each other in a circle), and a take that waited for a lane looks
+again when the other transaction served it meanwhile.
+
+Each test gets its own schema, dropped afterwards from a separate connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+asyncpg = pytest.importorskip("asyncpg")
+
+from conveyor_core.models import JobState  # noqa: E402
+from conveyor_core.store import NewJob  # noqa: E402
+from conveyor_stores.postgres import PostgresStore  # noqa: E402
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+NOW = 1_000_000.0
+
+
+@pytest.fixture
+async def conn(pg_dsn: str, pg_schema: str) -> AsyncIterator[Any]:
+    """A plain connection beside the store; drops the schema at the end."""
+    c = await asyncpg.connect(pg_dsn)
+    try:
+        yield c
+    finally:
+        await c.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
+        await c.close()
+
+
+@pytest.fixture
+async def store(pg_dsn: str, pg_schema: str, conn: Any) -> AsyncIterator[PostgresStore]:
+    async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=3) as s:
+        # Group limits (that hold nothing back here) send takes down the one-lane-at-a-time path.
+        await s.set_group_limits("q", 10, None)
+        yield s
+
+
+def job(job_id: str, group: str | None = None) -> list[NewJob]:
+    return [
+        NewJob(
+            id=job_id,
+            queue="q",
+            name="n",
+            data="{}",
+            opts="{}",
+            state=JobState.WAITING,
+            group_id=group,
+        )
+    ]
+
+
+async def take(store: PostgresStore, limit: int) -> list[str]:
+    with anyio.fail_after(20):
+        taken = await store.take_jobs("q", limit=limit, token="t", lock_until=NOW + 60, now=NOW)
+    return [record.id for record in taken.jobs]
+
+
+async def hold_lane(conn: Any, schema: str, group: str) -> Any:
+    """Lock the lane's row in a transaction of ``conn``, left open."""
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute(
+        f'SELECT 1 FROM "{schema}".group_lanes WHERE queue = $1 AND group_id = $2 FOR UPDATE',
+        "q",
+        group,
+    )
+    return tx
+
+
+async def test_a_take_holding_the_own_lane_steps_over_a_held_lane(
+    store: PostgresStore, conn: Any, pg_schema: str
+) -> None:
+    await store.add_jobs([job("own"), job("a1", "a"), job("b1", "b")], NOW)
+    tx = await hold_lane(conn, pg_schema, "a")
+    try:
+        assert await take(store, 3) == ["own", "b1"]
+    finally:
+        await tx.rollback()
+    assert await take(store, 3) == ["a1"]
+
+
+async def test_a_take_holding_a_group_lane_steps_over_a_held_lane(
+    store: PostgresStore, conn: Any, pg_schema: str
+) -> None:
+    await store.add_jobs([job("a1", "a"), job("b1", "b"), job("c1", "c")], NOW)
+    tx = await hold_lane(conn, pg_schema, "b")
+    try:
+        assert await take(store, 3) == ["a1", "c1"]
+    finally:
+        await tx.rollback()
+    assert await take(store, 3) == ["b1"]
+
+
+async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
+    store: PostgresStore, conn: Any, pg_schema: str
+) -> None:
+    await store.add_jobs([job("a1", "a"), job("a2", "a"), job("b1", "b")], NOW)
+    tx = await hold_lane(conn, pg_schema, "a")
+    taken: list[str] = []
+
+    async def first() -> None:
+        taken.extend(await take(store, 1))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await anyio.sleep(0.5)  # the take waits for lane a's row
+        # Another transaction serves lane a meanwhile: it goes last in the rotation.
+        await conn.execute(
+            f'UPDATE "{pg_schema}".group_lanes SET served = 1000000 '
+            "WHERE queue = $1 AND group_id = $2",
+            "q",
+            "a",
+        )
+        await tx.commit()
+    assert taken == ["b1"]
+
+
+async def test_a_take_steps_over_a_lane_whose_job_another_transaction_holds(
+    store: PostgresStore, conn: Any, pg_schema: str
+) -> None:
+    await store.add_jobs([job("a1", "a"), job("b1", "b")], NOW)
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute(
+        f'SELECT 1 FROM "{pg_schema}".jobs WHERE queue = $1 AND id = $2 FOR UPDATE', "q", "a1"
+    )
+    try:
+        assert await take(store, 2) == ["b1"]
+    finally:
+        await tx.rollback()
+    assert await take(store, 2) == ["a1"]
