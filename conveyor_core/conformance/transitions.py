@@ -278,6 +278,11 @@ class TransitionTests:
         await promote(now + 4)
         waiting = await env.store.get_jobs(q, [WAITING], 0, None)
         assert [job.id for job in waiting] == ["c-promoted", "b-added", "a-promoted"]
+        # Promoted by hand, too.
+        assert await env.store.add_jobs([[lifo("d-promoted", DELAYED, 3600.0)]], now + 4) == [True]
+        await env.store.promote_job(q, "d-promoted", now + 5)
+        waiting = await env.store.get_jobs(q, [WAITING], 0, None)
+        assert [job.id for job in waiting] == ["d-promoted", "c-promoted", "b-added", "a-promoted"]
 
     async def test_change_priority_with_lifo_puts_the_job_first_of_its_priority(
         self, env: Harness
