@@ -519,6 +519,25 @@ class TransitionTests:
         assert await env.reread(jobs["parent"]) is None
         assert await env.total(parent_q) == 0
 
+    async def test_a_group_whose_first_job_exists_is_skipped_wherever_it_stands(
+        self, env: Harness
+    ) -> None:
+        q = env.name("skip")
+        now = time.time()
+        old = bare_job(q, "old", WAITING)
+        assert await env.store.add_jobs([[old]], now) == [True]
+        fresh = [bare_job(q, f"new-{i}", WAITING) for i in range(3)]
+        # First, between two others, last: only that group is skipped.
+        assert await env.store.add_jobs([[old], [fresh[0]]], now) == [False, True]
+        assert await env.store.add_jobs([[fresh[1]], [old], [fresh[2]]], now) == [
+            True,
+            False,
+            True,
+        ]
+        assert await env.total(q) == 4
+        record = await env.store.get_job(q, "old")
+        assert record is not None and record.state is WAITING
+
     async def test_one_add_naming_a_job_twice_writes_nothing(self, env: Harness) -> None:
         q = env.name("twice")
         queue = env.queue(q)
