@@ -538,6 +538,30 @@ class TransitionTests:
         record = await env.store.get_job(q, "old")
         assert record is not None and record.state is WAITING
 
+    async def test_groups_of_one_add_reach_new_and_existing_parents_wherever_they_stand(
+        self, env: Harness
+    ) -> None:
+        q = env.name("parents")
+        now = time.time()
+        parent = bare_job(q, "p", WAITING_CHILDREN)
+        first = bare_job(q, "c0", WAITING, parent_id="p", parent_queue=q)
+        assert await env.store.add_jobs([[parent, first]], now) == [True]
+        # A child of the existing parent first, then a flow of its own second.
+        late = bare_job(q, "c1", WAITING, parent_id="p", parent_queue=q)
+        flow = [
+            bare_job(q, "f", WAITING_CHILDREN),
+            bare_job(q, "f0", WAITING, parent_id="f", parent_queue=q),
+        ]
+        assert await env.store.add_jobs([[late], flow], now) == [True, True]
+        taken = await env.store.take_jobs(q, limit=10, token="t", lock_until=now + 60, now=now)
+        assert sorted(job.id for job in taken.jobs) == ["c0", "c1", "f0"]
+        assert await env.store.complete_jobs(q, [Completion("c0", "t", "0")], now) == [True]
+        assert await _state(env, q, "p") is WAITING_CHILDREN, "c1 is still pending"
+        done = [Completion("c1", "t", "1"), Completion("f0", "t", "2")]
+        assert await env.store.complete_jobs(q, done, now) == [True, True]
+        assert await _state(env, q, "p") is WAITING
+        assert await _state(env, q, "f") is WAITING
+
     async def test_one_add_naming_a_job_twice_writes_nothing(self, env: Harness) -> None:
         q = env.name("twice")
         queue = env.queue(q)
@@ -699,3 +723,8 @@ class TransitionTests:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _state(env: Harness, queue: str, job_id: str) -> JobState | None:
+    record = await env.store.get_job(queue, job_id)
+    return None if record is None else record.state
