@@ -291,28 +291,41 @@ class DagTests:
         )
         later = tree.children[0].job
         # The job resolved at once is not the DAG's first.
-        jobs = await env.flow.add_dag(
-            [
-                {
-                    "id": "on-both",
-                    "name": "on-both",
-                    "queue_name": new_q,
-                    "depends_on": [f"{old_q}/{done.id}", f"{old_q}/{later.id}"],
-                },
-                {
-                    "id": "on-done",
-                    "name": "on-done",
-                    "queue_name": new_q,
-                    "depends_on": [f"{old_q}/{done.id}"],
-                },
-                {
-                    "id": "on-later",
-                    "name": "on-later",
-                    "queue_name": new_q,
-                    "depends_on": [f"{old_q}/{later.id}"],
-                },
-            ]
-        )
+        seen: list[QueueEvent] = []
+        async with QueueEvents(new_q, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            jobs = await env.flow.add_dag(
+                [
+                    {
+                        "id": "on-both",
+                        "name": "on-both",
+                        "queue_name": new_q,
+                        "depends_on": [f"{old_q}/{done.id}", f"{old_q}/{later.id}"],
+                    },
+                    {
+                        "id": "on-done",
+                        "name": "on-done",
+                        "queue_name": new_q,
+                        "depends_on": [f"{old_q}/{done.id}"],
+                    },
+                    {
+                        "id": "on-later",
+                        "name": "on-later",
+                        "queue_name": new_q,
+                        "depends_on": [f"{old_q}/{later.id}"],
+                    },
+                ]
+            )
+            await env.wait_seen(
+                seen,
+                lambda e: e.type == "waiting" and e.job_id == jobs["on-done"].id,
+                "the waiting event of the job released at once",
+            )
+        assert [e.type for e in seen if e.job_id == jobs["on-done"].id] == [
+            "added",
+            "waiting-children",
+            "waiting",
+        ]
         # A completed job resolves at once, with its value.
         on_done = await env.wait_state(jobs["on-done"], WAITING)
         assert await on_done.get_children_values() == {done.id: {"done": "done"}}
