@@ -274,8 +274,13 @@ class StepJobTests:
 
     async def test_step_job_park_says_whether_it_parked(self, env: Harness) -> None:
         main, parts = env.name("park-says"), env.name("park-says-parts")
-        await env.queue(main).add("before", None, {"delay": 3600})
-        job = await env.queue(main).add("step", None, {"delay": 0.001})
+        # Added in one call (the path of adds of several jobs).
+        _, job = await env.queue(main).add_bulk(
+            [
+                {"name": "before", "opts": {"delay": 3600}},
+                {"name": "step", "opts": {"delay": 0.001}},
+            ]
+        )
         now = time.time() + 1
         taken = await env.store.take_jobs(main, limit=1, token="tok", lock_until=now + 60, now=now)
         assert [record.id for record in taken.jobs] == [job.id]
@@ -290,6 +295,11 @@ class StepJobTests:
         parked = await env.reread(job)
         assert parked is not None and parked.state is WAITING_CHILDREN
         assert parked.record.delay == 0, "its delay is spent"
+        # Its one child done, it waits again.
+        taken = await env.store.take_jobs(parts, limit=1, token="kid", lock_until=now + 60, now=now)
+        assert [record.id for record in taken.jobs] == ["part"]
+        assert await env.store.complete_jobs(parts, [_completion("part", "kid")], now) == [True]
+        assert await env.state(job) is JobState.WAITING
 
     async def test_step_job_opts_parent_onto_a_job_waiting_for_children(self, env: Harness) -> None:
         main, kids, late = env.name("adopt"), env.name("adopt-kids"), env.name("adopt-late")
