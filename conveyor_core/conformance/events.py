@@ -154,10 +154,13 @@ class EventTests:
         seen: list[QueueEvent] = []
         async with QueueEvents(q, store=env.event_store) as listener:
             listener.on("*", seen.append)
+            first, bulk = await env.queue(q).add_bulk(
+                [{"name": "bulk-now"}, {"name": "bulk-later", "opts": {"delay": 300}}]
+            )
             flaky = await env.queue(q).add("flaky", None)
             now = time.time()
-            taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
-            assert [job.id for job in taken.jobs] == [flaky.id]
+            taken = await env.store.take_jobs(q, limit=2, token="t", lock_until=now + 60, now=now)
+            assert [job.id for job in taken.jobs] == [first.id, flaky.id]
             retry = Failure(flaky.id, "t", "later", retry_at=now + 900)
             assert await env.store.fail_jobs(q, [retry], now) == [True]
             node = await env.flow.add(
@@ -177,8 +180,11 @@ class EventTests:
             )
         parent = await env.reread(node.job)
         assert parent is not None and parent.run_at is not None
+        later = await env.reread(bulk)
+        assert later is not None and later.run_at is not None
         delayed = [(e.job_id, e.data) for e in seen if e.type == "delayed"]
         assert delayed == [
+            (bulk.id, {"run_at": pytest.approx(later.run_at.timestamp(), abs=0.001)}),
             (flaky.id, {"run_at": pytest.approx(now + 900, abs=0.001)}),
             (node.job.id, {"run_at": pytest.approx(parent.run_at.timestamp(), abs=0.001)}),
         ]
