@@ -284,6 +284,24 @@ class TransitionTests:
         waiting = await env.store.get_jobs(q, [WAITING], 0, None)
         assert [job.id for job in waiting] == ["d-promoted", "c-promoted", "b-added", "a-promoted"]
 
+    async def test_a_big_add_keeps_each_jobs_priority_and_lifo(self, env: Harness) -> None:
+        # 300 jobs in one call (a store may send a big add another way than a small one).
+        q = env.name("big-add")
+        specs: list[dict[str, Any]] = [{"name": f"job-{i}"} for i in range(297)]
+        specs += [
+            {"name": "lifo", "opts": {"lifo": True}},
+            {"name": "later", "opts": {"priority": 1}},
+            {"name": "later-lifo", "opts": {"priority": 1, "lifo": True}},
+        ]
+        await env.queue(q).add_bulk(specs)
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=4, token="t", lock_until=now + 60, now=now)
+        assert [job.name for job in taken.jobs] == ["lifo", "job-0", "job-1", "job-2"]
+        waiting = await env.store.get_jobs(q, [WAITING], 0, 1)
+        assert [job.name for job in waiting] == ["job-3", "job-4"]
+        listed = await env.store.get_jobs(q, [WAITING], 0, None)
+        assert [job.name for job in listed][-2:] == ["later-lifo", "later"]
+
     async def test_change_priority_with_lifo_puts_the_job_first_of_its_priority(
         self, env: Harness
     ) -> None:
