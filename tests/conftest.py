@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -63,6 +64,20 @@ def pg_dsn() -> str:
 def pg_schema() -> str:
     """A fresh schema name for one test; the store creates it."""
     return f"conveyor_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def pg_conn(pg_dsn: str, pg_schema: str) -> AsyncIterator[Any]:
+    """A plain connection beside the stores of the test's schema; drops the schema at the
+    end."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
+        await conn.close()
 
 
 @pytest.fixture

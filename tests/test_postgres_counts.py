@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,17 +27,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 NOW = 1_000_000.0
 QUEUES = ("a", "b")
-
-
-@pytest.fixture
-async def conn(pg_dsn: str, pg_schema: str) -> AsyncIterator[Any]:
-    """A plain connection beside the stores; drops the schema at the end."""
-    c = await asyncpg.connect(pg_dsn)
-    try:
-        yield c
-    finally:
-        await c.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
-        await c.close()
 
 
 def new_job(job_id: str, queue: str, state: JobState = JobState.WAITING, **fields: Any) -> NewJob:
@@ -72,19 +60,19 @@ def jobs_for(queue: str, tag: str, n: int) -> list[list[NewJob]]:
     return groups
 
 
-async def table_counts(conn: Any, schema: str, queue: str) -> dict[JobState, int]:
-    rows = await conn.fetch(
+async def table_counts(pg_conn: Any, schema: str, queue: str) -> dict[JobState, int]:
+    rows = await pg_conn.fetch(
         f'SELECT state, count(*) FROM "{schema}".jobs WHERE queue = $1 GROUP BY state', queue
     )
     return dict.fromkeys(JobState, 0) | {JobState(state): int(n) for state, n in rows}
 
 
-async def snapshot_agrees(conn: Any, schema: str, queue: str) -> None:
+async def snapshot_agrees(pg_conn: Any, schema: str, queue: str) -> None:
     """In one snapshot, the function behind ``get_counts`` equals a count of the table."""
-    async with conn.transaction(isolation="repeatable_read"):
-        rows = await conn.fetch(f'SELECT state, n FROM "{schema}".get_counts($1)', queue)
+    async with pg_conn.transaction(isolation="repeatable_read"):
+        rows = await pg_conn.fetch(f'SELECT state, n FROM "{schema}".get_counts($1)', queue)
         counted = dict.fromkeys(JobState, 0) | {JobState(s): int(n) for s, n in rows}
-        assert counted == await table_counts(conn, schema, queue)
+        assert counted == await table_counts(pg_conn, schema, queue)
 
 
 async def worker(store: PostgresStore, queue: str, seed: int, stop: asyncio.Event) -> None:
@@ -114,7 +102,7 @@ async def worker(store: PostgresStore, queue: str, seed: int, stop: asyncio.Even
             await store.fail_jobs(queue, failures, now)
 
 
-async def meddler(store: PostgresStore, conn: Any, schema: str, stop: asyncio.Event) -> None:
+async def meddler(store: PostgresStore, pg_conn: Any, schema: str, stop: asyncio.Event) -> None:
     """Removes, cleans, retries, drains, obliterates and re-adds, and reads the counts
     (folding deltas) and compares them with the table in one snapshot, until ``stop``."""
     rng = random.Random(7)
@@ -138,12 +126,12 @@ async def meddler(store: PostgresStore, conn: Any, schema: str, stop: asyncio.Ev
             await store.add_jobs(jobs_for(queue, f"{queue}r{round_}.", 30), NOW)
         await store.recover_stalled(queue, NOW + 1e6, max_stalled_count=1)
         await store.get_counts(queue)
-        await snapshot_agrees(conn, schema, queue)
+        await snapshot_agrees(pg_conn, schema, queue)
         await asyncio.sleep(0)
 
 
 async def test_counts_stay_exact_under_concurrent_transitions(
-    pg_dsn: str, pg_schema: str, conn: Any
+    pg_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
     stores = [PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=3) for _ in range(3)]
     for store in stores:
@@ -156,7 +144,7 @@ async def test_counts_stay_exact_under_concurrent_transitions(
         workers = [
             asyncio.create_task(worker(stores[i % 3], QUEUES[i % 2], i, stop)) for i in range(6)
         ]
-        meddling = asyncio.create_task(meddler(stores[1], conn, pg_schema, stop))
+        meddling = asyncio.create_task(meddler(stores[1], pg_conn, pg_schema, stop))
         for adds in range(1, 21):
             await asyncio.sleep(0.2)
             await stores[2].add_jobs(jobs_for(QUEUES[adds % 2], f"late{adds}.", 10), NOW)
@@ -164,36 +152,36 @@ async def test_counts_stay_exact_under_concurrent_transitions(
         await asyncio.gather(*workers, meddling)
         finished = 0
         for queue in QUEUES:
-            expected = await table_counts(conn, pg_schema, queue)
+            expected = await table_counts(pg_conn, pg_schema, queue)
             for store in stores:
                 assert await store.get_counts(queue) == expected
             finished += expected[JobState.COMPLETED] + expected[JobState.FAILED]
         assert finished > 0, "the workers finished nothing: the run proves nothing"
         # Folding keeps the deltas to a handful once the counts are read.
-        deltas = await conn.fetchval(f'SELECT count(*) FROM "{pg_schema}".state_count_deltas')
+        deltas = await pg_conn.fetchval(f'SELECT count(*) FROM "{pg_schema}".state_count_deltas')
         assert deltas == 0
         for queue in QUEUES:
             await stores[0].obliterate(queue, force=True)
             assert await stores[0].get_counts(queue) == dict.fromkeys(JobState, 0)
-        assert await conn.fetchval(f'SELECT count(*) FROM "{pg_schema}".state_counts') == 0
+        assert await pg_conn.fetchval(f'SELECT count(*) FROM "{pg_schema}".state_counts') == 0
     finally:
         for store in stores:
             await store.close()
 
 
 async def test_a_migrated_database_counts_the_jobs_it_already_held(
-    pg_dsn: str, pg_schema: str, conn: Any
+    pg_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
     previous = [(v, text) for v, text in sql_schema.MIGRATIONS if v < sql_schema.LATEST]
     quoted = sql_schema.quote_ident(pg_schema)
-    await conn.execute(f"CREATE SCHEMA {quoted}")
-    await conn.execute(f"CREATE TABLE {quoted}.schema_version (version integer NOT NULL)")
+    await pg_conn.execute(f"CREATE SCHEMA {quoted}")
+    await pg_conn.execute(f"CREATE TABLE {quoted}.schema_version (version integer NOT NULL)")
     for version, text in previous:
         rendered = sql_schema.render(text, pg_schema, channel_for(pg_schema), STALLED_REASON)
-        await conn.execute(rendered)
-        await conn.execute(f"INSERT INTO {quoted}.schema_version VALUES ($1)", version)
+        await pg_conn.execute(rendered)
+        await pg_conn.execute(f"INSERT INTO {quoted}.schema_version VALUES ($1)", version)
     states = ["waiting", "waiting", "delayed", "completed", "failed", "waiting-children"]
-    await conn.execute(
+    await pg_conn.execute(
         f"INSERT INTO {quoted}.jobs (id, queue, name, data, opts, state, created_at, "
         "run_at, finished_at, order_key) "
         "SELECT 'j' || i, 'q' || (i % 2), 'n', '{}', '{}', ($1::text[])[1 + i % 6], $2, "
@@ -204,39 +192,39 @@ async def test_a_migrated_database_counts_the_jobs_it_already_held(
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
         for queue in ("q0", "q1"):
             counts = await store.get_counts(queue)
-            assert counts == await table_counts(conn, pg_schema, queue)
+            assert counts == await table_counts(pg_conn, pg_schema, queue)
             assert counts[JobState.WAITING] > 0
         taken = await store.take_jobs("q0", limit=50, token="t", lock_until=NOW + 9, now=NOW)
         await store.complete_jobs("q0", [Completion(j.id, "t", "1") for j in taken.jobs], NOW)
         await store.clean("q1", JobState.FAILED, NOW, None)
         await store.remove_job("q1", "j1")
         for queue in ("q0", "q1"):
-            assert await store.get_counts(queue) == await table_counts(conn, pg_schema, queue)
+            assert await store.get_counts(queue) == await table_counts(pg_conn, pg_schema, queue)
 
 
-async def deltas_of(conn: Any, schema: str, queue: str) -> int:
+async def deltas_of(pg_conn: Any, schema: str, queue: str) -> int:
     return int(
-        await conn.fetchval(
+        await pg_conn.fetchval(
             f'SELECT count(*) FROM "{schema}".state_count_deltas WHERE queue = $1', queue
         )
     )
 
 
-async def add_twelve_unfolded(store: PostgresStore, conn: Any, schema: str) -> None:
+async def add_twelve_unfolded(store: PostgresStore, pg_conn: Any, schema: str) -> None:
     """Twelve waiting jobs in queue ``q``, their counts still in deltas."""
     assert all(await store.add_jobs([[new_job(f"j{i}", "q")] for i in range(12)], NOW))
-    assert await deltas_of(conn, schema, "q") > 0, "no deltas: the test proves nothing"
+    assert await deltas_of(pg_conn, schema, "q") > 0, "no deltas: the test proves nothing"
 
 
 async def test_counts_read_in_a_repeatable_read_transaction_answer_from_its_snapshot(
-    pg_dsn: str, pg_schema: str, conn: Any
+    pg_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
     """An application reading through ``using`` inside its own repeatable-read
     transaction gets the counts of its snapshot, even after other connections have
     folded the deltas that snapshot sees (a fold there would fail the read with a
     serialization error)."""
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
-        await add_twelve_unfolded(store, conn, pg_schema)
+        await add_twelve_unfolded(store, pg_conn, pg_schema)
         app = await asyncpg.connect(pg_dsn)
         try:
             async with app.transaction(isolation="repeatable_read"):
@@ -247,34 +235,34 @@ async def test_counts_read_in_a_repeatable_read_transaction_answer_from_its_snap
                     "q", [Completion(j.id, "t", "1") for j in taken.jobs], NOW
                 )
                 assert (await store.get_counts("q"))[JobState.COMPLETED] == 5
-                assert await deltas_of(conn, pg_schema, "q") == 0
+                assert await deltas_of(pg_conn, pg_schema, "q") == 0
                 counts = await bound.get_counts("q")
                 assert counts[JobState.WAITING] == len(seen) == 12
                 assert counts[JobState.COMPLETED] == 0
         finally:
             await app.close()
-        assert await store.get_counts("q") == await table_counts(conn, pg_schema, "q")
+        assert await store.get_counts("q") == await table_counts(pg_conn, pg_schema, "q")
 
 
 async def test_counts_read_in_a_read_only_transaction(
-    pg_dsn: str, pg_schema: str, conn: Any
+    pg_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
     """Inside the application's read-only transaction the counts are read, not folded
     (folding writes)."""
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
-        await add_twelve_unfolded(store, conn, pg_schema)
+        await add_twelve_unfolded(store, pg_conn, pg_schema)
         app = await asyncpg.connect(pg_dsn)
         try:
             async with app.transaction(readonly=True):
                 counts = await store.using(app).get_counts("q")
         finally:
             await app.close()
-        assert counts == await table_counts(conn, pg_schema, "q")
+        assert counts == await table_counts(pg_conn, pg_schema, "q")
         assert counts[JobState.WAITING] == 12
 
 
 async def test_count_deltas_stay_few_while_jobs_are_added_and_nobody_reads_the_counts(
-    pg_dsn: str, pg_schema: str, conn: Any
+    pg_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
     """Writers fold the deltas now and then themselves (one statement in FOLD_EVERY):
     a queue that is only ever written keeps a small delta table."""
@@ -282,5 +270,5 @@ async def test_count_deltas_stay_few_while_jobs_are_added_and_nobody_reads_the_c
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=2) as store:
         for i in range(adds):
             assert await store.add_jobs([[new_job(f"j{i}", "q")]], NOW) == [True]
-        assert await deltas_of(conn, pg_schema, "q") < sql_schema.FOLD_EVERY
-        assert await store.get_counts("q") == await table_counts(conn, pg_schema, "q")
+        assert await deltas_of(pg_conn, pg_schema, "q") < sql_schema.FOLD_EVERY
+        assert await store.get_counts("q") == await table_counts(pg_conn, pg_schema, "q")

@@ -26,18 +26,7 @@ NOW = 1_000_000.0
 
 
 @pytest.fixture
-async def conn(pg_dsn: str, pg_schema: str) -> AsyncIterator[Any]:
-    """A plain connection beside the store; drops the schema at the end."""
-    c = await asyncpg.connect(pg_dsn)
-    try:
-        yield c
-    finally:
-        await c.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
-        await c.close()
-
-
-@pytest.fixture
-async def store(pg_dsn: str, pg_schema: str, conn: Any) -> AsyncIterator[PostgresStore]:
+async def store(pg_dsn: str, pg_schema: str, pg_conn: Any) -> AsyncIterator[PostgresStore]:
     async with PostgresStore(pg_dsn, schema=pg_schema, min_size=1, max_size=3) as s:
         # Group limits (that hold nothing back here) send takes down the one-lane-at-a-time path.
         await s.set_group_limits("q", 10, None)
@@ -64,11 +53,11 @@ async def take(store: PostgresStore, limit: int) -> list[str]:
     return [record.id for record in taken.jobs]
 
 
-async def hold_lane(conn: Any, schema: str, group: str) -> Any:
-    """Lock the lane's row in a transaction of ``conn``, left open."""
-    tx = conn.transaction()
+async def hold_lane(pg_conn: Any, schema: str, group: str) -> Any:
+    """Lock the lane's row in a transaction of ``pg_conn``, left open."""
+    tx = pg_conn.transaction()
     await tx.start()
-    await conn.execute(
+    await pg_conn.execute(
         f'SELECT 1 FROM "{schema}".group_lanes WHERE queue = $1 AND group_id = $2 FOR UPDATE',
         "q",
         group,
@@ -77,10 +66,10 @@ async def hold_lane(conn: Any, schema: str, group: str) -> Any:
 
 
 async def test_a_take_holding_the_own_lane_steps_over_a_held_lane(
-    store: PostgresStore, conn: Any, pg_schema: str
+    store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("own"), job("a1", "a"), job("b1", "b")], NOW)
-    tx = await hold_lane(conn, pg_schema, "a")
+    tx = await hold_lane(pg_conn, pg_schema, "a")
     try:
         assert await take(store, 3) == ["own", "b1"]
     finally:
@@ -89,10 +78,10 @@ async def test_a_take_holding_the_own_lane_steps_over_a_held_lane(
 
 
 async def test_a_take_holding_a_group_lane_steps_over_a_held_lane(
-    store: PostgresStore, conn: Any, pg_schema: str
+    store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a"), job("b1", "b"), job("c1", "c")], NOW)
-    tx = await hold_lane(conn, pg_schema, "b")
+    tx = await hold_lane(pg_conn, pg_schema, "b")
     try:
         assert await take(store, 3) == ["a1", "c1"]
     finally:
@@ -101,10 +90,10 @@ async def test_a_take_holding_a_group_lane_steps_over_a_held_lane(
 
 
 async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
-    store: PostgresStore, conn: Any, pg_schema: str
+    store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a"), job("a2", "a"), job("b1", "b")], NOW)
-    tx = await hold_lane(conn, pg_schema, "a")
+    tx = await hold_lane(pg_conn, pg_schema, "a")
     taken: list[str] = []
 
     async def first() -> None:
@@ -114,7 +103,7 @@ async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
         tg.start_soon(first)
         await anyio.sleep(0.5)  # the take waits for lane a's row
         # Another transaction serves lane a meanwhile: it goes last in the rotation.
-        await conn.execute(
+        await pg_conn.execute(
             f'UPDATE "{pg_schema}".group_lanes SET served = 1000000 '
             "WHERE queue = $1 AND group_id = $2",
             "q",
@@ -125,12 +114,12 @@ async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
 
 
 async def test_a_take_steps_over_a_lane_whose_job_another_transaction_holds(
-    store: PostgresStore, conn: Any, pg_schema: str
+    store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a"), job("b1", "b")], NOW)
-    tx = conn.transaction()
+    tx = pg_conn.transaction()
     await tx.start()
-    await conn.execute(
+    await pg_conn.execute(
         f'SELECT 1 FROM "{pg_schema}".jobs WHERE queue = $1 AND id = $2 FOR UPDATE', "q", "a1"
     )
     try:
