@@ -362,6 +362,34 @@ class TransitionTests:
         removed = [e.job_id for e in seen if e.type == "removed"]
         assert removed == [drained[0].id, drained[1].id, done.id, lone.id]
 
+    async def test_removing_a_parents_last_pending_child_releases_it_with_its_event(
+        self, env: Harness
+    ) -> None:
+        q, kids = env.name("released"), env.name("released-kids")
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            node = await env.flow.add(
+                {
+                    "name": "parent",
+                    "queue_name": q,
+                    "children": [{"name": "kid", "queue_name": kids}],
+                }
+            )
+            await node.children[0].job.remove()
+            await _seen(
+                env,
+                seen,
+                lambda e: e.type == "waiting" and e.job_id == node.job.id,
+                "the released parent's waiting event",
+            )
+        assert await env.state(node.job) is WAITING
+        assert [e.type for e in seen if e.job_id == node.job.id] == [
+            "added",
+            "waiting-children",
+            "waiting",
+        ]
+
     async def test_operations_on_a_missing_job_raise_job_not_found(self, env: Harness) -> None:
         q = env.name("missing")
         queue = env.queue(q)
