@@ -107,6 +107,8 @@ class CancellingTests:
             jobs["shipping"].id: "cancelled: out of stock",
         }
         assert deps.unprocessed == [] and deps.processed == {}
+        counts = await order.get_dependency_counts()
+        assert (counts.failed, counts.unprocessed, counts.total) == (2, 0, 2)
 
     @pytest.mark.parametrize("policy", ["fail", "ignore"])
     async def test_cancel_of_a_dag_job_reaches_a_shared_job_and_its_other_dependents_policy(
