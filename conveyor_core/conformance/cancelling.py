@@ -187,6 +187,13 @@ class CancellingTests:
         assert second.failed_reason == "cancelled: changed my mind"
         counts = await env.counts(q)
         assert counts["failed"] == 2 and counts["waiting"] == 0 and counts["delayed"] == 0
+        # A parent of one child: its one dependency failed.
+        node = await env.flow.add(
+            {"name": "parent", "queue_name": q, "children": [{"name": "kid", "queue_name": q}]}
+        )
+        assert await node.job.cancel() == 2
+        deps = await node.job.get_dependency_counts()
+        assert (deps.failed, deps.unprocessed, deps.total) == (1, 0, 1)
 
     async def test_cancelling_a_child_fails_its_parent_by_the_default_policy(
         self, env: Harness
