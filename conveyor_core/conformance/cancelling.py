@@ -24,6 +24,7 @@ ACTIVE = JobState.ACTIVE
 COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
 WAITING = JobState.WAITING
+DELAYED = JobState.DELAYED
 WAITING_CHILDREN = JobState.WAITING_CHILDREN
 
 
@@ -153,6 +154,37 @@ class CancellingTests:
         else:
             assert theirs.state is WAITING
             assert (await theirs.get_dependencies()).ignored == {jobs["shared"].id: reason}
+
+    async def test_cancel_of_a_dag_job_reaches_shared_jobs_delayed_or_waiting_for_children(
+        self, env: Harness
+    ) -> None:
+        q = env.name("dag-states")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "later", "name": "later", "queue_name": q, "opts": {"delay": 3600}},
+                {"id": "leaf", "name": "leaf", "queue_name": q},
+                {"id": "holder", "name": "holder", "queue_name": q, "depends_on": ["leaf"]},
+                {"id": "mine", "name": "mine", "queue_name": q, "depends_on": ["later", "holder"]},
+                {
+                    "id": "theirs",
+                    "name": "theirs",
+                    "queue_name": q,
+                    "depends_on": ["later", "holder"],
+                    "opts": {"fail_parent_on_child_failure": "ignore"},
+                },
+            ]
+        )
+        assert await env.state(jobs["later"]) is DELAYED
+        assert await env.state(jobs["holder"]) is WAITING_CHILDREN
+        await jobs["mine"].cancel("stop")
+        for name in ("mine", "later", "holder", "leaf"):
+            assert await env.state(jobs[name]) is FAILED, name
+        theirs = await env.reread(jobs["theirs"])
+        assert theirs is not None and theirs.state is WAITING
+        assert set((await theirs.get_dependencies()).ignored) == {
+            jobs["later"].id,
+            jobs["holder"].id,
+        }
 
     async def test_a_cancelled_step_job_that_parks_fails_as_cancelled(self, env: Harness) -> None:
         q, parts, tops = env.name("steps"), env.name("parts"), env.name("tops")
