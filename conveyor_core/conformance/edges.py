@@ -173,7 +173,8 @@ class EdgeTests:
         waiting = [await queue.add(f"wait-{i}", None) for i in range(3)]
         created = max(job.record.created_at for job in waiting)
         assert await env.store.clean(q, WAITING, created - 3600, None) == []
-        removed = await env.store.clean(q, WAITING, created + 1, None)
+        # At or before: the newest job's own creation time takes it too.
+        removed = await env.store.clean(q, WAITING, created, None)
         assert sorted(removed) == sorted(job.id for job in waiting)
         assert await env.total(q) == 0
         # A job created long before it finished is cleaned by its finish time.
@@ -192,8 +193,18 @@ class EdgeTests:
         # A clean of delayed jobs leaves the queue's jobs in other states.
         later = await queue.add("later", None, {"delay": 3600})
         stays = await queue.add("stays", None)
-        cutoff = later.record.created_at + 1
+        cutoff = later.record.created_at
         assert await env.store.clean(q, DELAYED, cutoff, None) == [later.id]
+        assert await env.state(stays) is WAITING
+        # Jobs waiting for children, each as by REMOVE (its child goes with it).
+        kids = env.name("ages-kids")
+        node = await env.flow.add(
+            {"name": "parent", "queue_name": q, "children": [{"name": "kid", "queue_name": kids}]}
+        )
+        born = node.job.record.created_at
+        assert await env.store.clean(q, WAITING_CHILDREN, born - 1, None) == []
+        assert await env.store.clean(q, WAITING_CHILDREN, born, None) == [node.job.id]
+        assert await env.total(kids) == 0
         assert await env.state(stays) is WAITING
 
     async def test_a_big_add_keeps_each_retention_of_its_jobs(self, env: Harness) -> None:

@@ -352,6 +352,8 @@ class WorkingTests:
         queue = env.queue(q)
         soon = await queue.add("soon", None, {"delay": 0.3})
         later = await queue.add("later", None, {"delay": 3600})
+        other = await env.reread(await queue.add("other", None, {"delay": 7200}))
+        assert other is not None
         stored = await env.reread(soon)
         assert stored is not None and stored.state is DELAYED
         assert stored.created_at is not None and stored.run_at is not None
@@ -361,6 +363,8 @@ class WorkingTests:
         moved = await env.reread(later)
         assert moved is not None and moved.state is DELAYED and moved.run_at is not None
         assert before + 0.4 - SLACK <= moved.run_at.timestamp() <= time.time() + 0.4 + SLACK
+        unmoved = await env.reread(other)
+        assert unmoved is not None and unmoved.run_at == other.run_at, "only its own delay"
         runs = Runs()
         async with env.workers({q: runs.handler()}):
             done, done_later = await env.wait_finished(soon, later)
