@@ -9,6 +9,7 @@ Each test gets its own schema, dropped afterwards from a separate connection.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -53,27 +54,27 @@ async def take(store: PostgresStore, limit: int) -> list[str]:
     return [record.id for record in taken.jobs]
 
 
-async def hold_lane(pg_conn: Any, schema: str, group: str) -> Any:
-    """Lock the lane's row in a transaction of ``pg_conn``, left open."""
-    tx = pg_conn.transaction()
-    await tx.start()
-    await pg_conn.execute(
-        f'SELECT 1 FROM "{schema}".group_lanes WHERE queue = $1 AND group_id = $2 FOR UPDATE',
-        "q",
-        group,
-    )
-    return tx
+@asynccontextmanager
+async def holding(
+    pg_conn: Any, schema: str, table: str, column: str, key: str
+) -> AsyncIterator[None]:
+    """The row of queue "q" whose ``column`` is ``key`` locked by a transaction of
+    ``pg_conn`` while the body runs; it commits when the body ends."""
+    async with pg_conn.transaction():
+        await pg_conn.execute(
+            f'SELECT 1 FROM "{schema}".{table} WHERE queue = $1 AND {column} = $2 FOR UPDATE',
+            "q",
+            key,
+        )
+        yield
 
 
 async def test_a_take_holding_the_own_lane_steps_over_a_held_lane(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("own"), job("a1", "a"), job("b1", "b")], NOW)
-    tx = await hold_lane(pg_conn, pg_schema, "a")
-    try:
+    async with holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"):
         assert await take(store, 3) == ["own", "b1"]
-    finally:
-        await tx.rollback()
     assert await take(store, 3) == ["a1"]
 
 
@@ -81,11 +82,8 @@ async def test_a_take_holding_a_group_lane_steps_over_a_held_lane(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a"), job("b1", "b"), job("c1", "c")], NOW)
-    tx = await hold_lane(pg_conn, pg_schema, "b")
-    try:
+    async with holding(pg_conn, pg_schema, "group_lanes", "group_id", "b"):
         assert await take(store, 3) == ["a1", "c1"]
-    finally:
-        await tx.rollback()
     assert await take(store, 3) == ["b1"]
 
 
@@ -93,13 +91,16 @@ async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a"), job("a2", "a"), job("b1", "b")], NOW)
-    tx = await hold_lane(pg_conn, pg_schema, "a")
     taken: list[str] = []
 
     async def first() -> None:
         taken.extend(await take(store, 1))
 
-    async with anyio.create_task_group() as tg:
+    # The lock is let go (committed) before the task group waits for the take.
+    async with (
+        anyio.create_task_group() as tg,
+        holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"),
+    ):
         tg.start_soon(first)
         await anyio.sleep(0.5)  # the take waits for lane a's row
         # Another transaction serves lane a meanwhile: it goes last in the rotation.
@@ -109,7 +110,6 @@ async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
             "q",
             "a",
         )
-        await tx.commit()
     assert taken == ["b1"]
 
 
@@ -117,13 +117,6 @@ async def test_a_take_steps_over_a_lane_whose_job_another_transaction_holds(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a"), job("b1", "b")], NOW)
-    tx = pg_conn.transaction()
-    await tx.start()
-    await pg_conn.execute(
-        f'SELECT 1 FROM "{pg_schema}".jobs WHERE queue = $1 AND id = $2 FOR UPDATE', "q", "a1"
-    )
-    try:
+    async with holding(pg_conn, pg_schema, "jobs", "id", "a1"):
         assert await take(store, 2) == ["b1"]
-    finally:
-        await tx.rollback()
     assert await take(store, 2) == ["a1"]

@@ -10,7 +10,7 @@ import pytest
 from conveyor_core import Job, JobState, QueueEvent, QueueEvents
 from conveyor_core.store import Failure
 
-from ._support import Harness
+from ._support import Harness, Runs
 
 
 class EventTests:
@@ -171,7 +171,7 @@ class EventTests:
                     "children": [{"name": "kid", "queue_name": kids}],
                 }
             )
-            async with env.workers({kids: lambda job: _none()}):
+            async with env.workers({kids: Runs().handler()}):
                 await env.wait_state(node.job, JobState.DELAYED)
             await env.wait_seen(
                 seen,
@@ -246,7 +246,3 @@ class EventTests:
             assert delayed[record.id] == {"run_at": due}, name
         firsts = [e for e in seen if e.type in ("waiting", "waiting-children")]
         assert firsts and all(e.data == {} for e in firsts)
-
-
-async def _none() -> None:
-    return None
