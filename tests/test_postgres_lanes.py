@@ -1,7 +1,8 @@
 """PostgresStore's take by lanes while another transaction holds a lane's row: a take
 that holds a lane already steps over a lane held elsewhere instead of waiting for it (two
-takes never wait on each other in a circle), and a take that waited for a lane looks
-again when the other transaction served it meanwhile.
+takes never wait on each other in a circle), a take that holds none waits for it, and a
+take that waited for a lane looks again when the other transaction served or emptied it
+meanwhile.
 
 Each test gets its own schema, dropped afterwards from a separate connection.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -18,7 +20,7 @@ import pytest
 asyncpg = pytest.importorskip("asyncpg")
 
 from conveyor_core.models import JobState  # noqa: E402
-from conveyor_core.store import NewJob  # noqa: E402
+from conveyor_core.store import NewJob, TakeResult  # noqa: E402
 from conveyor_stores.postgres import PostgresStore  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -90,6 +92,8 @@ async def test_a_take_holding_a_group_lane_steps_over_a_held_lane(
 async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
+    # Queue "other" has a lane of group "a" too, written first and never served.
+    await store.add_jobs([[replace(job("x1", "a")[0], queue="other")]], NOW)
     await store.add_jobs([job("a1", "a"), job("a2", "a"), job("b1", "b")], NOW)
     taken: list[str] = []
 
@@ -120,3 +124,47 @@ async def test_a_take_steps_over_a_lane_whose_job_another_transaction_holds(
     async with holding(pg_conn, pg_schema, "jobs", "id", "a1"):
         assert await take(store, 2) == ["b1"]
     assert await take(store, 2) == ["a1"]
+
+
+async def test_a_take_holding_no_lane_waits_for_a_held_one(
+    store: PostgresStore, pg_conn: Any, pg_schema: str
+) -> None:
+    await store.add_jobs([job("a1", "a")], NOW)
+    taken: list[str] = []
+
+    async def first() -> None:
+        taken.extend(await take(store, 1))
+
+    # The lock is let go (committed) before the task group waits for the take.
+    async with (
+        anyio.create_task_group() as tg,
+        holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"),
+    ):
+        tg.start_soon(first)
+        await anyio.sleep(0.5)  # the take waits for lane a's row
+    assert taken == ["a1"]
+
+
+async def test_a_take_that_waited_for_a_lane_emptied_meanwhile_reports_no_limit(
+    store: PostgresStore, pg_conn: Any, pg_schema: str
+) -> None:
+    await store.set_group_limits("q", 1, None)
+    await store.add_jobs([job("a1", "a"), job("a2", "a")], NOW)
+    assert await take(store, 1) == ["a1"]  # group a is at its concurrency
+    results: list[TakeResult] = []
+
+    async def first() -> None:
+        with anyio.fail_after(20):
+            taken = await store.take_jobs("q", limit=1, token="t", lock_until=NOW + 60, now=NOW)
+        results.append(taken)
+
+    async with (
+        anyio.create_task_group() as tg,
+        holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"),
+    ):
+        tg.start_soon(first)
+        await anyio.sleep(0.5)  # the take waits for lane a's row
+        # Another transaction removes lane a's last waiting job meanwhile.
+        await pg_conn.execute(f'SELECT "{pg_schema}".remove_job($1, $2, $3)', "q", "a2", NOW)
+    assert [record.id for record in results[0].jobs] == []
+    assert results[0].concurrency_limited is False, "no job was held back"

@@ -792,6 +792,87 @@ class DagTests:
             "waiting": 1,
         }
 
+    async def test_dag_a_removal_looks_below_each_finished_dependency(self, env: Harness) -> None:
+        # Three jobs "top" waits for started early (continue policy) and completed, each
+        # with a dependency of its own still pending: two share a queue, two an id.
+        qx, qa, qb = env.name("below-x"), env.name("below-a"), env.name("below-b")
+        idle, top = env.name("below-idle"), env.name("below-top")
+        places = {"a1": (qa, "early"), "b1": (qb, "early"), "a2": (qa, "early-2")}
+        spec: list[dict[str, Any]] = [{"id": "top", "name": "top", "queue_name": top}]
+        going = {"continue_parent_on_failure": True}
+        for key, (queue, job_id) in places.items():
+            spec += [
+                {"id": f"broken-{key}", "name": "broken", "queue_name": qx, "opts": going},
+                {"id": f"pending-{key}", "name": "pending", "queue_name": idle},
+                {
+                    "id": key,
+                    "name": "early",
+                    "queue_name": queue,
+                    "opts": {"job_id": job_id},
+                    "depends_on": [f"broken-{key}", f"pending-{key}"],
+                },
+            ]
+        spec[0]["depends_on"] = list(places)
+        jobs = await env.flow.add_dag(spec)
+        handlers = {qx: Runs().handler(fail={"broken"}), qa: Runs().handler()}
+        async with env.workers({**handlers, qb: Runs().handler()}):
+            for key in places:
+                await env.wait_state(jobs[key], COMPLETED)
+        await jobs["top"].remove()
+        for key in places:
+            assert await env.reread(jobs[f"pending-{key}"]) is None, key
+            assert await env.state(jobs[key]) is COMPLETED, key
+
+    async def test_dag_a_job_reached_twice_in_one_removal_is_removed_once(
+        self, env: Harness
+    ) -> None:
+        # "top" waits for "shared" and "early"; so did "early", which started when
+        # "broken" failed (continue policy) and completed. Removing "top" reaches
+        # "shared" from "top" and again below "early", which stays.
+        q, qx, qe = env.name("twice"), env.name("twice-x"), env.name("twice-e")
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "leaf", "name": "leaf", "queue_name": q},
+                {"id": "shared", "name": "shared", "queue_name": q, "depends_on": ["leaf"]},
+                {
+                    "id": "broken",
+                    "name": "broken",
+                    "queue_name": qx,
+                    "opts": {"continue_parent_on_failure": True},
+                },
+                {
+                    "id": "early",
+                    "name": "early",
+                    "queue_name": qe,
+                    "depends_on": ["shared", "broken"],
+                },
+                {"id": "top", "name": "top", "queue_name": q, "depends_on": ["shared", "early"]},
+            ]
+        )
+        async with env.workers({qx: Runs().handler(fail={"broken"}), qe: Runs().handler()}):
+            await env.wait_state(jobs["early"], COMPLETED)
+        assert await env.state(jobs["shared"]) is WAITING_CHILDREN
+        assert await env.state(jobs["top"]) is WAITING_CHILDREN
+        removed: list[str] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+
+            def note(event: QueueEvent) -> None:
+                if event.type == "removed" and event.job_id is not None:
+                    removed.append(event.job_id)
+                elif event.type == "added":
+                    removed.append("marker")
+
+            listener.on("removed", note)
+            listener.on("added", note)
+            await jobs["top"].remove()
+            await env.queue(q).add("marker", None)
+            await env.wait_for(lambda: _arrived(removed, "marker"), "the events of the removal")
+        assert sorted(removed[: removed.index("marker")]) == sorted(
+            jobs[name].id for name in ("leaf", "shared", "top")
+        )
+        assert await env.reread(jobs["shared"]) is None
+        assert await env.state(jobs["early"]) is COMPLETED
+
 
 async def _gone(env: Harness, job: Job) -> bool:
     return await env.reread(job) is None

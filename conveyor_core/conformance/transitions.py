@@ -184,6 +184,30 @@ class TransitionTests:
         assert final.failed_reason == STALLED_REASON and final.stalled_count == 2
         assert final.finished_at is not None
 
+    async def test_failures_of_one_call_keep_their_own_reasons_and_stacks(
+        self, env: Harness
+    ) -> None:
+        q = env.name("fail-batch")
+        now = time.time()
+        ids = ["a", "b", "c"]
+        assert await env.store.add_jobs([[bare_job(q, i, WAITING)] for i in ids], now)
+        taken = await env.store.take_jobs(q, limit=3, token="t", lock_until=now + 60, now=now)
+        assert sorted(job.id for job in taken.jobs) == ids
+        failures = [
+            Failure(
+                i, "t", f"{i} broke", [f"{i} line 1", f"{i} line 2"], now + 60 if i == "b" else None
+            )
+            for i in ids
+        ]
+        assert await env.store.fail_jobs(q, failures, now) == [True, True, True]
+        for i in ids:
+            job = await env.store.get_job(q, i)
+            assert job is not None, i
+            assert job.state is (DELAYED if i == "b" else FAILED), i
+            assert job.failed_reason == f"{i} broke", i
+            assert job.stacktrace == [f"{i} line 1", f"{i} line 2"], i
+            assert job.attempts_made == 1, i
+
     async def test_retry_forgets_the_previous_run(self, env: Harness) -> None:
         q = env.name("retry")
         queue = env.queue(q)
@@ -607,6 +631,25 @@ class TransitionTests:
         assert await env.store.complete_jobs(q, done, now) == [True, True]
         assert await _state(env, q, "p") is WAITING
         assert await _state(env, q, "f") is WAITING
+
+    async def test_a_skipped_group_gives_its_existing_parent_no_child(self, env: Harness) -> None:
+        q = env.name("skip-parent")
+        now = time.time()
+        for parent in ("p1", "p2"):
+            first = bare_job(q, f"{parent}-c0", WAITING, parent_id=parent, parent_queue=q)
+            assert await env.store.add_jobs([[bare_job(q, parent, WAITING_CHILDREN), first]], now)
+        # The first group names a job that exists (skipped), the second a new one.
+        again = bare_job(q, "p1-c0", WAITING, parent_id="p1", parent_queue=q)
+        late = bare_job(q, "p2-c1", WAITING, parent_id="p2", parent_queue=q)
+        assert await env.store.add_jobs([[again], [late]], now) == [False, True]
+        taken = await env.store.take_jobs(q, limit=10, token="t", lock_until=now + 60, now=now)
+        assert sorted(job.id for job in taken.jobs) == ["p1-c0", "p2-c0", "p2-c1"]
+        done = [Completion("p1-c0", "t", "0"), Completion("p2-c0", "t", "0")]
+        assert await env.store.complete_jobs(q, done, now) == [True, True]
+        assert await _state(env, q, "p1") is WAITING, "p1 waits for no new child"
+        assert await _state(env, q, "p2") is WAITING_CHILDREN, "p2-c1 is still pending"
+        assert await env.store.complete_jobs(q, [Completion("p2-c1", "t", "1")], now) == [True]
+        assert await _state(env, q, "p2") is WAITING
 
     async def test_one_add_naming_a_job_twice_writes_nothing(self, env: Harness) -> None:
         q = env.name("twice")
