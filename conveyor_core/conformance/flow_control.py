@@ -459,6 +459,30 @@ class FlowDeduplicationTests:
         assert b is not None and b.state is JobState.WAITING
         assert a is not None and a.state is JobState.WAITING_CHILDREN
 
+    async def test_flow_dedup_a_dag_node_with_its_holders_id_is_deduplicated(
+        self, env: Harness
+    ) -> None:
+        clock = _Clock()
+        q = env.name("fd-dag-same-id")
+        queue = Queue(q, store=env.store, clock=clock)
+        live = await queue.add("shared", None, {"job_id": "held", **_dedup("shared")})
+        # The node names the live job's id as its own: it is the live job, not a duplicate.
+        jobs = await FlowProducer(store=env.store, clock=clock).add_dag(
+            [
+                {
+                    "id": "s",
+                    "name": "shared",
+                    "queue_name": q,
+                    "opts": {"job_id": "held", **_dedup("shared")},
+                },
+                {"id": "a", "name": "a", "queue_name": q, "depends_on": ["s"]},
+            ]
+        )
+        assert jobs["s"].id == live.id == "held"
+        deps = await env.store.get_dependencies(q, jobs["a"].id)
+        assert [(d.id, d.status) for d in deps] == [("held", "pending")]
+        assert (await queue.get_job_counts())["waiting"] == 1
+
     async def test_flow_dedup_in_a_dag_checks_every_node(self, env: Harness) -> None:
         clock = _Clock()
         q, other_q = env.name("fd-dag-many"), env.name("fd-dag-many-other")
