@@ -512,6 +512,125 @@ class CancellingTests:
             if event.type == "cancelled":
                 assert event.data.get("reason") == "cancelled: bye"
 
+    async def test_cancelled_jobs_count_as_failed_and_follow_their_retention(
+        self, env: Harness
+    ) -> None:
+        q, kids = env.name("cancel-kept"), env.name("cancel-kept-kids")
+        first = int(time.time() // 60)
+        # The children's queue holds two completed jobs and a failed one already.
+        earlier = [await env.queue(kids).add(name, None) for name in ("c1", "c2", "f0")]
+        assert await _take(env, kids, "tok") == [job.id for job in earlier]
+        now = time.time()
+        done = [Completion(job.id, "tok", "1") for job in earlier[:2]]
+        assert await env.store.complete_jobs(kids, done, now) == [True, True]
+        assert await env.store.fail_jobs(kids, [Failure(earlier[2].id, "tok", "broke")], now)
+        node = await env.flow.add(
+            {
+                "name": "top",
+                "queue_name": q,
+                "children": [
+                    {"name": "gone", "queue_name": kids, "opts": {"remove_on_fail": True}},
+                    {"name": "kept", "queue_name": kids, "opts": {"remove_on_fail": 1}},
+                    {
+                        "name": "later",
+                        "queue_name": kids,
+                        "opts": {"delay": 3600, "remove_on_fail": True},
+                    },
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        assert await jobs["top"].cancel("stop") == 4
+        last = int(time.time() // 60)
+        assert await env.reread(jobs["gone"]) is None
+        assert await env.reread(jobs["later"]) is None
+        assert await env.state(jobs["kept"]) is FAILED
+        # "kept" keeps one failed job: itself; the completed ones are not its business.
+        assert await env.reread(earlier[2]) is None
+        for job in earlier[:2]:
+            assert await env.state(job) is COMPLETED, job.name
+        failed = await env.store.get_metrics(kids, "failed", first, last)
+        assert sum(failed.values()) == 4, "every cancelled child is a failed job"
+        assert sum((await env.store.get_metrics(q, "failed", first, last)).values()) == 1
+        completed = await env.store.get_metrics(kids, "completed", first, last)
+        assert sum(completed.values()) == 2
+
+    async def test_cancel_leaves_the_counts_of_other_parents_alone(self, env: Harness) -> None:
+        # Beside the cancelled parent: one of the same queue, one with the same id.
+        q, elsewhere, kids = env.name("own"), env.name("own-other"), env.name("own-kids")
+        flows = {}
+        for key, queue, job_id in (("mine", q, "p"), ("next", q, "n"), ("twin", elsewhere, "p")):
+            flows[key] = nodes_by_name(
+                await env.flow.add(
+                    {
+                        "name": key,
+                        "queue_name": queue,
+                        "opts": {"job_id": job_id},
+                        "children": [
+                            {"name": f"{key}-1", "queue_name": kids},
+                            {"name": f"{key}-2", "queue_name": kids},
+                        ],
+                    }
+                )
+            )
+        assert await flows["mine"]["mine"].cancel("stop") == 3
+        assert sorted(await _take(env, kids, "tok")) == sorted(
+            flows[key][f"{key}-{n}"].id for key in ("next", "twin") for n in (1, 2)
+        )
+        now = time.time()
+        for n in (1, 2):
+            done = [Completion(flows[key][f"{key}-{n}"].id, "tok", "1") for key in ("next", "twin")]
+            assert await env.store.complete_jobs(kids, done, now) == [True, True]
+            for key in ("next", "twin"):
+                expected = WAITING_CHILDREN if n == 1 else WAITING
+                assert await env.state(flows[key][key]) is expected, (key, n)
+
+    async def test_cancel_of_a_dag_job_fails_a_shared_job_alone_in_its_queue(
+        self, env: Harness
+    ) -> None:
+        q, qs = env.name("alone"), env.name("alone-shared")
+        # The shared job's queue holds one finished job besides it.
+        before = await env.queue(qs).add("before", None)
+        assert await _take(env, qs, "tok") == [before.id]
+        done = [Completion(before.id, "tok", "1")]
+        assert await env.store.complete_jobs(qs, done, time.time()) == [True]
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "shared", "name": "shared", "queue_name": qs},
+                {"id": "mine", "name": "mine", "queue_name": q, "depends_on": ["shared"]},
+                {
+                    "id": "theirs",
+                    "name": "theirs",
+                    "queue_name": q,
+                    "depends_on": ["shared"],
+                    "opts": {"fail_parent_on_child_failure": "ignore"},
+                },
+            ]
+        )
+        seen: list[QueueEvent] = []
+        async with QueueEvents(qs, store=env.event_store) as listener:
+            listener.on("*", seen.append)
+            assert await jobs["mine"].cancel("stop") == 2
+
+            async def arrived() -> bool:
+                return {e.type for e in seen if e.job_id == jobs["shared"].id} >= {
+                    "cancelled",
+                    "failed",
+                }
+
+            await env.wait_for(arrived, "the shared job's cancelled and failed events")
+        shared = await env.reread(jobs["shared"])
+        assert shared is not None and shared.state is FAILED
+        assert shared.failed_reason == "cancelled: stop"
+        cancelled = [e for e in seen if e.type == "cancelled"]
+        assert [(e.job_id, e.data.get("reason")) for e in cancelled] == [
+            (jobs["shared"].id, "cancelled: stop")
+        ]
+        theirs = await env.reread(jobs["theirs"])
+        assert theirs is not None and theirs.state is WAITING
+        assert (await theirs.get_dependencies()).ignored == {jobs["shared"].id: "cancelled: stop"}
+        assert await env.state(before) is COMPLETED
+
     async def test_a_completed_parent_keeps_its_record_of_a_retried_child(
         self, env: Harness
     ) -> None:
