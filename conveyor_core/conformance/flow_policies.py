@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -9,7 +10,7 @@ import anyio.lowlevel
 import pytest
 
 from conveyor_core import Job, JobState, QueueEvent, QueueEvents
-from conveyor_core.store import PARENT_FAILED_REASON, child_failed_reason
+from conveyor_core.store import PARENT_FAILED_REASON, Completion, Failure, child_failed_reason
 
 from ._support import Harness, Runs, nodes_by_name
 
@@ -18,6 +19,14 @@ FAILED = JobState.FAILED
 WAITING = JobState.WAITING
 WAITING_CHILDREN = JobState.WAITING_CHILDREN
 ACTIVE = JobState.ACTIVE
+_IGNORE = "ignore_dependency_on_failure"
+_CONTINUE = "continue_parent_on_failure"
+
+
+async def _take(env: Harness, queue: str, now: float) -> list[str]:
+    """The ids of every job of ``queue`` a take hands out, in order (token "tok")."""
+    taken = await env.store.take_jobs(queue, limit=10, token="tok", lock_until=now + 60, now=now)
+    return [record.id for record in taken.jobs]
 
 
 async def _released_early(
@@ -579,6 +588,71 @@ class FlowPolicyTests:
         assert parent.attempts_made == 1
         assert parent.return_value["values"] == {jobs[f"part-{i}"].id: i for i in range(count)}
         assert (await env.counts(parent_q))["completed"] == 1
+
+    async def test_a_child_retried_after_its_parent_finished_completes_into_its_record(
+        self, env: Harness
+    ) -> None:
+        parent_q, child_q = env.name("done-parent"), env.name("done-child")
+        # A job of the parent's queue, written first, that has not run yet.
+        idle = await env.queue(parent_q).add("idle", None, {"delay": 3600})
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [
+                    {"name": "ignored", "queue_name": child_q, "opts": {_IGNORE: True}},
+                    {"name": "going", "queue_name": child_q, "opts": {_CONTINUE: True}},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        kids = [jobs["ignored"].id, jobs["going"].id]
+        now = time.time()
+        assert await _take(env, child_q, now) == kids
+        broke = [Failure(kid, "tok", "broke") for kid in kids]
+        assert await env.store.fail_jobs(child_q, broke, now) == [True, True]
+        assert await _take(env, parent_q, now) == [jobs["parent"].id]
+        done = [Completion(jobs["parent"].id, "tok", "1")]
+        assert await env.store.complete_jobs(parent_q, done, now) == [True]
+        for kid in kids:
+            await env.store.retry_job(child_q, kid, now)
+        # The completed parent stays completed, its record as it was.
+        assert await env.state(jobs["parent"]) is COMPLETED
+        assert await env.state(idle) is JobState.DELAYED
+        deps = await env.store.get_dependencies(parent_q, jobs["parent"].id)
+        assert [(dep.id, dep.status) for dep in deps] == [(kids[0], "ignored"), (kids[1], "failed")]
+        # Their second runs complete: the record takes their values.
+        assert await _take(env, child_q, now) == kids
+        values = [Completion(kid, "tok", f'"{n}"') for n, kid in enumerate(kids)]
+        assert await env.store.complete_jobs(child_q, values, now) == [True, True]
+        deps = await env.store.get_dependencies(parent_q, jobs["parent"].id)
+        assert [(dep.id, dep.status, dep.value) for dep in deps] == [
+            (kids[0], "processed", '"0"'),
+            (kids[1], "processed", '"1"'),
+        ]
+        assert await env.state(jobs["parent"]) is COMPLETED
+
+    async def test_retrying_a_child_puts_back_its_own_parent_only(self, env: Harness) -> None:
+        parent_q, child_q = env.name("back-parent"), env.name("back-child")
+        before = await env.queue(parent_q).add("before", None)
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": parent_q,
+                "children": [{"name": "child", "queue_name": child_q, "opts": {_IGNORE: True}}],
+            }
+        )
+        after = await env.queue(parent_q).add("after", None)
+        jobs = nodes_by_name(node)
+        now = time.time()
+        assert await _take(env, child_q, now) == [jobs["child"].id]
+        broke = [Failure(jobs["child"].id, "tok", "broke")]
+        assert await env.store.fail_jobs(child_q, broke, now) == [True]
+        assert await env.state(jobs["parent"]) is WAITING
+        await env.store.retry_job(child_q, jobs["child"].id, now)
+        assert await env.state(jobs["parent"]) is WAITING_CHILDREN
+        for job in (before, after):
+            assert await env.state(job) is WAITING, job.name
 
     async def test_rerunning_a_finished_child_does_not_release_its_parent_again(
         self, env: Harness
