@@ -1058,8 +1058,10 @@ class StoreInterface(Protocol):
         ...
 
     async def drain(self, queue: str, include_delayed: bool, now: float) -> int:
-        """REMOVE every ``waiting`` (and, if asked, ``delayed``) job; returns how many.
-        Event ``drained``."""
+        """REMOVE every ``waiting`` (and, if asked, ``delayed``) job, in the order
+        ``get_jobs`` lists them (``waiting`` first); returns how many REMOVEs it made: a
+        job an earlier REMOVE of the drain took along (an unfinished descendant) is not
+        counted. Event ``drained`` (``{"count": n}``)."""
         ...
 
     async def clean(

@@ -119,6 +119,33 @@ class QueueManagementTests:
         assert await queue.drain(include_delayed=True) == 2
         assert await env.total(q) == 0
 
+    async def test_drain_counts_a_job_its_parent_took_along_once(self, env: Harness) -> None:
+        # "parent" started early (continue policy) while "kid", of its own queue, waits;
+        # "parent" comes first (priority) and its removal takes "kid" along.
+        q, qx = env.name("drain-flow"), env.name("drain-flow-x")
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": q,
+                "opts": {"priority": 1},
+                "children": [
+                    {"name": "bad", "queue_name": qx, "opts": {"continue_parent_on_failure": True}},
+                    {"name": "kid", "queue_name": q, "opts": {"priority": 5}},
+                ],
+            }
+        )
+        jobs = nodes_by_name(node)
+        later = await env.queue(q).add("later", None, {"delay": 3600})
+        now = time.time()
+        taken = await env.store.take_jobs(qx, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [jobs["bad"].id]
+        assert await env.store.fail_jobs(qx, [Failure(jobs["bad"].id, "t", "broke")], now)
+        assert await env.state(jobs["parent"]) is WAITING
+        assert await env.queue(q).drain() == 1
+        for name in ("parent", "kid"):
+            assert await env.reread(jobs[name]) is None, name
+        assert await env.state(later) is DELAYED
+
     async def test_obliterate_refuses_while_active_unless_forced(self, env: Harness) -> None:
         q = env.name("obliterate")
         queue = env.queue(q)

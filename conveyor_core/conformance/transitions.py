@@ -386,6 +386,25 @@ class TransitionTests:
         removed = [e.job_id for e in seen if e.type == "removed"]
         assert removed == [drained[0].id, drained[1].id, done.id, lone.id]
 
+    async def test_promote_all_and_obliterate_publish_their_events(self, env: Harness) -> None:
+        q = env.name("promote-obliterate")
+        queue = env.queue(q)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("*", seen.append)
+            later = [await queue.add(f"later-{i}", None, {"delay": 3600}) for i in range(2)]
+            assert await queue.promote_jobs() == 2
+            ids = [job.id for job in later]
+
+            def of(kind: str) -> list[str | None]:
+                return [e.job_id for e in seen if e.type == kind]
+
+            await _seen(env, seen, lambda e: e.type == "waiting" and e.job_id == ids[1], "waiting")
+            assert of("waiting") == ids
+            await queue.obliterate()
+            await _seen(env, seen, lambda e: e.type == "removed" and e.job_id == ids[1], "removed")
+            assert of("removed") == ids
+
     async def test_removing_a_parents_last_pending_child_releases_it_with_its_event(
         self, env: Harness
     ) -> None:
