@@ -459,6 +459,34 @@ class DagTests:
             assert job is not None and job.state is FAILED, name
             assert job.failed_reason == PARENT_FAILED_REASON, name
 
+    async def test_dag_a_shared_job_fails_once_its_dependents_fail_whatever_else_they_wait_for(
+        self, env: Harness
+    ) -> None:
+        # "m1" and "m2" share "shared"; "m1" waits for "other" of the same queue after it.
+        # "root" fails, so they fail, and with them every job they alone wait for.
+        top, bad_q, mid, idle = (env.name(n) for n in ("top", "bad", "mid", "idle"))
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "bad", "name": "bad", "queue_name": bad_q},
+                {"id": "shared", "name": "shared", "queue_name": idle},
+                {"id": "other", "name": "other", "queue_name": idle},
+                {"id": "m1", "name": "m1", "queue_name": mid, "depends_on": ["shared", "other"]},
+                {"id": "m2", "name": "m2", "queue_name": mid, "depends_on": ["shared"]},
+                {
+                    "id": "root",
+                    "name": "root",
+                    "queue_name": top,
+                    "depends_on": ["bad", "m1", "m2"],
+                },
+            ]
+        )
+        async with env.workers({bad_q: Runs().handler(fail={"bad"})}):
+            await env.wait_state(jobs["root"], FAILED)
+        for name in ("m1", "m2", "shared", "other"):
+            job = await env.reread(jobs[name])
+            assert job is not None and job.state is FAILED, name
+            assert job.failed_reason == PARENT_FAILED_REASON, name
+
     async def test_dag_a_job_whose_other_dependent_was_removed_fails_with_the_last_one(
         self, env: Harness
     ) -> None:

@@ -197,6 +197,17 @@ class QueueManagementTests:
         assert await env.total(q) == 0
         assert q not in await env.store.list_queues()
 
+    async def test_obliterate_forgets_the_queues_deduplication_ids(self, env: Harness) -> None:
+        q = env.name("obliterate-dedup")
+        queue = env.queue(q)
+        await queue.add("first", None, {"job_id": "x", "deduplication": {"id": "d"}})
+        await queue.obliterate()
+        # A new job with the old job's id, not added under the deduplication id.
+        await queue.add("plain", None, {"job_id": "x"})
+        fresh = await queue.add("second", None, {"deduplication": {"id": "d"}})
+        assert fresh.id != "x"
+        assert (await env.counts(q))["waiting"] == 2
+
     async def test_a_paused_queue_is_listed_before_it_holds_a_job(self, env: Harness) -> None:
         q = env.name("paused-empty")
         queue = env.queue(q)
