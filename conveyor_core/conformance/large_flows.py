@@ -3,12 +3,14 @@ every transition, ``remove_child_dependency`` and ``remove_unprocessed_children`
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
 import pytest
 
-from conveyor_core import DependencyCounts, Job, JobNotFoundError, JobState
+from conveyor_core import DependencyCounts, Job, JobNotFoundError, JobState, QueueEvents
+from conveyor_core.store import ChildDependency, Completion, Failure
 
 from ._support import Harness, nodes_by_name
 
@@ -355,3 +357,110 @@ class LeavingFlowTests:
         assert await env.reread(jobs["a"]) is None and await env.reread(jobs["b"]) is None
         assert await _counts_agree(node.job) == DependencyCounts()
         assert await node.job.remove_unprocessed_children() == 0
+
+    async def test_removing_unprocessed_children_of_a_missing_job_is_an_error(
+        self, env: Harness
+    ) -> None:
+        q = env.name("missing")
+        await env.queue(q).add("present", None)
+        with pytest.raises(JobNotFoundError):
+            await env.store.remove_unprocessed_children(q, "missing", time.time())
+
+    async def test_removing_unprocessed_children_reads_each_childs_own_state(
+        self, env: Harness
+    ) -> None:
+        q, kids = env.name("own-state"), env.name("own-state-kids")
+        # The children's queue holds a running job, written and taken first.
+        busy = await env.queue(kids).add("busy", None)
+        now = time.time()
+        taken = await env.store.take_jobs(kids, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [busy.id]
+        node = await env.flow.add(_parent(q, [_child("idle", kids)]))
+        jobs = nodes_by_name(node)
+        removed: list[str | None] = []
+        async with QueueEvents(kids, store=env.event_store) as listener:
+            listener.on("removed", lambda event: removed.append(event.job_id))
+            assert await node.job.remove_unprocessed_children() == 1
+
+            async def arrived() -> bool:
+                return bool(removed)
+
+            await env.wait_for(arrived, "the removed child's event")
+        assert removed == [jobs["idle"].id]
+        assert await env.reread(jobs["idle"]) is None
+        assert await env.state(busy) is ACTIVE
+        assert await env.state(node.job) is WAITING
+
+    async def test_removing_unprocessed_children_drops_a_record_of_a_deleted_child(
+        self, env: Harness
+    ) -> None:
+        # "done" started early ("bad" failed, continue policy) and completed while it
+        # waited for "shared" and "running". "shared" then failed with its other
+        # dependent "gone" (parent failed) and was deleted (remove_on_fail): "done" still
+        # holds its pending record, which the call drops; "running" is left to finish.
+        top, kids, qx = env.name("rec-top"), env.name("rec-kids"), env.name("rec-x")
+        going = {"continue_parent_on_failure": True}
+        jobs = await env.flow.add_dag(
+            [
+                {"id": "bad", "name": "bad", "queue_name": qx, "opts": going},
+                {"id": "bad2", "name": "bad2", "queue_name": qx},
+                {
+                    "id": "shared",
+                    "name": "shared",
+                    "queue_name": kids,
+                    "opts": {"remove_on_fail": True, "priority": 5},
+                },
+                {"id": "running", "name": "running", "queue_name": kids},
+                {"id": "other", "name": "other", "queue_name": kids, "opts": {"priority": 9}},
+                {
+                    "id": "done",
+                    "name": "done",
+                    "queue_name": top,
+                    "depends_on": ["bad", "shared", "running"],
+                },
+                {"id": "gone", "name": "gone", "queue_name": top, "depends_on": ["bad2", "shared"]},
+                # Another job of the same queue, with a pending record of its own.
+                {"id": "witness", "name": "witness", "queue_name": top, "depends_on": ["other"]},
+            ]
+        )
+        now = time.time()
+
+        async def take(queue: str, limit: int) -> list[str]:
+            taken = await env.store.take_jobs(
+                queue, limit=limit, token="t", lock_until=now + 60, now=now
+            )
+            return [job.id for job in taken.jobs]
+
+        assert await take(kids, 1) == [jobs["running"].id]
+        assert await take(qx, 2) == [jobs["bad"].id, jobs["bad2"].id]
+        assert await env.store.fail_jobs(qx, [Failure(jobs["bad"].id, "t", "broke")], now)
+        assert await take(top, 1) == [jobs["done"].id]
+        assert await env.store.complete_jobs(top, [Completion(jobs["done"].id, "t", "1")], now)
+        assert await env.store.fail_jobs(qx, [Failure(jobs["bad2"].id, "t", "broke")], now)
+        assert await env.state(jobs["gone"]) is FAILED
+        assert await env.reread(jobs["shared"]) is None
+
+        def records(deps: list[ChildDependency]) -> list[tuple[str, str]]:
+            return [(dep.id, dep.status) for dep in deps]
+
+        done_id, witness_id = jobs["done"].id, jobs["witness"].id
+        before = records(await env.store.get_dependencies(top, done_id))
+        assert before == [
+            (jobs["bad"].id, "failed"),
+            (jobs["shared"].id, "pending"),
+            (jobs["running"].id, "pending"),
+        ]
+        assert await env.store.remove_unprocessed_children(top, done_id, now) == 0
+        assert records(await env.store.get_dependencies(top, done_id)) == [
+            (jobs["bad"].id, "failed"),
+            (jobs["running"].id, "pending"),
+        ]
+        assert records(await env.store.get_dependencies(top, witness_id)) == [
+            (jobs["other"].id, "pending")
+        ]
+        assert records(await env.store.get_dependencies(top, jobs["gone"].id)) == [
+            (jobs["bad2"].id, "failed"),
+            (jobs["shared"].id, "failed"),
+        ]
+        assert await env.state(jobs["done"]) is COMPLETED
+        assert await env.state(jobs["running"]) is ACTIVE
