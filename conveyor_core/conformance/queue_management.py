@@ -119,6 +119,32 @@ class QueueManagementTests:
         assert await queue.drain(include_delayed=True) == 2
         assert await env.total(q) == 0
 
+    async def test_remove_and_a_child_leaving_look_at_the_job_named_only(
+        self, env: Harness
+    ) -> None:
+        q = env.name("named-only")
+        queue = env.queue(q)
+        # The queue's first job is running and has no parent.
+        first = await queue.add("first", None)
+        now = time.time()
+        taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+        assert [job.id for job in taken.jobs] == [first.id]
+        node = await env.flow.add(
+            {
+                "name": "parent",
+                "queue_name": env.name("named-only-parent"),
+                "children": [{"name": "child", "queue_name": q}],
+            }
+        )
+        child = nodes_by_name(node)["child"]
+        assert await env.store.remove_job(q, "missing") is False
+        assert await child.remove_child_dependency() is True
+        assert await env.state(node.job) is WAITING
+        plain = await queue.add("plain", None)
+        assert await env.store.remove_job(q, plain.id) is True
+        assert await env.reread(plain) is None
+        assert await env.state(first) is ACTIVE
+
     async def test_drain_counts_a_job_its_parent_took_along_once(self, env: Harness) -> None:
         # "parent" started early (continue policy) while "kid", of its own queue, waits;
         # "parent" comes first (priority) and its removal takes "kid" along.

@@ -405,6 +405,50 @@ class TransitionTests:
             await _seen(env, seen, lambda e: e.type == "removed" and e.job_id == ids[1], "removed")
             assert of("removed") == ids
 
+    async def test_release_retry_all_and_a_child_leaving_publish_their_events(
+        self, env: Harness
+    ) -> None:
+        q, parents = env.name("hand-back"), env.name("hand-back-parents")
+        queue = env.queue(q)
+        seen: list[QueueEvent] = []
+        async with (
+            QueueEvents(q, store=env.second_store) as listener,
+            QueueEvents(parents, store=env.second_store) as parent_listener,
+        ):
+            listener.on("*", seen.append)
+            parent_listener.on("*", seen.append)
+
+            def waiting_twice(job_id: str) -> Callable[[], Awaitable[bool]]:
+                """Its add's waiting event and a second one."""
+
+                async def arrived() -> bool:
+                    waits = [e for e in seen if e.type == "waiting" and e.job_id == job_id]
+                    return len(waits) == 2
+
+                return arrived
+
+            jobs = [await queue.add(f"job-{i}", None) for i in range(2)]
+            ids = [job.id for job in jobs]
+            now = time.time()
+            taken = await env.store.take_jobs(q, limit=2, token="t", lock_until=now + 60, now=now)
+            assert [job.id for job in taken.jobs] == ids
+            released = [Release(ids[0], "t")]
+            assert await env.store.release_jobs(q, released, now) == [True]
+            await env.wait_for(waiting_twice(ids[0]), "the release's waiting event")
+            assert await env.store.fail_jobs(q, [Failure(ids[1], "t", "broke")], now) == [True]
+            assert await queue.retry_jobs() == 1
+            await env.wait_for(waiting_twice(ids[1]), "the retry's waiting event")
+            node = await env.flow.add(
+                {
+                    "name": "parent",
+                    "queue_name": parents,
+                    "children": [{"name": "leaving", "queue_name": q}],
+                }
+            )
+            assert await node.children[0].job.remove_child_dependency() is True
+            parent_id = node.job.id
+            await _seen(env, seen, lambda e: e.type == "waiting" and e.job_id == parent_id, "left")
+
     async def test_removing_a_parents_last_pending_child_releases_it_with_its_event(
         self, env: Harness
     ) -> None:
