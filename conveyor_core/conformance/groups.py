@@ -144,6 +144,18 @@ class GroupTests:
                 [("h", 2)],
             ], f"limited: {limited}"
 
+    async def test_a_plain_take_serves_no_lane(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-plain"))
+        await _add(queue, "a", 1)
+        assert await _take(queue, 1) == [("a", 0)]
+        # No waiting job has a group now (lane "a" is empty): a plain take.
+        await _add(queue, None, 2)
+        assert await _take(queue, 1) == [("own", 0)]
+        # The own lane was never served by lanes: it still goes before lane "a".
+        await _add(queue, "a", 1)
+        assert await _take(queue, 1) == [("own", 1)]
+        assert await _take(queue, 1) == [("a", 0)]
+
     async def test_waiting_jobs_list_by_priority_and_entry_whatever_their_group(
         self, env: Harness
     ) -> None:

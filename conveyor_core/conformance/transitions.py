@@ -760,8 +760,10 @@ class TransitionTests:
         store = env.store
         now = time.time()
 
-        async def take(limit: int = 10) -> tuple[int, object]:
-            taken = await store.take_jobs(q, limit=limit, token="t", lock_until=now + 60, now=now)
+        async def take(limit: int = 10, **kw: Any) -> tuple[int, object]:
+            taken = await store.take_jobs(
+                q, limit=limit, token="t", lock_until=now + 60, now=now, **kw
+            )
             return len(taken.jobs), taken.next_run_at
 
         await env.queue(env.name("next-run-other")).add("elsewhere", None, {"delay": 60})
@@ -781,8 +783,44 @@ class TransitionTests:
         await queue.set_global_concurrency(4)
         assert await take() == (0, due), "a queue at its global concurrency"
         await queue.remove_global_concurrency()
+        window = (1, 60.0)
+        assert await take(rate_limit=window) == (1, due), "a take that fills its rate window"
+        assert await take(rate_limit=window) == (0, due), "a queue at its rate limit"
+        await queue.add("now", None)
         await store.rate_limit_queue(q, now + 30)
         assert await take() == (0, due), "a queue under a manual rate limit"
+
+    @pytest.mark.parametrize("held", ["paused", "concurrency", "manual", "window"])
+    async def test_a_take_held_back_still_promotes_due_jobs_with_their_events(
+        self, env: Harness, held: str
+    ) -> None:
+        q = env.name(f"held-{held}")
+        queue = env.queue(q)
+        store = env.store
+        now = time.time()
+        busy = await queue.add("busy", None)
+        window = (1, 60.0)
+        taken = await store.take_jobs(
+            q, limit=1, token="t", lock_until=now + 60, now=now, rate_limit=window
+        )
+        assert [job.id for job in taken.jobs] == [busy.id]
+        later = await queue.add("later", None, {"delay": 5})
+        if held == "paused":
+            await queue.pause()
+        elif held == "concurrency":
+            await queue.set_global_concurrency(1)
+        elif held == "manual":
+            await store.rate_limit_queue(q, now + 60)
+        seen: list[QueueEvent] = []
+        async with QueueEvents(q, store=env.second_store) as listener:
+            listener.on("waiting", seen.append)
+            rate = window if held == "window" else None
+            taken = await store.take_jobs(
+                q, limit=1, token="t", lock_until=now + 60, now=now + 10, rate_limit=rate
+            )
+            assert taken.jobs == []
+            await _seen(env, seen, lambda e: e.job_id == later.id, "the promoted job's event")
+        assert await env.state(later) is WAITING
 
     async def test_a_take_of_no_job_reports_no_limit(self, env: Harness) -> None:
         q, held, grouped = env.name("zero"), env.name("zero-held"), env.name("zero-groups")
