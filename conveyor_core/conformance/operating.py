@@ -77,6 +77,13 @@ class OperatingTests:
         # "-0042", not "0042": generated ids are hex and may hold any four digits.
         assert await _walk(queue, text="-0042") == [by_id.id]
         assert await _walk(queue, text="no such text anywhere") == []
+        # Two characters: in an id, a name, some data.
+        twos = [
+            await queue.add("plain", None, opts={"job_id": "x-q9"}),
+            await queue.add("q9-name", None),
+            await queue.add("plain", {"k": "q9"}),
+        ]
+        assert set(await _walk(queue, text="Q9")) == {job.id for job in twos}
 
     async def test_search_filters_by_name_and_state(self, env: Harness) -> None:
         q = env.name("filters")
