@@ -144,6 +144,20 @@ class GroupTests:
                 [("h", 2)],
             ], f"limited: {limited}"
 
+    async def test_the_own_lane_counts_its_own_waiting_jobs_only(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-own-count"))
+        # Finished jobs of the queue, and waiting jobs of another queue, count for nothing.
+        done = await _add(queue, None, 3)
+        assert len(await _take(queue, 3)) == 3
+        await _complete(queue, done)
+        other = env.queue(env.name("groups-own-count-other"))
+        await _add(other, None, 10)
+        await _add(queue, None, 1)
+        await _add(queue, "a", 5)
+        for each in (queue, other):
+            await each.get_job_counts()
+        assert await _take(queue, 4) == [("own", 0), ("a", 0), ("a", 1), ("a", 2)]
+
     async def test_a_plain_take_serves_no_lane(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-plain"))
         await _add(queue, "a", 1)
