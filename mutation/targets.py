@@ -217,12 +217,17 @@ def _server_suite(root: Path, store: str, wait: float) -> dict[str, str]:
     }
 
 
-SQL_STORE_TESTS = ("test_postgres_counts.py", "test_postgres_lanes.py", "test_postgres_search.py")
+SQL_STORE_TESTS = (
+    "test_postgres_counts.py",
+    "test_postgres_lanes.py",
+    "test_postgres_search.py",
+    "test_postgres_notify.py",
+)
 """PostgreSQL's own tests that the SQL target runs beside the conformance suite: what the
 store keeps to itself (its per-state counts folded from deltas, whatever runs at once;
 how a take by lanes steps over rows another transaction holds; where a search walk
-resumes after the jobs one page looked at) has no conformance test, as no other store
-has it."""
+resumes after the jobs one page looked at; how a transaction's events are cut into
+notifications) has no conformance test, as no other store has it."""
 
 
 LUA_STORE_TESTS = ("test_redis_store.py", "test_search_scan.py")
