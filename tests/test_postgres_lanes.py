@@ -1,8 +1,8 @@
 """PostgresStore's take by lanes while another transaction holds a lane's row: a take
 that holds a lane already steps over a lane held elsewhere instead of waiting for it (two
-takes never wait on each other in a circle), a take that holds none waits for it, and a
-take that waited for a lane looks again when the other transaction served or emptied it
-meanwhile.
+takes never wait on each other in a circle), a take that holds none waits for it (one
+without group limits, made in one set, never waits), and a take that waited for a lane
+looks again when the other transaction served or emptied it meanwhile.
 
 Each test gets its own schema, dropped afterwards from a separate connection.
 """
@@ -168,3 +168,14 @@ async def test_a_take_that_waited_for_a_lane_emptied_meanwhile_reports_no_limit(
         await pg_conn.execute(f'SELECT "{pg_schema}".remove_job($1, $2, $3)', "q", "a2", NOW)
     assert [record.id for record in results[0].jobs] == []
     assert results[0].concurrency_limited is False, "no job was held back"
+
+
+async def test_a_take_without_group_limits_passes_over_a_held_lane(
+    store: PostgresStore, pg_conn: Any, pg_schema: str
+) -> None:
+    # Without group limits a take is made in one set, which never waits for a lane.
+    await store.set_group_limits("q", None, None)
+    await store.add_jobs([job("a1", "a"), job("b1", "b")], NOW)
+    async with holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"):
+        assert await take(store, 2) == ["b1"]
+    assert await take(store, 2) == ["a1"]

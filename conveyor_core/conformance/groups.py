@@ -146,12 +146,14 @@ class GroupTests:
 
     async def test_the_own_lane_counts_its_own_waiting_jobs_only(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-own-count"))
-        # Finished jobs of the queue, and waiting jobs of another queue, count for nothing.
+        # Finished jobs of the queue, and waiting jobs of another queue (with a group or
+        # not), count for nothing.
         done = await _add(queue, None, 3)
         assert len(await _take(queue, 3)) == 3
         await _complete(queue, done)
         other = env.queue(env.name("groups-own-count-other"))
         await _add(other, None, 10)
+        await _add(other, "b", 10)
         await _add(queue, None, 1)
         await _add(queue, "a", 5)
         for each in (queue, other):
