@@ -9,7 +9,7 @@ Each test gets its own schema, dropped afterwards from a separate connection.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -71,6 +71,33 @@ async def holding(
         yield
 
 
+async def take_while_lane_a_is_held(
+    store: PostgresStore,
+    pg_conn: Any,
+    schema: str,
+    meanwhile: Callable[[], Awaitable[object]] | None = None,
+) -> TakeResult:
+    """A take of one job that starts while another transaction holds lane a's row and
+    waits for it; ``meanwhile`` runs in that transaction, which then commits."""
+    results: list[TakeResult] = []
+
+    async def first() -> None:
+        with anyio.fail_after(20):
+            taken = await store.take_jobs("q", limit=1, token="t", lock_until=NOW + 60, now=NOW)
+        results.append(taken)
+
+    # The lock is let go (committed) before the task group waits for the take.
+    async with (
+        anyio.create_task_group() as tg,
+        holding(pg_conn, schema, "group_lanes", "group_id", "a"),
+    ):
+        tg.start_soon(first)
+        await anyio.sleep(0.5)  # the take waits for lane a's row
+        if meanwhile is not None:
+            await meanwhile()
+    return results[0]
+
+
 async def test_a_take_holding_the_own_lane_steps_over_a_held_lane(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
@@ -95,26 +122,18 @@ async def test_a_take_that_waited_for_a_lane_served_meanwhile_looks_again(
     # Queue "other" has a lane of group "a" too, written first and never served.
     await store.add_jobs([[replace(job("x1", "a")[0], queue="other")]], NOW)
     await store.add_jobs([job("a1", "a"), job("a2", "a"), job("b1", "b")], NOW)
-    taken: list[str] = []
 
-    async def first() -> None:
-        taken.extend(await take(store, 1))
-
-    # The lock is let go (committed) before the task group waits for the take.
-    async with (
-        anyio.create_task_group() as tg,
-        holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"),
-    ):
-        tg.start_soon(first)
-        await anyio.sleep(0.5)  # the take waits for lane a's row
+    async def serve_a() -> object:
         # Another transaction serves lane a meanwhile: it goes last in the rotation.
-        await pg_conn.execute(
+        return await pg_conn.execute(
             f'UPDATE "{pg_schema}".group_lanes SET served = 1000000 '
             "WHERE queue = $1 AND group_id = $2",
             "q",
             "a",
         )
-    assert taken == ["b1"]
+
+    taken = await take_while_lane_a_is_held(store, pg_conn, pg_schema, serve_a)
+    assert [record.id for record in taken.jobs] == ["b1"]
 
 
 async def test_a_take_steps_over_a_lane_whose_job_another_transaction_holds(
@@ -130,19 +149,8 @@ async def test_a_take_holding_no_lane_waits_for_a_held_one(
     store: PostgresStore, pg_conn: Any, pg_schema: str
 ) -> None:
     await store.add_jobs([job("a1", "a")], NOW)
-    taken: list[str] = []
-
-    async def first() -> None:
-        taken.extend(await take(store, 1))
-
-    # The lock is let go (committed) before the task group waits for the take.
-    async with (
-        anyio.create_task_group() as tg,
-        holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"),
-    ):
-        tg.start_soon(first)
-        await anyio.sleep(0.5)  # the take waits for lane a's row
-    assert taken == ["a1"]
+    taken = await take_while_lane_a_is_held(store, pg_conn, pg_schema)
+    assert [record.id for record in taken.jobs] == ["a1"]
 
 
 async def test_a_take_that_waited_for_a_lane_emptied_meanwhile_reports_no_limit(
@@ -151,23 +159,14 @@ async def test_a_take_that_waited_for_a_lane_emptied_meanwhile_reports_no_limit(
     await store.set_group_limits("q", 1, None)
     await store.add_jobs([job("a1", "a"), job("a2", "a")], NOW)
     assert await take(store, 1) == ["a1"]  # group a is at its concurrency
-    results: list[TakeResult] = []
 
-    async def first() -> None:
-        with anyio.fail_after(20):
-            taken = await store.take_jobs("q", limit=1, token="t", lock_until=NOW + 60, now=NOW)
-        results.append(taken)
-
-    async with (
-        anyio.create_task_group() as tg,
-        holding(pg_conn, pg_schema, "group_lanes", "group_id", "a"),
-    ):
-        tg.start_soon(first)
-        await anyio.sleep(0.5)  # the take waits for lane a's row
+    async def remove_a2() -> object:
         # Another transaction removes lane a's last waiting job meanwhile.
-        await pg_conn.execute(f'SELECT "{pg_schema}".remove_job($1, $2, $3)', "q", "a2", NOW)
-    assert [record.id for record in results[0].jobs] == []
-    assert results[0].concurrency_limited is False, "no job was held back"
+        return await pg_conn.execute(f'SELECT "{pg_schema}".remove_job($1, $2, $3)', "q", "a2", NOW)
+
+    taken = await take_while_lane_a_is_held(store, pg_conn, pg_schema, remove_a2)
+    assert [record.id for record in taken.jobs] == []
+    assert taken.concurrency_limited is False, "no job was held back"
 
 
 async def test_a_take_without_group_limits_passes_over_a_held_lane(

@@ -797,22 +797,8 @@ class DagTests:
                 {"id": "sink", "name": "sink", "queue_name": q, "depends_on": ["left", "right"]},
             ]
         )
-        removed: list[str] = []
-        async with QueueEvents(q, store=env.second_store) as listener:
-
-            def note(event: QueueEvent) -> None:
-                if event.type == "removed" and event.job_id is not None:
-                    removed.append(event.job_id)
-                elif event.type == "added":
-                    removed.append("marker")
-
-            listener.on("removed", note)
-            listener.on("added", note)
-            await jobs["sink"].remove()
-            await env.queue(q).add("marker", None)
-            await env.wait_for(lambda: _arrived(removed, "marker"), "the events of the removal")
-        # Events come in order: every event of the removal came before the marker's.
-        assert sorted(removed[: removed.index("marker")]) == sorted(
+        removed = await _removed_by(env, jobs["sink"])
+        assert sorted(removed) == sorted(
             jobs[name].id for name in ("shared", "left", "right", "sink")
         )
         assert await env.queue(q).get_job_counts() == {
@@ -881,25 +867,31 @@ class DagTests:
             await env.wait_state(jobs["early"], COMPLETED)
         assert await env.state(jobs["shared"]) is WAITING_CHILDREN
         assert await env.state(jobs["top"]) is WAITING_CHILDREN
-        removed: list[str] = []
-        async with QueueEvents(q, store=env.second_store) as listener:
-
-            def note(event: QueueEvent) -> None:
-                if event.type == "removed" and event.job_id is not None:
-                    removed.append(event.job_id)
-                elif event.type == "added":
-                    removed.append("marker")
-
-            listener.on("removed", note)
-            listener.on("added", note)
-            await jobs["top"].remove()
-            await env.queue(q).add("marker", None)
-            await env.wait_for(lambda: _arrived(removed, "marker"), "the events of the removal")
-        assert sorted(removed[: removed.index("marker")]) == sorted(
-            jobs[name].id for name in ("leaf", "shared", "top")
-        )
+        removed = await _removed_by(env, jobs["top"])
+        assert sorted(removed) == sorted(jobs[name].id for name in ("leaf", "shared", "top"))
         assert await env.reread(jobs["shared"]) is None
         assert await env.state(jobs["early"]) is COMPLETED
+
+
+async def _removed_by(env: Harness, job: Job) -> list[str]:
+    """Remove ``job``; the ids of the ``removed`` events of its queue that the removal
+    published. Events come in order: those of the removal come before the ``added``
+    event of a marker job added after it."""
+    removed: list[str] = []
+    async with QueueEvents(job.queue_name, store=env.second_store) as listener:
+
+        def note(event: QueueEvent) -> None:
+            if event.type == "removed" and event.job_id is not None:
+                removed.append(event.job_id)
+            elif event.type == "added":
+                removed.append("marker")
+
+        listener.on("removed", note)
+        listener.on("added", note)
+        await job.remove()
+        await env.queue(job.queue_name).add("marker", None)
+        await env.wait_for(lambda: _arrived(removed, "marker"), "the events of the removal")
+    return removed[: removed.index("marker")]
 
 
 async def _gone(env: Harness, job: Job) -> bool:
