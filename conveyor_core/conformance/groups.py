@@ -160,6 +160,15 @@ class GroupTests:
             await each.get_job_counts()
         assert await _take(queue, 4) == [("own", 0), ("a", 0), ("a", 1), ("a", 2)]
 
+    async def test_an_emptied_lane_takes_no_place_in_a_take(self, env: Harness) -> None:
+        queue = env.queue(env.name("groups-emptied"))
+        await _add(queue, "a", 1)
+        await _add(queue, "b", 2)
+        await _add(queue, "c", 2)
+        assert await _take(queue, 3) == [("a", 0), ("b", 0), ("c", 0)]
+        # Lane "a", served longest ago, has no job left: the take goes to "b" and "c".
+        assert await _take(queue, 2) == [("b", 1), ("c", 1)]
+
     async def test_a_plain_take_serves_no_lane(self, env: Harness) -> None:
         queue = env.queue(env.name("groups-plain"))
         await _add(queue, "a", 1)
