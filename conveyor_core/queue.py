@@ -413,7 +413,9 @@ class Queue:
         return await self.store.is_paused(self.name)
 
     async def drain(self, include_delayed: bool = False) -> int:
-        """Remove every waiting (and, if asked, delayed) job; returns how many."""
+        """Remove every waiting (and, if asked, delayed) job, each with its unfinished
+        descendants; returns how many it removed, not counting a job that went with the
+        removal of its parent."""
         return await self.store.drain(self.name, include_delayed, self._clock())
 
     async def clean(
