@@ -6,8 +6,9 @@ import ast
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -256,6 +257,8 @@ def test_a_ledger_run_judges_new_mutants_before_its_survivors(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_stopped_run_writes_no_verdict_for_the_mutant_it_was_running(tmp_path: Path) -> None:
+    # The run is stopped as by Ctrl-C: SIGINT to a process of its own, so the default
+    # handler turns it into KeyboardInterrupt whatever other tests did to this process.
     started = tmp_path / "started.txt"
     slow = WEAK_SUITE + textwrap.dedent(
         f"""
@@ -267,29 +270,60 @@ def test_a_stopped_run_writes_no_verdict_for_the_mutant_it_was_running(tmp_path:
                 runs = len(lines.read().splitlines())
             import time
 
-            # The mutant's run (the second) waits long enough for the interrupting
-            # thread to see its line on a machine busy with other work; the interrupt
-            # ends it at once.
+            # The mutant's run (the second) waits until it is stopped.
             time.sleep(60 if runs > 1 else 0)
             assert passes(51, 50)
         """
     )
     target = _project(tmp_path, slow)
-    (boundary,) = [
-        m for m in PythonMutator().mutants(SOURCE, target.path) if m.mutated == "score > mark"
-    ]
-
-    def interrupt_in_the_mutants_run() -> None:
-        # The unmutated run writes the first line, the mutant's run the second.
-        while not started.exists() or len(started.read_text().splitlines()) < 2:
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
-
     path = tmp_path / "ledger.jsonl"
-    threading.Thread(target=interrupt_in_the_mutants_run, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run(target, [boundary], ledger=Ledger(path, "clamp"), timeout=120)
-    assert not path.exists() or boundary.id not in Ledger(path, "clamp").entries
+    script = tmp_path / "stopped_run.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from pathlib import Path
+
+            from mutation import PythonMutator, Target, run
+            from mutation.ledger import Ledger
+
+            target = Target(
+                name="clamp",
+                root=Path({str(tmp_path)!r}),
+                path={target.path!r},
+                packages={target.packages!r},
+                suite_files={target.suite_files!r},
+            )
+            source = (target.root / target.path).read_text()
+            mutants = PythonMutator().mutants(source, target.path)
+            (boundary,) = [m for m in mutants if m.mutated == "score > mark"]
+            print(boundary.id, flush=True)
+            run(target, [boundary], ledger=Ledger(Path({str(path)!r}), "clamp"), timeout=120)
+            print("returned", flush=True)
+            """
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        # The unmutated run writes the first line, the mutant's run the second.
+        deadline = time.monotonic() + 120
+        while not started.exists() or len(started.read_text().splitlines()) < 2:
+            assert proc.poll() is None, "the run ended before its mutant's run started"
+            assert time.monotonic() < deadline, "the mutant's run did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    mutant_id, *rest = out.decode().split()
+    assert rest == [], "the run went on to its end"
+    assert "KeyboardInterrupt" in err.decode()
+    assert not path.exists() or mutant_id not in Ledger(path, "clamp").entries
 
 
 def test_a_suite_failing_without_mutants_is_refused(tmp_path: Path) -> None:
