@@ -257,8 +257,8 @@ def test_a_ledger_run_judges_new_mutants_before_its_survivors(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_stopped_run_writes_no_verdict_for_the_mutant_it_was_running(tmp_path: Path) -> None:
-    # The run is stopped as by Ctrl-C: SIGINT to a process of its own, so the default
-    # handler turns it into KeyboardInterrupt whatever other tests did to this process.
+    # The run is stopped as by Ctrl-C: SIGINT to a process of its own, which turns it
+    # into KeyboardInterrupt whatever this process does with SIGINT.
     started = tmp_path / "started.txt"
     slow = WEAK_SUITE + textwrap.dedent(
         f"""
@@ -281,10 +281,16 @@ def test_a_stopped_run_writes_no_verdict_for_the_mutant_it_was_running(tmp_path:
     script.write_text(
         textwrap.dedent(
             f"""
+            import signal
             from pathlib import Path
 
             from mutation import PythonMutator, Target, run
             from mutation.ledger import Ledger
+
+            # Ctrl-C's KeyboardInterrupt, as an interactive run has it: a process that
+            # a shell without job control started in the background ignores SIGINT,
+            # and its children inherit that.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
             target = Target(
                 name="clamp",
