@@ -28,6 +28,15 @@ def bare_job(queue: str, job_id: str, state: JobState, **fields: Any) -> NewJob:
     )
 
 
+async def take_ids(
+    store: StoreInterface, queue: str, now: float, limit: int = 10, token: str = "tok"
+) -> list[str]:
+    """The ids of the jobs a take of ``queue`` at ``now`` hands out, in order (each
+    locked for a minute with ``token``)."""
+    taken = await store.take_jobs(queue, limit=limit, token=token, lock_until=now + 60, now=now)
+    return [record.id for record in taken.jobs]
+
+
 Handler = Callable[[Job], Awaitable[Any]]
 
 FINISHED = (JobState.COMPLETED, JobState.FAILED)

@@ -12,7 +12,7 @@ import pytest
 from conveyor_core import Job, JobState, QueueEvent, QueueEvents
 from conveyor_core.store import PARENT_FAILED_REASON, Completion, Failure, child_failed_reason
 
-from ._support import Harness, Runs, nodes_by_name
+from ._support import Harness, Runs, nodes_by_name, take_ids
 
 COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
@@ -21,12 +21,6 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 ACTIVE = JobState.ACTIVE
 _IGNORE = "ignore_dependency_on_failure"
 _CONTINUE = "continue_parent_on_failure"
-
-
-async def _take(env: Harness, queue: str, now: float) -> list[str]:
-    """The ids of every job of ``queue`` a take hands out, in order (token "tok")."""
-    taken = await env.store.take_jobs(queue, limit=10, token="tok", lock_until=now + 60, now=now)
-    return [record.id for record in taken.jobs]
 
 
 async def _released_early(
@@ -608,10 +602,10 @@ class FlowPolicyTests:
         jobs = nodes_by_name(node)
         kids = [jobs["ignored"].id, jobs["going"].id]
         now = time.time()
-        assert await _take(env, child_q, now) == kids
+        assert await take_ids(env.store, child_q, now) == kids
         broke = [Failure(kid, "tok", "broke") for kid in kids]
         assert await env.store.fail_jobs(child_q, broke, now) == [True, True]
-        assert await _take(env, parent_q, now) == [jobs["parent"].id]
+        assert await take_ids(env.store, parent_q, now) == [jobs["parent"].id]
         done = [Completion(jobs["parent"].id, "tok", "1")]
         assert await env.store.complete_jobs(parent_q, done, now) == [True]
         for kid in kids:
@@ -622,7 +616,7 @@ class FlowPolicyTests:
         deps = await env.store.get_dependencies(parent_q, jobs["parent"].id)
         assert [(dep.id, dep.status) for dep in deps] == [(kids[0], "ignored"), (kids[1], "failed")]
         # Their second runs complete: the record takes their values.
-        assert await _take(env, child_q, now) == kids
+        assert await take_ids(env.store, child_q, now) == kids
         values = [Completion(kid, "tok", f'"{n}"') for n, kid in enumerate(kids)]
         assert await env.store.complete_jobs(child_q, values, now) == [True, True]
         deps = await env.store.get_dependencies(parent_q, jobs["parent"].id)
@@ -645,7 +639,7 @@ class FlowPolicyTests:
         after = await env.queue(parent_q).add("after", None)
         jobs = nodes_by_name(node)
         now = time.time()
-        assert await _take(env, child_q, now) == [jobs["child"].id]
+        assert await take_ids(env.store, child_q, now) == [jobs["child"].id]
         broke = [Failure(jobs["child"].id, "tok", "broke")]
         assert await env.store.fail_jobs(child_q, broke, now) == [True]
         assert await env.state(jobs["parent"]) is WAITING

@@ -12,7 +12,7 @@ import pytest
 from conveyor_core import DependencyCounts, Job, JobNotFoundError, JobState, QueueEvents
 from conveyor_core.store import ChildDependency, Completion, Failure
 
-from ._support import Harness, nodes_by_name
+from ._support import Harness, nodes_by_name, take_ids
 
 COMPLETED = JobState.COMPLETED
 FAILED = JobState.FAILED
@@ -372,9 +372,7 @@ class LeavingFlowTests:
         q, kids = env.name("own-state"), env.name("own-state-kids")
         # The children's queue holds a running job, written and taken first.
         busy = await env.queue(kids).add("busy", None)
-        now = time.time()
-        taken = await env.store.take_jobs(kids, limit=1, token="t", lock_until=now + 60, now=now)
-        assert [job.id for job in taken.jobs] == [busy.id]
+        assert await take_ids(env.store, kids, time.time(), 1) == [busy.id]
         node = await env.flow.add(_parent(q, [_child("idle", kids)]))
         jobs = nodes_by_name(node)
         removed: list[str | None] = []
@@ -424,19 +422,13 @@ class LeavingFlowTests:
             ]
         )
         now = time.time()
-
-        async def take(queue: str, limit: int) -> list[str]:
-            taken = await env.store.take_jobs(
-                queue, limit=limit, token="t", lock_until=now + 60, now=now
-            )
-            return [job.id for job in taken.jobs]
-
-        assert await take(kids, 1) == [jobs["running"].id]
-        assert await take(qx, 2) == [jobs["bad"].id, jobs["bad2"].id]
-        assert await env.store.fail_jobs(qx, [Failure(jobs["bad"].id, "t", "broke")], now)
-        assert await take(top, 1) == [jobs["done"].id]
-        assert await env.store.complete_jobs(top, [Completion(jobs["done"].id, "t", "1")], now)
-        assert await env.store.fail_jobs(qx, [Failure(jobs["bad2"].id, "t", "broke")], now)
+        assert await take_ids(env.store, kids, now, 1) == [jobs["running"].id]
+        assert await take_ids(env.store, qx, now, 2) == [jobs["bad"].id, jobs["bad2"].id]
+        assert await env.store.fail_jobs(qx, [Failure(jobs["bad"].id, "tok", "broke")], now)
+        assert await take_ids(env.store, top, now, 1) == [jobs["done"].id]
+        done = [Completion(jobs["done"].id, "tok", "1")]
+        assert await env.store.complete_jobs(top, done, now)
+        assert await env.store.fail_jobs(qx, [Failure(jobs["bad2"].id, "tok", "broke")], now)
         assert await env.state(jobs["gone"]) is FAILED
         assert await env.reread(jobs["shared"]) is None
 
