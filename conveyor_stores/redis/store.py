@@ -19,6 +19,7 @@ import json
 import re
 import time
 import unicodedata
+import uuid
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -384,6 +385,11 @@ def _server_of(url: str) -> str:
     if "path" in params:
         return str(params["path"])
     return f"{params.get('host', 'localhost')}:{params.get('port', 6379)}"
+
+
+_BLOCK_SLACK = 1.0
+"""Seconds a blocking read's server timeout runs past its deadline: the push at the
+deadline ends it first (see ``RedisStore._block``)."""
 
 
 async def _race(
@@ -1125,13 +1131,16 @@ class RedisStore:
         return [StallOutcome(reply[i], reply[i + 1] == 1) for i in range(0, len(reply), 2)]
 
     async def wait_for_work(self, queue: str, timeout: float) -> None:
-        """Block on the queue's marker list (``BLPOP``) on a connection of its own."""
+        """Block on the queue's marker list (``BLPOP``) on a connection of its own, until
+        ``timeout`` by this process's clock (see :meth:`_block`)."""
         stop = self._stop
         if stop is None:
             raise StoreClosedError("RedisStore is not connected: use 'async with store:'")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
-        marker = self._base(queue) + "marker"
+        base = self._base(queue)
+        marker = base + "marker"
+        own = f"{base}wake:{uuid.uuid4().hex}"
         while not stop.done():
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -1141,9 +1150,9 @@ class RedisStore:
                 return
             try:
                 await _race(
-                    cast("Awaitable[Any]", client.blpop([marker], timeout=max(remaining, 0.01))),
+                    self._block(client, marker, own, remaining),
                     stop,
-                    remaining + self.command_timeout,
+                    remaining + _BLOCK_SLACK + self.command_timeout,
                 )
                 return
             except _CONNECTION_ERRORS:
@@ -1152,6 +1161,35 @@ class RedisStore:
                 # connection for the time left, if any.
                 await asyncio.sleep(min(0.05, max(remaining, 0.0)))
         await asyncio.sleep(0)
+
+    async def _block(self, client: aioredis.Redis, marker: str, own: str, seconds: float) -> None:
+        """``BLPOP`` of ``marker`` for ``seconds``, ended on time by this process's clock.
+
+        Redis ends a block at its timeout only at its next timer tick (every ``1/hz``
+        seconds: up to 100 ms late with the default ``hz`` of 10), which would make every
+        timed wait of a worker late (a delayed job's run time, a scheduler's tick). So the
+        block also watches ``own``, a list of this wait alone in the queue's hash slot,
+        and a push to it at the deadline ends the block; the server's timeout, a little
+        later, only backs that push up (or stands in for it when the push fails). A push the
+        block did not take is deleted."""
+        block = asyncio.ensure_future(client.blpop([marker, own], timeout=seconds + _BLOCK_SLACK))
+        pushed = False
+        try:
+            done, _ = await asyncio.wait({block}, timeout=seconds)
+            if not done:
+                try:
+                    await self._command("RPUSH", own, "1")
+                    pushed = True
+                except StoreUnavailableError:
+                    pass  # the server's timeout ends the block, a little later
+            popped = await block
+        finally:
+            if not block.done():
+                block.cancel()
+                with contextlib.suppress(BaseException):
+                    await block
+        if pushed and (popped is None or popped[0] != own):
+            await self._command("DEL", own)
 
     # ---------------------------------------------------------------- job changes
 
