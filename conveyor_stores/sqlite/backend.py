@@ -402,7 +402,7 @@ class SQLiteBackend:
         self._served: dict[str, int] = {}
         self._firsts: dict[str | None, JobRecord | None] | None = None
         """The first waiting job of each lane the last ``ready_lanes`` returned, until a
-        job is saved or deleted."""
+        job is saved or deleted or the transaction ends."""
         self._since_prune = 0
         self.woken: set[str] = set()
         self.emitted: set[str] = set()
@@ -411,6 +411,7 @@ class SQLiteBackend:
 
     def finish(self) -> None:
         """Write everything buffered; called just before ``COMMIT``."""
+        self._firsts = None
         self._flush()
         self._flush_lanes()
         self._absent.clear()
@@ -437,6 +438,7 @@ class SQLiteBackend:
         self._lane_counts.clear()
         self._lane_put.clear()
         self._served.clear()
+        self._firsts = None
         self.woken.clear()
         self.emitted.clear()
 
@@ -721,7 +723,7 @@ class SQLiteBackend:
         self._flush()
         self._flush_lanes(for_take=True)
         # One statement: the first ``limit`` ready lanes of groups, each with its first
-        # waiting job; then the queue's own lane, with its first waiting job (if any)
+        # waiting job, and the queue's own lane, with its first waiting job (if any)
         # and the queue's last served number (kept in the own lane's row), which the
         # lanes served next count on. The jobs are kept for ``first_waiting_each``,
         # which a take by lanes calls next, before anything changes.
