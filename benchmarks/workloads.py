@@ -101,24 +101,30 @@ async def _fill(queue: Queue, n: int, groups: int | None = None) -> None:
 async def enqueue_seq(store: StoreInterface, params: Params) -> list[Figure]:
     """N jobs added one at a time, each awaited."""
     queue = Queue(fresh_name("enqueue"), store=store)
-    started = perf_counter()
+    started, cpu = perf_counter(), process_time()
     for i in range(params.jobs):
         await queue.add("noop", {"i": i})
-    elapsed = perf_counter() - started
+    elapsed, cpu = perf_counter() - started, process_time() - cpu
     await _cleanup(store, queue.name)
-    return [Figure("enqueue_seq", elapsed, params.jobs, {"n": params.jobs})]
+    return [_enqueue_figure("enqueue_seq", elapsed, cpu, params.jobs)]
 
 
 async def enqueue_dedup(store: StoreInterface, params: Params) -> list[Figure]:
     """``enqueue_seq`` with a deduplication id per job: N adds one at a time, each
     checking and taking its own id (none is a duplicate, so N jobs are written)."""
     queue = Queue(fresh_name("enqueue-dedup"), store=store)
-    started = perf_counter()
+    started, cpu = perf_counter(), process_time()
     for i in range(params.jobs):
         await queue.add("noop", {"i": i}, {"deduplication": {"id": f"d{i}"}})
-    elapsed = perf_counter() - started
+    elapsed, cpu = perf_counter() - started, process_time() - cpu
     await _cleanup(store, queue.name)
-    return [Figure("enqueue_dedup", elapsed, params.jobs, {"n": params.jobs})]
+    return [_enqueue_figure("enqueue_dedup", elapsed, cpu, params.jobs)]
+
+
+def _enqueue_figure(workload: str, elapsed: float, cpu: float, n: int) -> Figure:
+    """An add workload's figure, with the CPU time of this process per job (see
+    ``_process``)."""
+    return Figure(workload, elapsed, n, {"n": n}, stats={"cpu_us_per_job": cpu / n * 1e6})
 
 
 async def process(store: StoreInterface, params: Params) -> list[Figure]:

@@ -180,4 +180,5 @@ def test_flow_control_workloads_print_figures_beside_the_plain_ones() -> None:
         "process_limited",
     ]
     assert all(line["n"] == 20 for line in lines)
+    assert all(line["cpu_us_per_job"] > 0 for line in lines)
     assert lines[3]["global_concurrency"] == 10
