@@ -175,30 +175,6 @@ async def test_queues_sharing_a_number_keep_their_groups_apart(store: SQLiteStor
     assert [job.id for job in taken.jobs] == ["a1", "a2", "a3"]
 
 
-async def test_each_lanes_first_job_reads_the_same_with_or_without_the_lanes_read_before(
-    sqlite_path: str,
-) -> None:
-    # A take by lanes reads the ready lanes and their first jobs in one statement; asked
-    # on its own, a lane's first job is read by a statement of its own, the same job.
-    async with SQLiteStore(sqlite_path) as store:
-        queue = Queue("mail", store=store)
-        for group, name in (("b", "b1"), ("a", "a1"), (None, "own1"), ("a", "a2"), ("b", "b2")):
-            await queue.add(name, None, {} if group is None else {"group_id": group})
-    conn = sqlite3.connect(sqlite_path, isolation_level=None)
-    try:
-        backend = sqlite_backend.SQLiteBackend(conn)
-        lanes = [group or None for group, _ in backend.ready_lanes("mail", 5)]
-        assert lanes == [None, "a", "b"]  # none served yet: by group id, the own lane first
-        asked = [*lanes, "missing"]
-        with_lanes = backend.first_waiting_each("mail", asked)
-        alone = backend.first_waiting_each("mail", asked)
-        names = [None if job is None else job.name for job in alone]
-        assert names == [{"a": "a1", "b": "b1", None: "own1"}.get(g) for g in asked]
-        assert with_lanes == alone
-    finally:
-        conn.close()
-
-
 async def test_a_file_written_before_the_last_served_number_moved_serves_in_turn(
     sqlite_path: str,
 ) -> None:

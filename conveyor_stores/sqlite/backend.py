@@ -146,22 +146,6 @@ _STATE_AT = 1 + len(_FIELDS)
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _COLUMNS_OF_J = ", ".join(f"j.{name}" for name in _COLUMNS.split(", "))
 _GET = f"{_SELECT} WHERE queue = ? AND id = ?"
-_READY_LANES = (
-    "SELECT 0, r.group_id, r.served, r.window_start, r.window_count, "
-    f"{_COLUMNS_OF_J} FROM (SELECT group_id, served, window_start, window_count FROM lanes "
-    "INDEXED BY lanes_ready WHERE queue = ?1 AND waiting > 0 ORDER BY served, group_id "
-    "LIMIT ?2) r LEFT JOIN jobs j ON j.rowid = (SELECT rowid FROM jobs INDEXED BY "
-    "jobs_group_waiting WHERE queue_key = ?3 AND group_id = r.group_id "
-    "AND state = 'waiting' AND queue = ?1 ORDER BY order_key LIMIT 1) "
-    "UNION ALL "
-    "SELECT 1, '', coalesce(l.served, 0), NULL, coalesce(l.last_served, 0), "
-    f"{_COLUMNS_OF_J} FROM (SELECT 1) LEFT JOIN lanes l ON l.queue = ?1 AND l.group_id = '' "
-    "LEFT JOIN jobs j ON j.rowid = (SELECT rowid FROM jobs INDEXED BY jobs_own_waiting "
-    "WHERE queue = ?1 AND state = 'waiting' AND group_id IS NULL ORDER BY order_key LIMIT 1)"
-)
-"""The first ``?2`` ready lanes of groups, each with its first waiting job, and one row
-of the queue's own lane (first column 1): its ``served``, the queue's last served
-number (in the place of a window's count) and its first waiting job, if any."""
 _INSERT = (
     f"INSERT INTO jobs ({_COLUMNS}, queue_key, order_key, pending, deps_processed, "
     f"deps_failed, deps_ignored) VALUES ({', '.join('?' * (len(_FIELDS) + 8))})"
@@ -400,9 +384,6 @@ class SQLiteBackend:
         :data:`_LANE_COUNTED` in this transaction."""
         self._lane_put: dict[Key, Lane] = {}
         self._served: dict[str, int] = {}
-        self._firsts: dict[str | None, JobRecord | None] | None = None
-        """The first waiting job of each lane the last ``ready_lanes`` returned, until a
-        job is saved or deleted or the transaction ends."""
         self._since_prune = 0
         self.woken: set[str] = set()
         self.emitted: set[str] = set()
@@ -411,7 +392,6 @@ class SQLiteBackend:
 
     def finish(self) -> None:
         """Write everything buffered; called just before ``COMMIT``."""
-        self._firsts = None
         self._flush()
         self._flush_lanes()
         self._absent.clear()
@@ -438,7 +418,6 @@ class SQLiteBackend:
         self._lane_counts.clear()
         self._lane_put.clear()
         self._served.clear()
-        self._firsts = None
         self.woken.clear()
         self.emitted.clear()
 
@@ -586,7 +565,6 @@ class SQLiteBackend:
         return None if row is None else _record(row)
 
     def save(self, job: JobRecord, old_state: JobState | None, *, requeue: bool = False) -> None:
-        self._firsts = None
         state = job.state
         moved = old_state is not state or requeue or state is DELAYED
         if job.group_id is not None and state is not old_state:
@@ -608,7 +586,6 @@ class SQLiteBackend:
             self.conn.execute(_UPDATE_SAME_STATE, (*values[:-1], *key))
 
     def delete(self, queue: str, job_id: str) -> None:
-        self._firsts = None
         key = (queue, job_id)
         new = self._new.pop(key, None)
         if new is not None and new.group_id is not None:
@@ -641,9 +618,6 @@ class SQLiteBackend:
     def first_waiting_each(
         self, queue: str, groups: Sequence[str | None]
     ) -> list[JobRecord | None]:
-        firsts, self._firsts = self._firsts, None
-        if firsts is not None and all(group in firsts for group in groups):
-            return [firsts[group] for group in groups]
         self._flush()
         # One statement for all the lanes, each lane's first job found through its own
         # index: a group's through jobs_group_waiting, the own lane's (JSON null) through
@@ -722,31 +696,30 @@ class SQLiteBackend:
     def ready_lanes(self, queue: str, limit: int) -> list[tuple[str, Lane]]:
         self._flush()
         self._flush_lanes(for_take=True)
-        # One statement: the first ``limit`` ready lanes of groups, each with its first
-        # waiting job, and the queue's own lane, with its first waiting job (if any)
-        # and the queue's last served number (kept in the own lane's row), which the
-        # lanes served next count on. The jobs are kept for ``first_waiting_each``,
-        # which a take by lanes calls next, before anything changes.
-        rows: list[Any] = []
-        last_served = 0
-        for row in self.conn.execute(_READY_LANES, (queue, limit, queue_key(queue))):
-            if not row[0]:
-                rows.append(row)
-                continue
-            last_served = int(row[4])
-            if row[5] is not None:
-                rows.append(row)
-        self._served.setdefault(queue, last_served)
-        rows.sort(key=lambda row: (row[2], row[1]))
-        ready: list[tuple[str, Lane]] = []
-        firsts: dict[str | None, JobRecord | None] = {}
-        for row in rows[:limit]:
-            group, start = str(row[1]), row[3]
-            window = None if start is None else (float(start), int(row[4]))
-            ready.append((group, Lane(int(row[2]), window)))
-            firsts[group or None] = None if row[5] is None else _record(row[5:])
-        self._firsts = firsts
-        return ready
+        conn = self.conn
+        rows = conn.execute(
+            "SELECT group_id, served, window_start, window_count FROM lanes "
+            "INDEXED BY lanes_ready WHERE queue = ? AND waiting > 0 "
+            "ORDER BY served, group_id LIMIT ?",
+            (queue, limit),
+        ).fetchall()
+        # The queue's own lane, if a job without a group waits, and the queue's last
+        # served number (kept in the own lane's row), which the lanes served next count on.
+        own_served, last_served, own_waiting = conn.execute(
+            "SELECT coalesce(l.served, 0), coalesce(l.last_served, 0), EXISTS (SELECT 1 FROM "
+            "jobs INDEXED BY jobs_own_waiting WHERE queue = ?1 AND state = 'waiting' "
+            "AND group_id IS NULL) FROM (SELECT 1) LEFT JOIN lanes l "
+            "ON l.queue = ?1 AND l.group_id = ''",
+            (queue,),
+        ).fetchone()
+        self._served.setdefault(queue, int(last_served))
+        if own_waiting:
+            rows.append(("", own_served, None, 0))
+            rows.sort(key=lambda row: (row[1], row[0]))
+        return [
+            (str(g), Lane(int(served), None if start is None else (float(start), int(count))))
+            for g, served, start, count in rows[:limit]
+        ]
 
     def put_lane(self, queue: str, group: str, lane: Lane) -> None:
         self._lane_put[(queue, group)] = lane
