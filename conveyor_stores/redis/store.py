@@ -387,6 +387,8 @@ def _server_of(url: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 6379)}"
 
 
+_WAKE_TTL_MS = 10_000
+"""Milliseconds a timed wait's own list outlives a push its block did not take."""
 _BLOCK_SLACK = 1.0
 """Seconds a blocking read's server timeout runs past its deadline: the push at the
 deadline ends it first (see ``RedisStore._block``)."""
@@ -1171,14 +1173,15 @@ class RedisStore:
         block also watches ``own``, a list of this wait alone in the queue's hash slot,
         and a push to it at the deadline ends the block; the server's timeout, a little
         later, only backs that push up (or stands in for it when the push fails). A push the
-        block did not take is deleted."""
+        block did not take is deleted, and expires anyway (a wait cancelled meanwhile, a
+        push sent twice over a dropped connection)."""
         block = asyncio.ensure_future(client.blpop([marker, own], timeout=seconds + _BLOCK_SLACK))
         pushed = False
         try:
             done, _ = await asyncio.wait({block}, timeout=seconds)
             if not done:
                 try:
-                    await self._command("RPUSH", own, "1")
+                    await self._commands([("RPUSH", own, "1"), ("PEXPIRE", own, _WAKE_TTL_MS)])
                     pushed = True
                 except StoreUnavailableError:
                     pass  # the server's timeout ends the block, a little later
