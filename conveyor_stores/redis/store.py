@@ -1192,7 +1192,8 @@ class RedisStore:
                 with contextlib.suppress(BaseException):
                     await block
         if pushed and (popped is None or popped[0] != own):
-            await self._command("DEL", own)
+            with contextlib.suppress(StoreUnavailableError):  # it expires anyway
+                await self._command("DEL", own)
 
     # ---------------------------------------------------------------- job changes
 
