@@ -394,6 +394,15 @@ _BLOCK_SLACK = 1.0
 deadline ends it first (see ``RedisStore._block``)."""
 
 
+async def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` if it is still running and wait for it to end; its outcome no
+    longer matters."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
 async def _race(
     work: Awaitable[T], stop: asyncio.Future[None], timeout: float
 ) -> tuple[bool, T | None]:
@@ -404,11 +413,7 @@ async def _race(
     try:
         done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not task.done():
-            task.cancel()
-            # The cancelled call's outcome no longer matters.
-            with contextlib.suppress(BaseException):
-                await task
+        await _drop(task)
     if task in done:
         return True, task.result()
     if stop in done:
@@ -1187,10 +1192,7 @@ class RedisStore:
                     pass  # the server's timeout ends the block, a little later
             popped = await block
         finally:
-            if not block.done():
-                block.cancel()
-                with contextlib.suppress(BaseException):
-                    await block
+            await _drop(block)
         if pushed and (popped is None or popped[0] != own):
             with contextlib.suppress(StoreUnavailableError):  # it expires anyway
                 await self._command("DEL", own)
