@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sample", type=int, metavar="N", help="judge a random N mutants")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample")
+    parser.add_argument(
+        "--skip-equivalent",
+        action="store_true",
+        help="leave out the mutants listed as equivalent (mutation/equivalent.toml): a "
+        "listed one survives by design and runs every test that concerns it",
+    )
     parser.add_argument("--only", action="append", default=[], metavar="ID", help="mutant id")
     parser.add_argument("--jobs", type=int, default=1, metavar="J", help="parallel runs")
     parser.add_argument(
@@ -88,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = targets.TARGETS[args.target](args.store)
         valid, invalid = runner.all_mutants(target)
-        mutants = runner.select(valid, only=args.only, sample=args.sample, seed=args.seed)
+        equivalent = targets.equivalent(args.target)
+        mutants = runner.select(
+            valid,
+            only=args.only,
+            sample=args.sample,
+            seed=args.seed,
+            skip=equivalent if args.skip_equivalent else (),
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -105,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if invalid:
         print(f"{len(invalid)} mutants are not valid programs: not run", file=sys.stderr)
-    equivalent = targets.equivalent(args.target)
     try:
         ledger = None if args.ledger is None else Ledger(args.ledger, args.target)
         report = runner.run(

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -343,8 +343,10 @@ def select(
     only: Sequence[str] = (),
     sample: int | None = None,
     seed: int = 0,
+    skip: Collection[str] = (),
 ) -> list[Mutant]:
-    """The mutants with the given ids (all if none), or a seeded random sample of them."""
+    """The mutants with the given ids (all if none), less those whose ids are in
+    ``skip``, or a seeded random sample of them."""
     chosen = list(mutants)
     if only:
         wanted = set(only)
@@ -352,6 +354,7 @@ def select(
         if unknown:
             raise ValueError(f"no mutant with id {', '.join(sorted(unknown))}")
         chosen = [m for m in chosen if m.id in wanted]
+    chosen = [m for m in chosen if m.id not in skip]
     if sample is not None and sample < len(chosen):
         picked = set(random.Random(seed).sample(range(len(chosen)), sample))
         chosen = [m for index, m in enumerate(chosen) if index in picked]

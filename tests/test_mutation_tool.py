@@ -136,6 +136,9 @@ def test_select_takes_ids_or_a_seeded_sample() -> None:
     assert select(mutants, only=[mutants[2].id]) == [mutants[2]]
     with pytest.raises(ValueError, match="no mutant with id nope"):
         select(mutants, only=["nope"])
+    listed = {m.id for m in first[:2]}
+    rest = select(mutants, sample=5, seed=3, skip=listed)
+    assert len(rest) == 5 and not listed & {m.id for m in rest}
 
 
 def _project(root: Path, suite: str) -> Target:
@@ -358,6 +361,12 @@ def test_the_command_lists_engine_mutants_and_refuses_unknown_ids(
     assert all(line.startswith("conveyor_core/engine.py:") for line in out[:-1])
     assert main(["engine", "--only", "zzzzzzzz"]) == 2
     assert "no mutant with id zzzzzzzz" in capsys.readouterr().err
+    assert main(["engine", "--list"]) == 0
+    every = {line.split()[1] for line in capsys.readouterr().out.splitlines()[:-1]}
+    assert main(["engine", "--list", "--skip-equivalent"]) == 0
+    kept = {line.split()[1] for line in capsys.readouterr().out.splitlines()[:-1]}
+    listed = every & set(equivalent("engine"))
+    assert listed and kept == every - listed
 
 
 SQL_SOURCE = textwrap.dedent(
