@@ -30,8 +30,13 @@ REPO = Path(__file__).resolve().parent.parent
 FAST = ["--speed", "20"]
 
 
+# Wide lines whatever the caller's COLUMNS says: a long temporary path or a table of
+# eight columns would wrap at 80.
+WIDE = {"COLUMNS": "200"}
+
+
 def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), env={"CONVEYOR_STORE_URL": None})
+    result = CliRunner().invoke(cli, list(args), env={"CONVEYOR_STORE_URL": None, **WIDE})
     return result.exit_code, result.output
 
 
@@ -89,7 +94,7 @@ def test_status_of_an_empty_store(sqlite_path: str) -> None:
 
 def test_store_url_comes_from_the_environment(sqlite_path: str) -> None:
     result = CliRunner().invoke(
-        cli, ["status"], env={"CONVEYOR_STORE_URL": f"sqlite:///{sqlite_path}"}
+        cli, ["status"], env={"CONVEYOR_STORE_URL": f"sqlite:///{sqlite_path}", **WIDE}
     )
     assert result.exit_code == 0
     assert sqlite_path in result.output
