@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import Any, Protocol
 
 from .errors import DuplicateJobError, InvalidJobStateError, JobNotFoundError, LockLostError
@@ -62,6 +63,21 @@ WAITING_CHILDREN = JobState.WAITING_CHILDREN
 UNSTARTED = (WAITING, DELAYED, WAITING_CHILDREN)
 ADOPTING = (WAITING_CHILDREN, ACTIVE)
 """The states of an existing job that may take new children (ADD TO AN EXISTING PARENT)."""
+
+_RECORD_FIELDS = fields(JobRecord)
+if not all(f.init for f in _RECORD_FIELDS):
+    raise TypeError("copy_of passes every field of JobRecord to its constructor")
+_RECORD_VALUES = attrgetter(*(f.name for f in _RECORD_FIELDS))
+"""A record's fields, in the order of its constructor's parameters."""
+
+
+def copy_of(job: JobRecord) -> JobRecord:
+    """A copy of ``job`` that shares no list with it, as a read or a take hands it out
+    (in about a quarter of the time of ``dataclasses.replace``)."""
+    copy = JobRecord(*_RECORD_VALUES(job))
+    copy.stacktrace = list(job.stacktrace)
+    return copy
+
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -784,7 +800,7 @@ class Engine:
         job.processed_at = now
         self.b.save(job, WAITING)
         self.b.emit("active", job.queue, job.id, None, now)
-        return replace(job, stacktrace=list(job.stacktrace))
+        return copy_of(job)
 
     def _take_by_lanes(
         self, queue: str, limit: int, token: str, lock_until: float, now: float
@@ -1404,7 +1420,7 @@ class Engine:
 
     def get_job(self, queue: str, job_id: str) -> JobRecord | None:
         job = self.b.get(queue, job_id)
-        return None if job is None else replace(job, stacktrace=list(job.stacktrace))
+        return None if job is None else copy_of(job)
 
     def get_jobs(
         self, queue: str, states: Sequence[JobState], start: int, end: int | None
@@ -1416,7 +1432,7 @@ class Engine:
             for state in states:
                 every.extend(self.b.list_jobs(queue, state))
             jobs = every[start : None if end is None else end + 1]
-        return [replace(job, stacktrace=list(job.stacktrace)) for job in jobs]
+        return [copy_of(job) for job in jobs]
 
     def get_counts(self, queue: str) -> dict[JobState, int]:
         return {state: self.b.count(queue, state) for state in JobState}
@@ -1462,7 +1478,7 @@ class Engine:
         after = None if cursor is None else decode_cursor(cursor)
         folded = None if text is None else fold_ascii(text)
         found, resume = self.b.search(queue, folded, name, states, limit, after)
-        page = [replace(job, stacktrace=list(job.stacktrace)) for job in found]
+        page = [copy_of(job) for job in found]
         return SearchPage(page, None if resume is None else encode_cursor(*resume))
 
     def get_metrics(self, queue: str, kind: MetricKind, start: int, end: int) -> dict[int, int]:

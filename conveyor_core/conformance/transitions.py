@@ -208,6 +208,27 @@ class TransitionTests:
             assert job.stacktrace == [f"{i} line 1", f"{i} line 2"], i
             assert job.attempts_made == 1, i
 
+    async def test_a_record_handed_out_is_the_callers_own(self, env: Harness) -> None:
+        # Changing a record a take or a read returned, its stack's list included,
+        # changes nothing the store holds.
+        q = env.name("own-record")
+        now = time.time()
+        assert await env.store.add_jobs([[bare_job(q, "a", WAITING)]], now)
+        taken = await env.store.take_jobs(q, limit=1, token="t", lock_until=now + 60, now=now)
+        (record,) = taken.jobs
+        data = record.data
+        record.stacktrace.append("changed by the caller")
+        record.data = '"changed by the caller"'
+        held = await env.store.get_job(q, "a")
+        assert held is not None and held.stacktrace == [] and held.data == data
+        failure = Failure("a", "t", "broke", ["line 1"], now + 60)
+        assert await env.store.fail_jobs(q, [failure], now) == [True]
+        read = await env.store.get_job(q, "a")
+        assert read is not None and read.stacktrace == ["line 1"]
+        read.stacktrace.append("changed by the caller")
+        again = await env.store.get_job(q, "a")
+        assert again is not None and again.stacktrace == ["line 1"]
+
     async def test_retry_forgets_the_previous_run(self, env: Harness) -> None:
         q = env.name("retry")
         queue = env.queue(q)
