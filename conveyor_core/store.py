@@ -312,7 +312,9 @@ class NewJob:
 
 @dataclass(slots=True)
 class JobRecord:
-    """A job as the store holds it. Returned by reads and by :meth:`take_jobs`."""
+    """A job as the store holds it. Returned by reads and by :meth:`take_jobs`, each
+    record the caller's own: changing it, or its ``stacktrace`` list, changes nothing the
+    store holds."""
 
     id: str
     queue: str
