@@ -416,6 +416,26 @@ class ReleasesActiveParents(_CompletesThroughCompleteJobs):
         return applied
 
 
+class _SharingEngine(Engine):
+    """The transition code of :class:`HandsOutItsOwnRecords`."""
+
+    def _start(self, job: JobRecord, token: str, lock_until: float, now: float) -> JobRecord:
+        super()._start(job, token, lock_until, now)
+        return job  # the defect: the stored record itself, not a copy
+
+    def get_job(self, queue: str, job_id: str) -> JobRecord | None:
+        return self.b.get(queue, job_id)
+
+
+class HandsOutItsOwnRecords(MemoryStore):
+    """Defect: a take or a read returns the record the store holds, not a copy, so a
+    caller that changes what it got changes the stored job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine = _SharingEngine(self._backend)
+
+
 class KeepsOnlyTheOptions(MemoryStore):
     """Defect: the options text is rewritten from the options it holds, so whatever the
     core keeps beside them (a job's trace context) is lost."""

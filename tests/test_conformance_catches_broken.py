@@ -78,6 +78,7 @@ CATCHERS: dict[str, tuple[str, ...]] = {
         "test_step_job_a_parked_job_counts_no_attempt_and_holds_no_lock",
         "test_step_job_map_reduce_runs_end_to_end",
     ),
+    "HandsOutItsOwnRecords": ("test_a_record_handed_out_is_the_callers_own",),
     "ReleasesActiveParents": ("test_step_job_waiting_without_pending_children_returns_at_once",),
     "RetryForgetsRunningParents": (
         "test_step_job_retrying_a_failed_child_of_a_running_parent_puts_it_back",
