@@ -100,31 +100,33 @@ async def _fill(queue: Queue, n: int, groups: int | None = None) -> None:
 
 async def enqueue_seq(store: StoreInterface, params: Params) -> list[Figure]:
     """N jobs added one at a time, each awaited."""
-    queue = Queue(fresh_name("enqueue"), store=store)
-    started, cpu = perf_counter(), process_time()
-    for i in range(params.jobs):
-        await queue.add("noop", {"i": i})
-    elapsed, cpu = perf_counter() - started, process_time() - cpu
-    await _cleanup(store, queue.name)
-    return [_enqueue_figure("enqueue_seq", elapsed, cpu, params.jobs)]
+    return await _add_one_at_a_time(store, params, "enqueue_seq", lambda i: None)
 
 
 async def enqueue_dedup(store: StoreInterface, params: Params) -> list[Figure]:
     """``enqueue_seq`` with a deduplication id per job: N adds one at a time, each
     checking and taking its own id (none is a duplicate, so N jobs are written)."""
-    queue = Queue(fresh_name("enqueue-dedup"), store=store)
+    return await _add_one_at_a_time(
+        store, params, "enqueue_dedup", lambda i: {"deduplication": {"id": f"d{i}"}}
+    )
+
+
+async def _add_one_at_a_time(
+    store: StoreInterface,
+    params: Params,
+    workload: str,
+    opts_of: Callable[[int], dict[str, Any] | None],
+) -> list[Figure]:
+    """N adds, each awaited, job ``i`` with the options ``opts_of(i)``; the figure gives
+    the CPU time of this process per job too (see ``_process``)."""
+    queue = Queue(fresh_name(workload.replace("_", "-")), store=store)
     started, cpu = perf_counter(), process_time()
     for i in range(params.jobs):
-        await queue.add("noop", {"i": i}, {"deduplication": {"id": f"d{i}"}})
+        await queue.add("noop", {"i": i}, opts_of(i))
     elapsed, cpu = perf_counter() - started, process_time() - cpu
     await _cleanup(store, queue.name)
-    return [_enqueue_figure("enqueue_dedup", elapsed, cpu, params.jobs)]
-
-
-def _enqueue_figure(workload: str, elapsed: float, cpu: float, n: int) -> Figure:
-    """An add workload's figure, with the CPU time of this process per job (see
-    ``_process``)."""
-    return Figure(workload, elapsed, n, {"n": n}, stats={"cpu_us_per_job": cpu / n * 1e6})
+    n = params.jobs
+    return [Figure(workload, elapsed, n, {"n": n}, stats={"cpu_us_per_job": cpu / n * 1e6})]
 
 
 async def process(store: StoreInterface, params: Params) -> list[Figure]:
